@@ -1,0 +1,91 @@
+//! Errors: the crate's [`Error`] for Rust callers, and the [`ScriptError`] message every script
+//! failure becomes (logged with `file:line` and traceback, never a panic).
+
+use bevy::prelude::*;
+
+/// Errors returned by the crate's Rust API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Lua VM reported an error.
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+    /// A script asset was not valid UTF-8.
+    #[error("script {path} is not valid UTF-8: {source}")]
+    NotUtf8 {
+        /// The asset path.
+        path: String,
+        /// What was wrong with the bytes.
+        source: std::str::Utf8Error,
+    },
+    /// Reading a script asset failed.
+    #[error("could not read script {path}: {source}")]
+    Io {
+        /// The asset path.
+        path: String,
+        /// The reader's error.
+        source: std::io::Error,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure a [`ScriptError`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ScriptErrorKind {
+    /// The script could not be loaded or compiled (missing file, syntax error).
+    Load,
+    /// A task raised an error.
+    Runtime,
+    /// A task ran past the instruction budget of one resume.
+    Budget,
+}
+
+/// A script failure, written once per failed task (the task stops; the rest of the game goes on).
+#[derive(Message, Clone, Debug)]
+pub struct ScriptError {
+    /// The entity whose script failed.
+    pub entity: Entity,
+    /// The script's asset path, e.g. `scripts/enemy.lua`.
+    pub script: String,
+    /// The error message, e.g. `scripts/enemy.lua:12: attempt to index a nil value`.
+    pub message: String,
+    /// The Lua stack traceback at the point of failure (may be empty).
+    pub traceback: String,
+    /// What kind of failure this is.
+    pub kind: ScriptErrorKind,
+}
+
+/// One line a script printed with `print`.
+#[derive(Message, Clone, Debug)]
+pub struct ScriptPrint {
+    /// The entity whose script printed.
+    pub entity: Entity,
+    /// The script's asset path.
+    pub script: String,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// Splits an mlua error into its message and the traceback mlua appended to it.
+pub(crate) fn split_traceback(error: &mlua::Error) -> (String, String) {
+    match error {
+        mlua::Error::CallbackError { traceback, cause } => {
+            let (message, inner) = split_traceback(cause);
+            (message, if inner.is_empty() { traceback.clone() } else { inner })
+        }
+        mlua::Error::RuntimeError(text) | mlua::Error::MemoryError(text) => split_text(text),
+        mlua::Error::SyntaxError { message, .. } => split_text(message),
+        other => split_text(&other.to_string()),
+    }
+}
+
+/// Splits `message\nstack traceback:\n...` into its two parts.
+pub(crate) fn split_text(text: &str) -> (String, String) {
+    match text.find("\nstack traceback:") {
+        Some(at) => (text[..at].to_string(), text[at + 1..].to_string()),
+        None => (text.to_string(), String::new()),
+    }
+}

@@ -1,0 +1,84 @@
+//! # bevy_lua_coroutines
+//!
+//! Lua scripts on Bevy entities, where every script runs as coroutines that one system steps once
+//! per frame. A script waits with `task.wait(2)` for two seconds of *game* time (pause and time
+//! scale respected) without blocking anything.
+//!
+//! ## Scripts and instances
+//!
+//! A `.lua` file is a [`LuaScript`] asset. Attach scripts to an entity with [`LuaScripts`]: each
+//! becomes an *instance* with its own globals (reads fall through to a shared, read-only base), a
+//! persistent `state` table and an `entity` value. The script's top-level chunk runs as the
+//! instance's first task on the frame the asset is ready, and may yield.
+//!
+//! ```no_run
+//! use bevy::prelude::*;
+//! use bevy_lua_coroutines::prelude::*;
+//!
+//! fn setup(mut commands: Commands, assets: Res<AssetServer>) {
+//!     commands.spawn(LuaScripts::new(assets.load("scripts/guard.lua")));
+//! }
+//!
+//! App::new()
+//!     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+//!     .add_systems(Startup, setup)
+//!     .run();
+//! ```
+//!
+//! ## Tasks and time
+//!
+//! `task.spawn/defer/delay/wait/waitFrames/waitUntil/waitRealtime/cancel`, `sleep`, `spawn` and
+//! `time.*` follow Roblox's `task` library. Waits measure the step's schedule's `Time` (virtual
+//! time in `Update`), in integer nanoseconds. A sleeping task sits in a timer queue and costs nothing
+//! per frame. Frame-based waits (`task.wait()`, `task.waitFrames`) count frames, paused or not;
+//! time-based waits need game time to pass, so pausing `Time<Virtual>` holds them.
+//!
+//! Order is deterministic: frame waits resume in the order they were made, then timers by
+//! deadline, then by the order they were made; work woken during the step runs in the same step.
+//!
+//! ## Protection and errors
+//!
+//! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
+//! standard libraries unless [`LuaCoroutinesPlugin::stdlib`] grants more. A failing task stops
+//! alone; the failure is logged with `file:line` and traceback and written as a [`ScriptError`].
+//!
+//! ## Lua flavours
+//!
+//! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
+//! (`--no-default-features --features luajit`).
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(clippy::all)]
+
+#[cfg(any(
+    all(feature = "lua54", feature = "luajit"),
+    all(feature = "lua54", feature = "luau"),
+    all(feature = "luajit", feature = "luau")
+))]
+compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-default-features)");
+
+mod asset;
+mod error;
+mod instance;
+mod plugin;
+mod runtime;
+mod scheduler;
+mod time;
+mod timer;
+
+pub use asset::{LuaScript, LuaScriptLoader};
+pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
+pub use instance::{LuaEntity, LuaScripts};
+pub use mlua;
+pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
+pub use runtime::{LuaRuntime, LuaStdlib};
+pub use scheduler::SchedulerStats;
+
+/// The types most apps need.
+pub mod prelude {
+    pub use crate::{
+        LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, ScriptError,
+        ScriptErrorKind, ScriptPrint,
+    };
+}

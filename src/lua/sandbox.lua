@@ -1,0 +1,119 @@
+-- Builds the shared, read-only base every script instance reads through, and the instance
+-- environments themselves. Runs once when the VM is created.
+--
+-- Library tables become read-only proxies; the VM's globals become a read-only proxy over the same
+-- store, so neither a script nor a chunk it `load`s can change what another instance sees.
+local api, opts, emit = ...
+
+local type, error, tostring, select, setmetatable, rawset, pairs, next =
+  type, error, tostring, select, setmetatable, rawset, pairs, next
+local table_concat = table.concat
+local raw_load = load
+
+local protected = setmetatable({}, { __mode = "k" })
+
+local function readonly_error(_, key)
+  error("attempt to modify read-only table (field '" .. tostring(key) .. "')", 2)
+end
+
+--- A read-only view of `t`: reads and `pairs` see `t`, writes raise.
+local function readonly(t)
+  local proxy = setmetatable({}, {
+    __index = t,
+    __newindex = readonly_error,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  protected[proxy] = true
+  return proxy
+end
+
+local store = {}
+local globals = _G
+
+-- What every flavour and mode shares.
+for _, name in ipairs({
+  "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
+  "rawlen", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall", "unpack",
+  "_VERSION", "gcinfo", "newproxy", "typeof", "bit32",
+}) do
+  store[name] = globals[name]
+end
+
+--- `rawset`, refusing the read-only tables.
+function store.rawset(t, k, v)
+  if protected[t] then readonly_error(t, k) end
+  return rawset(t, k, v)
+end
+
+--- `collectgarbage`, limited to the options that cannot stop the collector.
+local raw_collectgarbage = collectgarbage
+local gc_options = { collect = true, count = true, step = true, isrunning = true }
+function store.collectgarbage(opt, ...)
+  if opt ~= nil and not gc_options[opt] and not opts.all then
+    error("bad argument #1 to 'collectgarbage' (option '" .. tostring(opt) .. "' is not allowed)", 2)
+  end
+  return raw_collectgarbage(opt, ...)
+end
+
+--- `print`: one line per call, arguments joined by tabs.
+function store.print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  emit(table_concat(parts, "\t"))
+end
+
+local libs = { "string", "table", "math", "utf8", "bit", "buffer", "vector" }
+for _, name in ipairs(libs) do
+  if globals[name] then store[name] = readonly(globals[name]) end
+end
+
+if opts.all then
+  for _, name in ipairs({ "io", "os", "debug", "package", "require", "dofile", "loadfile", "jit", "ffi" }) do
+    local v = globals[name]
+    if type(v) == "table" then v = readonly(v) end
+    store[name] = v
+  end
+else
+  local os = globals.os
+  if os then
+    store.os = readonly({ clock = os.clock, date = os.date, difftime = os.difftime, time = os.time })
+  end
+  local debug = globals.debug
+  if debug then store.debug = readonly({ traceback = debug.traceback }) end
+end
+
+store.task = readonly(api.task)
+store.time = readonly(api.time)
+store.coroutine = readonly(api.coroutine)
+store.sleep = api.sleep
+store.spawn = api.spawn
+
+-- The string metatable is shared by every string: hide it.
+local string_mt = getmetatable("")
+if string_mt then string_mt.__metatable = false end
+
+local base = readonly(store)
+store._G = base
+
+local env_mt = { __index = store, __metatable = false }
+
+--- A fresh instance environment: its own globals over the shared store.
+local function new_env(entity)
+  local env = setmetatable({}, env_mt)
+  env._G = env
+  env.state = {}
+  env.entity = entity
+  if raw_load then
+    if opts.all then
+      env.load = function(chunk, name, mode, e) return raw_load(chunk, name, mode, e or env) end
+    else
+      env.load = function(chunk, name, _, e) return raw_load(chunk, name, "t", e or env) end
+    end
+  end
+  return env
+end
+
+return { base = base, new_env = new_env }

@@ -1,0 +1,162 @@
+//! The plugin: its configuration, the system sets, and the systems that sync instances and step
+//! every script once per frame.
+
+use bevy::ecs::intern::Interned;
+use bevy::ecs::schedule::ScheduleLabel;
+use bevy::prelude::*;
+
+use crate::asset::{LuaScript, LuaScriptLoader};
+use crate::error::{ScriptError, ScriptPrint};
+use crate::instance::{ChangedScripts, LuaScripts, SyncQueue};
+use crate::runtime::{LuaRuntime, LuaStdlib, VmConfig};
+use crate::scheduler::sched;
+
+/// Lua scripts on entities, run as coroutines one system steps once per frame.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_lua_coroutines::prelude::*;
+///
+/// App::new()
+///     .add_plugins((MinimalPlugins, AssetPlugin::default()))
+///     .add_plugins(LuaCoroutinesPlugin::default())
+///     .run();
+/// ```
+pub struct LuaCoroutinesPlugin {
+    /// The schedule the step runs in (default `Update`). Game time is that schedule's `Time`:
+    /// virtual time in `Update`, fixed time in `FixedUpdate`.
+    pub schedule: Interned<dyn ScheduleLabel>,
+    /// Lua instructions one resume may run before the task is stopped with `script exceeded its
+    /// instruction budget` (default 10,000,000; `None` for no limit). Checked every 1/16 of
+    /// the budget. Under LuaJIT the count only advances while the JIT is off.
+    pub instruction_budget: Option<u64>,
+    /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
+    /// fails the Lua call that made it with a memory error.
+    pub memory_limit: Option<usize>,
+    /// The standard libraries scripts get (default [`LuaStdlib::Safe`]).
+    pub stdlib: LuaStdlib,
+    /// Whether `print` also writes its line to stdout (default true). Every printed line is
+    /// written as a [`ScriptPrint`] message either way.
+    pub print_to_stdout: bool,
+}
+
+impl Default for LuaCoroutinesPlugin {
+    fn default() -> Self {
+        Self {
+            schedule: Update.intern(),
+            instruction_budget: Some(10_000_000),
+            memory_limit: Some(512 * 1024 * 1024),
+            stdlib: LuaStdlib::Safe,
+            print_to_stdout: true,
+        }
+    }
+}
+
+impl LuaCoroutinesPlugin {
+    /// Steps scripts in `schedule` instead of `Update`.
+    pub fn in_schedule(mut self, schedule: impl ScheduleLabel) -> Self {
+        self.schedule = schedule.intern();
+        self
+    }
+}
+
+/// The plugin's systems, in the order they run in the plugin's schedule.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LuaCoroutinesSystems {
+    /// Instances follow `LuaScripts` changes: new scripts attach, removed ones are cancelled.
+    Sync,
+    /// Every ready task is resumed; errors and prints become messages.
+    Step,
+}
+
+impl Plugin for LuaCoroutinesPlugin {
+    fn build(&self, app: &mut App) {
+        let config = VmConfig {
+            stdlib: self.stdlib,
+            instruction_budget: self.instruction_budget,
+            memory_limit: self.memory_limit,
+            print_to_stdout: self.print_to_stdout,
+        };
+        let runtime = match LuaRuntime::new(&config) {
+            Ok(r) => r,
+            Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
+        };
+        app.init_asset::<LuaScript>()
+            .init_asset_loader::<LuaScriptLoader>()
+            .add_message::<ScriptError>()
+            .add_message::<ScriptPrint>()
+            .init_resource::<SyncQueue>()
+            .init_resource::<ChangedScripts>()
+            .insert_resource(runtime)
+            .add_observer(|on: On<Insert, LuaScripts>, mut queue: ResMut<SyncQueue>| queue.0.push(on.entity))
+            .add_observer(|on: On<Remove, LuaScripts>, mut queue: ResMut<SyncQueue>| queue.0.push(on.entity))
+            .configure_sets(self.schedule, (LuaCoroutinesSystems::Sync, LuaCoroutinesSystems::Step).chain())
+            .add_systems(
+                self.schedule,
+                (
+                    note_changed_scripts.in_set(LuaCoroutinesSystems::Sync),
+                    sync_instances.in_set(LuaCoroutinesSystems::Sync).after(note_changed_scripts),
+                    step.in_set(LuaCoroutinesSystems::Step),
+                ),
+            );
+    }
+}
+
+fn note_changed_scripts(
+    mut events: MessageReader<AssetEvent<LuaScript>>,
+    mut changed: ResMut<ChangedScripts>,
+) {
+    for event in events.read() {
+        if let AssetEvent::Modified { id } | AssetEvent::Removed { id } = event {
+            changed.0.push(*id);
+        }
+    }
+}
+
+/// Applies queued `LuaScripts` changes and starts instances whose script is loaded.
+fn sync_instances(world: &mut World) {
+    let queue = std::mem::take(&mut world.resource_mut::<SyncQueue>().0);
+    let changed = std::mem::take(&mut world.resource_mut::<ChangedScripts>().0);
+    world.resource_scope(|world, mut runtime: Mut<LuaRuntime>| {
+        for id in changed {
+            runtime.forget_compiled(id);
+        }
+        let mut seen = bevy::platform::collections::HashSet::<Entity>::default();
+        for entity in queue {
+            if seen.insert(entity) {
+                runtime.sync_entity(world, entity);
+            }
+        }
+        let scripts = world.resource::<Assets<LuaScript>>();
+        let server = world.resource::<AssetServer>();
+        runtime.start_pending(scripts, server);
+    });
+}
+
+/// Advances the clocks, resumes every ready task, and writes errors and prints as messages.
+fn step(world: &mut World) {
+    let (game, delta) = {
+        let time = world.resource::<Time>();
+        (time.elapsed(), time.delta())
+    };
+    let real = world.get_resource::<Time<Real>>().map_or(game, |t| t.elapsed());
+    let (errors, prints) = {
+        let runtime = world.resource::<LuaRuntime>();
+        runtime.begin_frame(game, delta, real);
+        runtime.run();
+        let mut s = sched(runtime.lua());
+        let errors = std::mem::take(&mut s.errors);
+        let prints: Vec<ScriptPrint> = std::mem::take(&mut s.prints)
+            .into_iter()
+            .map(|(instance, line)| {
+                let (entity, script) = s
+                    .instance(instance)
+                    .map_or((Entity::PLACEHOLDER, String::new()), |r| (r.entity, r.path.to_string()));
+                ScriptPrint { entity, script, line }
+            })
+            .collect();
+        (errors, prints)
+    };
+    world.write_message_batch(errors);
+    world.write_message_batch(prints);
+}

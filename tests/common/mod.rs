@@ -1,0 +1,96 @@
+//! Shared set-up for the integration tests: an app with a fixed time step, scripts from strings,
+//! and collectors for what scripts print and the errors they raise.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_lua_coroutines::prelude::*;
+
+/// The fixed step every test uses: 1/60 s... as whole nanoseconds (16,666,667 ns).
+pub const DT: Duration = Duration::from_nanos(16_666_667);
+
+/// Everything scripts printed, in order.
+#[derive(Resource, Default)]
+pub struct Printed(pub Vec<String>);
+
+/// Every script error, in order.
+#[derive(Resource, Default)]
+pub struct Errors(pub Vec<ScriptError>);
+
+fn collect(
+    mut prints: MessageReader<ScriptPrint>,
+    mut errors: MessageReader<ScriptError>,
+    mut printed: ResMut<Printed>,
+    mut errs: ResMut<Errors>,
+) {
+    printed.0.extend(prints.read().map(|p| p.line.clone()));
+    errs.0.extend(errors.read().cloned());
+}
+
+/// An app with the plugin, a fixed `DT` per update, and the collectors.
+pub fn create_app() -> App {
+    create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() })
+}
+
+/// [`create_app`] with a custom plugin configuration.
+pub fn create_app_with(plugin: LuaCoroutinesPlugin) -> App {
+    let mut app = App::new();
+    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+        .add_plugins(plugin)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
+        .init_resource::<Printed>()
+        .init_resource::<Errors>()
+        .add_systems(Last, collect);
+    app
+}
+
+/// Adds a script asset named `path` with `source`.
+pub fn script(app: &mut App, path: &str, source: &str) -> Handle<LuaScript> {
+    app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source))
+}
+
+/// Spawns an entity running `source` (named `path`).
+pub fn spawn_script(app: &mut App, path: &str, source: &str) -> Entity {
+    let handle = script(app, path, source);
+    app.world_mut().spawn(LuaScripts::new(handle)).id()
+}
+
+/// Runs `frames` updates.
+pub fn run(app: &mut App, frames: usize) {
+    for _ in 0..frames {
+        app.update();
+    }
+}
+
+/// Updates until `done` holds, at most `max` frames; returns the frames run.
+pub fn run_until(app: &mut App, max: usize, mut done: impl FnMut(&mut App) -> bool) -> usize {
+    for frame in 1..=max {
+        app.update();
+        if done(app) {
+            return frame;
+        }
+    }
+    panic!("condition not reached within {max} frames");
+}
+
+/// What scripts printed so far.
+pub fn printed(app: &App) -> Vec<String> {
+    app.world().resource::<Printed>().0.clone()
+}
+
+/// Errors so far.
+pub fn errors(app: &App) -> Vec<ScriptError> {
+    app.world().resource::<Errors>().0.clone()
+}
+
+/// Takes what scripts printed so far.
+pub fn take_printed(app: &mut App) -> Vec<String> {
+    std::mem::take(&mut app.world_mut().resource_mut::<Printed>().0)
+}
+
+/// Live tasks in the scheduler.
+pub fn live_tasks(app: &App) -> usize {
+    app.world().resource::<LuaRuntime>().live_tasks()
+}
