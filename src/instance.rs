@@ -80,6 +80,13 @@ pub(crate) struct Instances {
     next: u64,
 }
 
+impl Instances {
+    /// Instances waiting for their asset.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 impl LuaRuntime {
     /// Brings the instances of `entity` in line with its `LuaScripts` component.
     pub(crate) fn sync_entity(&mut self, world: &World, entity: Entity) {
@@ -187,10 +194,13 @@ impl LuaRuntime {
 /// Compiles a script once into a factory `env -> chunk function`, so every instance shares the
 /// compiled code and only its globals differ. The wrapper adds no line, so line numbers match.
 fn compile(lua: &mlua::Lua, script: &LuaScript) -> mlua::Result<Function> {
+    let name = format!("@{}", script.path);
+    // Compiled as written first, so a syntax error names the script's own lines and tokens.
+    lua.load(&*script.source).set_name(&name).into_function()?;
     #[cfg(feature = "lua54")]
     let wrapped = format!("return function(_ENV) return function(...) {}\nend end", script.source);
     #[cfg(not(feature = "lua54"))]
     let wrapped =
         format!("return function(__env) return setfenv(function(...) {}\nend, __env) end", script.source);
-    lua.load(wrapped).set_name(format!("@{}", script.path)).call::<Function>(())
+    lua.load(wrapped).set_name(name).call::<Function>(())
 }

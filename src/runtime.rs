@@ -56,6 +56,11 @@ impl LuaRuntime {
         sched(&self.lua).live_tasks()
     }
 
+    /// Script instances still waiting for their asset to load.
+    pub fn pending_instances(&self) -> usize {
+        self.instances.pending_len()
+    }
+
     /// Counters for diagnostics.
     pub fn stats(&self) -> scheduler::SchedulerStats {
         sched(&self.lua).stats

@@ -1,0 +1,257 @@
+//! Runs a Lua script headless: the way scripts are tested in CI and load-tested.
+//!
+//! ```text
+//! cargo run --release --example run -- SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N]
+//!     [--entities N] [--stdlib safe|all] [--memory-limit MB] [--stats]
+//! ```
+//!
+//! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
+//! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
+//! 3 the frames ran out while tasks were still waiting (1 wins over 3).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_lua_coroutines::prelude::*;
+
+const USAGE: &str = "usage: run SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N] [--entities N] \
+[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]";
+
+/// The command line.
+struct Options {
+    script: PathBuf,
+    frames: u64,
+    dt: Duration,
+    fps: Option<f64>,
+    entities: usize,
+    stdlib: LuaStdlib,
+    memory_limit_mb: usize,
+    stats: bool,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut script = None;
+    let mut o = Options {
+        script: PathBuf::new(),
+        frames: 100_000,
+        dt: Duration::from_nanos(16_666_667),
+        fps: None,
+        entities: 1,
+        stdlib: LuaStdlib::Safe,
+        memory_limit_mb: 512,
+        stats: false,
+    };
+    fn value<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<T, String> {
+        let v = v.ok_or_else(|| format!("{name} needs a value"))?;
+        v.parse().map_err(|_| format!("{name}: invalid value '{v}'"))
+    }
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--frames" => o.frames = value("--frames", args.next())?,
+            "--dt" => {
+                let dt: f64 = value("--dt", args.next())?;
+                if !(dt.is_finite() && dt >= 0.0) {
+                    return Err(format!("--dt: invalid value '{dt}'"));
+                }
+                o.dt = Duration::from_secs_f64(dt);
+            }
+            "--fps" => {
+                let fps: f64 = value("--fps", args.next())?;
+                if !(fps.is_finite() && fps > 0.0) {
+                    return Err(format!("--fps: invalid value '{fps}'"));
+                }
+                o.fps = Some(fps);
+            }
+            "--entities" => o.entities = value("--entities", args.next())?,
+            "--memory-limit" => o.memory_limit_mb = value("--memory-limit", args.next())?,
+            "--stdlib" => {
+                o.stdlib = match args.next().as_deref() {
+                    Some("safe") => LuaStdlib::Safe,
+                    Some("all") => LuaStdlib::All,
+                    other => return Err(format!("--stdlib: expected safe or all, got {other:?}")),
+                }
+            }
+            "--stats" => o.stats = true,
+            "--watch" => return Err("--watch: hot reload is not available in this version".into()),
+            "-h" | "--help" => return Err(String::new()),
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+            path if script.is_none() => script = Some(PathBuf::from(path)),
+            extra => return Err(format!("unexpected argument {extra}")),
+        }
+    }
+    o.script = script.ok_or("no script given")?;
+    Ok(o)
+}
+
+/// Script errors seen so far.
+#[derive(Resource, Default)]
+struct Seen {
+    runtime: bool,
+    load: bool,
+}
+
+fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>) {
+    for e in errors.read() {
+        if e.traceback.is_empty() {
+            eprintln!("error: {}", e.message);
+        } else {
+            eprintln!("error: {}\n{}", e.message, e.traceback);
+        }
+        match e.kind {
+            ScriptErrorKind::Load => seen.load = true,
+            _ => seen.runtime = true,
+        }
+    }
+}
+
+/// Wall time of each step, for `--stats`.
+#[derive(Resource, Default)]
+struct StepTimes {
+    started: Option<Instant>,
+    samples: Vec<Duration>,
+}
+
+fn main() -> ExitCode {
+    let o = match parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("run: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match std::fs::read_to_string(&o.script) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("run: cannot read {}: {e}", o.script.display());
+            return ExitCode::from(2);
+        }
+    };
+    let root = o.script.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let root = std::fs::canonicalize(if root.as_os_str().is_empty() { PathBuf::from(".") } else { root })
+        .unwrap_or_default();
+    let name = o.script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin { file_path: root.to_string_lossy().into_owned(), ..default() },
+        LuaCoroutinesPlugin {
+            stdlib: o.stdlib,
+            memory_limit: Some(o.memory_limit_mb.saturating_mul(1024 * 1024)),
+            print_to_stdout: true,
+            ..default()
+        },
+    ))
+    .insert_resource(TimeUpdateStrategy::ManualDuration(o.dt))
+    .init_resource::<Seen>()
+    .init_resource::<StepTimes>()
+    .add_systems(Last, report_errors)
+    .add_systems(
+        Update,
+        (
+            (|mut t: ResMut<StepTimes>| t.started = Some(Instant::now())).before(LuaCoroutinesSystems::Sync),
+            (|mut t: ResMut<StepTimes>| {
+                if let Some(start) = t.started.take() {
+                    t.samples.push(start.elapsed());
+                }
+            })
+            .after(LuaCoroutinesSystems::Step),
+        ),
+    );
+    if o.fps.is_some() {
+        // Real time follows the wall clock; game time still advances by exactly --dt per frame.
+        app.insert_resource(TimeUpdateStrategy::Automatic);
+        let dt = o.dt;
+        app.init_resource::<GameClock>().add_systems(
+            First,
+            (move |time: ResMut<Time>, clock: ResMut<GameClock>| fixed_game_time(time, clock, dt))
+                .after(bevy::time::TimeSystems),
+        );
+    }
+    app.finish();
+    app.cleanup();
+
+    let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(name, source));
+    for i in 1..=o.entities {
+        app.world_mut().spawn((
+            Transform::default(),
+            Name::new(format!("entity-{i}")),
+            LuaScripts::new(handle.clone()),
+        ));
+    }
+
+    let pace = o.fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
+    let mut frames = 0;
+    let mut next_frame = Instant::now();
+    while frames < o.frames {
+        app.update();
+        frames += 1;
+        let world = app.world();
+        if world.resource::<Seen>().load {
+            return ExitCode::from(2);
+        }
+        let runtime = world.resource::<LuaRuntime>();
+        if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 {
+            break;
+        }
+        if let Some(pace) = pace {
+            next_frame += pace;
+            std::thread::sleep(next_frame.saturating_duration_since(Instant::now()));
+        }
+    }
+    // One more update flushes messages written by the last step.
+    app.update();
+
+    let world = app.world();
+    let runtime = world.resource::<LuaRuntime>();
+    if o.stats {
+        print_stats(frames, runtime, &world.resource::<StepTimes>().samples);
+    }
+    if world.resource::<Seen>().runtime {
+        ExitCode::from(1)
+    } else if world.resource::<Seen>().load {
+        ExitCode::from(2)
+    } else if runtime.live_tasks() > 0 || runtime.pending_instances() > 0 {
+        eprintln!("run: {frames} frames ran out with {} tasks still waiting", runtime.live_tasks());
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Game time in `--fps` mode, advanced by exactly `--dt` per frame (the first frame has none).
+#[derive(Resource, Default)]
+struct GameClock {
+    time: Time<()>,
+    started: bool,
+}
+
+fn fixed_game_time(mut time: ResMut<Time>, mut clock: ResMut<GameClock>, dt: Duration) {
+    if clock.started {
+        clock.time.advance_by(dt);
+    }
+    clock.started = true;
+    *time = clock.time;
+}
+
+fn print_stats(frames: u64, runtime: &LuaRuntime, samples: &[Duration]) {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let mean = if sorted.is_empty() {
+        Duration::ZERO
+    } else {
+        sorted.iter().sum::<Duration>() / sorted.len() as u32
+    };
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let max = sorted.last().copied().unwrap_or_default();
+    eprintln!("frames: {frames}");
+    eprintln!("tasks resumed: {}", runtime.stats().resumed);
+    eprintln!("step time per frame: mean {mean:?}, median {median:?}, max {max:?}");
+    eprintln!("lua memory: {:.1} KiB", runtime.used_memory() as f64 / 1024.0);
+}
