@@ -121,9 +121,12 @@ impl LuaRuntime {
     fn detach(&mut self, id: InstanceId) {
         self.instances.pending.retain(|(p, _, _)| *p != id);
         let tasks = sched(self.lua()).take_instance_tasks(id);
-        scheduler::close_tasks(self.lua(), &self.refs, &tasks, Some(id));
+        let lua = self.lua();
+        sched(lua).host_instance = Some(id);
+        scheduler::close_tasks(lua, &tasks, Some(id));
+        sched(lua).host_instance = None;
         sched(self.lua()).forget_instance(id);
-        let _ = self.envs.raw_set(id.0 as i64, Value::Nil);
+        let _ = scheduler::refs(self.lua()).envs.raw_set(id.0 as i64, Value::Nil);
     }
 
     /// Drops compiled code of changed scripts, so new instances compile the new source.
@@ -167,9 +170,9 @@ impl LuaRuntime {
                 }
             },
         };
-        sched(self.lua()).setup_instance = Some(id);
+        sched(self.lua()).host_instance = Some(id);
         let started = self.spawn_chunk(id, entity, &factory);
-        sched(self.lua()).setup_instance = None;
+        sched(self.lua()).host_instance = None;
         if let Err(e) = started {
             let (message, traceback) = crate::error::split_traceback(&e);
             sched(self.lua()).report(Some(id), ScriptErrorKind::Runtime, message, traceback);
@@ -180,10 +183,10 @@ impl LuaRuntime {
     fn spawn_chunk(&self, id: InstanceId, entity: Entity, factory: &Function) -> mlua::Result<()> {
         let lua = self.lua();
         let env: mlua::Table = self.new_env.call(LuaEntity(entity))?;
-        self.envs.raw_set(id.0 as i64, &env)?;
+        scheduler::refs(lua).envs.raw_set(id.0 as i64, &env)?;
         let chunk: Function = factory.call(env)?;
         let thread = lua.create_thread(chunk)?;
-        let Some(task) = scheduler::adopt(lua, &self.refs, &thread)? else {
+        let Some(task) = scheduler::adopt(lua, &thread)? else {
             return Err(mlua::Error::runtime("instance vanished while starting"));
         };
         sched(lua).push_ready(task);

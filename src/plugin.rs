@@ -130,6 +130,9 @@ fn sync_instances(world: &mut World) {
         let scripts = world.resource::<Assets<LuaScript>>();
         let server = world.resource::<AssetServer>();
         runtime.start_pending(scripts, server);
+        if let Err(e) = runtime.compact_tables() {
+            error!("bevy_lua_coroutines: could not compact the task tables: {e}");
+        }
     });
 }
 

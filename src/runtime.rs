@@ -33,12 +33,9 @@ pub(crate) struct VmConfig {
 #[derive(Resource)]
 pub struct LuaRuntime {
     lua: Lua,
-    pub(crate) refs: Arc<Refs>,
     pub(crate) budget: Arc<Budget>,
     /// `new_env(entity) -> env`, from `lua/sandbox.lua`.
     pub(crate) new_env: Function,
-    /// Instance id -> environment table.
-    pub(crate) envs: Table,
     /// The `clock` table `time.*` reads.
     clock: Table,
     /// Script instances per entity.
@@ -100,45 +97,31 @@ impl LuaRuntime {
         core.set("clock", &clock)?;
         core.set("traceback", traceback.clone())?;
 
-        // The Rust functions need the shared tables; they get them through this cell, filled once
-        // the `close` function exists.
-        let refs_cell: Arc<std::sync::OnceLock<Arc<Refs>>> = Arc::default();
-        let refs_of = {
-            let cell = refs_cell.clone();
-            move || cell.get().cloned().ok_or_else(|| mlua::Error::runtime("the task API is not ready"))
-        };
-
-        let get_refs = refs_of.clone();
         core.set(
             "register",
-            lua.create_function(move |lua, (thread, kind, arg): (Thread, i64, Value)| {
-                let refs = get_refs()?;
-                let Some(task) = scheduler::adopt(lua, &refs, &thread)? else {
+            lua.create_function(|lua, (thread, kind, arg): (Thread, i64, Value)| {
+                let Some(task) = scheduler::adopt(lua, &thread)? else {
                     return Err(mlua::Error::runtime("task API called outside of a script"));
                 };
                 sched(lua).register_wait(task, kind, &arg).map_err(mlua::Error::runtime)
             })?,
         )?;
-        let get_refs = refs_of.clone();
         core.set(
             "schedule",
-            lua.create_function(move |lua, (thread, how, seconds, args): (Thread, i64, f64, MultiValue)| {
-                let refs = get_refs()?;
-                let Some(task) = scheduler::adopt(lua, &refs, &thread)? else {
+            lua.create_function(|lua, (thread, how, seconds, args): (Thread, i64, f64, MultiValue)| {
+                let Some(task) = scheduler::adopt(lua, &thread)? else {
                     return Ok(Some(String::from("task API called outside of a script")));
                 };
-                scheduler::store_args(lua, &refs, task, args)?;
+                scheduler::store_args(lua, task, args)?;
                 Ok(sched(lua).schedule(task, how, seconds).err())
             })?,
         )?;
-        let get_refs = refs_of.clone();
         core.set(
             "forget",
-            lua.create_function(move |lua, thread: Thread| {
-                let refs = get_refs()?;
+            lua.create_function(|lua, thread: Thread| {
                 let found = sched(lua).find(thread.to_pointer() as usize);
                 if let Some(task) = found {
-                    scheduler::drop_task(lua, &refs, task);
+                    scheduler::drop_task(lua, task);
                 }
                 Ok(())
             })?,
@@ -157,8 +140,7 @@ impl LuaRuntime {
         let api: Table =
             lua.load(include_str!("lua/task.lua")).set_name("=bevy_lua_coroutines/task.lua").call(core)?;
         let close: Function = api.get("close")?;
-        let refs = Arc::new(Refs { threads, args, close, traceback });
-        let _ = refs_cell.set(refs.clone());
+        lua.set_app_data(Refs { threads, args, envs: lua.create_table()?, close, traceback });
 
         let opts = lua.create_table()?;
         opts.set("all", config.stdlib == LuaStdlib::All)?;
@@ -183,8 +165,7 @@ impl LuaRuntime {
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        let envs = lua.create_table()?;
-        Ok(Self { lua, refs, budget, new_env, envs, clock, instances: Default::default() })
+        Ok(Self { lua, budget, new_env, clock, instances: Default::default() })
     }
 
     /// Publishes the clocks to `time.*` and wakes what fell due.
@@ -207,9 +188,34 @@ impl LuaRuntime {
         let _ = self.clock.raw_set("nanos", clock.game_ns as f64);
     }
 
+    /// Rebuilds the VM's task and environment tables when most of their entries are gone.
+    pub(crate) fn compact_tables(&self) -> mlua::Result<()> {
+        let (tasks, instances) = sched(&self.lua).take_compaction();
+        if !(tasks || instances) {
+            return Ok(());
+        }
+        let copy = |t: &Table| -> mlua::Result<Table> {
+            let fresh = self.lua.create_table()?;
+            for pair in t.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                fresh.raw_set(k, v)?;
+            }
+            Ok(fresh)
+        };
+        let mut refs = self.lua.app_data_mut::<Refs>().expect("the task tables are installed with the VM");
+        if tasks {
+            refs.threads = copy(&refs.threads)?;
+            refs.args = copy(&refs.args)?;
+        }
+        if instances {
+            refs.envs = copy(&refs.envs)?;
+        }
+        Ok(())
+    }
+
     /// Resumes everything that is ready.
     pub(crate) fn run(&self) {
-        scheduler::run(&self.lua, &self.refs, &self.budget);
+        scheduler::run(&self.lua, &self.budget);
     }
 }
 

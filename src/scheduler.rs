@@ -95,6 +95,8 @@ struct Task {
     instance: InstanceId,
     ptr: usize,
     wait: u32,
+    /// When the task was made (orders cancellation).
+    born: u64,
 }
 
 #[derive(Default)]
@@ -133,12 +135,16 @@ pub(crate) struct Scheduler {
     real_timers: TimerQueue<Waiting>,
     seq: u64,
     live: usize,
+    /// The most tasks / instances alive since the Lua tables were last rebuilt.
+    task_peak: usize,
+    instance_peak: usize,
     /// The clocks as of this step.
     pub clock: Clock,
     /// The task being resumed, its instance, and its `task.defer` depth.
     current: Option<(TaskId, InstanceId, u8)>,
-    /// The instance whose code runs outside any task (its environment being set up).
-    pub setup_instance: Option<InstanceId>,
+    /// The instance on whose behalf Lua code runs outside any task (its chunk being set up, its
+    /// tasks being closed).
+    pub host_instance: Option<InstanceId>,
     instances: HashMap<InstanceId, InstanceRecord>,
     /// Failures reported during the step, drained into `ScriptError` messages.
     pub errors: Vec<ScriptError>,
@@ -172,12 +178,26 @@ impl Scheduler {
 
     /// The instance on whose behalf Lua code runs right now.
     pub fn current_instance(&self) -> Option<InstanceId> {
-        self.current.map(|(_, i, _)| i).or(self.setup_instance)
+        self.current.map(|(_, i, _)| i).or(self.host_instance)
     }
 
     /// Starts tracking an instance.
     pub fn add_instance(&mut self, id: InstanceId, entity: Entity, path: Arc<str>) {
         self.instances.insert(id, InstanceRecord { entity, path, tasks: HashSet::default() });
+        self.instance_peak = self.instance_peak.max(self.instances.len());
+    }
+
+    /// Whether the task tables and the environment table should be rebuilt: Lua tables never
+    /// shrink when entries are cleared, so after a mass despawn they are copied to fit.
+    pub fn take_compaction(&mut self) -> (bool, bool) {
+        fn shrunk(peak: &mut usize, live: usize) -> bool {
+            let due = *peak > 4096 && live * 4 < *peak;
+            if due {
+                *peak = live;
+            }
+            due
+        }
+        (shrunk(&mut self.task_peak, self.live), shrunk(&mut self.instance_peak, self.instances.len()))
     }
 
     /// The record of an instance.
@@ -198,7 +218,7 @@ impl Scheduler {
             return Vec::new();
         };
         let mut tasks: Vec<TaskId> = record.tasks.iter().copied().collect();
-        tasks.sort_by_key(|t| (t.index, t.generation));
+        tasks.sort_by_key(|&t| self.task(t).map(|t| t.born));
         for &task in &tasks {
             self.remove_task(task);
         }
@@ -221,14 +241,16 @@ impl Scheduler {
             self.slots.push(Slot::default());
             (self.slots.len() - 1) as u32
         });
+        self.seq += 1;
         let slot = &mut self.slots[index as usize];
-        slot.task = Some(Task { instance, ptr, wait: 0 });
+        slot.task = Some(Task { instance, ptr, wait: 0, born: self.seq });
         let id = TaskId { index, generation: slot.generation };
         self.by_ptr.insert(ptr, id);
         if let Some(record) = self.instances.get_mut(&instance) {
             record.tasks.insert(id);
         }
         self.live += 1;
+        self.task_peak = self.task_peak.max(self.live);
         id
     }
 
@@ -488,7 +510,8 @@ impl Budget {
         }
         let at = location();
         if let Ok(mut slot) = self.exceeded_at.lock() {
-            slot.get_or_insert_with(|| at.clone());
+            // The last place wins: it is where the resumed task itself was stopped.
+            *slot = Some(at.clone());
         }
         let message = format!("{at}: script exceeded its instruction budget");
         let is_resumed = lua.current_thread().to_pointer() as usize == resumed;
@@ -506,10 +529,17 @@ pub(crate) struct Refs {
     pub threads: Table,
     /// Task slot key -> packed arguments for its next resume.
     pub args: Table,
+    /// Instance id -> environment table.
+    pub envs: Table,
     /// Closes a thread (to-be-closed variables run): `close(co) -> ok, err`.
     pub close: Function,
     /// `debug.traceback`, kept even when scripts do not get `debug`.
     pub traceback: Function,
+}
+
+/// Borrows the shared Lua tables (a shared borrow: it may be held across calls into Lua).
+pub(crate) fn refs(lua: &Lua) -> mlua::AppDataRef<'_, Refs> {
+    lua.app_data_ref::<Refs>().expect("the task tables are installed with the VM")
 }
 
 /// Borrows the scheduler. Never hold the borrow across a call into Lua code.
@@ -518,7 +548,7 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
 }
 
 /// Makes `thread` a task of the current instance, or finds the task it already is.
-pub(crate) fn adopt(lua: &Lua, refs: &Refs, thread: &Thread) -> mlua::Result<Option<TaskId>> {
+pub(crate) fn adopt(lua: &Lua, thread: &Thread) -> mlua::Result<Option<TaskId>> {
     let ptr = thread.to_pointer() as usize;
     let mut s = sched(lua);
     if let Some(id) = s.find(ptr) {
@@ -529,12 +559,13 @@ pub(crate) fn adopt(lua: &Lua, refs: &Refs, thread: &Thread) -> mlua::Result<Opt
     };
     let id = s.insert_task(instance, ptr);
     drop(s);
-    refs.threads.raw_set(id.key(), thread)?;
+    refs(lua).threads.raw_set(id.key(), thread)?;
     Ok(Some(id))
 }
 
 /// Stores `args` as the values `task` is resumed with next.
-pub(crate) fn store_args(lua: &Lua, refs: &Refs, task: TaskId, args: MultiValue) -> mlua::Result<()> {
+pub(crate) fn store_args(lua: &Lua, task: TaskId, args: MultiValue) -> mlua::Result<()> {
+    let refs = refs(lua);
     if args.is_empty() {
         return refs.args.raw_set(task.key(), Value::Nil);
     }
@@ -545,9 +576,9 @@ pub(crate) fn store_args(lua: &Lua, refs: &Refs, task: TaskId, args: MultiValue)
 }
 
 /// Forgets a task and clears its Lua slots.
-pub(crate) fn drop_task(lua: &Lua, refs: &Refs, task: TaskId) {
+pub(crate) fn drop_task(lua: &Lua, task: TaskId) {
     if sched(lua).remove_task(task) {
-        clear_slots(refs, task);
+        clear_slots(&refs(lua), task);
     }
 }
 
@@ -557,12 +588,13 @@ fn clear_slots(refs: &Refs, task: TaskId) {
 }
 
 /// Closes threads whose tasks were already removed from the scheduler (cancelled instances).
-pub(crate) fn close_tasks(lua: &Lua, refs: &Refs, tasks: &[TaskId], instance: Option<InstanceId>) {
+pub(crate) fn close_tasks(lua: &Lua, tasks: &[TaskId], instance: Option<InstanceId>) {
+    let refs = refs(lua);
     for &task in tasks {
         let thread = refs.threads.raw_get::<Option<Thread>>(task.key()).ok().flatten();
-        clear_slots(refs, task);
+        clear_slots(&refs, task);
         if let Some(thread) = thread {
-            close_thread(lua, refs, &thread, instance);
+            close_thread(lua, &refs, &thread, instance);
         }
     }
 }
@@ -587,7 +619,8 @@ fn close_thread(lua: &Lua, refs: &Refs, thread: &Thread, instance: Option<Instan
 }
 
 /// Resumes every ready task, and every task they wake, until the ready queue is empty.
-pub(crate) fn run(lua: &Lua, refs: &Refs, budget: &Budget) {
+pub(crate) fn run(lua: &Lua, budget: &Budget) {
+    let refs = &*refs(lua);
     let req = Value::LightUserData(req());
     loop {
         let Some((task, resume)) = sched(lua).pop_ready() else { break };
@@ -595,7 +628,7 @@ pub(crate) fn run(lua: &Lua, refs: &Refs, budget: &Budget) {
             Ok(Some(t)) => t,
             _ => {
                 sched(lua).current = None;
-                drop_task(lua, refs, task);
+                drop_task(lua, task);
                 continue;
             }
         };
@@ -638,13 +671,13 @@ pub(crate) fn run(lua: &Lua, refs: &Refs, budget: &Budget) {
                     // Finished, or yielded without a request: nothing will wake it, so the
                     // scheduler lets go (script code that holds the thread may resume it).
                     drop(s);
-                    drop_task(lua, refs, task);
+                    drop_task(lua, task);
                     continue;
                 }
             }
             (Err(mlua::Error::CoroutineUnresumable), None) => {
                 drop(s);
-                drop_task(lua, refs, task);
+                drop_task(lua, task);
                 continue;
             }
             (Err(e), None) => {
@@ -663,8 +696,8 @@ pub(crate) fn run(lua: &Lua, refs: &Refs, budget: &Budget) {
                     .unwrap_or_default(),
             };
             sched(lua).report(instance, kind, message, traceback);
-            drop_task(lua, refs, task);
-            close_thread(lua, refs, &thread, instance);
+            drop_task(lua, task);
+            close_thread(lua, &refs, &thread, instance);
         }
     }
 }

@@ -1,0 +1,3 @@
+print("loaded from a file")
+local x = 1
+missing(x)

@@ -1,0 +1,151 @@
+//! Instance lifecycle: removing a script or despawning its entity cancels every task it owns
+//! (to-be-closed variables close) and leaves nothing of it in the VM.
+
+mod common;
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+const LONG_RUNNER: &str = r#"
+    task.spawn(function()
+      local guard <close> = setmetatable({}, { __close = function() print("child closed") end })
+      task.wait(100)
+    end)
+    local guard <close> = setmetatable({}, { __close = function() print("main closed") end })
+    while true do task.wait(0.05) print("tick") end
+"#;
+
+#[test]
+fn despawning_the_entity_cancels_every_task_and_closes_its_variables() {
+    let mut app = create_app();
+    let e = spawn_script(&mut app, "scripts/runner.lua", LONG_RUNNER);
+    run(&mut app, 4);
+    assert_eq!(take_printed(&mut app), ["tick"]);
+    assert_eq!(live_tasks(&app), 2);
+    app.world_mut().despawn(e);
+    run(&mut app, 20);
+    let out = take_printed(&mut app);
+    assert_eq!(out, ["main closed", "child closed"], "tasks close in the order they were made");
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn removing_the_component_cancels_the_instances() {
+    let mut app = create_app();
+    let e = spawn_script(&mut app, "scripts/runner.lua", LONG_RUNNER);
+    run(&mut app, 2);
+    app.world_mut().entity_mut(e).remove::<LuaScripts>();
+    run(&mut app, 20);
+    assert_eq!(printed(&app), ["main closed", "child closed"]);
+    assert_eq!(live_tasks(&app), 0);
+    assert!(app.world().get_entity(e).is_ok(), "the entity itself stays");
+}
+
+#[test]
+fn replacing_the_component_keeps_listed_instances_and_starts_new_ones() {
+    let mut app = create_app();
+    let counter = script(
+        &mut app,
+        "scripts/counter.lua",
+        "state.n = 0 while true do state.n = state.n + 1 task.wait() end",
+    );
+    let greeter = script(&mut app, "scripts/greeter.lua", "print('hello', state.n) task.wait(100)");
+    let e = app.world_mut().spawn(LuaScripts::new(counter.clone())).id();
+    run(&mut app, 3);
+    app.world_mut().entity_mut(e).insert(LuaScripts::new(counter).with(greeter));
+    run(&mut app, 1);
+    assert_eq!(printed(&app), ["hello\tnil"], "the new instance has its own state");
+    assert_eq!(live_tasks(&app), 2, "the counter kept running and the greeter waits");
+}
+
+#[test]
+fn several_scripts_on_one_entity_are_separate_instances() {
+    let mut app = create_app();
+    let a = script(
+        &mut app,
+        "scripts/a.lua",
+        "x = 'a' state.who = 'a' task.wait() print('a sees', x, state.who)",
+    );
+    let b = script(
+        &mut app,
+        "scripts/b.lua",
+        "x = 'b' state.who = 'b' task.wait() print('b sees', x, state.who)",
+    );
+    let e = app.world_mut().spawn(LuaScripts::new(a).with(b)).id();
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["a sees\ta\ta", "b sees\tb\tb"]);
+    let bits = e.to_bits();
+    let same_entity = spawn_script(&mut app, "scripts/c.lua", "print(entity.id, tostring(entity))");
+    run(&mut app, 1);
+    assert_eq!(printed(&app)[2], format!("{}\tEntity({same_entity})", same_entity.to_bits()));
+    assert_ne!(bits, same_entity.to_bits());
+}
+
+#[test]
+fn scripts_load_through_the_asset_server_and_errors_name_the_asset_path() {
+    let mut app = create_app();
+    app.finish();
+    let handle = app.world().resource::<AssetServer>().load("scripts/tests/fails_on_line_3.lua");
+    app.world_mut().spawn(LuaScripts::new(handle));
+    run_until(&mut app, 500, |app| !errors(app).is_empty());
+    let errs = errors(&app);
+    assert_eq!(printed(&app), ["loaded from a file"]);
+    assert_eq!(errs[0].script, "scripts/tests/fails_on_line_3.lua");
+    assert_eq!(
+        errs[0].message,
+        "scripts/tests/fails_on_line_3.lua:3: attempt to call a nil value (global 'missing')"
+    );
+    assert_eq!(errs[0].kind, ScriptErrorKind::Runtime);
+}
+
+#[test]
+fn a_missing_script_file_is_reported_as_a_load_error() {
+    let mut app = create_app();
+    app.finish();
+    let handle = app.world().resource::<AssetServer>().load("scripts/tests/no_such_script.lua");
+    app.world_mut().spawn(LuaScripts::new(handle));
+    run_until(&mut app, 500, |app| !errors(app).is_empty());
+    let errs = errors(&app);
+    assert_eq!(errs[0].kind, ScriptErrorKind::Load);
+    assert!(errs[0].message.contains("no_such_script.lua"), "{}", errs[0].message);
+    assert_eq!(app.world().resource::<LuaRuntime>().pending_instances(), 0);
+}
+
+#[test]
+fn ten_thousand_scripted_entities_leave_nothing_behind() {
+    let mut app = create_app();
+    let handle = script(
+        &mut app,
+        "scripts/sleeper.lua",
+        r#"
+        state.data = { 1, 2, 3, name = "sleeper" }
+        task.spawn(function() task.wait(1000) end)
+        task.delay(500, function() end)
+        task.wait(1000)
+        "#,
+    );
+    run(&mut app, 2);
+    let memory = |app: &mut App| {
+        let runtime = app.world().resource::<LuaRuntime>();
+        runtime.lua().gc_collect().unwrap();
+        runtime.lua().gc_collect().unwrap();
+        runtime.used_memory()
+    };
+    let baseline = memory(&mut app);
+    let entities: Vec<Entity> =
+        (0..10_000).map(|_| app.world_mut().spawn(LuaScripts::new(handle.clone())).id()).collect();
+    run(&mut app, 2);
+    assert_eq!(live_tasks(&app), 30_000, "three tasks per entity");
+    let loaded = memory(&mut app);
+    for e in entities {
+        app.world_mut().despawn(e);
+    }
+    run(&mut app, 2);
+    assert_eq!(live_tasks(&app), 0);
+    let after = memory(&mut app);
+    assert!(loaded > baseline + 10_000 * 1024, "the instances used memory: {baseline} -> {loaded}");
+    assert!(
+        after < baseline + 64 * 1024,
+        "Lua memory back near its baseline: {baseline} before, {loaded} loaded, {after} after"
+    );
+}

@@ -1,0 +1,235 @@
+//! Protection (API.md §7): the instruction budget, the memory limit, safe standard libraries,
+//! isolated globals, and errors that stop one task only and say `file:line`.
+
+mod common;
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+fn budget_app(instructions: u64) -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(instructions),
+        print_to_stdout: false,
+        ..default()
+    })
+}
+
+#[test]
+fn a_runaway_loop_stops_that_task_only_with_file_and_line() {
+    let mut app = budget_app(100_000);
+    spawn_script(&mut app, "scripts/runaway.lua", "print('start')\ntask.wait()\nwhile true do end\n");
+    spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 5 do task.wait() end print('steady done')");
+    run(&mut app, 8);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
+    assert_eq!(errs[0].script, "scripts/runaway.lua");
+    assert_eq!(errs[0].message, "scripts/runaway.lua:3: script exceeded its instruction budget");
+    assert!(errs[0].traceback.contains("scripts/runaway.lua:3"), "traceback: {}", errs[0].traceback);
+    assert_eq!(printed(&app), ["start", "steady done"]);
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn pcall_cannot_keep_a_runaway_loop_alive() {
+    let mut app = budget_app(100_000);
+    spawn_script(
+        &mut app,
+        "scripts/sneaky.lua",
+        "local n = 0\nwhile true do\n  n = n + 1\n  pcall(function() while true do end end)\nend\n",
+    );
+    run(&mut app, 2);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn the_budget_counts_one_resume_not_a_lifetime() {
+    let mut app = budget_app(200_000);
+    // ~30,000 instructions per frame, for 100 frames: far past the budget in total, never in one resume.
+    spawn_script(
+        &mut app,
+        "scripts/steady_work.lua",
+        "for f = 1, 100 do local s = 0 for i = 1, 10000 do s = s + i end task.wait() end print('done')",
+    );
+    run(&mut app, 102);
+    assert_eq!(errors(&app).len(), 0, "{:#?}", errors(&app));
+    assert_eq!(printed(&app), ["done"]);
+}
+
+#[test]
+fn a_runaway_loop_in_a_nested_coroutine_is_stopped_too() {
+    let mut app = budget_app(100_000);
+    spawn_script(
+        &mut app,
+        "scripts/nested.lua",
+        "local co = coroutine.create(function() while true do end end)\nprint(coroutine.resume(co))\nwhile true do end\n",
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].starts_with("false\t"), "the nested coroutine failed: {out:?}");
+    assert!(out[0].contains("script exceeded its instruction budget"), "{out:?}");
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].message, "scripts/nested.lua:3: script exceeded its instruction budget");
+}
+
+#[test]
+fn hitting_the_memory_limit_fails_the_call_not_the_app() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        memory_limit: Some(16 * 1024 * 1024),
+        print_to_stdout: false,
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/hog.lua",
+        r#"
+        local ok, err = pcall(function() return string.rep("x", 64 * 1024 * 1024) end)
+        print("caught", ok, tostring(err):match("memory") ~= nil)
+        local t = {}
+        for i = 1, 1e9 do t[i] = {} end
+        "#,
+    );
+    spawn_script(&mut app, "scripts/other.lua", "task.wait() print('other goes on')");
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["caught\tfalse\ttrue", "other goes on"]);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].message.contains("memory"), "{}", errs[0].message);
+}
+
+#[test]
+fn safe_standard_libraries_by_default() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/libs.lua",
+        r#"
+        print(io, package, require, dofile, loadfile, os.execute, os.exit, os.getenv, os.remove)
+        print(type(os.time), type(os.clock), type(debug.traceback), debug.getinfo, debug.sethook)
+        print(type(string.format), type(table.insert), type(math.floor), type(utf8.char), type(coroutine.wrap))
+        print(pcall(load, string.dump(function() end)))
+        print(load("return 1 + 1")())
+        print(pcall(collectgarbage, "stop"))
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out[0], "nil\tnil\tnil\tnil\tnil\tnil\tnil\tnil\tnil");
+    assert_eq!(out[1], "function\tfunction\tfunction\tnil\tnil");
+    assert_eq!(out[2], "function\tfunction\tfunction\tfunction\tfunction");
+    assert!(
+        out[3].starts_with("true\tnil\t") && out[3].contains("binary"),
+        "binary chunks refused: {}",
+        out[3]
+    );
+    assert_eq!(out[4], "2");
+    assert!(out[5].starts_with("false\t"), "collectgarbage('stop') refused: {}", out[5]);
+}
+
+#[test]
+fn stdlib_all_grants_io_os_and_debug() {
+    let mut app =
+        create_app_with(LuaCoroutinesPlugin { stdlib: LuaStdlib::All, print_to_stdout: false, ..default() });
+    spawn_script(&mut app, "scripts/all.lua", "print(type(io.open), type(os.getenv), type(debug.getinfo))");
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["function\tfunction\tfunction"]);
+}
+
+#[test]
+fn instances_cannot_clobber_each_other_or_the_shared_base() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/vandal.lua",
+        r#"
+        shared = "mine"
+        print = nil
+        _G.task = nil
+        local results = {}
+        for _, attempt in ipairs({
+          function() string.upper = nil end,
+          function() rawset(string, "upper", nil) end,
+          function() table.insert = nil end,
+          function() setmetatable(_G, nil) end,
+          function() getmetatable("").__index = {} end,
+          function() load("print = nil")() end,
+          function() load("x = 1", "chunk", "t", nil)() end,
+        }) do
+          results[#results + 1] = tostring((pcall(attempt)))
+        end
+        state.results = table.concat(results, " ")
+        coroutine.yield()
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        task.wait()
+        print(shared, type(print), type(task), string.upper("ok"), type(table.insert), x)
+        "#,
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["nil\tfunction\ttable\tOK\tfunction\tnil"]);
+    let errs = errors(&app);
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+#[test]
+fn each_instance_sees_its_own_globals_state_and_g() {
+    let mut app = create_app();
+    let handle = script(
+        &mut app,
+        "scripts/counter.lua",
+        r#"
+        counter = (counter or 0) + 1
+        state.id = entity.id
+        task.wait()
+        print(counter, _G.counter, state.id == entity.id, rawget(_G, "state") == state)
+        "#,
+    );
+    for _ in 0..3 {
+        app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    }
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["1\t1\ttrue\ttrue"; 3]);
+}
+
+#[test]
+fn a_runtime_error_is_a_script_error_with_entity_path_message_and_traceback() {
+    let mut app = create_app();
+    let e = spawn_script(
+        &mut app,
+        "scripts/enemy.lua",
+        "local function attack(t)\n  return t.target.health\nend\ntask.wait()\nattack({})\n",
+    );
+    spawn_script(&mut app, "scripts/fine.lua", "task.wait() task.wait() print('fine')");
+    run(&mut app, 4);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let err = &errs[0];
+    assert_eq!(err.entity, e);
+    assert_eq!(err.script, "scripts/enemy.lua");
+    assert_eq!(err.kind, ScriptErrorKind::Runtime);
+    assert_eq!(err.message, "scripts/enemy.lua:2: attempt to index a nil value (field 'target')");
+    assert!(err.traceback.contains("scripts/enemy.lua:2: in"), "{}", err.traceback);
+    assert!(err.traceback.contains("scripts/enemy.lua:5"), "{}", err.traceback);
+    assert_eq!(printed(&app), ["fine"]);
+}
+
+#[test]
+fn a_syntax_error_is_a_load_error_at_the_scripts_own_line() {
+    let mut app = create_app();
+    spawn_script(&mut app, "scripts/typo.lua", "print('a')\nlocal x = = 2\n");
+    run(&mut app, 2);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Load);
+    assert_eq!(errs[0].message, "scripts/typo.lua:2: unexpected symbol near '='");
+    assert!(printed(&app).is_empty());
+}
