@@ -123,7 +123,7 @@ impl LuaRuntime {
         let tasks = sched(self.lua()).take_instance_tasks(id);
         let lua = self.lua();
         sched(lua).host_instance = Some(id);
-        scheduler::close_tasks(lua, &tasks, Some(id));
+        scheduler::kill_tasks(lua, &tasks, id);
         sched(lua).host_instance = None;
         sched(self.lua()).forget_instance(id);
         let _ = scheduler::refs(self.lua()).envs.raw_set(id.0 as i64, Value::Nil);
@@ -158,7 +158,7 @@ impl LuaRuntime {
         sched(self.lua()).set_instance_path(id, script.path.clone());
         let factory = match self.instances.compiled.get(&asset) {
             Some(f) => f.clone(),
-            None => match compile(self.lua(), script) {
+            None => match compile(self.lua(), script, self.setfenv.as_ref()) {
                 Ok(f) => {
                     self.instances.compiled.insert(asset, f.clone());
                     f
@@ -186,24 +186,25 @@ impl LuaRuntime {
         scheduler::refs(lua).envs.raw_set(id.0 as i64, &env)?;
         let chunk: Function = factory.call(env)?;
         let thread = lua.create_thread(chunk)?;
-        let Some(task) = scheduler::adopt(lua, &thread)? else {
-            return Err(mlua::Error::runtime("instance vanished while starting"));
-        };
-        sched(lua).push_ready(task);
-        Ok(())
+        let start = scheduler::refs(lua).start.clone();
+        start.call::<()>(thread)
     }
 }
 
 /// Compiles a script once into a factory `env -> chunk function`, so every instance shares the
 /// compiled code and only its globals differ. The wrapper adds no line, so line numbers match.
-fn compile(lua: &mlua::Lua, script: &LuaScript) -> mlua::Result<Function> {
+fn compile(lua: &mlua::Lua, script: &LuaScript, setfenv: Option<&Function>) -> mlua::Result<Function> {
     let name = format!("@{}", script.path);
     // Compiled as written first, so a syntax error names the script's own lines and tokens.
     lua.load(&*script.source).set_name(&name).into_function()?;
-    #[cfg(feature = "lua54")]
-    let wrapped = format!("return function(_ENV) return function(...) {}\nend end", script.source);
-    #[cfg(not(feature = "lua54"))]
-    let wrapped =
-        format!("return function(__env) return setfenv(function(...) {}\nend, __env) end", script.source);
-    lua.load(wrapped).set_name(name).call::<Function>(())
+    let chunk = match setfenv {
+        // Lua 5.4: the environment is the chunk's `_ENV` upvalue.
+        None => format!("return function(_ENV) return function(...) {}\nend end", script.source),
+        // Lua 5.1 flavours: each instance gets a fresh closure whose environment is set.
+        Some(_) => format!(
+            "local __setfenv = ... return function(__env) return __setfenv(function(...) {}\nend, __env) end",
+            script.source
+        ),
+    };
+    lua.load(chunk).set_name(name).call::<Function>(setfenv.cloned())
 }

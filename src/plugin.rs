@@ -145,8 +145,9 @@ fn step(world: &mut World) {
     let real = world.get_resource::<Time<Real>>().map_or(game, |t| t.elapsed());
     let (errors, prints) = {
         let runtime = world.resource::<LuaRuntime>();
-        runtime.begin_frame(game, delta, real);
-        runtime.run();
+        if let Err(e) = runtime.begin_frame(game, delta, real).and_then(|()| runtime.run()) {
+            error!("bevy_lua_coroutines: the step failed: {e}");
+        }
         let mut s = sched(runtime.lua());
         let errors = std::mem::take(&mut s.errors);
         let prints: Vec<ScriptPrint> = std::mem::take(&mut s.prints)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bevy::prelude::*;
-use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value};
+use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use crate::error::ScriptErrorKind;
 use crate::scheduler::{self, Budget, Refs, Scheduler, kind, sched};
@@ -33,13 +33,14 @@ pub(crate) struct VmConfig {
 #[derive(Resource)]
 pub struct LuaRuntime {
     lua: Lua,
-    pub(crate) budget: Arc<Budget>,
     /// `new_env(entity) -> env`, from `lua/sandbox.lua`.
     pub(crate) new_env: Function,
-    /// The `clock` table `time.*` reads.
-    clock: Table,
+    /// The scheduler state shared with Lua (clocks, current task).
+    state: Table,
     /// Script instances per entity.
     pub(crate) instances: crate::instance::Instances,
+    /// Lua 5.1's `setfenv` (LuaJIT, Luau), which binds a compiled chunk to an instance.
+    pub(crate) setfenv: Option<Function>,
 }
 
 impl LuaRuntime {
@@ -60,7 +61,7 @@ impl LuaRuntime {
 
     /// Counters for diagnostics.
     pub fn stats(&self) -> scheduler::SchedulerStats {
-        sched(&self.lua).stats
+        scheduler::SchedulerStats { resumed: self.state.raw_get("serial").unwrap_or(0) }
     }
 
     /// Bytes of memory the VM uses.
@@ -78,69 +79,86 @@ impl LuaRuntime {
         install_budget(&lua, &budget, config.instruction_budget)?;
 
         let globals = lua.globals();
+        let setfenv: Option<Function> = globals.get("setfenv")?;
         let debug: Option<Table> = globals.get("debug")?;
         let traceback: Function = match debug {
             Some(d) => d.get("traceback")?,
             None => lua.create_function(|_, ()| Ok(String::new()))?,
         };
-        let threads = lua.create_table()?;
-        let args = lua.create_table()?;
-        let clock = lua.create_table()?;
+        let state = lua.create_table()?;
+        state.raw_set("current", 0)?;
+        state.raw_set("serial", 0)?;
+        state.raw_set("frame", 0)?;
+        state.raw_set("nanos", 0.0)?;
 
         let core = lua.create_table()?;
         core.set("REQ", Value::LightUserData(scheduler::req()))?;
+        core.set("ARGS", Value::LightUserData(scheduler::args_marker()))?;
         core.set("WAIT_TIME", kind::WAIT_TIME)?;
         core.set("WAIT_FRAMES", kind::WAIT_FRAMES)?;
         core.set("WAIT_REAL", kind::WAIT_REAL)?;
-        core.set("DEFER", kind::DEFER)?;
-        core.set("DELAY", kind::DELAY)?;
-        core.set("clock", &clock)?;
+        core.set("GAME", kind::GAME)?;
+        core.set("REAL", kind::REAL)?;
+        core.set("state", &state)?;
         core.set("traceback", traceback.clone())?;
-
         core.set(
-            "register",
-            lua.create_function(|lua, (thread, kind, arg): (Thread, i64, Value)| {
-                let Some(task) = scheduler::adopt(lua, &thread)? else {
-                    return Err(mlua::Error::runtime("task API called outside of a script"));
-                };
-                sched(lua).register_wait(task, kind, &arg).map_err(mlua::Error::runtime)
+            "adopt",
+            lua.create_function(|lua, (_co, current): (Thread, i64)| scheduler::adopt(lua, current))?,
+        )?;
+        core.set(
+            "timer",
+            lua.create_function(|lua, (key, reg, clock, seconds, stored): (i64, f64, i64, f64, bool)| {
+                sched(lua).add_timer(key, reg, clock, seconds, stored);
+                Ok(())
             })?,
         )?;
         core.set(
-            "schedule",
-            lua.create_function(|lua, (thread, how, seconds, args): (Thread, i64, f64, MultiValue)| {
-                let Some(task) = scheduler::adopt(lua, &thread)? else {
-                    return Ok(Some(String::from("task API called outside of a script")));
-                };
-                scheduler::store_args(lua, task, args)?;
-                Ok(sched(lua).schedule(task, how, seconds).err())
+            "release",
+            lua.create_function(|lua, (key, co): (i64, Thread)| {
+                scheduler::release(lua, key, &co);
+                Ok(())
+            })?,
+        )?;
+        core.set(
+            "fail",
+            lua.create_function(|lua, (key, message, traceback): (i64, String, String)| {
+                scheduler::fail(lua, key, message, traceback);
+                Ok(())
             })?,
         )?;
         core.set(
             "forget",
-            lua.create_function(|lua, thread: Thread| {
-                let found = sched(lua).find(thread.to_pointer() as usize);
-                if let Some(task) = found {
-                    scheduler::drop_task(lua, task);
-                }
+            lua.create_function(|lua, key: i64| {
+                sched(lua).remove_key(key);
                 Ok(())
             })?,
         )?;
         core.set(
             "report",
             lua.create_function(|lua, (message, traceback): (String, String)| {
-                let mut s = sched(lua);
-                let instance = s.current_instance();
+                let instance = scheduler::current_instance(lua);
                 let (_, traceback) = crate::error::split_text(&format!("\n{traceback}"));
-                s.report(instance, ScriptErrorKind::Runtime, message, traceback);
+                sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
                 Ok(())
             })?,
         )?;
 
         let api: Table =
             lua.load(include_str!("lua/task.lua")).set_name("=bevy_lua_coroutines/task.lua").call(core)?;
-        let close: Function = api.get("close")?;
-        lua.set_app_data(Refs { threads, args, envs: lua.create_table()?, close, traceback });
+        let step: Table = api.get("step")?;
+        lua.set_app_data(Refs {
+            state: state.clone(),
+            thread_of: step.get("thread_of")?,
+            envs: lua.create_table()?,
+            run: step.get("run")?,
+            wake: step.get("wake")?,
+            start: step.get("start")?,
+            kill: step.get("kill")?,
+            compact: step.get("compact")?,
+            close: step.get("close")?,
+            traceback,
+        });
+        lua.set_app_data(budget.clone());
 
         let opts = lua.create_table()?;
         opts.set("all", config.stdlib == LuaStdlib::All)?;
@@ -149,9 +167,8 @@ impl LuaRuntime {
             if to_stdout {
                 println!("{line}");
             }
-            let mut s = sched(lua);
-            if let Some(instance) = s.current_instance() {
-                s.prints.push((instance, line));
+            if let Some(instance) = scheduler::current_instance(lua) {
+                sched(lua).prints.push((instance, line));
             }
             Ok(())
         })?;
@@ -165,57 +182,51 @@ impl LuaRuntime {
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, budget, new_env, clock, instances: Default::default() })
+        Ok(Self { lua, new_env, state, instances: Default::default(), setfenv })
     }
 
-    /// Publishes the clocks to `time.*` and wakes what fell due.
+    /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).
     pub(crate) fn begin_frame(
         &self,
         game: std::time::Duration,
         delta: std::time::Duration,
         real: std::time::Duration,
-    ) {
+    ) -> mlua::Result<()> {
         let clock = {
             let mut s = sched(&self.lua);
             s.clock.advance(game, delta, real);
-            s.wake_due();
             s.clock
         };
-        let _ = self.clock.raw_set("elapsed", crate::time::nanos_to_seconds(clock.game_ns));
-        let _ = self.clock.raw_set("delta", crate::time::nanos_to_seconds(clock.delta_ns));
-        let _ = self.clock.raw_set("real", crate::time::nanos_to_seconds(clock.real_ns));
-        let _ = self.clock.raw_set("frame", clock.frame);
-        let _ = self.clock.raw_set("nanos", clock.game_ns as f64);
+        let state = &self.state;
+        state.raw_set("elapsed", crate::time::nanos_to_seconds(clock.game_ns))?;
+        state.raw_set("delta", crate::time::nanos_to_seconds(clock.delta_ns))?;
+        state.raw_set("real", crate::time::nanos_to_seconds(clock.real_ns))?;
+        state.raw_set("frame", clock.frame)?;
+        state.raw_set("nanos", clock.game_ns as f64)
     }
 
     /// Rebuilds the VM's task and environment tables when most of their entries are gone.
     pub(crate) fn compact_tables(&self) -> mlua::Result<()> {
         let (tasks, instances) = sched(&self.lua).take_compaction();
-        if !(tasks || instances) {
-            return Ok(());
+        if tasks {
+            scheduler::refs(&self.lua).compact.call::<()>(())?;
         }
-        let copy = |t: &Table| -> mlua::Result<Table> {
+        if instances {
             let fresh = self.lua.create_table()?;
-            for pair in t.pairs::<Value, Value>() {
+            let mut refs =
+                self.lua.app_data_mut::<Refs>().expect("the task tables are installed with the VM");
+            for pair in refs.envs.pairs::<Value, Value>() {
                 let (k, v) = pair?;
                 fresh.raw_set(k, v)?;
             }
-            Ok(fresh)
-        };
-        let mut refs = self.lua.app_data_mut::<Refs>().expect("the task tables are installed with the VM");
-        if tasks {
-            refs.threads = copy(&refs.threads)?;
-            refs.args = copy(&refs.args)?;
-        }
-        if instances {
-            refs.envs = copy(&refs.envs)?;
+            refs.envs = fresh;
         }
         Ok(())
     }
 
-    /// Resumes everything that is ready.
-    pub(crate) fn run(&self) {
-        scheduler::run(&self.lua, &self.budget);
+    /// Queues the timers that fell due and resumes everything ready.
+    pub(crate) fn run(&self) -> mlua::Result<()> {
+        scheduler::run(&self.lua)
     }
 }
 
@@ -238,6 +249,9 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
                 format!("{}:{line}", src.short_src.as_deref().unwrap_or("?"))
             })
         })?;
+        // Threads mlua creates, and coroutines tasks create, carry the hook; the main thread,
+        // where only the step's own loop runs, does not.
+        lua.remove_hook();
     }
     #[cfg(feature = "luau")]
     {

@@ -1,37 +1,39 @@
-//! The scheduler: tasks, the ready queue, the timer queues and the step that resumes threads.
+//! The scheduler's Rust half: which instance owns each task, the timer queues, failure reports
+//! and the instruction budget. The per-frame half (the ready queue, frame waits and the loop that
+//! resumes tasks) is Lua code in `lua/task.lua`, so a task that resumes and waits again never
+//! crosses between Rust and Lua.
 //!
-//! Every wait goes through one mechanism. A thread that waits yields a request `(REQ, kind, arg)`
-//! to whoever resumed it (see `lua/task.lua`); the request becomes one *registration*: the task's
-//! `wait` counter is bumped and the waker (a timer entry, a frame wait) remembers that number. When
-//! the waker fires it moves the task to the ready queue only if the number still matches, so a task
-//! that was cancelled, resumed by someone else or re-registered is never woken twice. A task no one
-//! can wake is in no queue at all, and costs nothing per frame.
-//!
-//! Threads live in a Lua table indexed by task slot (not as one Rust handle each: mlua's handle
-//! stack is small on LuaJIT); everything else about a task is plain Rust data here.
+//! Tasks are named by integer keys (a slot here, an index into Lua tables there). Threads and
+//! per-task values live in Lua tables, not as one Rust handle each: mlua's handle stack is small on
+//! LuaJIT. Timers carry the registration number Lua gave them; the Lua side wakes a task only if
+//! that number is still its current one, so a stale timer is harmless and is swept lazily.
 
-use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bevy::platform::collections::{HashMap, HashSet};
 use bevy::prelude::*;
-use mlua::thread::ThreadStatus;
-use mlua::{Function, LightUserData, Lua, MultiValue, Table, Thread, Value, VmState};
+use mlua::{Function, LightUserData, Lua, Table, Thread, Value, VmState};
 
-use crate::error::{ScriptError, ScriptErrorKind, split_text, split_traceback};
+use crate::error::{ScriptError, ScriptErrorKind, split_text};
 use crate::time::{Clock, ClockKind, nanos_to_seconds, seconds_to_nanos};
 use crate::timer::TimerQueue;
 
 static REQ_ANCHOR: u8 = 0;
+static ARGS_ANCHOR: u8 = 0;
 
 /// The light userdata that marks a yield as a wait request.
 pub(crate) fn req() -> LightUserData {
     LightUserData(&REQ_ANCHOR as *const u8 as *mut c_void)
 }
 
-/// Wait request kinds (the `kind` of a `(REQ, kind, arg)` yield).
+/// The light userdata that says "resume with the task's stored arguments".
+pub(crate) fn args_marker() -> LightUserData {
+    LightUserData(&ARGS_ANCHOR as *const u8 as *mut c_void)
+}
+
+/// Wait request kinds (the `kind` of a `(REQ, kind, arg)` yield) and clock ids, shared with Lua.
 pub(crate) mod kind {
     /// `task.wait(seconds)`: a game-time timer, or the next frame.
     pub const WAIT_TIME: i64 = 1;
@@ -39,20 +41,17 @@ pub(crate) mod kind {
     pub const WAIT_FRAMES: i64 = 2;
     /// `task.waitRealtime(seconds)`.
     pub const WAIT_REAL: i64 = 3;
-    /// `task.defer`: later in this step.
-    pub const DEFER: i64 = 1;
-    /// `task.delay`: after a game-time delay.
-    pub const DELAY: i64 = 2;
+    /// A timer on game time.
+    pub const GAME: i64 = 1;
+    /// A timer on real time.
+    pub const REAL: i64 = 2;
 }
-
-/// How deep a chain of `task.defer` calls may go within one step.
-pub(crate) const MAX_DEFER_DEPTH: u8 = 10;
 
 /// Identifies a script instance (one script attached to one entity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct InstanceId(pub u64);
 
-/// Identifies a task: a slot in the thread table and the slot's generation.
+/// Identifies a task: a slot and the slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TaskId {
     index: u32,
@@ -60,41 +59,26 @@ pub(crate) struct TaskId {
 }
 
 impl TaskId {
-    /// The key of this task's thread in the Lua thread table.
+    /// The key Lua knows the task by.
     pub fn key(self) -> i64 {
         i64::from(self.index) + 1
     }
 }
 
-/// What a task is resumed with when it wakes.
+/// A timer registration.
 #[derive(Clone, Copy, Debug)]
-enum Resume {
-    /// The seconds of `clock` that passed since `since` (nanoseconds).
-    Elapsed { clock: ClockKind, since: u64 },
-    /// The values stored for the task in the Lua argument table.
-    Stored,
-}
-
-/// A registration waiting in a timer queue or the next-frame list.
-#[derive(Clone, Copy, Debug)]
-struct Waiting {
+struct Timer {
     task: TaskId,
-    wait: u32,
-    seq: u64,
-    resume: Resume,
-}
-
-struct ReadyEntry {
-    task: TaskId,
-    wait: u32,
-    resume: Resume,
-    depth: u8,
+    /// The registration number Lua gave the wait.
+    reg: f64,
+    clock: ClockKind,
+    since: u64,
+    /// Resume with the stored arguments (`task.delay`) rather than the elapsed seconds.
+    stored_args: bool,
 }
 
 struct Task {
     instance: InstanceId,
-    ptr: usize,
-    wait: u32,
     /// When the task was made (orders cancellation).
     born: u64,
 }
@@ -117,31 +101,25 @@ pub(crate) struct InstanceRecord {
 /// Counters the runner's `--stats` prints.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SchedulerStats {
-    /// Resumes the step performed since start.
+    /// Tasks resumed by the step since start.
     pub resumed: u64,
 }
 
-/// The scheduler's state. It lives in the VM's app data so the task API's Rust functions reach it;
-/// it is never borrowed across a resume.
+/// The scheduler's Rust state. It lives in the VM's app data so the task API's Rust functions
+/// reach it; it is never borrowed across a call into Lua.
 #[derive(Default)]
 pub(crate) struct Scheduler {
     slots: Vec<Slot>,
     free: Vec<u32>,
-    by_ptr: HashMap<usize, TaskId>,
-    ready: VecDeque<ReadyEntry>,
-    next_frame: Vec<Waiting>,
-    frames: TimerQueue<Waiting>,
-    game_timers: TimerQueue<Waiting>,
-    real_timers: TimerQueue<Waiting>,
-    seq: u64,
+    game_timers: TimerQueue<Timer>,
+    real_timers: TimerQueue<Timer>,
+    born: u64,
     live: usize,
     /// The most tasks / instances alive since the Lua tables were last rebuilt.
     task_peak: usize,
     instance_peak: usize,
     /// The clocks as of this step.
     pub clock: Clock,
-    /// The task being resumed, its instance, and its `task.defer` depth.
-    current: Option<(TaskId, InstanceId, u8)>,
     /// The instance on whose behalf Lua code runs outside any task (its chunk being set up, its
     /// tasks being closed).
     pub host_instance: Option<InstanceId>,
@@ -150,8 +128,6 @@ pub(crate) struct Scheduler {
     pub errors: Vec<ScriptError>,
     /// Lines printed during the step, drained into `ScriptPrint` messages.
     pub prints: Vec<(InstanceId, String)>,
-    /// Counters.
-    pub stats: SchedulerStats,
 }
 
 impl Scheduler {
@@ -163,12 +139,11 @@ impl Scheduler {
         slot.task.as_ref()
     }
 
-    fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
-        let slot = self.slots.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
-            return None;
-        }
-        slot.task.as_mut()
+    /// The live task Lua calls `key`.
+    fn by_key(&self, key: i64) -> Option<TaskId> {
+        let index = u32::try_from(key - 1).ok()?;
+        let slot = self.slots.get(index as usize)?;
+        slot.task.as_ref().map(|_| TaskId { index, generation: slot.generation })
     }
 
     /// Tasks alive (waiting or ready).
@@ -176,28 +151,15 @@ impl Scheduler {
         self.live
     }
 
-    /// The instance on whose behalf Lua code runs right now.
-    pub fn current_instance(&self) -> Option<InstanceId> {
-        self.current.map(|(_, i, _)| i).or(self.host_instance)
+    /// The instance that owns the task Lua calls `key` (0: none), or the host instance.
+    pub fn instance_of(&self, key: i64) -> Option<InstanceId> {
+        self.by_key(key).and_then(|t| self.task(t)).map(|t| t.instance).or(self.host_instance)
     }
 
     /// Starts tracking an instance.
     pub fn add_instance(&mut self, id: InstanceId, entity: Entity, path: Arc<str>) {
         self.instances.insert(id, InstanceRecord { entity, path, tasks: HashSet::default() });
         self.instance_peak = self.instance_peak.max(self.instances.len());
-    }
-
-    /// Whether the task tables and the environment table should be rebuilt: Lua tables never
-    /// shrink when entries are cleared, so after a mass despawn they are copied to fit.
-    pub fn take_compaction(&mut self) -> (bool, bool) {
-        fn shrunk(peak: &mut usize, live: usize) -> bool {
-            let due = *peak > 4096 && live * 4 < *peak;
-            if due {
-                *peak = live;
-            }
-            due
-        }
-        (shrunk(&mut self.task_peak, self.live), shrunk(&mut self.instance_peak, self.instances.len()))
     }
 
     /// The record of an instance.
@@ -212,8 +174,9 @@ impl Scheduler {
         }
     }
 
-    /// Removes every task of an instance, in creation order; the caller closes their threads.
-    pub fn take_instance_tasks(&mut self, id: InstanceId) -> Vec<TaskId> {
+    /// Removes every task of an instance, in the order they were made; returns their keys for
+    /// the caller to close.
+    pub fn take_instance_tasks(&mut self, id: InstanceId) -> Vec<i64> {
         let Some(record) = self.instances.get(&id) else {
             return Vec::new();
         };
@@ -222,7 +185,7 @@ impl Scheduler {
         for &task in &tasks {
             self.remove_task(task);
         }
-        tasks
+        tasks.into_iter().map(TaskId::key).collect()
     }
 
     /// Stops tracking an instance (after its tasks were taken and closed).
@@ -230,22 +193,29 @@ impl Scheduler {
         self.instances.remove(&id);
     }
 
-    /// The task that runs `ptr`, if the scheduler knows that thread.
-    pub fn find(&self, ptr: usize) -> Option<TaskId> {
-        self.by_ptr.get(&ptr).copied()
+    /// Whether the Lua task tables and environment table should be rebuilt: Lua tables never
+    /// shrink when entries are cleared, so after a mass despawn they are copied to fit.
+    pub fn take_compaction(&mut self) -> (bool, bool) {
+        fn shrunk(peak: &mut usize, live: usize) -> bool {
+            let due = *peak > 4096 && live * 4 < *peak;
+            if due {
+                *peak = live;
+            }
+            due
+        }
+        (shrunk(&mut self.task_peak, self.live), shrunk(&mut self.instance_peak, self.instances.len()))
     }
 
-    /// Makes a task of a thread for `instance`.
-    pub fn insert_task(&mut self, instance: InstanceId, ptr: usize) -> TaskId {
+    /// Makes a task for `instance`; returns its key.
+    fn insert_task(&mut self, instance: InstanceId) -> TaskId {
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot::default());
             (self.slots.len() - 1) as u32
         });
-        self.seq += 1;
+        self.born += 1;
         let slot = &mut self.slots[index as usize];
-        slot.task = Some(Task { instance, ptr, wait: 0, born: self.seq });
+        slot.task = Some(Task { instance, born: self.born });
         let id = TaskId { index, generation: slot.generation };
-        self.by_ptr.insert(ptr, id);
         if let Some(record) = self.instances.get_mut(&instance) {
             record.tasks.insert(id);
         }
@@ -254,8 +224,8 @@ impl Scheduler {
         id
     }
 
-    /// Forgets a task: every registration it had goes stale. The caller clears its Lua slots.
-    pub fn remove_task(&mut self, id: TaskId) -> bool {
+    /// Forgets a task: its timers go stale.
+    fn remove_task(&mut self, id: TaskId) -> bool {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return false;
         };
@@ -267,175 +237,73 @@ impl Scheduler {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
-        self.by_ptr.remove(&task.ptr);
         if let Some(record) = self.instances.get_mut(&task.instance) {
             record.tasks.remove(&id);
         }
         self.live -= 1;
-        self.compact();
+        self.sweep_timers();
         true
     }
 
-    /// Sweeps stale timer entries once they outnumber live tasks, so cancelled sleepers do not
+    /// Forgets the task Lua calls `key`, if it is alive.
+    pub fn remove_key(&mut self, key: i64) -> Option<InstanceId> {
+        let id = self.by_key(key)?;
+        let instance = self.task(id).map(|t| t.instance);
+        self.remove_task(id);
+        instance
+    }
+
+    /// Drops timers of dead tasks once they outnumber live tasks, so cancelled sleepers do not
     /// keep memory until their deadline.
-    fn compact(&mut self) {
+    fn sweep_timers(&mut self) {
         let stale_limit = 2 * self.live + 1024;
         let slots = &self.slots;
-        let valid = |w: &Waiting| {
-            slots.get(w.task.index as usize).is_some_and(|s| {
-                s.generation == w.task.generation && s.task.as_ref().is_some_and(|t| t.wait == w.wait)
-            })
+        let alive = |t: &Timer| {
+            slots
+                .get(t.task.index as usize)
+                .is_some_and(|s| s.generation == t.task.generation && s.task.is_some())
         };
-        for queue in [&mut self.game_timers, &mut self.real_timers, &mut self.frames] {
+        for queue in [&mut self.game_timers, &mut self.real_timers] {
             if queue.len() > stale_limit {
-                queue.retain(valid);
+                queue.retain(alive);
             }
         }
     }
 
-    /// Starts a new registration for `task`, invalidating any earlier one.
-    fn begin_wait(&mut self, task: TaskId) -> Option<(u32, u64)> {
-        let t = self.task_mut(task)?;
-        t.wait = t.wait.wrapping_add(1);
-        let wait = t.wait;
-        self.seq += 1;
-        Some((wait, self.seq))
-    }
-
-    /// Registers the wait request `kind(arg)` for `task`. Errors are messages for the script.
-    pub fn register_wait(&mut self, task: TaskId, kind: i64, arg: &Value) -> Result<(), String> {
-        let number = match arg {
-            Value::Nil => None,
-            Value::Integer(i) => Some(*i as f64),
-            Value::Number(n) => Some(*n),
-            other => return Err(format!("invalid wait argument ({})", other.type_name())),
+    /// Registers a timer for the task Lua calls `key`.
+    pub fn add_timer(&mut self, key: i64, reg: f64, clock: i64, seconds: f64, stored_args: bool) {
+        let Some(task) = self.by_key(key) else { return };
+        let clock = if clock == kind::REAL { ClockKind::Real } else { ClockKind::Game };
+        let since = self.clock.now(clock);
+        let timer = Timer { task, reg, clock, since, stored_args };
+        let at = since.saturating_add(seconds_to_nanos(seconds).unwrap_or(0));
+        match clock {
+            ClockKind::Game => self.game_timers.insert_at(at, timer),
+            ClockKind::Real => self.real_timers.insert_at(at, timer),
         };
-        let Some((wait, seq)) = self.begin_wait(task) else {
-            return Ok(());
-        };
-        let now = self.clock;
-        match kind {
-            kind::WAIT_TIME | kind::WAIT_REAL => {
-                let clock = if kind == kind::WAIT_TIME { ClockKind::Game } else { ClockKind::Real };
-                let since = now.now(clock);
-                let entry = Waiting { task, wait, seq, resume: Resume::Elapsed { clock, since } };
-                match number.and_then(seconds_to_nanos) {
-                    None => self.next_frame.push(entry),
-                    Some(ns) => {
-                        let queue = match clock {
-                            ClockKind::Game => &mut self.game_timers,
-                            ClockKind::Real => &mut self.real_timers,
-                        };
-                        queue.insert_at(since.saturating_add(ns), entry);
-                    }
-                }
-            }
-            kind::WAIT_FRAMES => {
-                let n = number.unwrap_or(1.0);
-                let n = if n.is_nan() || n < 1.0 { 1.0 } else { n.floor() };
-                let resume = Resume::Elapsed { clock: ClockKind::Game, since: now.game_ns };
-                let entry = Waiting { task, wait, seq, resume };
-                if n == 1.0 {
-                    self.next_frame.push(entry);
-                } else if n.is_finite() && n < u64::MAX as f64 {
-                    self.frames.insert_at(now.frame.saturating_add(n as u64), entry);
-                }
-                // An infinite wait is a registration nothing fires: the task sleeps for good.
-            }
-            other => return Err(format!("unknown wait request {other}")),
-        }
-        Ok(())
     }
 
-    /// Schedules `task` for `task.defer` (later this step) or `task.delay` (after `seconds`), to
-    /// be resumed with its stored arguments.
-    pub fn schedule(&mut self, task: TaskId, how: i64, seconds: f64) -> Result<(), String> {
-        let depth = match how {
-            kind::DEFER => {
-                let depth = self.current.map_or(0, |(_, _, d)| d) + 1;
-                if depth > MAX_DEFER_DEPTH {
-                    return Err(format!(
-                        "Maximum re-entrancy depth ({MAX_DEFER_DEPTH}) exceeded calling task.defer"
-                    ));
-                }
-                depth
-            }
-            _ => 0,
-        };
-        let Some((wait, seq)) = self.begin_wait(task) else {
-            return Ok(());
-        };
-        match how {
-            kind::DEFER => self.ready.push_back(ReadyEntry { task, wait, resume: Resume::Stored, depth }),
-            _ => {
-                let entry = Waiting { task, wait, seq, resume: Resume::Stored };
-                match seconds_to_nanos(seconds) {
-                    None => self.next_frame.push(entry),
-                    Some(ns) => {
-                        let at = self.clock.game_ns.saturating_add(ns);
-                        self.game_timers.insert_at(at, entry);
-                    }
-                }
+    /// Timers that fell due this frame, game time first, each by deadline then order made:
+    /// `(key, registration, resume value)`.
+    pub fn due_timers(&mut self) -> Vec<(i64, f64, Value)> {
+        let mut due = Vec::new();
+        let clock = self.clock;
+        for (queue, now) in [(&mut self.game_timers, clock.game_ns), (&mut self.real_timers, clock.real_ns)] {
+            while let Some((_, t)) = queue.poll_expired(now) {
+                due.push(t);
             }
         }
-        Ok(())
-    }
-
-    /// Queues a new task to run in this step with its stored arguments (an instance's chunk).
-    pub fn push_ready(&mut self, task: TaskId) {
-        if let Some((wait, _)) = self.begin_wait(task) {
-            self.ready.push_back(ReadyEntry { task, wait, resume: Resume::Stored, depth: 0 });
-        }
-    }
-
-    fn make_ready(&mut self, w: Waiting) {
-        if self.task(w.task).is_some_and(|t| t.wait == w.wait) {
-            self.ready.push_back(ReadyEntry { task: w.task, wait: w.wait, resume: w.resume, depth: 0 });
-        }
-    }
-
-    /// Moves everything that fell due this frame to the ready queue: frame waits in the order
-    /// they were made, then game timers and real timers, each by deadline then order made.
-    pub fn wake_due(&mut self) {
-        let mut listed = std::mem::take(&mut self.next_frame);
-        let mut counted = Vec::new();
-        while let Some((_, w)) = self.frames.poll_expired(self.clock.frame) {
-            counted.push(w);
-        }
-        if counted.is_empty() {
-            for w in listed.drain(..) {
-                self.make_ready(w);
-            }
-        } else {
-            counted.sort_by_key(|w| w.seq);
-            let mut all = listed.drain(..).chain(counted).collect::<Vec<_>>();
-            all.sort_by_key(|w| w.seq);
-            for w in all {
-                self.make_ready(w);
-            }
-        }
-        self.next_frame = listed;
-        while let Some((_, w)) = self.game_timers.poll_expired(self.clock.game_ns) {
-            self.make_ready(w);
-        }
-        while let Some((_, w)) = self.real_timers.poll_expired(self.clock.real_ns) {
-            self.make_ready(w);
-        }
-    }
-
-    /// Takes the next valid ready entry, marks it current, and says how to resume it.
-    fn pop_ready(&mut self) -> Option<(TaskId, Resume)> {
-        while let Some(entry) = self.ready.pop_front() {
-            let Some(task) = self.task_mut(entry.task) else { continue };
-            if task.wait != entry.wait {
-                continue;
-            }
-            task.wait = task.wait.wrapping_add(1);
-            let instance = task.instance;
-            self.current = Some((entry.task, instance, entry.depth));
-            return Some((entry.task, entry.resume));
-        }
-        None
+        due.into_iter()
+            .filter(|t| self.task(t.task).is_some())
+            .map(|t| {
+                let value = if t.stored_args {
+                    Value::LightUserData(args_marker())
+                } else {
+                    Value::Number(nanos_to_seconds(clock.now(t.clock).saturating_sub(t.since)))
+                };
+                (t.task.key(), t.reg, value)
+            })
+            .collect()
     }
 
     /// Records a failure of `instance` (logged now, written as a message after the step).
@@ -460,14 +328,17 @@ impl Scheduler {
 }
 
 /// The instruction budget of one resume, shared with the VM's hook.
+///
+/// The step never calls Rust per resume, so the hook notices a new resume by the `serial` the
+/// Lua step bumps each time (read only when the hook fires, every 1/16 of the budget).
 #[derive(Default)]
 pub(crate) struct Budget {
     /// Hook calls allowed per resume (0: unlimited).
     limit: AtomicU64,
     calls: AtomicU64,
-    /// The thread the scheduler is resuming (0 when none is).
-    thread: AtomicUsize,
+    serial: AtomicU64,
     yielded: AtomicBool,
+    /// Set when the budget ran out, with where.
     exceeded_at: std::sync::Mutex<Option<String>>,
 }
 
@@ -477,20 +348,6 @@ impl Budget {
         self.limit.store(calls, Ordering::Relaxed);
     }
 
-    fn begin(&self, thread: usize) {
-        self.calls.store(0, Ordering::Relaxed);
-        self.thread.store(thread, Ordering::Relaxed);
-    }
-
-    /// Ends a resume; returns where the budget ran out, if it did.
-    fn end(&self) -> Option<String> {
-        self.thread.store(0, Ordering::Relaxed);
-        if self.yielded.swap(false, Ordering::Relaxed) | (self.calls.load(Ordering::Relaxed) > self.limit()) {
-            return self.exceeded_at.lock().ok()?.take();
-        }
-        None
-    }
-
     fn limit(&self) -> u64 {
         match self.limit.load(Ordering::Relaxed) {
             0 => u64::MAX,
@@ -498,11 +355,27 @@ impl Budget {
         }
     }
 
-    /// Called by the VM's hook: counts one call and decides whether the running code must stop.
+    /// Takes the place where the budget ran out, if it did since the last call.
+    pub fn take_exceeded(&self) -> Option<String> {
+        self.yielded.store(false, Ordering::Relaxed);
+        self.exceeded_at.lock().ok()?.take()
+    }
+
+    /// Called by the VM's hook: counts one call against the current resume and decides whether
+    /// the running code must stop.
     pub fn on_hook(&self, lua: &Lua, location: impl FnOnce() -> String) -> mlua::Result<VmState> {
-        let resumed = self.thread.load(Ordering::Relaxed);
-        if resumed == 0 {
+        let Some(refs) = lua.app_data_ref::<Refs>() else {
             return Ok(VmState::Continue);
+        };
+        let state = &refs.state;
+        let current: i64 = state.raw_get("current").unwrap_or(0);
+        if current == 0 {
+            return Ok(VmState::Continue);
+        }
+        let serial: u64 = state.raw_get("serial").unwrap_or(0);
+        if self.serial.swap(serial, Ordering::Relaxed) != serial {
+            self.calls.store(0, Ordering::Relaxed);
+            self.yielded.store(false, Ordering::Relaxed);
         }
         let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if calls <= self.limit() {
@@ -514,7 +387,9 @@ impl Budget {
             *slot = Some(at.clone());
         }
         let message = format!("{at}: script exceeded its instruction budget");
-        let is_resumed = lua.current_thread().to_pointer() as usize == resumed;
+        let resumed = refs.thread_of.call::<Option<Thread>>(current).ok().flatten();
+        drop(refs);
+        let is_resumed = resumed.is_some_and(|t| t.to_pointer() == lua.current_thread().to_pointer());
         if cfg!(not(feature = "luajit")) && is_resumed && !self.yielded.swap(true, Ordering::Relaxed) {
             // Yielding stops the task even inside `pcall`; the step reports and closes it.
             return Ok(VmState::Yield);
@@ -523,23 +398,33 @@ impl Budget {
     }
 }
 
-/// Lua values the scheduler and the task API share, created once with the VM.
+/// Lua values the Rust side uses, created once with the VM.
 pub(crate) struct Refs {
-    /// Task slot key -> thread.
-    pub threads: Table,
-    /// Task slot key -> packed arguments for its next resume.
-    pub args: Table,
+    /// The scheduler state shared with Lua: clocks, `current` task key, `serial`.
+    pub state: Table,
+    /// `step.thread_of(key) -> thread`: the thread of a task (read when the budget runs out).
+    pub thread_of: Function,
     /// Instance id -> environment table.
     pub envs: Table,
-    /// Closes a thread (to-be-closed variables run): `close(co) -> ok, err`.
+    /// `step.run()`: resumes everything ready.
+    pub run: Function,
+    /// `step.wake(key, reg, value)`: queues a task a timer woke.
+    pub wake: Function,
+    /// `step.start(co)`: makes a thread a task of the host instance and queues it.
+    pub start: Function,
+    /// `step.kill(key) -> ok, err`: closes a task whose instance is going away.
+    pub kill: Function,
+    /// `step.compact()`: rebuilds the Lua task tables.
+    pub compact: Function,
+    /// `step.close(co) -> ok, err`: closes a suspended thread.
     pub close: Function,
     /// `debug.traceback`, kept even when scripts do not get `debug`.
     pub traceback: Function,
 }
 
-/// Borrows the shared Lua tables (a shared borrow: it may be held across calls into Lua).
+/// Borrows the Lua values the Rust side uses (a shared borrow: it may be held across calls into Lua).
 pub(crate) fn refs(lua: &Lua) -> mlua::AppDataRef<'_, Refs> {
-    lua.app_data_ref::<Refs>().expect("the task tables are installed with the VM")
+    lua.app_data_ref::<Refs>().expect("the scheduler tables are installed with the VM")
 }
 
 /// Borrows the scheduler. Never hold the borrow across a call into Lua code.
@@ -547,157 +432,98 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
     lua.app_data_mut::<Scheduler>().expect("the scheduler is installed with the VM")
 }
 
-/// Makes `thread` a task of the current instance, or finds the task it already is.
-pub(crate) fn adopt(lua: &Lua, thread: &Thread) -> mlua::Result<Option<TaskId>> {
-    let ptr = thread.to_pointer() as usize;
+/// The instance Lua code runs for right now.
+pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
+    let current: i64 = refs(lua).state.raw_get("current").unwrap_or(0);
+    sched(lua).instance_of(current)
+}
+
+/// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
+pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<i64> {
     let mut s = sched(lua);
-    if let Some(id) = s.find(ptr) {
-        return Ok(Some(id));
-    }
-    let Some(instance) = s.current_instance() else {
-        return Ok(None);
+    let Some(instance) = s.instance_of(current) else {
+        return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
-    let id = s.insert_task(instance, ptr);
-    drop(s);
-    refs(lua).threads.raw_set(id.key(), thread)?;
-    Ok(Some(id))
+    Ok(s.insert_task(instance).key())
 }
 
-/// Stores `args` as the values `task` is resumed with next.
-pub(crate) fn store_args(lua: &Lua, task: TaskId, args: MultiValue) -> mlua::Result<()> {
-    let refs = refs(lua);
-    if args.is_empty() {
-        return refs.args.raw_set(task.key(), Value::Nil);
+/// The task `key` ended (finished or let go). Reports it if the budget stopped it.
+pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
+    let instance = sched(lua).remove_key(key);
+    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
+    let Some(at) = budget.and_then(|b| b.take_exceeded()) else { return };
+    let traceback = thread_traceback(lua, thread);
+    let message = format!("{at}: script exceeded its instruction budget");
+    sched(lua).report(instance, ScriptErrorKind::Budget, message, traceback);
+    close_thread(lua, thread, instance);
+}
+
+/// The task `key` failed with `message`; `traceback` is Lua's.
+pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
+    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
+    let exceeded = budget.and_then(|b| b.take_exceeded());
+    let mut s = sched(lua);
+    let instance = s.instance_of(key);
+    s.remove_key(key);
+    let (_, traceback) = split_text(&format!("\n{traceback}"));
+    match exceeded {
+        Some(at) => {
+            let message = format!("{at}: script exceeded its instruction budget");
+            s.report(instance, ScriptErrorKind::Budget, message, traceback)
+        }
+        None => s.report(instance, ScriptErrorKind::Runtime, message, traceback),
     }
-    let n = args.len();
-    let packed = lua.create_sequence_from(args)?;
-    packed.raw_set("n", n)?;
-    refs.args.raw_set(task.key(), packed)
 }
 
-/// Forgets a task and clears its Lua slots.
-pub(crate) fn drop_task(lua: &Lua, task: TaskId) {
-    if sched(lua).remove_task(task) {
-        clear_slots(&refs(lua), task);
+fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
+    let traceback = refs(lua).traceback.clone();
+    traceback.call::<String>(thread).map(|t| split_text(&format!("\n{t}")).1).unwrap_or_default()
+}
+
+/// Closes a suspended thread; an error raised by a `__close` is reported.
+fn close_thread(lua: &Lua, thread: &Thread, instance: Option<InstanceId>) {
+    let close = refs(lua).close.clone();
+    if let Ok((false, err)) = close.call::<(bool, Value)>(thread) {
+        let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
+        sched(lua).report(instance, ScriptErrorKind::Runtime, message, String::new());
     }
 }
 
-fn clear_slots(refs: &Refs, task: TaskId) {
-    let _ = refs.threads.raw_set(task.key(), Value::Nil);
-    let _ = refs.args.raw_set(task.key(), Value::Nil);
-}
-
-/// Closes threads whose tasks were already removed from the scheduler (cancelled instances).
-pub(crate) fn close_tasks(lua: &Lua, tasks: &[TaskId], instance: Option<InstanceId>) {
-    let refs = refs(lua);
-    for &task in tasks {
-        let thread = refs.threads.raw_get::<Option<Thread>>(task.key()).ok().flatten();
-        clear_slots(&refs, task);
-        if let Some(thread) = thread {
-            close_thread(lua, &refs, &thread, instance);
+/// Closes the tasks `keys` of `instance` (already removed here), in order.
+pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
+    let kill = refs(lua).kill.clone();
+    for &key in keys {
+        match kill.call::<(bool, Value)>(key) {
+            Ok((true, _)) => {}
+            Ok((false, err)) => {
+                let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
+                sched(lua).report(Some(instance), ScriptErrorKind::Runtime, message, String::new());
+            }
+            Err(e) => {
+                let (message, traceback) = crate::error::split_traceback(&e);
+                sched(lua).report(Some(instance), ScriptErrorKind::Runtime, message, traceback);
+            }
         }
     }
 }
 
-/// Closes a suspended or failed thread; an error raised by a `__close` is reported.
-fn close_thread(lua: &Lua, refs: &Refs, thread: &Thread, instance: Option<InstanceId>) {
-    if !matches!(thread.status(), ThreadStatus::Resumable | ThreadStatus::Error) {
-        return;
+/// Queues the timers that fell due and resumes everything ready.
+pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
+    let due = sched(lua).due_timers();
+    let (wake, run) = {
+        let r = refs(lua);
+        (r.wake.clone(), r.run.clone())
+    };
+    for (key, reg, value) in due {
+        wake.call::<()>((key, reg, value))?;
     }
-    let failed = thread.status() == ThreadStatus::Error;
-    match refs.close.call::<(bool, Value)>(thread) {
-        Ok((false, err)) if !failed => {
-            let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
-            sched(lua).report(instance, ScriptErrorKind::Runtime, message, String::new());
-        }
-        Err(e) => {
-            let (message, traceback) = split_traceback(&e);
-            sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
-        }
-        _ => {}
+    // The Lua step goes on where it stopped if it is called again after an error (one that
+    // escaped a task: memory exhausted while queueing, say), so nothing ready is lost.
+    let mut result = run.call::<()>(());
+    for _ in 0..64 {
+        let Err(e) = &result else { break };
+        error!("bevy_lua_coroutines: the step raised {e}; going on");
+        result = run.call::<()>(());
     }
-}
-
-/// Resumes every ready task, and every task they wake, until the ready queue is empty.
-pub(crate) fn run(lua: &Lua, budget: &Budget) {
-    let refs = &*refs(lua);
-    let req = Value::LightUserData(req());
-    loop {
-        let Some((task, resume)) = sched(lua).pop_ready() else { break };
-        let thread = match refs.threads.raw_get::<Option<Thread>>(task.key()) {
-            Ok(Some(t)) => t,
-            _ => {
-                sched(lua).current = None;
-                drop_task(lua, task);
-                continue;
-            }
-        };
-        budget.begin(thread.to_pointer() as usize);
-        let result = match resume {
-            Resume::Elapsed { clock, since } => {
-                let now = sched(lua).clock.now(clock);
-                thread.resume::<(Value, Value, Value)>(nanos_to_seconds(now.saturating_sub(since)))
-            }
-            Resume::Stored => {
-                let packed = refs.args.raw_get::<Option<Table>>(task.key()).ok().flatten();
-                let _ = refs.args.raw_set(task.key(), Value::Nil);
-                match packed {
-                    Some(t) => {
-                        let n = t.raw_get::<Option<i64>>("n").ok().flatten().unwrap_or(0);
-                        let args = (1..=n).map(|i| t.raw_get::<Value>(i).unwrap_or(Value::Nil));
-                        thread.resume(args.collect::<MultiValue>())
-                    }
-                    None => thread.resume(()),
-                }
-            }
-        };
-        let exceeded = budget.end();
-        let mut s = sched(lua);
-        s.stats.resumed += 1;
-        let instance = s.current.take().map(|(_, i, _)| i);
-        let failure = match (result, exceeded) {
-            (_, Some(at)) => {
-                let message = format!("{at}: script exceeded its instruction budget");
-                Some((ScriptErrorKind::Budget, message, None))
-            }
-            (Ok((first, kind, arg)), None) => {
-                if first == req && thread.status() == ThreadStatus::Resumable {
-                    let kind = kind.as_integer().unwrap_or(0);
-                    match s.register_wait(task, kind, &arg) {
-                        Ok(()) => continue,
-                        Err(message) => Some((ScriptErrorKind::Runtime, message, None)),
-                    }
-                } else {
-                    // Finished, or yielded without a request: nothing will wake it, so the
-                    // scheduler lets go (script code that holds the thread may resume it).
-                    drop(s);
-                    drop_task(lua, task);
-                    continue;
-                }
-            }
-            (Err(mlua::Error::CoroutineUnresumable), None) => {
-                drop(s);
-                drop_task(lua, task);
-                continue;
-            }
-            (Err(e), None) => {
-                let (message, traceback) = split_traceback(&e);
-                Some((ScriptErrorKind::Runtime, message, Some(traceback)))
-            }
-        };
-        drop(s);
-        if let Some((kind, message, traceback)) = failure {
-            let traceback = match traceback {
-                Some(t) if !t.is_empty() => t,
-                _ => refs
-                    .traceback
-                    .call::<String>((&thread, Value::Nil))
-                    .map(|t| split_text(&format!("\n{t}")).1)
-                    .unwrap_or_default(),
-            };
-            sched(lua).report(instance, kind, message, traceback);
-            drop_task(lua, task);
-            close_thread(lua, &refs, &thread, instance);
-        }
-    }
+    result
 }

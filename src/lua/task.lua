@@ -1,24 +1,245 @@
--- The Lua half of the scheduler: `task`, `sleep`, `spawn`, `time`, and the `coroutine` wrappers.
+-- The Lua half of the scheduler: the ready queue, frame waits, the step that resumes tasks, and the
+-- script API on top (`task`, `sleep`, `spawn`, `time`, the `coroutine` wrappers).
 --
 -- A thread that waits yields a *request* `(REQ, kind, arg)` to whoever resumed it. When that is the
--- scheduler, the scheduler registers the wait. When it is script code (`coroutine.resume`,
--- `coroutine.wrap`, `task.spawn`), the wrappers below hand the request to `core.register`, and the
--- script sees an ordinary yield with no values. Either way the thread that called `task.wait` is
--- the thread the scheduler resumes later.
+-- step, the step registers it; when it is script code (`coroutine.resume`, `coroutine.wrap`,
+-- `task.spawn`), the wrappers below register it and the script sees an ordinary yield with no
+-- values. Either way the thread that called `task.wait` is the one resumed later.
+--
+-- Every registration takes a fresh number and stores it as the task's current one; a waker (a frame
+-- bucket entry, a timer in Rust, later a promise or channel) carries the number it was given and
+-- wakes the task only if it still matches. So a cancelled, re-registered or already-woken task is
+-- never woken twice, and a task no one can wake is in no list at all.
+--
+-- Rust owns what is not per-frame: task ownership (which instance), the timer queues, error
+-- reports and the instruction budget. Nothing here crosses into Rust on the common path (a task
+-- that resumes and waits for a later frame).
 local core = ...
 
-local REQ = core.REQ
+local REQ, ARGS = core.REQ, core.ARGS
 local WAIT_TIME, WAIT_FRAMES, WAIT_REAL = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL
-local DEFER, DELAY = core.DEFER, core.DELAY
-local register, schedule, forget, report = core.register, core.schedule, core.forget, core.report
-local clock = core.clock
+local GAME, REAL = core.GAME, core.REAL
+local S = core.state -- clock fields (Rust writes them each frame), `current` task key, `serial`
+local rust_adopt, rust_timer, rust_release, rust_fail, rust_report =
+  core.adopt, core.timer, core.release, core.fail, core.report
 local traceback = core.traceback
 
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local co_running, co_status, co_close = coroutine.running, coroutine.status, coroutine.close
-local type, error, select, tostring, getmetatable = type, error, select, tostring, getmetatable
+local type, error, select, tostring, getmetatable, setmetatable, pairs, collectgarbage =
+  type, error, select, tostring, getmetatable, setmetatable, pairs, collectgarbage
+local unpack = table.unpack or unpack
 local string_format = string.format
-local math_huge = math.huge
+local math_floor, math_huge = math.floor, math.huge
+
+local MAX_DEFER_DEPTH = 10
+
+-- Task state, by task key (an integer Rust allocates).
+local threads = {}                        -- key -> thread
+local regs = {}                           -- key -> current registration number
+local args = {}                           -- key -> packed arguments for the next resume
+local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
+local next_reg = 0
+
+-- Frame waits: frame number -> { key, reg, since_ns, key, reg, since_ns, ..., n = count }.
+local buckets = {}
+-- The bucket being resumed and the position in it; the last one resumed, kept for reuse.
+local current_bucket, current_i, spare_bucket = nil, 1, nil
+-- This step's ready queue: key, reg, value, defer depth (four slots per entry).
+local ready, head, tail = {}, 1, 0
+local depth = 0
+
+local function bump(key)
+  next_reg = next_reg + 1
+  regs[key] = next_reg
+  return next_reg
+end
+
+local function push_ready(key, reg, value, d)
+  ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, value, d
+  tail = tail + 4
+end
+
+local function push_bucket(frame, key, reg)
+  local b = buckets[frame]
+  if b == nil then
+    b = spare_bucket or {}
+    spare_bucket = nil
+    b.n = 0
+    buckets[frame] = b
+  end
+  local n = b.n
+  b[n + 1], b[n + 2], b[n + 3] = key, reg, S.nanos
+  b.n = n + 3
+end
+
+--- The task key of `co`, making it a task of the running instance if it is not one yet.
+local function key_for(co)
+  local key = keys[co]
+  if key == nil then
+    key = rust_adopt(co, S.current)
+    threads[key], keys[co] = co, key
+  end
+  return key
+end
+
+--- Forgets a task here (Rust forgets it through `release`/`fail`/`forget`).
+local function drop(key)
+  local co = threads[key]
+  if co ~= nil then keys[co] = nil end
+  threads[key], regs[key], args[key] = nil, nil, nil
+end
+
+--- Registers the wait request `kind(arg)` for task `key`.
+local function register(key, kind, arg)
+  local reg = bump(key)
+  if kind == WAIT_TIME or kind == WAIT_REAL then
+    if arg ~= nil and arg > 0 then
+      rust_timer(key, reg, kind == WAIT_TIME and GAME or REAL, arg, false)
+    else
+      push_bucket(S.frame + 1, key, reg)
+    end
+  elseif kind == WAIT_FRAMES then
+    local n = arg or 1
+    if n ~= n or n < 1 then n = 1 end
+    if n ~= math_huge then push_bucket(S.frame + math_floor(n), key, reg) end
+  end
+end
+
+--- Closes a suspended thread (its to-be-closed variables run) or a failed one (its stack is
+--- released); returns `ok, err`.
+local function close(co)
+  local status = co_status(co)
+  if co_close ~= nil and (status == "suspended" or status == "dead") then return co_close(co) end
+  return true
+end
+
+--- Reports that task `key` failed with `err`, and closes it. Protected: under the memory limit
+--- even the traceback may fail to allocate.
+local function fail(key, co, err)
+  local message = err
+  if type(message) ~= "string" then
+    local ok, text = pcall(tostring, message)
+    message = ok and text or "(error object)"
+  end
+  drop(key)
+  local ok, tb = pcall(traceback, co)
+  close(co) -- first: what the thread holds becomes garbage before Rust is called
+  rust_fail(key, message, ok and tb or "")
+end
+
+--- Resumes task `key` if `reg` is still its registration.
+local function resume_task(key, reg, value, d)
+  if regs[key] ~= reg then return end
+  local co = threads[key]
+  regs[key] = nil
+  local previous, previous_depth = S.current, depth
+  S.current, depth = key, d
+  S.serial = S.serial + 1
+  local ok, first, kind, arg
+  if value == ARGS then
+    local packed = args[key]
+    args[key] = nil
+    if packed then
+      ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
+    else
+      ok, first, kind, arg = co_resume(co)
+    end
+  else
+    ok, first, kind, arg = co_resume(co, value)
+  end
+  S.current, depth = previous, previous_depth
+  if ok then
+    if regs[key] == nil and threads[key] == co then
+      if first == REQ then
+        register(key, kind, arg)
+      else
+        -- Finished, or yielded without a request: nothing will wake it, so let go (script code
+        -- holding the thread may resume it). Rust reports a task the budget stopped.
+        drop(key)
+        rust_release(key, co)
+      end
+    elseif co_status(co) == "dead" then
+      -- It finished after something registered it again (it deferred itself, say).
+      drop(key)
+      rust_release(key, co)
+    end
+  else
+    if first == "not enough memory" and co_close ~= nil then
+      -- Release what the thread holds and collect it before anything here needs memory again.
+      co_close(co)
+      collectgarbage("collect")
+    end
+    fail(key, co, first)
+  end
+end
+
+local step = { close = close }
+
+--- Resumes this frame's frame waits, then the ready queue (timers Rust queued, then everything
+--- woken while the step runs), until nothing is ready.
+--- If it raises (memory exhausted while queueing, say), calling it again goes on where it stopped.
+function step.run()
+  if current_bucket == nil then
+    current_bucket = buckets[S.frame]
+    buckets[S.frame] = nil
+    current_i = 1
+  end
+  local b = current_bucket
+  if b ~= nil then
+    local now = S.nanos
+    while current_i <= b.n do
+      local i = current_i
+      current_i = i + 3
+      resume_task(b[i], b[i + 1], (now - b[i + 2]) / 1e9, 0)
+    end
+    current_bucket, spare_bucket = nil, b
+  end
+  while head <= tail do
+    local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
+    ready[head], ready[head + 1], ready[head + 2], ready[head + 3] = nil, nil, nil, nil
+    head = head + 4
+    resume_task(key, reg, value, d)
+  end
+  if tail > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
+  head, tail = 1, 0
+  if spare_bucket and spare_bucket.n > 3 * 4096 then spare_bucket = nil end
+end
+
+--- Queues a woken task (Rust calls this for timers that fell due).
+function step.wake(key, reg, value)
+  push_ready(key, reg, value, 0)
+end
+
+--- Makes `co` a task of the instance being set up and queues it to run this step.
+function step.start(co)
+  local key = key_for(co)
+  push_ready(key, bump(key), ARGS, 0)
+end
+
+--- Cancels task `key` for Rust (its instance is going away): closes the thread.
+function step.kill(key)
+  local co = threads[key]
+  drop(key)
+  if co ~= nil then return close(co) end
+  return true
+end
+
+--- The thread of task `key`.
+function step.thread_of(key) return threads[key] end
+
+--- Copies the task tables so that they shrink after a mass despawn (Lua tables never do).
+function step.compact()
+  local function copy(t)
+    local fresh = {}
+    for k, v in pairs(t) do fresh[k] = v end
+    return fresh
+  end
+  threads, regs, args = copy(threads), copy(regs), copy(args)
+  local fresh = setmetatable({}, { __mode = "k" })
+  for k, v in pairs(keys) do fresh[k] = v end
+  keys = fresh
+end
 
 --- Raises Lua's own `bad argument` error, blaming the caller `level` frames up.
 local function bad(n, fname, expected, value, level)
@@ -28,11 +249,6 @@ local function bad(n, fname, expected, value, level)
     if type(mt) == "table" and type(mt.__name) == "string" then got = mt.__name end
   end
   error(string_format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, got), level + 1)
-end
-
---- Checks an optional number argument.
-local function opt_number(v, n, fname)
-  if v ~= nil and type(v) ~= "number" then bad(n, fname, "number", v, 3) end
 end
 
 --- Turns `f | thread` into a thread, for spawn/defer/delay.
@@ -47,19 +263,16 @@ local function to_thread(f, n, fname)
   bad(n, fname, "function or thread", f, 3)
 end
 
---- Closes a thread (to-be-closed variables close), reporting an error raised by a `__close`.
-local function close(co)
-  if co_close ~= nil then
-    local ok, err = co_close(co)
-    return ok, err
-  end
-  return true
+--- Stores the arguments a task gets when it next resumes.
+local function store_args(key, ...)
+  local n = select("#", ...)
+  args[key] = n > 0 and { n = n, ... } or nil
 end
 
 --- The result of resuming `co` from script code: registers a wait request and hides it.
 local function after_resume(co, ok, first, ...)
   if ok and first == REQ then
-    register(co, ...)
+    register(key_for(co), ...)
     return true
   end
   return ok, first, ...
@@ -73,12 +286,18 @@ end
 --- The result of `task.spawn`'s resume: errors are reported (never raised into the spawner).
 local function after_spawn(co, ok, first, ...)
   if not ok then
-    local msg = first
-    if type(msg) ~= "string" then msg = tostring(msg) end
-    report(msg, traceback(co))
-    close(co)
+    local key = keys[co]
+    if key then
+      fail(key, co, first)
+    else
+      local msg = first
+      if type(msg) ~= "string" then msg = tostring(msg) end
+      local traced, tb = pcall(traceback, co)
+      rust_report(msg, traced and tb or "")
+      close(co)
+    end
   elseif first == REQ then
-    register(co, ...)
+    register(key_for(co), ...)
   end
   return co
 end
@@ -89,6 +308,8 @@ local function spawn_impl(fname, f, ...)
   if status ~= "suspended" then
     error(string_format("cannot resume %s coroutine", status == "dead" and "dead" or "non-suspended"), 3)
   end
+  local key = keys[co]
+  if key then regs[key] = nil end -- it runs now: whatever it waited for no longer wakes it
   return after_spawn(co, co_resume(co, ...))
 end
 
@@ -100,8 +321,12 @@ function task.spawn(f, ...) return spawn_impl("spawn", f, ...) end
 --- Resumes `f` later in this frame's step, after the running work.
 function task.defer(f, ...)
   local co = to_thread(f, 1, "defer")
-  local err = schedule(co, DEFER, 0, ...)
-  if err then error(err, 2) end
+  if depth >= MAX_DEFER_DEPTH then
+    error(string_format("Maximum re-entrancy depth (%d) exceeded calling task.defer", MAX_DEFER_DEPTH), 2)
+  end
+  local key = key_for(co)
+  store_args(key, ...)
+  push_ready(key, bump(key), ARGS, depth + 1)
   return co
 end
 
@@ -109,8 +334,15 @@ end
 function task.delay(seconds, f, ...)
   if type(seconds) ~= "number" then bad(1, "delay", "number", seconds, 2) end
   local co = to_thread(f, 2, "delay")
-  local err = schedule(co, DELAY, seconds, ...)
-  if err then error(err, 2) end
+  local key = key_for(co)
+  store_args(key, ...)
+  local reg = bump(key)
+  if seconds > 0 then
+    rust_timer(key, reg, GAME, seconds, true)
+  else
+    push_bucket(S.frame + 1, key, reg)
+    args[key] = args[key] or { n = 0 }
+  end
   return co
 end
 
@@ -135,14 +367,14 @@ end
 --- Returns true once `pred()` is truthy (checked now, then once per frame), false after `timeout`.
 function task.waitUntil(pred, timeout)
   if type(pred) ~= "function" then bad(1, "waitUntil", "function", pred, 2) end
-  opt_number(timeout, 2, "waitUntil")
+  if timeout ~= nil and type(timeout) ~= "number" then bad(2, "waitUntil", "number", timeout, 2) end
   if pred() then return true end
-  local start = clock.nanos
+  local start = S.nanos
   local limit = timeout and timeout * 1e9
   while true do
     co_yield(REQ, WAIT_FRAMES, 1)
     if pred() then return true end
-    if limit and clock.nanos - start >= limit then return false end
+    if limit and S.nanos - start >= limit then return false end
   end
 end
 
@@ -152,22 +384,26 @@ function task.cancel(co)
   local status = co_status(co)
   if status == "running" then error("cannot cancel the running thread", 2) end
   if status == "normal" then error("cannot cancel a thread that is resuming another", 2) end
-  forget(co)
+  local key = keys[co]
+  if key then
+    drop(key)
+    core.forget(key)
+  end
   if status == "suspended" then
     local ok, err = close(co)
-    if not ok then report(tostring(err), traceback(co)) end
+    if not ok then rust_report(tostring(err), traceback(co)) end
   end
 end
 
 local time = {}
 --- Game seconds since start.
-function time.elapsed() return clock.elapsed end
+function time.elapsed() return S.elapsed end
 --- This frame's game delta in seconds.
-function time.delta() return clock.delta end
+function time.delta() return S.delta end
 --- The number of frames the scheduler has stepped.
-function time.frame() return clock.frame end
+function time.frame() return S.frame end
 --- Real seconds since start (unscaled, unpaused).
-function time.realElapsed() return clock.real end
+function time.realElapsed() return S.real end
 
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
@@ -198,5 +434,5 @@ return {
     return co_yield(REQ, WAIT_TIME, seconds)
   end,
   spawn = function(f, ...) return spawn_impl("spawn", f, ...) end,
-  close = close,
+  step = step,
 }
