@@ -61,7 +61,7 @@ impl LuaRuntime {
 
     /// Counters for diagnostics.
     pub fn stats(&self) -> scheduler::SchedulerStats {
-        scheduler::SchedulerStats { resumed: self.state.raw_get("serial").unwrap_or(0) }
+        scheduler::SchedulerStats { resumed: scheduler::current_task(&self.lua).1 }
     }
 
     /// Bytes of memory the VM uses.
@@ -86,8 +86,6 @@ impl LuaRuntime {
             None => lua.create_function(|_, ()| Ok(String::new()))?,
         };
         let state = lua.create_table()?;
-        state.raw_set("current", 0)?;
-        state.raw_set("serial", 0)?;
         state.raw_set("frame", 0)?;
         state.raw_set("nanos", 0.0)?;
 
@@ -147,8 +145,8 @@ impl LuaRuntime {
             lua.load(include_str!("lua/task.lua")).set_name("=bevy_lua_coroutines/task.lua").call(core)?;
         let step: Table = api.get("step")?;
         lua.set_app_data(Refs {
-            state: state.clone(),
             thread_of: step.get("thread_of")?,
+            current: step.get("current")?,
             envs: lua.create_table()?,
             run: step.get("run")?,
             wake: step.get("wake")?,

@@ -329,8 +329,8 @@ impl Scheduler {
 
 /// The instruction budget of one resume, shared with the VM's hook.
 ///
-/// The step never calls Rust per resume, so the hook notices a new resume by the `serial` the
-/// Lua step bumps each time (read only when the hook fires, every 1/16 of the budget).
+/// The step never calls Rust per resume, so the hook notices a new resume by the serial number
+/// the Lua step counts resumes with (read only when the hook fires, every 1/16 of the budget).
 #[derive(Default)]
 pub(crate) struct Budget {
     /// Hook calls allowed per resume (0: unlimited).
@@ -367,12 +367,10 @@ impl Budget {
         let Some(refs) = lua.app_data_ref::<Refs>() else {
             return Ok(VmState::Continue);
         };
-        let state = &refs.state;
-        let current: i64 = state.raw_get("current").unwrap_or(0);
+        let (current, serial) = refs.current.call::<(i64, u64)>(()).unwrap_or((0, 0));
         if current == 0 {
             return Ok(VmState::Continue);
         }
-        let serial: u64 = state.raw_get("serial").unwrap_or(0);
         if self.serial.swap(serial, Ordering::Relaxed) != serial {
             self.calls.store(0, Ordering::Relaxed);
             self.yielded.store(false, Ordering::Relaxed);
@@ -400,8 +398,8 @@ impl Budget {
 
 /// Lua values the Rust side uses, created once with the VM.
 pub(crate) struct Refs {
-    /// The scheduler state shared with Lua: clocks, `current` task key, `serial`.
-    pub state: Table,
+    /// `step.current() -> key, serial`: the task being resumed and the resumes so far.
+    pub current: Function,
     /// `step.thread_of(key) -> thread`: the thread of a task (read when the budget runs out).
     pub thread_of: Function,
     /// Instance id -> environment table.
@@ -432,9 +430,15 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
     lua.app_data_mut::<Scheduler>().expect("the scheduler is installed with the VM")
 }
 
+/// The task being resumed (0: none) and the number of resumes so far.
+pub(crate) fn current_task(lua: &Lua) -> (i64, u64) {
+    let current = refs(lua).current.clone();
+    current.call::<(i64, u64)>(()).unwrap_or((0, 0))
+}
+
 /// The instance Lua code runs for right now.
 pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
-    let current: i64 = refs(lua).state.raw_get("current").unwrap_or(0);
+    let (current, _) = current_task(lua);
     sched(lua).instance_of(current)
 }
 

@@ -19,7 +19,7 @@ local core = ...
 local REQ, ARGS = core.REQ, core.ARGS
 local WAIT_TIME, WAIT_FRAMES, WAIT_REAL = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL
 local GAME, REAL = core.GAME, core.REAL
-local S = core.state -- clock fields (Rust writes them each frame), `current` task key, `serial`
+local S = core.state -- the clocks (Rust writes them each frame)
 local rust_adopt, rust_timer, rust_release, rust_fail, rust_report =
   core.adopt, core.timer, core.release, core.fail, core.report
 local traceback = core.traceback
@@ -41,13 +41,15 @@ local args = {}                           -- key -> packed arguments for the nex
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
 local next_reg = 0
 
--- Frame waits: frame number -> { key, reg, since_ns, key, reg, since_ns, ..., n = count }.
-local buckets = {}
--- The bucket being resumed and the position in it; the last one resumed, kept for reuse.
-local current_bucket, current_i, spare_bucket = nil, 1, nil
+-- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
+-- being resumed this frame; `task.waitFrames(n > 1)` goes to `later[frame]`, the same layout.
+local next_keys, next_regs, next_since, next_n = {}, {}, {}, 0
+local now_keys, now_regs, now_since, now_n, now_i = {}, {}, {}, 0, 1
+local later = {}
 -- This step's ready queue: key, reg, value, defer depth (four slots per entry).
 local ready, head, tail = {}, 1, 0
-local depth = 0
+-- The task being resumed (0: none), its defer depth, and a count of resumes.
+local current, depth, serial = 0, 0, 0
 
 local function bump(key)
   next_reg = next_reg + 1
@@ -60,24 +62,28 @@ local function push_ready(key, reg, value, d)
   tail = tail + 4
 end
 
-local function push_bucket(frame, key, reg)
-  local b = buckets[frame]
+--- Queues task `key` (registration `reg`) to resume `frames` frames from now.
+local function push_frames(frames, key, reg)
+  if frames == 1 then
+    local n = next_n + 1
+    next_keys[n], next_regs[n], next_since[n], next_n = key, reg, S.nanos, n
+    return
+  end
+  local at = S.frame + frames
+  local b = later[at]
   if b == nil then
-    b = spare_bucket or {}
-    spare_bucket = nil
-    b.n = 0
-    buckets[frame] = b
+    b = { n = 0 }
+    later[at] = b
   end
   local n = b.n
-  b[n + 1], b[n + 2], b[n + 3] = key, reg, S.nanos
-  b.n = n + 3
+  b[n + 1], b[n + 2], b[n + 3], b.n = key, reg, S.nanos, n + 3
 end
 
 --- The task key of `co`, making it a task of the running instance if it is not one yet.
 local function key_for(co)
   local key = keys[co]
   if key == nil then
-    key = rust_adopt(co, S.current)
+    key = rust_adopt(co, current)
     threads[key], keys[co] = co, key
   end
   return key
@@ -97,12 +103,12 @@ local function register(key, kind, arg)
     if arg ~= nil and arg > 0 then
       rust_timer(key, reg, kind == WAIT_TIME and GAME or REAL, arg, false)
     else
-      push_bucket(S.frame + 1, key, reg)
+      push_frames(1, key, reg)
     end
   elseif kind == WAIT_FRAMES then
     local n = arg or 1
     if n ~= n or n < 1 then n = 1 end
-    if n ~= math_huge then push_bucket(S.frame + math_floor(n), key, reg) end
+    if n ~= math_huge then push_frames(math_floor(n), key, reg) end
   end
 end
 
@@ -128,29 +134,10 @@ local function fail(key, co, err)
   rust_fail(key, message, ok and tb or "")
 end
 
---- Resumes task `key` if `reg` is still its registration.
-local function resume_task(key, reg, value, d)
-  if regs[key] ~= reg then return end
-  local co = threads[key]
-  regs[key] = nil
-  local previous, previous_depth = S.current, depth
-  S.current, depth = key, d
-  S.serial = S.serial + 1
-  local ok, first, kind, arg
-  if value == ARGS then
-    local packed = args[key]
-    args[key] = nil
-    if packed then
-      ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
-    else
-      ok, first, kind, arg = co_resume(co)
-    end
-  else
-    ok, first, kind, arg = co_resume(co, value)
-  end
-  S.current, depth = previous, previous_depth
+--- What a resume of task `key` returned: register its wait, let it go, or report its error.
+local function after_step_resume(key, co, ok, first, kind, arg)
   if ok then
-    if regs[key] == nil and threads[key] == co then
+    if regs[key] == nil then
       if first == REQ then
         register(key, kind, arg)
       else
@@ -165,36 +152,76 @@ local function resume_task(key, reg, value, d)
       rust_release(key, co)
     end
   else
-    if first == "not enough memory" and co_close ~= nil then
-      -- Release what the thread holds and collect it before anything here needs memory again.
-      co_close(co)
-      collectgarbage("collect")
-    end
     fail(key, co, first)
   end
 end
 
+--- Resumes task `key` with `value` if `reg` is still its registration.
+local function resume_task(key, reg, value, d)
+  if regs[key] ~= reg then return end
+  local co = threads[key]
+  regs[key] = nil
+  local previous, previous_depth = current, depth
+  current, depth, serial = key, d, serial + 1
+  local ok, first, kind, arg
+  if value ~= ARGS then
+    ok, first, kind, arg = co_resume(co, value)
+  else
+    local packed = args[key]
+    args[key] = nil
+    if packed then
+      ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
+    else
+      ok, first, kind, arg = co_resume(co)
+    end
+  end
+  current, depth = previous, previous_depth
+  if first == REQ and kind == WAIT_TIME and arg == nil and regs[key] == nil then
+    -- `task.wait()`, the common case, inlined: due next frame.
+    next_reg = next_reg + 1
+    regs[key] = next_reg
+    local n = next_n + 1
+    next_keys[n], next_regs[n], next_since[n], next_n = key, next_reg, S.nanos, n
+    return
+  end
+  if not ok and first == "not enough memory" and co_close ~= nil then
+    -- Release what the thread holds and collect it before anything here needs memory again.
+    co_close(co)
+    collectgarbage("collect")
+  end
+  after_step_resume(key, co, ok, first, kind, arg)
+end
+
 local step = { close = close }
 
---- Resumes this frame's frame waits, then the ready queue (timers Rust queued, then everything
---- woken while the step runs), until nothing is ready.
+--- Resumes this frame's frame waits (those made earliest first), then the ready queue (timers
+--- Rust queued, then everything woken while the step runs), until nothing is ready.
 --- If it raises (memory exhausted while queueing, say), calling it again goes on where it stopped.
 function step.run()
-  if current_bucket == nil then
-    current_bucket = buckets[S.frame]
-    buckets[S.frame] = nil
-    current_i = 1
-  end
-  local b = current_bucket
-  if b ~= nil then
-    local now = S.nanos
-    while current_i <= b.n do
-      local i = current_i
-      current_i = i + 3
-      resume_task(b[i], b[i + 1], (now - b[i + 2]) / 1e9, 0)
+  if now_i > now_n then
+    -- A new frame: take the waits due now.
+    local b = later[S.frame]
+    if b ~= nil then
+      later[S.frame] = nil
+      for i = 1, b.n, 3 do
+        local n = now_n + 1
+        now_keys[n], now_regs[n], now_since[n], now_n = b[i], b[i + 1], b[i + 2], n
+      end
     end
-    current_bucket, spare_bucket = nil, b
+    local n = now_n
+    for i = 1, next_n do
+      n = n + 1
+      now_keys[n], now_regs[n], now_since[n] = next_keys[i], next_regs[i], next_since[i]
+    end
+    now_n, next_n = n, 0
   end
+  local now = S.nanos
+  while now_i <= now_n do
+    local i = now_i
+    now_i = i + 1
+    resume_task(now_keys[i], now_regs[i], (now - now_since[i]) / 1e9, 0)
+  end
+  now_i, now_n = 1, 0
   while head <= tail do
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
     ready[head], ready[head + 1], ready[head + 2], ready[head + 3] = nil, nil, nil, nil
@@ -203,8 +230,10 @@ function step.run()
   end
   if tail > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
   head, tail = 1, 0
-  if spare_bucket and spare_bucket.n > 3 * 4096 then spare_bucket = nil end
 end
+
+--- The task being resumed (0: none) and the number of resumes so far, for Rust.
+function step.current() return current, serial end
 
 --- Queues a woken task (Rust calls this for timers that fell due).
 function step.wake(key, reg, value)
@@ -336,13 +365,7 @@ function task.delay(seconds, f, ...)
   local co = to_thread(f, 2, "delay")
   local key = key_for(co)
   store_args(key, ...)
-  local reg = bump(key)
-  if seconds > 0 then
-    rust_timer(key, reg, GAME, seconds, true)
-  else
-    push_bucket(S.frame + 1, key, reg)
-    args[key] = args[key] or { n = 0 }
-  end
+  rust_timer(key, bump(key), GAME, seconds, true)
   return co
 end
 
