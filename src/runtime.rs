@@ -95,6 +95,7 @@ impl LuaRuntime {
         core.set("WAIT_TIME", kind::WAIT_TIME)?;
         core.set("WAIT_FRAMES", kind::WAIT_FRAMES)?;
         core.set("WAIT_REAL", kind::WAIT_REAL)?;
+        core.set("PARK", kind::PARK)?;
         core.set("GAME", kind::GAME)?;
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;

@@ -41,6 +41,8 @@ pub(crate) mod kind {
     pub const WAIT_FRAMES: i64 = 2;
     /// `task.waitRealtime(seconds)`.
     pub const WAIT_REAL: i64 = 3;
+    /// Parked on a waiter slot until something wakes it (promises, channels).
+    pub const PARK: i64 = 4;
     /// A timer on game time.
     pub const GAME: i64 = 1;
     /// A timer on real time.

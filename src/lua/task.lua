@@ -17,7 +17,7 @@
 local core = ...
 
 local REQ, ARGS = core.REQ, core.ARGS
-local WAIT_TIME, WAIT_FRAMES, WAIT_REAL = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL
+local WAIT_TIME, WAIT_FRAMES, WAIT_REAL, PARK = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL, core.PARK
 local GAME, REAL = core.GAME, core.REAL
 local S = core.state -- the clocks (Rust writes them each frame)
 local rust_adopt, rust_timer, rust_release, rust_fail, rust_report =
@@ -109,6 +109,9 @@ local function register(key, kind, arg)
     local n = arg or 1
     if n ~= n or n < 1 then n = 1 end
     if n ~= math_huge then push_frames(math_floor(n), key, reg) end
+  elseif kind == PARK then
+    -- The waker (a promise, a channel) holds the slot and fills the task in when it wakes it.
+    arg.key, arg.reg = key, reg
   end
 end
 
@@ -232,6 +235,29 @@ function step.run()
   head, tail = 1, 0
 end
 
+--- Stores the arguments a task gets when it next resumes.
+local function store_args(key, ...)
+  local n = select("#", ...)
+  args[key] = n > 0 and { n = n, ... } or nil
+end
+
+--- Parks the running thread on `slot` (a fresh table) until `wake(slot, ...)`; returns what
+--- `wake` passed. This is how promises and channels wait: the slot is their waiter entry.
+local function park(slot)
+  return co_yield(REQ, PARK, slot)
+end
+
+--- Wakes the thread parked on `slot` with `...`, in this step after the running work. Returns
+--- false if that thread no longer waits there (cancelled, or woken already).
+local function wake(slot, ...)
+  local key, reg = slot.key, slot.reg
+  if key == nil or regs[key] ~= reg then return false end
+  slot.key = nil
+  store_args(key, ...)
+  push_ready(key, reg, ARGS, 0)
+  return true
+end
+
 --- The task being resumed (0: none) and the number of resumes so far, for Rust.
 function step.current() return current, serial end
 
@@ -290,12 +316,6 @@ local function to_thread(f, n, fname)
     return co_create(function(...) return f(...) end)
   end
   bad(n, fname, "function or thread", f, 3)
-end
-
---- Stores the arguments a task gets when it next resumes.
-local function store_args(key, ...)
-  local n = select("#", ...)
-  args[key] = n > 0 and { n = n, ... } or nil
 end
 
 --- The result of resuming `co` from script code: registers a wait request and hides it.
@@ -458,4 +478,7 @@ return {
   end,
   spawn = function(f, ...) return spawn_impl("spawn", f, ...) end,
   step = step,
+  -- For the promise and channel modules: the one wait mechanism.
+  park = park,
+  wake = wake,
 }
