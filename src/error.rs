@@ -41,6 +41,10 @@ pub enum ScriptErrorKind {
     Runtime,
     /// A task ran past the instruction budget of one resume.
     Budget,
+    /// A promise was rejected and no handler observed the rejection by the end of the next frame.
+    /// The entity and script are those of the instance that created the promise (a placeholder
+    /// entity if that instance is gone).
+    UnhandledRejection,
 }
 
 /// A script failure, written once per failed task (the task stops; the rest of the game goes on).

@@ -122,6 +122,7 @@ impl LuaRuntime {
         self.instances.pending.retain(|(p, _, _)| *p != id);
         let tasks = sched(self.lua()).take_instance_tasks(id);
         let lua = self.lua();
+        crate::bridge::cancel_instance(lua, id);
         sched(lua).host_instance = Some(id);
         scheduler::kill_tasks(lua, &tasks, id);
         sched(lua).host_instance = None;

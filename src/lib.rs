@@ -36,6 +36,17 @@
 //! Order is deterministic: frame waits resume in the order they were made, then timers by
 //! deadline, then by the order they were made; work woken during the step runs in the same step.
 //!
+//! ## Promises and async/await
+//!
+//! `Promise` follows roblox-lua-promise v4 (constructors, combinators, cancellation, `Promise.Error`,
+//! unhandled-rejection reports as [`ScriptError`]s of kind [`ScriptErrorKind::UnhandledRejection`]),
+//! with `async(f)`, `await(promise)` and `asyncTry(try, catch, finally)` on top. Awaiting parks the
+//! task; settling wakes it in the same step. Timers run on game time.
+//!
+//! ```lua
+//! local ok, value = pcall(await, Promise.delay(0.5):andThenReturn("done"):timeout(1))
+//! ```
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
@@ -59,6 +70,7 @@
 compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-default-features)");
 
 mod asset;
+mod bridge;
 mod error;
 mod instance;
 mod plugin;
@@ -68,6 +80,7 @@ mod time;
 mod timer;
 
 pub use asset::{LuaScript, LuaScriptLoader};
+pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
 pub use mlua;
@@ -78,7 +91,7 @@ pub use scheduler::SchedulerStats;
 /// The types most apps need.
 pub mod prelude {
     pub use crate::{
-        LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, ScriptError,
-        ScriptErrorKind, ScriptPrint,
+        LuaAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
+        PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint,
     };
 }

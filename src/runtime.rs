@@ -7,7 +7,7 @@ use bevy::prelude::*;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use crate::error::ScriptErrorKind;
-use crate::scheduler::{self, Budget, Refs, Scheduler, kind, sched};
+use crate::scheduler::{self, Budget, InstanceId, Refs, Scheduler, kind, sched};
 
 /// Which standard libraries scripts get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct LuaRuntime {
     lua: Lua,
     /// `new_env(entity) -> env`, from `lua/sandbox.lua`.
     pub(crate) new_env: Function,
+    /// `define(path, value)`, from `lua/sandbox.lua`: adds a name to the shared base.
+    define: Function,
     /// The scheduler state shared with Lua (clocks, current task).
     state: Table,
     /// Script instances per entity.
@@ -57,6 +59,11 @@ impl LuaRuntime {
     /// Script instances still waiting for their asset to load.
     pub fn pending_instances(&self) -> usize {
         self.instances.pending_len()
+    }
+
+    /// Defines `path` (`"name"` or `"module.name"`) in the base every script reads through.
+    pub(crate) fn define(&self, path: &str, value: impl mlua::IntoLua) -> mlua::Result<()> {
+        self.define.call::<()>((path, value))
     }
 
     /// Counters for diagnostics.
@@ -145,6 +152,10 @@ impl LuaRuntime {
         let api: Table =
             lua.load(include_str!("lua/task.lua")).set_name("=bevy_lua_coroutines/task.lua").call(core)?;
         let step: Table = api.get("step")?;
+        let promise = load_promises(&lua, &api, &step, &traceback)?;
+        let tick: Function = promise.get("tick")?;
+        crate::bridge::install(&lua, &promise)?;
+        api.set("promise", promise)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,
@@ -156,6 +167,7 @@ impl LuaRuntime {
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,
+            tick,
         });
         lua.set_app_data(budget.clone());
 
@@ -177,11 +189,12 @@ impl LuaRuntime {
             .call((api, opts, emit))?;
         let base: Table = sandbox.get("base")?;
         let new_env: Function = sandbox.get("new_env")?;
+        let define: Function = sandbox.get("define")?;
         lua.set_globals(base)?;
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, new_env, state, instances: Default::default(), setfenv })
+        Ok(Self { lua, new_env, define, state, instances: Default::default(), setfenv })
     }
 
     /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).
@@ -227,6 +240,48 @@ impl LuaRuntime {
     pub(crate) fn run(&self) -> mlua::Result<()> {
         scheduler::run(&self.lua)
     }
+}
+
+/// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
+/// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
+fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> mlua::Result<Table> {
+    let time: Table = api.get("time")?;
+    let deps = lua.create_table()?;
+    deps.set("task", api.get::<Table>("task")?)?;
+    deps.set("park", api.get::<Function>("park")?)?;
+    deps.set("wake", api.get::<Function>("wake")?)?;
+    deps.set("bad", api.get::<Function>("bad")?)?;
+    deps.set("current", step.get::<Function>("current")?)?;
+    deps.set("frame", time.get::<Function>("frame")?)?;
+    deps.set("traceback", traceback.clone())?;
+    // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
+    deps.set("owner", lua.create_function(|lua, ()| Ok(scheduler::current_instance(lua).map(|id| id.0)))?)?;
+    // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
+    deps.set(
+        "report",
+        lua.create_function(|lua, (message, traceback, owner): (String, String, Option<u64>)| {
+            let (_, traceback) = crate::error::split_text(&format!("\n{traceback}"));
+            sched(lua).report(owner.map(InstanceId), ScriptErrorKind::UnhandledRejection, message, traceback);
+            Ok(())
+        })?,
+    )?;
+    // `spawn_as(owner, f) -> bool`: queues `f` as a new task of instance `owner` (it runs in the
+    // next step, under the instruction budget); false if that instance is gone.
+    deps.set(
+        "spawn_as",
+        lua.create_function(|lua, (owner, f): (Option<u64>, Function)| {
+            let Some(id) = owner.map(InstanceId).filter(|&id| sched(lua).instance(id).is_some()) else {
+                return Ok(false);
+            };
+            let thread = lua.create_thread(f)?;
+            let start = scheduler::refs(lua).start.clone();
+            let previous = sched(lua).host_instance.replace(id);
+            let started = start.call::<()>(thread);
+            sched(lua).host_instance = previous;
+            started.map(|()| true)
+        })?,
+    )?;
+    lua.load(include_str!("lua/promise.lua")).set_name("=bevy_lua_coroutines/promise.lua").call(deps)
 }
 
 /// Installs the hook that enforces the instruction budget of one resume.

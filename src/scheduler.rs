@@ -130,6 +130,9 @@ pub(crate) struct Scheduler {
     pub errors: Vec<ScriptError>,
     /// Lines printed during the step, drained into `ScriptPrint` messages.
     pub prints: Vec<(InstanceId, String)>,
+    /// Instances forgotten since the last promise tick (the promise module drops what it kept for
+    /// them).
+    gone: Vec<InstanceId>,
 }
 
 impl Scheduler {
@@ -193,6 +196,7 @@ impl Scheduler {
     /// Stops tracking an instance (after its tasks were taken and closed).
     pub fn forget_instance(&mut self, id: InstanceId) {
         self.instances.remove(&id);
+        self.gone.push(id);
     }
 
     /// Whether the Lua task tables and environment table should be rebuilt: Lua tables never
@@ -420,6 +424,9 @@ pub(crate) struct Refs {
     pub close: Function,
     /// `debug.traceback`, kept even when scripts do not get `debug`.
     pub traceback: Function,
+    /// `tick(gone)` from `lua/promise.lua`: reports unhandled rejections; called after every step
+    /// with the ids of the instances forgotten since the last call (or nil).
+    pub tick: Function,
 }
 
 /// Borrows the Lua values the Rust side uses (a shared borrow: it may be held across calls into Lua).
@@ -515,6 +522,11 @@ pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
 
 /// Queues the timers that fell due and resumes everything ready.
 pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
+    // Rust work that finished since the last step settles its promises first; what that wakes
+    // runs in this step.
+    if let Err(e) = crate::bridge::drain(lua) {
+        error!("bevy_lua_coroutines: settling Rust results raised {e}");
+    }
     let due = sched(lua).due_timers();
     let (wake, run) = {
         let r = refs(lua);
@@ -530,6 +542,12 @@ pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
         let Err(e) = &result else { break };
         error!("bevy_lua_coroutines: the step raised {e}; going on");
         result = run.call::<()>(());
+    }
+    // Promise bookkeeping once per frame, after the step: unhandled rejections are reported here.
+    let gone: Vec<u64> = std::mem::take(&mut sched(lua).gone).into_iter().map(|id| id.0).collect();
+    let tick = refs(lua).tick.clone();
+    if let Err(e) = tick.call::<()>((!gone.is_empty()).then_some(gone)) {
+        error!("bevy_lua_coroutines: the promise tick raised {e}");
     }
     result
 }

@@ -3,16 +3,6 @@
 mod common;
 use common::*;
 
-/// Runs `src` as one script for `frames` frames and returns what it printed.
-fn output(src: &str, frames: usize) -> Vec<String> {
-    let mut app = create_app();
-    spawn_script(&mut app, "scripts/test.lua", src);
-    run(&mut app, frames);
-    let errs = errors(&app);
-    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
-    printed(&app)
-}
-
 #[test]
 fn spawn_runs_now_until_first_yield_and_returns_the_thread() {
     let out = output(

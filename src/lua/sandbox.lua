@@ -29,6 +29,18 @@ local function readonly(t)
   return proxy
 end
 
+--- A read-only view of `t` whose nested tables are read-only views too (`Promise.Status`,
+--- `Promise.Error.Kind`). A nested table keeps its own lookups for names it lacks (an enum raises).
+local function readonly_tree(t)
+  local view = {}
+  for k, v in pairs(t) do
+    if type(v) == "table" then v = readonly_tree(v) end
+    view[k] = v
+  end
+  if getmetatable(t) ~= nil then setmetatable(view, { __index = t }) end
+  return readonly(view)
+end
+
 local store = {}
 local globals = _G
 
@@ -41,9 +53,9 @@ for _, name in ipairs({
   store[name] = globals[name]
 end
 
---- `rawset`, refusing the read-only tables.
+--- `rawset`, refusing the read-only tables (the error names the caller's line).
 function store.rawset(t, k, v)
-  if protected[t] then readonly_error(t, k) end
+  if protected[t] then error("attempt to modify read-only table (field '" .. tostring(k) .. "')", 2) end
   return rawset(t, k, v)
 end
 
@@ -90,6 +102,10 @@ store.time = readonly(api.time)
 store.coroutine = readonly(api.coroutine)
 store.sleep = api.sleep
 store.spawn = api.spawn
+store.Promise = readonly_tree(api.promise.Promise)
+store.async = api.promise.async
+store.await = api.promise.await
+store.asyncTry = api.promise.asyncTry
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")
@@ -116,4 +132,30 @@ local function new_env(entity)
   return env
 end
 
-return { base = base, new_env = new_env }
+local builtin = {}
+for name in pairs(store) do builtin[name] = true end
+local modules = {}
+
+--- Defines `name` ("fn") or `module.name` ("db.query") in the shared base, for Rust functions a
+--- game registers. Module tables are read-only for scripts. Built-in names cannot be replaced.
+local function define(path, value)
+  local module, name = path:match("^([%a_][%w_]*)%.([%a_][%w_]*)$")
+  if module == nil then
+    name = path:match("^[%a_][%w_]*$")
+    if name == nil then error("invalid Lua name '" .. path .. "' (use 'name' or 'module.name')", 0) end
+    if builtin[name] then error("'" .. name .. "' is built in and cannot be replaced", 0) end
+    store[name] = value
+    return
+  end
+  if builtin[module] then error("'" .. module .. "' is built in and cannot be extended", 0) end
+  local real = modules[module]
+  if real == nil then
+    if store[module] ~= nil then error("'" .. module .. "' is already defined and is not a module", 0) end
+    real = {}
+    modules[module] = real
+    store[module] = readonly(real)
+  end
+  real[name] = value
+end
+
+return { base = base, new_env = new_env, define = define }

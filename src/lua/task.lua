@@ -478,7 +478,8 @@ return {
   end,
   spawn = function(f, ...) return spawn_impl("spawn", f, ...) end,
   step = step,
-  -- For the promise and channel modules: the one wait mechanism.
+  -- For the promise and channel modules: the one wait mechanism, and the one `bad argument` helper.
   park = park,
   wake = wake,
+  bad = bad,
 }

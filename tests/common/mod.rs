@@ -94,3 +94,14 @@ pub fn take_printed(app: &mut App) -> Vec<String> {
 pub fn live_tasks(app: &App) -> usize {
     app.world().resource::<LuaRuntime>().live_tasks()
 }
+
+/// Runs `src` as one script (`scripts/test.lua`) for `frames` frames, checks it raised nothing,
+/// and returns what it printed.
+pub fn output(src: &str, frames: usize) -> Vec<String> {
+    let mut app = create_app();
+    spawn_script(&mut app, "scripts/test.lua", src);
+    run(&mut app, frames);
+    let errs = errors(&app);
+    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+    printed(&app)
+}

@@ -1,0 +1,396 @@
+//! The bridge between Rust and scripts: Rust functions and async functions registered under Lua
+//! names, and promises that Rust settles later from any thread.
+//!
+//! An async function's future runs on Bevy's `AsyncComputeTaskPool`, off the main thread. Its
+//! result travels back on a crossbeam channel as a boxed conversion, and the step drains the
+//! channel at its start, on the thread that owns the VM, settling the promise the script holds.
+//! Cancelling that promise, or despawning the instance that made the call, drops the future.
+//! Arguments and results convert through mlua's serde support, so a Rust `struct` with
+//! `Serialize`/`Deserialize` is a Lua table.
+
+use std::fmt::Display;
+use std::future::Future;
+
+use bevy::platform::collections::HashMap;
+use bevy::prelude::*;
+use bevy::tasks::{AsyncComputeTaskPool, Task};
+use crossbeam_channel::{Receiver, Sender};
+use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::scheduler::{InstanceId, current_instance, sched};
+
+/// Turns a value into a Lua value on the VM's thread (results cross threads as these).
+type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
+
+/// A finished piece of Rust work: the id of its promise and how it settles.
+struct Completion {
+    id: u64,
+    outcome: Result<Convert, String>,
+}
+
+struct Pending {
+    /// The future, when the work is an async function: held only so that dropping it cancels
+    /// the work.
+    _task: Option<Task<()>>,
+    /// The instance whose script made the call.
+    instance: Option<InstanceId>,
+}
+
+/// The bridge's state, in the VM's app data.
+pub(crate) struct Bridge {
+    tx: Sender<Completion>,
+    rx: Receiver<Completion>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self { tx, rx, pending: HashMap::default(), next_id: 0 }
+    }
+}
+
+fn bridge(lua: &Lua) -> mlua::AppDataRefMut<'_, Bridge> {
+    lua.app_data_mut::<Bridge>().expect("the bridge is installed with the VM")
+}
+
+/// A promise a script holds that Rust settles later, from any thread. Dropping it without
+/// settling rejects the promise (`the promise's Rust handle was dropped without settling it`),
+/// so a script never waits forever on work that was abandoned.
+pub struct PromiseHandle {
+    id: u64,
+    tx: Sender<Completion>,
+    settled: bool,
+}
+
+impl PromiseHandle {
+    /// Resolves the promise with `value` (converted to Lua through serde).
+    pub fn resolve<T: Serialize + Send + 'static>(mut self, value: T) {
+        self.settled = true;
+        let convert: Convert = Box::new(move |lua: &Lua| lua.to_value(&value));
+        let _ = self.tx.send(Completion { id: self.id, outcome: Ok(convert) });
+    }
+
+    /// Rejects the promise with `error`'s message.
+    pub fn reject(mut self, error: impl Display) {
+        self.settled = true;
+        let _ = self.tx.send(Completion { id: self.id, outcome: Err(error.to_string()) });
+    }
+}
+
+impl Drop for PromiseHandle {
+    fn drop(&mut self) {
+        if !self.settled {
+            let message = String::from("the promise's Rust handle was dropped without settling it");
+            let _ = self.tx.send(Completion { id: self.id, outcome: Err(message) });
+        }
+    }
+}
+
+impl std::fmt::Debug for PromiseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromiseHandle").field("id", &self.id).finish()
+    }
+}
+
+/// Lua functions of the promise module the bridge calls.
+pub(crate) struct BridgeLua {
+    /// `pending(id) -> promise`: a promise settled by `settle(id, ...)`.
+    pub pending: Function,
+    /// `settle(id, ok, value)`.
+    pub settle: Function,
+    /// `forget(id)`: drops a promise without settling it (its instance is gone).
+    pub forget: Function,
+    /// `wrap(raw) -> function`: raises the errors `raw` returns as `false, message`.
+    pub wrap: Function,
+}
+
+/// Makes a script-facing function of `call`, which returns its value or the message to raise.
+fn script_function(
+    lua: &Lua,
+    call: impl Fn(&Lua, MultiValue) -> Result<Value, String> + Send + Sync + 'static,
+) -> mlua::Result<Function> {
+    let raw = lua.create_function(move |lua, args: MultiValue| {
+        Ok(match call(lua, args) {
+            Ok(value) => (true, value),
+            Err(message) => (false, Value::String(lua.create_string(message)?)),
+        })
+    })?;
+    let wrap = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").wrap.clone();
+    wrap.call(raw)
+}
+
+/// Installs the bridge in a new VM, on top of the promise module's exports.
+pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
+    lua.set_app_data(Bridge::default());
+    let cancel = lua.create_function(|lua, id: u64| {
+        cancel(lua, id);
+        Ok(())
+    })?;
+    let module: mlua::Table = lua
+        .load(include_str!("lua/bridge.lua"))
+        .set_name("=bevy_lua_coroutines/bridge.lua")
+        .call((promise.get::<mlua::Table>("Promise")?, cancel))?;
+    lua.set_app_data(BridgeLua {
+        pending: module.get("pending")?,
+        settle: module.get("settle")?,
+        forget: module.get("forget")?,
+        wrap: module.get("wrap")?,
+    });
+    Ok(())
+}
+
+/// Reserves the id a new promise is settled by.
+fn next_id(lua: &Lua) -> u64 {
+    let mut b = bridge(lua);
+    b.next_id += 1;
+    b.next_id
+}
+
+/// Makes the promise `id` for the running script, with the work behind it.
+fn pending_promise(lua: &Lua, id: u64, task: Option<Task<()>>) -> mlua::Result<Value> {
+    let instance = current_instance(lua);
+    bridge(lua).pending.insert(id, Pending { _task: task, instance });
+    let pending = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").pending.clone();
+    pending.call::<Value>(id)
+}
+
+/// Drops the work behind promise `id` (the script cancelled it).
+pub(crate) fn cancel(lua: &Lua, id: u64) {
+    let removed = bridge(lua).pending.remove(&id);
+    drop(removed);
+}
+
+/// Drops the work every call of `instance` still has in flight (its entity is going away).
+pub(crate) fn cancel_instance(lua: &Lua, instance: InstanceId) {
+    let removed: Vec<(u64, Pending)> = {
+        let mut b = bridge(lua);
+        let ids: Vec<u64> =
+            b.pending.iter().filter(|(_, p)| p.instance == Some(instance)).map(|(&id, _)| id).collect();
+        ids.into_iter().filter_map(|id| b.pending.remove(&id).map(|p| (id, p))).collect()
+    };
+    let forget = lua.app_data_ref::<BridgeLua>().map(|b| b.forget.clone());
+    for (id, pending) in removed {
+        drop(pending);
+        if let Some(forget) = &forget {
+            let _ = forget.call::<()>(id);
+        }
+    }
+}
+
+/// Settles the promises whose Rust work finished since the last step.
+pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
+    let Some(settle) = lua.app_data_ref::<BridgeLua>().map(|b| b.settle.clone()) else {
+        return Ok(());
+    };
+    loop {
+        let completion = {
+            let b = bridge(lua);
+            b.rx.try_recv()
+        };
+        let Ok(Completion { id, outcome }) = completion else { break };
+        let Some(pending) = bridge(lua).pending.remove(&id) else {
+            continue; // cancelled meanwhile
+        };
+        let (ok, value) = match outcome.map(|convert| convert(lua)) {
+            Ok(Ok(value)) => (true, value),
+            Ok(Err(e)) => {
+                (false, Value::String(lua.create_string(format!("could not convert the result: {e}"))?))
+            }
+            Err(message) => (false, Value::String(lua.create_string(message)?)),
+        };
+        // Handlers the settlement starts become tasks of the instance that made the call.
+        let previous = std::mem::replace(&mut sched(lua).host_instance, pending.instance);
+        let settled = settle.call::<()>((id, ok, value));
+        sched(lua).host_instance = previous;
+        settled?;
+    }
+    Ok(())
+}
+
+/// Reads argument `index` (1-based) of `name` through serde.
+fn arg<T: DeserializeOwned>(
+    lua: &Lua,
+    args: &mut impl Iterator<Item = Value>,
+    index: usize,
+    name: &str,
+) -> Result<T, String> {
+    let value = args.next().unwrap_or(Value::Nil);
+    lua.from_value(value).map_err(|e| {
+        let e = match e {
+            mlua::Error::DeserializeError(message) => message,
+            other => other.to_string(),
+        };
+        format!("bad argument #{index} to '{name}' ({e})")
+    })
+}
+
+/// An mlua error as the message a script sees.
+fn message(e: mlua::Error) -> String {
+    crate::error::split_traceback(&e).0
+}
+
+/// A Rust function scripts can call: `Fn(A1, ..., An) -> Result<R, E>` for up to four arguments,
+/// each `DeserializeOwned`, with `R: Serialize` and `E: Display`. An `Err` raises a Lua error
+/// with its message.
+pub trait LuaFunction<Marker>: Send + Sync + 'static {
+    /// Builds the Lua function, named `name` in error messages.
+    fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
+}
+
+/// An async Rust function scripts can call: `Fn(A1, ..., An) -> impl Future<Output = Result<R, E>>`,
+/// for up to four arguments. In Lua the call returns a `Promise`; the future runs on Bevy's
+/// `AsyncComputeTaskPool`; `Ok` resolves the promise, `Err` rejects it with its message.
+pub trait LuaAsyncFunction<Marker>: Send + Sync + 'static {
+    /// Builds the Lua function, named `name` in error messages.
+    fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
+}
+
+/// A Rust function that hands its promise to Rust code to settle later:
+/// `Fn(A1, ..., An, PromiseHandle)`, for up to three arguments. In Lua the call returns the promise.
+pub trait LuaPromiseFunction<Marker>: Send + Sync + 'static {
+    /// Builds the Lua function, named `name` in error messages.
+    fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
+}
+
+macro_rules! impl_lua_functions {
+    ($($a:ident : $n:literal),*) => {
+        impl<F, R, E, $($a,)*> LuaFunction<fn($($a,)*) -> (R, E)> for F
+        where
+            F: Fn($($a),*) -> Result<R, E> + Send + Sync + 'static,
+            R: Serialize,
+            E: Display,
+            $($a: DeserializeOwned,)*
+        {
+            #[allow(non_snake_case, unused_variables, unused_mut)]
+            fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function> {
+                script_function(lua, move |lua, args| {
+                    let mut args = args.into_iter();
+                    $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
+                    let result = self($($a),*).map_err(|e| e.to_string())?;
+                    lua.to_value(&result).map_err(message)
+                })
+            }
+        }
+
+        impl<F, Fut, R, E, $($a,)*> LuaAsyncFunction<fn($($a,)*) -> (Fut, R, E)> for F
+        where
+            F: Fn($($a),*) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = Result<R, E>> + Send + 'static,
+            R: Serialize + Send + 'static,
+            E: Display + Send + 'static,
+            $($a: DeserializeOwned,)*
+        {
+            #[allow(non_snake_case, unused_variables, unused_mut)]
+            fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function> {
+                script_function(lua, move |lua, args| {
+                    let mut args = args.into_iter();
+                    $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
+                    let future = self($($a),*);
+                    let tx = bridge(lua).tx.clone();
+                    let id = next_id(lua);
+                    let task = AsyncComputeTaskPool::get().spawn(async move {
+                        let outcome = future
+                            .await
+                            .map(|r| Box::new(move |lua: &Lua| lua.to_value(&r)) as Convert)
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(Completion { id, outcome });
+                    });
+                    pending_promise(lua, id, Some(task)).map_err(message)
+                })
+            }
+        }
+    };
+}
+
+macro_rules! impl_lua_promise_functions {
+    ($($a:ident : $n:literal),*) => {
+        impl<F, $($a,)*> LuaPromiseFunction<fn($($a,)*)> for F
+        where
+            F: Fn($($a,)* PromiseHandle) + Send + Sync + 'static,
+            $($a: DeserializeOwned,)*
+        {
+            #[allow(non_snake_case, unused_variables, unused_mut)]
+            fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function> {
+                script_function(lua, move |lua, args| {
+                    let mut args = args.into_iter();
+                    $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
+                    let id = next_id(lua);
+                    let promise = pending_promise(lua, id, None).map_err(message)?;
+                    let tx = bridge(lua).tx.clone();
+                    self($($a,)* PromiseHandle { id, tx, settled: false });
+                    Ok(promise)
+                })
+            }
+        }
+    };
+}
+
+impl_lua_functions!();
+impl_lua_functions!(A1: 1);
+impl_lua_functions!(A1: 1, A2: 2);
+impl_lua_functions!(A1: 1, A2: 2, A3: 3);
+impl_lua_functions!(A1: 1, A2: 2, A3: 3, A4: 4);
+impl_lua_promise_functions!();
+impl_lua_promise_functions!(A1: 1);
+impl_lua_promise_functions!(A1: 1, A2: 2);
+impl_lua_promise_functions!(A1: 1, A2: 2, A3: 3);
+
+/// Registers Rust functions for scripts, under a global name (`"queryDatabase"`) or in a module
+/// table (`"db.query"`, read-only for scripts). Add `LuaCoroutinesPlugin` first. Registering a
+/// name again replaces the function (so these calls are idempotent); built-in names (`print`,
+/// `task`, ...) cannot be replaced.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_lua_coroutines::prelude::*;
+///
+/// App::new()
+///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+///     .add_lua_function("add", |a: f64, b: f64| Ok::<_, String>(a + b))
+///     .add_lua_async_function("db.query", |sql: String| async move { Ok::<_, String>(vec![sql]) });
+/// ```
+pub trait LuaAppExt {
+    /// A plain function: `Fn(A1, ..., An) -> Result<R, E>` (see [`LuaFunction`]).
+    fn add_lua_function<M>(&mut self, name: &str, f: impl LuaFunction<M>) -> &mut Self;
+    /// An async function whose call returns a `Promise` (see [`LuaAsyncFunction`]).
+    fn add_lua_async_function<M>(&mut self, name: &str, f: impl LuaAsyncFunction<M>) -> &mut Self;
+    /// A function whose call returns a `Promise` that Rust settles later through the
+    /// [`PromiseHandle`] it is given (see [`LuaPromiseFunction`]).
+    fn add_lua_promise_function<M>(&mut self, name: &str, f: impl LuaPromiseFunction<M>) -> &mut Self;
+}
+
+/// The name a function has in error messages: the last part of its path.
+fn short_name(path: &str) -> String {
+    path.rsplit('.').next().unwrap_or(path).to_string()
+}
+
+fn define(app: &mut App, path: &str, make: impl FnOnce(&Lua, String) -> mlua::Result<Function>) {
+    let Some(runtime) = app.world().get_resource::<crate::LuaRuntime>() else {
+        panic!("add LuaCoroutinesPlugin before registering the Lua function {path:?}");
+    };
+    let defined = make(runtime.lua(), short_name(path)).and_then(|f| runtime.define(path, f));
+    if let Err(e) = defined {
+        panic!("could not register the Lua function {path:?}: {e}");
+    }
+}
+
+impl LuaAppExt for App {
+    fn add_lua_function<M>(&mut self, name: &str, f: impl LuaFunction<M>) -> &mut Self {
+        define(self, name, |lua, short| f.into_lua_function(lua, short));
+        self
+    }
+
+    fn add_lua_async_function<M>(&mut self, name: &str, f: impl LuaAsyncFunction<M>) -> &mut Self {
+        define(self, name, |lua, short| f.into_lua_function(lua, short));
+        self
+    }
+
+    fn add_lua_promise_function<M>(&mut self, name: &str, f: impl LuaPromiseFunction<M>) -> &mut Self {
+        define(self, name, |lua, short| f.into_lua_function(lua, short));
+        self
+    }
+}

@@ -1,0 +1,1588 @@
+-- Promises with roblox-lua-promise v4 names and semantics, and `async`, `await`, `asyncTry`, on top
+-- of the scheduler's one wait mechanism (`park`/`wake` from task.lua).
+--
+-- Called once with `deps` (runtime.rs builds it) and returns `{ Promise, async, await, asyncTry, tick }`.
+--
+-- * A promise is a table of private fields (`_status`, `_values`, ...) whose metatable scripts cannot
+--   reach. Everything that reacts to a settlement (handlers, awaiting tasks, combinators, promises
+--   that follow this one) waits in one queue per promise, so reactions run in the order they were
+--   attached.
+-- * Executors and handlers run in their own new thread (`task.spawn`), so they may yield; an error
+--   in them rejects with a `Promise.Error` (kind, error, trace, context, parent).
+-- * A task that awaits parks on a slot the promise keeps in its queue; settling wakes it, so it
+--   resumes later in the same step, after the running thread yields.
+-- * Cancelling goes down to every consumer (the promises made from this one) and up to the parent
+--   once all of the parent's consumers are cancelled; it closes the executor's thread.
+-- * A rejection nothing observed is reported by `tick` (Rust calls it after every step) once the
+--   next frame has ended.
+--
+-- Written for Lua 5.1 to 5.4 and Luau alike: no `goto`, integer division or `<close>` here.
+local deps = ...
+
+local task = deps.task
+local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
+local park, wake = deps.park, deps.wake
+local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
+local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
+
+local type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall =
+  type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall
+local unpack = table.unpack or unpack
+local table_remove, table_concat = table.remove, table.concat
+local string_format, string_sub, string_find, string_match, string_gmatch, string_gsub =
+  string.format, string.sub, string.find, string.match, string.gmatch, string.gsub
+local co_create, co_status, co_running = coroutine.create, coroutine.status, coroutine.running
+-- This chunk runs with the VM's own globals (before the sandbox), so the whole `debug` library is here.
+local debug_getmetatable = debug and debug.getmetatable
+local debug_getinfo = debug and debug.getinfo
+
+local STARTED, RESOLVED, REJECTED, CANCELLED = "Started", "Resolved", "Rejected", "Cancelled"
+local EXECUTION_ERROR, ALREADY_CANCELLED, NOT_RESOLVED_IN_TIME, TIMED_OUT =
+  "ExecutionError", "AlreadyCancelled", "NotResolvedInTime", "TimedOut"
+
+-- Reactions nest (a handler settles a promise whose handler settles another...) at most this deep
+-- before they are queued and run by the outermost settlement: each level is a coroutine resume, and
+-- Lua allows about 200 nested C calls.
+local MAX_NEST = 8
+-- Chunks whose frames stack traces leave out.
+local INTERNAL = "=bevy_lua_coroutines/"
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+local function safe_tostring(v)
+  local ok, text = pcall(tostring, v)
+  if ok and type(text) == "string" then return text end
+  return "(error object)"
+end
+
+--- Whether `f` can be called: a function, or a table or userdata with `__call`.
+local function callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+--- A table of names that raises when a missing name is read (`Promise.Status.Resloved` is a typo,
+--- not nil).
+local function enum(name, members)
+  local t = {}
+  for i = 1, #members do t[members[i]] = members[i] end
+  return setmetatable(t, {
+    __index = function(_, key) error(string_format("%s is not in %s", tostring(key), name), 2) end,
+  })
+end
+
+-- Metatables scripts cannot reach: `getmetatable` returns the `__metatable` text instead.
+local promise_methods = {}
+local PromiseMT = { __index = promise_methods, __metatable = "Promise" }
+local error_methods = {}
+local ErrorMT = { __index = error_methods, __metatable = "Promise.Error" }
+
+local function has_metatable(v, mt)
+  if type(v) ~= "table" then return false end
+  if debug_getmetatable then return debug_getmetatable(v) == mt end
+  return getmetatable(v) == mt.__metatable -- Luau has no `debug.getmetatable`
+end
+
+local function is_promise(v) return has_metatable(v, PromiseMT) end
+local function is_error(v) return has_metatable(v, ErrorMT) end
+
+local function check_self(v, name, class, check)
+  if not check(v) then
+    error(string_format("calling '%s' on bad self (%s expected, got %s)", name, class, type(v)), 3)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Stack frames, for `asyncTry`'s `err.stack`.
+
+local function is_internal(info)
+  return info.what ~= "C" and string_sub(info.source or "", 1, #INTERNAL) == INTERNAL
+end
+
+--- A frame record; `caller` is the frame that called it (a name given by this library's own code
+--- is not the script's, so it is left out).
+local function frame_of(info, caller)
+  local func = info.name
+  if caller ~= nil and is_internal(caller) then func = nil end
+  if func == nil then
+    if info.what == "main" then
+      func = "main chunk"
+    else
+      func = string_format("function <%s:%d>", info.short_src, info.linedefined or 0)
+    end
+  end
+  return { file = info.short_src, line = info.currentline, func = func, async = false }
+end
+
+--- The script frames of the running thread, innermost first (C frames and this crate's chunks left out).
+local frames_here
+if debug_getinfo then
+  frames_here = function()
+    local frames = {}
+    local info = debug_getinfo(1, "Sln")
+    for level = 2, 201 do
+      if info == nil then break end
+      local caller = debug_getinfo(level, "Sln")
+      if info.what ~= "C" and not is_internal(info) then frames[#frames + 1] = frame_of(info, caller) end
+      info = caller
+    end
+    return frames
+  end
+else
+  -- Luau: read them from the traceback text.
+  frames_here = function()
+    local frames = {}
+    for line in string_gmatch(traceback(), "[^\n]+") do
+      local file, number, rest = string_match(line, "^%s*(.-):(%d+):? ?(.*)$")
+      if file and file ~= "[C]" and not string_find(file, "bevy_lua_coroutines/", 1, true) then
+        frames[#frames + 1] = { file = file, line = tonumber(number), func = rest ~= "" and rest or "?", async = false }
+      end
+    end
+    return frames
+  end
+end
+
+--- A Lua traceback without the lines of this library's own frames.
+local function clean_trace(text)
+  if type(text) ~= "string" then return text end
+  text = string_gsub(text, "\n[^\n]*bevy_lua_coroutines/[^\n]*", "")
+  text = string_gsub(text, "\n\t%[C%]: in function '[x]?pcall'", "")
+  text = string_gsub(text, "\n\t%[C%]: in %?", "")
+  return text
+end
+
+--- A Lua-style traceback of `stack`; frames of awaiting tasks read `[async]`.
+local function render_frames(stack)
+  local lines = { "stack traceback:" }
+  for i = 1, #stack do
+    local f = stack[i]
+    lines[#lines + 1] = string_format("\t%s%s:%s: in %s", f.async and "[async] " or "", f.file, tostring(f.line), f.func)
+  end
+  return table_concat(lines, "\n")
+end
+
+--- `message`, then the traceback of `stack`.
+local function render(message, stack)
+  return message .. "\n" .. render_frames(stack)
+end
+
+--- `file:line` of the innermost script frame (the script's call into this library).
+local function call_site()
+  local f = frames_here()[1]
+  if f == nil then return "?" end
+  return f.file .. ":" .. tostring(f.line)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Promise.Error
+
+local function new_error(options, parent)
+  local text = options.error
+  if text == nil then
+    text = "[This error has no error text.]"
+  elseif type(text) ~= "string" then
+    text = safe_tostring(text)
+  end
+  return setmetatable({
+    error = text,
+    trace = options.trace,
+    context = options.context,
+    kind = options.kind,
+    parent = parent,
+  }, ErrorMT)
+end
+
+local function chain_of(e)
+  local chain = {}
+  while is_error(e) and #chain < 100 do
+    chain[#chain + 1] = e
+    e = e.parent
+  end
+  return chain
+end
+
+--- A new error of the same kind, with this one as its parent.
+function error_methods.extend(self, options)
+  check_self(self, "extend", "Promise.Error", is_error)
+  if options ~= nil and type(options) ~= "table" then bad(1, "extend", "table", options, 2) end
+  local o = {}
+  if options ~= nil then
+    for k, v in pairs(options) do o[k] = v end
+  end
+  if o.kind == nil then o.kind = self.kind end
+  return new_error(o, self)
+end
+
+--- This error, then its parent, and so on.
+function error_methods.getErrorChain(self)
+  check_self(self, "getErrorChain", "Promise.Error", is_error)
+  return chain_of(self)
+end
+
+function ErrorMT.__tostring(self)
+  local parts = { string_format("-- Promise.Error(%s) --", safe_tostring(self.kind or "?")) }
+  local chain = chain_of(self)
+  for i = 1, #chain do
+    local e = chain[i]
+    local text = e.trace
+    if text == nil or text == "" then text = e.error end
+    if e.context ~= nil then text = safe_tostring(text) .. "\n" .. safe_tostring(e.context) end
+    parts[#parts + 1] = safe_tostring(text)
+  end
+  return table_concat(parts, "\n")
+end
+
+local Error = {
+  Kind = enum("Promise.Error.Kind", { EXECUTION_ERROR, ALREADY_CANCELLED, NOT_RESOLVED_IN_TIME, TIMED_OUT }),
+  extend = error_methods.extend,
+  getErrorChain = error_methods.getErrorChain,
+}
+
+--- `Promise.Error.new(options?, parent?)`: options `error`, `kind`, `trace`, `context`.
+function Error.new(options, parent)
+  if options ~= nil and type(options) ~= "table" then bad(1, "new", "table", options, 2) end
+  if parent ~= nil and not is_error(parent) then bad(2, "new", "Promise.Error", parent, 2) end
+  return new_error(options or {}, parent)
+end
+
+--- Whether `v` is a `Promise.Error`.
+function Error.is(v) return is_error(v) end
+
+--- Whether `v` is a `Promise.Error` of kind `kind`.
+function Error.isKind(v, kind)
+  if kind == nil then bad(2, "isKind", "Promise.Error.Kind", kind, 2) end
+  return is_error(v) and v.kind == kind
+end
+
+--- The `xpcall` handler of executors and handlers: a table is the rejection value as it is; anything
+--- else becomes a `Promise.Error` of kind ExecutionError carrying the traceback.
+local function capture(err)
+  if type(err) == "table" then return err end
+  local text = type(err) == "string" and err or safe_tostring(err)
+  local e = new_error({ error = text, kind = EXECUTION_ERROR, trace = clean_trace(traceback(text, 2)) })
+  e._frames = frames_here()
+  return e
+end
+
+---------------------------------------------------------------------------------------------------
+-- The core: settling, reactions, consumers, cancellation.
+
+local cached_key, cached_serial, cached_owner = 0, -1, nil
+
+--- The instance the running code belongs to (its id, or nil): asked of Rust once per resume.
+local function owner()
+  local key, serial = step_current()
+  if key ~= 0 and key == cached_key and serial == cached_serial then return cached_owner end
+  local id = rust_owner()
+  if key ~= 0 then cached_key, cached_serial, cached_owner = key, serial, id end
+  return id
+end
+
+--- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
+--- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
+local function new_promise()
+  return setmetatable({ _status = STARTED, _owner = owner() }, PromiseMT)
+end
+
+--- A promise the library makes for its own work: never reported as unhandled.
+local function internal_promise()
+  return setmetatable({ _status = STARTED, _internal = true }, PromiseMT)
+end
+
+-- Rejections no handler observed yet, in the order they happened (`tick` reports them).
+local pending = {}
+
+local function internal_failure(p, err)
+  rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", p._owner)
+end
+
+--- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake.
+local function enqueue(p, reaction)
+  local q = p._queue
+  if q == nil then
+    p._queue = { reaction }
+  else
+    q[#q + 1] = reaction
+  end
+end
+
+local nest = 0
+local later, later_head, later_tail = {}, 1, 0
+
+local function react(reaction, p)
+  if type(reaction) == "table" then
+    wake(reaction)
+  else
+    reaction(p)
+  end
+end
+
+--- Runs the reactions of `p` (just settled), or queues them for the outermost settlement when
+--- reactions already nest too deep.
+local function run_queue(p, q)
+  if nest >= MAX_NEST then
+    for i = 1, #q do
+      later[later_tail + 1], later[later_tail + 2] = q[i], p
+      later_tail = later_tail + 2
+    end
+    return
+  end
+  nest = nest + 1
+  for i = 1, #q do
+    local ok, err = pcall(react, q[i], p)
+    if not ok then internal_failure(p, err) end
+  end
+  nest = nest - 1
+  if nest == 0 and later_head <= later_tail then
+    nest = 1
+    while later_head <= later_tail do
+      local r, lp = later[later_head], later[later_head + 1]
+      later[later_head], later[later_head + 1] = nil, nil
+      later_head = later_head + 2
+      local ok, err = pcall(react, r, lp)
+      if not ok then internal_failure(lp, err) end
+    end
+    later_head, later_tail = 1, 0
+    nest = 0
+  end
+end
+
+local function settle(p, status, ...)
+  p._status = status
+  p._values = pack(...)
+  p._hook, p._ihook, p._thread = nil, nil, nil
+  local consumers = p._consumers
+  if consumers ~= nil then
+    -- Settled: cancelling a consumer no longer reaches this promise.
+    p._consumers, p._nconsumers = nil, nil
+    for i = 1, #consumers do
+      local c = consumers[i]
+      if c and c._parent == p then c._parent = nil end
+    end
+  end
+  if status == REJECTED and not p._handled and not p._internal then
+    -- It may be reported: remember where it happened (an error carries its own trace).
+    local first = ...
+    if not (is_error(first) and type(first.trace) == "string" and first.trace ~= "") then
+      p._frames = frames_here()
+    end
+    p._rejected_at = frame()
+    pending[#pending + 1] = p
+  end
+  local q = p._queue
+  if q ~= nil then
+    p._queue = nil
+    run_queue(p, q)
+  end
+end
+
+--- `child` consumes `parent`: cancelling every consumer of a pending promise cancels it.
+local function add_consumer(parent, child)
+  child._parent = parent
+  local list = parent._consumers
+  if list == nil then
+    parent._consumers, parent._nconsumers = { child }, 1
+  else
+    list[#list + 1] = child
+    parent._nconsumers = parent._nconsumers + 1
+  end
+end
+
+--- Runs a user's cancellation hook in its own thread (its errors are reported like a task's).
+local function run_hook(p, hook)
+  local ok, err = pcall(task_spawn, hook)
+  if not ok then internal_failure(p, err) end
+end
+
+local cancel
+
+local function consumer_cancelled(parent, child)
+  if parent._status ~= STARTED then return end
+  local list = parent._consumers
+  if list == nil then return end
+  for i = 1, #list do
+    if list[i] == child then
+      list[i] = false
+      parent._nconsumers = parent._nconsumers - 1
+      if parent._nconsumers == 0 then cancel(parent) end
+      return
+    end
+  end
+end
+
+--- Cancels `p` if it is pending: its hooks run, its executor's thread closes, its parent is told
+--- (and cancelled once it has no other consumer), its consumers are cancelled, then its queue runs
+--- (so `finally` handlers see "Cancelled").
+function cancel(p)
+  if p._status ~= STARTED then return end
+  p._status = CANCELLED
+  p._values = { n = 0 }
+  local hook, ihook, co = p._hook, p._ihook, p._thread
+  p._hook, p._ihook, p._thread = nil, nil, nil
+  if ihook ~= nil then
+    local ok, err = pcall(ihook)
+    if not ok then internal_failure(p, err) end
+  end
+  if hook ~= nil then run_hook(p, hook) end
+  if co ~= nil and co_status(co) == "suspended" then pcall(task_cancel, co) end
+  local parent = p._parent
+  if parent ~= nil then
+    p._parent = nil
+    consumer_cancelled(parent, p)
+  end
+  local consumers = p._consumers
+  if consumers ~= nil then
+    p._consumers, p._nconsumers = nil, nil
+    for i = 1, #consumers do
+      local c = consumers[i]
+      if c then
+        c._parent = nil
+        cancel(c)
+      end
+    end
+  end
+  local q = p._queue
+  if q ~= nil then
+    p._queue = nil
+    run_queue(p, q)
+  end
+end
+
+local function get_and_then(v) return v.andThen end
+
+--- `Promise.is`: one of ours, or any table with a callable `andThen`.
+local function is_thenable(v)
+  if type(v) ~= "table" then return false end
+  if is_promise(v) then return true end
+  if is_error(v) then return false end
+  local ok, f = pcall(get_and_then, v)
+  return ok and callable(f)
+end
+
+local resolve, adopt
+
+local function reject(p, ...)
+  if p._status == STARTED then settle(p, REJECTED, ...) end
+end
+
+--- `p` takes the outcome of `src` (settled). `chained`: a rejection from an error becomes a new
+--- error saying so, with the original as its parent (as when a handler returns a failed promise).
+local function follow(p, src, chained)
+  local status, v = src._status, src._values
+  if status == RESOLVED then
+    settle(p, RESOLVED, unpack(v, 1, v.n))
+  elseif status == REJECTED then
+    local first = v[1]
+    if chained and is_error(first) and first.kind == EXECUTION_ERROR then
+      settle(p, REJECTED, new_error({
+        error = "This Promise was chained to a Promise that errored.",
+        trace = "",
+        kind = EXECUTION_ERROR,
+        context = "Rejected because it was chained to the following Promise, which encountered an error:",
+      }, first))
+    else
+      settle(p, REJECTED, unpack(v, 1, v.n))
+    end
+  else
+    cancel(p)
+  end
+end
+
+--- `p` (pending) follows `q`, a promise or another library's thenable.
+function adopt(p, q, chained)
+  if q == p then
+    settle(p, REJECTED, new_error({ error = "a Promise cannot be resolved with itself", kind = EXECUTION_ERROR }))
+    return
+  end
+  if is_promise(q) then
+    q._handled = true
+    if q._status == STARTED then
+      add_consumer(q, p)
+      enqueue(q, function(src)
+        if p._status == STARTED then follow(p, src, chained) end
+      end)
+    else
+      follow(p, q, chained)
+    end
+    return
+  end
+  local ok, err = pcall(q.andThen, q, function(...) resolve(p, ...) end, function(...) reject(p, ...) end)
+  if not ok then reject(p, err) end
+end
+
+function resolve(p, ...)
+  local first = ...
+  if p._status ~= STARTED then
+    -- Resolving a cancelled promise with a promise no one else consumes cancels that one too.
+    if p._status == CANCELLED and is_promise(first) and first._status == STARTED and first._consumers == nil then
+      cancel(first)
+    end
+    return
+  end
+  if select("#", ...) > 0 and is_thenable(first) then
+    adopt(p, first, true)
+    return
+  end
+  settle(p, RESOLVED, ...)
+end
+
+--- One of ours for `v`: `v` itself, or a promise following another library's thenable.
+local function to_promise(v)
+  if is_promise(v) then return v end
+  local p = internal_promise()
+  adopt(p, v, false)
+  return p
+end
+
+--- An internal promise that follows `v`, so that cancelling it cancels `v` only if nothing else
+--- consumes `v`.
+local function follower(v)
+  local p = internal_promise()
+  adopt(p, v, false)
+  return p
+end
+
+--- The body of a promise's own thread: `body(...)`, its error rejecting `p`.
+local function run_body(p, body, ...)
+  local ok, err = xpcall(body, capture, ...)
+  if not ok then reject(p, err) end
+  if p._thread == co_running() then p._thread = nil end
+end
+
+--- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
+--- the running instance if it yields.
+local function start(p, body, ...)
+  local co = co_create(run_body)
+  p._thread = co
+  local ok, err = pcall(task_spawn, co, p, body, ...)
+  if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+end
+
+local function settle_call(p, ok, ...)
+  if ok then
+    resolve(p, ...)
+  else
+    reject(p, (...))
+  end
+end
+
+local function run_handler(child, handler, values)
+  settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+end
+
+--- Calls `handler` with `values` in a new thread; its results resolve `child`, its error rejects it.
+local function spawn_handler(child, handler, values)
+  local ok, err = pcall(task_spawn, run_handler, child, handler, values)
+  if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+end
+
+--- Waits (parking the running thread) until `p` settles; returns at once if it has. The waiting task
+--- counts as a consumer, so `p` is not cancelled from below while someone awaits it.
+local function wait_settled(p)
+  p._handled = true
+  if p._status ~= STARTED then return end
+  local slot = {}
+  enqueue(p, slot)
+  if p._consumers == nil then
+    p._consumers, p._nconsumers = {}, 1
+  else
+    p._nconsumers = p._nconsumers + 1
+  end
+  repeat
+    park(slot)
+  until p._status ~= STARTED
+end
+
+--- An internal consumer of `src`: `react(src)` runs once src settles (now if it has), unless the
+--- link was dropped first. Dropping a link cancels `src` if nothing else consumes it.
+local function link(src, reaction)
+  src._handled = true
+  local l = internal_promise()
+  if src._status == STARTED then
+    add_consumer(src, l)
+    enqueue(src, function(s)
+      if l._dropped then return end
+      if l._status == STARTED then settle(l, RESOLVED) end
+      reaction(s)
+    end)
+  else
+    settle(l, RESOLVED)
+    reaction(src)
+  end
+  return l
+end
+
+local function drop(l)
+  l._dropped = true
+  cancel(l)
+end
+
+local function drop_all(links)
+  for i = 1, #links do drop(links[i]) end
+end
+
+local function cancelled_error(context)
+  return new_error({ error = "Promise is cancelled", kind = ALREADY_CANCELLED, context = context })
+end
+
+--- Rejects `out` the way `src` (rejected or cancelled) ended.
+local function fail_like(out, src, context)
+  if src._status == REJECTED then
+    local v = src._values
+    reject(out, unpack(v, 1, v.n))
+  else
+    reject(out, cancelled_error(context))
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Promise
+
+local Promise = {
+  Status = enum("Promise.Status", { STARTED, RESOLVED, REJECTED, CANCELLED }),
+  Error = Error,
+}
+
+local function executor_args(p)
+  local function on_resolve(...) resolve(p, ...) end
+  local function on_reject(...) reject(p, ...) end
+  local function on_cancel(hook)
+    if hook ~= nil then
+      if not callable(hook) then bad(1, "onCancel", "function", hook, 2) end
+      if p._status == CANCELLED then
+        run_hook(p, hook)
+      elseif p._status == STARTED then
+        p._hook = hook
+      end
+    end
+    return p._status == CANCELLED
+  end
+  return on_resolve, on_reject, on_cancel
+end
+
+--- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
+function Promise.new(executor)
+  if not callable(executor) then bad(1, "new", "function", executor, 2) end
+  local p = new_promise()
+  start(p, executor, executor_args(p))
+  return p
+end
+
+--- `Promise.defer(executor)`: like `new`, but the executor starts later in this step (`task.defer`).
+function Promise.defer(executor)
+  if not callable(executor) then bad(1, "defer", "function", executor, 2) end
+  local p = new_promise()
+  local co = co_create(run_body)
+  p._thread = co
+  local ok, err = pcall(task_defer, co, p, executor, executor_args(p))
+  if not ok then error(err, 2) end
+  return p
+end
+
+--- `Promise.resolve(...)`: resolved with `...` (a promise given is followed).
+function Promise.resolve(...)
+  local p = new_promise()
+  resolve(p, ...)
+  return p
+end
+
+--- `Promise.reject(...)`: rejected with `...`.
+function Promise.reject(...)
+  local p = new_promise()
+  settle(p, REJECTED, ...)
+  return p
+end
+
+local function call_and_resolve(p, f, ...)
+  resolve(p, f(...))
+end
+
+--- `Promise.try(f, ...)`: calls `f(...)` in a new thread; resolves with its results.
+function Promise.try(f, ...)
+  if not callable(f) then bad(1, "try", "function", f, 2) end
+  local p = new_promise()
+  start(p, call_and_resolve, p, f, ...)
+  return p
+end
+
+--- `Promise.promisify(f)`: a function that calls `f` as `Promise.try` does.
+function Promise.promisify(f)
+  if not callable(f) then bad(1, "promisify", "function", f, 2) end
+  return function(...)
+    local p = new_promise()
+    start(p, call_and_resolve, p, f, ...)
+    return p
+  end
+end
+
+local function delay_body(p, seconds)
+  resolve(p, task_wait(seconds))
+end
+
+--- `Promise.delay(seconds)`: resolves with the game seconds that passed (as `task.wait(seconds)`).
+function Promise.delay(seconds)
+  if type(seconds) ~= "number" then bad(1, "delay", "number", seconds, 2) end
+  local p = new_promise()
+  start(p, delay_body, p, seconds)
+  return p
+end
+
+--- Checks a list of promises (level: of the caller of the API function); returns ours and the count.
+local function check_list(list, name)
+  if type(list) ~= "table" then bad(1, name, "table", list, 3) end
+  local n = #list
+  local out = {}
+  for i = 1, n do
+    local v = list[i]
+    if not is_thenable(v) then bad(1, name, string_format("Promise at index %d", i), v, 3) end
+    out[i] = to_promise(v)
+  end
+  return out, n
+end
+
+--- all, some and any: resolves once `amount` inputs resolved, rejects once that cannot happen.
+local function gather(list, n, amount, mode)
+  local out = new_promise()
+  if n == 0 or amount == 0 then
+    if mode == "any" then
+      settle(out, RESOLVED, nil)
+    else
+      settle(out, RESOLVED, {})
+    end
+    return out
+  end
+  local values, resolved_n, failed_n, done = {}, 0, 0, false
+  local links = {}
+  out._ihook = function()
+    done = true
+    drop_all(links)
+  end
+  for i = 1, n do
+    links[i] = link(list[i], function(src)
+      if done then return end
+      if src._status == RESOLVED then
+        resolved_n = resolved_n + 1
+        values[mode == "all" and i or resolved_n] = src._values[1]
+        if resolved_n >= amount then
+          done = true
+          drop_all(links)
+          if mode == "any" then
+            settle(out, RESOLVED, values[1])
+          else
+            settle(out, RESOLVED, values)
+          end
+        end
+      else
+        failed_n = failed_n + 1
+        if mode == "all" or n - failed_n < amount then
+          done = true
+          drop_all(links)
+          fail_like(out, src, string_format("The Promise at index %d was cancelled.", i))
+        end
+      end
+    end)
+  end
+  if done then drop_all(links) end
+  return out
+end
+
+--- `Promise.all(list)`: resolves with the first value of each, in order; rejects with the first
+--- rejection (a cancelled input rejects with an AlreadyCancelled error) and cancels the rest.
+function Promise.all(list)
+  local ps, n = check_list(list, "all")
+  return gather(ps, n, n, "all")
+end
+
+--- `Promise.some(list, count)`: resolves with the first values of the first `count` to resolve, in
+--- the order they resolved; rejects once that can no longer happen.
+function Promise.some(list, count)
+  local ps, n = check_list(list, "some")
+  if type(count) ~= "number" then bad(2, "some", "number", count, 2) end
+  if not (count >= 0 and count <= n) then
+    error(string_format("bad argument #2 to 'some' (count between 0 and %d expected, got %s)", n, tostring(count)), 2)
+  end
+  return gather(ps, n, count, "some")
+end
+
+--- `Promise.any(list)`: resolves with the value of the first to resolve; rejects if all reject.
+function Promise.any(list)
+  local ps, n = check_list(list, "any")
+  return gather(ps, n, 1, "any")
+end
+
+--- `Promise.allSettled(list)`: resolves with the status of each, once all settled.
+function Promise.allSettled(list)
+  local ps, n = check_list(list, "allSettled")
+  local out = new_promise()
+  if n == 0 then
+    settle(out, RESOLVED, {})
+    return out
+  end
+  local statuses, count, done = {}, 0, false
+  local links = {}
+  out._ihook = function()
+    done = true
+    drop_all(links)
+  end
+  for i = 1, n do
+    links[i] = link(ps[i], function(src)
+      if done then return end
+      statuses[i] = src._status
+      count = count + 1
+      if count == n then
+        done = true
+        settle(out, RESOLVED, statuses)
+      end
+    end)
+  end
+  return out
+end
+
+local function race(ps, n)
+  local out = new_promise()
+  local links, done = {}, false
+  out._ihook = function()
+    done = true
+    drop_all(links)
+  end
+  for i = 1, n do
+    links[i] = link(ps[i], function(src)
+      if done or src._status == CANCELLED then return end
+      done = true
+      drop_all(links) -- the losers first, as roblox-lua-promise does
+      if out._status == STARTED then
+        local v = src._values
+        settle(out, src._status, unpack(v, 1, v.n))
+      end
+    end)
+  end
+  if done then drop_all(links) end
+  return out
+end
+
+--- `Promise.race(list)`: settles like the first to settle and cancels the others (those with no
+--- other consumer). A cancelled input does not take part.
+function Promise.race(list)
+  local ps, n = check_list(list, "race")
+  return race(ps, n)
+end
+
+local function each_body(out, list, predicate)
+  local tracked, cancelled = {}, false
+  local function cancel_tracked()
+    for i = 1, #tracked do cancel(tracked[i]) end
+  end
+  out._ihook = function()
+    cancelled = true
+    cancel_tracked()
+  end
+  -- Follow the promises in the list now, so that nothing else cancels them before their turn.
+  local items, follows, n = {}, {}, 0
+  for i, v in ipairs(list) do
+    n = i
+    if is_thenable(v) then
+      local p = to_promise(v)
+      if p._status == CANCELLED or p._status == REJECTED then
+        p._handled = true
+        cancel_tracked()
+        fail_like(out, p, string_format(
+          "The Promise at index %d passed to Promise.each was already cancelled when Promise.each began.", i))
+        return
+      end
+      local f = follower(p)
+      tracked[#tracked + 1] = f
+      items[i], follows[i] = f, true
+    else
+      items[i] = v
+    end
+  end
+  local results = {}
+  for i = 1, n do
+    local v = items[i]
+    if follows[i] then
+      wait_settled(v)
+      if v._status ~= RESOLVED then
+        cancel_tracked()
+        fail_like(out, v, string_format("The Promise at index %d passed to Promise.each was cancelled.", i))
+        return
+      end
+      v = v._values[1]
+    end
+    if cancelled then return end
+    local r = predicate(v, i)
+    if is_thenable(r) then
+      r = to_promise(r)
+      tracked[#tracked + 1] = r
+      wait_settled(r)
+      if r._status ~= RESOLVED then
+        cancel_tracked()
+        fail_like(out, r, string_format("The Promise the predicate returned for index %d was cancelled.", i))
+        return
+      end
+      results[i] = r._values[1]
+    else
+      results[i] = r
+    end
+  end
+  resolve(out, results)
+end
+
+--- `Promise.each(list, predicate)`: calls `predicate(value, index)` on each value in turn, waiting
+--- for promises in the list and for the promises it returns; resolves with the list of results.
+function Promise.each(list, predicate)
+  if type(list) ~= "table" then bad(1, "each", "table", list, 2) end
+  if not callable(predicate) then bad(2, "each", "function", predicate, 2) end
+  local out = new_promise()
+  start(out, each_body, out, list, predicate)
+  return out
+end
+
+local function fold_body(out, list, reducer, acc)
+  local current = nil
+  out._ihook = function()
+    if current ~= nil then cancel(current) end
+  end
+  for i, v in ipairs(list) do
+    if is_thenable(v) then
+      current = follower(v)
+      wait_settled(current)
+      if current._status ~= RESOLVED then
+        fail_like(out, current, string_format("The Promise at index %d passed to Promise.fold was cancelled.", i))
+        return
+      end
+      v, current = current._values[1], nil
+    end
+    local r = reducer(acc, v, i)
+    if is_thenable(r) then
+      current = follower(r)
+      wait_settled(current)
+      if current._status ~= RESOLVED then
+        fail_like(out, current, string_format("The Promise the reducer returned for index %d was cancelled.", i))
+        return
+      end
+      acc, current = current._values[1], nil
+    else
+      acc = r
+    end
+  end
+  resolve(out, acc)
+end
+
+--- `Promise.fold(list, reducer, initial)`: `reducer(acc, value, index)` over the list in turn (values
+--- and results may be promises); resolves with the last result; stops at the first rejection.
+function Promise.fold(list, reducer, initial)
+  if type(list) ~= "table" then bad(1, "fold", "table", list, 2) end
+  if not callable(reducer) then bad(2, "fold", "function", reducer, 2) end
+  local out = new_promise()
+  start(out, fold_body, out, list, reducer, initial)
+  return out
+end
+
+--- One attempt of `retry`: calls `callback` here; returns a promise for its outcome.
+local function attempt(callback, args)
+  local r = pack(xpcall(callback, capture, unpack(args, 1, args.n)))
+  local p = internal_promise()
+  if r[1] then
+    resolve(p, unpack(r, 2, r.n))
+  else
+    reject(p, r[2])
+  end
+  return p
+end
+
+local function retry_body(out, callback, times, seconds, args)
+  local left = times
+  while true do
+    local a = attempt(callback, args)
+    out._current = a
+    wait_settled(a)
+    out._current = nil
+    local status, v = a._status, a._values
+    if status == RESOLVED then
+      resolve(out, unpack(v, 1, v.n))
+      return
+    elseif status == CANCELLED then
+      cancel(out)
+      return
+    elseif left <= 0 then
+      reject(out, unpack(v, 1, v.n))
+      return
+    end
+    left = left - 1
+    if seconds ~= nil then task_wait(seconds) end
+  end
+end
+
+local function retry(callback, times, seconds, ...)
+  local out = new_promise()
+  out._ihook = function()
+    if out._current ~= nil then cancel(out._current) end
+  end
+  start(out, retry_body, out, callback, times, seconds, pack(...))
+  return out
+end
+
+--- `Promise.retry(f, times, ...)`: calls `f(...)` (which may return a promise), and again up to
+--- `times` more times while it fails; settles like the last attempt.
+function Promise.retry(callback, times, ...)
+  if not callable(callback) then bad(1, "retry", "function", callback, 2) end
+  if type(times) ~= "number" then bad(2, "retry", "number", times, 2) end
+  return retry(callback, times, nil, ...)
+end
+
+--- `Promise.retryWithDelay(f, times, seconds, ...)`: `retry`, waiting `seconds` of game time
+--- between attempts.
+function Promise.retryWithDelay(callback, times, seconds, ...)
+  if not callable(callback) then bad(1, "retryWithDelay", "function", callback, 2) end
+  if type(times) ~= "number" then bad(2, "retryWithDelay", "number", times, 2) end
+  if type(seconds) ~= "number" then bad(3, "retryWithDelay", "number", seconds, 2) end
+  return retry(callback, times, seconds, ...)
+end
+
+local function get_connect(v) return v.Connect end
+
+local function from_event_body(out, event, predicate)
+  local connection, done = nil, false
+  local function disconnect()
+    local c = connection
+    connection = nil
+    if c ~= nil then
+      -- In a thread of its own: it may yield or fail (reported) without disturbing the caller.
+      local ok, err = pcall(task_spawn, function() c:Disconnect() end)
+      if not ok then internal_failure(out, err) end
+    end
+  end
+  local function on_fire(...)
+    if done then return end
+    if predicate ~= nil then
+      local ok, r = xpcall(predicate, capture, ...)
+      if not ok then
+        done = true
+        reject(out, r)
+        disconnect()
+        return
+      end
+      if not r then return end
+    end
+    done = true
+    resolve(out, ...)
+    disconnect()
+  end
+  connection = event:Connect(on_fire)
+  if done or out._status ~= STARTED then
+    disconnect() -- it fired while connecting, or the promise was cancelled meanwhile
+    return
+  end
+  out._hook = disconnect
+end
+
+--- `Promise.fromEvent(event, predicate?)`: resolves with the arguments of the next firing of `event`
+--- (any object with `:Connect(fn)` returning something with `:Disconnect()`) for which
+--- `predicate(...)` is truthy; disconnects once settled or cancelled.
+function Promise.fromEvent(event, predicate)
+  local t = type(event)
+  local ok, connect = false, nil
+  if t == "table" or t == "userdata" then ok, connect = pcall(get_connect, event) end
+  if not ok or not callable(connect) then bad(1, "fromEvent", "object with a Connect method", event, 2) end
+  if predicate ~= nil and not callable(predicate) then bad(2, "fromEvent", "function", predicate, 2) end
+  local out = new_promise()
+  start(out, from_event_body, out, event, predicate)
+  return out
+end
+
+--- `Promise.is(v)`: whether `v` is a promise (ours, or any table with an `andThen` method).
+function Promise.is(v) return is_thenable(v) end
+
+-- onUnhandledRejection callbacks, per instance: an instance sees its own rejections only.
+local NOBODY = {}
+local callbacks = {}
+
+--- `Promise.onUnhandledRejection(fn) -> unregister`: `fn(promise, ...values)` runs as a task of the
+--- instance for each of its rejections that is reported as unhandled.
+function Promise.onUnhandledRejection(callback)
+  if not callable(callback) then bad(1, "onUnhandledRejection", "function", callback, 2) end
+  local key = owner()
+  if key == nil then key = NOBODY end
+  local list = callbacks[key]
+  if list == nil then
+    list = {}
+    callbacks[key] = list
+  end
+  local entry = { callback }
+  list[#list + 1] = entry
+  return function()
+    local l = callbacks[key]
+    if l == nil then return end
+    for i = 1, #l do
+      if l[i] == entry then
+        table_remove(l, i)
+        return
+      end
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Methods
+
+local function then_impl(src, on_resolve, on_reject, internal)
+  src._handled = true
+  local child = internal and internal_promise() or new_promise()
+  if src._status == CANCELLED then
+    child._status, child._values = CANCELLED, { n = 0 }
+    return child
+  end
+  local function reaction(s)
+    if child._status ~= STARTED then return end
+    local status, v = s._status, s._values
+    if status == RESOLVED then
+      if on_resolve ~= nil then
+        spawn_handler(child, on_resolve, v)
+      else
+        settle(child, RESOLVED, unpack(v, 1, v.n))
+      end
+    elseif status == REJECTED then
+      if on_reject ~= nil then
+        spawn_handler(child, on_reject, v)
+      else
+        settle(child, REJECTED, unpack(v, 1, v.n))
+      end
+    else
+      cancel(child)
+    end
+  end
+  if src._status == STARTED then
+    add_consumer(src, child)
+    enqueue(src, reaction)
+  else
+    reaction(src)
+  end
+  return child
+end
+
+--- `p:andThen(onResolve?, onReject?)`: a promise for what the handler returns (a promise returned
+--- is followed); without a handler, the outcome passes through.
+function promise_methods:andThen(on_resolve, on_reject)
+  check_self(self, "andThen", "Promise", is_promise)
+  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
+  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
+  return then_impl(self, on_resolve, on_reject)
+end
+promise_methods["then"] = promise_methods.andThen
+
+--- `p:catch(onReject)`: `andThen(nil, onReject)`.
+function promise_methods:catch(on_reject)
+  check_self(self, "catch", "Promise", is_promise)
+  if not callable(on_reject) then bad(1, "catch", "function", on_reject, 2) end
+  return then_impl(self, nil, on_reject)
+end
+
+--- `p:tap(f)`: calls `f` with the values and passes them on unchanged (after the promise `f`
+--- returns, if any, resolves).
+function promise_methods:tap(handler)
+  check_self(self, "tap", "Promise", is_promise)
+  if not callable(handler) then bad(1, "tap", "function", handler, 2) end
+  return then_impl(self, function(...)
+    local r = handler(...)
+    if is_thenable(r) then
+      local values = pack(...)
+      return then_impl(to_promise(r), function() return unpack(values, 1, values.n) end, nil, true)
+    end
+    return ...
+  end, nil)
+end
+
+--- `p:andThenCall(f, ...)`: on resolve, calls `f(...)` (the resolved values are discarded).
+function promise_methods:andThenCall(callback, ...)
+  check_self(self, "andThenCall", "Promise", is_promise)
+  if not callable(callback) then bad(1, "andThenCall", "function", callback, 2) end
+  local args = pack(...)
+  return then_impl(self, function() return callback(unpack(args, 1, args.n)) end, nil)
+end
+
+--- `p:andThenReturn(...)`: on resolve, resolves with `...` instead.
+function promise_methods:andThenReturn(...)
+  check_self(self, "andThenReturn", "Promise", is_promise)
+  local args = pack(...)
+  return then_impl(self, function() return unpack(args, 1, args.n) end, nil)
+end
+
+local function run_finally(child, handler, src)
+  local r = pack(xpcall(handler, capture, src._status))
+  if not r[1] then
+    reject(child, r[2])
+    return
+  end
+  local q = r[2]
+  if r.n >= 2 and is_thenable(q) then
+    -- Wait for the promise the handler returned: its rejection wins, otherwise pass `src` on.
+    local l = link(to_promise(q), function(s)
+      if child._status ~= STARTED then return end
+      if s._status == REJECTED then
+        local v = s._values
+        settle(child, REJECTED, unpack(v, 1, v.n))
+      else
+        follow(child, src, false)
+      end
+    end)
+    if child._status == STARTED then
+      child._ihook = function() drop(l) end
+    end
+  elseif child._status == STARTED then
+    follow(child, src, false)
+  end
+end
+
+local function finally_impl(src, handler)
+  src._handled = true
+  local child = new_promise()
+  local function reaction(s)
+    if handler ~= nil then
+      -- Runs even if `child` was cancelled: the handler sees every outcome of `src`.
+      local ok, err = pcall(task_spawn, run_finally, child, handler, s)
+      if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+    elseif child._status == STARTED then
+      follow(child, s, false)
+    end
+  end
+  if src._status == STARTED then
+    add_consumer(src, child)
+    enqueue(src, reaction)
+  else
+    reaction(src)
+  end
+  return child
+end
+
+--- `p:finally(f?)`: calls `f(status)` when `p` resolves, rejects or is cancelled; the returned
+--- promise then settles as `p` did (a rejection from `f`, or from the promise it returns, wins).
+function promise_methods:finally(handler)
+  check_self(self, "finally", "Promise", is_promise)
+  if handler ~= nil and not callable(handler) then bad(1, "finally", "function", handler, 2) end
+  return finally_impl(self, handler)
+end
+
+--- `p:finallyCall(f, ...)`: `finally`, calling `f(...)`.
+function promise_methods:finallyCall(callback, ...)
+  check_self(self, "finallyCall", "Promise", is_promise)
+  if not callable(callback) then bad(1, "finallyCall", "function", callback, 2) end
+  local args = pack(...)
+  return finally_impl(self, function() return callback(unpack(args, 1, args.n)) end)
+end
+
+--- `p:finallyReturn(...)`: once `p` resolves or rejects, resolves with `...` (the outcome is
+--- discarded, a rejection included); cancelled if `p` is.
+function promise_methods:finallyReturn(...)
+  check_self(self, "finallyReturn", "Promise", is_promise)
+  local args = pack(...)
+  self._handled = true
+  local child = new_promise()
+  local function reaction(s)
+    if child._status ~= STARTED then return end
+    if s._status == CANCELLED then
+      cancel(child)
+    else
+      resolve(child, unpack(args, 1, args.n))
+    end
+  end
+  if self._status == STARTED then
+    add_consumer(self, child)
+    enqueue(self, reaction)
+  else
+    reaction(self)
+  end
+  return child
+end
+
+--- `p:cancel()`: see `cancel` above.
+function promise_methods:cancel()
+  check_self(self, "cancel", "Promise", is_promise)
+  cancel(self)
+end
+
+--- `p:getStatus()`: one of `Promise.Status`.
+function promise_methods:getStatus()
+  check_self(self, "getStatus", "Promise", is_promise)
+  return self._status
+end
+
+--- `p:timeout(seconds, rejection?)`: `p`'s outcome if it settles within `seconds` of game time;
+--- otherwise rejects with `rejection` (default: a TimedOut error) and cancels `p`.
+function promise_methods:timeout(seconds, rejection)
+  check_self(self, "timeout", "Promise", is_promise)
+  if type(seconds) ~= "number" then bad(1, "timeout", "number", seconds, 2) end
+  local site = call_site()
+  local timer = internal_promise()
+  start(timer, delay_body, timer, seconds)
+  local timed = internal_promise()
+  local l = link(timer, function(s)
+    if timed._status ~= STARTED then return end
+    if s._status ~= RESOLVED then
+      cancel(timed)
+    elseif rejection == nil then
+      settle(timed, REJECTED, new_error({
+        error = "Timed out",
+        kind = TIMED_OUT,
+        context = string_format("Timeout of %s seconds exceeded.\n:timeout() called at %s", tostring(seconds), site),
+      }))
+    else
+      settle(timed, REJECTED, rejection)
+    end
+  end)
+  if timed._status == STARTED then
+    timed._ihook = function() drop(l) end
+  end
+  return race({ timed, self }, 2)
+end
+
+--- `p:now(rejection?)`: resolved like `p` if `p` has resolved already; rejected otherwise (with
+--- `rejection`, default a NotResolvedInTime error).
+function promise_methods:now(rejection)
+  check_self(self, "now", "Promise", is_promise)
+  if self._status == RESOLVED then return then_impl(self, nil, nil) end
+  local p = new_promise()
+  if rejection == nil then
+    rejection = new_error({
+      error = "This Promise was not resolved in time for :now()",
+      kind = NOT_RESOLVED_IN_TIME,
+      context = ":now() was called at " .. call_site(),
+    })
+  end
+  settle(p, REJECTED, rejection)
+  return p
+end
+
+--- Raises the rejection of `p` (rejected or cancelled) in the awaiting thread. A `Promise.Error` is
+--- raised as a new error of the same kind and text, with the original as its parent and the
+--- awaiting frames as its trace, so the trace shows every task that awaited it.
+local function raise(p)
+  local frames = frames_here()
+  for i = 1, #frames do frames[i].async = true end
+  if p._status == CANCELLED then
+    local text = "The awaited Promise was cancelled"
+    local e = new_error({ error = text, kind = ALREADY_CANCELLED, trace = render(text, frames) })
+    e._frames, e._awaited = frames, true
+    error(e, 0)
+  end
+  local first = p._values[1]
+  if first == nil then error("Expected Promise rejected with no value.", 0) end
+  if is_error(first) then
+    local e = new_error({ error = first.error, kind = first.kind, trace = render("(awaited)", frames) }, first)
+    e._frames, e._awaited = frames, true
+    first = e
+  end
+  error(first, 0)
+end
+
+--- `p:await() -> ok, ...`: yields until `p` settles; `true` and the values, or `false` and the
+--- rejection (`false` alone when cancelled).
+function promise_methods:await()
+  check_self(self, "await", "Promise", is_promise)
+  wait_settled(self)
+  local status, v = self._status, self._values
+  if status == CANCELLED then return false end
+  return status == RESOLVED, unpack(v, 1, v.n)
+end
+
+--- `p:awaitStatus() -> status, ...`: yields until `p` settles.
+function promise_methods:awaitStatus()
+  check_self(self, "awaitStatus", "Promise", is_promise)
+  wait_settled(self)
+  local v = self._values
+  return self._status, unpack(v, 1, v.n)
+end
+
+--- `p:expect() -> ...`: yields until `p` settles; its values, or raises its rejection.
+function promise_methods:expect()
+  check_self(self, "expect", "Promise", is_promise)
+  wait_settled(self)
+  if self._status ~= RESOLVED then raise(self) end
+  local v = self._values
+  return unpack(v, 1, v.n)
+end
+
+function PromiseMT.__tostring(p)
+  return "Promise(" .. tostring(p._status) .. ")"
+end
+
+---------------------------------------------------------------------------------------------------
+-- async, await, asyncTry
+
+--- `async(f) -> function(...) -> Promise`: each call runs `f(...)` in a new task; its results
+--- resolve the promise, its error rejects it.
+local function async(f)
+  if not callable(f) then bad(1, "async", "function", f, 2) end
+  return function(...)
+    local p = new_promise()
+    start(p, call_and_resolve, p, f, ...)
+    return p
+  end
+end
+
+--- `await(promise) -> ...`: yields until the promise settles; its values, or raises its rejection.
+local function await(p)
+  if not is_thenable(p) then bad(1, "await", "Promise", p, 2) end
+  p = to_promise(p)
+  wait_settled(p)
+  if p._status ~= RESOLVED then raise(p) end
+  local v = p._values
+  return unpack(v, 1, v.n)
+end
+
+local function append_frames(stack, frames, async_frames)
+  for i = 1, #frames do
+    local f = frames[i]
+    stack[#stack + 1] = { file = f.file, line = f.line, func = f.func, async = async_frames }
+  end
+end
+
+--- The error `asyncTry` hands to `catch`: a `Promise.Error` (its parent the raised error, if it was
+--- one) with `message`, `stack` (where it was raised, then the frames of each task that awaited it,
+--- marked `async`), `traceback` and the raised `value`.
+local function try_error(raw, here)
+  local stack, message, awaited = {}, nil, false
+  if is_error(raw) then
+    local chain = chain_of(raw)
+    for i = #chain, 1, -1 do
+      local e = chain[i]
+      if e._frames ~= nil then append_frames(stack, e._frames, e._awaited == true) end
+    end
+    message = safe_tostring(chain[#chain].error)
+    awaited = raw._awaited == true
+  else
+    message = type(raw) == "string" and raw or safe_tostring(raw)
+  end
+  if not awaited then append_frames(stack, here or {}, false) end
+  local text = render(message, stack)
+  local e = new_error({
+    error = message,
+    kind = is_error(raw) and raw.kind or EXECUTION_ERROR,
+    trace = text,
+  }, is_error(raw) and raw or nil)
+  e.message, e.stack, e.traceback, e.value = message, stack, text, raw
+  return e
+end
+
+--- `asyncTry(try, catch?, finally?) -> Promise`: runs `try` as a task; on error calls `catch(err)`;
+--- `finally()` always runs and completes before the promise settles; resolves with the results of
+--- `try` or `catch`, rejects with the error of whichever failed last.
+local function asyncTry(try, catch, finally)
+  if not callable(try) then bad(1, "asyncTry", "function", try, 2) end
+  if catch ~= nil and not callable(catch) then bad(2, "asyncTry", "function", catch, 2) end
+  if finally ~= nil and not callable(finally) then bad(3, "asyncTry", "function", finally, 2) end
+  local p = new_promise()
+  local finally_ran = false
+  if finally ~= nil then
+    -- Cancelled: the try task is closed, but finally still runs.
+    p._ihook = function()
+      if not finally_ran then
+        finally_ran = true
+        run_hook(p, finally)
+      end
+    end
+  end
+  start(p, function()
+    local here = nil
+    local r = pack(xpcall(try, function(raw)
+      here = frames_here()
+      return raw
+    end))
+    local good = r[1]
+    if not good then
+      local err = try_error(r[2], here)
+      if catch ~= nil then
+        r = pack(xpcall(catch, capture, err))
+        good = r[1]
+      else
+        r = { n = 2, false, err }
+      end
+    end
+    if finally ~= nil and not finally_ran then
+      finally_ran = true
+      local ok, err = xpcall(finally, capture)
+      if not ok then
+        good, r = false, { n = 2, false, err }
+      end
+    end
+    if good then
+      resolve(p, unpack(r, 2, r.n))
+    else
+      reject(p, r[2])
+    end
+  end)
+  return p
+end
+
+---------------------------------------------------------------------------------------------------
+-- Unhandled rejections
+
+--- The report of an unhandled rejection: a one-line message and the traceback of where it arose
+--- (the error's own trace, or where the promise was made).
+local function describe(p)
+  local first = p._values[1]
+  local text, trace
+  if is_error(first) then
+    local chain = chain_of(first)
+    local root = chain[#chain]
+    text, trace = safe_tostring(root.error), root.trace
+  else
+    text = safe_tostring(first)
+  end
+  local tb = nil
+  if type(trace) == "string" then
+    local at = string_find(trace, "\nstack traceback:", 1, true)
+    if at ~= nil then tb = string_sub(trace, at + 1) end
+  end
+  if tb == nil then tb = render_frames(p._frames or {}) end
+  return "Unhandled Promise rejection: " .. text, clean_trace(tb)
+end
+
+local function report_unhandled(p)
+  local message, tb = describe(p)
+  rust_report(message, tb, p._owner)
+  local key = p._owner
+  if key == nil then key = NOBODY end
+  local list = callbacks[key]
+  if list == nil then return end
+  local v = p._values
+  for i = 1, #list do
+    local fn = list[i][1]
+    spawn_as(p._owner, function() fn(p, unpack(v, 1, v.n)) end)
+  end
+end
+
+--- Called by Rust after every step with the ids of instances that went away since (or nil).
+--- Reports each rejection no handler observed by the end of the frame after it happened.
+local function tick(gone)
+  if gone ~= nil then
+    for i = 1, #gone do callbacks[gone[i]] = nil end
+  end
+  local n = #pending
+  if n == 0 then return end
+  local now = frame()
+  local keep, k = {}, 0
+  for i = 1, n do
+    local p = pending[i]
+    if not p._handled then
+      if now > p._rejected_at then
+        local ok, err = pcall(report_unhandled, p)
+        if not ok then internal_failure(p, err) end
+      else
+        k = k + 1
+        keep[k] = p
+      end
+    end
+  end
+  pending = keep
+end
+
+return {
+  Promise = Promise,
+  async = async,
+  await = await,
+  asyncTry = asyncTry,
+  tick = tick,
+}

@@ -1,0 +1,312 @@
+//! Rust functions and async functions for scripts, and promises Rust settles later (API.md §3, §6):
+//! the seed scenarios, conversion through serde, cancellation dropping the future.
+
+mod common;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+use serde::{Deserialize, Serialize};
+
+/// A value a test hands to a future at a frame of its choosing.
+#[derive(Clone, Default)]
+struct Gate(Arc<Mutex<(Option<String>, Option<Waker>)>>);
+
+impl Gate {
+    fn open(&self, value: &str) {
+        let mut g = self.0.lock().unwrap();
+        g.0 = Some(value.to_string());
+        if let Some(w) = g.1.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Future for Gate {
+    type Output = String;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<String> {
+        let mut g = self.0.lock().unwrap();
+        match g.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                g.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Sets a flag when dropped: shows a future was dropped.
+struct DropGuard(Arc<AtomicBool>);
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Row {
+    id: u32,
+    name: String,
+}
+
+/// Runs frames until the scripts printed `lines` lines (bounded: the pool threads answer fast).
+fn run_until_printed(app: &mut App, lines: usize) {
+    for _ in 0..2000 {
+        app.update();
+        if printed(app).len() >= lines || !errors(app).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("scripts printed {:?}, errors {:?}", printed(app), errors(app));
+}
+
+fn query_app() -> App {
+    let mut app = create_app();
+    app.add_lua_async_function("queryDatabase", |sql: String| async move {
+        if sql.contains("FAIL") {
+            return Err(format!("syntax error in {sql:?}"));
+        }
+        let rows: Vec<Row> = (1..=2).map(|id| Row { id, name: format!("{sql} #{id}") }).collect();
+        Ok(rows)
+    });
+    app
+}
+
+#[test]
+fn a_script_awaits_two_queries_in_sequence_and_gets_tables() {
+    let mut app = query_app();
+    spawn_script(
+        &mut app,
+        "scripts/queries.lua",
+        r#"
+        local users = await(queryDatabase("users"))
+        local orders = await(queryDatabase("orders"))
+        print(#users, users[1].id, users[2].name, orders[1].name)
+        "#,
+    );
+    run_until_printed(&mut app, 1);
+    assert_eq!(printed(&app), ["2\t1\tusers #2\torders #1"]);
+}
+
+#[test]
+fn promise_all_over_three_parallel_requests() {
+    let mut app = query_app();
+    spawn_script(
+        &mut app,
+        "scripts/all.lua",
+        r#"
+        local results = await(Promise.all({ queryDatabase("a"), queryDatabase("b"), queryDatabase("c") }))
+        print(#results, results[1][1].name, results[2][1].name, results[3][2].name)
+        "#,
+    );
+    run_until_printed(&mut app, 1);
+    assert_eq!(printed(&app), ["3\ta #1\tb #1\tc #2"]);
+}
+
+#[test]
+fn pcall_around_an_await_that_fails() {
+    let mut app = query_app();
+    spawn_script(
+        &mut app,
+        "scripts/fails.lua",
+        r#"
+        local ok, err = pcall(await, queryDatabase("FAIL here"))
+        print(ok, tostring(err):find('syntax error in "FAIL here"', 1, true) ~= nil)
+        print("still running")
+        "#,
+    );
+    run_until_printed(&mut app, 2);
+    assert_eq!(printed(&app), ["false\ttrue", "still running"]);
+}
+
+#[test]
+fn a_chain_of_and_then_and_catch() {
+    let mut app = query_app();
+    app.add_lua_async_function("fetchData", |key: String| async move {
+        match key.as_str() {
+            "a" => Ok(10),
+            _ => Err(format!("no data for {key}")),
+        }
+    });
+    spawn_script(
+        &mut app,
+        "scripts/chain.lua",
+        r#"
+        fetchData("a")
+          :andThen(function(v) return v * 2 end)
+          :andThen(function(v) print("got", v) end)
+          :catch(function(e) print("caught", e) end)
+        fetchData("b")
+          :andThen(function(v) print("never", v) end)
+          :catch(function(e) print("caught", tostring(e):find("no data for b", 1, true) ~= nil) end)
+        "#,
+    );
+    run_until_printed(&mut app, 2);
+    let mut out = printed(&app);
+    out.sort();
+    assert_eq!(out, ["caught\ttrue", "got\t20"]);
+}
+
+#[test]
+fn arguments_that_do_not_fit_raise_bad_argument() {
+    let mut app = query_app();
+    spawn_script(&mut app, "scripts/badarg.lua", "print(pcall(queryDatabase, {}))");
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0], "false\tbad argument #1 to 'queryDatabase' (invalid type: map, expected a string)");
+}
+
+#[test]
+fn plain_functions_and_module_tables() {
+    let mut app = create_app();
+    app.add_lua_function("math2.add", |a: f64, b: f64| Ok::<_, String>(a + b));
+    app.add_lua_function("makeRow", |id: u32| Ok::<_, String>(Row { id, name: "made".into() }));
+    app.add_lua_function("takeRow", |row: Row| Ok::<_, String>(format!("{}:{}", row.id, row.name)));
+    app.add_lua_function("failing", || Err::<(), _>("it failed"));
+    spawn_script(
+        &mut app,
+        "scripts/plain.lua",
+        r#"
+        print(math2.add(2, 3), makeRow(7).name, takeRow({ id = 3, name = "x" }))
+        print(pcall(function() failing() end))
+        print(pcall(function() math2.add = nil end))
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out[0], "5.0\tmade\t3:x");
+    assert_eq!(out[1], "false\tscripts/plain.lua:3: it failed", "the error names the caller's line");
+    assert!(out[2].starts_with("false\t"), "module tables are read-only: {out:?}");
+}
+
+#[test]
+fn a_rust_future_resolving_after_n_frames() {
+    let mut app = create_app();
+    let gate = Gate::default();
+    let g = gate.clone();
+    app.add_lua_async_function("waitForGate", move || {
+        let g = g.clone();
+        async move { Ok::<_, String>(g.await) }
+    });
+    spawn_script(
+        &mut app,
+        "scripts/gate.lua",
+        "local v = await(waitForGate()) print('opened', v, time.frame())",
+    );
+    run(&mut app, 10);
+    assert!(printed(&app).is_empty(), "resolved before the gate opened: {:?}", printed(&app));
+    gate.open("now");
+    run_until_printed(&mut app, 1);
+    let out = printed(&app);
+    assert!(out[0].starts_with("opened\tnow\t"), "{out:?}");
+    let frame: u64 = out[0].rsplit('\t').next().unwrap().parse().unwrap();
+    assert!(frame > 10, "settled at a step after the gate opened, not before: {frame}");
+}
+
+#[test]
+fn cancelling_the_promise_drops_the_future() {
+    let mut app = create_app();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    app.add_lua_async_function("forever", move || {
+        let guard = DropGuard(d.clone());
+        async move {
+            std::future::pending::<()>().await;
+            drop(guard);
+            Ok::<_, String>(())
+        }
+    });
+    spawn_script(
+        &mut app,
+        "scripts/cancel.lua",
+        "local p = forever() task.wait() p:cancel() print('status', p:getStatus())",
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["status\tCancelled"]);
+    for _ in 0..1000 {
+        if dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the future's drop guard never ran");
+}
+
+#[test]
+fn despawning_the_owner_drops_the_future_and_nothing_resumes() {
+    let mut app = create_app();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    app.add_lua_async_function("forever", move || {
+        let guard = DropGuard(d.clone());
+        async move {
+            std::future::pending::<()>().await;
+            drop(guard);
+            Ok::<_, String>(())
+        }
+    });
+    let e = spawn_script(&mut app, "scripts/owner.lua", "await(forever()) print('never')");
+    run(&mut app, 3);
+    app.world_mut().despawn(e);
+    run(&mut app, 3);
+    let mut ok = false;
+    for _ in 0..1000 {
+        if dropped.load(Ordering::SeqCst) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ok, "the future's drop guard never ran");
+    assert!(printed(&app).is_empty());
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(live_tasks(&app), 0);
+}
+
+/// Questions scripts asked, with the handle a system answers through.
+#[derive(Resource, Clone, Default)]
+struct Questions(Arc<Mutex<Vec<(String, PromiseHandle)>>>);
+
+#[test]
+fn a_system_settles_a_promise_through_its_handle_from_another_thread() {
+    let mut app = create_app();
+    let questions = Questions::default();
+    let q = questions.clone();
+    app.add_lua_promise_function("ask", move |question: String, reply: PromiseHandle| {
+        q.0.lock().unwrap().push((question, reply));
+    });
+    spawn_script(&mut app, "scripts/ask.lua", "print('answer', await(ask('meaning')))");
+    run(&mut app, 3);
+    let (question, reply) = questions.0.lock().unwrap().pop().expect("the script asked");
+    assert_eq!(question, "meaning");
+    std::thread::spawn(move || reply.resolve(42)).join().unwrap();
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["answer\t42"]);
+}
+
+#[test]
+fn a_handle_dropped_without_settling_rejects_the_promise() {
+    let mut app = create_app();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    app.add_lua_promise_function("ask", move |_question: String, reply: PromiseHandle| {
+        a.fetch_add(1, Ordering::SeqCst);
+        drop(reply);
+    });
+    spawn_script(&mut app, "scripts/dropped.lua", "print(pcall(await, ask('anyone?')))");
+    run(&mut app, 3);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].starts_with("false\t"), "{out:?}");
+    assert!(out[0].contains("dropped without settling"), "{out:?}");
+}
