@@ -344,8 +344,8 @@ pub(crate) struct Budget {
     calls: AtomicU64,
     serial: AtomicU64,
     yielded: AtomicBool,
-    /// Set when the budget ran out, with where.
-    exceeded_at: std::sync::Mutex<Option<String>>,
+    /// Set when the budget ran out: the serial number of that resume, and where.
+    exceeded_at: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl Budget {
@@ -361,10 +361,12 @@ impl Budget {
         }
     }
 
-    /// Takes the place where the budget ran out, if it did since the last call.
-    pub fn take_exceeded(&self) -> Option<String> {
-        self.yielded.store(false, Ordering::Relaxed);
-        self.exceeded_at.lock().ok()?.take()
+    /// Takes the place where the budget ran out during resume `serial`: any such place, or, with
+    /// `stopped_only`, only one where the hook stopped the resumed task by yielding it.
+    pub fn take_exceeded(&self, serial: u64, stopped_only: bool) -> Option<String> {
+        let yielded = self.yielded.swap(false, Ordering::Relaxed);
+        let (at_serial, at) = self.exceeded_at.lock().ok()?.take()?;
+        (at_serial == serial && (yielded || !stopped_only)).then_some(at)
     }
 
     /// Called by the VM's hook: counts one call against the current resume and decides whether
@@ -388,7 +390,7 @@ impl Budget {
         let at = location();
         if let Ok(mut slot) = self.exceeded_at.lock() {
             // The last place wins: it is where the resumed task itself was stopped.
-            *slot = Some(at.clone());
+            *slot = Some((serial, at.clone()));
         }
         let message = format!("{at}: script exceeded its instruction budget");
         let resumed = refs.thread_of.call::<Option<Thread>>(current).ok().flatten();
@@ -464,7 +466,8 @@ pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<i64> {
 pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
     let instance = sched(lua).remove_key(key);
     let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
-    let Some(at) = budget.and_then(|b| b.take_exceeded()) else { return };
+    let serial = current_task(lua).1;
+    let Some(at) = budget.and_then(|b| b.take_exceeded(serial, true)) else { return };
     let traceback = thread_traceback(lua, thread);
     let message = format!("{at}: script exceeded its instruction budget");
     sched(lua).report(instance, ScriptErrorKind::Budget, message, traceback);
@@ -474,7 +477,8 @@ pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
 /// The task `key` failed with `message`; `traceback` is Lua's.
 pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
     let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
-    let exceeded = budget.and_then(|b| b.take_exceeded());
+    let serial = current_task(lua).1;
+    let exceeded = budget.and_then(|b| b.take_exceeded(serial, false));
     let mut s = sched(lua);
     let instance = s.instance_of(key);
     s.remove_key(key);

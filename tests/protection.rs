@@ -233,3 +233,22 @@ fn a_syntax_error_is_a_load_error_at_the_scripts_own_line() {
     assert_eq!(errs[0].message, "scripts/typo.lua:2: unexpected symbol near '='");
     assert!(printed(&app).is_empty());
 }
+
+#[test]
+fn a_runaway_nested_coroutine_caught_by_pcall_does_not_fail_its_parent() {
+    let mut app = budget_app(100_000);
+    spawn_script(
+        &mut app,
+        "scripts/caught.lua",
+        r#"
+        local co = coroutine.create(function() while true do end end)
+        local ok, err = coroutine.resume(co)
+        print(ok, tostring(err):find("instruction budget", 1, true) ~= nil)
+        task.wait()
+        print("parent goes on")
+        "#,
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["false\ttrue", "parent goes on"]);
+    assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
+}

@@ -333,3 +333,37 @@ fn an_error_in_a_spawned_task_is_reported_and_the_spawner_goes_on() {
     assert_eq!(errs[0].message, "scripts/spawner.lua:2: child failed");
     assert!(errs[0].traceback.contains("scripts/spawner.lua:2"), "traceback: {}", errs[0].traceback);
 }
+
+#[test]
+fn coroutine_resume_returns_exactly_what_the_coroutine_gave() {
+    let out = output(
+        r##"
+        local done = coroutine.create(function() end)
+        print(select("#", coroutine.resume(done)))
+        local plain = coroutine.create(function() coroutine.yield() end)
+        print(select("#", coroutine.resume(plain)))
+        local two = coroutine.create(function() coroutine.yield(1, nil) end)
+        print(select("#", coroutine.resume(two)))
+        "##,
+        2,
+    );
+    assert_eq!(out, ["1", "1", "3"]);
+}
+
+#[test]
+fn resuming_a_waiting_task_by_hand_ends_its_wait() {
+    let out = output(
+        r#"
+        local co = coroutine.create(function()
+          local e = task.wait(0.05)
+          print("resumed with", e)
+        end)
+        coroutine.resume(co)
+        coroutine.resume(co, "by hand")
+        task.wait(0.2)
+        print("status", coroutine.status(co))
+        "#,
+        20,
+    );
+    assert_eq!(out, ["resumed with\tby hand", "status\tdead"], "the timer must not resume it again");
+}

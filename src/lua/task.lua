@@ -319,16 +319,20 @@ local function to_thread(f, n, fname)
 end
 
 --- The result of resuming `co` from script code: registers a wait request and hides it.
-local function after_resume(co, ok, first, ...)
+local function after_resume(co, ...)
+  local ok, first = ...
   if ok and first == REQ then
-    register(key_for(co), ...)
+    register(key_for(co), select(3, ...))
     return true
   end
-  return ok, first, ...
+  return ...
 end
 
---- `coroutine.resume`, with wait requests registered (see the file's first comment).
+--- `coroutine.resume`, with wait requests registered (see the file's first comment). Resuming a
+--- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
+  local key = keys[co]
+  if key ~= nil then regs[key] = nil end
   return after_resume(co, co_resume(co, ...))
 end
 
