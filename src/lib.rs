@@ -47,6 +47,18 @@
 //! local ok, value = pcall(await, Promise.delay(0.5):andThenReturn("done"):timeout(1))
 //! ```
 //!
+//! ## Channels
+//!
+//! `Channel` has Go's semantics: `Channel.new(capacity?)` (unbuffered by default, `math.huge`
+//! unbounded), `send`, `receive`, `trySend`, `tryReceive`, `close`, `len`, `cap`, `isClosed`,
+//! `iter`, `Channel.select(cases)` and `Channel.after(seconds)`. A blocked operation parks the task;
+//! its partner wakes it in the same step. `select` picks among ready cases with a private
+//! generator seeded by [`LuaCoroutinesPlugin::select_seed`], so a run replays exactly.
+//!
+//! ```lua
+//! local i, v = Channel.select({ { results, "receive" }, { Channel.after(0.5), "receive" } })
+//! ```
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
@@ -80,6 +92,8 @@ mod time;
 mod timer;
 
 pub use asset::{LuaScript, LuaScriptLoader};
+pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
+pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
@@ -91,7 +105,8 @@ pub use scheduler::SchedulerStats;
 /// The types most apps need.
 pub mod prelude {
     pub use crate::{
-        LuaAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
-        PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint,
+        LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems,
+        LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, PromiseHandle, ScriptError,
+        ScriptErrorKind, ScriptPrint,
     };
 }

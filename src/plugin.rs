@@ -38,6 +38,10 @@ pub struct LuaCoroutinesPlugin {
     /// Whether `print` also writes its line to stdout (default true). Every printed line is
     /// written as a [`ScriptPrint`] message either way.
     pub print_to_stdout: bool,
+    /// Seeds the private generator `Channel.select` uses to pick among several ready cases
+    /// (default `0x5EED`). The same seed replays the same choices run after run; scripts cannot
+    /// reseed it (`math.randomseed` is a different generator).
+    pub select_seed: u64,
 }
 
 impl Default for LuaCoroutinesPlugin {
@@ -48,6 +52,7 @@ impl Default for LuaCoroutinesPlugin {
             memory_limit: Some(512 * 1024 * 1024),
             stdlib: LuaStdlib::Safe,
             print_to_stdout: true,
+            select_seed: 0x5EED,
         }
     }
 }
@@ -76,8 +81,9 @@ impl Plugin for LuaCoroutinesPlugin {
             instruction_budget: self.instruction_budget,
             memory_limit: self.memory_limit,
             print_to_stdout: self.print_to_stdout,
+            select_seed: self.select_seed,
         };
-        let runtime = match LuaRuntime::new(&config) {
+        let runtime = match LuaRuntime::new(&config, self.schedule) {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };
@@ -96,7 +102,7 @@ impl Plugin for LuaCoroutinesPlugin {
                 (
                     note_changed_scripts.in_set(LuaCoroutinesSystems::Sync),
                     sync_instances.in_set(LuaCoroutinesSystems::Sync).after(note_changed_scripts),
-                    step.in_set(LuaCoroutinesSystems::Step),
+                    step_system.in_set(LuaCoroutinesSystems::Step),
                 ),
             );
     }
@@ -137,7 +143,7 @@ fn sync_instances(world: &mut World) {
 }
 
 /// Advances the clocks, resumes every ready task, and writes errors and prints as messages.
-fn step(world: &mut World) {
+pub(crate) fn step_system(world: &mut World) {
     let (game, delta) = {
         let time = world.resource::<Time>();
         (time.elapsed(), time.delta())

@@ -27,6 +27,15 @@ pub(crate) struct VmConfig {
     pub instruction_budget: Option<u64>,
     pub memory_limit: Option<usize>,
     pub print_to_stdout: bool,
+    /// Seeds the generator `Channel.select` picks among ready cases with.
+    pub select_seed: u64,
+}
+
+/// Lua functions of `lua/channel.lua` the Rust side calls.
+pub(crate) struct ChannelLua {
+    /// `poll()`: retries every operation parked on an external (Rust-backed) channel, in the order
+    /// they parked, waking those that can proceed. Called once at the start of every step.
+    pub poll: Function,
 }
 
 /// The Lua VM and what the plugin keeps beside it. One per app.
@@ -43,6 +52,8 @@ pub struct LuaRuntime {
     pub(crate) instances: crate::instance::Instances,
     /// Lua 5.1's `setfenv` (LuaJIT, Luau), which binds a compiled chunk to an instance.
     pub(crate) setfenv: Option<Function>,
+    /// The schedule the step runs in.
+    schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
 }
 
 impl LuaRuntime {
@@ -66,6 +77,11 @@ impl LuaRuntime {
         self.define.call::<()>((path, value))
     }
 
+    /// The schedule the step runs in (systems the crate adds for registrations run there too).
+    pub(crate) fn schedule(&self) -> bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel> {
+        self.schedule
+    }
+
     /// Counters for diagnostics.
     pub fn stats(&self) -> scheduler::SchedulerStats {
         scheduler::SchedulerStats { resumed: scheduler::current_task(&self.lua).1 }
@@ -76,7 +92,10 @@ impl LuaRuntime {
         self.lua.used_memory()
     }
 
-    pub(crate) fn new(config: &VmConfig) -> mlua::Result<Self> {
+    pub(crate) fn new(
+        config: &VmConfig,
+        schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
+    ) -> mlua::Result<Self> {
         // SAFETY: `debug` is opened only so `debug.traceback` can be kept; in safe mode the rest of
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
         #[allow(unsafe_code)]
@@ -154,8 +173,14 @@ impl LuaRuntime {
         let step: Table = api.get("step")?;
         let promise = load_promises(&lua, &api, &step, &traceback)?;
         let tick: Function = promise.get("tick")?;
+        let channel = load_channels(&lua, &api, config.select_seed)?;
+        lua.set_app_data(ChannelLua { poll: channel.get("poll")? });
         crate::bridge::install(&lua, &promise)?;
         api.set("promise", promise)?;
+        let bad: Function = api.get("bad")?;
+        let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
+        api.set("channel", channel)?;
+        api.set("rust_channels", rust_channels)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,
@@ -194,7 +219,7 @@ impl LuaRuntime {
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, new_env, define, state, instances: Default::default(), setfenv })
+        Ok(Self { lua, new_env, define, state, instances: Default::default(), setfenv, schedule })
     }
 
     /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).
@@ -236,8 +261,13 @@ impl LuaRuntime {
         Ok(())
     }
 
-    /// Queues the timers that fell due and resumes everything ready.
+    /// Retries operations parked on Rust-backed channels, queues the timers that fell due and
+    /// resumes everything ready.
     pub(crate) fn run(&self) -> mlua::Result<()> {
+        let poll = self.lua.app_data_ref::<ChannelLua>().map(|c| c.poll.clone());
+        if let Some(Err(e)) = poll.map(|poll| poll.call::<()>(())) {
+            error!("bevy_lua_coroutines: retrying parked channel operations raised {e}");
+        }
         scheduler::run(&self.lua)
     }
 }
@@ -282,6 +312,29 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
         })?,
     )?;
     lua.load(include_str!("lua/promise.lua")).set_name("=bevy_lua_coroutines/promise.lua").call(deps)
+}
+
+/// Loads `lua/channel.lua` on top of the task API (`api` from `lua/task.lua`) and returns its
+/// exports: `Channel` (the table scripts see) and `poll`.
+fn load_channels(lua: &Lua, api: &Table, select_seed: u64) -> mlua::Result<Table> {
+    let deps = lua.create_table()?;
+    deps.set("task", api.get::<Table>("task")?)?;
+    deps.set("park", api.get::<Function>("park")?)?;
+    deps.set("wake", api.get::<Function>("wake")?)?;
+    deps.set("waiting", api.get::<Function>("waiting")?)?;
+    deps.set("bad", api.get::<Function>("bad")?)?;
+    deps.set("seed", select_seed_state(select_seed))?;
+    lua.load(include_str!("lua/channel.lua")).set_name("=bevy_lua_coroutines/channel.lua").call(deps)
+}
+
+/// The select seed mixed (splitmix64) down to 53 bits, so that every Lua flavour reads it exactly
+/// as a double and nearby seeds start the generator far apart.
+fn select_seed_state(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64
 }
 
 /// Installs the hook that enforces the instruction budget of one resume.

@@ -106,6 +106,11 @@ store.Promise = readonly_tree(api.promise.Promise)
 store.async = api.promise.async
 store.await = api.promise.await
 store.asyncTry = api.promise.asyncTry
+local channel_api = {}
+for k, v in pairs(api.channel.Channel) do channel_api[k] = v end
+channel_api.named = api.rust_channels.named
+store.Channel = readonly_tree(channel_api)
+store.Messages = readonly(api.rust_channels.Messages)
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")

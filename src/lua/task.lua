@@ -258,6 +258,13 @@ local function wake(slot, ...)
   return true
 end
 
+--- Whether the thread parked on `slot` still waits there: `wake(slot)` would wake it. A channel
+--- asks before it takes a waiter's value or decides a select case can proceed.
+local function waiting(slot)
+  local key = slot.key
+  return key ~= nil and regs[key] == slot.reg
+end
+
 --- The task being resumed (0: none) and the number of resumes so far, for Rust.
 function step.current() return current, serial end
 
@@ -485,5 +492,6 @@ return {
   -- For the promise and channel modules: the one wait mechanism, and the one `bad argument` helper.
   park = park,
   wake = wake,
+  waiting = waiting,
   bad = bad,
 }

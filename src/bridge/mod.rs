@@ -1,5 +1,6 @@
 //! The bridge between Rust and scripts: Rust functions and async functions registered under Lua
-//! names, and promises that Rust settles later from any thread.
+//! names, promises that Rust settles later from any thread, and Bevy messages both ways
+//! ([`messages`]). Every value crosses through serde, by [`from_lua`] and mlua's `to_value`.
 //!
 //! An async function's future runs on Bevy's `AsyncComputeTaskPool`, off the main thread. Its
 //! result travels back on a crossbeam channel as a boxed conversion, and the step drains the
@@ -16,6 +17,9 @@ use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
 use crossbeam_channel::{Receiver, Sender};
 use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
+
+pub mod channels;
+pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -131,7 +135,7 @@ pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
         Ok(())
     })?;
     let module: mlua::Table = lua
-        .load(include_str!("lua/bridge.lua"))
+        .load(include_str!("../lua/bridge.lua"))
         .set_name("=bevy_lua_coroutines/bridge.lua")
         .call((promise.get::<mlua::Table>("Promise")?, cancel))?;
     lua.set_app_data(BridgeLua {
@@ -211,21 +215,29 @@ pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:
+/// string "x", expected f32`).
+pub(crate) fn from_lua<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    let deserializer = mlua::serde::Deserializer::new(value);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = match e.into_inner() {
+            mlua::Error::DeserializeError(message) => message,
+            other => other.to_string(),
+        };
+        if path == "." { inner } else { format!("at {path}: {inner}") }
+    })
+}
+
 /// Reads argument `index` (1-based) of `name` through serde.
 fn arg<T: DeserializeOwned>(
-    lua: &Lua,
+    _lua: &Lua,
     args: &mut impl Iterator<Item = Value>,
     index: usize,
     name: &str,
 ) -> Result<T, String> {
-    let value = args.next().unwrap_or(Value::Nil);
-    lua.from_value(value).map_err(|e| {
-        let e = match e {
-            mlua::Error::DeserializeError(message) => message,
-            other => other.to_string(),
-        };
-        format!("bad argument #{index} to '{name}' ({e})")
-    })
+    from_lua(args.next().unwrap_or(Value::Nil))
+        .map_err(|e| format!("bad argument #{index} to '{name}' ({e})"))
 }
 
 /// An mlua error as the message a script sees.
