@@ -36,6 +36,8 @@ pub(crate) struct ChannelLua {
     /// `poll()`: retries every operation parked on an external (Rust-backed) channel, in the order
     /// they parked, waking those that can proceed. Called once at the start of every step.
     pub poll: Function,
+    /// `Channel._external(ext, name)`: makes a Rust-backed channel (hidden from scripts).
+    pub external: Function,
 }
 
 /// The Lua VM and what the plugin keeps beside it. One per app.
@@ -80,6 +82,14 @@ impl LuaRuntime {
     /// The schedule the step runs in (systems the crate adds for registrations run there too).
     pub(crate) fn schedule(&self) -> bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel> {
         self.schedule
+    }
+
+    /// The constructor of Rust-backed channels, `(ext, name) -> Channel`. Not part of the API:
+    /// scripts do not see it (an `ext` written in Lua would run outside the instruction budget);
+    /// it is public only so the crate's tests can exercise it with a fake `ext`.
+    #[doc(hidden)]
+    pub fn external_channel_constructor(&self) -> Function {
+        self.lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone()
     }
 
     /// Counters for diagnostics.
@@ -174,7 +184,8 @@ impl LuaRuntime {
         let promise = load_promises(&lua, &api, &step, &traceback)?;
         let tick: Function = promise.get("tick")?;
         let channel = load_channels(&lua, &api, config.select_seed)?;
-        lua.set_app_data(ChannelLua { poll: channel.get("poll")? });
+        let external: Function = channel.get::<Table>("Channel")?.get("_external")?;
+        lua.set_app_data(ChannelLua { poll: channel.get("poll")?, external });
         crate::bridge::install(&lua, &promise)?;
         api.set("promise", promise)?;
         let bad: Function = api.get("bad")?;

@@ -27,6 +27,12 @@ fn output_with(plugin: LuaCoroutinesPlugin, src: &str, frames: usize) -> Vec<Str
 fn share(app: &mut App, name: &str, expr: &str) {
     let lua = app.world().resource::<LuaRuntime>().lua();
     let value: mlua::Value = lua.load(expr).eval().expect("the shared value evaluates");
+    share_value(app, name, value);
+}
+
+/// Test-only: puts `value` in the shared base under `name`.
+fn share_value(app: &mut App, name: &str, value: mlua::Value) {
+    let lua = app.world().resource::<LuaRuntime>().lua();
     let base = lua.globals().metatable().expect("the base is a read-only view");
     let store: mlua::Table = base.get("__index").expect("the view reads through to the store");
     store.raw_set(name, value).expect("the store takes the shared value");
@@ -946,7 +952,7 @@ fn a_select_loop_leaves_nothing_behind_on_the_channels_it_did_not_use() {
 
 #[test]
 fn bad_arguments_raise_bad_argument() {
-    let out = output(
+    let out = output_external(
         r#"
         local function try(f, ...) local _, e = pcall(f, ...) print(e) end
         local c = Channel.new()
@@ -965,8 +971,9 @@ fn bad_arguments_raise_bad_argument() {
         try(Channel.select, { { nil, "default" }, { nil, "default" } })
         try(c.send, 5, 1)
         try(c.receive, {})
-        try(Channel._external, 5)
-        try(Channel._external, { send = print })
+        try(makeExternal, 5)
+        try(makeExternal, { send = print })
+        print("hidden from scripts:", Channel._external)
         print(pcall(function() Channel.new(-2) end))
         print(pcall(function() c.len() end))
         print(pcall(function() c.foo = 1 end))
@@ -996,9 +1003,10 @@ fn bad_arguments_raise_bad_argument() {
             "calling 'receive' on bad self (Channel expected, got table)",
             "bad argument #1 to '_external' (table expected, got number)",
             "bad argument #1 to '_external' (field 'can_send': function expected, got nil)",
-            "false\tscripts/test.lua:21: bad argument #1 to 'new' (non-negative integer or math.huge expected, got -2)",
-            "false\tscripts/test.lua:22: calling 'len' on bad self (Channel expected, got nil)",
-            "false\tscripts/test.lua:23: attempt to modify a Channel (field 'foo')",
+            "hidden from scripts:\tnil",
+            "false\tscripts/test.lua:22: bad argument #1 to 'new' (non-negative integer or math.huge expected, got -2)",
+            "false\tscripts/test.lua:23: calling 'len' on bad self (Channel expected, got nil)",
+            "false\tscripts/test.lua:24: attempt to modify a Channel (field 'foo')",
         ],
         "every function checks its arguments and blames the caller's line"
     );
@@ -1043,12 +1051,25 @@ const FAKE: &str = r#"
         pull = function() return ext.receive() end,
         close = function() closed = true end,
       }
-      return Channel._external(ext, "fake"), rust
+      return makeExternal(ext, "fake"), rust
     end
 "#;
 
+/// Runs `src` like `output`, with the constructor of Rust-backed channels (hidden from scripts)
+/// shared as the global `makeExternal`.
+fn output_external(src: &str, frames: usize) -> Vec<String> {
+    let mut app = create_app();
+    let make = app.world().resource::<LuaRuntime>().external_channel_constructor();
+    share_value(&mut app, "makeExternal", mlua::Value::Function(make));
+    spawn_script(&mut app, "scripts/test.lua", src);
+    run(&mut app, frames);
+    let errs = errors(&app);
+    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+    printed(&app)
+}
+
 fn external(src: &str, frames: usize) -> Vec<String> {
-    output(&format!("{FAKE}\n{src}"), frames)
+    output_external(&format!("{FAKE}\n{src}"), frames)
 }
 
 #[test]

@@ -108,6 +108,7 @@ store.await = api.promise.await
 store.asyncTry = api.promise.asyncTry
 local channel_api = {}
 for k, v in pairs(api.channel.Channel) do channel_api[k] = v end
+channel_api._external = nil -- Rust's alone: an `ext` written in Lua would run outside the budget
 channel_api.named = api.rust_channels.named
 store.Channel = readonly_tree(channel_api)
 store.Messages = readonly(api.rust_channels.Messages)
