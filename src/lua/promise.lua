@@ -283,13 +283,20 @@ end
 
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
+-- The nil fields only size the table for the fields a promise usually gets (no rehash as they come).
 local function new_promise()
-  return setmetatable({ _status = STARTED, _owner = owner() }, PromiseMT)
+  return setmetatable({
+    _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil, _handled = nil,
+    _nconsumers = nil, _hook = nil,
+  }, PromiseMT)
 end
 
 --- A promise the library makes for its own work: never reported as unhandled.
 local function internal_promise()
-  return setmetatable({ _status = STARTED, _internal = true }, PromiseMT)
+  return setmetatable({
+    _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil, _handled = nil,
+    _nconsumers = nil, _hook = nil,
+  }, PromiseMT)
 end
 
 -- Rejections no handler observed yet, in the order they happened (`tick` reports them).
@@ -299,8 +306,13 @@ local function internal_failure(p, err)
   rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", p._owner)
 end
 
---- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake.
+--- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake. The first
+--- one is kept in a field of its own (most promises have one reaction), the rest in a list.
 local function enqueue(p, reaction)
+  if p._r1 == nil then
+    p._r1 = reaction
+    return
+  end
   local q = p._queue
   if q == nil then
     p._queue = { reaction }
@@ -312,28 +324,34 @@ end
 local nest = 0
 local later, later_head, later_tail = {}, 1, 0
 
+--- Runs one reaction: a park slot is woken (that cannot fail), a function is called protected.
 local function react(reaction, p)
   if type(reaction) == "table" then
     wake(reaction)
   else
-    reaction(p)
+    local ok, err = pcall(reaction, p)
+    if not ok then internal_failure(p, err) end
   end
 end
 
---- Runs the reactions of `p` (just settled), or queues them for the outermost settlement when
---- reactions already nest too deep.
-local function run_queue(p, q)
+--- Runs the reactions of `p` (just settled: `r1`, then the list `q` if any), or queues them for the
+--- outermost settlement when reactions already nest too deep.
+local function run_queue(p, r1, q)
   if nest >= MAX_NEST then
-    for i = 1, #q do
-      later[later_tail + 1], later[later_tail + 2] = q[i], p
-      later_tail = later_tail + 2
+    later[later_tail + 1], later[later_tail + 2] = r1, p
+    later_tail = later_tail + 2
+    if q ~= nil then
+      for i = 1, #q do
+        later[later_tail + 1], later[later_tail + 2] = q[i], p
+        later_tail = later_tail + 2
+      end
     end
     return
   end
   nest = nest + 1
-  for i = 1, #q do
-    local ok, err = pcall(react, q[i], p)
-    if not ok then internal_failure(p, err) end
+  if type(r1) == "table" then wake(r1) else react(r1, p) end
+  if q ~= nil then
+    for i = 1, #q do react(q[i], p) end
   end
   nest = nest - 1
   if nest == 0 and later_head <= later_tail then
@@ -342,8 +360,7 @@ local function run_queue(p, q)
       local r, lp = later[later_head], later[later_head + 1]
       later[later_head], later[later_head + 1] = nil, nil
       later_head = later_head + 2
-      local ok, err = pcall(react, r, lp)
-      if not ok then internal_failure(lp, err) end
+      react(r, lp)
     end
     later_head, later_tail = 1, 0
     nest = 0
@@ -352,12 +369,18 @@ end
 
 local function settle(p, status, ...)
   p._status = status
-  p._values = pack(...)
+  local n = select("#", ...)
+  if n == 1 then
+    p._values = { (...), n = 1 } -- sized by the constructor: no resize, as a vararg one needs
+  else
+    p._values = { n = n, ... }
+  end
   p._hook, p._ihook, p._thread = nil, nil, nil
+  p._nconsumers = nil
   local consumers = p._consumers
   if consumers ~= nil then
     -- Settled: cancelling a consumer no longer reaches this promise.
-    p._consumers, p._nconsumers = nil, nil
+    p._consumers = nil
     for i = 1, #consumers do
       local c = consumers[i]
       if c and c._parent == p then c._parent = nil end
@@ -372,23 +395,25 @@ local function settle(p, status, ...)
     p._rejected_at = frame()
     pending[#pending + 1] = p
   end
-  local q = p._queue
-  if q ~= nil then
-    p._queue = nil
-    run_queue(p, q)
+  local r1 = p._r1
+  if r1 ~= nil then
+    local q = p._queue
+    p._r1, p._queue = nil, nil
+    run_queue(p, r1, q)
   end
 end
 
 --- `child` consumes `parent`: cancelling every consumer of a pending promise cancels it.
 local function add_consumer(parent, child)
   child._parent = parent
+  -- `_nconsumers` also counts awaiting tasks, which are not in the list.
   local list = parent._consumers
   if list == nil then
-    parent._consumers, parent._nconsumers = { child }, 1
+    parent._consumers = { child }
   else
     list[#list + 1] = child
-    parent._nconsumers = parent._nconsumers + 1
   end
+  parent._nconsumers = (parent._nconsumers or 0) + 1
 end
 
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's).
@@ -433,9 +458,10 @@ function cancel(p)
     p._parent = nil
     consumer_cancelled(parent, p)
   end
+  p._nconsumers = nil
   local consumers = p._consumers
   if consumers ~= nil then
-    p._consumers, p._nconsumers = nil, nil
+    p._consumers = nil
     for i = 1, #consumers do
       local c = consumers[i]
       if c then
@@ -444,10 +470,11 @@ function cancel(p)
       end
     end
   end
-  local q = p._queue
-  if q ~= nil then
-    p._queue = nil
-    run_queue(p, q)
+  local r1 = p._r1
+  if r1 ~= nil then
+    local q = p._queue
+    p._r1, p._queue = nil, nil
+    run_queue(p, r1, q)
   end
 end
 
@@ -515,9 +542,14 @@ end
 
 function resolve(p, ...)
   local first = ...
+  if type(first) ~= "table" and p._status == STARTED then
+    -- The common case: not a thenable, so it settles now.
+    settle(p, RESOLVED, ...)
+    return
+  end
   if p._status ~= STARTED then
     -- Resolving a cancelled promise with a promise no one else consumes cancels that one too.
-    if p._status == CANCELLED and is_promise(first) and first._status == STARTED and first._consumers == nil then
+    if p._status == CANCELLED and is_promise(first) and first._status == STARTED and first._nconsumers == nil then
       cancel(first)
     end
     return
@@ -584,13 +616,9 @@ end
 local function wait_settled(p)
   p._handled = true
   if p._status ~= STARTED then return end
-  local slot = {}
-  enqueue(p, slot)
-  if p._consumers == nil then
-    p._consumers, p._nconsumers = {}, 1
-  else
-    p._nconsumers = p._nconsumers + 1
-  end
+  local slot = { key = nil, reg = nil } -- sized for what `park` stores in it
+  if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
+  p._nconsumers = (p._nconsumers or 0) + 1
   repeat
     park(slot)
   until p._status ~= STARTED
@@ -667,7 +695,11 @@ end
 function Promise.new(executor)
   if not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
-  start(p, executor, executor_args(p))
+  -- `start(p, executor, executor_args(p))`, inlined (one vararg call fewer).
+  local co = co_create(run_body)
+  p._thread = co
+  local ok, err = pcall(task_spawn, co, p, executor, executor_args(p))
+  if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
   return p
 end
 
@@ -1424,11 +1456,16 @@ end
 
 --- `await(promise) -> ...`: yields until the promise settles; its values, or raises its rejection.
 local function await(p)
-  if not is_thenable(p) then bad(1, "await", "Promise", p, 2) end
-  p = to_promise(p)
-  wait_settled(p)
+  if not (debug_getmetatable and debug_getmetatable(p) == PromiseMT) then
+    -- Not (known to be) one of ours: another library's thenable, or not a promise at all.
+    if not is_thenable(p) then bad(1, "await", "Promise", p, 2) end
+    p = to_promise(p)
+  end
+  p._handled = true
+  if p._status == STARTED then wait_settled(p) end
   if p._status ~= RESOLVED then raise(p) end
   local v = p._values
+  if v.n == 1 then return v[1] end
   return unpack(v, 1, v.n)
 end
 

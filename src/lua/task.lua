@@ -179,6 +179,13 @@ local function resume_task(key, reg, value, d)
     end
   end
   current, depth = previous, previous_depth
+  if first == REQ and kind == PARK and regs[key] == nil then
+    -- A park (a promise or channel wait), inlined: the waker holds the slot.
+    next_reg = next_reg + 1
+    regs[key] = next_reg
+    arg.key, arg.reg = key, next_reg
+    return
+  end
   if first == REQ and kind == WAIT_TIME and arg == nil and regs[key] == nil then
     -- `task.wait()`, the common case, inlined: due next frame.
     next_reg = next_reg + 1
@@ -253,8 +260,10 @@ local function wake(slot, ...)
   local key, reg = slot.key, slot.reg
   if key == nil or regs[key] ~= reg then return false end
   slot.key = nil
-  store_args(key, ...)
-  push_ready(key, reg, ARGS, 0)
+  local n = select("#", ...)
+  args[key] = n > 0 and { n = n, ... } or nil
+  ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
+  tail = tail + 4
   return true
 end
 
