@@ -232,13 +232,18 @@ function step.run()
     resume_task(now_keys[i], now_regs[i], (now - now_since[i]) / 1e9, 0)
   end
   now_i, now_n = 1, 0
+  local peak = tail
   while head <= tail do
+    -- Entries hold only numbers and markers, so consumed slots are left as they are (clearing them
+    -- would push the queue into the table's hash part); an empty queue starts over at slot 1, so a
+    -- ping-pong between two tasks reuses the same four slots.
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
-    ready[head], ready[head + 1], ready[head + 2], ready[head + 3] = nil, nil, nil, nil
     head = head + 4
+    if head > tail then head, tail = 1, 0 end
     resume_task(key, reg, value, d)
+    if tail > peak then peak = tail end
   end
-  if tail > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
+  if peak > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
   head, tail = 1, 0
 end
 
