@@ -26,30 +26,33 @@
 //! typed-channel sections the same app with `memory_limit: None` (with a limit, mlua makes every
 //! table and string it creates for Rust, such as `to_value`'s, under a protected call).
 
+mod common;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 #[cfg(not(feature = "luau"))]
-use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(not(feature = "luau"))]
 use std::sync::Arc;
+#[cfg(not(feature = "luau"))]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy::time::TimeUpdateStrategy;
-use bevy_lua_coroutines::mlua::{Function, Lua, LuaSerdeExt, Thread, Value};
+use bevy_lua_coroutines::mlua::{Function, Lua, LuaSerdeExt, Value};
 #[cfg(not(feature = "luau"))]
 use bevy_lua_coroutines::mlua::{HookTriggers, VmState};
 use bevy_lua_coroutines::prelude::*;
-use criterion::{Criterion, SamplingMode, Throughput};
+use common::{
+    DEFAULT_BUDGET, Part, Plan, RawCoroutines, criterion_group_config, fmt_time, interleave, median,
+    median_by, median_by3, new_app_with, plugin, recorded_median, resumed, runtime, script_errors,
+    spawn_script, spread, unbudgeted, update, update_counting, verdict,
+};
+use criterion::{Criterion, Throughput};
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
-
-/// The fixed step every app uses (1/60 s as whole nanoseconds), as in the integration tests.
-const DT: Duration = Duration::from_nanos(16_666_667);
 
 /// Round trips per frame in the ping-pong (each is two messages and two task resumes).
 const ROUND_TRIPS: usize = 10_000;
@@ -62,8 +65,6 @@ const BATCH: usize = 100_000;
 const PING_PONG_TARGET: f64 = 6.0;
 /// The typed-channel target, batched in one frame.
 const TARGET_MESSAGES_PER_SEC: f64 = 1e6;
-/// The plugin's default instruction budget per resume.
-const DEFAULT_BUDGET: u64 = 10_000_000;
 /// The typed channel's name.
 const CHANNEL: &str = "hits";
 
@@ -79,147 +80,14 @@ fn hit(i: usize) -> Hit {
     Hit { target: i as u32, amount: i as f32 * 0.5 }
 }
 
-/// How the own (summary) measurements are taken.
-#[derive(Clone)]
-struct Plan {
-    /// The name filter given on the command line (`cargo bench --bench channels -- ping_pong`):
-    /// sections whose name does not contain it are skipped, own measurements included.
-    filter: Option<String>,
-    /// Interleaved rounds per comparison.
-    rounds: usize,
-    /// Target wall time of one timed batch.
-    batch: Duration,
-    /// Criterion's warm-up and measurement times.
-    warm_up: Duration,
-    measure: Duration,
-}
-
-impl Plan {
-    fn from_args() -> Self {
-        // Criterion's options that take a value (so that value is not mistaken for the filter).
-        const VALUED: [&str; 16] = [
-            "--save-baseline",
-            "-s",
-            "--baseline",
-            "-b",
-            "--baseline-lenient",
-            "--load-baseline",
-            "--color",
-            "-c",
-            "--sample-size",
-            "--warm-up-time",
-            "--measurement-time",
-            "--nresamples",
-            "--noise-threshold",
-            "--confidence-level",
-            "--significance-level",
-            "--profile-time",
-        ];
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let filter = args
-            .iter()
-            .enumerate()
-            .find(|(i, a)| !a.starts_with('-') && (*i == 0 || !VALUED.contains(&args[i - 1].as_str())))
-            .map(|(_, a)| a.clone());
-        // `cargo bench` passes `--bench`; without it criterion runs each benchmark once (test mode).
-        if args.iter().any(|a| a == "--bench") {
-            Plan {
-                filter,
-                rounds: 21,
-                batch: Duration::from_millis(20),
-                warm_up: Duration::from_millis(500),
-                measure: Duration::from_secs(2),
-            }
-        } else {
-            Plan {
-                filter,
-                rounds: 3,
-                batch: Duration::from_millis(2),
-                warm_up: Duration::from_millis(10),
-                measure: Duration::from_millis(10),
-            }
-        }
-    }
-
-    /// Whether the section `name` runs.
-    fn wants(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| name.contains(f) || f.contains(name))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Apps
 // ---------------------------------------------------------------------------------------------
-
-/// Script errors seen so far (every benchmark checks its scripts ran cleanly).
-#[derive(Resource, Default)]
-struct ErrorCount(usize);
-
-fn count_errors(mut errors: MessageReader<ScriptError>, mut count: ResMut<ErrorCount>) {
-    for e in errors.read() {
-        eprintln!("script error: {}: {}", e.script, e.message);
-        count.0 += 1;
-    }
-}
-
-/// The benchmarked plugin: defaults (the instruction budget on), no stdout printing.
-fn plugin() -> LuaCoroutinesPlugin {
-    LuaCoroutinesPlugin { print_to_stdout: false, ..default() }
-}
-
-/// The reference plugin: [`plugin`] without the instruction budget (so without the VM's count
-/// hook, which puts every Lua instruction on the VM's slow path).
-fn unbudgeted() -> LuaCoroutinesPlugin {
-    LuaCoroutinesPlugin { instruction_budget: None, ..plugin() }
-}
 
 /// The reference plugin: [`plugin`] without the VM's memory limit. With a limit set, mlua runs
 /// every allocation it makes for Rust (`to_value`'s tables and strings) as a protected call.
 fn unlimited_memory() -> LuaCoroutinesPlugin {
     LuaCoroutinesPlugin { memory_limit: None, ..plugin() }
-}
-
-/// The benchmarked app: `MinimalPlugins`, assets, `plugin`, a fixed step.
-fn new_app_with(plugin: LuaCoroutinesPlugin) -> App {
-    let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
-        .add_plugins(plugin)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
-        .init_resource::<ErrorCount>()
-        .add_systems(Last, count_errors);
-    app
-}
-
-/// Spawns an entity running `source`.
-fn spawn_script(app: &mut App, path: &str, source: &str) -> Entity {
-    let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source));
-    app.world_mut().spawn(LuaScripts::new(handle)).id()
-}
-
-fn runtime(app: &App) -> &LuaRuntime {
-    app.world().resource::<LuaRuntime>()
-}
-
-fn script_errors(app: &App) -> usize {
-    app.world().resource::<ErrorCount>().0
-}
-
-/// Tasks the step has resumed so far (every resume counts, those woken by a channel included).
-fn resumed(app: &App) -> u64 {
-    runtime(app).stats().resumed
-}
-
-fn update(app: &mut App, frames: usize) {
-    for _ in 0..frames {
-        app.update();
-    }
-}
-
-/// Runs one frame; returns how many tasks the step resumed in it.
-fn update_counting(app: &mut App) -> u64 {
-    let before = resumed(app);
-    app.update();
-    resumed(app) - before
 }
 
 /// An app with the plugin and no scripts, after warm-up: the frame's fixed cost.
@@ -275,44 +143,6 @@ fn vm_instructions<S>(_setup: impl FnOnce(App) -> S, _cycle: impl FnMut(&mut S))
 // ---------------------------------------------------------------------------------------------
 // Raw floors
 // ---------------------------------------------------------------------------------------------
-
-/// The raw floor of a resume: `n` bare coroutines resumed one after another from Rust.
-struct RawCoroutines {
-    _lua: Lua,
-    threads: Vec<Thread>,
-}
-
-impl RawCoroutines {
-    fn new(n: usize) -> Self {
-        let lua = Lua::new();
-        let body: Function = lua
-            .load("return function() while true do coroutine.yield() end end")
-            .eval()
-            .expect("coroutine body");
-        let threads: Vec<Thread> = (0..n).map(|_| lua.create_thread(body.clone()).expect("thread")).collect();
-        let raw = Self { _lua: lua, threads };
-        raw.pass();
-        raw
-    }
-
-    /// Resumes every coroutine once.
-    #[inline(never)]
-    fn pass(&self) {
-        for t in &self.threads {
-            t.resume::<()>(()).expect("resume");
-        }
-    }
-
-    /// Resumes the coroutines in turn, `resumes` resumes in all (with two coroutines: the
-    /// ping-pong's pattern, both always hot in cache).
-    #[inline(never)]
-    fn alternate(&self, resumes: usize) {
-        let n = self.threads.len();
-        for i in 0..resumes {
-            self.threads[i % n].resume::<()>(()).expect("resume");
-        }
-    }
-}
 
 /// The Lua-side floor of the ping-pong: two coroutines resumed in turn by `coroutine.resume` from a
 /// Lua loop (what any scheduler whose loop is Lua pays per switch, with nothing else).
@@ -494,110 +324,6 @@ impl SerdeFloor {
         assert_eq!(n, BATCH);
         black_box(sum);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Interleaved timing
-// ---------------------------------------------------------------------------------------------
-
-/// One timed operation in an interleaved comparison.
-struct Part<'a> {
-    /// Runs the operation once and returns the time of its timed region (the whole call, or only
-    /// the frame of interest when the call has untimed set-up).
-    run: Box<dyn FnMut() -> Duration + 'a>,
-    /// Calls per batch (chosen so a batch's timed regions take about `Plan::batch`).
-    batch: usize,
-    /// Nanoseconds per call, one entry per round.
-    samples: Vec<f64>,
-}
-
-impl<'a> Part<'a> {
-    /// An operation timed as a whole.
-    fn new(mut run: impl FnMut() + 'a) -> Self {
-        Self::timed(move || {
-            let start = Instant::now();
-            run();
-            start.elapsed()
-        })
-    }
-
-    /// An operation that times its own region of interest.
-    fn timed(run: impl FnMut() -> Duration + 'a) -> Self {
-        Self { run: Box::new(run), batch: 1, samples: Vec::new() }
-    }
-
-    fn calibrate(&mut self, target: Duration) {
-        (self.run)();
-        let one = (self.run)().max(Duration::from_nanos(1));
-        self.batch = (target.as_secs_f64() / one.as_secs_f64()).clamp(1.0, 1e6) as usize;
-    }
-
-    fn sample(&mut self) {
-        let mut total = Duration::ZERO;
-        for _ in 0..self.batch {
-            total += (self.run)();
-        }
-        self.samples.push(total.as_nanos() as f64 / self.batch as f64);
-    }
-}
-
-/// Times every part once per round, back to back, for `plan.rounds` rounds; returns the samples
-/// (nanoseconds per call) of each part.
-fn interleave(plan: &Plan, mut parts: Vec<Part<'_>>) -> Vec<Vec<f64>> {
-    for p in &mut parts {
-        p.calibrate(plan.batch);
-    }
-    for _ in 0..plan.rounds {
-        for p in &mut parts {
-            p.sample();
-        }
-    }
-    parts.into_iter().map(|p| p.samples).collect()
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// The median of the per-round values of `f(a, b)`.
-fn median_by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
-    median(&a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>())
-}
-
-/// The median of the per-round values of `f(a, b, c)`.
-fn median_by3(a: &[f64], b: &[f64], c: &[f64], f: impl Fn(f64, f64, f64) -> f64) -> f64 {
-    median(&(0..a.len().min(b.len()).min(c.len())).map(|i| f(a[i], b[i], c[i])).collect::<Vec<_>>())
-}
-
-/// The spread of a sample, as (min, max).
-fn spread(xs: &[f64]) -> (f64, f64) {
-    xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-/// The median of the values recorded beside a timed part, skipping the two calibration calls.
-fn recorded_median(xs: &[f64]) -> f64 {
-    median(&xs[xs.len().min(2)..])
-}
-
-fn criterion_group_config<M: criterion::measurement::Measurement>(
-    group: &mut criterion::BenchmarkGroup<'_, M>,
-    plan: &Plan,
-) {
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(plan.warm_up)
-        .measurement_time(plan.measure);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1158,34 +884,10 @@ fn bench_script_to_rust(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // The summary table
 // ---------------------------------------------------------------------------------------------
 
-fn fmt_time(ns: f64) -> String {
-    let sign = if ns < 0.0 { "-" } else { "" };
-    let ns = ns.abs();
-    if ns >= 1e6 {
-        format!("{sign}{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{sign}{:.2} µs", ns / 1e3)
-    } else {
-        format!("{sign}{ns:.0} ns")
-    }
-}
-
 /// Messages per second at `ns` per message.
 fn fmt_rate(ns: f64) -> String {
     let rate = 1e9 / ns;
-    if rate >= 1e6 {
-        format!("{:.2} M/s", rate / 1e6)
-    } else {
-        format!("{:.0} k/s", rate / 1e3)
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "MET"
-    } else {
-        "NOT MET"
-    }
+    if rate >= 1e6 { format!("{:.2} M/s", rate / 1e6) } else { format!("{:.0} k/s", rate / 1e3) }
 }
 
 /// One `label  value` line of the table.

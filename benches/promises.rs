@@ -15,22 +15,24 @@
 //! Without `--bench` (e.g. `cargo test --benches`) criterion runs every benchmark once and the own
 //! measurements take fewer rounds, so the binary doubles as a quick smoke test.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy::time::TimeUpdateStrategy;
-use bevy_lua_coroutines::mlua::{Function, Lua, Thread};
 use bevy_lua_coroutines::prelude::*;
-use criterion::{Criterion, SamplingMode, Throughput};
+use common::{
+    Part, Plan, RawCoroutines, criterion_group_config, empty_app, fmt_time, interleave, median, median_by,
+    median_by3, new_app_with, plugin, resumed, runtime, script_errors, spawn_script, spread, unbudgeted,
+    update, update_counting, verdict,
+};
+use criterion::{Criterion, Throughput};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
-
-/// The fixed step every app uses (1/60 s as whole nanoseconds), as in the integration tests.
-const DT: Duration = Duration::from_nanos(16_666_667);
 
 /// Tasks (and so awaits, round trips or Rust calls) per frame in every section.
 const N: usize = 10_000;
@@ -45,160 +47,9 @@ const SEND_GRACE: Duration = Duration::from_millis(2);
 /// Futures of `rustOne` that have finished (each increments it as it completes).
 static FUTURES_DONE: AtomicUsize = AtomicUsize::new(0);
 
-/// How the own (summary) measurements are taken.
-#[derive(Clone)]
-struct Plan {
-    /// The name filter given on the command line (`cargo bench --bench promises -- round_trip`):
-    /// sections whose name does not contain it are skipped, own measurements included.
-    filter: Option<String>,
-    /// Interleaved rounds per comparison.
-    rounds: usize,
-    /// Target wall time of one timed batch.
-    batch: Duration,
-    /// Criterion's warm-up and measurement times.
-    warm_up: Duration,
-    measure: Duration,
-}
-
-impl Plan {
-    fn from_args() -> Self {
-        // Criterion's options that take a value (so that value is not mistaken for the filter).
-        const VALUED: [&str; 16] = [
-            "--save-baseline",
-            "-s",
-            "--baseline",
-            "-b",
-            "--baseline-lenient",
-            "--load-baseline",
-            "--color",
-            "-c",
-            "--sample-size",
-            "--warm-up-time",
-            "--measurement-time",
-            "--nresamples",
-            "--noise-threshold",
-            "--confidence-level",
-            "--significance-level",
-            "--profile-time",
-        ];
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let filter = args
-            .iter()
-            .enumerate()
-            .find(|(i, a)| !a.starts_with('-') && (*i == 0 || !VALUED.contains(&args[i - 1].as_str())))
-            .map(|(_, a)| a.clone());
-        // `cargo bench` passes `--bench`; without it criterion runs each benchmark once (test mode).
-        if args.iter().any(|a| a == "--bench") {
-            Plan {
-                filter,
-                rounds: 21,
-                batch: Duration::from_millis(20),
-                warm_up: Duration::from_millis(500),
-                measure: Duration::from_secs(2),
-            }
-        } else {
-            Plan {
-                filter,
-                rounds: 3,
-                batch: Duration::from_millis(2),
-                warm_up: Duration::from_millis(10),
-                measure: Duration::from_millis(10),
-            }
-        }
-    }
-
-    /// Whether the section `name` runs.
-    fn wants(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| name.contains(f) || f.contains(name))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Apps and the raw mlua floor
+// Apps
 // ---------------------------------------------------------------------------------------------
-
-/// Script errors seen so far (every benchmark checks its scripts ran cleanly).
-#[derive(Resource, Default)]
-struct ErrorCount(usize);
-
-fn count_errors(mut errors: MessageReader<ScriptError>, mut count: ResMut<ErrorCount>) {
-    for e in errors.read() {
-        eprintln!("script error: {}: {}", e.script, e.message);
-        count.0 += 1;
-    }
-}
-
-/// The benchmarked plugin: defaults (the instruction budget on), no stdout printing.
-fn plugin() -> LuaCoroutinesPlugin {
-    LuaCoroutinesPlugin { print_to_stdout: false, ..default() }
-}
-
-/// The reference plugin: [`plugin`] without the instruction budget (so without the VM's count
-/// hook, which puts every Lua instruction on the VM's slow path).
-fn unbudgeted() -> LuaCoroutinesPlugin {
-    LuaCoroutinesPlugin { instruction_budget: None, ..plugin() }
-}
-
-/// The benchmarked app: `MinimalPlugins`, assets, the plugin (defaults, no stdout printing), a
-/// fixed step.
-fn new_app() -> App {
-    new_app_with(plugin())
-}
-
-/// [`new_app`] with another plugin configuration.
-fn new_app_with(plugin: LuaCoroutinesPlugin) -> App {
-    let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
-        .add_plugins(plugin)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
-        .init_resource::<ErrorCount>()
-        .add_systems(Last, count_errors);
-    app
-}
-
-/// Adds a script asset; the returned strong handle keeps it loaded.
-fn add_script(app: &mut App, path: &str, source: &str) -> Handle<LuaScript> {
-    app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source))
-}
-
-/// Spawns an entity running `source`.
-fn spawn_script(app: &mut App, path: &str, source: &str) -> Entity {
-    let handle = add_script(app, path, source);
-    app.world_mut().spawn(LuaScripts::new(handle)).id()
-}
-
-fn runtime(app: &App) -> &LuaRuntime {
-    app.world().resource::<LuaRuntime>()
-}
-
-fn script_errors(app: &App) -> usize {
-    app.world().resource::<ErrorCount>().0
-}
-
-/// Tasks the step has resumed so far.
-fn resumed(app: &App) -> u64 {
-    runtime(app).stats().resumed
-}
-
-fn update(app: &mut App, frames: usize) {
-    for _ in 0..frames {
-        app.update();
-    }
-}
-
-/// Runs one frame; returns how many tasks the step resumed in it.
-fn update_counting(app: &mut App) -> u64 {
-    let before = resumed(app);
-    app.update();
-    resumed(app) - before
-}
-
-/// An app with the plugin and no scripts, after warm-up: the frame's fixed cost.
-fn empty_app() -> App {
-    let mut app = new_app();
-    update(&mut app, 8);
-    app
-}
 
 /// An app running `source` (which makes `tasks` tasks that resume every frame), after warm-up.
 fn looping_app(path: &str, source: &str, tasks: usize) -> App {
@@ -220,138 +71,6 @@ fn looping_app_with(plugin: LuaCoroutinesPlugin, path: &str, source: &str, tasks
 /// `n` tasks that each `task.wait()` every frame (the ordinary resume path, for reference).
 fn plain_wait_source(n: usize) -> String {
     format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end")
-}
-
-/// The raw floor: `n` bare coroutines resumed one after another from Rust.
-struct RawCoroutines {
-    _lua: Lua,
-    threads: Vec<Thread>,
-}
-
-impl RawCoroutines {
-    fn new(n: usize) -> Self {
-        let lua = Lua::new();
-        let body: Function = lua
-            .load("return function() while true do coroutine.yield() end end")
-            .eval()
-            .expect("coroutine body");
-        let threads: Vec<Thread> = (0..n).map(|_| lua.create_thread(body.clone()).expect("thread")).collect();
-        let raw = Self { _lua: lua, threads };
-        raw.pass();
-        raw
-    }
-
-    /// Resumes every coroutine once.
-    fn pass(&self) {
-        for t in &self.threads {
-            t.resume::<()>(()).expect("resume");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Interleaved timing
-// ---------------------------------------------------------------------------------------------
-
-/// One timed operation in an interleaved comparison.
-struct Part<'a> {
-    /// Runs the operation once and returns the time of its timed region (the whole call, or only
-    /// the frame of interest when the call has untimed set-up).
-    run: Box<dyn FnMut() -> Duration + 'a>,
-    /// Calls per batch (chosen so a batch's timed regions take about `Plan::batch`).
-    batch: usize,
-    /// Whether `batch` stays as given (operations too slow to repeat in a batch).
-    fixed: bool,
-    /// Nanoseconds per call, one entry per round.
-    samples: Vec<f64>,
-}
-
-impl<'a> Part<'a> {
-    /// An operation timed as a whole.
-    fn new(mut run: impl FnMut() + 'a) -> Self {
-        Self::timed(move || {
-            let start = Instant::now();
-            run();
-            start.elapsed()
-        })
-    }
-
-    /// An operation that times its own region of interest.
-    fn timed(run: impl FnMut() -> Duration + 'a) -> Self {
-        Self { run: Box::new(run), batch: 1, fixed: false, samples: Vec::new() }
-    }
-
-    /// An operation that times its own region, run once per round.
-    fn once(run: impl FnMut() -> Duration + 'a) -> Self {
-        Self { fixed: true, ..Self::timed(run) }
-    }
-
-    fn calibrate(&mut self, target: Duration) {
-        if self.fixed {
-            return;
-        }
-        (self.run)();
-        let one = (self.run)().max(Duration::from_nanos(1));
-        self.batch = (target.as_secs_f64() / one.as_secs_f64()).clamp(1.0, 1e6) as usize;
-    }
-
-    fn sample(&mut self) {
-        let mut total = Duration::ZERO;
-        for _ in 0..self.batch {
-            total += (self.run)();
-        }
-        self.samples.push(total.as_nanos() as f64 / self.batch as f64);
-    }
-}
-
-/// Times every part once per round, back to back, for `plan.rounds` rounds; returns the samples
-/// (nanoseconds per call) of each part.
-fn interleave(plan: &Plan, mut parts: Vec<Part<'_>>) -> Vec<Vec<f64>> {
-    for p in &mut parts {
-        p.calibrate(plan.batch);
-    }
-    for _ in 0..plan.rounds {
-        for p in &mut parts {
-            p.sample();
-        }
-    }
-    parts.into_iter().map(|p| p.samples).collect()
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-/// The median of the per-round values of `f(a, b)`.
-fn median_by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
-    median(&a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>())
-}
-
-/// The median of the per-round values of `f(a, b, c)`.
-fn median_by3(a: &[f64], b: &[f64], c: &[f64], f: impl Fn(f64, f64, f64) -> f64) -> f64 {
-    median(&(0..a.len().min(b.len()).min(c.len())).map(|i| f(a[i], b[i], c[i])).collect::<Vec<_>>())
-}
-
-/// The spread of a sample, as (min, max).
-fn spread(xs: &[f64]) -> (f64, f64) {
-    xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-fn criterion_group_config<M: criterion::measurement::Measurement>(
-    group: &mut criterion::BenchmarkGroup<'_, M>,
-    plan: &Plan,
-) {
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(plan.warm_up)
-        .measurement_time(plan.measure);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,22 +510,6 @@ fn bench_rust_async_settle(c: &mut Criterion, plan: &Plan, summary: &mut Summary
 // ---------------------------------------------------------------------------------------------
 // The summary table
 // ---------------------------------------------------------------------------------------------
-
-fn fmt_time(ns: f64) -> String {
-    let sign = if ns < 0.0 { "-" } else { "" };
-    let ns = ns.abs();
-    if ns >= 1e6 {
-        format!("{sign}{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{sign}{:.2} µs", ns / 1e3)
-    } else {
-        format!("{sign}{ns:.0} ns")
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "MET" } else { "NOT MET" }
-}
 
 /// One `label  value` line of the table.
 fn row(o: &mut String, label: &str, value: impl std::fmt::Display) {

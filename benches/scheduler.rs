@@ -15,6 +15,8 @@
 //! Without `--bench` (e.g. `cargo test --benches`) criterion runs every benchmark once and the own
 //! measurements take fewer rounds, so the binary doubles as a quick smoke test.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -23,12 +25,13 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy::time::TimeUpdateStrategy;
-#[cfg(not(feature = "luau"))]
-use bevy_lua_coroutines::mlua::HookTriggers;
-use bevy_lua_coroutines::mlua::{Function, Lua, Table, Thread, VmState};
+use bevy_lua_coroutines::mlua::{Function, Lua, Table, Thread};
 use bevy_lua_coroutines::prelude::*;
-use criterion::{Criterion, SamplingMode, Throughput};
+use common::{
+    Part, Plan, RawCoroutines, add_script, criterion_group_config, empty_app, interleave, median, median_by,
+    new_app, new_app_with, runtime, script_errors, spread, update, verdict,
+};
+use criterion::{Criterion, Throughput};
 
 // ---------------------------------------------------------------------------------------------
 // A counting allocator: the Rust side of the memory per task (the scheduler's own tables) is the
@@ -86,136 +89,16 @@ fn heap_bytes() -> isize {
 // Configuration
 // ---------------------------------------------------------------------------------------------
 
-/// The fixed step every app uses (1/60 s as whole nanoseconds), as in the integration tests.
-const DT: Duration = Duration::from_nanos(16_666_667);
-
 /// Task counts for the "wait every frame" benchmark.
 const WAIT_NS: [usize; 3] = [1_000, 10_000, 100_000];
 /// Sleeping tasks for the "none due" and memory benchmarks.
 const SLEEPERS: usize = 100_000;
 /// Entities per spawn/despawn cycle.
 const ENTITIES: usize = 1_000;
-/// The instruction budget the plugin uses by default; the raw "with hook" floor mirrors its hook.
-#[cfg(not(feature = "luau"))]
-const DEFAULT_BUDGET: u64 = 10_000_000;
-
-/// How the own (summary) measurements are taken.
-#[derive(Clone)]
-struct Plan {
-    /// The name filter given on the command line (`cargo bench --bench scheduler -- sleeping`):
-    /// sections whose name does not contain it are skipped, own measurements included.
-    filter: Option<String>,
-    /// Interleaved rounds per comparison.
-    rounds: usize,
-    /// Target wall time of one timed batch.
-    batch: Duration,
-    /// Criterion's warm-up and measurement times.
-    warm_up: Duration,
-    measure: Duration,
-}
-
-impl Plan {
-    fn from_args() -> Self {
-        // Criterion's options that take a value (so that value is not mistaken for the filter).
-        const VALUED: [&str; 16] = [
-            "--save-baseline",
-            "-s",
-            "--baseline",
-            "-b",
-            "--baseline-lenient",
-            "--load-baseline",
-            "--color",
-            "-c",
-            "--sample-size",
-            "--warm-up-time",
-            "--measurement-time",
-            "--nresamples",
-            "--noise-threshold",
-            "--confidence-level",
-            "--significance-level",
-            "--profile-time",
-        ];
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let filter = args
-            .iter()
-            .enumerate()
-            .find(|(i, a)| !a.starts_with('-') && (*i == 0 || !VALUED.contains(&args[i - 1].as_str())))
-            .map(|(_, a)| a.clone());
-        // `cargo bench` passes `--bench`; without it criterion runs each benchmark once (test mode).
-        if args.iter().any(|a| a == "--bench") {
-            Plan {
-                filter,
-                rounds: 21,
-                batch: Duration::from_millis(20),
-                warm_up: Duration::from_millis(500),
-                measure: Duration::from_secs(2),
-            }
-        } else {
-            Plan {
-                filter,
-                rounds: 3,
-                batch: Duration::from_millis(2),
-                warm_up: Duration::from_millis(10),
-                measure: Duration::from_millis(10),
-            }
-        }
-    }
-
-    /// Whether the section `name` runs.
-    fn wants(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| name.contains(f) || f.contains(name))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
-// Apps and raw mlua floors
+// Apps
 // ---------------------------------------------------------------------------------------------
-
-/// Script errors seen so far (every benchmark checks its scripts ran cleanly).
-#[derive(Resource, Default)]
-struct ErrorCount(usize);
-
-fn count_errors(mut errors: MessageReader<ScriptError>, mut count: ResMut<ErrorCount>) {
-    for e in errors.read() {
-        eprintln!("script error: {}: {}", e.script, e.message);
-        count.0 += 1;
-    }
-}
-
-/// The benchmarked app: `MinimalPlugins`, assets, the plugin (no stdout printing), a fixed step.
-fn new_app() -> App {
-    new_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() })
-}
-
-/// [`new_app`] with another plugin configuration.
-fn new_app_with(plugin: LuaCoroutinesPlugin) -> App {
-    let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
-        .add_plugins(plugin)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
-        .init_resource::<ErrorCount>()
-        .add_systems(Last, count_errors);
-    app
-}
-
-/// Adds a script asset; the returned strong handle keeps it loaded.
-fn add_script(app: &mut App, path: &str, source: &str) -> Handle<LuaScript> {
-    app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source))
-}
-
-fn runtime(app: &App) -> &LuaRuntime {
-    app.world().resource::<LuaRuntime>()
-}
-
-fn script_errors(app: &App) -> usize {
-    app.world().resource::<ErrorCount>().0
-}
-
-fn update(app: &mut App, frames: usize) {
-    for _ in 0..frames {
-        app.update();
-    }
-}
 
 /// An app with `tasks` tasks that each `task.wait()` every frame, after warm-up; also returns how
 /// long the frame that spawned them took.
@@ -252,133 +135,6 @@ fn sleeping_app(tasks: usize) -> App {
     update(&mut app, 3);
     assert_eq!(runtime(&app).stats().resumed, before, "no sleeper should be resumed");
     app
-}
-
-/// An app with the plugin and no scripts, after warm-up.
-fn empty_app() -> App {
-    let mut app = new_app();
-    update(&mut app, 8);
-    app
-}
-
-/// The raw floor of the step: `n` bare coroutines resumed one after another from Rust.
-struct RawCoroutines {
-    _lua: Lua,
-    threads: Vec<Thread>,
-}
-
-impl RawCoroutines {
-    /// `with_hook` installs the same kind of count hook the plugin installs for its instruction
-    /// budget (every `budget / 16` instructions), to show what the hook alone costs.
-    fn new(n: usize, with_hook: bool) -> Self {
-        let lua = Lua::new();
-        if with_hook {
-            #[cfg(not(feature = "luau"))]
-            lua.set_global_hook(
-                HookTriggers::new().every_nth_instruction((DEFAULT_BUDGET / 16) as u32),
-                |_, _| Ok(VmState::Continue),
-            )
-            .expect("hook");
-            // Luau has no count hook; the plugin uses an interrupt there.
-            #[cfg(feature = "luau")]
-            lua.set_interrupt(|_| Ok(VmState::Continue));
-        }
-        let body: Function = lua
-            .load("return function() while true do coroutine.yield() end end")
-            .eval()
-            .expect("coroutine body");
-        let threads: Vec<Thread> = (0..n).map(|_| lua.create_thread(body.clone()).expect("thread")).collect();
-        let raw = Self { _lua: lua, threads };
-        raw.pass();
-        raw
-    }
-
-    /// Resumes every coroutine once.
-    fn pass(&self) {
-        for t in &self.threads {
-            t.resume::<()>(()).expect("resume");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Interleaved timing
-// ---------------------------------------------------------------------------------------------
-
-/// One timed operation in an interleaved comparison.
-struct Part<'a> {
-    run: Box<dyn FnMut() + 'a>,
-    /// Calls per batch (chosen so a batch takes about `Plan::batch`).
-    batch: usize,
-    /// Nanoseconds per call, one entry per round.
-    samples: Vec<f64>,
-}
-
-impl<'a> Part<'a> {
-    fn new(run: impl FnMut() + 'a) -> Self {
-        Self { run: Box::new(run), batch: 1, samples: Vec::new() }
-    }
-
-    fn calibrate(&mut self, target: Duration) {
-        (self.run)();
-        let start = Instant::now();
-        (self.run)();
-        let one = start.elapsed().max(Duration::from_nanos(1));
-        self.batch = (target.as_secs_f64() / one.as_secs_f64()).clamp(1.0, 1e6) as usize;
-    }
-
-    fn sample(&mut self) {
-        let start = Instant::now();
-        for _ in 0..self.batch {
-            (self.run)();
-        }
-        self.samples.push(start.elapsed().as_nanos() as f64 / self.batch as f64);
-    }
-}
-
-/// Times every part once per round, back to back, for `plan.rounds` rounds; returns the samples
-/// (nanoseconds per call) of each part.
-fn interleave(plan: &Plan, mut parts: Vec<Part<'_>>) -> Vec<Vec<f64>> {
-    for p in &mut parts {
-        p.calibrate(plan.batch);
-    }
-    for _ in 0..plan.rounds {
-        for p in &mut parts {
-            p.sample();
-        }
-    }
-    parts.into_iter().map(|p| p.samples).collect()
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-/// The median of the per-round values of `f(a, b)`.
-fn median_by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
-    median(&a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>())
-}
-
-/// The spread of a sample, as (min, max).
-fn spread(xs: &[f64]) -> (f64, f64) {
-    xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-fn criterion_group_config<M: criterion::measurement::Measurement>(
-    group: &mut criterion::BenchmarkGroup<'_, M>,
-    plan: &Plan,
-) {
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(plan.warm_up)
-        .measurement_time(plan.measure);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,8 +208,8 @@ fn bench_wait_every_frame(c: &mut Criterion, plan: &Plan, summary: &mut Summary)
             n,
             LuaCoroutinesPlugin { print_to_stdout: false, instruction_budget: None, ..default() },
         );
-        let raw = RawCoroutines::new(n, false);
-        let hooked = RawCoroutines::new(n, true);
+        let raw = RawCoroutines::with_hook(n, false);
+        let hooked = RawCoroutines::with_hook(n, true);
 
         let mut group = c.benchmark_group(format!("wait_every_frame/{n}"));
         criterion_group_config(&mut group, plan);
@@ -467,11 +223,11 @@ fn bench_wait_every_frame(c: &mut Criterion, plan: &Plan, summary: &mut Summary)
         let samples = interleave(
             plan,
             vec![
-                Part::new(|| app.update()),
-                Part::new(|| empty.update()),
-                Part::new(|| raw.pass()),
-                Part::new(|| hooked.pass()),
-                Part::new(|| unbudgeted.update()),
+                Part::batched(|| app.update()),
+                Part::batched(|| empty.update()),
+                Part::batched(|| raw.pass()),
+                Part::batched(|| hooked.pass()),
+                Part::batched(|| unbudgeted.update()),
             ],
         );
         let (frame, empty_s, floor, hook, unbudgeted_s) =
@@ -520,9 +276,9 @@ fn bench_sleeping(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
     let samples = interleave(
         plan,
         vec![
-            Part::new(|| app.borrow_mut().update()),
-            Part::new(|| empty.update()),
-            Part::new(|| app.borrow_mut().update()),
+            Part::batched(|| app.borrow_mut().update()),
+            Part::batched(|| empty.update()),
+            Part::batched(|| app.borrow_mut().update()),
         ],
     );
     let app = app.into_inner();
@@ -682,9 +438,9 @@ fn bench_spawn_despawn(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
     let samples = interleave(
         plan,
         vec![
-            Part::new(|| spawn_cycle(&mut app, &handle, k, &mut e1)),
-            Part::new(|| plain_cycle(&mut plain, k, &mut e2)),
-            Part::new(|| raw_cycle(&lua, &body, k, &mut threads)),
+            Part::batched(|| spawn_cycle(&mut app, &handle, k, &mut e1)),
+            Part::batched(|| plain_cycle(&mut plain, k, &mut e2)),
+            Part::batched(|| raw_cycle(&lua, &body, k, &mut threads)),
         ],
     );
     assert_eq!(runtime(&app).live_tasks(), 0);
@@ -714,10 +470,6 @@ fn fmt_time(ns: f64) -> String {
     } else {
         format!("{ns:.0} ns")
     }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "MET" } else { "NOT MET" }
 }
 
 impl Summary {

@@ -1,0 +1,402 @@
+//! Harness code shared by the benchmark files (`benches/scheduler.rs`, `benches/promises.rs`,
+//! `benches/channels.rs`): the measurement plan, app construction, the raw mlua `Thread::resume`
+//! floor, interleaved timing, medians and ratios, and the summary table's formatting helpers.
+//!
+//! Each bench compiles this module on its own (`mod common;`) and uses only part of it.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+#[cfg(not(feature = "luau"))]
+use bevy_lua_coroutines::mlua::HookTriggers;
+use bevy_lua_coroutines::mlua::{Function, Lua, Thread, VmState};
+use bevy_lua_coroutines::prelude::*;
+use criterion::SamplingMode;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The fixed step every app uses (1/60 s as whole nanoseconds), as in the integration tests.
+pub const DT: Duration = Duration::from_nanos(16_666_667);
+
+/// The plugin's default instruction budget per resume; the raw "with hook" floor mirrors its hook.
+pub const DEFAULT_BUDGET: u64 = 10_000_000;
+
+/// How the own (summary) measurements are taken.
+#[derive(Clone)]
+pub struct Plan {
+    /// The name filter given on the command line (`cargo bench --bench <bench> -- <section>`):
+    /// sections whose name does not contain it are skipped, own measurements included.
+    pub filter: Option<String>,
+    /// Interleaved rounds per comparison.
+    pub rounds: usize,
+    /// Target wall time of one timed batch.
+    pub batch: Duration,
+    /// Criterion's warm-up and measurement times.
+    pub warm_up: Duration,
+    pub measure: Duration,
+}
+
+impl Plan {
+    pub fn from_args() -> Self {
+        // Criterion's options that take a value (so that value is not mistaken for the filter).
+        const VALUED: [&str; 16] = [
+            "--save-baseline",
+            "-s",
+            "--baseline",
+            "-b",
+            "--baseline-lenient",
+            "--load-baseline",
+            "--color",
+            "-c",
+            "--sample-size",
+            "--warm-up-time",
+            "--measurement-time",
+            "--nresamples",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--profile-time",
+        ];
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let filter = args
+            .iter()
+            .enumerate()
+            .find(|(i, a)| !a.starts_with('-') && (*i == 0 || !VALUED.contains(&args[i - 1].as_str())))
+            .map(|(_, a)| a.clone());
+        // `cargo bench` passes `--bench`; without it criterion runs each benchmark once (test mode).
+        if args.iter().any(|a| a == "--bench") {
+            Plan {
+                filter,
+                rounds: 21,
+                batch: Duration::from_millis(20),
+                warm_up: Duration::from_millis(500),
+                measure: Duration::from_secs(2),
+            }
+        } else {
+            Plan {
+                filter,
+                rounds: 3,
+                batch: Duration::from_millis(2),
+                warm_up: Duration::from_millis(10),
+                measure: Duration::from_millis(10),
+            }
+        }
+    }
+
+    /// Whether the section `name` runs.
+    pub fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f) || f.contains(name))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apps
+// ---------------------------------------------------------------------------------------------
+
+/// Script errors seen so far (every benchmark checks its scripts ran cleanly).
+#[derive(Resource, Default)]
+pub struct ErrorCount(pub usize);
+
+fn count_errors(mut errors: MessageReader<ScriptError>, mut count: ResMut<ErrorCount>) {
+    for e in errors.read() {
+        eprintln!("script error: {}: {}", e.script, e.message);
+        count.0 += 1;
+    }
+}
+
+/// The benchmarked plugin: defaults (the instruction budget on), no stdout printing.
+pub fn plugin() -> LuaCoroutinesPlugin {
+    LuaCoroutinesPlugin { print_to_stdout: false, ..default() }
+}
+
+/// The reference plugin: [`plugin`] without the instruction budget (so without the VM's count
+/// hook, which puts every Lua instruction on the VM's slow path).
+pub fn unbudgeted() -> LuaCoroutinesPlugin {
+    LuaCoroutinesPlugin { instruction_budget: None, ..plugin() }
+}
+
+/// The benchmarked app: `MinimalPlugins`, assets, the plugin (defaults, no stdout printing), a
+/// fixed step.
+pub fn new_app() -> App {
+    new_app_with(plugin())
+}
+
+/// [`new_app`] with another plugin configuration.
+pub fn new_app_with(plugin: LuaCoroutinesPlugin) -> App {
+    let mut app = App::new();
+    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+        .add_plugins(plugin)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
+        .init_resource::<ErrorCount>()
+        .add_systems(Last, count_errors);
+    app
+}
+
+/// Adds a script asset; the returned strong handle keeps it loaded.
+pub fn add_script(app: &mut App, path: &str, source: &str) -> Handle<LuaScript> {
+    app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source))
+}
+
+/// Spawns an entity running `source`.
+pub fn spawn_script(app: &mut App, path: &str, source: &str) -> Entity {
+    let handle = add_script(app, path, source);
+    app.world_mut().spawn(LuaScripts::new(handle)).id()
+}
+
+pub fn runtime(app: &App) -> &LuaRuntime {
+    app.world().resource::<LuaRuntime>()
+}
+
+pub fn script_errors(app: &App) -> usize {
+    app.world().resource::<ErrorCount>().0
+}
+
+/// Tasks the step has resumed so far (every resume counts, those woken by a channel included).
+pub fn resumed(app: &App) -> u64 {
+    runtime(app).stats().resumed
+}
+
+pub fn update(app: &mut App, frames: usize) {
+    for _ in 0..frames {
+        app.update();
+    }
+}
+
+/// Runs one frame; returns how many tasks the step resumed in it.
+pub fn update_counting(app: &mut App) -> u64 {
+    let before = resumed(app);
+    app.update();
+    resumed(app) - before
+}
+
+/// An app with the plugin and no scripts, after warm-up: the frame's fixed cost.
+pub fn empty_app() -> App {
+    let mut app = new_app();
+    update(&mut app, 8);
+    app
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw mlua floor
+// ---------------------------------------------------------------------------------------------
+
+/// The raw floor of a resume: `n` bare coroutines resumed one after another from Rust.
+pub struct RawCoroutines {
+    _lua: Lua,
+    threads: Vec<Thread>,
+}
+
+impl RawCoroutines {
+    pub fn new(n: usize) -> Self {
+        Self::with_hook(n, false)
+    }
+
+    /// `with_hook` installs the same kind of count hook the plugin installs for its instruction
+    /// budget (every `budget / 16` instructions), to show what the hook alone costs.
+    pub fn with_hook(n: usize, with_hook: bool) -> Self {
+        let lua = Lua::new();
+        if with_hook {
+            #[cfg(not(feature = "luau"))]
+            lua.set_global_hook(
+                HookTriggers::new().every_nth_instruction((DEFAULT_BUDGET / 16) as u32),
+                |_, _| Ok(VmState::Continue),
+            )
+            .expect("hook");
+            // Luau has no count hook; the plugin uses an interrupt there.
+            #[cfg(feature = "luau")]
+            lua.set_interrupt(|_| Ok(VmState::Continue));
+        }
+        let body: Function = lua
+            .load("return function() while true do coroutine.yield() end end")
+            .eval()
+            .expect("coroutine body");
+        let threads: Vec<Thread> = (0..n).map(|_| lua.create_thread(body.clone()).expect("thread")).collect();
+        let raw = Self { _lua: lua, threads };
+        raw.pass();
+        raw
+    }
+
+    /// Resumes every coroutine once.
+    #[inline(never)]
+    pub fn pass(&self) {
+        for t in &self.threads {
+            t.resume::<()>(()).expect("resume");
+        }
+    }
+
+    /// Resumes the coroutines in turn, `resumes` resumes in all (with two coroutines: the
+    /// ping-pong's pattern, both always hot in cache).
+    #[inline(never)]
+    pub fn alternate(&self, resumes: usize) {
+        let n = self.threads.len();
+        for i in 0..resumes {
+            self.threads[i % n].resume::<()>(()).expect("resume");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interleaved timing
+// ---------------------------------------------------------------------------------------------
+
+/// One timed operation in an interleaved comparison.
+pub struct Part<'a> {
+    /// Runs the operation once and returns the time of its timed region (the whole call, or only
+    /// the frame of interest when the call has untimed set-up).
+    run: Box<dyn FnMut() -> Duration + 'a>,
+    /// Whether the batch is timed as a whole with one clock (`run`'s return value unused), rather
+    /// than as the sum of the timed regions of its calls.
+    whole_batch: bool,
+    /// Calls per batch (chosen so a batch's timed regions take about `Plan::batch`).
+    batch: usize,
+    /// Whether `batch` stays as given (operations too slow to repeat in a batch).
+    fixed: bool,
+    /// Nanoseconds per call, one entry per round.
+    samples: Vec<f64>,
+}
+
+impl<'a> Part<'a> {
+    /// An operation timed as a whole.
+    pub fn new(mut run: impl FnMut() + 'a) -> Self {
+        Self::timed(move || {
+            let start = Instant::now();
+            run();
+            start.elapsed()
+        })
+    }
+
+    /// An operation that times its own region of interest.
+    pub fn timed(run: impl FnMut() -> Duration + 'a) -> Self {
+        Self { run: Box::new(run), whole_batch: false, batch: 1, fixed: false, samples: Vec::new() }
+    }
+
+    /// An operation that times its own region, run once per round.
+    pub fn once(run: impl FnMut() -> Duration + 'a) -> Self {
+        Self { fixed: true, ..Self::timed(run) }
+    }
+
+    /// An operation timed as a whole, a batch of calls under one clock (no clock read per call).
+    pub fn batched(mut run: impl FnMut() + 'a) -> Self {
+        Self {
+            whole_batch: true,
+            ..Self::timed(move || {
+                run();
+                Duration::ZERO
+            })
+        }
+    }
+
+    fn calibrate(&mut self, target: Duration) {
+        if self.fixed {
+            return;
+        }
+        (self.run)();
+        let one = if self.whole_batch {
+            let start = Instant::now();
+            (self.run)();
+            start.elapsed()
+        } else {
+            (self.run)()
+        }
+        .max(Duration::from_nanos(1));
+        self.batch = (target.as_secs_f64() / one.as_secs_f64()).clamp(1.0, 1e6) as usize;
+    }
+
+    fn sample(&mut self) {
+        let total = if self.whole_batch {
+            let start = Instant::now();
+            for _ in 0..self.batch {
+                (self.run)();
+            }
+            start.elapsed()
+        } else {
+            let mut total = Duration::ZERO;
+            for _ in 0..self.batch {
+                total += (self.run)();
+            }
+            total
+        };
+        self.samples.push(total.as_nanos() as f64 / self.batch as f64);
+    }
+}
+
+/// Times every part once per round, back to back, for `plan.rounds` rounds; returns the samples
+/// (nanoseconds per call) of each part.
+pub fn interleave(plan: &Plan, mut parts: Vec<Part<'_>>) -> Vec<Vec<f64>> {
+    for p in &mut parts {
+        p.calibrate(plan.batch);
+    }
+    for _ in 0..plan.rounds {
+        for p in &mut parts {
+            p.sample();
+        }
+    }
+    parts.into_iter().map(|p| p.samples).collect()
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The median of the per-round values of `f(a, b)`.
+pub fn median_by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
+    median(&a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect::<Vec<_>>())
+}
+
+/// The median of the per-round values of `f(a, b, c)`.
+pub fn median_by3(a: &[f64], b: &[f64], c: &[f64], f: impl Fn(f64, f64, f64) -> f64) -> f64 {
+    median(&(0..a.len().min(b.len()).min(c.len())).map(|i| f(a[i], b[i], c[i])).collect::<Vec<_>>())
+}
+
+/// The spread of a sample, as (min, max).
+pub fn spread(xs: &[f64]) -> (f64, f64) {
+    xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// The median of the values recorded beside a timed part, skipping the two calibration calls.
+pub fn recorded_median(xs: &[f64]) -> f64 {
+    median(&xs[xs.len().min(2)..])
+}
+
+pub fn criterion_group_config<M: criterion::measurement::Measurement>(
+    group: &mut criterion::BenchmarkGroup<'_, M>,
+    plan: &Plan,
+) {
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(plan.warm_up)
+        .measurement_time(plan.measure);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The summary table
+// ---------------------------------------------------------------------------------------------
+
+/// A duration in nanoseconds, signed, in ns, µs or ms.
+pub fn fmt_time(ns: f64) -> String {
+    let sign = if ns < 0.0 { "-" } else { "" };
+    let ns = ns.abs();
+    if ns >= 1e6 {
+        format!("{sign}{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{sign}{:.2} µs", ns / 1e3)
+    } else {
+        format!("{sign}{ns:.0} ns")
+    }
+}
+
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "MET" } else { "NOT MET" }
+}
