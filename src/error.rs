@@ -86,6 +86,11 @@ pub(crate) fn split_traceback(error: &mlua::Error) -> (String, String) {
     }
 }
 
+/// The `stack traceback:` part of what `debug.traceback` returned (empty if there is none).
+pub(crate) fn traceback_part(text: &str) -> String {
+    split_text(&format!("\n{text}")).1
+}
+
 /// Splits `message\nstack traceback:\n...` into its two parts.
 pub(crate) fn split_text(text: &str) -> (String, String) {
     match text.find("\nstack traceback:") {

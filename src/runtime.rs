@@ -172,7 +172,7 @@ impl LuaRuntime {
             "report",
             lua.create_function(|lua, (message, traceback): (String, String)| {
                 let instance = scheduler::current_instance(lua);
-                let (_, traceback) = crate::error::split_text(&format!("\n{traceback}"));
+                let traceback = crate::error::traceback_part(&traceback);
                 sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
                 Ok(())
             })?,
@@ -301,7 +301,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set(
         "report",
         lua.create_function(|lua, (message, traceback, owner): (String, String, Option<u64>)| {
-            let (_, traceback) = crate::error::split_text(&format!("\n{traceback}"));
+            let traceback = crate::error::traceback_part(&traceback);
             sched(lua).report(owner.map(InstanceId), ScriptErrorKind::UnhandledRejection, message, traceback);
             Ok(())
         })?,

@@ -16,7 +16,7 @@ use bevy::platform::collections::{HashMap, HashSet};
 use bevy::prelude::*;
 use mlua::{Function, LightUserData, Lua, Table, Thread, Value, VmState};
 
-use crate::error::{ScriptError, ScriptErrorKind, split_text};
+use crate::error::{ScriptError, ScriptErrorKind, traceback_part};
 use crate::time::{Clock, ClockKind, nanos_to_seconds, seconds_to_nanos};
 use crate::timer::TimerQueue;
 
@@ -462,12 +462,17 @@ pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<i64> {
     Ok(s.insert_task(instance).key())
 }
 
+/// Where the budget ran out during the resume that just ended, if it did (see
+/// [`Budget::take_exceeded`]).
+fn budget_exceeded(lua: &Lua, stopped_only: bool) -> Option<String> {
+    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone())?;
+    budget.take_exceeded(current_task(lua).1, stopped_only)
+}
+
 /// The task `key` ended (finished or let go). Reports it if the budget stopped it.
 pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
     let instance = sched(lua).remove_key(key);
-    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
-    let serial = current_task(lua).1;
-    let Some(at) = budget.and_then(|b| b.take_exceeded(serial, true)) else { return };
+    let Some(at) = budget_exceeded(lua, true) else { return };
     let traceback = thread_traceback(lua, thread);
     let message = format!("{at}: script exceeded its instruction budget");
     sched(lua).report(instance, ScriptErrorKind::Budget, message, traceback);
@@ -476,13 +481,11 @@ pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
 
 /// The task `key` failed with `message`; `traceback` is Lua's.
 pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
-    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
-    let serial = current_task(lua).1;
-    let exceeded = budget.and_then(|b| b.take_exceeded(serial, false));
+    let exceeded = budget_exceeded(lua, false);
     let mut s = sched(lua);
     let instance = s.instance_of(key);
     s.remove_key(key);
-    let (_, traceback) = split_text(&format!("\n{traceback}"));
+    let traceback = traceback_part(&traceback);
     match exceeded {
         Some(at) => {
             let message = format!("{at}: script exceeded its instruction budget");
@@ -494,7 +497,7 @@ pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
 
 fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
     let traceback = refs(lua).traceback.clone();
-    traceback.call::<String>(thread).map(|t| split_text(&format!("\n{t}")).1).unwrap_or_default()
+    traceback.call::<String>(thread).map(|t| traceback_part(&t)).unwrap_or_default()
 }
 
 /// Closes a suspended thread; an error raised by a `__close` is reported.
