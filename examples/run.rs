@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example run -- SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N]
-//!     [--entities N] [--stdlib safe|all] [--memory-limit MB] [--stats]
+//!     [--entities N] [--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]
 //! ```
+//!
+//! With `--watch`, saving the script or a module it requires reloads it in the running game, and
+//! the run goes on until `--frames` even when every task has finished (or a version failed to
+//! load), paced at `--fps` (default: one frame per `--dt` of wall time).
 //!
 //! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
 //! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
@@ -27,6 +31,7 @@ struct Options {
     dt: Duration,
     fps: Option<f64>,
     entities: usize,
+    watch: bool,
     stdlib: LuaStdlib,
     memory_limit_mb: usize,
     stats: bool,
@@ -40,6 +45,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         dt: Duration::from_nanos(16_666_667),
         fps: None,
         entities: 1,
+        watch: false,
         stdlib: LuaStdlib::Safe,
         memory_limit_mb: 512,
         stats: false,
@@ -75,7 +81,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--stats" => o.stats = true,
-            "--watch" => return Err("--watch: hot reload is not available in this version".into()),
+            "--watch" => o.watch = true,
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             path if script.is_none() => script = Some(PathBuf::from(path)),
@@ -83,6 +89,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
     }
     o.script = script.ok_or("no script given")?;
+    if o.watch && o.fps.is_none() {
+        o.fps = Some(if o.dt.is_zero() { 60.0 } else { 1.0 / o.dt.as_secs_f64() });
+    }
     Ok(o)
 }
 
@@ -145,6 +154,7 @@ fn main() -> ExitCode {
             stdlib: o.stdlib,
             memory_limit: Some(o.memory_limit_mb.saturating_mul(1024 * 1024)),
             print_to_stdout: true,
+            hot_reload: o.watch,
             ..default()
         },
     ))
@@ -193,11 +203,11 @@ fn main() -> ExitCode {
         app.update();
         frames += 1;
         let world = app.world();
-        if world.resource::<Seen>().load {
+        if world.resource::<Seen>().load && !o.watch {
             return ExitCode::from(2);
         }
         let runtime = world.resource::<LuaRuntime>();
-        if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 {
+        if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 && !o.watch {
             break;
         }
         if let Some(pace) = pace {

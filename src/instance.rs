@@ -62,13 +62,30 @@ impl UserData for LuaEntity {
 #[derive(Resource, Default)]
 pub(crate) struct SyncQueue(pub Vec<Entity>);
 
-/// Scripts whose asset changed since the last sync: compiled code for them is dropped.
+/// Scripts whose asset changed since the last sync.
 #[derive(Resource, Default)]
-pub(crate) struct ChangedScripts(pub Vec<AssetId<LuaScript>>);
+pub(crate) struct ChangedScripts {
+    /// New source: running instances reload.
+    pub modified: Vec<AssetId<LuaScript>>,
+    /// Unloaded: compiled code for them is dropped.
+    pub removed: Vec<AssetId<LuaScript>>,
+}
 
 struct Attached {
     id: InstanceId,
     handle: Handle<LuaScript>,
+}
+
+/// A script's compiled code, which all its instances share.
+struct Compiled {
+    /// The source `factory` was compiled from.
+    source: Arc<str>,
+    /// `env -> chunk function` (see [`compile`]); `None` until a version of the script loads.
+    factory: Option<Function>,
+    /// A newer source that did not load (reported once; `factory` keeps running).
+    rejected: Option<Arc<str>>,
+    /// The script's file was deleted: its instances are stopped until it comes back.
+    deleted: bool,
 }
 
 /// The instances of every entity, and those waiting for their asset.
@@ -76,7 +93,7 @@ struct Attached {
 pub(crate) struct Instances {
     by_entity: HashMap<Entity, Vec<Attached>>,
     pending: Vec<(InstanceId, Entity, Handle<LuaScript>)>,
-    compiled: HashMap<AssetId<LuaScript>, Function>,
+    compiled: HashMap<AssetId<LuaScript>, Compiled>,
     next: u64,
 }
 
@@ -84,6 +101,20 @@ impl Instances {
     /// Instances waiting for their asset.
     pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The running instances of `asset`, or of every script if `None`, oldest first.
+    fn running(&self, asset: Option<AssetId<LuaScript>>) -> Vec<(InstanceId, Entity, AssetId<LuaScript>)> {
+        let mut found: Vec<_> = self
+            .by_entity
+            .iter()
+            .flat_map(|(&entity, attached)| attached.iter().map(move |a| (a.id, entity, a.handle.id())))
+            .filter(|&(id, _, script)| {
+                asset.is_none_or(|a| a == script) && !self.pending.iter().any(|p| p.0 == id)
+            })
+            .collect();
+        found.sort_by_key(|r| r.0);
+        found
     }
 }
 
@@ -120,17 +151,24 @@ impl LuaRuntime {
     /// Cancels every task of an instance (to-be-closed variables close) and forgets it.
     fn detach(&mut self, id: InstanceId) {
         self.instances.pending.retain(|(p, _, _)| *p != id);
-        let tasks = sched(self.lua()).take_instance_tasks(id);
+        self.cancel(id);
         let lua = self.lua();
+        sched(lua).forget_instance(id);
+        crate::modules::forget_instance(lua, id);
+        let _ = scheduler::refs(lua).envs.raw_set(id.0 as i64, Value::Nil);
+    }
+
+    /// Cancels every task of an instance and the Rust work it started; the instance stays.
+    fn cancel(&self, id: InstanceId) {
+        let lua = self.lua();
+        let tasks = sched(lua).take_instance_tasks(id);
         crate::bridge::cancel_instance(lua, id);
         sched(lua).host_instance = Some(id);
         scheduler::kill_tasks(lua, &tasks, id);
         sched(lua).host_instance = None;
-        sched(self.lua()).forget_instance(id);
-        let _ = scheduler::refs(self.lua()).envs.raw_set(id.0 as i64, Value::Nil);
     }
 
-    /// Drops compiled code of changed scripts, so new instances compile the new source.
+    /// Drops compiled code of an unloaded script, so new instances compile it again.
     pub(crate) fn forget_compiled(&mut self, id: AssetId<LuaScript>) {
         self.instances.compiled.remove(&id);
     }
@@ -157,38 +195,162 @@ impl LuaRuntime {
 
     fn start(&mut self, id: InstanceId, entity: Entity, asset: AssetId<LuaScript>, script: &LuaScript) {
         sched(self.lua()).set_instance_path(id, script.path.clone());
-        let factory = match self.instances.compiled.get(&asset) {
-            Some(f) => f.clone(),
-            None => match compile(self.lua(), script, self.setfenv.as_ref()) {
-                Ok(f) => {
-                    self.instances.compiled.insert(asset, f.clone());
-                    f
+        let factory = match self.instances.compiled.get(&asset).and_then(|c| c.factory.clone()) {
+            Some(factory) => factory,
+            None => {
+                let compiled = compile(self.lua(), script, self.setfenv.as_ref());
+                let source = script.source.clone();
+                let rejected = compiled.is_err().then(|| source.clone());
+                let factory = compiled.as_ref().ok().cloned();
+                self.instances.compiled.insert(asset, Compiled { source, factory, rejected, deleted: false });
+                match compiled {
+                    Ok(factory) => factory,
+                    Err(e) => {
+                        let (message, traceback) = crate::error::split_traceback(&e);
+                        sched(self.lua()).report(Some(id), ScriptErrorKind::Load, message, traceback);
+                        return;
+                    }
                 }
-                Err(e) => {
-                    let (message, traceback) = crate::error::split_traceback(&e);
-                    sched(self.lua()).report(Some(id), ScriptErrorKind::Load, message, traceback);
-                    return;
-                }
-            },
+            }
         };
-        sched(self.lua()).host_instance = Some(id);
-        let started = self.spawn_chunk(id, entity, &factory);
-        sched(self.lua()).host_instance = None;
+        self.launch(id, entity, &factory, Value::Nil);
+    }
+
+    /// Runs `factory`'s chunk as the first task of instance `id`, in a fresh environment whose
+    /// `state` is `state` (a reload's kept table) or new (`nil`). After a reload, a second task
+    /// calls the new code's `onReload()`.
+    fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Value) {
+        let lua = self.lua();
+        let reloaded = !state.is_nil();
+        sched(lua).host_instance = Some(id);
+        let started = (|| {
+            let env: mlua::Table = self.new_env.call((LuaEntity(entity), state))?;
+            let refs = scheduler::refs(lua);
+            let start = refs.start.clone();
+            refs.envs.raw_set(id.0 as i64, &env)?;
+            drop(refs);
+            let chunk: Function = factory.call(env.clone())?;
+            start.call::<()>(lua.create_thread(chunk)?)?;
+            if reloaded {
+                start.call::<()>(lua.create_thread(self.on_reload.call::<Function>(env)?)?)?;
+            }
+            Ok::<_, mlua::Error>(())
+        })();
+        sched(lua).host_instance = None;
         if let Err(e) = started {
             let (message, traceback) = crate::error::split_traceback(&e);
-            sched(self.lua()).report(Some(id), ScriptErrorKind::Runtime, message, traceback);
+            sched(lua).report(Some(id), ScriptErrorKind::Runtime, message, traceback);
         }
     }
 
-    /// Creates the instance's environment and queues its chunk as its first task.
-    fn spawn_chunk(&self, id: InstanceId, entity: Entity, factory: &Function) -> mlua::Result<()> {
+    /// Runs instances again with `factory`: their tasks are cancelled, `state` is kept, the chunk
+    /// runs from the top, then `onReload()`.
+    fn restart(
+        &self,
+        instances: &[(InstanceId, Entity, AssetId<LuaScript>)],
+        factory: impl Fn(AssetId<LuaScript>) -> Option<Function>,
+    ) {
         let lua = self.lua();
-        let env: mlua::Table = self.new_env.call(LuaEntity(entity))?;
-        scheduler::refs(lua).envs.raw_set(id.0 as i64, &env)?;
-        let chunk: Function = factory.call(env)?;
-        let thread = lua.create_thread(chunk)?;
-        let start = scheduler::refs(lua).start.clone();
-        start.call::<()>(thread)
+        for &(id, entity, asset) in instances {
+            let Some(factory) = factory(asset) else { continue };
+            self.cancel(id);
+            crate::modules::forget_instance(lua, id);
+            let env: Option<mlua::Table> = scheduler::refs(lua).envs.raw_get(id.0 as i64).ok();
+            let state = env.and_then(|env| env.raw_get::<mlua::Table>("state").ok());
+            let state = match state {
+                Some(state) => Value::Table(state),
+                None => lua.create_table().map_or(Value::Nil, Value::Table),
+            };
+            self.launch(id, entity, &factory, state);
+        }
+    }
+
+    /// A script's asset has new source: if it loads (it compiles, and every module it requires
+    /// by name resolves and compiles), its running instances restart with it; if not, they keep
+    /// running their last good code and the failure is reported once.
+    pub(crate) fn script_changed(&mut self, asset: AssetId<LuaScript>, scripts: &Assets<LuaScript>) {
+        let Some(script) = scripts.get(asset) else { return };
+        let Some(entry) = self.instances.compiled.get(&asset) else { return };
+        let same = entry.source == script.source || entry.rejected.as_ref() == Some(&script.source);
+        if same && !entry.deleted {
+            return;
+        }
+        let lua = self.lua();
+        let running = self.instances.running(Some(asset));
+        let loaded = compile(lua, script, self.setfenv.as_ref())
+            .map_err(|e| crate::error::split_traceback(&e))
+            .and_then(|factory| {
+                crate::modules::check_requires(lua, &script.source)
+                    .map(|()| factory)
+                    .map_err(|m| (format!("{}: {m}", script.path), String::new()))
+            });
+        match loaded {
+            Err((message, traceback)) => {
+                warn!("{}: the new version did not load; the last good version keeps running", script.path);
+                let entity = running.first().map_or(Entity::PLACEHOLDER, |r| r.1);
+                sched(lua).report_as(entity, &script.path, ScriptErrorKind::Load, message, traceback);
+                if let Some(entry) = self.instances.compiled.get_mut(&asset) {
+                    entry.rejected = Some(script.source.clone());
+                }
+            }
+            Ok(factory) => {
+                info!("reloaded {} ({} instances)", script.path, running.len());
+                let source = script.source.clone();
+                let compiled =
+                    Compiled { source, factory: Some(factory.clone()), rejected: None, deleted: false };
+                self.instances.compiled.insert(asset, compiled);
+                self.restart(&running, |_| Some(factory.clone()));
+            }
+        }
+    }
+
+    /// A script's file was deleted: its instances stop (their `state` is kept) until it is
+    /// restored. Reported once.
+    pub(crate) fn script_deleted(&mut self, asset: AssetId<LuaScript>, path: &str) {
+        let Some(entry) = self.instances.compiled.get_mut(&asset) else { return };
+        if entry.deleted {
+            return;
+        }
+        entry.deleted = true;
+        let running = self.instances.running(Some(asset));
+        for &(id, _, _) in &running {
+            self.cancel(id);
+        }
+        let message =
+            format!("{path} was deleted: its {} instances stopped until it is restored", running.len());
+        warn!("{message}");
+        let entity = running.first().map_or(Entity::PLACEHOLDER, |r| r.1);
+        sched(self.lua()).report_as(entity, path, ScriptErrorKind::Load, message, String::new());
+    }
+
+    /// A module's file changed: if the new source loads, every module that depends on it is run
+    /// again on its next `require`, and every instance that required any of them restarts; if
+    /// not, everything keeps running and the failure is reported once.
+    pub(crate) fn module_changed(&mut self, path: &str, source: Option<&str>) {
+        let lua = self.lua();
+        match crate::modules::module_changed(lua, path, source) {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => {
+                let running: Vec<_> =
+                    self.instances.running(None).into_iter().filter(|r| ids.contains(&r.0)).collect();
+                info!("reloaded module {path} ({} dependent instances)", running.len());
+                let compiled = &self.instances.compiled;
+                self.restart(&running, |asset| {
+                    compiled.get(&asset).filter(|c| !c.deleted).and_then(|c| c.factory.clone())
+                });
+            }
+            Err(message) => {
+                warn!("{path}: the new version did not load; the last good version keeps running");
+                let message = if message.starts_with(path) { message } else { format!("{path}: {message}") };
+                sched(lua).report_as(
+                    Entity::PLACEHOLDER,
+                    path,
+                    ScriptErrorKind::Load,
+                    message,
+                    String::new(),
+                );
+            }
+        }
     }
 }
 

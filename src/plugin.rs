@@ -42,6 +42,16 @@ pub struct LuaCoroutinesPlugin {
     /// (default `0x5EED`). The same seed replays the same choices run after run; scripts cannot
     /// reseed it (`math.randomseed` is a different generator).
     pub select_seed: u64,
+    /// Whether a watcher reloads scripts and modules when their files change (default: on in
+    /// debug builds, off in release builds). It watches the `AssetPlugin`'s folder on disk; see
+    /// the crate docs' "Hot reload" section for what a reload does.
+    pub hot_reload: bool,
+    /// How long a changed file must stay untouched before it is reloaded (default 50 ms), so a
+    /// save that writes several times, or a burst of saves, reloads once with the last content.
+    pub hot_reload_debounce: std::time::Duration,
+    /// Where `require("a.b")` looks, in order: templates relative to the assets folder, `?`
+    /// standing for the name with dots turned into slashes (default `["scripts/?.lua", "?.lua"]`).
+    pub module_path: Vec<String>,
 }
 
 impl Default for LuaCoroutinesPlugin {
@@ -53,6 +63,9 @@ impl Default for LuaCoroutinesPlugin {
             stdlib: LuaStdlib::Safe,
             print_to_stdout: true,
             select_seed: 0x5EED,
+            hot_reload: cfg!(debug_assertions),
+            hot_reload_debounce: std::time::Duration::from_millis(50),
+            module_path: crate::modules::DEFAULT_MODULE_PATH.iter().map(|p| p.to_string()).collect(),
         }
     }
 }
@@ -82,6 +95,7 @@ impl Plugin for LuaCoroutinesPlugin {
             memory_limit: self.memory_limit,
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,
+            module_path: self.module_path.clone(),
         };
         let runtime = match LuaRuntime::new(&config, self.schedule) {
             Ok(r) => r,
@@ -100,11 +114,35 @@ impl Plugin for LuaCoroutinesPlugin {
             .add_systems(
                 self.schedule,
                 (
+                    crate::reload::apply_file_changes
+                        .in_set(LuaCoroutinesSystems::Sync)
+                        .before(note_changed_scripts),
                     note_changed_scripts.in_set(LuaCoroutinesSystems::Sync),
                     sync_instances.in_set(LuaCoroutinesSystems::Sync).after(note_changed_scripts),
                     step_system.in_set(LuaCoroutinesSystems::Step),
                 ),
             );
+        // `AssetPlugin` comes first (the asset types need it), so its folder is known here.
+        start_watching(app, self.hot_reload, self.hot_reload_debounce);
+    }
+}
+
+/// Points `require` at the assets folder on disk and, with hot reload on, starts the watcher.
+fn start_watching(app: &mut App, hot_reload: bool, debounce: std::time::Duration) {
+    let folder = app
+        .get_added_plugins::<AssetPlugin>()
+        .first()
+        .map_or_else(|| "assets".into(), |p| p.file_path.clone());
+    let root = bevy::asset::io::file::FileAssetReader::get_base_path().join(folder);
+    crate::modules::set_root(app.world().resource::<LuaRuntime>().lua(), root.clone());
+    if !hot_reload {
+        return;
+    }
+    match crate::reload::watch(&root, debounce) {
+        Ok(watcher) => {
+            app.insert_resource(watcher);
+        }
+        Err(e) => warn!("bevy_lua_coroutines: hot reload is off: could not watch {}: {e}", root.display()),
     }
 }
 
@@ -113,8 +151,10 @@ fn note_changed_scripts(
     mut changed: ResMut<ChangedScripts>,
 ) {
     for event in events.read() {
-        if let AssetEvent::Modified { id } | AssetEvent::Removed { id } = event {
-            changed.0.push(*id);
+        match *event {
+            AssetEvent::Modified { id } => changed.modified.push(id),
+            AssetEvent::Removed { id } => changed.removed.push(id),
+            _ => {}
         }
     }
 }
@@ -122,10 +162,17 @@ fn note_changed_scripts(
 /// Applies queued `LuaScripts` changes and starts instances whose script is loaded.
 fn sync_instances(world: &mut World) {
     let queue = std::mem::take(&mut world.resource_mut::<SyncQueue>().0);
-    let changed = std::mem::take(&mut world.resource_mut::<ChangedScripts>().0);
+    let changed = std::mem::take(&mut *world.resource_mut::<ChangedScripts>());
     world.resource_scope(|world, mut runtime: Mut<LuaRuntime>| {
-        for id in changed {
+        for id in changed.removed {
             runtime.forget_compiled(id);
+        }
+        let scripts = world.resource::<Assets<LuaScript>>();
+        let mut seen = bevy::platform::collections::HashSet::<AssetId<LuaScript>>::default();
+        for id in changed.modified {
+            if seen.insert(id) {
+                runtime.script_changed(id, scripts);
+            }
         }
         let mut seen = bevy::platform::collections::HashSet::<Entity>::default();
         for entity in queue {

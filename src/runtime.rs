@@ -29,6 +29,8 @@ pub(crate) struct VmConfig {
     pub print_to_stdout: bool,
     /// Seeds the generator `Channel.select` picks among ready cases with.
     pub select_seed: u64,
+    /// Where `require` looks for modules (templates relative to the assets folder).
+    pub module_path: Vec<String>,
 }
 
 /// Lua functions of `lua/channel.lua` the Rust side calls.
@@ -44,8 +46,10 @@ pub(crate) struct ChannelLua {
 #[derive(Resource)]
 pub struct LuaRuntime {
     lua: Lua,
-    /// `new_env(entity) -> env`, from `lua/sandbox.lua`.
+    /// `new_env(entity, state) -> env`, from `lua/sandbox.lua`.
     pub(crate) new_env: Function,
+    /// `on_reload(env) -> function`, from `lua/sandbox.lua`: the task that calls `onReload()`.
+    pub(crate) on_reload: Function,
     /// `define(path, value)`, from `lua/sandbox.lua`: adds a name to the shared base.
     define: Function,
     /// The scheduler state shared with Lua (clocks, current task).
@@ -192,6 +196,7 @@ impl LuaRuntime {
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
         api.set("channel", channel)?;
         api.set("rust_channels", rust_channels)?;
+        api.set("require", crate::modules::install(&lua, &config.module_path)?)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,
@@ -226,11 +231,13 @@ impl LuaRuntime {
         let base: Table = sandbox.get("base")?;
         let new_env: Function = sandbox.get("new_env")?;
         let define: Function = sandbox.get("define")?;
+        let on_reload: Function = sandbox.get("on_reload")?;
+        crate::modules::set_env_factory(&lua, new_env.clone());
         lua.set_globals(base)?;
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, new_env, define, state, instances: Default::default(), setfenv, schedule })
+        Ok(Self { lua, new_env, on_reload, define, state, instances: Default::default(), setfenv, schedule })
     }
 
     /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).

@@ -321,9 +321,23 @@ impl Scheduler {
         traceback: String,
     ) {
         let (entity, script) = match instance.and_then(|i| self.instances.get(&i)) {
-            Some(r) => (r.entity, r.path.to_string()),
-            None => (Entity::PLACEHOLDER, String::from("?")),
+            Some(r) => (r.entity, r.path.clone()),
+            None => (Entity::PLACEHOLDER, Arc::from("?")),
         };
+        self.report_as(entity, &script, kind, message, traceback);
+    }
+
+    /// Records a failure of the script at `script` on `entity` (a placeholder when no instance
+    /// of it runs).
+    pub fn report_as(
+        &mut self,
+        entity: Entity,
+        script: &str,
+        kind: ScriptErrorKind,
+        message: String,
+        traceback: String,
+    ) {
+        let script = script.to_string();
         if traceback.is_empty() {
             error!("{script} ({entity}): {message}");
         } else {

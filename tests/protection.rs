@@ -109,7 +109,7 @@ fn safe_standard_libraries_by_default() {
         &mut app,
         "scripts/libs.lua",
         r#"
-        print(io, package, require, dofile, loadfile, os.execute, os.exit, os.getenv, os.remove)
+        print(io, package, dofile, loadfile, os.execute, os.exit, os.getenv, os.remove, type(require))
         print(type(os.time), type(os.clock), type(debug.traceback), debug.getinfo, debug.sethook)
         print(type(string.format), type(table.insert), type(math.floor), type(utf8.char), type(coroutine.wrap))
         print(pcall(load, string.dump(function() end)))
@@ -119,7 +119,10 @@ fn safe_standard_libraries_by_default() {
     );
     run(&mut app, 2);
     let out = printed(&app);
-    assert_eq!(out[0], "nil\tnil\tnil\tnil\tnil\tnil\tnil\tnil\tnil");
+    assert_eq!(
+        out[0], "nil\tnil\tnil\tnil\tnil\tnil\tnil\tnil\tfunction",
+        "only the crate's own `require`, which reads modules from the assets folder"
+    );
     assert_eq!(out[1], "function\tfunction\tfunction\tnil\tnil");
     assert_eq!(out[2], "function\tfunction\tfunction\tfunction\tfunction");
     assert!(

@@ -118,3 +118,56 @@ fn stdlib_all_and_memory_limit_are_passed_to_the_plugin() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("false\t"), "{}", stdout(&o));
 }
+
+#[test]
+fn watch_reloads_the_script_and_its_modules_while_running() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("main.lua");
+    let module = dir.path().join("util.lua");
+    let source = |word: &str| {
+        format!(
+            "print('{word}', require('util').name)\nstate.n = (state.n or 0) + 1\nprint('runs', state.n)\n"
+        )
+    };
+    std::fs::write(&script, source("first")).unwrap();
+    std::fs::write(&module, "return { name = 'util-1' }").unwrap();
+    let mut child = Command::new(runner())
+        .arg(&script)
+        .args(["--watch", "--fps", "100", "--frames", "1500"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the runner");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let expect = |want: &str, seen: &mut Vec<String>| {
+        while !seen.iter().any(|l| l == want) {
+            match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("the runner never printed {want:?}; it printed {seen:?}"),
+            }
+        }
+    };
+    expect("first\tutil-1", &mut seen);
+    expect("runs\t1", &mut seen);
+    std::fs::write(&script, source("second")).unwrap();
+    expect("second\tutil-1", &mut seen);
+    expect("runs\t2", &mut seen);
+    std::fs::write(&module, "return { name = 'util-2' }").unwrap();
+    expect("second\tutil-2", &mut seen);
+    expect("runs\t3", &mut seen);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        ["first\tutil-1", "runs\t1", "second\tutil-1", "runs\t2", "second\tutil-2", "runs\t3"],
+        "each save reloaded once, keeping state"
+    );
+}

@@ -1,5 +1,5 @@
 //! Harness code shared by the benchmark files (`benches/scheduler.rs`, `benches/promises.rs`,
-//! `benches/channels.rs`): the measurement plan, app construction, the raw mlua `Thread::resume`
+//! `benches/channels.rs`, `benches/reload.rs`): the measurement plan, app construction, the raw mlua `Thread::resume`
 //! floor, interleaved timing, medians and ratios, and the summary table's formatting helpers.
 //!
 //! Each bench compiles this module on its own (`mod common;`) and uses only part of it.
@@ -128,8 +128,13 @@ pub fn new_app() -> App {
 
 /// [`new_app`] with another plugin configuration.
 pub fn new_app_with(plugin: LuaCoroutinesPlugin) -> App {
+    new_app_in("assets", plugin)
+}
+
+/// [`new_app_with`] whose assets folder is `folder`.
+pub fn new_app_in(folder: &str, plugin: LuaCoroutinesPlugin) -> App {
     let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+    app.add_plugins((MinimalPlugins, AssetPlugin { file_path: folder.into(), ..default() }))
         .add_plugins(plugin)
         .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
         .init_resource::<ErrorCount>()

@@ -83,7 +83,7 @@ for _, name in ipairs(libs) do
 end
 
 if opts.all then
-  for _, name in ipairs({ "io", "os", "debug", "package", "require", "dofile", "loadfile", "jit", "ffi" }) do
+  for _, name in ipairs({ "io", "os", "debug", "package", "dofile", "loadfile", "jit", "ffi" }) do
     local v = globals[name]
     if type(v) == "table" then v = readonly(v) end
     store[name] = v
@@ -97,6 +97,7 @@ else
   if debug then store.debug = readonly({ traceback = debug.traceback }) end
 end
 
+store.require = api.require -- modules from the assets folder, in every mode
 store.task = readonly(api.task)
 store.time = readonly(api.time)
 store.coroutine = readonly(api.coroutine)
@@ -122,12 +123,15 @@ store._G = base
 
 local env_mt = { __index = store, __metatable = false }
 
---- A fresh instance environment: its own globals over the shared store.
-local function new_env(entity)
+--- A fresh environment: its own globals over the shared store. An instance's (`entity` given)
+--- has `entity` and `state` (`state` kept from before a reload, or new); a module's has neither.
+local function new_env(entity, state)
   local env = setmetatable({}, env_mt)
   env._G = env
-  env.state = {}
-  env.entity = entity
+  if entity ~= nil then
+    env.state = state or {}
+    env.entity = entity
+  end
   if raw_load then
     if opts.all then
       env.load = function(chunk, name, mode, e) return raw_load(chunk, name, mode, e or env) end
@@ -164,4 +168,13 @@ local function define(path, value)
   real[name] = value
 end
 
-return { base = base, new_env = new_env, define = define }
+--- The task that follows a reload's top-level chunk: it calls the new code's `onReload()`, if
+--- the chunk defined one.
+local function on_reload(env)
+  return function()
+    local f = rawget(env, "onReload")
+    if f ~= nil then return f() end
+  end
+end
+
+return { base = base, new_env = new_env, define = define, on_reload = on_reload }

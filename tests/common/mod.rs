@@ -29,15 +29,20 @@ fn collect(
     errs.0.extend(errors.read().cloned());
 }
 
-/// An app with the plugin, a fixed `DT` per update, and the collectors.
+/// An app with the plugin (hot reload off), a fixed `DT` per update, and the collectors.
 pub fn create_app() -> App {
-    create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() })
+    create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, hot_reload: false, ..default() })
 }
 
 /// [`create_app`] with a custom plugin configuration.
 pub fn create_app_with(plugin: LuaCoroutinesPlugin) -> App {
+    create_app_in("assets", plugin)
+}
+
+/// [`create_app_with`] whose assets folder is `folder`.
+pub fn create_app_in(folder: &str, plugin: LuaCoroutinesPlugin) -> App {
     let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+    app.add_plugins((MinimalPlugins, AssetPlugin { file_path: folder.into(), ..default() }))
         .add_plugins(plugin)
         .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
         .init_resource::<Printed>()

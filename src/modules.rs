@@ -1,0 +1,375 @@
+//! `require` for scripts: module names resolved in the assets folder through a search path (like
+//! Lua's `package.path`), each module run once per VM and its value cached (like
+//! `package.loaded`), and the module graph (which module and which instance required which) that
+//! hot reload follows to reload everything depending on a changed module.
+//!
+//! A module runs in an environment of its own that reads through the shared base, with no
+//! `entity` or `state`. Its top-level chunk cannot yield (as with Lua's own `require`), and a
+//! cycle of requires raises an error naming the cycle.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bevy::platform::collections::{HashMap, HashSet};
+use mlua::{Function, IntoLua, Lua, Table, Value};
+
+use crate::scheduler::{InstanceId, current_instance};
+
+/// The default module search path: `require("ai.util")` looks for `scripts/ai/util.lua`, then
+/// `ai/util.lua`, relative to the assets folder.
+pub const DEFAULT_MODULE_PATH: [&str; 2] = ["scripts/?.lua", "?.lua"];
+
+/// The module system's state, in the VM's app data.
+pub(crate) struct Modules {
+    /// The assets folder on disk (unknown until the app is built).
+    root: Option<PathBuf>,
+    /// Templates, `?` standing for the module name with dots as slashes.
+    search: Vec<String>,
+    /// The source each module was last loaded from, or changed to, by asset path.
+    sources: HashMap<String, Arc<str>>,
+    /// Modules whose top-level chunk is running, innermost last.
+    loading: Vec<String>,
+    /// Modules each module required.
+    module_deps: HashMap<String, HashSet<String>>,
+    /// Modules each instance required itself.
+    instance_deps: HashMap<InstanceId, HashSet<String>>,
+    /// Module values by asset path (`package.loaded`).
+    loaded: Table,
+    /// `new_env(nil)`, from `lua/sandbox.lua`: a module's environment.
+    new_env: Option<Function>,
+}
+
+fn modules(lua: &Lua) -> mlua::AppDataRefMut<'_, Modules> {
+    lua.app_data_mut::<Modules>().expect("the module system is installed with the VM")
+}
+
+/// Why a `require` failed, and the level `error` raises it at (2: at the `require` call;
+/// 0: as it is, because the module's own code raised it and named its line).
+struct Failure(String, i32);
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure(message, 2)
+    }
+}
+
+/// Installs the module system and returns the `require` scripts see.
+pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
+    lua.set_app_data(Modules {
+        root: None,
+        search: search.to_vec(),
+        sources: HashMap::default(),
+        loading: Vec::new(),
+        module_deps: HashMap::default(),
+        instance_deps: HashMap::default(),
+        loaded: lua.create_table()?,
+        new_env: None,
+    });
+    let raw = lua.create_function(|lua, name: Value| {
+        let result = match name {
+            Value::String(name) => require(lua, &name.to_string_lossy()),
+            other => Err(Failure::from(format!(
+                "bad argument #1 to 'require' (string expected, got {})",
+                other.type_name()
+            ))),
+        };
+        match result {
+            Ok(value) => Ok((true, value, 0)),
+            Err(Failure(message, level)) => Ok((false, message.into_lua(lua)?, level)),
+        }
+    })?;
+    lua.load(include_str!("lua/require.lua")).set_name("=bevy_lua_coroutines/require.lua").call(raw)
+}
+
+/// Finishes the set-up once the sandbox exists and the assets folder is known.
+pub(crate) fn set_env_factory(lua: &Lua, new_env: Function) {
+    modules(lua).new_env = Some(new_env);
+}
+
+/// Sets the folder module names resolve in.
+pub(crate) fn set_root(lua: &Lua, root: PathBuf) {
+    modules(lua).root = Some(root);
+}
+
+/// `require(name)`: the cached value, or the module run once.
+fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
+    if !valid_name(name) {
+        return Err(format!("bad argument #1 to 'require' (invalid module name '{name}')").into());
+    }
+    let instance = current_instance(lua);
+    let (path, loaded) = {
+        let mut m = modules(lua);
+        let path = m.resolve(name)?;
+        match m.loading.last().cloned() {
+            Some(module) => m.module_deps.entry(module).or_default().insert(path.clone()),
+            None => match instance {
+                Some(id) => m.instance_deps.entry(id).or_default().insert(path.clone()),
+                None => false,
+            },
+        };
+        if let Some(at) = m.loading.iter().position(|p| *p == path) {
+            let mut cycle = m.loading[at..].to_vec();
+            cycle.push(path);
+            return Err(format!("require cycle: {}", cycle.join(" -> ")).into());
+        }
+        (path.clone(), m.loaded.clone())
+    };
+    let cached: Value = loaded.raw_get(path.as_str()).map_err(|e| e.to_string())?;
+    if !cached.is_nil() {
+        return Ok(cached);
+    }
+    let source = source_of(lua, &path)?;
+    let chunk = compile(lua, &path, &source).map_err(|e| format!("error loading module '{name}': {e}"))?;
+    {
+        let mut m = modules(lua);
+        m.sources.insert(path.clone(), source);
+        m.module_deps.remove(&path);
+        m.loading.push(path.clone());
+    }
+    let result = chunk.call::<Value>((name, path.as_str()));
+    modules(lua).loading.pop();
+    let value = result.map_err(|e| Failure(crate::error::split_traceback(&e).0, 0))?;
+    let value = if value.is_nil() { Value::Boolean(true) } else { value };
+    loaded.raw_set(path.as_str(), &value).map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// Module names are dot-separated words: letters, digits, `_` and `-`.
+fn valid_name(name: &str) -> bool {
+    name.split('.').all(|part| {
+        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
+}
+
+/// The module's source: as last changed, or read from the assets folder.
+fn source_of(lua: &Lua, path: &str) -> Result<Arc<str>, String> {
+    let m = modules(lua);
+    if let Some(source) = m.sources.get(path) {
+        return Ok(source.clone());
+    }
+    let file = m.root.as_ref().map(|r| r.join(path)).ok_or("the assets folder is not known yet")?;
+    std::fs::read_to_string(&file).map(Arc::from).map_err(|e| format!("could not read module '{path}': {e}"))
+}
+
+/// Compiles a module's source in a fresh module environment, named by its asset path.
+fn compile(lua: &Lua, path: &str, source: &str) -> Result<Function, String> {
+    let new_env = modules(lua).new_env.clone().ok_or("the sandbox is not installed")?;
+    let env: Table = new_env.call(()).map_err(|e| e.to_string())?;
+    lua.load(source)
+        .set_name(format!("@{path}"))
+        .set_environment(env)
+        .into_function()
+        .map_err(|e| crate::error::split_traceback(&e).0)
+}
+
+impl Modules {
+    /// The asset path `name` resolves to, or Lua's "not found" message listing what was tried.
+    fn resolve(&self, name: &str) -> Result<String, String> {
+        let relative = name.replace('.', "/");
+        let mut tried = String::new();
+        for template in &self.search {
+            let path = template.replace('?', &relative);
+            let on_disk = self.root.as_ref().is_some_and(|r| r.join(&path).is_file());
+            if on_disk || self.sources.contains_key(&path) {
+                return Ok(path);
+            }
+            tried.push_str(&format!("\n\tno file '{path}'"));
+        }
+        Err(format!("module '{name}' not found:{tried}"))
+    }
+
+    /// Modules that depend on `path`, directly or through other modules, `path` included.
+    fn dependents(&self, path: &str) -> HashSet<String> {
+        let mut found = HashSet::default();
+        let mut todo = vec![path.to_string()];
+        while let Some(module) = todo.pop() {
+            if found.insert(module.clone()) {
+                let users = self.module_deps.iter().filter(|(_, deps)| deps.contains(&module));
+                todo.extend(users.map(|(user, _)| user.clone()));
+            }
+        }
+        found
+    }
+}
+
+/// Forgets what an instance required (it is gone, or about to run its code again).
+pub(crate) fn forget_instance(lua: &Lua, id: InstanceId) {
+    modules(lua).instance_deps.remove(&id);
+}
+
+/// A module's new source (or `None`: its file is gone). Returns `Ok(instances)` to reload when a
+/// module that was loaded changed and compiles, `Err(message)` when it does not compile, and
+/// `Ok(empty)` when nothing depends on it or nothing changed.
+pub(crate) fn module_changed(lua: &Lua, path: &str, source: Option<&str>) -> Result<Vec<InstanceId>, String> {
+    let Some(source) = source else {
+        // A deleted module: whoever loaded it keeps its value; a new `require` will not find it.
+        modules(lua).sources.remove(path);
+        return Ok(Vec::new());
+    };
+    {
+        let m = modules(lua);
+        match m.sources.get(path) {
+            Some(old) if **old != *source => {}
+            _ => return Ok(Vec::new()),
+        }
+    }
+    compile(lua, path, source)?;
+    check_requires(lua, source)?;
+    let mut m = modules(lua);
+    m.sources.insert(path.to_string(), source.into());
+    let stale = m.dependents(path);
+    for module in &stale {
+        m.loaded.raw_set(module.as_str(), Value::Nil).map_err(|e| e.to_string())?;
+    }
+    let mut instances: Vec<InstanceId> = m
+        .instance_deps
+        .iter()
+        .filter(|(_, deps)| deps.iter().any(|d| stale.contains(d)))
+        .map(|(id, _)| *id)
+        .collect();
+    instances.sort();
+    Ok(instances)
+}
+
+/// Checks that every module `source` requires by a literal name resolves and compiles, and so on
+/// through those modules' own literal requires, so a reload that would fail on a missing or
+/// broken module is refused before the running code is replaced.
+pub(crate) fn check_requires(lua: &Lua, source: &str) -> Result<(), String> {
+    let mut seen: HashSet<String> = HashSet::default();
+    let mut todo: Vec<String> = literal_requires(source);
+    while let Some(name) = todo.pop() {
+        if !valid_name(&name) {
+            return Err(format!("invalid module name '{name}'"));
+        }
+        let path = modules(lua).resolve(&name)?;
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let text = source_of(lua, &path)?;
+        compile(lua, &path, &text).map_err(|e| format!("error loading module '{name}': {e}"))?;
+        todo.extend(literal_requires(&text));
+    }
+    Ok(())
+}
+
+/// The names of `require("name")` / `require 'name'` / `require [[name]]` calls in `source`: a
+/// small scan of Lua's tokens that skips comments and other strings.
+fn literal_requires(source: &str) -> Vec<String> {
+    #[derive(PartialEq)]
+    enum After {
+        Other,
+        Require,
+        RequireParen,
+        Access,
+    }
+    let bytes = source.as_bytes();
+    let mut names = Vec::new();
+    let mut after = After::Other;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if source[i..].starts_with("--") {
+            i = match long_bracket(&source[i + 2..]) {
+                Some((_, len)) => i + 2 + len,
+                None => source[i..].find('\n').map_or(bytes.len(), |e| i + e),
+            };
+            continue;
+        }
+        let string = match c {
+            b'"' | b'\'' => {
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j] != c && bytes[j] != b'\n' {
+                    j += if bytes[j] == b'\\' { 2 } else { 1 };
+                }
+                let text = &source[i + 1..j.min(bytes.len())];
+                i = j + 1;
+                Some(text)
+            }
+            b'[' => long_bracket(&source[i..]).map(|(text, len)| {
+                i += len;
+                text
+            }),
+            _ => None,
+        };
+        if let Some(text) = string {
+            if after == After::Require || after == After::RequireParen {
+                names.push(text.to_string());
+            }
+            after = After::Other;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let end = source[i..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .map_or(bytes.len(), |e| i + e);
+            let word = &source[i..end];
+            after = if word == "require" && after != After::Access { After::Require } else { After::Other };
+            i = end;
+            continue;
+        }
+        if source[i..].starts_with("..") {
+            // Concatenation (or `...`), not field access.
+            i += source[i..].bytes().take_while(|&b| b == b'.').count();
+            after = After::Other;
+            continue;
+        }
+        after = match c {
+            b'(' if after == After::Require => After::RequireParen,
+            b'.' | b':' => After::Access,
+            _ => After::Other,
+        };
+        i += 1;
+    }
+    names
+}
+
+/// A long bracket at the start of `text` (`[[...]]`, `[==[...]==]`): its contents and the length
+/// of the whole bracket (to the end of `text` if it is not closed).
+fn long_bracket(text: &str) -> Option<(&str, usize)> {
+    let level = text.strip_prefix('[')?.bytes().take_while(|&b| b == b'=').count();
+    let open = 2 + level;
+    if text.as_bytes().get(open - 1) != Some(&b'[') {
+        return None;
+    }
+    let close = format!("]{}]", "=".repeat(level));
+    Some(match text[open..].find(&close) {
+        Some(e) => (&text[open..open + e], open + e + close.len()),
+        None => (&text[open..], text.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_requires_are_found_outside_comments() {
+        let src = r#"
+local a = require("ai.util")
+local b = require 'b'
+local c = require  ( "c-d" )
+-- local old = require("old")
+--[[ require("block") ]]
+--[==[ require("level") ]==]
+local s = "-- require('in string') is code" .. require"e"
+local t = myrequire("no")
+local f = require [[f]]
+local u = obj:require("no")
+"#;
+        assert_eq!(literal_requires(src), ["ai.util", "b", "c-d", "e", "f"]);
+    }
+
+    #[test]
+    fn module_names_are_dotted_words() {
+        assert!(valid_name("ai.util"));
+        assert!(valid_name("my_mod-2"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name("a..b"));
+        assert!(!valid_name("/abs"));
+        assert!(!valid_name(""));
+    }
+}
