@@ -59,6 +59,22 @@
 //! local i, v = Channel.select({ { results, "receive" }, { Channel.after(0.5), "receive" } })
 //! ```
 //!
+//! ## Modules and hot reload
+//!
+//! `require("ai.util")` loads `scripts/ai/util.lua` (or `ai/util.lua`) from the assets folder,
+//! through the search path [`LuaCoroutinesPlugin::module_path`]. A module runs once per VM in
+//! an environment of its own, its top level cannot yield, and a cycle of requires is an error
+//! naming it.
+//!
+//! With [`LuaCoroutinesPlugin::hot_reload`] (on in debug builds), a `notify` watcher on the
+//! assets folder reloads a script when its file changes, and every script that required a
+//! changed module, directly or through other modules. A reload cancels the instance's tasks, keeps
+//! its `state`, runs the new top-level chunk, then calls `onReload()` if the new code defines it.
+//! A version that does not load (a syntax error, a module it requires by name that is missing or
+//! broken) is reported once as a [`ScriptError`] of kind [`ScriptErrorKind::Load`], and the last
+//! good version keeps running. A deleted script stops until its file comes back. Changing a
+//! [`LuaScript`] asset in code reloads the same way.
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
