@@ -208,9 +208,13 @@ pub(crate) fn module_changed(lua: &Lua, path: &str, source: Option<&str>) -> Res
     };
     {
         let m = modules(lua);
+        let required = m.module_deps.values().chain(m.instance_deps.values()).any(|deps| deps.contains(path));
         match m.sources.get(path) {
-            Some(old) if **old != *source => {}
-            _ => return Ok(Vec::new()),
+            Some(old) if **old == *source => return Ok(Vec::new()),
+            // Loaded, or required but it failed to load: whoever required it runs again.
+            Some(_) => {}
+            None if required => {}
+            None => return Ok(Vec::new()),
         }
     }
     compile(lua, path, source)?;

@@ -370,3 +370,18 @@ while true do task.wait(0.05) print("tick") end
     wait_for(&mut app, "the restart", |app| printed(app).iter().any(|l| l == "start 2"));
     assert_eq!(errors(&app).len(), 1, "restoring reports nothing more");
 }
+
+#[test]
+fn fixing_a_module_that_failed_to_load_reruns_the_scripts_that_required_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/shaky.lua", "return {");
+    let mut app = app_in(dir.path(), true);
+    spawn_script(&mut app, "scripts/user.lua", "print('got', require('shaky').value)");
+    run(&mut app, 3);
+    assert_eq!(errors(&app).len(), 1, "the broken module fails the script");
+    assert!(printed(&app).is_empty());
+
+    write(dir.path(), "scripts/shaky.lua", "return { value = 7 }");
+    wait_for(&mut app, "the script to run again", |app| !printed(app).is_empty());
+    assert_eq!(printed(&app), ["got\t7"], "the fixed module was loaded by the rerun script");
+}
