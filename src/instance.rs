@@ -86,6 +86,16 @@ struct Compiled {
     rejected: Option<Arc<str>>,
     /// The script's file was deleted: its instances are stopped until it comes back.
     deleted: bool,
+    /// Where the module that made `rejected` fail was looked for: creating one of these files
+    /// retries the script.
+    waiting_for: Vec<String>,
+}
+
+impl Compiled {
+    fn new(source: Arc<str>, factory: Option<Function>) -> Self {
+        let rejected = factory.is_none().then(|| source.clone());
+        Self { source, factory, rejected, deleted: false, waiting_for: Vec::new() }
+    }
 }
 
 /// The instances of every entity, and those waiting for their asset.
@@ -180,7 +190,8 @@ impl LuaRuntime {
         }
         let pending = std::mem::take(&mut self.instances.pending);
         for (id, entity, handle) in pending {
-            if let Some(script) = scripts.get(&handle) {
+            let deleted = self.instances.compiled.get(&handle.id()).is_some_and(|c| c.deleted);
+            if let Some(script) = scripts.get(&handle).filter(|_| !deleted) {
                 self.start(id, entity, handle.id(), script);
                 continue;
             }
@@ -199,10 +210,8 @@ impl LuaRuntime {
             Some(factory) => factory,
             None => {
                 let compiled = compile(self.lua(), script, self.setfenv.as_ref());
-                let source = script.source.clone();
-                let rejected = compiled.is_err().then(|| source.clone());
-                let factory = compiled.as_ref().ok().cloned();
-                self.instances.compiled.insert(asset, Compiled { source, factory, rejected, deleted: false });
+                let entry = Compiled::new(script.source.clone(), compiled.as_ref().ok().cloned());
+                self.instances.compiled.insert(asset, entry);
                 match compiled {
                     Ok(factory) => factory,
                     Err(e) => {
@@ -213,15 +222,15 @@ impl LuaRuntime {
                 }
             }
         };
-        self.launch(id, entity, &factory, Value::Nil);
+        self.launch(id, entity, &factory, None);
     }
 
     /// Runs `factory`'s chunk as the first task of instance `id`, in a fresh environment whose
-    /// `state` is `state` (a reload's kept table) or new (`nil`). After a reload, a second task
-    /// calls the new code's `onReload()`.
-    fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Value) {
+    /// `state` is `state` (a reload's kept table) or new. After a reload, a second task calls the
+    /// new code's `onReload()`.
+    fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Option<mlua::Table>) {
         let lua = self.lua();
-        let reloaded = !state.is_nil();
+        let reloaded = state.is_some();
         sched(lua).host_instance = Some(id);
         let started = (|| {
             let env: mlua::Table = self.new_env.call((LuaEntity(entity), state))?;
@@ -255,53 +264,87 @@ impl LuaRuntime {
             let Some(factory) = factory(asset) else { continue };
             self.cancel(id);
             crate::modules::forget_instance(lua, id);
+            // An instance that never ran (its first version did not load) starts as new.
             let env: Option<mlua::Table> = scheduler::refs(lua).envs.raw_get(id.0 as i64).ok();
-            let state = env.and_then(|env| env.raw_get::<mlua::Table>("state").ok());
-            let state = match state {
-                Some(state) => Value::Table(state),
-                None => lua.create_table().map_or(Value::Nil, Value::Table),
-            };
-            self.launch(id, entity, &factory, state);
+            let state = env.map(|env| match env.raw_get::<mlua::Table>("state") {
+                Ok(state) => Ok(state),
+                Err(_) => lua.create_table(),
+            });
+            self.launch(id, entity, &factory, state.transpose().ok().flatten());
         }
     }
 
-    /// A script's asset has new source: if it loads (it compiles, and every module it requires
-    /// by name resolves and compiles), its running instances restart with it; if not, they keep
-    /// running their last good code and the failure is reported once.
+    /// A script's asset has new source: if it loads (it compiles, and every module it newly
+    /// requires by name resolves and compiles), its running instances restart with it; if not,
+    /// they keep running their last good code and the failure is reported once.
     pub(crate) fn script_changed(&mut self, asset: AssetId<LuaScript>, scripts: &Assets<LuaScript>) {
         let Some(script) = scripts.get(asset) else { return };
-        let Some(entry) = self.instances.compiled.get(&asset) else { return };
-        let same = entry.source == script.source || entry.rejected.as_ref() == Some(&script.source);
-        if same && !entry.deleted {
-            return;
+        let Some(entry) = self.instances.compiled.get_mut(&asset) else { return };
+        if !entry.deleted {
+            if entry.factory.is_some() && entry.source == script.source {
+                // Back to the running version: a later bad save is a new change.
+                entry.rejected = None;
+                return;
+            }
+            if entry.rejected.as_ref() == Some(&script.source) {
+                return;
+            }
         }
+        let previous = entry.factory.as_ref().map(|_| entry.source.clone());
         let lua = self.lua();
         let running = self.instances.running(Some(asset));
         let loaded = compile(lua, script, self.setfenv.as_ref())
-            .map_err(|e| crate::error::split_traceback(&e))
+            .map_err(|e| (crate::error::split_traceback(&e), Vec::new()))
             .and_then(|factory| {
-                crate::modules::check_requires(lua, &script.source)
+                crate::modules::check_requires(lua, &script.source, previous.as_deref())
                     .map(|()| factory)
-                    .map_err(|m| (format!("{}: {m}", script.path), String::new()))
+                    .map_err(|r| ((r.at(&script.path), String::new()), r.tried))
             });
         match loaded {
-            Err((message, traceback)) => {
+            Err(((message, traceback), tried)) => {
                 warn!("{}: the new version did not load; the last good version keeps running", script.path);
                 let entity = running.first().map_or(Entity::PLACEHOLDER, |r| r.1);
                 sched(lua).report_as(entity, &script.path, ScriptErrorKind::Load, message, traceback);
                 if let Some(entry) = self.instances.compiled.get_mut(&asset) {
                     entry.rejected = Some(script.source.clone());
+                    entry.waiting_for = tried;
                 }
             }
             Ok(factory) => {
                 info!("reloaded {} ({} instances)", script.path, running.len());
-                let source = script.source.clone();
-                let compiled =
-                    Compiled { source, factory: Some(factory.clone()), rejected: None, deleted: false };
+                let compiled = Compiled::new(script.source.clone(), Some(factory.clone()));
                 self.instances.compiled.insert(asset, compiled);
                 self.restart(&running, |_| Some(factory.clone()));
             }
         }
+    }
+
+    /// The file of `asset` was saved: a version refused before is tried again, even if the text
+    /// is the same (what it needed may have changed).
+    pub(crate) fn retry_script(&mut self, asset: AssetId<LuaScript>) {
+        if let Some(entry) = self.instances.compiled.get_mut(&asset) {
+            entry.rejected = None;
+        }
+    }
+
+    /// Scripts refused because a module they newly require was missing at `path`, now that a file
+    /// is there: they are marked for another try.
+    pub(crate) fn scripts_waiting_for(&mut self, path: &str) -> Vec<AssetId<LuaScript>> {
+        let mut found = Vec::new();
+        for (&asset, entry) in &mut self.instances.compiled {
+            if entry.rejected.is_some() && entry.waiting_for.iter().any(|p| p == path) {
+                entry.rejected = None;
+                found.push(asset);
+            }
+        }
+        found
+    }
+
+    /// A changed script or module file that is not UTF-8: reported; what runs keeps running.
+    pub(crate) fn report_unreadable(&self, path: &str) {
+        let message = format!("{path} is not valid UTF-8; the last good version keeps running");
+        warn!("{message}");
+        sched(self.lua()).report_as(Entity::PLACEHOLDER, path, ScriptErrorKind::Load, message, String::new());
     }
 
     /// A script's file was deleted: its instances stop (their `state` is kept) until it is
@@ -331,6 +374,7 @@ impl LuaRuntime {
         match crate::modules::module_changed(lua, path, source) {
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => {
+                let ids: bevy::platform::collections::HashSet<InstanceId> = ids.into_iter().collect();
                 let running: Vec<_> =
                     self.instances.running(None).into_iter().filter(|r| ids.contains(&r.0)).collect();
                 info!("reloaded module {path} ({} dependent instances)", running.len());

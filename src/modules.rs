@@ -33,6 +33,10 @@ pub(crate) struct Modules {
     module_deps: HashMap<String, HashSet<String>>,
     /// Modules each instance required itself.
     instance_deps: HashMap<InstanceId, HashSet<String>>,
+    /// A new source of a module that did not load (reported once).
+    rejected: HashMap<String, Arc<str>>,
+    /// Sources of modules whose file was deleted (restoring the same text changes nothing).
+    deleted: HashMap<String, Arc<str>>,
     /// Module values by asset path (`package.loaded`).
     loaded: Table,
     /// `new_env(nil)`, from `lua/sandbox.lua`: a module's environment.
@@ -62,6 +66,8 @@ pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
         loading: Vec::new(),
         module_deps: HashMap::default(),
         instance_deps: HashMap::default(),
+        rejected: HashMap::default(),
+        deleted: HashMap::default(),
         loaded: lua.create_table()?,
         new_env: None,
     });
@@ -99,14 +105,22 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     let instance = current_instance(lua);
     let (path, loaded) = {
         let mut m = modules(lua);
-        let path = m.resolve(name)?;
-        match m.loading.last().cloned() {
-            Some(module) => m.module_deps.entry(module).or_default().insert(path.clone()),
-            None => match instance {
-                Some(id) => m.instance_deps.entry(id).or_default().insert(path.clone()),
-                None => false,
-            },
+        let resolved = m.resolve(name);
+        // A name that did not resolve is recorded at every path tried, so creating the file
+        // reruns whoever asked for it.
+        let paths = match &resolved {
+            Ok(path) => vec![path.clone()],
+            Err(NotFound { tried, .. }) => tried.clone(),
         };
+        let deps = match (m.loading.last().cloned(), instance) {
+            (Some(module), _) => Some(m.module_deps.entry(module).or_default()),
+            (None, Some(id)) => Some(m.instance_deps.entry(id).or_default()),
+            (None, None) => None,
+        };
+        if let Some(deps) = deps {
+            deps.extend(paths);
+        }
+        let path = resolved.map_err(|e| e.message)?;
         if let Some(at) = m.loading.iter().position(|p| *p == path) {
             let mut cycle = m.loading[at..].to_vec();
             cycle.push(path);
@@ -162,20 +176,27 @@ fn compile(lua: &Lua, path: &str, source: &str) -> Result<Function, String> {
         .map_err(|e| crate::error::split_traceback(&e).0)
 }
 
+/// A module name that resolved to no file: Lua's message, and the paths tried.
+struct NotFound {
+    message: String,
+    tried: Vec<String>,
+}
+
 impl Modules {
-    /// The asset path `name` resolves to, or Lua's "not found" message listing what was tried.
-    fn resolve(&self, name: &str) -> Result<String, String> {
+    /// The asset path `name` resolves to.
+    fn resolve(&self, name: &str) -> Result<String, NotFound> {
         let relative = name.replace('.', "/");
-        let mut tried = String::new();
+        let mut tried = Vec::new();
         for template in &self.search {
             let path = template.replace('?', &relative);
             let on_disk = self.root.as_ref().is_some_and(|r| r.join(&path).is_file());
             if on_disk || self.sources.contains_key(&path) {
                 return Ok(path);
             }
-            tried.push_str(&format!("\n\tno file '{path}'"));
+            tried.push(path);
         }
-        Err(format!("module '{name}' not found:{tried}"))
+        let list: String = tried.iter().map(|p| format!("\n\tno file '{p}'")).collect();
+        Err(NotFound { message: format!("module '{name}' not found:{list}"), tried })
     }
 
     /// Modules that depend on `path`, directly or through other modules, `path` included.
@@ -197,29 +218,49 @@ pub(crate) fn forget_instance(lua: &Lua, id: InstanceId) {
     modules(lua).instance_deps.remove(&id);
 }
 
-/// A module's new source (or `None`: its file is gone). Returns `Ok(instances)` to reload when a
-/// module that was loaded changed and compiles, `Err(message)` when it does not compile, and
-/// `Ok(empty)` when nothing depends on it or nothing changed.
+/// A module's new source (or `None`: its file is gone). Returns `Ok(instances)` to restart when a
+/// module that was loaded (or asked for) changed and loads, `Err(message)` when it does not load
+/// (once per new source), and `Ok(empty)` when nothing depends on it or nothing changed.
 pub(crate) fn module_changed(lua: &Lua, path: &str, source: Option<&str>) -> Result<Vec<InstanceId>, String> {
     let Some(source) = source else {
-        // A deleted module: whoever loaded it keeps its value; a new `require` will not find it.
-        modules(lua).sources.remove(path);
+        // Whoever loaded it keeps its value; a new `require` will not find it.
+        let mut m = modules(lua);
+        if let Some(old) = m.sources.remove(path) {
+            bevy::log::warn!("module {path} was deleted; what loaded it keeps running");
+            m.deleted.insert(path.to_string(), old);
+        }
         return Ok(Vec::new());
     };
-    {
-        let m = modules(lua);
+    let previous = {
+        let mut m = modules(lua);
+        if let Some(old) = m.deleted.remove(path) {
+            if *old == *source {
+                m.sources.insert(path.to_string(), old);
+                return Ok(Vec::new());
+            }
+            m.sources.insert(path.to_string(), old);
+        }
         let required = m.module_deps.values().chain(m.instance_deps.values()).any(|deps| deps.contains(path));
         match m.sources.get(path) {
-            Some(old) if **old == *source => return Ok(Vec::new()),
-            // Loaded, or required but it failed to load: whoever required it runs again.
-            Some(_) => {}
-            None if required => {}
+            Some(old) if **old == *source => {
+                m.rejected.remove(path);
+                return Ok(Vec::new());
+            }
+            _ if m.rejected.get(path).is_some_and(|r| **r == *source) => return Ok(Vec::new()),
+            Some(old) => Some(old.clone()),
+            // Required, but it failed to load or did not exist: whoever required it runs again.
+            None if required => None,
             None => return Ok(Vec::new()),
         }
-    }
-    compile(lua, path, source)?;
-    check_requires(lua, source)?;
+    };
+    let checked = compile(lua, path, source)
+        .and_then(|_| check_requires(lua, source, previous.as_deref()).map_err(|r| r.at(path)));
     let mut m = modules(lua);
+    if let Err(message) = checked {
+        m.rejected.insert(path.to_string(), source.into());
+        return Err(message);
+    }
+    m.rejected.remove(path);
     m.sources.insert(path.to_string(), source.into());
     let stale = m.dependents(path);
     for module in &stale {
@@ -235,30 +276,47 @@ pub(crate) fn module_changed(lua: &Lua, path: &str, source: Option<&str>) -> Res
     Ok(instances)
 }
 
-/// Checks that every module `source` requires by a literal name resolves and compiles, and so on
-/// through those modules' own literal requires, so a reload that would fail on a missing or
-/// broken module is refused before the running code is replaced.
-pub(crate) fn check_requires(lua: &Lua, source: &str) -> Result<(), String> {
-    let mut seen: HashSet<String> = HashSet::default();
-    let mut todo: Vec<String> = literal_requires(source);
-    while let Some(name) = todo.pop() {
-        if !valid_name(&name) {
-            return Err(format!("invalid module name '{name}'"));
-        }
-        let path = modules(lua).resolve(&name)?;
-        if !seen.insert(path.clone()) {
+/// Why a new version was refused: a module it newly requires is missing or does not compile.
+pub(crate) struct Refusal {
+    /// The line of the `require`.
+    pub line: usize,
+    /// What is wrong with the module.
+    pub message: String,
+    /// The paths the module was looked for at (creating one of them is worth a retry).
+    pub tried: Vec<String>,
+}
+
+impl Refusal {
+    /// The message, at `path:line`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{path}:{}: {}", self.line, self.message)
+    }
+}
+
+/// Checks the modules a new version of a script or module requires by a literal name that the
+/// version it replaces (`previous`) did not: each must resolve and compile. So a reload that
+/// would fail on a missing or broken module is refused before the running code is replaced, while
+/// a `require` the running version already had (an optional one under `pcall`, say) is left to
+/// run time as before.
+pub(crate) fn check_requires(lua: &Lua, source: &str, previous: Option<&str>) -> Result<(), Refusal> {
+    let known: HashSet<String> =
+        previous.map(|p| literal_requires(p).into_iter().map(|(name, _)| name).collect()).unwrap_or_default();
+    for (name, line) in literal_requires(source) {
+        if known.contains(&name) || !valid_name(&name) {
             continue;
         }
-        let text = source_of(lua, &path)?;
-        compile(lua, &path, &text).map_err(|e| format!("error loading module '{name}': {e}"))?;
-        todo.extend(literal_requires(&text));
+        let resolved = modules(lua).resolve(&name);
+        let path = resolved.map_err(|e| Refusal { line, message: e.message, tried: e.tried })?;
+        let refuse = |message: String| Refusal { line, message, tried: vec![path.clone()] };
+        let text = source_of(lua, &path).map_err(refuse)?;
+        compile(lua, &path, &text).map_err(|e| refuse(format!("error loading module '{name}': {e}")))?;
     }
     Ok(())
 }
 
 /// The names of `require("name")` / `require 'name'` / `require [[name]]` calls in `source`: a
 /// small scan of Lua's tokens that skips comments and other strings.
-fn literal_requires(source: &str) -> Vec<String> {
+fn literal_requires(source: &str) -> Vec<(String, usize)> {
     #[derive(PartialEq)]
     enum After {
         Other,
@@ -283,6 +341,7 @@ fn literal_requires(source: &str) -> Vec<String> {
             };
             continue;
         }
+        let start = i;
         let string = match c {
             b'"' | b'\'' => {
                 let mut j = i + 1;
@@ -301,7 +360,8 @@ fn literal_requires(source: &str) -> Vec<String> {
         };
         if let Some(text) = string {
             if after == After::Require || after == After::RequireParen {
-                names.push(text.to_string());
+                let line = 1 + source[..start].bytes().filter(|&b| b == b'\n').count();
+                names.push((text.to_string(), line));
             }
             after = After::Other;
             continue;
@@ -364,7 +424,9 @@ local t = myrequire("no")
 local f = require [[f]]
 local u = obj:require("no")
 "#;
-        assert_eq!(literal_requires(src), ["ai.util", "b", "c-d", "e", "f"]);
+        let found = literal_requires(src);
+        let found: Vec<(&str, usize)> = found.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        assert_eq!(found, [("ai.util", 2), ("b", 3), ("c-d", 4), ("e", 8), ("f", 10)]);
     }
 
     #[test]

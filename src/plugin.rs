@@ -44,7 +44,7 @@ pub struct LuaCoroutinesPlugin {
     pub select_seed: u64,
     /// Whether a watcher reloads scripts and modules when their files change (default: on in
     /// debug builds, off in release builds). It watches the `AssetPlugin`'s folder on disk; see
-    /// the crate docs' "Hot reload" section for what a reload does.
+    /// the crate docs' "Modules and hot reload" section for what a reload does.
     pub hot_reload: bool,
     /// How long a changed file must stay untouched before it is reloaded (default 50 ms), so a
     /// save that writes several times, or a burst of saves, reloads once with the last content.

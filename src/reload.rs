@@ -20,13 +20,25 @@ use crate::asset::LuaScript;
 use crate::instance::ChangedScripts;
 use crate::runtime::LuaRuntime;
 
-/// A `.lua` file that changed: its asset path (`scripts/enemy.lua`) and its new content, `None`
-/// if it was deleted.
+/// A `.lua` file that changed: its asset path (`scripts/enemy.lua`) and what is in it now.
 #[derive(Debug)]
 pub(crate) struct FileChange {
     pub path: String,
-    pub contents: Option<String>,
+    pub contents: Contents,
 }
+
+/// What a changed file holds.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Contents {
+    Text(String),
+    Deleted,
+    /// Not UTF-8: reported, and the last good version keeps running.
+    NotText,
+}
+
+/// Reads of a file that fail for another reason than its absence (an editor holding it, say)
+/// are tried again after another debounce, this many times.
+const READ_ATTEMPTS: u32 = 5;
 
 /// The running watcher and the changes it found.
 #[derive(Resource)]
@@ -69,15 +81,22 @@ fn debounce_files(
     out: &Sender<FileChange>,
     debounce: Duration,
 ) {
-    let mut due: HashMap<PathBuf, Instant> = HashMap::default();
+    // When each touched file is due to be read, and how many reads of it failed.
+    let mut due: HashMap<PathBuf, (Instant, u32)> = HashMap::default();
+    let later = |attempt: u32| (Instant::now().checked_add(debounce).unwrap_or_else(Instant::now), attempt);
     loop {
         let now = Instant::now();
-        let wait = due.values().min().map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now));
+        let next = due.values().map(|d| d.0).min();
+        let wait = next.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now));
         match events.recv_timeout(wait) {
             Ok(Ok(event)) if changes_content(&event.kind) => {
                 for path in event.paths {
                     if path.extension().is_some_and(|e| e == "lua") {
-                        due.insert(path, Instant::now() + debounce);
+                        due.insert(path, later(0));
+                    } else if matches!(event.kind, EventKind::Create(_)) && path.is_dir() {
+                        // Files written into a new folder before the watch on it began raise no
+                        // events of their own: the folder is read once it is quiet.
+                        due.insert(path, later(0));
                     }
                 }
             }
@@ -86,13 +105,31 @@ fn debounce_files(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
-        let quiet: Vec<PathBuf> = due.iter().filter(|(_, d)| **d <= now).map(|(p, _)| p.clone()).collect();
-        for file in quiet {
+        let mut quiet: Vec<(PathBuf, u32)> =
+            due.iter().filter(|(_, d)| d.0 <= now).map(|(p, d)| (p.clone(), d.1)).collect();
+        for (folder, _) in quiet.iter().filter(|(p, _)| p.is_dir()).cloned().collect::<Vec<_>>() {
+            due.remove(&folder);
+            quiet.extend(lua_files(&folder).into_iter().filter(|f| !due.contains_key(f)).map(|f| (f, 0)));
+        }
+        quiet.retain(|(p, _)| !p.is_dir());
+        for (file, attempt) in quiet {
             due.remove(&file);
             let Ok(relative) = file.strip_prefix(root) else { continue };
             let path =
                 relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            let contents = std::fs::read_to_string(&file).ok();
+            let contents = match std::fs::read(&file) {
+                Ok(bytes) => String::from_utf8(bytes).map_or(Contents::NotText, Contents::Text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::Deleted,
+                Err(e) if attempt + 1 < READ_ATTEMPTS => {
+                    debug!("bevy_lua_coroutines: reading {} failed ({e}); trying again", file.display());
+                    due.insert(file, later(attempt + 1));
+                    continue;
+                }
+                Err(e) => {
+                    warn!("bevy_lua_coroutines: could not read {}: {e}", file.display());
+                    continue;
+                }
+            };
             if out.send(FileChange { path, contents }).is_err() {
                 return;
             }
@@ -100,32 +137,78 @@ fn debounce_files(
     }
 }
 
+/// The `.lua` files under `folder`.
+fn lua_files(folder: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![folder.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "lua") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// Applies the watcher's changes: a script asset with new content gets it (and its instances
 /// reload in this frame's sync), a deleted script stops its instances, a changed module reloads
-/// what depends on it.
+/// what depends on it. A change to a script the asset server is still loading is kept until the
+/// asset is there (the loader may have read the file before the save).
 pub(crate) fn apply_file_changes(
     watcher: Option<Res<ScriptWatcher>>,
     mut scripts: ResMut<Assets<LuaScript>>,
     mut changed: ResMut<ChangedScripts>,
     mut runtime: ResMut<LuaRuntime>,
+    server: Res<AssetServer>,
+    mut early: Local<HashMap<String, String>>,
 ) {
     let Some(watcher) = watcher else { return };
-    for change in watcher.changes.try_iter() {
+    let mut changes: Vec<FileChange> =
+        early.drain().map(|(path, text)| FileChange { path, contents: Contents::Text(text) }).collect();
+    changes.extend(watcher.changes.try_iter());
+    for change in changes {
         let ids: Vec<AssetId<LuaScript>> =
-            scripts.iter().filter(|(_, s)| *s.path == *change.path).map(|(id, _)| id).collect();
-        for id in ids {
-            match &change.contents {
-                Some(text) => {
-                    if scripts.get(id).is_some_and(|s| *s.source != **text)
-                        && let Some(mut script) = scripts.get_mut(id)
-                    {
-                        script.source = text.as_str().into();
-                    }
-                    changed.modified.push(id);
-                }
-                None => runtime.script_deleted(id, &change.path),
+            scripts.iter().filter(|(_, s)| same_path(&s.path, &change.path)).map(|(id, _)| id).collect();
+        let text = match &change.contents {
+            Contents::Text(text) => Some(text.as_str()),
+            Contents::Deleted => None,
+            Contents::NotText => {
+                runtime.report_unreadable(&change.path);
+                continue;
+            }
+        };
+        for &id in &ids {
+            let Some(text) = text else {
+                runtime.script_deleted(id, &change.path);
+                continue;
+            };
+            if scripts.get(id).is_some_and(|s| *s.source != *text)
+                && let Some(mut script) = scripts.get_mut(id)
+            {
+                script.source = text.into();
+            }
+            runtime.retry_script(id);
+            changed.modified.push(id);
+        }
+        if let Some(text) = text {
+            changed.modified.extend(runtime.scripts_waiting_for(&change.path));
+            if ids.is_empty()
+                && server.get_path_id(bevy::asset::AssetPath::from(change.path.clone())).is_some()
+            {
+                early.insert(change.path.clone(), text.to_string());
             }
         }
-        runtime.module_changed(&change.path, change.contents.as_deref());
+        runtime.module_changed(&change.path, text);
     }
+}
+
+/// Whether a script's asset path names the file at `path` (`/`-separated, as the watcher makes
+/// it), whichever separator the asset path was written with.
+fn same_path(asset_path: &str, path: &str) -> bool {
+    asset_path.len() == path.len()
+        && asset_path.bytes().zip(path.bytes()).all(|(a, b)| a == b || (a == b'\\' && b == b'/'))
 }

@@ -29,7 +29,7 @@ fn spawn_file(app: &mut App, path: &str) -> Entity {
     app.world_mut().spawn(LuaScripts::new(handle)).id()
 }
 
-fn write(dir: &Path, path: &str, text: &str) {
+fn write(dir: &Path, path: &str, text: impl AsRef<[u8]>) {
     let file = dir.join(path);
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(file, text).unwrap();
@@ -108,7 +108,7 @@ fn a_changed_script_restarts_its_instances_keeping_state() {
 }
 
 #[test]
-fn a_reload_closes_the_old_tasks_and_cancels_their_rust_work() {
+fn a_reload_closes_the_old_tasks_before_the_new_code_runs() {
     let mut app = create_app();
     let handle = script(
         &mut app,
@@ -292,6 +292,9 @@ fn a_changed_module_reloads_its_dependents_through_other_modules() {
 
 // ---- the watcher, on real files ----
 
+const TICK: &str =
+    "state.n = (state.n or 0) + 1 print('start ' .. state.n) while true do task.wait(0.05) print('tick') end";
+
 const COUNTER: &str = r#"
 state.n = (state.n or 0) + 1
 print("VERSION " .. state.n)
@@ -300,12 +303,12 @@ print("VERSION " .. state.n)
 #[test]
 fn editing_a_file_reloads_it() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "scripts/live.lua", &COUNTER.replace("VERSION", "first"));
+    write(dir.path(), "scripts/live.lua", COUNTER.replace("VERSION", "first"));
     let mut app = app_in(dir.path(), true);
     spawn_file(&mut app, "scripts/live.lua");
     wait_for(&mut app, "the script to load", |app| printed(app) == ["first 1"]);
 
-    write(dir.path(), "scripts/live.lua", &COUNTER.replace("VERSION", "second"));
+    write(dir.path(), "scripts/live.lua", COUNTER.replace("VERSION", "second"));
     wait_for(&mut app, "the reload", |app| printed(app).len() == 2);
     assert_eq!(printed(&app), ["first 1", "second 2"], "the new code ran with the kept state");
 
@@ -316,7 +319,7 @@ fn editing_a_file_reloads_it() {
     let errs = errors(&app);
     assert_eq!(errs.len(), 1, "once: {errs:#?}");
     assert!(errs[0].message.starts_with("scripts/live.lua:"), "{}", errs[0].message);
-    write(dir.path(), "scripts/live.lua", &COUNTER.replace("VERSION", "third"));
+    write(dir.path(), "scripts/live.lua", COUNTER.replace("VERSION", "third"));
     wait_for(&mut app, "the fix", |app| printed(app).len() == 3);
     assert_eq!(printed(&app)[2], "third 3");
 }
@@ -324,20 +327,20 @@ fn editing_a_file_reloads_it() {
 #[test]
 fn a_save_by_rename_and_a_burst_of_saves_reload_once() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "scripts/saved.lua", &COUNTER.replace("VERSION", "v0"));
+    write(dir.path(), "scripts/saved.lua", COUNTER.replace("VERSION", "v0"));
     let mut app = app_in(dir.path(), true);
     spawn_file(&mut app, "scripts/saved.lua");
     wait_for(&mut app, "the script to load", |app| printed(app).len() == 1);
 
     // The way vim, VS Code and JetBrains save: a temporary file renamed over the script.
-    write(dir.path(), "scripts/saved.lua.tmp~", &COUNTER.replace("VERSION", "renamed"));
+    write(dir.path(), "scripts/saved.lua.tmp~", COUNTER.replace("VERSION", "renamed"));
     std::fs::rename(dir.path().join("scripts/saved.lua.tmp~"), dir.path().join("scripts/saved.lua")).unwrap();
     wait_for(&mut app, "the rename to reload", |app| printed(app).len() >= 2);
     settle(&mut app, 150);
     assert_eq!(printed(&app), ["v0 1", "renamed 2"], "one reload for a rename-over save");
 
     for i in 1..=5 {
-        write(dir.path(), "scripts/saved.lua", &COUNTER.replace("VERSION", &format!("burst{i}")));
+        write(dir.path(), "scripts/saved.lua", COUNTER.replace("VERSION", &format!("burst{i}")));
     }
     wait_for(&mut app, "the burst to reload", |app| printed(app).len() >= 3);
     settle(&mut app, 150);
@@ -384,4 +387,241 @@ fn fixing_a_module_that_failed_to_load_reruns_the_scripts_that_required_it() {
     write(dir.path(), "scripts/shaky.lua", "return { value = 7 }");
     wait_for(&mut app, "the script to run again", |app| !printed(app).is_empty());
     assert_eq!(printed(&app), ["got\t7"], "the fixed module was loaded by the rerun script");
+}
+
+// ---- edge cases of reloading ----
+
+#[test]
+fn a_broken_module_saved_again_unchanged_is_not_reported_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/m.lua", b"return { v = 1 }");
+    let mut app = app_in(dir.path(), true);
+    spawn_script(&mut app, "scripts/user.lua", "print(require('m').v)");
+    run(&mut app, 3);
+    write(dir.path(), "scripts/m.lua", b"return { v = ");
+    wait_for(&mut app, "report", |app| !errors(app).is_empty());
+    settle(&mut app, 100);
+    assert_eq!(errors(&app).len(), 1);
+    // Same content, written again (an editor's second save, `touch`, a git checkout).
+    write(dir.path(), "scripts/m.lua", b"return { v = ");
+    settle(&mut app, 300);
+    assert_eq!(
+        errors(&app).len(),
+        1,
+        "no change, yet reported again: {:#?}",
+        errors(&app).iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_optional_require_the_running_version_had_does_not_block_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = |w: &str| {
+        format!("local ok, dev = pcall(function() return require('devtools') end)\nprint('{w}', ok)\n")
+    };
+    write(dir.path(), "scripts/a.lua", v("v1").as_bytes());
+    let mut app = app_in(dir.path(), true);
+    spawn_file(&mut app, "scripts/a.lua");
+    wait_for(&mut app, "v1", |app| !printed(app).is_empty());
+    assert_eq!(printed(&app), ["v1\tfalse"], "the first version runs fine without the optional module");
+    write(dir.path(), "scripts/a.lua", v("v2").as_bytes());
+    wait_for(&mut app, "the reload", |app| printed(app).len() >= 2 || !errors(app).is_empty());
+    settle(&mut app, 100);
+    assert_eq!(
+        printed(&app),
+        ["v1\tfalse", "v2\tfalse"],
+        "reload refused: {:#?}",
+        errors(&app).iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_instance_spawned_while_its_script_is_deleted_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "scripts/g.lua",
+        b"state.n = (state.n or 0) + 1 print('start ' .. state.n) function onReload() print('onReload') end",
+    );
+    let mut app = app_in(dir.path(), true);
+    spawn_file(&mut app, "scripts/g.lua");
+    wait_for(&mut app, "start", |app| !printed(app).is_empty());
+    std::fs::remove_file(dir.path().join("scripts/g.lua")).unwrap();
+    wait_for(&mut app, "delete report", |app| !errors(app).is_empty());
+    spawn_file(&mut app, "scripts/g.lua");
+    settle(&mut app, 100);
+    assert_eq!(printed(&app), ["start 1"], "a new instance of a deleted script started anyway");
+}
+
+#[test]
+fn the_first_version_that_loads_does_not_call_on_reload() {
+    let mut app = create_app();
+    let handle = script(&mut app, "scripts/late.lua", "print(");
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    run(&mut app, 3);
+    app.world_mut().resource_mut::<Assets<LuaScript>>().get_mut(&handle).unwrap().source =
+        "print('first run', state.n) function onReload() print('onReload on a first run') end".into();
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["first run\tnil"]);
+}
+
+#[test]
+fn a_refusal_for_a_missing_module_names_the_line_of_the_require() {
+    let mut app = create_app();
+    let handle = script(&mut app, "scripts/x.lua", "print('ok')");
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    run(&mut app, 3);
+    app.world_mut().resource_mut::<Assets<LuaScript>>().get_mut(&handle).unwrap().source =
+        "print('ok')\n\nlocal m = require('nope')\n".into();
+    run(&mut app, 3);
+    let m = errors(&app)[0].message.clone();
+    assert!(m.starts_with("scripts/x.lua:3:"), "{m}");
+}
+
+#[test]
+fn restoring_a_deleted_module_unchanged_reloads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/m.lua", b"return { v = 1 }");
+    let mut app = app_in(dir.path(), true);
+    spawn_script(&mut app, "scripts/user.lua", "print('user', require('m').v)");
+    run(&mut app, 3);
+    std::fs::remove_file(dir.path().join("scripts/m.lua")).unwrap();
+    settle(&mut app, 200);
+    let after_delete = errors(&app).len();
+    write(dir.path(), "scripts/m.lua", b"return { v = 1 }");
+    settle(&mut app, 200);
+    assert_eq!(
+        (after_delete, printed(&app)),
+        (0, vec!["user\t1".to_string()]),
+        "restoring identical content reloaded the dependents"
+    );
+}
+
+#[test]
+fn a_bad_save_after_an_undo_is_reported_again() {
+    let mut app = create_app();
+    let handle = script(&mut app, "scripts/x.lua", "print('v1')");
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    run(&mut app, 3);
+    let set = |app: &mut App, s: &str| {
+        app.world_mut().resource_mut::<Assets<LuaScript>>().get_mut(&handle).unwrap().source = s.into()
+    };
+    set(&mut app, "print('v2'");
+    run(&mut app, 3);
+    set(&mut app, "print('v1')");
+    run(&mut app, 3);
+    set(&mut app, "print('v2'");
+    run(&mut app, 3);
+    assert_eq!(errors(&app).len(), 2, "the second broken save was not reported");
+}
+
+#[test]
+fn a_save_while_the_script_loads_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/a.lua", b"print('old')");
+    let mut app = create_app_in(
+        dir.path().to_str().unwrap(),
+        LuaCoroutinesPlugin {
+            print_to_stdout: false,
+            hot_reload: true,
+            hot_reload_debounce: Duration::from_millis(20),
+            ..default()
+        }
+        .in_schedule(First),
+    );
+    let handle = app.world().resource::<AssetServer>().load::<LuaScript>("scripts/a.lua");
+    std::thread::sleep(Duration::from_millis(100)); // the IO task has read "old"
+    write(dir.path(), "scripts/a.lua", b"print('new')");
+    std::thread::sleep(Duration::from_millis(150)); // the watcher has the change
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    wait_for(&mut app, "the new version", |app| printed(app).last().is_some_and(|l| l == "new"));
+    assert_eq!(
+        printed(&app).last().map(String::as_str),
+        Some("new"),
+        "the save was lost: {:?}",
+        printed(&app)
+    );
+}
+
+#[test]
+fn creating_the_module_a_refused_version_needed_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/main.lua", b"print('v1')");
+    let mut app = app_in(dir.path(), true);
+    spawn_file(&mut app, "scripts/main.lua");
+    wait_for(&mut app, "v1", |app| !printed(app).is_empty());
+    // The usual order: add the require, save, then create the module.
+    write(dir.path(), "scripts/main.lua", b"print('v2', require('newmod').x)");
+    wait_for(&mut app, "the refusal", |app| !errors(app).is_empty());
+    write(dir.path(), "scripts/newmod.lua", b"return { x = 1 }");
+    wait_for(&mut app, "the refused version to apply", |app| printed(app).len() == 2);
+    // Saving main.lua again, unchanged, does not help either.
+    write(dir.path(), "scripts/main.lua", b"print('v2', require('newmod').x)");
+    settle(&mut app, 300);
+    assert_eq!(
+        printed(&app),
+        ["v1", "v2\t1"],
+        "errors: {:#?}",
+        errors(&app).iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn creating_a_missing_module_reruns_the_scripts_that_asked_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app_in(dir.path(), true);
+    spawn_script(&mut app, "scripts/user.lua", "print('got', require('later').v)");
+    run(&mut app, 3);
+    assert_eq!(errors(&app).len(), 1);
+    write(dir.path(), "scripts/later.lua", b"return { v = 1 }");
+    wait_for(&mut app, "the rerun", |app| !printed(app).is_empty());
+    assert_eq!(printed(&app), ["got\t1"]);
+}
+
+#[test]
+fn a_save_that_is_not_utf8_is_reported_and_the_old_code_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/a.lua", TICK);
+    let mut app = app_in(dir.path(), true);
+    spawn_file(&mut app, "scripts/a.lua");
+    wait_for(&mut app, "ticks", |app| printed(app).iter().any(|l| l == "tick"));
+    write(dir.path(), "scripts/a.lua", b"print('caf\xe9')");
+    wait_for(&mut app, "the report", |app| !errors(app).is_empty());
+    assert_eq!(
+        errors(&app)[0].message,
+        "scripts/a.lua is not valid UTF-8; the last good version keeps running"
+    );
+    take_printed(&mut app);
+    settle(&mut app, 100);
+    assert!(printed(&app).iter().any(|l| l == "tick"), "the old code still ticks");
+}
+
+#[test]
+fn a_reload_cancels_the_rust_work_the_old_code_awaited() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Dropped(Arc<AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let mut app = create_app();
+    let flag = dropped.clone();
+    app.add_lua_async_function("forever", move |(): ()| {
+        let guard = Dropped(flag.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<Result<(), String>>().await
+        }
+    });
+    let handle = script(&mut app, "scripts/awaits.lua", "print('waiting') await(forever())");
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    run(&mut app, 3);
+    assert!(!dropped.load(Ordering::SeqCst), "the future is alive while awaited");
+    replace_source(&mut app, &handle, "print('new')");
+    run(&mut app, 3);
+    assert!(dropped.load(Ordering::SeqCst), "the reload dropped the old code's future");
+    assert_eq!(printed(&app), ["waiting", "new"]);
 }
