@@ -88,6 +88,7 @@ mod instance;
 mod plugin;
 mod runtime;
 mod scheduler;
+mod stream;
 mod time;
 mod timer;
 
@@ -101,12 +102,15 @@ pub use mlua;
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
 pub use runtime::{LuaRuntime, LuaStdlib};
 pub use scheduler::SchedulerStats;
+pub use stream::{
+    FILE_BUFFER, FILE_CHUNK, LuaStreamAppExt, LuaStreamFunction, StreamSendError, StreamSender,
+};
 
 /// The types most apps need.
 pub mod prelude {
     pub use crate::{
         LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems,
-        LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, PromiseHandle, ScriptError,
-        ScriptErrorKind, ScriptPrint,
+        LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, LuaStreamAppExt, PromiseHandle,
+        ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
     };
 }

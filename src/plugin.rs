@@ -105,6 +105,7 @@ impl Plugin for LuaCoroutinesPlugin {
                     step_system.in_set(LuaCoroutinesSystems::Step),
                 ),
             );
+        crate::stream::add_read_file_stream(app);
     }
 }
 

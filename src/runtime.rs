@@ -192,6 +192,7 @@ impl LuaRuntime {
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
         api.set("channel", channel)?;
         api.set("rust_channels", rust_channels)?;
+        api.set("stream", crate::stream::install(&lua, &api.get::<Table>("promise")?, &bad)?)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,
