@@ -85,6 +85,7 @@ mod asset;
 mod bridge;
 mod error;
 mod instance;
+mod llm;
 mod plugin;
 mod runtime;
 mod scheduler;
@@ -98,6 +99,7 @@ pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
+pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
 pub use mlua;
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
 pub use runtime::{LuaRuntime, LuaStdlib};
@@ -109,8 +111,8 @@ pub use stream::{
 /// The types most apps need.
 pub mod prelude {
     pub use crate::{
-        LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems,
-        LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, LuaStreamAppExt, PromiseHandle,
-        ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
+        LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
+        LuaCoroutinesSystems, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
+        LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
     };
 }

@@ -188,6 +188,8 @@ impl std::fmt::Debug for StreamSender {
 struct StreamLua {
     /// `rust(channel, err, close) -> Stream`.
     rust: Function,
+    /// What the module was loaded with: `Promise`, `bad`, `callable`.
+    deps: Table,
 }
 
 /// Loads `lua/stream.lua` on top of the promise module's `Promise`; returns its exports
@@ -198,9 +200,21 @@ pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Resul
     deps.set("callable", promise.get::<Function>("callable")?)?;
     deps.set("bad", bad.clone())?;
     let module: Table =
-        lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(deps)?;
-    lua.set_app_data(StreamLua { rust: module.get("rust")? });
+        lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(&deps)?;
+    lua.set_app_data(StreamLua { rust: module.get("rust")?, deps });
     Ok(module)
+}
+
+/// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`), for
+/// modules built on streams.
+pub(crate) fn module_deps(lua: &Lua) -> mlua::Result<Table> {
+    let deps = lua.create_table()?;
+    let ours = lua.app_data_ref::<StreamLua>().expect("the stream module is installed").deps.clone();
+    for pair in ours.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        deps.set(k, v)?;
+    }
+    Ok(deps)
 }
 
 /// Makes a stream for the running script with a buffer of `capacity` chunks (at least 1) and
