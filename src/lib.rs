@@ -59,6 +59,27 @@
 //! local i, v = Channel.select({ { results, "receive" }, { Channel.after(0.5), "receive" } })
 //! ```
 //!
+//! ## Streams
+//!
+//! `Stream.from(channel | table | iterator)` makes a pull-based stream with `read`, `readLine`,
+//! `iter`, `close`, lazy `map`/`filter`/`take`, and `forEach`/`reduce`/`collect` returning
+//! promises. Rust hands scripts streams with [`LuaStreamAppExt::add_lua_stream_function`]: the
+//! producer pushes chunks through a [`StreamSender`] whose bounded buffer holds it back, and whose
+//! `send` fails once the script stops reading. `readFileStream(path)` reads a file under the assets
+//! folder in chunks, off the main thread.
+//!
+//! ```lua
+//! for chunk in readFileStream("text/road.txt"):map(string.upper):iter() do print(chunk) end
+//! ```
+//!
+//! ## Language-model service
+//!
+//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module: `llm.generateAsync(prompt, opts)`
+//! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
+//! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
+//! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a
+//! bounded queue); cancellation, timeouts and despawns drop the work in Rust.
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
