@@ -159,6 +159,49 @@ struct Walker(Vec2);
 /// moves `WALKERS` entities; frames are paced at 60 Hz like a game's. Returns every frame's step
 /// time (the `app.update()` alone, not the pacing).
 fn conversations_run() -> Vec<Duration> {
+    let (mut app, done) = scenario_app();
+    for i in 0..CONVERSATIONS {
+        let src = format!(
+            "local line = '' \
+             local text = await(llm.streamGenerate('npc {i} asks', function(t) line = line .. t end, \
+             {{ maxTokens = {TOKENS} }})) \
+             assert(text == line) done(1)"
+        );
+        spawn_script(&mut app, &format!("bench/npc{i}.lua"), &src);
+    }
+    let steps = paced(&mut app, |app| done.load(Ordering::SeqCst) >= CONVERSATIONS || script_errors(app) > 0);
+    assert_eq!(script_errors(&app), 0);
+    assert_eq!(done.load(Ordering::SeqCst), CONVERSATIONS);
+    steps
+}
+
+/// The reference: the same app and walkers without conversations, for `frames` frames.
+fn walkers_only_run(frames: usize) -> Vec<Duration> {
+    let (mut app, _) = scenario_app();
+    let mut n = 0;
+    paced(&mut app, |_| {
+        n += 1;
+        n >= frames
+    })
+}
+
+/// Runs paced frames until `stop`; returns each frame's step time.
+fn paced(app: &mut App, mut stop: impl FnMut(&App) -> bool) -> Vec<Duration> {
+    let mut steps = Vec::new();
+    loop {
+        let start = Instant::now();
+        app.update();
+        let step = start.elapsed();
+        steps.push(step);
+        if stop(app) || steps.len() > 10_000 {
+            return steps;
+        }
+        std::thread::sleep(FRAME.saturating_sub(step));
+    }
+}
+
+/// The scenario's app: the local model and the walkers.
+fn scenario_app() -> (App, Arc<AtomicUsize>) {
     let (mut app, done) = counting_app();
     app.add_llm_service(
         LocalLlm::new(TOKEN_DELAY),
@@ -172,33 +215,12 @@ fn conversations_run() -> Vec<Duration> {
     for _ in 0..WALKERS {
         app.world_mut().spawn(Walker(Vec2::ZERO));
     }
-    for i in 0..CONVERSATIONS {
-        let src = format!(
-            "local line = '' \
-             local text = await(llm.streamGenerate('npc {i} asks', function(t) line = line .. t end, \
-             {{ maxTokens = {TOKENS} }})) \
-             assert(text == line) done(1)"
-        );
-        spawn_script(&mut app, &format!("bench/npc{i}.lua"), &src);
-    }
-    let mut steps = Vec::new();
-    loop {
-        let start = Instant::now();
-        app.update();
-        let step = start.elapsed();
-        steps.push(step);
-        if done.load(Ordering::SeqCst) >= CONVERSATIONS || script_errors(&app) > 0 || steps.len() > 10_000 {
-            break;
-        }
-        std::thread::sleep(FRAME.saturating_sub(step));
-    }
-    assert_eq!(script_errors(&app), 0);
-    assert_eq!(done.load(Ordering::SeqCst), CONVERSATIONS);
-    steps
+    (app, done)
 }
 
 struct Conversations {
     runs: usize,
+    reference_mean_ns: f64,
     frames: f64,
     mean_ns: f64,
     median_max_ns: f64,
@@ -211,18 +233,23 @@ fn bench_conversations(c: &mut Criterion, plan: &Plan) -> Conversations {
     group.bench_function("100_streams_paced_run", |b| b.iter(conversations_run));
     group.finish();
 
+    // Each run is followed by the reference over as many frames (interleaved: load slows both).
     let runs = plan.rounds.min(7);
-    let (mut frames, mut means, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+    let mean_after_first = |steps: &[Duration]| {
+        steps[1..].iter().map(|d| d.as_nanos() as f64).sum::<f64>() / (steps.len() - 1).max(1) as f64
+    };
+    let (mut frames, mut means, mut maxes, mut reference) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let steps = conversations_run();
         // The first frame loads and starts every script: reported in `max`, not in the mean.
-        let rest = &steps[1..];
         frames.push(steps.len() as f64);
-        means.push(rest.iter().map(|d| d.as_nanos() as f64).sum::<f64>() / rest.len().max(1) as f64);
+        means.push(mean_after_first(&steps));
         maxes.push(steps.iter().map(|d| d.as_nanos() as f64).fold(0.0, f64::max));
+        reference.push(mean_after_first(&walkers_only_run(steps.len())));
     }
     Conversations {
         runs,
+        reference_mean_ns: median(&reference),
         frames: median(&frames),
         mean_ns: median(&means),
         median_max_ns: median(&maxes),
@@ -256,13 +283,15 @@ fn main() {
             o,
             "2. {CONVERSATIONS} conversations streaming at once ({TOKENS} tokens each, {} per token), {WALKERS} walkers, \
              60 Hz pacing, {} runs\n   frames per run: {:.0} | step time mean {} | max (first frame: loading) median {}, \
-             worst {}",
+             worst {}\n   \
+             (ref) the same app and walkers without conversations: step time mean {}",
             fmt_time(TOKEN_DELAY.as_nanos() as f64),
             s.runs,
             s.frames,
             fmt_time(s.mean_ns),
             fmt_time(s.median_max_ns),
             fmt_time(s.max_ns),
+            fmt_time(s.reference_mean_ns),
         );
     }
     let _ = writeln!(o, "{line}");

@@ -252,7 +252,11 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
         lua.create_function(move |lua, ()| {
             let (chunk, waker) = {
                 let mut st = s.lock();
-                (st.buf.pop_front(), st.waker.take())
+                let chunk = st.buf.pop_front();
+                // Wake a producer waiting for room once half the buffer is free, not per chunk:
+                // it refills in bursts, with one wake-up per half buffer.
+                let waker = if st.buf.len() <= s.capacity / 2 { st.waker.take() } else { None };
+                (chunk, waker)
             };
             if let Some(w) = waker {
                 w.wake();
