@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::tasks::AsyncComputeTaskPool;
+use bevy_lua_coroutines::StreamSendError;
 use bevy_lua_coroutines::prelude::*;
 use common::*;
 
@@ -430,4 +431,65 @@ fn read_file_stream_refuses_paths_outside_the_assets_folder() {
     assert!(
         out[2].contains("bad argument #1 to 'readFileStream' (invalid type: integer `3`, expected a string)")
     );
+}
+
+/// Senders scripts asked for, waiting for the system that feeds them.
+#[derive(Resource)]
+struct NewSenders(crossbeam_channel::Receiver<StreamSender>);
+
+/// The senders the system feeds, and what it saw.
+#[derive(Resource, Default)]
+struct Feeding {
+    senders: Vec<(StreamSender, u32)>,
+    full: usize,
+    closed: usize,
+}
+
+/// A system feeds the streams: one `try_send` per frame each, a `Full` noted, the sender dropped
+/// (ending the stream) after five chunks, or when the script stopped reading.
+fn feed(new: Res<NewSenders>, mut feeding: ResMut<Feeding>) {
+    let Feeding { senders, full, closed } = &mut *feeding;
+    senders.extend(new.0.try_iter().map(|tx| (tx, 0)));
+    senders.retain_mut(|(tx, sent)| {
+        match tx.try_send(*sent + 1) {
+            Ok(()) => *sent += 1,
+            Err(StreamSendError::Full) => *full += 1,
+            Err(StreamSendError::Closed) => {
+                *closed += 1;
+                return false;
+            }
+        }
+        *sent < 5
+    });
+}
+
+#[test]
+fn a_system_feeds_a_stream_with_try_send() {
+    let mut app = create_app();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    app.add_lua_stream_function("fromSystem", 2, move |sender: StreamSender| {
+        tx.send(sender).map_err(|e| e.to_string())
+    })
+    .insert_resource(NewSenders(rx))
+    .init_resource::<Feeding>()
+    .add_systems(Update, feed.before(LuaCoroutinesSystems::Sync));
+    let out = script_output(
+        &mut app,
+        r#"
+        local s = fromSystem()
+        task.wait(0.1) -- let the buffer fill: the system's try_send reports Full meanwhile
+        print(table.concat(await(s:collect()), ","))
+        local early = fromSystem()
+        print(early:read())
+        early:close()
+        task.wait(0.1)
+        print("closed")
+        "#,
+        3,
+    );
+    assert_eq!(out, ["1,2,3,4,5", "1", "closed"]);
+    let feeding = app.world().resource::<Feeding>();
+    assert!(feeding.full > 0, "the buffer of 2 never filled");
+    assert_eq!(feeding.closed, 1);
+    assert!(feeding.senders.is_empty());
 }
