@@ -91,6 +91,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Cancels the stream when the script's side of it is garbage: the Lua functions that read it
+/// hold this, so a stream dropped without being closed still stops its producer.
+struct ReaderGone(Arc<Shared>);
+
+impl Drop for ReaderGone {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// The producer end of a stream a script reads (`Send`: use it from a system or from a future on
 /// a task pool). Chunks convert to Lua through serde on the VM's thread when the script reads them.
 ///
@@ -247,9 +257,11 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     let s = shared.clone();
     ext.set("can_receive", lua.create_function(move |_, ()| Ok(!s.lock().buf.is_empty()))?)?;
     let s = shared.clone();
+    let reader = ReaderGone(shared.clone());
     ext.set(
         "receive",
         lua.create_function(move |lua, ()| {
+            let _ = &reader;
             let (chunk, waker) = {
                 let mut st = s.lock();
                 let chunk = st.buf.pop_front();

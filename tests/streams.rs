@@ -325,6 +325,23 @@ fn stopping_early_cancels_the_producer() {
 }
 
 #[test]
+fn a_stream_dropped_without_closing_stops_its_producer() {
+    let probe = Probe::default();
+    let mut app = numbers_app(&probe);
+    spawn_script(
+        &mut app,
+        "scripts/drop.lua",
+        "do local s = numbers(0); print(s:read()) end collectgarbage() collectgarbage()",
+    );
+    run_until(&mut app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        probe.stopped.load(Ordering::SeqCst)
+    });
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), ["1"]);
+}
+
+#[test]
 fn despawning_the_reader_cancels_the_producer() {
     let probe = Probe::default();
     let mut app = numbers_app(&probe);
