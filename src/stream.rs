@@ -429,11 +429,7 @@ async fn read_file(file: PathBuf, shown: String, mut tx: StreamSender) {
 /// `CARGO_MANIFEST_DIR`, else the executable's folder). Chunks are strings of up to
 /// [`FILE_CHUNK`] bytes, read on the `IoTaskPool`, [`FILE_BUFFER`] chunks ahead at most.
 pub(crate) fn add_read_file_stream(app: &mut App) {
-    let folder = app
-        .get_added_plugins::<AssetPlugin>()
-        .first()
-        .map_or_else(|| AssetPlugin::default().file_path, |p| p.file_path.clone());
-    let root = bevy::asset::io::file::FileAssetReader::new(&folder).root_path().clone();
+    let root = crate::asset::assets_folder(app);
     app.add_lua_stream_function("readFileStream", FILE_BUFFER, move |path: String, tx: StreamSender| {
         let file = resolve_asset_path(&root, &path)
             .map_err(|e| format!("bad argument #1 to 'readFileStream' ({e})"))?;
