@@ -91,16 +91,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Cancels the stream when the script's side of it is garbage: the Lua functions that read it
-/// hold this, so a stream dropped without being closed still stops its producer.
-struct ReaderGone(Arc<Shared>);
-
-impl Drop for ReaderGone {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
 /// The producer end of a stream a script reads (`Send`: use it from a system or from a future on
 /// a task pool). Chunks convert to Lua through serde on the VM's thread when the script reads them.
 ///
@@ -257,7 +247,9 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     let s = shared.clone();
     ext.set("can_receive", lua.create_function(move |_, ()| Ok(!s.lock().buf.is_empty()))?)?;
     let s = shared.clone();
-    let reader = ReaderGone(shared.clone());
+    // The script's side of the stream holds this: a stream garbage-collected without being closed
+    // releases its producer at the next step (its `send` fails).
+    let reader = bridge::release_on_drop(lua, id);
     ext.set(
         "receive",
         lua.create_function(move |lua, ()| {

@@ -176,6 +176,25 @@ pub(crate) fn hold_work(lua: &Lua, work: Box<dyn Send>) -> u64 {
     id
 }
 
+/// Drops the work held under an id at the start of the next step when it is dropped itself, from
+/// any thread or while the collector runs (where the VM cannot be called): it goes through the
+/// completion channel like a result, and finds no promise to settle.
+pub(crate) struct ReleaseOnDrop {
+    id: u64,
+    tx: Sender<Completion>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Completion { id: self.id, outcome: Err(String::new()) });
+    }
+}
+
+/// A guard that drops the work held under `id` (see [`hold_work`]) once the guard is dropped.
+pub(crate) fn release_on_drop(lua: &Lua, id: u64) -> ReleaseOnDrop {
+    ReleaseOnDrop { id, tx: bridge(lua).tx.clone() }
+}
+
 /// Runs `future` on the `AsyncComputeTaskPool` and returns the promise its result settles: `Ok`
 /// resolves it (converted on the VM's thread), `Err` rejects it with the message.
 pub(crate) fn spawn_promise<R, E>(
