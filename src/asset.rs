@@ -1,5 +1,5 @@
-//! The `.lua` asset: [`LuaScript`] and its loader. A script's chunk is named by its asset path, so
-//! errors read `scripts/enemy.lua:12: message`.
+//! The `.lua` asset: [`LuaScript`] and its loader, and where the assets folder is on disk. A
+//! script's chunk is named by its asset path, so errors read `scripts/enemy.lua:12: message`.
 
 use std::sync::Arc;
 
@@ -51,4 +51,15 @@ impl AssetLoader for LuaScriptLoader {
     fn extensions(&self) -> &[&str] {
         &["lua"]
     }
+}
+
+/// The app's assets folder on disk: the `AssetPlugin`'s `file_path` (default `assets`), resolved
+/// as Bevy resolves it (against `BEVY_ASSET_ROOT`, else `CARGO_MANIFEST_DIR`, else the executable's
+/// folder; an absolute `file_path` stays as it is). `AssetPlugin` must have been added already.
+pub(crate) fn assets_folder(app: &App) -> std::path::PathBuf {
+    let folder = app
+        .get_added_plugins::<AssetPlugin>()
+        .first()
+        .map_or_else(|| AssetPlugin::default().file_path, |p| p.file_path.clone());
+    bevy::asset::io::file::FileAssetReader::get_base_path().join(folder)
 }

@@ -75,6 +75,27 @@
 //! good version keeps running. A deleted script stops until its file comes back. Changing a
 //! [`LuaScript`] asset in code reloads the same way.
 //!
+//! ## Streams
+//!
+//! `Stream.from(channel | table | iterator)` makes a pull-based stream with `read`, `readLine`,
+//! `iter`, `close`, lazy `map`/`filter`/`take`, and `forEach`/`reduce`/`collect` returning
+//! promises. Rust hands scripts streams with [`LuaStreamAppExt::add_lua_stream_function`]: the
+//! producer pushes chunks through a [`StreamSender`] whose bounded buffer holds it back, and whose
+//! `send` fails once the script stops reading. `readFileStream(path)` reads a file under the assets
+//! folder in chunks, off the main thread.
+//!
+//! ```lua
+//! for chunk in readFileStream("text/road.txt"):map(string.upper):iter() do print(chunk) end
+//! ```
+//!
+//! ## Language-model service
+//!
+//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module: `llm.generateAsync(prompt, opts)`
+//! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
+//! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
+//! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a
+//! bounded queue); cancellation, timeouts and despawns drop the work in Rust.
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
@@ -101,11 +122,13 @@ mod asset;
 mod bridge;
 mod error;
 mod instance;
+mod llm;
 mod modules;
 mod plugin;
 mod reload;
 mod runtime;
 mod scheduler;
+mod stream;
 mod time;
 mod timer;
 
@@ -115,16 +138,20 @@ pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
+pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
 pub use mlua;
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
 pub use runtime::{LuaRuntime, LuaStdlib};
 pub use scheduler::SchedulerStats;
+pub use stream::{
+    FILE_BUFFER, FILE_CHUNK, LuaStreamAppExt, LuaStreamFunction, StreamSendError, StreamSender,
+};
 
 /// The types most apps need.
 pub mod prelude {
     pub use crate::{
-        LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin, LuaCoroutinesSystems,
-        LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib, PromiseHandle, ScriptError,
-        ScriptErrorKind, ScriptPrint,
+        LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
+        LuaCoroutinesSystems, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
+        LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
     };
 }

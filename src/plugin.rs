@@ -122,6 +122,7 @@ impl Plugin for LuaCoroutinesPlugin {
                     step_system.in_set(LuaCoroutinesSystems::Step),
                 ),
             );
+        crate::stream::add_read_file_stream(app);
         // `AssetPlugin` comes first (the asset types need it), so its folder is known here.
         start_watching(app, self.hot_reload, self.hot_reload_debounce);
     }
@@ -129,11 +130,7 @@ impl Plugin for LuaCoroutinesPlugin {
 
 /// Points `require` at the assets folder on disk and, with hot reload on, starts the watcher.
 fn start_watching(app: &mut App, hot_reload: bool, debounce: std::time::Duration) {
-    let folder = app
-        .get_added_plugins::<AssetPlugin>()
-        .first()
-        .map_or_else(|| "assets".into(), |p| p.file_path.clone());
-    let root = bevy::asset::io::file::FileAssetReader::get_base_path().join(folder);
+    let root = crate::asset::assets_folder(app);
     crate::modules::set_root(app.world().resource::<LuaRuntime>().lua(), root.clone());
     if !hot_reload {
         return;

@@ -197,6 +197,7 @@ impl LuaRuntime {
         api.set("channel", channel)?;
         api.set("rust_channels", rust_channels)?;
         api.set("require", crate::modules::install(&lua, &config.module_path)?)?;
+        api.set("stream", crate::stream::install(&lua, &api.get::<Table>("promise")?, &bad)?)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,

@@ -56,18 +56,6 @@ struct Row {
     name: String,
 }
 
-/// Runs frames until the scripts printed `lines` lines (bounded: the pool threads answer fast).
-fn run_until_printed(app: &mut App, lines: usize) {
-    for _ in 0..2000 {
-        app.update();
-        if printed(app).len() >= lines || !errors(app).is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("scripts printed {:?}, errors {:?}", printed(app), errors(app));
-}
-
 fn query_app() -> App {
     let mut app = create_app();
     app.add_lua_async_function("queryDatabase", |sql: String| async move {

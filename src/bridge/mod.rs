@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use crate::scheduler::{InstanceId, current_instance, sched};
 
 /// Turns a value into a Lua value on the VM's thread (results cross threads as these).
-type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
+pub(crate) type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
 
 /// A finished piece of Rust work: the id of its promise and how it settles.
 struct Completion {
@@ -35,9 +35,9 @@ struct Completion {
 }
 
 struct Pending {
-    /// The future, when the work is an async function: held only so that dropping it cancels
-    /// the work.
-    _task: Option<Task<()>>,
+    /// What runs the work (an async function's future, a stream's producer): held only so that
+    /// dropping it cancels the work.
+    _work: Option<Box<dyn Send>>,
     /// The instance whose script made the call.
     instance: Option<InstanceId>,
 }
@@ -113,7 +113,7 @@ pub(crate) struct BridgeLua {
 }
 
 /// Makes a script-facing function of `call`, which returns its value or the message to raise.
-fn script_function(
+pub(crate) fn script_function(
     lua: &Lua,
     call: impl Fn(&Lua, MultiValue) -> Result<Value, String> + Send + Sync + 'static,
 ) -> mlua::Result<Function> {
@@ -156,10 +156,65 @@ fn next_id(lua: &Lua) -> u64 {
 
 /// Makes the promise `id` for the running script, with the work behind it.
 fn pending_promise(lua: &Lua, id: u64, task: Option<Task<()>>) -> mlua::Result<Value> {
-    let instance = current_instance(lua);
-    bridge(lua).pending.insert(id, Pending { _task: task, instance });
+    hold(lua, id, task.map(|t| Box::new(t) as Box<dyn Send>));
     let pending = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").pending.clone();
     pending.call::<Value>(id)
+}
+
+/// Holds `work` for the running script under `id` until [`cancel`] (or the end of the script's
+/// instance) drops it.
+fn hold(lua: &Lua, id: u64, work: Option<Box<dyn Send>>) {
+    let instance = current_instance(lua);
+    bridge(lua).pending.insert(id, Pending { _work: work, instance });
+}
+
+/// Holds `work` (a stream's producer) for the running script; returns the id that [`cancel`]
+/// drops it by. Despawning the script's entity drops it too.
+pub(crate) fn hold_work(lua: &Lua, work: Box<dyn Send>) -> u64 {
+    let id = next_id(lua);
+    hold(lua, id, Some(work));
+    id
+}
+
+/// Drops the work held under an id at the start of the next step when it is dropped itself, from
+/// any thread or while the collector runs (where the VM cannot be called): it goes through the
+/// completion channel like a result, and finds no promise to settle.
+pub(crate) struct ReleaseOnDrop {
+    id: u64,
+    tx: Sender<Completion>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Completion { id: self.id, outcome: Err(String::new()) });
+    }
+}
+
+/// A guard that drops the work held under `id` (see [`hold_work`]) once the guard is dropped.
+pub(crate) fn release_on_drop(lua: &Lua, id: u64) -> ReleaseOnDrop {
+    ReleaseOnDrop { id, tx: bridge(lua).tx.clone() }
+}
+
+/// Runs `future` on the `AsyncComputeTaskPool` and returns the promise its result settles: `Ok`
+/// resolves it (converted on the VM's thread), `Err` rejects it with the message.
+pub(crate) fn spawn_promise<R, E>(
+    lua: &Lua,
+    future: impl Future<Output = Result<R, E>> + Send + 'static,
+) -> mlua::Result<Value>
+where
+    R: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    let tx = bridge(lua).tx.clone();
+    let id = next_id(lua);
+    let task = AsyncComputeTaskPool::get().spawn(async move {
+        let outcome = future
+            .await
+            .map(|r| Box::new(move |lua: &Lua| lua.to_value(&r)) as Convert)
+            .map_err(|e| e.to_string());
+        let _ = tx.send(Completion { id, outcome });
+    });
+    pending_promise(lua, id, Some(task))
 }
 
 /// Drops the work behind promise `id` (the script cancelled it).
@@ -230,7 +285,7 @@ pub(crate) fn from_lua<T: DeserializeOwned>(value: Value) -> Result<T, String> {
 }
 
 /// Reads argument `index` (1-based) of `name` through serde.
-fn arg<T: DeserializeOwned>(
+pub(crate) fn arg<T: DeserializeOwned>(
     _lua: &Lua,
     args: &mut impl Iterator<Item = Value>,
     index: usize,
@@ -241,7 +296,7 @@ fn arg<T: DeserializeOwned>(
 }
 
 /// An mlua error as the message a script sees.
-fn message(e: mlua::Error) -> String {
+pub(crate) fn message(e: mlua::Error) -> String {
     crate::error::split_traceback(&e).0
 }
 
@@ -301,17 +356,7 @@ macro_rules! impl_lua_functions {
                 script_function(lua, move |lua, args| {
                     let mut args = args.into_iter();
                     $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
-                    let future = self($($a),*);
-                    let tx = bridge(lua).tx.clone();
-                    let id = next_id(lua);
-                    let task = AsyncComputeTaskPool::get().spawn(async move {
-                        let outcome = future
-                            .await
-                            .map(|r| Box::new(move |lua: &Lua| lua.to_value(&r)) as Convert)
-                            .map_err(|e| e.to_string());
-                        let _ = tx.send(Completion { id, outcome });
-                    });
-                    pending_promise(lua, id, Some(task)).map_err(message)
+                    spawn_promise(lua, self($($a),*)).map_err(message)
                 })
             }
         }
@@ -380,7 +425,7 @@ fn short_name(path: &str) -> String {
     path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
-fn define(app: &mut App, path: &str, make: impl FnOnce(&Lua, String) -> mlua::Result<Function>) {
+pub(crate) fn define(app: &mut App, path: &str, make: impl FnOnce(&Lua, String) -> mlua::Result<Function>) {
     let Some(runtime) = app.world().get_resource::<crate::LuaRuntime>() else {
         panic!("add LuaCoroutinesPlugin before registering the Lua function {path:?}");
     };

@@ -1622,4 +1622,5 @@ return {
   await = await,
   asyncTry = asyncTry,
   tick = tick,
+  callable = callable,
 }

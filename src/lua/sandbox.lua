@@ -113,6 +113,7 @@ channel_api._external = nil -- Rust's alone: an `ext` written in Lua would run o
 channel_api.named = api.rust_channels.named
 store.Channel = readonly_tree(channel_api)
 store.Messages = readonly(api.rust_channels.Messages)
+store.Stream = readonly_tree(api.stream.Stream)
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")

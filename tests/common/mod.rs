@@ -110,3 +110,15 @@ pub fn output(src: &str, frames: usize) -> Vec<String> {
     assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
     printed(&app)
 }
+
+/// Runs frames until the scripts printed `lines` lines (bounded: the pool threads answer fast).
+pub fn run_until_printed(app: &mut App, lines: usize) {
+    for _ in 0..2000 {
+        app.update();
+        if printed(app).len() >= lines || !errors(app).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("scripts printed {:?}, errors {:?}", printed(app), errors(app));
+}

@@ -1,0 +1,299 @@
+-- Streams (API.md §5): pull-based sequences of chunks over channels, tables, iterators and Rust
+-- producers, a thin layer over the channel and promise modules. This module owns the stream object,
+-- its sources, the lazy stages (`map`, `filter`, `take`) and the consumers (`read`, `readLine`,
+-- `iter`, `forEach`, `reduce`, `collect`). It adds no scheduler of its own: a stream over a channel
+-- waits in `Channel:receive` (park/wake), and a Rust producer is an external channel (`poll` retries
+-- it each step) whose bounded buffer holds the producer back.
+--
+-- Called once with `deps` (runtime.rs builds it) and returns `{ Stream = Stream, rust = rust }`.
+--
+-- * A stream's state lives in `state_of` (weak keys): `pull() -> more, value` (more = false at the
+--   end, with the producer's error as `value` if it failed) and `close()` (stops the producer).
+--   Nothing is pulled before a consumer asks, so `map`, `filter` and `take` do no work ahead.
+-- * The first end (the source ran dry, failed, or was closed) is remembered: every later read
+--   returns it again, and the producer is told once (`close`), which releases a Rust producer.
+-- * Chunks are never nil: a `nil` from a channel, or from `map`, is skipped.
+local deps = ...
+
+local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
+
+local type, error, tostring, setmetatable, getmetatable, pcall =
+  type, error, tostring, setmetatable, getmetatable, pcall
+local string_format, string_find, string_sub = string.format, string.find, string.sub
+local math_floor = math.floor
+
+--- Raises `bad argument #n to 'fname' (msg)`, blaming the caller `level` frames up.
+local function bad_msg(n, fname, msg, level)
+  error(string_format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
+end
+
+local state_of = setmetatable({}, { __mode = "k" }) -- stream object -> state
+local methods = {}
+local StreamMT = {
+  __index = methods,
+  __newindex = function(_, key)
+    error("attempt to modify a Stream (field '" .. tostring(key) .. "')", 2)
+  end,
+  __metatable = "Stream",
+}
+
+function StreamMT.__tostring(s)
+  return "Stream(" .. state_of[s].kind .. ")"
+end
+
+--- A new stream object over `pull` and `close` (either may be nil: nothing to stop).
+local function new_stream(kind, pull, close)
+  local s = setmetatable({}, StreamMT)
+  state_of[s] = { kind = kind, pull = pull, close = close, ended = false, err = nil }
+  return s
+end
+
+local function check_self(self, name)
+  local st = state_of[self]
+  if st == nil then
+    error(string_format("calling '%s' on bad self (Stream expected, got %s)", name, type(self)), 3)
+  end
+  return st
+end
+
+--- Ends the stream (once) and tells its producer to stop.
+local function finish(st, err)
+  if st.ended then return end
+  st.ended, st.err = true, err
+  local close = st.close
+  if close then pcall(close) end
+end
+
+--- The next chunk: `true, chunk`, or `false, err?` at the end. A source that raises ends the
+--- stream with that error.
+local function next_chunk(st)
+  if st.ended then return false, st.err end
+  local ok, more, v = pcall(st.pull)
+  if not ok then
+    finish(st, more)
+  elseif more then
+    return true, v
+  else
+    finish(st, v)
+  end
+  return false, st.err
+end
+
+---------------------------------------------------------------------------------------------------
+-- Sources
+
+--- Pulls from `ch` (a Channel) until it is closed and drained; `err()` names a Rust producer's failure.
+local function channel_pull(ch, err)
+  return function()
+    while true do
+      local v, ok = ch:receive()
+      if not ok then
+        if err then return false, err() end
+        return false
+      end
+      if v ~= nil then return true, v end
+    end
+  end
+end
+
+local function table_pull(t)
+  local i, n = 0, #t
+  return function()
+    while i < n do
+      i = i + 1
+      local v = t[i]
+      if v ~= nil then return true, v end
+    end
+    return false
+  end
+end
+
+local function iterator_pull(f)
+  return function()
+    local v = f()
+    if v == nil then return false end
+    return true, v
+  end
+end
+
+local Stream = {}
+
+--- `Stream.from(channel | table | iterator) -> Stream`: a channel is read until it is closed and
+--- drained; a table (a list) from 1 to its length at the call; an iterator is called with no
+--- arguments until it returns nil. A stream is returned as it is.
+function Stream.from(source)
+  local t = type(source)
+  if t == "table" then
+    local mt = getmetatable(source)
+    if mt == "Stream" then return source end
+    if mt == "Channel" then return new_stream("channel", channel_pull(source), nil) end
+    if mt == nil or type(mt) == "table" and mt.__call == nil then
+      return new_stream("table", table_pull(source), nil)
+    end
+  end
+  if callable(source) then return new_stream("iterator", iterator_pull(source), nil) end
+  bad(1, "from", "Channel, table or function", source, 2)
+end
+
+--- Rust: a stream over the external channel `ch` of a Rust producer; `err()` is its failure (or
+--- nil) once the channel is closed, `close()` stops it.
+local function rust(ch, err, close)
+  return new_stream("rust", channel_pull(ch, err), close)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Lazy stages
+
+--- `s:map(f) -> Stream`: `f(chunk)` for each chunk (a nil result is skipped).
+function methods.map(self, f)
+  local up = check_self(self, "map")
+  if not callable(f) then bad(1, "map", "function", f, 2) end
+  return new_stream("map", function()
+    while true do
+      local more, v = next_chunk(up)
+      if not more then return false, v end
+      v = f(v)
+      if v ~= nil then return true, v end
+    end
+  end, function() finish(up) end)
+end
+
+--- `s:filter(f) -> Stream`: the chunks for which `f(chunk)` is truthy.
+function methods.filter(self, f)
+  local up = check_self(self, "filter")
+  if not callable(f) then bad(1, "filter", "function", f, 2) end
+  return new_stream("filter", function()
+    while true do
+      local more, v = next_chunk(up)
+      if not more then return false, v end
+      if f(v) then return true, v end
+    end
+  end, function() finish(up) end)
+end
+
+--- `s:take(n) -> Stream`: the first `n` chunks; then the source is closed (its producer stops).
+function methods.take(self, n)
+  local up = check_self(self, "take")
+  if type(n) ~= "number" then bad(1, "take", "number", n, 2) end
+  if n ~= n or n < 0 or math_floor(n) ~= n then
+    bad_msg(1, "take", "non-negative integer expected, got " .. tostring(n), 2)
+  end
+  local left = n
+  return new_stream("take", function()
+    if left <= 0 then
+      finish(up)
+      return false
+    end
+    local more, v = next_chunk(up)
+    if not more then return false, v end
+    left = left - 1
+    if left == 0 then finish(up) end
+    return true, v
+  end, function() finish(up) end)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Consumers
+
+--- `s:read() -> chunk | nil`: waits for the next chunk; `nil` at the end, `nil, err` if the
+--- producer failed.
+function methods.read(self)
+  local st = check_self(self, "read")
+  local more, v = next_chunk(st)
+  if more then return v end
+  if v ~= nil then return nil, v end
+  return nil
+end
+
+--- `s:readLine() -> string | nil`: joins chunks (strings or numbers) and returns the next line
+--- without its `\n` or `\r\n`; a last line without a newline is returned too; then `nil`
+--- (`nil, err` if the producer failed).
+function methods.readLine(self)
+  local st = check_self(self, "readLine")
+  local buf, pos = st.line or "", st.line_pos or 1
+  while true do
+    local nl = string_find(buf, "\n", pos, true)
+    if nl then
+      local stop = nl - 1
+      if stop >= pos and string_sub(buf, stop, stop) == "\r" then stop = stop - 1 end
+      st.line, st.line_pos = buf, nl + 1
+      return string_sub(buf, pos, stop)
+    end
+    local more, chunk = next_chunk(st)
+    if not more then
+      st.line, st.line_pos = "", 1
+      if chunk ~= nil then return nil, chunk end
+      if pos <= #buf then return string_sub(buf, pos) end
+      return nil
+    end
+    local t = type(chunk)
+    if t ~= "string" and t ~= "number" then
+      error(string_format("readLine: the stream gave a %s, not a string", t), 2)
+    end
+    buf, pos = string_sub(buf, pos) .. chunk, 1
+  end
+end
+
+--- `for chunk in s:iter() do`: reads until the end; a producer's failure is raised.
+function methods.iter(self)
+  local st = check_self(self, "iter")
+  return function()
+    local more, v = next_chunk(st)
+    if more then return v end
+    if v ~= nil then error(v, 0) end
+    return nil
+  end
+end
+
+--- `s:close()`: ends the stream now and stops its producer (a Rust producer's `send` fails).
+function methods.close(self)
+  finish(check_self(self, "close"))
+end
+
+--- A promise that reads `st` to the end, calling `step(chunk)` for each chunk, and resolves with
+--- `done()`. Rejects with the producer's error, or with what `step` raised (the stream is closed);
+--- cancelling it closes the stream.
+local function consume(st, step, done)
+  return Promise.new(function(resolve, reject, onCancel)
+    onCancel(function() finish(st) end)
+    while true do
+      local more, v = next_chunk(st)
+      if not more then
+        if v ~= nil then return reject(v) end
+        return resolve(done())
+      end
+      local ok, err = pcall(step, v)
+      if not ok then
+        finish(st)
+        return reject(err)
+      end
+    end
+  end)
+end
+
+--- `s:forEach(f) -> Promise`: calls `f(chunk)` for each chunk (it may wait); resolves at the end.
+function methods.forEach(self, f)
+  local st = check_self(self, "forEach")
+  if not callable(f) then bad(1, "forEach", "function", f, 2) end
+  return consume(st, f, function() end)
+end
+
+--- `s:reduce(f, init) -> Promise`: `acc = f(acc, chunk)` for each chunk from `init`; resolves with `acc`.
+function methods.reduce(self, f, init)
+  local st = check_self(self, "reduce")
+  if not callable(f) then bad(1, "reduce", "function", f, 2) end
+  local acc = init
+  return consume(st, function(v) acc = f(acc, v) end, function() return acc end)
+end
+
+--- `s:collect() -> Promise<list>`: resolves with every chunk, in order.
+function methods.collect(self)
+  local st = check_self(self, "collect")
+  local list, n = {}, 0
+  return consume(st, function(v)
+    n = n + 1
+    list[n] = v
+  end, function() return list end)
+end
+
+return { Stream = Stream, rust = rust }

@@ -1,0 +1,447 @@
+//! Streams from Rust: the producer side of the `Stream`s scripts read (`lua/stream.lua` owns the
+//! script side). A Rust producer pushes chunks through a [`StreamSender`] into a bounded buffer;
+//! scripts see that buffer as a stream over an external channel, which the step's channel `poll`
+//! retries once per frame, so a waiting reader parks like any channel receiver. A full buffer makes
+//! [`StreamSender::send`] wait (backpressure); the script closing the stream, finishing it early
+//! (`take`), or its entity being despawned makes `send` fail, so the producer stops. The work behind
+//! a stream is held by the bridge under the calling instance, as an async function's future is.
+//!
+//! Also `readFileStream(path)`: a file under the assets folder, read in chunks on the
+//! `IoTaskPool`.
+
+use std::collections::VecDeque;
+use std::fmt::Display;
+use std::future::poll_fn;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use bevy::prelude::*;
+use bevy::tasks::IoTaskPool;
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bridge::{self, Convert, arg, message, script_function};
+use crate::runtime::ChannelLua;
+
+/// Bytes `readFileStream` reads per chunk.
+pub const FILE_CHUNK: usize = 64 * 1024;
+
+/// Chunks `readFileStream` buffers ahead of the script.
+pub const FILE_BUFFER: usize = 4;
+
+/// Why a chunk could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamSendError {
+    /// The script stopped reading (it closed the stream, took what it wanted, or its entity was
+    /// despawned): stop producing.
+    #[error("the script stopped reading the stream")]
+    Closed,
+    /// The buffer is full (only from [`StreamSender::try_send`]).
+    #[error("the stream's buffer is full")]
+    Full,
+}
+
+#[derive(Default)]
+struct State {
+    buf: VecDeque<Convert>,
+    /// The producer finished (or dropped its sender).
+    finished: bool,
+    /// The producer failed with this message.
+    error: Option<String>,
+    /// The consumer stopped: nothing more is taken.
+    cancelled: bool,
+    /// The producer waiting for room.
+    waker: Option<Waker>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: go on with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The consumer stopped: drops what is buffered and wakes the producer so its `send` fails.
+    fn cancel(&self) {
+        let (waker, dropped) = {
+            let mut s = self.lock();
+            s.cancelled = true;
+            (s.waker.take(), std::mem::take(&mut s.buf))
+        };
+        drop(dropped);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Cancels the stream when the bridge drops the work behind it.
+struct CancelOnDrop(Arc<Shared>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The producer end of a stream a script reads (`Send`: use it from a system or from a future on
+/// a task pool). Chunks convert to Lua through serde on the VM's thread when the script reads them.
+///
+/// [`finish`](Self::finish) ends the stream (the script's `read` returns `nil`),
+/// [`fail`](Self::fail) ends it with an error (`read` returns `nil, err`, pending promises reject);
+/// dropping the sender finishes the stream.
+pub struct StreamSender {
+    shared: Arc<Shared>,
+}
+
+impl StreamSender {
+    /// Sends `value`, waiting while the buffer is full. Fails with [`StreamSendError::Closed`] once
+    /// the script stopped reading: the producer should stop then.
+    pub async fn send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<(), StreamSendError> {
+        self.push(Box::new(move |lua: &Lua| lua.to_value(&value))).await
+    }
+
+    /// Sends raw bytes, which scripts read as a Lua string (not necessarily UTF-8).
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), StreamSendError> {
+        self.push(Box::new(move |lua: &Lua| lua.create_string(&bytes).map(Value::String))).await
+    }
+
+    /// Sends `value` if the buffer has room now.
+    pub fn try_send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<(), StreamSendError> {
+        let mut s = self.shared.lock();
+        if s.cancelled {
+            return Err(StreamSendError::Closed);
+        }
+        if s.buf.len() >= self.shared.capacity {
+            return Err(StreamSendError::Full);
+        }
+        s.buf.push_back(Box::new(move |lua: &Lua| lua.to_value(&value)));
+        Ok(())
+    }
+
+    async fn push(&mut self, chunk: Convert) -> Result<(), StreamSendError> {
+        let mut chunk = Some(chunk);
+        poll_fn(|cx| {
+            let mut s = self.shared.lock();
+            if s.cancelled {
+                return Poll::Ready(Err(StreamSendError::Closed));
+            }
+            if s.buf.len() >= self.shared.capacity {
+                s.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            s.buf.extend(chunk.take());
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Whether the script stopped reading.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().cancelled
+    }
+
+    /// How many chunks the buffer holds before `send` waits.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Chunks buffered now, not yet read by the script.
+    pub fn len(&self) -> usize {
+        self.shared.lock().buf.len()
+    }
+
+    /// Whether every chunk sent so far has been read.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ends the stream: the script reads what is buffered, then `nil`.
+    pub fn finish(self) {}
+
+    /// Ends the stream with `error`: the script reads what is buffered, then `nil, error`.
+    pub fn fail(self, error: impl Display) {
+        self.shared.lock().error = Some(error.to_string());
+    }
+}
+
+impl Drop for StreamSender {
+    fn drop(&mut self) {
+        self.shared.lock().finished = true;
+    }
+}
+
+impl std::fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender").field("capacity", &self.shared.capacity).finish()
+    }
+}
+
+/// Lua functions of `lua/stream.lua` the Rust side calls.
+struct StreamLua {
+    /// `rust(channel, err, close) -> Stream`.
+    rust: Function,
+    /// What the module was loaded with: `Promise`, `bad`, `callable`.
+    deps: Table,
+}
+
+/// Loads `lua/stream.lua` on top of the promise module's `Promise`; returns its exports
+/// (`Stream`, the table scripts see).
+pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Result<Table> {
+    let deps = lua.create_table()?;
+    deps.set("Promise", promise.get::<Table>("Promise")?)?;
+    deps.set("callable", promise.get::<Function>("callable")?)?;
+    deps.set("bad", bad.clone())?;
+    let module: Table =
+        lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(&deps)?;
+    lua.set_app_data(StreamLua { rust: module.get("rust")?, deps });
+    Ok(module)
+}
+
+/// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`), for
+/// modules built on streams.
+pub(crate) fn module_deps(lua: &Lua) -> mlua::Result<Table> {
+    let deps = lua.create_table()?;
+    let ours = lua.app_data_ref::<StreamLua>().expect("the stream module is installed").deps.clone();
+    for pair in ours.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        deps.set(k, v)?;
+    }
+    Ok(deps)
+}
+
+/// Makes a stream for the running script with a buffer of `capacity` chunks (at least 1) and
+/// hands its sender to `start`, which returns whatever runs the producer (a task, say) or `None`,
+/// or the message to raise instead.
+/// That work is held by the bridge under the calling instance and dropped when the script closes
+/// the stream or reads its end, or when the instance goes away.
+pub(crate) fn script_stream(
+    lua: &Lua,
+    capacity: usize,
+    start: impl FnOnce(StreamSender) -> Result<Option<Box<dyn Send>>, String>,
+) -> Result<Value, String> {
+    let shared = Arc::new(Shared { state: Mutex::new(State::default()), capacity: capacity.max(1) });
+    let work = start(StreamSender { shared: shared.clone() })?;
+    make_stream(lua, shared, work).map_err(message)
+}
+
+/// The Lua stream over `shared`, with `work` held by the bridge until the stream closes.
+fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> mlua::Result<Value> {
+    let id = bridge::hold_work(lua, Box::new((CancelOnDrop(shared.clone()), work)));
+
+    let ext = lua.create_table()?;
+    ext.set("can_send", lua.create_function(|_, ()| Ok(false))?)?;
+    ext.set(
+        "send",
+        lua.create_function(|_, _: Value| -> mlua::Result<()> {
+            Err(mlua::Error::runtime("scripts cannot send to a Rust stream"))
+        })?,
+    )?;
+    let s = shared.clone();
+    ext.set("can_receive", lua.create_function(move |_, ()| Ok(!s.lock().buf.is_empty()))?)?;
+    let s = shared.clone();
+    // The script's side of the stream holds this: a stream garbage-collected without being closed
+    // releases its producer at the next step (its `send` fails).
+    let reader = bridge::release_on_drop(lua, id);
+    ext.set(
+        "receive",
+        lua.create_function(move |lua, ()| {
+            let _ = &reader;
+            let (chunk, waker) = {
+                let mut st = s.lock();
+                let chunk = st.buf.pop_front();
+                // Wake a producer waiting for room once half the buffer is free, not per chunk:
+                // it refills in bursts, with one wake-up per half buffer.
+                let waker = if st.buf.len() <= s.capacity / 2 { st.waker.take() } else { None };
+                (chunk, waker)
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+            chunk.map_or(Ok(Value::Nil), |convert| convert(lua))
+        })?,
+    )?;
+    let s = shared.clone();
+    ext.set("len", lua.create_function(move |_, ()| Ok(s.lock().buf.len()))?)?;
+    let cap = shared.capacity;
+    ext.set("cap", lua.create_function(move |_, ()| Ok(cap))?)?;
+    let close = lua.create_function(move |lua, ()| {
+        bridge::cancel(lua, id);
+        Ok(())
+    })?;
+    ext.set("close", close.clone())?;
+    let s = shared.clone();
+    ext.set(
+        "is_closed",
+        lua.create_function(move |_, ()| {
+            let st = s.lock();
+            Ok(st.cancelled || st.buf.is_empty() && (st.finished || st.error.is_some()))
+        })?,
+    )?;
+    let err = lua.create_function(move |_, ()| Ok(shared.lock().error.clone()))?;
+
+    let external =
+        lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone();
+    let channel: Value = external.call((ext, "stream"))?;
+    let rust = lua.app_data_ref::<StreamLua>().expect("the stream module is installed").rust.clone();
+    rust.call((channel, err, close))
+}
+
+/// A Rust function that hands scripts a stream: `Fn(A1, ..., An, StreamSender) -> Result<(), E>`,
+/// for up to three arguments. In Lua the call returns a `Stream`; an `Err` raises instead (and
+/// the sender, dropped, is never read). The function starts the producer (spawns a future that
+/// owns the sender, or hands the sender to a system) and returns at once.
+pub trait LuaStreamFunction<Marker>: Send + Sync + 'static {
+    /// Builds the Lua function, named `name` in error messages, whose streams buffer `capacity`
+    /// chunks.
+    fn into_lua_function(self, lua: &Lua, name: String, capacity: usize) -> mlua::Result<Function>;
+}
+
+macro_rules! impl_lua_stream_functions {
+    ($($a:ident : $n:literal),*) => {
+        impl<F, E, $($a,)*> LuaStreamFunction<fn($($a,)*) -> E> for F
+        where
+            F: Fn($($a,)* StreamSender) -> Result<(), E> + Send + Sync + 'static,
+            E: Display,
+            $($a: DeserializeOwned,)*
+        {
+            #[allow(non_snake_case, unused_variables, unused_mut)]
+            fn into_lua_function(self, lua: &Lua, name: String, capacity: usize) -> mlua::Result<Function> {
+                script_function(lua, move |lua, args| {
+                    let mut args = args.into_iter();
+                    $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
+                    script_stream(lua, capacity, |tx| {
+                        self($($a,)* tx).map(|()| None).map_err(|e| e.to_string())
+                    })
+                })
+            }
+        }
+    };
+}
+
+impl_lua_stream_functions!();
+impl_lua_stream_functions!(A1: 1);
+impl_lua_stream_functions!(A1: 1, A2: 2);
+impl_lua_stream_functions!(A1: 1, A2: 2, A3: 3);
+
+/// Registers Rust functions that hand scripts a stream. Add `LuaCoroutinesPlugin` first.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy::tasks::AsyncComputeTaskPool;
+/// use bevy_lua_coroutines::prelude::*;
+///
+/// App::new()
+///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+///     .add_lua_stream_function("countTo", 8, |n: u32, mut tx: StreamSender| {
+///         AsyncComputeTaskPool::get()
+///             .spawn(async move {
+///                 for i in 1..=n {
+///                     if tx.send(i).await.is_err() {
+///                         return; // the script stopped reading
+///                     }
+///                 }
+///             })
+///             .detach();
+///         Ok::<_, String>(())
+///     });
+/// ```
+pub trait LuaStreamAppExt {
+    /// Registers `f` under `name` (`"name"` or `"module.name"`); each stream it makes buffers
+    /// `capacity` chunks (at least 1) ahead of the script.
+    fn add_lua_stream_function<M>(
+        &mut self,
+        name: &str,
+        capacity: usize,
+        f: impl LuaStreamFunction<M>,
+    ) -> &mut Self;
+}
+
+impl LuaStreamAppExt for App {
+    fn add_lua_stream_function<M>(
+        &mut self,
+        name: &str,
+        capacity: usize,
+        f: impl LuaStreamFunction<M>,
+    ) -> &mut Self {
+        bridge::define(self, name, |lua, short| f.into_lua_function(lua, short, capacity));
+        self
+    }
+}
+
+/// `path` under `root`, or why it is refused: it must be relative and stay inside `root`.
+fn resolve_asset_path(root: &Path, path: &str) -> Result<PathBuf, String> {
+    let relative = Path::new(path);
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    for component in relative.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(format!("path {path:?} leaves the assets folder ('..')")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("path {path:?} is absolute; give a path inside the assets folder"));
+            }
+        }
+    }
+    Ok(root.join(relative))
+}
+
+/// Reads `file` into `tx` in chunks of [`FILE_CHUNK`] bytes (blocking reads: run it on the
+/// `IoTaskPool`).
+async fn read_file(file: PathBuf, shown: String, mut tx: StreamSender) {
+    let mut f = match std::fs::File::open(&file) {
+        Ok(f) => f,
+        Err(e) => return tx.fail(format!("cannot open {shown:?}: {e}")),
+    };
+    let mut buf = vec![0u8; FILE_CHUNK];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return tx.finish(),
+            Ok(n) => {
+                if tx.send_bytes(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return tx.fail(format!("cannot read {shown:?}: {e}")),
+        }
+    }
+}
+
+/// Defines `readFileStream(path) -> Stream` for scripts: files under the app's asset folder (the
+/// `AssetPlugin`'s `file_path`, resolved as Bevy resolves it: against `BEVY_ASSET_ROOT`, else
+/// `CARGO_MANIFEST_DIR`, else the executable's folder). Chunks are strings of up to
+/// [`FILE_CHUNK`] bytes, read on the `IoTaskPool`, [`FILE_BUFFER`] chunks ahead at most.
+pub(crate) fn add_read_file_stream(app: &mut App) {
+    let root = crate::asset::assets_folder(app);
+    app.add_lua_stream_function("readFileStream", FILE_BUFFER, move |path: String, tx: StreamSender| {
+        let file = resolve_asset_path(&root, &path)
+            .map_err(|e| format!("bad argument #1 to 'readFileStream' ({e})"))?;
+        IoTaskPool::get().spawn(read_file(file, path, tx)).detach();
+        Ok::<_, String>(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_asset_path;
+    use std::path::Path;
+
+    #[test]
+    fn paths_stay_in_the_assets_folder() {
+        let root = Path::new("/game/assets");
+        assert_eq!(resolve_asset_path(root, "data/a.txt").unwrap(), Path::new("/game/assets/data/a.txt"));
+        assert!(resolve_asset_path(root, "../secret").unwrap_err().contains("leaves the assets folder"));
+        assert!(resolve_asset_path(root, "a/../../b").is_err());
+        assert!(resolve_asset_path(root, "/etc/passwd").unwrap_err().contains("absolute"));
+        assert!(resolve_asset_path(root, "").is_err());
+    }
+}

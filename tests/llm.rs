@@ -1,0 +1,323 @@
+//! The `llm` module over the bridge (API.md §5): whole answers, streamed answers, `Promise.all`
+//! over parallel generations, the executor's worker and queue bounds, timeouts, service errors,
+//! stopping from `onChunk`, and cancellation when the NPC is despawned mid-stream (the service
+//! observes it).
+
+mod common;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use bevy_lua_coroutines::{AsyncExecutor, LlmFuture, LlmRequest, LlmService, StreamSender};
+use common::*;
+
+/// What the test service saw.
+#[derive(Clone, Default)]
+struct Seen {
+    started: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    /// Generations whose future was dropped before it finished (cancelled).
+    dropped: Arc<AtomicUsize>,
+    /// Generations that saw `send` fail (the script stopped listening).
+    send_failed: Arc<AtomicBool>,
+}
+
+/// Counts in-flight generations; notes a drop before the end.
+struct Flight {
+    seen: Seen,
+    finished: bool,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.finished {
+            self.seen.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Answers `"<prompt>:1 <prompt>:2 ..."` (`maxTokens` tokens, endless for `"forever"`), fails
+/// for `"fail"`, never answers `"hang"`; yields between tokens so generations interleave.
+struct TestLlm(Seen);
+
+impl LlmService for TestLlm {
+    fn generate<'a>(&'a self, request: LlmRequest, tokens: &'a mut StreamSender) -> LlmFuture<'a> {
+        let seen = self.0.clone();
+        Box::pin(async move {
+            seen.started.fetch_add(1, Ordering::SeqCst);
+            let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let mut flight = Flight { seen: seen.clone(), finished: false };
+            match request.prompt.as_str() {
+                "fail" => {
+                    flight.finished = true;
+                    return Err("the model is overloaded".into());
+                }
+                "hang" => std::future::pending::<()>().await,
+                _ => {}
+            }
+            let n = if request.prompt == "forever" { u32::MAX } else { request.max_tokens.unwrap_or(3) };
+            for i in 1..=n {
+                bevy::tasks::futures_lite::future::yield_now().await;
+                let token =
+                    if i == 1 { format!("{}:1", request.prompt) } else { format!(" {}:{i}", request.prompt) };
+                if tokens.send(token).await.is_err() {
+                    seen.send_failed.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+            flight.finished = true;
+            Ok(())
+        })
+    }
+}
+
+fn llm_app(config: LlmConfig) -> (App, Seen) {
+    let seen = Seen::default();
+    let mut app = create_app();
+    app.add_llm_service(TestLlm(seen.clone()), config);
+    (app, seen)
+}
+
+fn ok_output(app: &mut App, src: &str, lines: usize) -> Vec<String> {
+    spawn_script(app, "scripts/npc.lua", src);
+    run_until_printed(app, lines);
+    let errs = errors(app);
+    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+    printed(app)
+}
+
+/// Updates until `done`, sleeping a little per frame so pool threads catch up (bounded).
+fn run_until_seen(app: &mut App, done: impl Fn() -> bool) {
+    run_until(app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        done()
+    });
+}
+
+#[test]
+fn generate_async_resolves_with_the_whole_answer() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(await(llm.generateAsync("hello")))
+        print(await(llm.generateAsync("hi", { maxTokens = 5, temperature = 0.2 })))
+        "#,
+        2,
+    );
+    assert_eq!(out, ["hello:1 hello:2 hello:3", "hi:1 hi:2 hi:3 hi:4 hi:5"]);
+}
+
+#[test]
+fn stream_generate_delivers_tokens_and_resolves_with_the_text() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        local chunks = {}
+        local text = await(llm.streamGenerate("q", function(chunk) chunks[#chunks + 1] = chunk end, { maxTokens = 4 }))
+        print(#chunks, chunks[1], chunks[4])
+        print(text)
+        "#,
+        2,
+    );
+    assert_eq!(out, ["4\tq:1\t q:4", "q:1 q:2 q:3 q:4"]);
+}
+
+#[test]
+fn promise_all_runs_generations_in_parallel() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 3, ..default() });
+    let out = ok_output(
+        &mut app,
+        r#"
+        local answers = await(Promise.all({
+            llm.generateAsync("a"),
+            llm.generateAsync("b", { maxTokens = 2 }),
+            llm.generateAsync("c", { maxTokens = 1 }),
+        }))
+        print(answers[1], answers[2], answers[3])
+        "#,
+        1,
+    );
+    assert_eq!(out, ["a:1 a:2 a:3\tb:1 b:2\tc:1"]);
+    assert_eq!(seen.started.load(Ordering::SeqCst), 3);
+    assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 3);
+}
+
+#[test]
+fn a_full_queue_makes_the_script_wait_not_the_frame() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 2, queue: 1, buffer: 2 });
+    spawn_script(
+        &mut app,
+        "scripts/npc.lua",
+        r#"
+        local ps = {}
+        for i = 1, 8 do ps[i] = llm.generateAsync("p" .. i, { maxTokens = 2 }) end
+        local all = await(Promise.all(ps))
+        print(#all, all[8])
+        "#,
+    );
+    for _ in 0..5000 {
+        app.update();
+        let executor = app.world().resource::<AsyncExecutor>();
+        assert!(executor.running() <= 2 && executor.submitted() <= 3);
+        if !printed(&app).is_empty() || !errors(&app).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), ["8\tp8:1 p8:2"]);
+    assert_eq!(seen.started.load(Ordering::SeqCst), 8);
+    assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 2);
+}
+
+#[test]
+fn service_errors_reject_and_reach_on_chunk() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(pcall(await, llm.generateAsync("fail")))
+        local got
+        local status, err = llm.streamGenerate("fail", function(chunk, e) got = { chunk, e } end):awaitStatus()
+        print(status, err, got[1], got[2])
+        "#,
+        2,
+    );
+    assert_eq!(
+        out,
+        ["false\tthe model is overloaded", "Rejected\tthe model is overloaded\tnil\tthe model is overloaded"]
+    );
+}
+
+#[test]
+fn a_timeout_rejects_and_cancels_the_work() {
+    let (mut app, seen) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        local ok, err = pcall(await, llm.generateAsync("hang", { timeout = 0.25 }))
+        print(ok, Promise.Error.isKind(err, Promise.Error.Kind.TimedOut), time.frame())
+        local s, e = llm.streamGenerate("hang", function() end, { timeout = 0.1 }):awaitStatus()
+        print(s, Promise.Error.isKind(e, Promise.Error.Kind.TimedOut))
+        "#,
+        2,
+    );
+    assert_eq!(out[0], "false\ttrue\t16"); // 0.25 s of game time: frame 16 at 1/60 s
+    assert_eq!(out[1], "Rejected\ttrue");
+    run_until_seen(&mut app, || seen.dropped.load(Ordering::SeqCst) == 2);
+}
+
+#[test]
+fn returning_false_from_on_chunk_stops_the_generation_in_rust() {
+    let (mut app, seen) = llm_app(LlmConfig { buffer: 2, ..default() });
+    let out = ok_output(
+        &mut app,
+        r#"
+        local n = 0
+        local text = await(llm.streamGenerate("forever", function(chunk)
+            n = n + 1
+            return n < 5
+        end))
+        print(n, text)
+        "#,
+        1,
+    );
+    assert_eq!(out, ["5\tforever:1 forever:2 forever:3 forever:4 forever:5"]);
+    run_until_seen(&mut app, || {
+        seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)) >= 1
+    });
+    run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
+}
+
+#[test]
+fn despawning_the_npc_mid_stream_cancels_the_generation() {
+    let (mut app, seen) = llm_app(LlmConfig { buffer: 2, ..default() });
+    let npc = spawn_script(
+        &mut app,
+        "scripts/npc.lua",
+        r#"
+        llm.streamGenerate("forever", function(chunk) print(chunk) end)
+        "#,
+    );
+    run_until(&mut app, 5000, |app| {
+        std::thread::sleep(Duration::from_micros(200));
+        printed(app).len() >= 5
+    });
+    assert_eq!(seen.in_flight.load(Ordering::SeqCst), 1);
+    app.world_mut().despawn(npc);
+    run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
+    assert_eq!(seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)), 1);
+    let executor = app.world().resource::<AsyncExecutor>().clone();
+    run_until_seen(&mut app, || executor.submitted() == 0);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}
+
+#[test]
+fn arguments_are_checked() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        local function try(f, ...)
+            local args = table.pack(...)
+            print((select(2, pcall(function() f(table.unpack(args, 1, args.n)) end))))
+        end
+        try(llm.generateAsync, 5)
+        try(llm.generateAsync, "x", 3)
+        try(llm.generateAsync, "x", { maxTokens = "many" })
+        try(llm.generateAsync, "x", { temprature = 1 })
+        try(llm.generateAsync, "x", { timeout = -1 })
+        try(llm.streamGenerate, "x", nil)
+        try(llm.streamGenerate, "x", print, { maxTokens = -2 })
+        "#,
+        7,
+    );
+    let expected = [
+        "bad argument #1 to 'generateAsync' (string expected, got number)",
+        "bad argument #2 to 'generateAsync' (table expected, got number)",
+        "bad argument #2 to 'generateAsync' (at maxTokens: invalid type: string \"many\", expected u32)",
+        "bad argument #2 to 'generateAsync' (at temprature: unknown field `temprature`",
+        "bad argument #2 to 'generateAsync' (field 'timeout': positive number expected, got -1)",
+        "bad argument #2 to 'streamGenerate' (function expected, got nil)",
+        "bad argument #3 to 'streamGenerate' (at maxTokens:",
+    ];
+    for (line, want) in out.iter().zip(expected) {
+        assert!(line.contains(want), "{line:?} should contain {want:?}");
+        assert!(line.starts_with("scripts/npc.lua:"), "{line:?} should name the script's line");
+    }
+}
+
+#[test]
+fn the_local_model_is_deterministic() {
+    let model = LocalLlm::new(Duration::ZERO);
+    let request =
+        LlmRequest { prompt: "Where is the smith?".into(), temperature: Some(0.7), max_tokens: Some(6) };
+    let tokens = model.tokens(&request);
+    assert_eq!(tokens.len(), 6);
+    assert_eq!(tokens, model.tokens(&request));
+    assert!(!tokens[0].starts_with(' ') && tokens[1].starts_with(' '));
+
+    let mut app = create_app();
+    app.add_llm_service(LocalLlm::new(Duration::from_millis(1)), LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        local a = await(llm.generateAsync("Where is the smith?", { temperature = 0.7, maxTokens = 6 }))
+        local parts = {}
+        local b = await(llm.streamGenerate("Where is the smith?", function(t) parts[#parts + 1] = t end,
+            { temperature = 0.7, maxTokens = 6 }))
+        print(a == b, a == table.concat(parts), a)
+        print(pcall(await, llm.generateAsync("   ")))
+        "#,
+        2,
+    );
+    assert_eq!(out[0], format!("true\ttrue\t{}", tokens.concat()));
+    assert_eq!(out[1], "false\tempty prompt");
+}

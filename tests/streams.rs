@@ -1,0 +1,512 @@
+//! Streams (API.md §5): every method over tables, iterators, channels and Rust producers;
+//! laziness; backpressure; stopping early cancels the producer; producer errors; flat memory over a
+//! 100 MB stream; `readFileStream` with the seed's word and line count.
+
+mod common;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy::tasks::AsyncComputeTaskPool;
+use bevy_lua_coroutines::StreamSendError;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+/// Runs frames until the scripts printed `lines` lines, and checks they raised nothing.
+fn run_until_printed_ok(app: &mut App, lines: usize) {
+    run_until_printed(app, lines);
+    let errs = errors(app);
+    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+}
+
+fn script_output(app: &mut App, src: &str, lines: usize) -> Vec<String> {
+    spawn_script(app, "scripts/test.lua", src);
+    run_until_printed_ok(app, lines);
+    printed(app)
+}
+
+#[test]
+fn read_over_a_table_an_iterator_and_a_channel() {
+    let out = output(
+        r#"
+        local s = Stream.from({ "a", "b", "c" })
+        print(s:read(), s:read(), s:read(), s:read(), s:read())
+        local i = 0
+        local it = Stream.from(function() i = i + 1; if i <= 3 then return i * 10 end end)
+        print(it:read(), it:read(), it:read(), it:read())
+        local ch = Channel.new(1)
+        spawn(function()
+            for k = 1, 3 do ch:send("x" .. k); task.wait() end
+            ch:close()
+        end)
+        local cs = Stream.from(ch)
+        local got = {}
+        while true do
+            local v = cs:read()
+            if v == nil then break end
+            got[#got + 1] = v
+        end
+        print(table.concat(got, ","), time.frame())
+        print(tostring(cs):match("^Stream%(channel%)") ~= nil, Stream.from(cs) == cs)
+        "#,
+        10,
+    );
+    assert_eq!(out, ["a\tb\tc\tnil\tnil", "10\t20\t30\tnil", "x1,x2,x3\t4", "true\ttrue"]);
+}
+
+#[test]
+fn iter_for_each_reduce_and_collect() {
+    let out = output(
+        r#"
+        for v in Stream.from({ 1, 2, 3 }):iter() do print("iter", v) end
+        local seen = {}
+        local p = Stream.from({ "x", "y" }):forEach(function(v) task.wait(); seen[#seen + 1] = v end)
+        print(await(p), table.concat(seen))
+        print(await(Stream.from({ 1, 2, 3, 4 }):reduce(function(acc, v) return acc + v end, 100)))
+        print(table.concat(await(Stream.from({ "p", "q" }):collect()), "+"))
+        "#,
+        10,
+    );
+    assert_eq!(out, ["iter\t1", "iter\t2", "iter\t3", "nil\txy", "110", "p+q"]);
+}
+
+#[test]
+fn map_filter_and_take_are_lazy() {
+    let out = output(
+        r#"
+        local calls = 0
+        local function numbers()
+            calls = calls + 1
+            return calls
+        end
+        local s = Stream.from(numbers)
+            :map(function(v) return v * 2 end)
+            :filter(function(v) return v % 3 ~= 0 end)
+            :take(3)
+        print("before", calls)
+        print(table.concat(await(s:collect()), ","), "pulled", calls)
+        print(s:read(), calls)
+        local skipped = Stream.from({ 1, 2, 3 }):map(function(v) if v ~= 2 then return v end end)
+        print(table.concat(await(skipped:collect()), ","))
+        print(#await(Stream.from({ 1, 2 }):take(0):collect()))
+        "#,
+        10,
+    );
+    // 2, 4, (6 filtered), 8: the source was called four times, never more.
+    assert_eq!(out, ["before\t0", "2,4,8\tpulled\t4", "nil\t4", "1,3", "0"]);
+}
+
+#[test]
+fn read_line_joins_chunks_and_strips_line_ends() {
+    let out = output(
+        r#"
+        local s = Stream.from({ "one\r", "\ntw", "o\n\nthr", "ee\r\nlast" })
+        while true do
+            local line = s:readLine()
+            if line == nil then break end
+            print("[" .. line .. "]")
+        end
+        print(s:readLine())
+        local t = Stream.from({ "ends with newline\n" })
+        print(t:readLine(), t:readLine())
+        "#,
+        5,
+    );
+    assert_eq!(out, ["[one]", "[two]", "[]", "[three]", "[last]", "nil", "ends with newline\tnil"]);
+}
+
+#[test]
+fn a_failing_producer_ends_read_with_the_error_and_rejects_promises() {
+    let out = output(
+        r#"
+        local n = 0
+        local function failing()
+            n = n + 1
+            if n == 3 then error("disk on fire", 0) end
+            return n
+        end
+        local s = Stream.from(failing)
+        print(s:read(), s:read())
+        print(s:read())
+        print(s:read())
+        n = 0
+        local ok, err = pcall(await, Stream.from(failing):collect())
+        print(ok, err)
+        n = 0
+        print(pcall(function() for _ in Stream.from(failing):iter() do end end))
+        n = 0
+        print(Stream.from(failing):forEach(function() end):awaitStatus())
+        n = 0
+        local r = Stream.from(failing):readLine()
+        print(r)
+        "#,
+        5,
+    );
+    assert_eq!(
+        out,
+        [
+            "1\t2",
+            "nil\tdisk on fire",
+            "nil\tdisk on fire",
+            "false\tdisk on fire",
+            "false\tdisk on fire",
+            "Rejected\tdisk on fire",
+            "nil",
+        ]
+    );
+}
+
+#[test]
+fn arguments_are_checked() {
+    let out = output(
+        r#"
+        local function try(f, ...) print((select(2, pcall(f, ...)))) end
+        try(Stream.from, 5)
+        local s = Stream.from({})
+        try(s.map, s, 1)
+        try(s.filter, s, nil)
+        try(s.take, s, "x")
+        try(s.take, s, -1)
+        try(s.reduce, s, {})
+        try(s.forEach, s)
+        try(s.read, {})
+        try(function() s.x = 1 end)
+        "#,
+        2,
+    );
+    let expected = [
+        "bad argument #1 to 'from' (Channel, table or function expected, got number)",
+        "bad argument #1 to 'map' (function expected, got number)",
+        "bad argument #1 to 'filter' (function expected, got nil)",
+        "bad argument #1 to 'take' (number expected, got string)",
+        "bad argument #1 to 'take' (non-negative integer expected, got -1)",
+        "bad argument #1 to 'reduce' (function expected, got table)",
+        "bad argument #1 to 'forEach' (function expected, got nil)",
+        "calling 'read' on bad self (Stream expected, got table)",
+        "attempt to modify a Stream (field 'x')",
+    ];
+    assert_eq!(out.len(), expected.len(), "{out:?}");
+    for (line, want) in out.iter().zip(expected) {
+        assert!(line.ends_with(want), "{line:?} should end with {want:?}");
+    }
+}
+
+/// What a Rust producer observed.
+#[derive(Clone, Default)]
+struct Probe {
+    sent: Arc<AtomicUsize>,
+    max_ahead: Arc<AtomicUsize>,
+    read: Arc<AtomicUsize>,
+    stopped: Arc<AtomicBool>,
+}
+
+const CAPACITY: usize = 4;
+
+/// `numbers(n)`: a stream of 1..=n (endless for 0) from a future on the pool, recording how far
+/// ahead of the script it got and whether it was stopped.
+fn numbers_app(probe: &Probe) -> App {
+    let mut app = create_app();
+    let p = probe.clone();
+    app.add_lua_stream_function("numbers", CAPACITY, move |n: usize, mut tx: StreamSender| {
+        let p = p.clone();
+        AsyncComputeTaskPool::get()
+            .spawn(async move {
+                let mut i = 0;
+                while n == 0 || i < n {
+                    i += 1;
+                    if tx.send(i).await.is_err() {
+                        p.stopped.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    p.sent.store(i, Ordering::SeqCst);
+                    let ahead = i.saturating_sub(p.read.load(Ordering::SeqCst));
+                    p.max_ahead.fetch_max(ahead, Ordering::SeqCst);
+                }
+                if n == 7 {
+                    tx.fail("out of numbers");
+                }
+            })
+            .detach();
+        Ok::<_, String>(())
+    });
+    let p = probe.clone();
+    app.add_lua_function("consumed", move |i: usize| {
+        p.read.store(i, Ordering::SeqCst);
+        Ok::<_, String>(())
+    });
+    app
+}
+
+#[test]
+fn rust_producer_every_method() {
+    let probe = Probe::default();
+    let mut app = numbers_app(&probe);
+    let out = script_output(
+        &mut app,
+        r#"
+        local s = numbers(5)
+        print(s:read(), s:read())
+        print(table.concat(await(s:collect()), ","))
+        print(await(numbers(4):map(function(v) return v * v end):filter(function(v) return v > 1 end)
+            :reduce(function(a, v) return a + v end, 0)))
+        local sum = 0
+        await(numbers(3):forEach(function(v) sum = sum + v end))
+        print(sum)
+        for v in numbers(2):iter() do print("iter", v) end
+        local lines = numbers(3):map(function(v) return v .. "\n" end)
+        print(lines:readLine(), lines:readLine(), lines:readLine(), lines:readLine())
+        print(numbers(7):reduce(function(a, v) return a + v end, 0):awaitStatus())
+        local f = numbers(7)
+        for _ = 1, 7 do f:read() end
+        print(f:read())
+        print(pcall(numbers, "x"))
+        "#,
+        10,
+    );
+    assert_eq!(
+        out,
+        [
+            "1\t2",
+            "3,4,5",
+            "29",
+            "6",
+            "iter\t1",
+            "iter\t2",
+            "1\t2\t3\tnil",
+            "Rejected\tout of numbers",
+            "nil\tout of numbers",
+            "false\tbad argument #1 to 'numbers' (invalid type: string \"x\", expected usize)",
+        ]
+    );
+}
+
+#[test]
+fn a_producer_is_never_more_than_the_buffer_ahead() {
+    let probe = Probe::default();
+    let mut app = numbers_app(&probe);
+    spawn_script(
+        &mut app,
+        "scripts/slow.lua",
+        r#"
+        local s = numbers(60)
+        for v in s:iter() do
+            consumed(v)
+            task.wait(0.05) -- a slow consumer: three frames per chunk
+        end
+        print("done")
+        "#,
+    );
+    run_until_printed_ok(&mut app, 1);
+    assert_eq!(probe.sent.load(Ordering::SeqCst), 60);
+    let ahead = probe.max_ahead.load(Ordering::SeqCst);
+    // The chunk being read was taken out of the buffer before `consumed` saw it: one more.
+    assert!(ahead <= CAPACITY + 1, "the producer got {ahead} chunks ahead with a buffer of {CAPACITY}");
+    assert!(ahead >= CAPACITY, "the producer never filled the buffer ({ahead})");
+}
+
+#[test]
+fn stopping_early_cancels_the_producer() {
+    for src in [
+        "print(table.concat(await(numbers(0):take(3):collect()), ','))",
+        "local s = numbers(0); print(s:read(), s:read()); s:close(); print(s:read())",
+        "local s = numbers(0); local p = s:forEach(function() end); task.wait(); p:cancel(); print('cancelled')",
+    ] {
+        let probe = Probe::default();
+        let mut app = numbers_app(&probe);
+        spawn_script(&mut app, "scripts/stop.lua", src);
+        run_until(&mut app, 5000, |_| {
+            std::thread::sleep(Duration::from_micros(200));
+            probe.stopped.load(Ordering::SeqCst)
+        });
+        assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+        assert!(!printed(&app).is_empty());
+    }
+}
+
+#[test]
+fn a_stream_dropped_without_closing_stops_its_producer() {
+    let probe = Probe::default();
+    let mut app = numbers_app(&probe);
+    spawn_script(
+        &mut app,
+        "scripts/drop.lua",
+        "do local s = numbers(0); print(s:read()) end collectgarbage() collectgarbage()",
+    );
+    run_until(&mut app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        probe.stopped.load(Ordering::SeqCst)
+    });
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), ["1"]);
+}
+
+#[test]
+fn despawning_the_reader_cancels_the_producer() {
+    let probe = Probe::default();
+    let mut app = numbers_app(&probe);
+    let e = spawn_script(&mut app, "scripts/reader.lua", "for v in numbers(0):iter() do consumed(v) end");
+    run_until(&mut app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        probe.read.load(Ordering::SeqCst) >= 10
+    });
+    assert!(!probe.stopped.load(Ordering::SeqCst));
+    app.world_mut().despawn(e);
+    run_until(&mut app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        probe.stopped.load(Ordering::SeqCst)
+    });
+}
+
+#[test]
+fn memory_stays_flat_over_a_100_mb_stream() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 1600; // 100 MiB
+    let mut app = create_app();
+    app.add_lua_stream_function("bigStream", 8, |mut tx: StreamSender| {
+        AsyncComputeTaskPool::get()
+            .spawn(async move {
+                for i in 0..CHUNKS {
+                    if tx.send_bytes(vec![b'a' + (i % 26) as u8; CHUNK]).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .detach();
+        Ok::<_, String>(())
+    });
+    spawn_script(
+        &mut app,
+        "scripts/big.lua",
+        r#"
+        local total, n = 0, 0
+        for chunk in bigStream():iter() do
+            total, n = total + #chunk, n + 1
+        end
+        print(total, n)
+        "#,
+    );
+    app.update();
+    let base = app.world().resource::<LuaRuntime>().used_memory();
+    let mut peak = base;
+    for _ in 0..20_000 {
+        app.update();
+        peak = peak.max(app.world().resource::<LuaRuntime>().used_memory());
+        if !printed(&app).is_empty() || !errors(&app).is_empty() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), [format!("{}\t{CHUNKS}", CHUNK * CHUNKS)]);
+    let grew = peak.saturating_sub(base);
+    assert!(grew < 16 * 1024 * 1024, "Lua memory grew by {} KiB while streaming 100 MiB", grew / 1024);
+}
+
+#[test]
+fn read_file_stream_counts_words_and_lines() {
+    let mut app = create_app();
+    let out = script_output(
+        &mut app,
+        r#"
+        local s = readFileStream("text/road.txt")
+        local lines, words = 0, 0
+        while true do
+            local line = s:readLine()
+            if line == nil then break end
+            lines = lines + 1
+            for _ in line:gmatch("%S+") do words = words + 1 end
+        end
+        print("lines", lines, "words", words)
+        local size = await(readFileStream("text/road.txt"):reduce(function(n, chunk) return n + #chunk end, 0))
+        print("bytes", size)
+        print(readFileStream("text/missing.txt"):read())
+        "#,
+        3,
+    );
+    let size = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/text/road.txt")).unwrap().len();
+    assert_eq!(out[0], "lines\t9\twords\t51");
+    assert_eq!(out[1], format!("bytes\t{size}"));
+    assert!(out[2].starts_with("nil\tcannot open \"text/missing.txt\""), "{}", out[2]);
+}
+
+#[test]
+fn read_file_stream_refuses_paths_outside_the_assets_folder() {
+    let out = output(
+        r#"
+        print(select(2, pcall(readFileStream, "../Cargo.toml")))
+        print(select(2, pcall(readFileStream, "/etc/passwd")))
+        print(select(2, pcall(readFileStream, 3)))
+        "#,
+        2,
+    );
+    assert!(
+        out[0]
+            .contains("bad argument #1 to 'readFileStream' (path \"../Cargo.toml\" leaves the assets folder")
+    );
+    assert!(out[1].contains("bad argument #1 to 'readFileStream' (path \"/etc/passwd\" is absolute"));
+    assert!(
+        out[2].contains("bad argument #1 to 'readFileStream' (invalid type: integer `3`, expected a string)")
+    );
+}
+
+/// Senders scripts asked for, waiting for the system that feeds them.
+#[derive(Resource)]
+struct NewSenders(crossbeam_channel::Receiver<StreamSender>);
+
+/// The senders the system feeds, and what it saw.
+#[derive(Resource, Default)]
+struct Feeding {
+    senders: Vec<(StreamSender, u32)>,
+    full: usize,
+    closed: usize,
+}
+
+/// A system feeds the streams: one `try_send` per frame each, a `Full` noted, the sender dropped
+/// (ending the stream) after five chunks, or when the script stopped reading.
+fn feed(new: Res<NewSenders>, mut feeding: ResMut<Feeding>) {
+    let Feeding { senders, full, closed } = &mut *feeding;
+    senders.extend(new.0.try_iter().map(|tx| (tx, 0)));
+    senders.retain_mut(|(tx, sent)| {
+        match tx.try_send(*sent + 1) {
+            Ok(()) => *sent += 1,
+            Err(StreamSendError::Full) => *full += 1,
+            Err(StreamSendError::Closed) => {
+                *closed += 1;
+                return false;
+            }
+        }
+        *sent < 5
+    });
+}
+
+#[test]
+fn a_system_feeds_a_stream_with_try_send() {
+    let mut app = create_app();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    app.add_lua_stream_function("fromSystem", 2, move |sender: StreamSender| {
+        tx.send(sender).map_err(|e| e.to_string())
+    })
+    .insert_resource(NewSenders(rx))
+    .init_resource::<Feeding>()
+    .add_systems(Update, feed.before(LuaCoroutinesSystems::Sync));
+    let out = script_output(
+        &mut app,
+        r#"
+        local s = fromSystem()
+        task.wait(0.1) -- let the buffer fill: the system's try_send reports Full meanwhile
+        print(table.concat(await(s:collect()), ","))
+        local early = fromSystem()
+        print(early:read())
+        early:close()
+        task.wait(0.1)
+        print("closed")
+        "#,
+        3,
+    );
+    assert_eq!(out, ["1,2,3,4,5", "1", "closed"]);
+    let feeding = app.world().resource::<Feeding>();
+    assert!(feeding.full > 0, "the buffer of 2 never filled");
+    assert_eq!(feeding.closed, 1);
+    assert!(feeding.senders.is_empty());
+}
