@@ -107,6 +107,8 @@ fn a_changed_script_restarts_its_instances_keeping_state() {
     assert_eq!(live_tasks(&app), 0, "the old tasks were cancelled and the new ones finished");
 }
 
+// To-be-closed variables are Lua 5.4's.
+#[cfg(feature = "lua54")]
 #[test]
 fn a_reload_closes_the_old_tasks_before_the_new_code_runs() {
     let mut app = create_app();
@@ -211,8 +213,8 @@ print(util.double(21), require("ai.util") == util, require "helpers")
 #[test]
 fn require_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "scripts/a.lua", "return require('b')");
-    write(dir.path(), "scripts/b.lua", "return require('a')");
+    write(dir.path(), "scripts/a.lua", "local b = require('b') return b");
+    write(dir.path(), "scripts/b.lua", "local a = require('a') return a");
     write(dir.path(), "scripts/waits.lua", "task.wait(1) return 1");
     write(dir.path(), "scripts/raises.lua", "local x = nil\nreturn x.field");
     write(dir.path(), "scripts/bad.lua", "return {");
@@ -235,12 +237,11 @@ print((select(2, pcall(function() require(nil) end))))
         "module 'missing.mod' not found:\n\tno file 'scripts/missing/mod.lua'\n\tno file 'missing/mod.lua'",
         "not found lists what was tried"
     );
-    assert_eq!(out[1], "require cycle: scripts/a.lua -> scripts/b.lua -> scripts/a.lua", "a cycle is named");
-    assert!(
-        out[2].contains("attempt to yield across a C-call boundary"),
-        "a module cannot yield: {}",
-        out[2]
+    assert_eq!(
+        out[1], "scripts/b.lua:1: require cycle: scripts/a.lua -> scripts/b.lua -> scripts/a.lua",
+        "a cycle is named, at the require that closes it"
     );
+    assert!(out[2].contains("attempt to yield across"), "a module cannot yield: {}", out[2]);
     assert!(
         out[3].starts_with("scripts/raises.lua:2: attempt to index"),
         "the module's own line: {}",
