@@ -90,6 +90,7 @@ mod runtime;
 mod scheduler;
 mod time;
 mod timer;
+mod world;
 
 pub use asset::{LuaScript, LuaScriptLoader};
 pub use bridge::channels::{LuaChannel, LuaChannelAppExt};

@@ -187,6 +187,7 @@ impl LuaRuntime {
         let external: Function = channel.get::<Table>("Channel")?.get("_external")?;
         lua.set_app_data(ChannelLua { poll: channel.get("poll")?, external });
         crate::bridge::install(&lua, &promise)?;
+        let world_functions = crate::world::install(&lua)?;
         api.set("promise", promise)?;
         let bad: Function = api.get("bad")?;
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
@@ -227,6 +228,9 @@ impl LuaRuntime {
         let new_env: Function = sandbox.get("new_env")?;
         let define: Function = sandbox.get("define")?;
         lua.set_globals(base)?;
+        for (path, function) in world_functions {
+            define.call::<()>((path, function))?;
+        }
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }

@@ -113,7 +113,7 @@ pub(crate) struct BridgeLua {
 }
 
 /// Makes a script-facing function of `call`, which returns its value or the message to raise.
-fn script_function(
+pub(crate) fn script_function(
     lua: &Lua,
     call: impl Fn(&Lua, MultiValue) -> Result<Value, String> + Send + Sync + 'static,
 ) -> mlua::Result<Function> {
