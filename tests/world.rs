@@ -45,15 +45,31 @@ fn app() -> App {
     app
 }
 
-/// Spawns `source` on an entity that also has `bundle`.
+/// Put before every test script, on its first line (so line numbers stay): `print` shows numbers
+/// with `%.14g`, so the output is the same in every Lua flavour (Lua 5.4 prints floats as `2.0`).
+const PRELUDE: &str = "local raw_print, select, type, format, tostring, concat = print, select, type, string.format, \
+                       tostring, table.concat; local function print(...) local parts = {}; for i = 1, \
+                       select('#', ...) do local v = select(i, ...); parts[i] = type(v) == 'number' and \
+                       format('%.14g', v) or tostring(v) end; raw_print(concat(parts, '\\t')) end; ";
+
+/// Spawns `source` (after [`PRELUDE`]) on an entity that also has `bundle`.
 fn spawn_with(app: &mut App, source: &str, bundle: impl Bundle) -> Entity {
-    let handle = script(app, "scripts/test.lua", source);
+    let handle = script(app, "scripts/test.lua", &format!("{PRELUDE}{source}"));
     app.world_mut().spawn((LuaScripts::new(handle), bundle)).id()
 }
 
 fn assert_no_errors(app: &App) {
     let errs = errors(app);
     assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+}
+
+/// Spawns `source` with `bundle`, runs two frames (it starts in the first) and checks that no
+/// script error was raised.
+fn run_clean(app: &mut App, source: &str, bundle: impl Bundle) -> Entity {
+    let e = spawn_with(app, source, bundle);
+    run(app, 2);
+    assert_no_errors(app);
+    e
 }
 
 #[test]
@@ -64,20 +80,16 @@ fn get_reads_transform_with_named_vector_fields() {
         print(t.translation.x, t.translation.y, t.translation.z)
         print(t.rotation.x, t.rotation.w, t.scale.x)
     "#;
-    spawn_with(&mut app, src, Transform::from_xyz(1.5, 2.0, -3.0));
-    run(&mut app, 2);
-    assert_no_errors(&app);
-    assert_eq!(printed(&app), ["1.5\t2.0\t-3.0", "0.0\t1.0\t1.0"], "Transform reads as nested tables");
+    run_clean(&mut app, src, Transform::from_xyz(1.5, 2.0, -3.0));
+    assert_eq!(printed(&app), ["1.5\t2\t-3", "0\t1\t1"], "Transform reads as nested tables");
 }
 
 #[test]
 fn get_accepts_the_full_type_path() {
     let mut app = app();
     let src = r#"print(entity:get("bevy_transform::components::transform::Transform").translation.x)"#;
-    spawn_with(&mut app, src, Transform::from_xyz(4.0, 0.0, 0.0));
-    run(&mut app, 2);
-    assert_no_errors(&app);
-    assert_eq!(printed(&app), ["4.0"], "the full type path names the component too");
+    run_clean(&mut app, src, Transform::from_xyz(4.0, 0.0, 0.0));
+    assert_eq!(printed(&app), ["4"], "the full type path names the component too");
 }
 
 #[test]
@@ -86,9 +98,7 @@ fn get_returns_nil_and_has_false_for_a_missing_component() {
     let src = r#"
         print(entity:get("Health"), entity:has("Health"), entity:has("Transform"))
     "#;
-    spawn_with(&mut app, src, Transform::default());
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    run_clean(&mut app, src, Transform::default());
     assert_eq!(printed(&app), ["nil\tfalse\ttrue"], "a missing component reads as nil");
 }
 
@@ -102,9 +112,7 @@ fn unknown_component_names_raise() {
         end
         print(pcall(entity.set, entity, "Helth", {}))
     "#;
-    spawn_with(&mut app, src, ());
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    run_clean(&mut app, src, ());
     let out = printed(&app);
     assert_eq!(out.len(), 3, "three calls: {out:?}");
     for line in &out {
@@ -134,10 +142,8 @@ fn set_patches_only_the_given_fields() {
         local t = entity:get("Transform")
         print(t.translation.x, t.translation.y, t.scale.z)
     "#;
-    let e = spawn_with(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0).with_scale(Vec3::splat(2.0)));
-    run(&mut app, 2);
-    assert_no_errors(&app);
-    assert_eq!(printed(&app), ["10.0\t2.0\t2.0"], "the script reads its own write");
+    let e = run_clean(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0).with_scale(Vec3::splat(2.0)));
+    assert_eq!(printed(&app), ["10\t2\t2"], "the script reads its own write");
     let t = app.world().get::<Transform>(e).expect("the entity keeps its Transform");
     assert_eq!(t.translation, Vec3::new(10.0, 2.0, 3.0), "only translation.x changed");
     assert_eq!(t.scale, Vec3::splat(2.0), "scale kept");
@@ -150,10 +156,8 @@ fn set_inserts_a_missing_component_from_its_default() {
         entity:set("Health", { max = 100 })
         print(entity:has("Health"), entity:get("Health").current, entity:get("Health").max)
     "#;
-    let e = spawn_with(&mut app, src, ());
-    run(&mut app, 2);
-    assert_no_errors(&app);
-    assert_eq!(printed(&app), ["true\t0.0\t100.0"], "Health is inserted, default plus patch");
+    let e = run_clean(&mut app, src, ());
+    assert_eq!(printed(&app), ["true\t0\t100"], "Health is inserted, default plus patch");
     assert_eq!(app.world().get::<Health>(e), Some(&Health { current: 0.0, max: 100.0 }), "Rust sees it");
 }
 
@@ -172,9 +176,7 @@ fn wrong_shapes_raise_naming_the_field_and_change_nothing() {
         local ok, err = pcall(function() entity:set("Health", { current = true }) end)
         print(err)
     "#;
-    let e = spawn_with(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    let e = run_clean(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
     let out = printed(&app);
     let expected = [
         "Transform.translation.x: number expected, got string",
@@ -234,20 +236,18 @@ fn other_shapes_round_trip() {
         entity:set("Brain", { mode = { Chase = { speed = 5 } }, path = { 9 } })
         b = entity:get("Brain")
         print(b.mode.Chase.speed, table.concat(b.path, ","))
-        entity:set("Brain", { mode = "Idle", speed = nil })
+        entity:set("Brain", { mode = "Idle" })
         print(entity:get("Brain").mode)
         print(select(2, pcall(entity.set, entity, "Brain", { level = 300 })))
         print(select(2, pcall(entity.set, entity, "Brain", { level = 1.5 })))
         print(select(2, pcall(entity.set, entity, "Brain", { mode = "Run" })))
         print(select(2, pcall(entity.set, entity, "Brain", { path = { 1, "x" } })))
     "#;
-    let e = spawn_with(&mut app, src, Brain { path: vec![1, 2], label: "idle".into(), ..default() });
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    let e = run_clean(&mut app, src, Brain { path: vec![1, 2], label: "idle".into(), ..default() });
     let out = printed(&app);
     assert_eq!(out[0], "Idle\tnil\tnil\t2\tidle\tfalse\t0", "defaults read back");
-    assert_eq!(out[1], "3.0\ttrue\t1.5\t4,5,6\thunt\ttrue\t7", "every field written");
-    assert_eq!(out[2], "5.0\t9", "a variant's fields patch, a list is replaced whole");
+    assert_eq!(out[1], "3\ttrue\t1.5\t4,5,6\thunt\ttrue\t7", "every field written");
+    assert_eq!(out[2], "5\t9", "a variant's fields patch, a list is replaced whole");
     assert_eq!(out[3], "Idle", "a unit variant by name");
     assert!(out[4].ends_with("Brain.level: 300 does not fit in u8"), "range: {}", out[4]);
     assert!(out[5].ends_with("Brain.level: integer expected, got a number with a fraction"), "{}", out[5]);
@@ -270,12 +270,10 @@ fn despawned_entities_raise_instead_of_reading() {
         end
         print(world.find("target"))
     "#;
-    spawn_with(&mut app, src, ());
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    run_clean(&mut app, src, ());
     let gone = format!("entity {target} no longer exists");
     let out = printed(&app);
-    assert_eq!(out[0], "5.0", "read before the despawn");
+    assert_eq!(out[0], "5", "read before the despawn");
     for line in &out[1..4] {
         assert!(line.ends_with(&gone), "a despawned entity raises {gone:?}: {line}");
     }
@@ -337,12 +335,10 @@ fn spawn_makes_an_entity_with_components_and_find_sees_it() {
         print(#all, all[1] == e, world.find("nothing"))
         print(world.entity(e.id) == e, tostring(world.entity(e.id)) == tostring(e))
     "#;
-    spawn_with(&mut app, src, ());
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    run_clean(&mut app, src, ());
     assert_eq!(
         printed(&app),
-        ["3.0\t10.0\tcrate", "true\t1", "2\ttrue\tnil", "true\ttrue"],
+        ["3\t10\tcrate", "true\t1", "2\ttrue\tnil", "true\ttrue"],
         "spawned entities carry their components and are found by Name"
     );
     let mut q = app.world_mut().query::<(&Name, Option<&Transform>)>();
@@ -360,9 +356,7 @@ fn a_bad_spawn_spawns_nothing() {
         print(select(2, pcall(world.spawn, { Name = "a", script = 5 })))
         print(world.find("a"))
     "#;
-    spawn_with(&mut app, src, ());
-    run(&mut app, 2);
-    assert_no_errors(&app);
+    run_clean(&mut app, src, ());
     let out = printed(&app);
     assert!(out[0].ends_with("Transform.scale.x: number expected, got string"), "{}", out[0]);
     assert!(out[1].contains("unknown component 'Helth'"), "{}", out[1]);
@@ -395,7 +389,7 @@ fn a_spawned_script_starts_the_next_frame() {
     let spawned = frame(&out[0], "spawned at frame ");
     let started = frame(&out[1], "child started at frame ");
     assert_eq!(started, spawned + 1, "the child starts on the frame after its spawn: {out:?}");
-    assert!(out[1].ends_with("x=2.0"), "the child sees the Transform it was spawned with: {}", out[1]);
+    assert!(out[1].ends_with("x=2"), "the child sees the Transform it was spawned with: {}", out[1]);
 }
 
 #[test]
@@ -425,7 +419,7 @@ fn scripts_spawn_and_despawn_across_waits_inside_coroutines() {
     assert_no_errors(&app);
     assert_eq!(
         printed(&app),
-        ["bullet\t1\t11.0", "bullet\t2\t22.0", "bullet\t3\t33.0", "left\t0"],
+        ["bullet\t1\t11", "bullet\t2\t22", "bullet\t3\t33", "left\t0"],
         "each bullet moved once per frame it waited, then despawned itself"
     );
     assert_eq!(app.world_mut().query::<&Name>().iter(app.world()).count(), 0, "every bullet despawned");
@@ -487,5 +481,21 @@ fn entities_sent_through_a_channel_keep_their_methods() {
     spawn_with(&mut app, src, ());
     run(&mut app, 3);
     assert_no_errors(&app);
-    assert_eq!(printed(&app), ["7.0"], "the received entity reads the world");
+    assert_eq!(printed(&app), ["7"], "the received entity reads the world");
+}
+
+#[test]
+fn scripts_cannot_change_the_entity_methods_other_scripts_use() {
+    let mut app = app();
+    let src = r#"
+        print(type(getmetatable(entity)))
+        print((pcall(function() entity.get = nil end)))
+        print(type(entity.get))
+    "#;
+    run_clean(&mut app, src, ());
+    assert_eq!(
+        printed(&app),
+        ["boolean", "false", "function"],
+        "the metatable (and with it the shared methods table) is hidden, and fields cannot be assigned"
+    );
 }

@@ -12,7 +12,8 @@
 //! goes through its `ReflectSerialize`/`ReflectDeserialize`.
 //!
 //! Writing *patches*: only the fields a table names change; lists are replaced whole (new items
-//! start from their type's reflected `Default`); maps and sets cannot be written. Errors name the
+//! start from their type's reflected `Default`); maps and sets cannot be written; an `Option`
+//! field inside a table can be given a value but not cleared, since a table cannot hold `nil`. Errors name the
 //! path: `Transform.translation.x: number expected, got string`.
 
 use std::any::TypeId;
@@ -261,7 +262,7 @@ pub(crate) fn patch(
                 let Value::String(k) = &k else {
                     return Err(path.error(format_args!("field names must be strings, got {}", lua_type(&k))));
                 };
-                let k = k.to_string_lossy();
+                let k = k.to_str().map_err(|e| lua_error(path, e))?;
                 let field = s
                     .field_mut(&k)
                     .ok_or_else(|| path.error(format_args!("{type_name} has no field '{k}'")))?;
@@ -427,10 +428,16 @@ fn patch_positions(
     let t = table_of(value, path)?;
     for pair in t.pairs::<Value, Value>() {
         let (k, v) = pair.map_err(|e| lua_error(path, e))?;
-        let index = match k {
-            Value::Integer(i) if i >= 1 && (i as usize) <= len => i as usize,
-            other => {
-                let shown = other.to_string().unwrap_or_else(|_| lua_type(&other).to_string());
+        // Lua 5.4 keys are integers; LuaJIT and Luau have only floats.
+        let position = match k {
+            Value::Integer(i) => Some(i as f64),
+            Value::Number(n) if n.fract() == 0.0 => Some(n),
+            _ => None,
+        };
+        let index = match position {
+            Some(i) if i >= 1.0 && i <= len as f64 => i as usize,
+            _ => {
+                let shown = k.to_string().unwrap_or_else(|_| lua_type(&k).to_string());
                 return Err(path.error(format_args!("position {shown} is not within 1..{len}")));
             }
         };
