@@ -202,7 +202,7 @@ fn opaque_to_lua(
         return lua.create_string(s).map(Value::String).map_err(|e| lua_error(path, e));
     }
     if let Some(e) = value.try_downcast_ref::<Entity>() {
-        return lua.create_userdata(LuaEntity(*e)).map(Value::UserData).map_err(|e| lua_error(path, e));
+        return super::entity_value(lua, *e).map_err(|e| path.error(e));
     }
     let serialize = value
         .try_as_reflect()

@@ -41,6 +41,13 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<Vec<(&'static str, Function)>> 
     ])
 }
 
+/// The entity value scripts see for `entity`.
+fn entity_value(lua: &Lua, entity: Entity) -> Result<Value, String> {
+    lua.create_userdata(LuaEntity(entity))
+        .map(Value::UserData)
+        .map_err(|e| crate::error::split_traceback(&e).0)
+}
+
 /// Lua's own argument error: `bad argument #1 to 'get' (string expected, got table)`.
 fn bad_argument(n: usize, function: &str, expected: &str, got: &Value) -> String {
     format!("bad argument #{n} to '{function}' ({expected} expected, got {})", lua_type(got))
@@ -221,8 +228,7 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         if !handles.is_empty() {
             spawned.insert(LuaScripts(handles));
         }
-        let entity = spawned.id();
-        lua.create_userdata(LuaEntity(entity)).map(Value::UserData).map_err(|e| e.to_string())
+        entity_value(lua, spawned.id())
     })?
 }
 
@@ -255,14 +261,12 @@ fn find(lua: &Lua, args: MultiValue, all: bool) -> Result<Value, String> {
         query.iter(world).filter(|(_, n)| n.as_str() == name).map(|(e, _)| e).collect::<Vec<_>>()
     })?;
     found.sort_by_key(|e| (e.index_u32(), e.to_bits()));
-    let to_lua =
-        |e: Entity| lua.create_userdata(LuaEntity(e)).map(Value::UserData).map_err(|e| e.to_string());
     if !all {
-        return found.first().map_or(Ok(Value::Nil), |&e| to_lua(e));
+        return found.first().map_or(Ok(Value::Nil), |&e| entity_value(lua, e));
     }
     let list = lua.create_table_with_capacity(found.len(), 0).map_err(|e| e.to_string())?;
     for (i, e) in found.into_iter().enumerate() {
-        list.raw_set(i + 1, to_lua(e)?).map_err(|e| e.to_string())?;
+        list.raw_set(i + 1, entity_value(lua, e)?).map_err(|e| e.to_string())?;
     }
     Ok(Value::Table(list))
 }
@@ -278,5 +282,5 @@ fn entity_of_id(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     };
     let entity = Entity::try_from_bits(bits)
         .ok_or_else(|| format!("bad argument #1 to 'entity' ({bits} is not an entity id)"))?;
-    lua.create_userdata(LuaEntity(entity)).map(Value::UserData).map_err(|e| e.to_string())
+    entity_value(lua, entity)
 }
