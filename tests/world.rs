@@ -499,3 +499,29 @@ fn scripts_cannot_change_the_entity_methods_other_scripts_use() {
         "the metatable (and with it the shared methods table) is hidden, and fields cannot be assigned"
     );
 }
+
+/// `__close` handlers of a cancelled instance run in the sync, outside the step: the world is not
+/// reachable there, and saying so is an ordinary error, not a panic. (`<close>` is Lua 5.4 syntax.)
+#[cfg(feature = "lua54")]
+#[test]
+fn world_functions_raise_in_close_handlers_run_by_cancellation() {
+    let mut app = app();
+    let src = r#"
+        local guard <close> = setmetatable({}, { __close = function()
+            print(select(2, pcall(entity.get, entity, "Transform")))
+        end })
+        task.wait(100)
+    "#;
+    let e = spawn_with(&mut app, src, Transform::default());
+    run(&mut app, 2);
+    app.world_mut().entity_mut(e).remove::<LuaScripts>();
+    run(&mut app, 2);
+    assert_no_errors(&app);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1, "the handler ran once: {out:?}");
+    assert!(
+        out[0].ends_with("'get' needs the world, which scripts reach only while the step runs them"),
+        "world access in the sync raises: {}",
+        out[0]
+    );
+}
