@@ -1,5 +1,6 @@
-//! A headless scripted scene: two guards patrol (one script on two entities), a spawner sends waves
-//! of short-lived enemies, and a light blinks, each a Lua script running as coroutines.
+//! A headless scripted scene: two guards patrol (one script on two entities), moving their
+//! `Transform` and firing bullets that scripts spawn and that despawn themselves; a spawner sends
+//! waves of short-lived enemies, and a light blinks, each a Lua script running as coroutines.
 //!
 //! ```sh
 //! cargo run --example demo
@@ -27,6 +28,9 @@ const MAX_FRAMES: u32 = 60 * 30;
 #[derive(Resource)]
 struct SceneScripts {
     guard: Handle<LuaScript>,
+    /// Spawned by the guards' scripts (`world.spawn`); loaded up front so each bullet's script
+    /// starts on the frame after its spawn, the same on every run.
+    bullet: Handle<LuaScript>,
     spawner: Handle<LuaScript>,
     light: Handle<LuaScript>,
 }
@@ -62,6 +66,7 @@ fn main() -> AppExit {
 fn load_scene(mut commands: Commands, assets: Res<AssetServer>, mut time: ResMut<Time<Virtual>>) {
     commands.insert_resource(SceneScripts {
         guard: assets.load("scripts/demo/guard.lua"),
+        bullet: assets.load("scripts/demo/bullet.lua"),
         spawner: assets.load("scripts/demo/spawner.lua"),
         light: assets.load("scripts/demo/light.lua"),
     });
@@ -76,7 +81,7 @@ fn start_scene(
     mut time: ResMut<Time<Virtual>>,
     mut exit: MessageWriter<AppExit>,
 ) {
-    let handles = [&scripts.guard, &scripts.spawner, &scripts.light];
+    let handles = [&scripts.guard, &scripts.bullet, &scripts.spawner, &scripts.light];
     for handle in handles {
         match assets.load_state(handle) {
             LoadState::Loaded => {}
@@ -89,9 +94,18 @@ fn start_scene(
         }
     }
     println!("demo: two guards, a spawner and a light; one frame is 1/60 s of game time");
-    // Both guards run the same script, each as its own instance with its own globals and `state`.
-    commands.spawn(LuaScripts::new(scripts.guard.clone()));
-    commands.spawn(LuaScripts::new(scripts.guard.clone()));
+    // Both guards run the same script, each as its own instance with its own globals and `state`;
+    // each picks its route by its `Name` and starts where its `Transform` says.
+    commands.spawn((
+        LuaScripts::new(scripts.guard.clone()),
+        Name::new("north guard"),
+        Transform::from_xyz(0.0, 0.0, 0.0),
+    ));
+    commands.spawn((
+        LuaScripts::new(scripts.guard.clone()),
+        Name::new("south guard"),
+        Transform::from_xyz(0.0, -2.0, 0.0),
+    ));
     commands.spawn(LuaScripts::new(scripts.spawner.clone()));
     commands.spawn(LuaScripts::new(scripts.light.clone()));
     commands.insert_resource(SceneStarted);

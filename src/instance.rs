@@ -41,13 +41,19 @@ impl From<Handle<LuaScript>> for LuaScripts {
 }
 
 /// The `entity` value a script sees: `entity.id` is `Entity::to_bits`, `tostring(entity)` reads
-/// `Entity(12v3)`.
+/// `Entity(12v3)`; `get`, `set`, `has` and `despawn` act on the world (see the crate docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LuaEntity(pub Entity);
 
 impl UserData for LuaEntity {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("id", |_, this| Ok(this.0.to_bits() as i64));
+        // Names that are not fields are looked up in the world methods (`entity:get(...)`).
+        fields.add_meta_field_with("__index", |lua| {
+            lua.app_data_ref::<crate::world::EntityMethods>()
+                .map(|m| m.0.clone())
+                .ok_or_else(|| mlua::Error::runtime("the world methods are installed with the VM"))
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {

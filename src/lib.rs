@@ -96,6 +96,23 @@
 //! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a
 //! bounded queue); cancellation, timeouts and despawns drop the work in Rust.
 //!
+//! ## The world
+//!
+//! `entity:get(name)`, `entity:set(name, table)`, `entity:has(name)` and `entity:despawn()` act on
+//! any entity value; `world.spawn{ script = "path.lua", Transform = {...} }`, `world.find(name)`,
+//! `world.findAll(name)` and `world.entity(id)` make and find them. Components are named by their
+//! reflected type name (`"Transform"`) or full path and converted by walking their reflection, so
+//! any type registered with `#[reflect(Component)]` works with no per-type glue, and vectors keep
+//! named fields. `set` patches the fields it is given (on a copy, stored only if every field fits)
+//! or inserts the type's reflected `Default` patched. A spawned entity's scripts start in the next
+//! frame's sync. An entity value whose entity is gone raises `entity 12v3 no longer exists`, even
+//! once its index is reused; the world is reachable only while the step runs scripts.
+//!
+//! ```lua
+//! local t = entity:get("Transform")
+//! entity:set("Transform", { translation = { x = t.translation.x + 1 } })
+//! ```
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
@@ -131,6 +148,7 @@ mod scheduler;
 mod stream;
 mod time;
 mod timer;
+mod world;
 
 pub use asset::{LuaScript, LuaScriptLoader};
 pub use bridge::channels::{LuaChannel, LuaChannelAppExt};

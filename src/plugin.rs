@@ -101,6 +101,8 @@ impl Plugin for LuaCoroutinesPlugin {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };
+        // Components scripts most often name; any other reflected component works once registered.
+        app.register_type::<Transform>().register_type::<Name>();
         app.init_asset::<LuaScript>()
             .init_asset_loader::<LuaScriptLoader>()
             .add_message::<ScriptError>()
@@ -193,9 +195,12 @@ pub(crate) fn step_system(world: &mut World) {
         (time.elapsed(), time.delta())
     };
     let real = world.get_resource::<Time<Real>>().map_or(game, |t| t.elapsed());
-    let (errors, prints) = {
-        let runtime = world.resource::<LuaRuntime>();
-        if let Err(e) = runtime.begin_frame(game, delta, real).and_then(|()| runtime.run()) {
+    // The runtime is taken out of the world for the step, so scripts can reach the rest of it.
+    let (errors, prints) = world.resource_scope(|world, runtime: Mut<LuaRuntime>| {
+        let stepped = crate::world::access::scoped(runtime.lua(), world, || {
+            runtime.begin_frame(game, delta, real).and_then(|()| runtime.run())
+        });
+        if let Err(e) = stepped {
             error!("bevy_lua_coroutines: the step failed: {e}");
         }
         let mut s = sched(runtime.lua());
@@ -210,7 +215,7 @@ pub(crate) fn step_system(world: &mut World) {
             })
             .collect();
         (errors, prints)
-    };
+    });
     world.write_message_batch(errors);
     world.write_message_batch(prints);
 }

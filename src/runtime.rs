@@ -191,6 +191,7 @@ impl LuaRuntime {
         let external: Function = channel.get::<Table>("Channel")?.get("_external")?;
         lua.set_app_data(ChannelLua { poll: channel.get("poll")?, external });
         crate::bridge::install(&lua, &promise)?;
+        let world_functions = crate::world::install(&lua)?;
         api.set("promise", promise)?;
         let bad: Function = api.get("bad")?;
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
@@ -235,6 +236,9 @@ impl LuaRuntime {
         let on_reload: Function = sandbox.get("on_reload")?;
         crate::modules::set_env_factory(&lua, new_env.clone());
         lua.set_globals(base)?;
+        for (path, function) in world_functions {
+            define.call::<()>((path, function))?;
+        }
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }

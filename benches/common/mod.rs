@@ -1,6 +1,7 @@
 //! Harness code shared by the benchmark files (`benches/scheduler.rs`, `benches/promises.rs`,
-//! `benches/channels.rs`, `benches/reload.rs`): the measurement plan, app construction, the raw mlua `Thread::resume`
-//! floor, interleaved timing, medians and ratios, and the summary table's formatting helpers.
+//! `benches/channels.rs`, `benches/reload.rs`, `benches/streams.rs`, `benches/world.rs`): the
+//! measurement plan, app construction, the raw mlua `Thread::resume` floor, interleaved timing,
+//! medians and ratios, and the summary table's formatting helpers.
 //!
 //! Each bench compiles this module on its own (`mod common;`) and uses only part of it.
 

@@ -1,9 +1,10 @@
--- A guard walks a route of waypoints and rests at each one; `task.wait` takes game seconds.
+-- A guard walks a route of waypoints and rests at each one, and fires a bullet east whenever it
+-- rests. It moves by writing its own `Transform` every frame; `task.wait()` returns the game
+-- seconds of the frame that passed.
 --
 -- Two entities run this script. Each instance has its own globals and its own `state`, so the two
--- guards never share a variable. Scripts cannot read components yet, so a guard picks its route
--- from its entity id: the demo spawns both guards one after the other, so one id is even and the
--- other odd.
+-- guards never share a variable. A guard picks its route by its `Name` component, and starts where
+-- its `Transform` puts it.
 
 --- Prints one line: frame, game time, who, what.
 local function log(who, fmt, ...)
@@ -13,12 +14,12 @@ end
 local function waypoint(name, x, y) return { name = name, x = x, y = y } end
 
 local ROUTES = {
-  [0] = {
-    name = "north", speed = 2.0, rest = 1.0,
+  ["north guard"] = {
+    speed = 2.0, rest = 1.0,
     waypoints = { waypoint("gate", 0, 0), waypoint("tower", 4, 0), waypoint("well", 4, 3), waypoint("gate", 0, 0) },
   },
-  [1] = {
-    name = "south", speed = 1.5, rest = 0.5,
+  ["south guard"] = {
+    speed = 1.5, rest = 0.5,
     waypoints = {
       waypoint("barracks", 0, -2), waypoint("stables", 3, -2), waypoint("forge", 3, -5),
       waypoint("stables", 3, -2), waypoint("barracks", 0, -2),
@@ -26,24 +27,53 @@ local ROUTES = {
   },
 }
 
-local me = "guard " .. tostring(entity)
-state.route = ROUTES[entity.id % 2]
+local me = entity:get("Name")
+state.route = ROUTES[me]
 state.at = 1 -- index of the waypoint the guard stands at
 
+--- Where the guard is, from its `Transform`.
+local function position()
+  local t = entity:get("Transform").translation
+  return t.x, t.y
+end
+
+--- Walks to `to` at the route's speed, one step per frame; returns the game seconds it took.
+local function walk_to(to, speed)
+  local took = 0
+  while true do
+    local dt = task.wait()
+    took = took + dt
+    local x, y = position()
+    local dx, dy = to.x - x, to.y - y
+    local distance = math.sqrt(dx * dx + dy * dy)
+    local step = speed * dt
+    if distance <= step then
+      entity:set("Transform", { translation = { x = to.x, y = to.y } })
+      return took
+    end
+    entity:set("Transform", { translation = { x = x + dx / distance * step, y = y + dy / distance * step } })
+  end
+end
+
 local route = state.route
-local first = route.waypoints[1]
-log(me, "starts the %s route at the %s (%g, %g)", route.name, first.name, first.x, first.y)
+local x, y = position()
+log(me, "starts at the %s (%.2f, %.2f)", route.waypoints[1].name, x, y)
 
 local started = time.elapsed()
 for i = 2, #route.waypoints do
-  local from, to = route.waypoints[state.at], route.waypoints[i]
-  local distance = math.sqrt((to.x - from.x) ^ 2 + (to.y - from.y) ^ 2)
-  local walked = task.wait(distance / route.speed)
+  local to = route.waypoints[i]
+  local walked = walk_to(to, route.speed)
   state.at = i
+  x, y = position()
   if i < #route.waypoints then
-    log(me, "reached the %s after %.2fs, rests %.1fs", to.name, walked, route.rest)
+    log(me, "reached the %s (%.2f, %.2f) after %.2fs, fires, rests %.1fs", to.name, x, y, walked, route.rest)
+    world.spawn{
+      script = "scripts/demo/bullet.lua",
+      Name = "bullet from the " .. to.name,
+      Transform = { translation = { x = x, y = y } },
+    }
     task.wait(route.rest)
   else
-    log(me, "back at the %s: patrol done in %.2fs", to.name, time.elapsed() - started)
+    log(me, "back at the %s (%.2f, %.2f): patrol done in %.2fs", to.name, x, y, time.elapsed() - started)
   end
 end

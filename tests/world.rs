@@ -1,0 +1,527 @@
+//! Scripts that act on the world (API.md §6b): `entity:get/set/has/despawn`, `world.spawn`,
+//! `world.find/findAll/entity`, their errors, and the safety of entity values that outlive their
+//! entity.
+
+mod common;
+
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+/// A component only the tests know, registered for reflection.
+#[derive(Component, Reflect, Default, Clone, Debug, PartialEq)]
+#[reflect(Component, Default)]
+struct Health {
+    current: f32,
+    max: f32,
+}
+
+/// The shapes of reflected values other than plain structs.
+#[derive(Component, Reflect, Default, Clone, Debug, PartialEq)]
+#[reflect(Component, Default)]
+struct Brain {
+    mode: Mode,
+    target: Option<Entity>,
+    speed: Option<f32>,
+    path: Vec<u32>,
+    label: String,
+    flag: bool,
+    level: u8,
+}
+
+#[derive(Reflect, Default, Clone, Debug, PartialEq)]
+#[reflect(Default)]
+enum Mode {
+    #[default]
+    Idle,
+    Chase {
+        speed: f32,
+    },
+}
+
+fn app() -> App {
+    let mut app = create_app();
+    app.register_type::<Health>().register_type::<Brain>();
+    app
+}
+
+/// Put before every test script, on its first line (so line numbers stay): `print` shows numbers
+/// with `%.14g`, so the output is the same in every Lua flavour (Lua 5.4 prints floats as `2.0`).
+const PRELUDE: &str = "local raw_print, select, type, format, tostring, concat = print, select, type, string.format, \
+                       tostring, table.concat; local function print(...) local parts = {}; for i = 1, \
+                       select('#', ...) do local v = select(i, ...); parts[i] = type(v) == 'number' and \
+                       format('%.14g', v) or tostring(v) end; raw_print(concat(parts, '\\t')) end; ";
+
+/// Spawns `source` (after [`PRELUDE`]) on an entity that also has `bundle`.
+fn spawn_with(app: &mut App, source: &str, bundle: impl Bundle) -> Entity {
+    let handle = script(app, "scripts/test.lua", &format!("{PRELUDE}{source}"));
+    app.world_mut().spawn((LuaScripts::new(handle), bundle)).id()
+}
+
+fn assert_no_errors(app: &App) {
+    let errs = errors(app);
+    assert!(errs.is_empty(), "unexpected script errors: {errs:#?}");
+}
+
+/// Spawns `source` with `bundle`, runs two frames (it starts in the first) and checks that no
+/// script error was raised.
+fn run_clean(app: &mut App, source: &str, bundle: impl Bundle) -> Entity {
+    let e = spawn_with(app, source, bundle);
+    run(app, 2);
+    assert_no_errors(app);
+    e
+}
+
+#[test]
+fn get_reads_transform_with_named_vector_fields() {
+    let mut app = app();
+    let src = r#"
+        local t = entity:get("Transform")
+        print(t.translation.x, t.translation.y, t.translation.z)
+        print(t.rotation.x, t.rotation.w, t.scale.x)
+    "#;
+    run_clean(&mut app, src, Transform::from_xyz(1.5, 2.0, -3.0));
+    assert_eq!(printed(&app), ["1.5\t2\t-3", "0\t1\t1"], "Transform reads as nested tables");
+}
+
+#[test]
+fn get_accepts_the_full_type_path() {
+    let mut app = app();
+    let src = r#"print(entity:get("bevy_transform::components::transform::Transform").translation.x)"#;
+    run_clean(&mut app, src, Transform::from_xyz(4.0, 0.0, 0.0));
+    assert_eq!(printed(&app), ["4"], "the full type path names the component too");
+}
+
+#[test]
+fn get_returns_nil_and_has_false_for_a_missing_component() {
+    let mut app = app();
+    let src = r#"
+        print(entity:get("Health"), entity:has("Health"), entity:has("Transform"))
+    "#;
+    run_clean(&mut app, src, Transform::default());
+    assert_eq!(printed(&app), ["nil\tfalse\ttrue"], "a missing component reads as nil");
+}
+
+#[test]
+fn unknown_component_names_raise() {
+    let mut app = app();
+    let src = r#"
+        for _, call in ipairs({ "get", "has" }) do
+            local ok, err = pcall(entity[call], entity, "Helth")
+            print(ok, err)
+        end
+        print(pcall(entity.set, entity, "Helth", {}))
+    "#;
+    run_clean(&mut app, src, ());
+    let out = printed(&app);
+    assert_eq!(out.len(), 3, "three calls: {out:?}");
+    for line in &out {
+        assert!(
+            line.starts_with("false\t") && line.contains("unknown component 'Helth'"),
+            "an unknown name raises naming it: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_type_that_is_not_a_component_raises() {
+    let mut app = app();
+    let src = r#"print(pcall(entity.get, entity, "Vec3"))"#;
+    spawn_with(&mut app, src, ());
+    app.register_type::<Vec3>();
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(out[0].contains("'Vec3' is not a reflected component"), "a non-component type raises: {out:?}");
+}
+
+#[test]
+fn set_patches_only_the_given_fields() {
+    let mut app = app();
+    let src = r#"
+        entity:set("Transform", { translation = { x = 10 } })
+        local t = entity:get("Transform")
+        print(t.translation.x, t.translation.y, t.scale.z)
+    "#;
+    let e = run_clean(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0).with_scale(Vec3::splat(2.0)));
+    assert_eq!(printed(&app), ["10\t2\t2"], "the script reads its own write");
+    let t = app.world().get::<Transform>(e).expect("the entity keeps its Transform");
+    assert_eq!(t.translation, Vec3::new(10.0, 2.0, 3.0), "only translation.x changed");
+    assert_eq!(t.scale, Vec3::splat(2.0), "scale kept");
+}
+
+#[test]
+fn set_inserts_a_missing_component_from_its_default() {
+    let mut app = app();
+    let src = r#"
+        entity:set("Health", { max = 100 })
+        print(entity:has("Health"), entity:get("Health").current, entity:get("Health").max)
+    "#;
+    let e = run_clean(&mut app, src, ());
+    assert_eq!(printed(&app), ["true\t0\t100"], "Health is inserted, default plus patch");
+    assert_eq!(app.world().get::<Health>(e), Some(&Health { current: 0.0, max: 100.0 }), "Rust sees it");
+}
+
+#[test]
+fn wrong_shapes_raise_naming_the_field_and_change_nothing() {
+    let mut app = app();
+    let src = r#"
+        local function try(value)
+            local ok, err = pcall(function() entity:set("Transform", value) end)
+            print(err)
+        end
+        try({ translation = { y = 7, x = "left" } })
+        try({ translation = 5 })
+        try({ position = {} })
+        try("x")
+        local ok, err = pcall(function() entity:set("Health", { current = true }) end)
+        print(err)
+    "#;
+    let e = run_clean(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
+    let out = printed(&app);
+    let expected = [
+        "Transform.translation.x: number expected, got string",
+        "Transform.translation: table expected, got number",
+        "Transform: Transform has no field 'position'",
+        "Transform: table expected, got string",
+        "Health.current: number expected, got boolean",
+    ];
+    assert_eq!(out.len(), expected.len(), "one error per call: {out:?}");
+    for (line, want) in out.iter().zip(expected) {
+        assert!(line.ends_with(want), "error {line:?} should end with {want:?}");
+        assert!(line.starts_with("scripts/test.lua:"), "the error names the caller's line: {line}");
+    }
+    let t = app.world().get::<Transform>(e).expect("Transform kept");
+    assert_eq!(t.translation, Vec3::new(1.0, 2.0, 3.0), "a failed set changes nothing, not even y");
+    assert!(app.world().get::<Health>(e).is_none(), "a failed set inserts nothing");
+}
+
+#[test]
+fn argument_errors_read_like_lua() {
+    let mut app = app();
+    let src = r#"
+        print(select(2, pcall(entity.get, entity, {})))
+        print(select(2, pcall(entity.get, "Transform")))
+        print(select(2, pcall(entity.set, entity, "Transform")))
+        print(select(2, pcall(world.spawn, 5)))
+        print(select(2, pcall(world.find, nil)))
+    "#;
+    spawn_with(&mut app, src, ());
+    run(&mut app, 2);
+    let out = printed(&app);
+    let expected = [
+        "bad argument #1 to 'get' (string expected, got table)",
+        "calling 'get' on bad self (entity expected, got string)",
+        "bad argument #2 to 'set' (value expected, got nil)",
+        "bad argument #1 to 'spawn' (table expected, got number)",
+        "bad argument #1 to 'find' (string expected, got nil)",
+    ];
+    assert_eq!(out.len(), expected.len(), "one error per call: {out:?}");
+    for (line, want) in out.iter().zip(expected) {
+        assert!(line.ends_with(want), "error {line:?} should end with {want:?}");
+    }
+}
+
+#[test]
+fn other_shapes_round_trip() {
+    let mut app = app();
+    let src = r#"
+        local b = entity:get("Brain")
+        print(b.mode, b.target, b.speed, #b.path, b.label, b.flag, b.level)
+        entity:set("Brain", {
+            mode = { Chase = { speed = 3 } }, target = entity, speed = 1.5,
+            path = { 4, 5, 6 }, label = "hunt", flag = true, level = 7,
+        })
+        b = entity:get("Brain")
+        print(b.mode.Chase.speed, b.target == entity, b.speed, table.concat(b.path, ","), b.label, b.flag, b.level)
+        entity:set("Brain", { mode = { Chase = { speed = 5 } }, path = { 9 } })
+        b = entity:get("Brain")
+        print(b.mode.Chase.speed, table.concat(b.path, ","))
+        entity:set("Brain", { mode = "Idle" })
+        print(entity:get("Brain").mode)
+        print(select(2, pcall(entity.set, entity, "Brain", { level = 300 })))
+        print(select(2, pcall(entity.set, entity, "Brain", { level = 1.5 })))
+        print(select(2, pcall(entity.set, entity, "Brain", { mode = "Run" })))
+        print(select(2, pcall(entity.set, entity, "Brain", { path = { 1, "x" } })))
+    "#;
+    let e = run_clean(&mut app, src, Brain { path: vec![1, 2], label: "idle".into(), ..default() });
+    let out = printed(&app);
+    assert_eq!(out[0], "Idle\tnil\tnil\t2\tidle\tfalse\t0", "defaults read back");
+    assert_eq!(out[1], "3\ttrue\t1.5\t4,5,6\thunt\ttrue\t7", "every field written");
+    assert_eq!(out[2], "5\t9", "a variant's fields patch, a list is replaced whole");
+    assert_eq!(out[3], "Idle", "a unit variant by name");
+    assert!(out[4].ends_with("Brain.level: 300 does not fit in u8"), "range: {}", out[4]);
+    assert!(out[5].ends_with("Brain.level: integer expected, got a number with a fraction"), "{}", out[5]);
+    assert!(out[6].ends_with("Brain.mode: Mode has no variant 'Run'"), "{}", out[6]);
+    assert!(out[7].ends_with("Brain.path[2]: number expected, got string"), "{}", out[7]);
+    let brain = app.world().get::<Brain>(e).expect("Brain kept");
+    assert_eq!(brain.target, Some(e), "the entity field holds the entity");
+}
+
+#[test]
+fn despawned_entities_raise_instead_of_reading() {
+    let mut app = app();
+    let target = app.world_mut().spawn((Name::new("target"), Health { current: 5.0, max: 5.0 })).id();
+    let src = r#"
+        local other = world.find("target")
+        print(other:get("Health").current)
+        other:despawn()
+        for _, call in ipairs({ "get", "has", "despawn" }) do
+            print(select(2, pcall(other[call], other, "Health")))
+        end
+        print(world.find("target"))
+    "#;
+    run_clean(&mut app, src, ());
+    let gone = format!("entity {target} no longer exists");
+    let out = printed(&app);
+    assert_eq!(out[0], "5", "read before the despawn");
+    for line in &out[1..4] {
+        assert!(line.ends_with(&gone), "a despawned entity raises {gone:?}: {line}");
+    }
+    assert_eq!(out[4], "nil", "find no longer sees it");
+    assert!(app.world().get_entity(target).is_err(), "the entity is gone");
+}
+
+#[test]
+fn a_stale_entity_never_reads_the_entity_that_reuses_its_slot() {
+    let mut app = app();
+    let old = app.world_mut().spawn((Name::new("old"), Health { current: 1.0, max: 1.0 })).id();
+    let src = r#"
+        local held = world.find("old")
+        task.wait()
+        task.wait()
+        print(select(2, pcall(held.get, held, "Health")))
+        print(select(2, pcall(held.set, held, "Health", { current = 9 })))
+    "#;
+    spawn_with(&mut app, src, ());
+    run(&mut app, 2);
+    app.world_mut().despawn(old);
+    // Freed indices are reused once Bevy's allocator flushes its local free list: spawn and
+    // despawn until the old index comes back.
+    let mut reused = None;
+    for _ in 0..100_000 {
+        let e = app.world_mut().spawn(Health { current: 2.0, max: 2.0 }).id();
+        if e.index() == old.index() {
+            reused = Some(e);
+            break;
+        }
+        app.world_mut().despawn(e);
+    }
+    let reused = reused.expect("the despawned entity's index is reused within 100,000 spawns");
+    assert_ne!(reused, old, "same index, another generation");
+    run(&mut app, 2);
+    assert_no_errors(&app);
+    let out = printed(&app);
+    let gone = format!("entity {old} no longer exists");
+    assert_eq!(out.len(), 2, "two attempts: {out:?}");
+    for line in &out {
+        assert!(line.ends_with(&gone), "the stale entity raises: {line}");
+    }
+    assert_eq!(
+        app.world().get::<Health>(reused),
+        Some(&Health { current: 2.0, max: 2.0 }),
+        "the entity in the reused slot is untouched"
+    );
+}
+
+#[test]
+fn spawn_makes_an_entity_with_components_and_find_sees_it() {
+    let mut app = app();
+    let src = r#"
+        local e = world.spawn{ Name = "crate", Transform = { translation = { x = 3 } }, Health = { max = 10 } }
+        print(e:get("Transform").translation.x, e:get("Health").max, e:get("Name"))
+        print(world.find("crate") == e, #world.findAll("crate"))
+        world.spawn{ Name = "crate" }
+        local all = world.findAll("crate")
+        print(#all, all[1] == e, world.find("nothing"))
+        print(world.entity(e.id) == e, tostring(world.entity(e.id)) == tostring(e))
+    "#;
+    run_clean(&mut app, src, ());
+    assert_eq!(
+        printed(&app),
+        ["3\t10\tcrate", "true\t1", "2\ttrue\tnil", "true\ttrue"],
+        "spawned entities carry their components and are found by Name"
+    );
+    let mut q = app.world_mut().query::<(&Name, Option<&Transform>)>();
+    let found: Vec<Option<f32>> = q.iter(app.world()).map(|(_, t)| t.map(|t| t.translation.x)).collect();
+    assert_eq!(found.len(), 2, "two named entities: {found:?}");
+    assert!(found.contains(&Some(3.0)) && found.contains(&None), "only the first has a Transform: {found:?}");
+}
+
+#[test]
+fn a_bad_spawn_spawns_nothing() {
+    let mut app = app();
+    let src = r#"
+        print(select(2, pcall(world.spawn, { Name = "a", Transform = { scale = { x = "big" } } })))
+        print(select(2, pcall(world.spawn, { Name = "a", Helth = {} })))
+        print(select(2, pcall(world.spawn, { Name = "a", script = 5 })))
+        print(world.find("a"))
+    "#;
+    run_clean(&mut app, src, ());
+    let out = printed(&app);
+    assert!(out[0].ends_with("Transform.scale.x: number expected, got string"), "{}", out[0]);
+    assert!(out[1].contains("unknown component 'Helth'"), "{}", out[1]);
+    assert!(out[2].ends_with("spawn: script: string or array of strings expected, got number"), "{}", out[2]);
+    assert_eq!(out[3], "nil", "nothing was spawned");
+    let names = app.world_mut().query::<&Name>().iter(app.world()).count();
+    assert_eq!(names, 0, "no entity with a Name exists");
+}
+
+#[test]
+fn a_spawned_script_starts_the_next_frame() {
+    let mut app = app();
+    // The child's asset is loaded first, so the only wait is the sync.
+    let child: Handle<LuaScript> =
+        app.world().resource::<AssetServer>().load("scripts/tests/world_child.lua");
+    run_until(&mut app, 500, |app| app.world().resource::<Assets<LuaScript>>().contains(&child));
+    let src = r#"
+        task.wait()
+        print("spawned at frame " .. time.frame())
+        world.spawn{ script = "scripts/tests/world_child.lua", Transform = { translation = { x = 2 } } }
+    "#;
+    spawn_with(&mut app, src, ());
+    run(&mut app, 4);
+    assert_no_errors(&app);
+    let out = printed(&app);
+    assert_eq!(out.len(), 2, "the parent and the child printed: {out:?}");
+    let frame = |line: &str, prefix: &str| -> u64 {
+        line.strip_prefix(prefix).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect(line)
+    };
+    let spawned = frame(&out[0], "spawned at frame ");
+    let started = frame(&out[1], "child started at frame ");
+    assert_eq!(started, spawned + 1, "the child starts on the frame after its spawn: {out:?}");
+    assert!(out[1].ends_with("x=2"), "the child sees the Transform it was spawned with: {}", out[1]);
+}
+
+#[test]
+fn scripts_spawn_and_despawn_across_waits_inside_coroutines() {
+    let mut app = app();
+    let src = r#"
+        local bullets = {}
+        for i = 1, 3 do
+            task.spawn(function()
+                local b = world.spawn{ Name = "bullet", Transform = { translation = { x = i } } }
+                for _ = 1, i do
+                    task.wait()
+                    local t = b:get("Transform")
+                    b:set("Transform", { translation = { x = t.translation.x + 10 } })
+                end
+                print("bullet", i, b:get("Transform").translation.x)
+                b:despawn()
+            end)
+        end
+        task.wait(0.5)
+        print("left", #world.findAll("bullet"))
+    "#;
+    spawn_with(&mut app, src, ());
+    run(&mut app, 1);
+    assert_eq!(app.world_mut().query::<&Name>().iter(app.world()).count(), 3, "three bullets in flight");
+    run(&mut app, 40);
+    assert_no_errors(&app);
+    assert_eq!(
+        printed(&app),
+        ["bullet\t1\t11", "bullet\t2\t22", "bullet\t3\t33", "left\t0"],
+        "each bullet moved once per frame it waited, then despawned itself"
+    );
+    assert_eq!(app.world_mut().query::<&Name>().iter(app.world()).count(), 0, "every bullet despawned");
+}
+
+#[test]
+fn a_script_that_despawns_its_own_entity_stops() {
+    let mut app = app();
+    let src = r#"
+        task.spawn(function()
+            while true do task.wait(); print("tick") end
+        end)
+        task.wait()
+        entity:despawn()
+        print("after despawn", pcall(entity.get, entity, "Transform"))
+    "#;
+    let e = spawn_with(&mut app, src, ());
+    run(&mut app, 6);
+    assert_no_errors(&app);
+    let out = printed(&app);
+    assert!(app.world().get_entity(e).is_err(), "the entity is gone");
+    assert_eq!(
+        out.iter().filter(|l| *l == "tick").count(),
+        1,
+        "the other task stops with the entity: {out:?}"
+    );
+    assert!(
+        out.last().is_some_and(|l| l.starts_with("after despawn\tfalse")),
+        "the rest of the resume runs: {out:?}"
+    );
+    assert_eq!(live_tasks(&app), 0, "every task of the instance is gone");
+}
+
+#[test]
+fn world_functions_raise_outside_the_step() {
+    let mut app = app();
+    spawn_with(&mut app, "entity_held = entity", ());
+    run(&mut app, 2);
+    let lua = app.world().resource::<LuaRuntime>().lua();
+    let out: String = lua.load(r#"return select(2, pcall(world.find, "x"))"#).eval().expect("the chunk runs");
+    assert!(
+        out.ends_with("'find' needs the world, which scripts reach only while the step runs them"),
+        "world access outside the step raises: {out}"
+    );
+}
+
+#[test]
+fn entities_sent_through_a_channel_keep_their_methods() {
+    let mut app = app();
+    app.world_mut().spawn((Name::new("box"), Transform::from_xyz(7.0, 0.0, 0.0)));
+    let src = r#"
+        local ch = Channel.new(1)
+        task.spawn(function()
+            local e = ch:receive()
+            print(e:get("Transform").translation.x)
+        end)
+        ch:send(world.find("box"))
+    "#;
+    spawn_with(&mut app, src, ());
+    run(&mut app, 3);
+    assert_no_errors(&app);
+    assert_eq!(printed(&app), ["7"], "the received entity reads the world");
+}
+
+#[test]
+fn scripts_cannot_change_the_entity_methods_other_scripts_use() {
+    let mut app = app();
+    let src = r#"
+        print(type(getmetatable(entity)))
+        print((pcall(function() entity.get = nil end)))
+        print(type(entity.get))
+    "#;
+    run_clean(&mut app, src, ());
+    assert_eq!(
+        printed(&app),
+        ["boolean", "false", "function"],
+        "the metatable (and with it the shared methods table) is hidden, and fields cannot be assigned"
+    );
+}
+
+/// `__close` handlers of a cancelled instance run in the sync, outside the step: the world is not
+/// reachable there, and saying so is an ordinary error, not a panic. (`<close>` is Lua 5.4 syntax.)
+#[cfg(feature = "lua54")]
+#[test]
+fn world_functions_raise_in_close_handlers_run_by_cancellation() {
+    let mut app = app();
+    let src = r#"
+        local guard <close> = setmetatable({}, { __close = function()
+            print(select(2, pcall(entity.get, entity, "Transform")))
+        end })
+        task.wait(100)
+    "#;
+    let e = spawn_with(&mut app, src, Transform::default());
+    run(&mut app, 2);
+    app.world_mut().entity_mut(e).remove::<LuaScripts>();
+    run(&mut app, 2);
+    assert_no_errors(&app);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1, "the handler ran once: {out:?}");
+    assert!(
+        out[0].ends_with("'get' needs the world, which scripts reach only while the step runs them"),
+        "world access in the sync raises: {}",
+        out[0]
+    );
+}
