@@ -265,9 +265,10 @@ fn arguments_are_checked() {
     let out = ok_output(
         &mut app,
         r#"
+        local unpack = unpack or table.unpack
         local function try(f, ...)
-            local args = table.pack(...)
-            print((select(2, pcall(function() f(table.unpack(args, 1, args.n)) end))))
+            local n, args = select('#', ...), { ... }
+            print((select(2, pcall(function() f(unpack(args, 1, n)) end))))
         end
         try(llm.generateAsync, 5)
         try(llm.generateAsync, "x", 3)

@@ -72,6 +72,32 @@ fn iter_for_each_reduce_and_collect() {
 }
 
 #[test]
+fn iter_runs_a_long_loop_within_one_resume() {
+    // Luau nests one C call per successful `pcall` of a Lua function made inside a generic `for`'s
+    // iterator until the thread yields: 1000 chunks through two stages would overflow its C stack.
+    let out = output(
+        r#"
+        local t = {}
+        for i = 1, 1000 do t[i] = i end
+        local n, sum = 0, 0
+        local s = Stream.from(t):map(function(x) return x * 2 end):filter(function(x) return x % 4 == 0 end)
+        for v in s:iter() do n, sum = n + 1, sum + v end
+        print(n, sum)
+        local calls = 0
+        local failing = Stream.from(function()
+            calls = calls + 1
+            if calls == 2 then error("boom", 0) end
+            return calls
+        end)
+        print(pcall(function() for _ in failing:iter() do end end))
+        print(failing:read(), calls)
+        "#,
+        2,
+    );
+    assert_eq!(out, ["500\t501000", "false\tboom", "nil\t2"]);
+}
+
+#[test]
 fn map_filter_and_take_are_lazy() {
     let out = output(
         r#"

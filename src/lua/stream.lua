@@ -7,8 +7,9 @@
 --
 -- Called once with `deps` (runtime.rs builds it) and returns `{ Stream = Stream, rust = rust }`.
 --
--- * A stream's state lives in `state_of` (weak keys): `pull() -> more, value` (more = false at the
---   end, with the producer's error as `value` if it failed) and `close()` (stops the producer).
+-- * A stream's state lives in `state_of` (weak keys): `pull(step) -> more, value` (more = false at
+--   the end, with the producer's error as `value` if it failed; a stage reads its source with
+--   `step(source_state)`) and `close()` (stops the producer).
 --   Nothing is pulled before a consumer asks, so `map`, `filter` and `take` do no work ahead.
 -- * The first end (the source ran dry, failed, or was closed) is remembered: every later read
 --   returns it again, and the producer is told once (`close`), which releases a Rust producer.
@@ -21,6 +22,10 @@ local type, error, tostring, setmetatable, getmetatable, pcall =
   type, error, tostring, setmetatable, getmetatable, pcall
 local string_format, string_find, string_sub = string.format, string.find, string.sub
 local math_floor = math.floor
+local co_running = coroutine.running
+
+local WEAK_KEYS = { __mode = "k" }
+local MAIN = {} -- stands for the main thread, which `coroutine.running` gives as nil in Lua 5.1
 
 --- Raises `bad argument #n to 'fname' (msg)`, blaming the caller `level` frames up.
 local function bad_msg(n, fname, msg, level)
@@ -64,11 +69,30 @@ local function finish(st, err)
   if close then pcall(close) end
 end
 
---- The next chunk: `true, chunk`, or `false, err?` at the end. A source that raises ends the
---- stream with that error.
-local function next_chunk(st)
+--- The next chunk, unprotected: `true, chunk`, or `false, err?` at the end; stages read their
+--- sources the same way. What the source raises goes through, and the stream is not ended by it.
+local function pull_raw(st)
   if st.ended then return false, st.err end
-  local ok, more, v = pcall(st.pull)
+  local more, v = st.pull(pull_raw)
+  if more then return true, v end
+  finish(st, v)
+  return false, st.err
+end
+
+--- The next chunk: `true, chunk`, or `false, err?` at the end; stages read their sources the same
+--- way. A source that raises ends the stream with that error.
+local function next_chunk(st)
+  local pulling = st.pulling
+  if pulling then
+    local co = co_running() or MAIN
+    if pulling[co] then
+      -- A pull of `iter` in this thread raised out of its loop: the stream ended there.
+      pulling[co] = nil
+      finish(st)
+    end
+  end
+  if st.ended then return false, st.err end
+  local ok, more, v = pcall(st.pull, next_chunk)
   if not ok then
     finish(st, more)
   elseif more then
@@ -148,9 +172,9 @@ end
 function methods.map(self, f)
   local up = check_self(self, "map")
   if not callable(f) then bad(1, "map", "function", f, 2) end
-  return new_stream("map", function()
+  return new_stream("map", function(step)
     while true do
-      local more, v = next_chunk(up)
+      local more, v = step(up)
       if not more then return false, v end
       v = f(v)
       if v ~= nil then return true, v end
@@ -162,9 +186,9 @@ end
 function methods.filter(self, f)
   local up = check_self(self, "filter")
   if not callable(f) then bad(1, "filter", "function", f, 2) end
-  return new_stream("filter", function()
+  return new_stream("filter", function(step)
     while true do
-      local more, v = next_chunk(up)
+      local more, v = step(up)
       if not more then return false, v end
       if f(v) then return true, v end
     end
@@ -179,12 +203,12 @@ function methods.take(self, n)
     bad_msg(1, "take", "non-negative integer expected, got " .. tostring(n), 2)
   end
   local left = n
-  return new_stream("take", function()
+  return new_stream("take", function(step)
     if left <= 0 then
       finish(up)
       return false
     end
-    local more, v = next_chunk(up)
+    local more, v = step(up)
     if not more then return false, v end
     left = left - 1
     if left == 0 then finish(up) end
@@ -235,10 +259,29 @@ function methods.readLine(self)
 end
 
 --- `for chunk in s:iter() do`: reads until the end; a producer's failure is raised.
+---
+--- The chunks are pulled without `pcall`: Luau nests one C call per successful protected call of
+--- a Lua function made inside a generic `for`'s iterator, until the thread yields, so a loop over a
+--- few hundred ready chunks would end in `C stack overflow`. What a source raises therefore goes
+--- through as it is; the stream ends then, and its producer is stopped, at its next use in that
+--- thread (or when it is collected).
 function methods.iter(self)
   local st = check_self(self, "iter")
+  local pulling = st.pulling -- thread -> true while a pull of `iter` runs in it
+  if pulling == nil then
+    pulling = setmetatable({}, WEAK_KEYS)
+    st.pulling = pulling
+  end
   return function()
-    local more, v = next_chunk(st)
+    local co = co_running() or MAIN
+    if pulling[co] then
+      -- The last pull in this thread raised out of the loop: the stream ended there.
+      pulling[co] = nil
+      finish(st)
+    end
+    pulling[co] = true
+    local more, v = pull_raw(st)
+    pulling[co] = nil
     if more then return v end
     if v ~= nil then error(v, 0) end
     return nil
