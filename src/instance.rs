@@ -40,6 +40,18 @@ impl From<Handle<LuaScript>> for LuaScripts {
     }
 }
 
+/// An entity as the value scripts see ([`LuaEntity`] userdata). It crosses into Rust (function
+/// arguments, messages, typed channels) as its id, `Entity::to_bits`.
+pub(crate) fn entity_value(lua: &mlua::Lua, entity: Entity) -> mlua::Result<mlua::AnyUserData> {
+    lua.create_ser_userdata(LuaEntity(entity))
+}
+
+impl serde::Serialize for LuaEntity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0.to_bits())
+    }
+}
+
 /// The `entity` value a script sees: `entity.id` is `Entity::to_bits`, `tostring(entity)` reads
 /// `Entity(12v3)`; `get`, `set`, `has` and `despawn` act on the world (see the crate docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,12 +188,7 @@ impl LuaRuntime {
 
     /// Cancels every task of an instance and the Rust work it started; the instance stays.
     fn cancel(&self, id: InstanceId) {
-        let lua = self.lua();
-        let tasks = sched(lua).take_instance_tasks(id);
-        crate::bridge::cancel_instance(lua, id);
-        sched(lua).host_instance = Some(id);
-        scheduler::kill_tasks(lua, &tasks, id);
-        sched(lua).host_instance = None;
+        scheduler::cancel_instance(self.lua(), id, None);
     }
 
     /// Drops compiled code of an unloaded script, so new instances compile it again.
@@ -239,7 +246,7 @@ impl LuaRuntime {
         let reloaded = state.is_some();
         sched(lua).host_instance = Some(id);
         let started = (|| {
-            let env: mlua::Table = self.new_env.call((LuaEntity(entity), state))?;
+            let env: mlua::Table = self.new_env.call((entity_value(lua, entity)?, state))?;
             let refs = scheduler::refs(lua);
             let start = refs.start.clone();
             refs.envs.raw_set(id.0 as i64, &env)?;

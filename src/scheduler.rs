@@ -126,6 +126,8 @@ pub(crate) struct Scheduler {
     /// tasks being closed).
     pub host_instance: Option<InstanceId>,
     instances: HashMap<InstanceId, InstanceRecord>,
+    /// The instances on each entity.
+    on_entity: HashMap<Entity, Vec<InstanceId>>,
     /// Failures reported during the step, drained into `ScriptError` messages.
     pub errors: Vec<ScriptError>,
     /// Lines printed during the step, drained into `ScriptPrint` messages.
@@ -164,6 +166,7 @@ impl Scheduler {
     /// Starts tracking an instance.
     pub fn add_instance(&mut self, id: InstanceId, entity: Entity, path: Arc<str>) {
         self.instances.insert(id, InstanceRecord { entity, path, tasks: HashSet::default() });
+        self.on_entity.entry(entity).or_default().push(id);
         self.instance_peak = self.instance_peak.max(self.instances.len());
     }
 
@@ -179,13 +182,18 @@ impl Scheduler {
         }
     }
 
-    /// Removes every task of an instance, in the order they were made; returns their keys for
-    /// the caller to close.
-    pub fn take_instance_tasks(&mut self, id: InstanceId) -> Vec<i64> {
+    /// The instances on `entity`, oldest first.
+    pub fn instances_on(&self, entity: Entity) -> Vec<InstanceId> {
+        self.on_entity.get(&entity).cloned().unwrap_or_default()
+    }
+
+    /// Removes every task of an instance but `keep`, in the order they were made; returns their
+    /// keys for the caller to close.
+    pub fn take_instance_tasks(&mut self, id: InstanceId, keep: Option<i64>) -> Vec<i64> {
         let Some(record) = self.instances.get(&id) else {
             return Vec::new();
         };
-        let mut tasks: Vec<TaskId> = record.tasks.iter().copied().collect();
+        let mut tasks: Vec<TaskId> = record.tasks.iter().copied().filter(|t| Some(t.key()) != keep).collect();
         tasks.sort_by_key(|&t| self.task(t).map(|t| t.born));
         for &task in &tasks {
             self.remove_task(task);
@@ -195,7 +203,14 @@ impl Scheduler {
 
     /// Stops tracking an instance (after its tasks were taken and closed).
     pub fn forget_instance(&mut self, id: InstanceId) {
-        self.instances.remove(&id);
+        if let Some(record) = self.instances.remove(&id)
+            && let Some(ids) = self.on_entity.get_mut(&record.entity)
+        {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                self.on_entity.remove(&record.entity);
+            }
+        }
         self.gone.push(id);
     }
 
@@ -520,6 +535,27 @@ fn close_thread(lua: &Lua, thread: &Thread, instance: Option<InstanceId>) {
     if let Ok((false, err)) = close.call::<(bool, Value)>(thread) {
         let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
         sched(lua).report(instance, ScriptErrorKind::Runtime, message, String::new());
+    }
+}
+
+/// Cancels every task of an instance (but `keep`, the task running now, if it is one of them:
+/// it finishes its resume) and the Rust work it started; the instance stays. To-be-closed
+/// variables close, in the order the tasks were made.
+pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
+    let tasks = sched(lua).take_instance_tasks(id, keep);
+    crate::bridge::cancel_instance(lua, id);
+    let previous = sched(lua).host_instance.replace(id);
+    kill_tasks(lua, &tasks, id);
+    sched(lua).host_instance = previous;
+}
+
+/// Cancels now the instances on `entity`, which a script despawned during the step, so none of
+/// their tasks resumes again in this step. The next sync forgets them.
+pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
+    let (current, _) = current_task(lua);
+    let ids = sched(lua).instances_on(entity);
+    for id in ids {
+        cancel_instance(lua, id, Some(current));
     }
 }
 

@@ -525,3 +525,100 @@ fn world_functions_raise_in_close_handlers_run_by_cancellation() {
         out[0]
     );
 }
+
+// ---- despawns during the step, bad spawn specs, entities crossing into Rust ----
+
+#[test]
+fn a_script_despawned_by_another_does_not_resume_later_in_the_same_step() {
+    let mut app = app();
+    spawn_with(
+        &mut app,
+        r#"task.wait() print("A: despawning B at frame " .. time.frame()) world.find("B"):despawn()"#,
+        (),
+    );
+    spawn_with(
+        &mut app,
+        r#"
+local guard <close> = setmetatable({}, { __close = function() print("B: closed") end })
+while true do print("B: frame " .. time.frame()) task.wait() end
+"#,
+        Name::new("B"),
+    );
+    run(&mut app, 4);
+    assert_eq!(
+        printed(&app),
+        ["B: frame 1", "A: despawning B at frame 2", "B: closed"],
+        "B's task was cancelled at the despawn, before its turn in the same step"
+    );
+    assert!(errors(&app).is_empty(), "no errors: {:#?}", errors(&app));
+}
+
+#[test]
+fn a_script_that_despawns_its_own_entity_finishes_its_resume_and_its_other_tasks_stop() {
+    let mut app = app();
+    spawn_with(
+        &mut app,
+        r#"
+task.spawn(function() while true do print("helper " .. time.frame()) task.wait() end end)
+task.wait()
+entity:despawn()
+print("after despawn, same resume")
+task.wait()
+print("never")
+"#,
+        (),
+    );
+    run(&mut app, 4);
+    assert_eq!(printed(&app), ["helper 1", "helper 2", "after despawn, same resume"]);
+    assert_eq!(live_tasks(&app), 0, "every task of the despawned entity is gone");
+}
+
+#[test]
+fn spawn_refuses_bad_script_paths_and_components_given_twice() {
+    let mut app = app();
+    spawn_with(
+        &mut app,
+        r#"
+print(pcall(world.spawn, { script = "bullet.lua#" }))
+print(pcall(world.spawn, { Transform = {}, ["bevy_transform::components::transform::Transform"] = {} }))
+"#,
+        (),
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(
+        out[0].starts_with("false\tspawn: script: invalid asset path 'bullet.lua#'"),
+        "an unparsable path is a Lua error, not a panic: {}",
+        out[0]
+    );
+    assert!(out[1].contains("this component is given twice"), "{}", out[1]);
+}
+
+#[derive(Message, serde::Serialize, serde::Deserialize, Debug, Clone)]
+struct Hit {
+    target: u64,
+}
+
+#[test]
+fn entity_values_cross_into_rust_as_their_ids() {
+    let mut app = app();
+    app.add_message::<Hit>().forward_message_to_scripts::<Hit>("HitIn").add_script_message::<Hit>("HitOut");
+    app.add_lua_function("idOf", |e: u64| Ok::<_, String>(e));
+    let me = spawn_with(
+        &mut app,
+        r#"
+print(idOf(entity) == entity.id)
+Messages.write("HitOut", { target = entity })
+local hit = Messages.subscribe("HitIn"):receive()
+print(world.entity(hit.target) == entity)
+"#,
+        (),
+    );
+    run(&mut app, 2);
+    let written: Vec<u64> =
+        app.world_mut().resource_mut::<Messages<Hit>>().drain().map(|h| h.target).collect();
+    assert_eq!(written, [me.to_bits()], "the script wrote its entity as its id");
+    app.world_mut().write_message(Hit { target: me.to_bits() });
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["true", "true"], "errors: {:#?}", errors(&app));
+}

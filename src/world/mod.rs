@@ -17,7 +17,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::asset::LuaScript;
 use crate::bridge::script_function;
-use crate::instance::{LuaEntity, LuaScripts};
+use crate::instance::{LuaEntity, LuaScripts, SyncQueue};
 use access::with_world;
 use convert::{Path, lua_type};
 
@@ -43,7 +43,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<Vec<(&'static str, Function)>> 
 
 /// The entity value scripts see for `entity`.
 fn entity_value(lua: &Lua, entity: Entity) -> Result<Value, String> {
-    lua.create_userdata(LuaEntity(entity))
+    crate::instance::entity_value(lua, entity)
         .map(Value::UserData)
         .map_err(|e| crate::error::split_traceback(&e).0)
 }
@@ -174,16 +174,30 @@ fn has(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     on_component(lua, args, "has", |c| Ok(Value::Boolean(c.reflect.contains(c.world.entity(c.entity)))))
 }
 
-/// `entity:despawn()`: the entity and its components go now; its scripts' tasks are cancelled
-/// in the next sync, before they could be resumed again.
+/// `entity:despawn()`: the entity and its components go now, and so do the tasks of the scripts
+/// that went with it (the running one finishes its resume); the next sync forgets the instances.
 fn despawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let mut args = args.into_iter();
     let entity = this(&mut args, "despawn")?;
-    with_world(lua, "despawn", |world| {
+    let scripted = with_world(lua, "despawn", |world| {
         alive(world, entity)?;
+        // Entities whose scripts go with this despawn (children too) queue themselves for the
+        // sync; their tasks are cancelled now, so none of them resumes later in this step.
+        let before = world.resource::<SyncQueue>().0.len();
         world.despawn(entity);
-        Ok(Value::Nil)
-    })?
+        let queued = &world.resource::<SyncQueue>().0;
+        let mut gone: Vec<Entity> = queued[before.min(queued.len())..]
+            .iter()
+            .copied()
+            .filter(|&e| world.get_entity(e).is_err())
+            .collect();
+        gone.dedup();
+        Ok::<_, String>(gone)
+    })??;
+    for gone in scripted {
+        crate::scheduler::cancel_despawned(lua, gone);
+    }
+    Ok(Value::Nil)
 }
 
 /// `world.spawn{ script = "path.lua" | {paths}, Name = "x", Transform = {...}, ... } -> entity`.
@@ -208,12 +222,16 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         let registry = registry.read();
         let mut scripts = Vec::new();
         let mut components = Vec::new();
+        let mut given: bevy::platform::collections::HashSet<std::any::TypeId> = Default::default();
         for (name, value) in fields {
             if name == "script" {
                 scripts = script_paths(value)?;
                 continue;
             }
             let (registration, reflect) = component(&registry, &name)?;
+            if !given.insert(registration.type_id()) {
+                return Err(format!("spawn: {name}: this component is given twice"));
+            }
             let made = convert::new_value(registration.type_id(), value, &registry, &Path::Root(&name))?;
             components.push((reflect.clone(), made));
         }
@@ -234,6 +252,17 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
 
 /// The `script` field of `world.spawn`: one asset path or an array of them.
 fn script_paths(value: Value) -> Result<Vec<String>, String> {
+    let paths = script_path_list(value)?;
+    for path in &paths {
+        if let Err(e) = bevy::asset::AssetPath::try_parse(path) {
+            return Err(format!("spawn: script: invalid asset path '{path}' ({e})"));
+        }
+    }
+    Ok(paths)
+}
+
+/// The `script` field as a list of strings.
+fn script_path_list(value: Value) -> Result<Vec<String>, String> {
     match value {
         Value::String(s) => Ok(vec![s.to_string_lossy()]),
         Value::Table(t) => t
