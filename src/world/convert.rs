@@ -186,13 +186,10 @@ fn is_shape(info: &TypeInfo) -> bool {
         )
 }
 
-/// Whether a value is part of a fixed shape; the same decision as [`is_shape`], from the value.
+/// Whether a value is part of a fixed shape: [`is_shape`] of the type it represents, the same
+/// static type info [`write_shape`] reads from its parent's fields, so both agree on every leaf.
 fn value_is_shape(value: &dyn PartialReflect) -> bool {
-    !value.represents::<Name>()
-        && matches!(
-            value.reflect_ref(),
-            ReflectRef::Struct(_) | ReflectRef::TupleStruct(_) | ReflectRef::Tuple(_) | ReflectRef::Array(_)
-        )
+    value.get_represented_type_info().is_some_and(is_shape)
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -208,11 +205,10 @@ fn is_identifier(name: &str) -> bool {
 
 /// Writes the Lua table constructor for `info` into `out`, numbering its leaves from `*leaves`;
 /// `None` if the shape cannot be written as one.
-fn write_shape(info: &TypeInfo, registry: &TypeRegistry, out: &mut String, leaves: &mut usize) -> Option<()> {
-    let field_info = |id: TypeId| registry.get(id).map(|r| r.type_info());
-    let item = |id: TypeId, out: &mut String, leaves: &mut usize| -> Option<()> {
-        match field_info(id) {
-            Some(info) if is_shape(info) => write_shape(info, registry, out, leaves),
+fn write_shape(info: &TypeInfo, out: &mut String, leaves: &mut usize) -> Option<()> {
+    let item = |field: Option<&'static TypeInfo>, out: &mut String, leaves: &mut usize| -> Option<()> {
+        match field {
+            Some(info) if is_shape(info) => write_shape(info, out, leaves),
             _ => {
                 *leaves += 1;
                 let _ = write!(out, "a{leaves}");
@@ -228,25 +224,25 @@ fn write_shape(info: &TypeInfo, registry: &TypeRegistry, out: &mut String, leave
                     return None;
                 }
                 let _ = write!(out, "{}=", field.name());
-                item(field.type_id(), out, leaves)?;
+                item(field.type_info(), out, leaves)?;
                 out.push(',');
             }
         }
         TypeInfo::TupleStruct(s) => {
             for field in s.iter() {
-                item(field.type_id(), out, leaves)?;
+                item(field.type_info(), out, leaves)?;
                 out.push(',');
             }
         }
         TypeInfo::Tuple(s) => {
             for field in s.iter() {
-                item(field.type_id(), out, leaves)?;
+                item(field.type_info(), out, leaves)?;
                 out.push(',');
             }
         }
         TypeInfo::Array(a) => {
             for _ in 0..a.capacity() {
-                item(a.item_ty().id(), out, leaves)?;
+                item(a.item_info(), out, leaves)?;
                 out.push(',');
             }
         }
@@ -258,14 +254,14 @@ fn write_shape(info: &TypeInfo, registry: &TypeRegistry, out: &mut String, leave
 
 /// The constructor for values of `info`'s type and how many leaves it takes (made on first use,
 /// then cached in [`Shapes`]).
-fn constructor(lua: &Lua, info: &TypeInfo, registry: &TypeRegistry) -> Option<(mlua::Function, usize)> {
+fn constructor(lua: &Lua, info: &TypeInfo) -> Option<(mlua::Function, usize)> {
     if let Some(found) = lua.app_data_ref::<Shapes>().and_then(|s| s.0.get(&info.type_id()).cloned()) {
         return found;
     }
     let made = is_shape(info)
         .then(|| {
             let (mut body, mut leaves) = (String::new(), 0);
-            write_shape(info, registry, &mut body, &mut leaves)?;
+            write_shape(info, &mut body, &mut leaves)?;
             let params = (1..=leaves).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
             lua.load(format!("return function({params}) return {body} end"))
                 .set_name("=bevy_lua_coroutines/shape")
@@ -338,7 +334,7 @@ pub(crate) fn component_to_lua(
     registry: &TypeRegistry,
     path: &Path,
 ) -> Result<Value, String> {
-    let make = value.get_represented_type_info().and_then(|info| constructor(lua, info, registry));
+    let make = value.get_represented_type_info().and_then(|info| constructor(lua, info));
     let Some((make, count)) = make else { return to_lua(lua, value, registry, path) };
     let mut leaves = Vec::with_capacity(count);
     push_leaves(lua, value, registry, path, &mut leaves)?;
