@@ -21,7 +21,8 @@ mod common;
 use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
 use common::{
-    Part, Plan, add_script, criterion_group_config, fmt_time, interleave, median, median_by, new_app, update,
+    ONE_SCRIPT, Part, Plan, add_script, criterion_group_config, fmt_time, interleave, median, median_by,
+    new_app, update,
 };
 use criterion::Criterion;
 
@@ -55,18 +56,7 @@ fn rust_app() -> App {
 fn one_script_app() -> App {
     let mut app = new_app();
     spawn_movers(&mut app, None);
-    let source = r#"
-        local movers = world.findAll("mover")
-        while true do
-            for i = 1, #movers do
-                local e = movers[i]
-                local t = e:get("Transform")
-                e:set("Transform", { translation = { x = t.translation.x + 1 } })
-            end
-            task.wait()
-        end
-    "#;
-    let handle = add_script(&mut app, "bench/one_script.lua", source);
+    let handle = add_script(&mut app, "bench/one_script.lua", ONE_SCRIPT);
     app.world_mut().spawn(LuaScripts::new(handle));
     app
 }

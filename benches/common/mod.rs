@@ -1,7 +1,8 @@
 //! Harness code shared by the benchmark files (`benches/scheduler.rs`, `benches/promises.rs`,
-//! `benches/channels.rs`, `benches/reload.rs`, `benches/streams.rs`, `benches/world.rs`): the
-//! measurement plan, app construction, the raw mlua `Thread::resume` floor, interleaved timing,
-//! medians and ratios, and the summary table's formatting helpers.
+//! `benches/channels.rs`, `benches/reload.rs`, `benches/streams.rs`, `benches/world.rs`,
+//! `benches/world_profile.rs`): the measurement plan, app construction, the raw mlua
+//! `Thread::resume` floor, interleaved timing, medians and ratios, and the summary table's
+//! formatting helpers.
 //!
 //! Each bench compiles this module on its own (`mod common;`) and uses only part of it.
 
@@ -23,6 +24,20 @@ use criterion::SamplingMode;
 
 /// The fixed step every app uses (1/60 s as whole nanoseconds), as in the integration tests.
 pub const DT: Duration = Duration::from_nanos(16_666_667);
+
+/// The world benchmarks' one-script variant (`benches/world.rs`, `benches/world_profile.rs`): one
+/// script gets and sets the `Transform` of every entity named `mover`, once per frame.
+pub const ONE_SCRIPT: &str = r#"
+        local movers = world.findAll("mover")
+        while true do
+            for i = 1, #movers do
+                local e = movers[i]
+                local t = e:get("Transform")
+                e:set("Transform", { translation = { x = t.translation.x + 1 } })
+            end
+            task.wait()
+        end
+"#;
 
 /// The plugin's default instruction budget per resume; the raw "with hook" floor mirrors its hook.
 pub const DEFAULT_BUDGET: u64 = 10_000_000;

@@ -11,6 +11,10 @@
 //! strings are Lua's own, `Entity` is an entity value, `Name` a string, and any other opaque type
 //! goes through its `ReflectSerialize`/`ReflectDeserialize`.
 //!
+//! `entity:get` makes a component's tables through a Lua table constructor made once per type
+//! ([`Shapes`]): Rust walks the value for its leaves and one call builds the tables, since making
+//! each table and field from Rust costs a protected call apiece under a memory limit.
+//!
 //! Writing *patches*: only the fields a table names change; lists are replaced whole (new items
 //! start from their type's reflected `Default`); maps and sets cannot be written; an `Option`
 //! field inside a table can be given a value but not cleared, since a table cannot hold `nil`. Errors name the
@@ -151,6 +155,190 @@ pub(crate) fn to_lua(
         #[allow(unreachable_patterns)]
         _ => Err(path.error(format_args!("{} cannot be converted to Lua", value.reflect_short_type_path()))),
     }
+}
+
+/// Lua constructors for the fixed shape of a type, per VM (app data): `get` fills one with the
+/// type's leaves instead of making each table and field from Rust.
+///
+/// Why: under a memory limit (the default) mlua makes every table, field-name string and field
+/// store from Rust in a protected call of its own, so making `Transform`'s four tables and
+/// thirteen fields that way costs about 40,000 instructions (measured with callgrind); a Lua
+/// table constructor with constant keys makes the same tables for a few hundred.
+///
+/// A type's shape is the part of its reflection that does not depend on the value: structs,
+/// tuple structs, tuples and arrays, nested. Anything else (numbers, strings, `Name`, enums,
+/// `Option`, lists, maps) is a *leaf*, converted by [`to_lua`] and passed to the constructor. A
+/// `TypeId`'s reflection never changes, so entries are never stale. Types whose root is a leaf,
+/// with more leaves than a Lua function takes parameters, or with a field name that is not a Lua
+/// identifier, have no constructor and are converted by [`to_lua`] alone.
+#[derive(Default)]
+pub(crate) struct Shapes(std::collections::HashMap<TypeId, Option<(mlua::Function, usize)>>);
+
+/// Most leaves a constructor takes (Lua allows 200 locals per function).
+const MAX_LEAVES: usize = 180;
+
+/// Whether `info` is part of a fixed shape ([`Shapes`]) rather than a leaf.
+fn is_shape(info: &TypeInfo) -> bool {
+    info.type_id() != TypeId::of::<Name>()
+        && matches!(
+            info,
+            TypeInfo::Struct(_) | TypeInfo::TupleStruct(_) | TypeInfo::Tuple(_) | TypeInfo::Array(_)
+        )
+}
+
+/// Whether a value is part of a fixed shape: [`is_shape`] of the type it represents, the same
+/// static type info [`write_shape`] reads from its parent's fields, so both agree on every leaf.
+fn value_is_shape(value: &dyn PartialReflect) -> bool {
+    value.get_represented_type_info().is_some_and(is_shape)
+}
+
+fn is_identifier(name: &str) -> bool {
+    const KEYWORDS: [&str; 22] = [
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
+        "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+    ];
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !KEYWORDS.contains(&name)
+}
+
+/// Writes the Lua table constructor for `info` into `out`, numbering its leaves from `*leaves`;
+/// `None` if the shape cannot be written as one.
+fn write_shape(info: &TypeInfo, out: &mut String, leaves: &mut usize) -> Option<()> {
+    let item = |field: Option<&'static TypeInfo>, out: &mut String, leaves: &mut usize| -> Option<()> {
+        match field {
+            Some(info) if is_shape(info) => write_shape(info, out, leaves),
+            _ => {
+                *leaves += 1;
+                let _ = write!(out, "a{leaves}");
+                Some(())
+            }
+        }
+    };
+    out.push('{');
+    match info {
+        TypeInfo::Struct(s) => {
+            for field in s.iter() {
+                if !is_identifier(field.name()) {
+                    return None;
+                }
+                let _ = write!(out, "{}=", field.name());
+                item(field.type_info(), out, leaves)?;
+                out.push(',');
+            }
+        }
+        TypeInfo::TupleStruct(s) => {
+            for field in s.iter() {
+                item(field.type_info(), out, leaves)?;
+                out.push(',');
+            }
+        }
+        TypeInfo::Tuple(s) => {
+            for field in s.iter() {
+                item(field.type_info(), out, leaves)?;
+                out.push(',');
+            }
+        }
+        TypeInfo::Array(a) => {
+            for _ in 0..a.capacity() {
+                item(a.item_info(), out, leaves)?;
+                out.push(',');
+            }
+        }
+        _ => return None,
+    }
+    out.push('}');
+    (*leaves <= MAX_LEAVES).then_some(())
+}
+
+/// The constructor for values of `info`'s type and how many leaves it takes (made on first use,
+/// then cached in [`Shapes`]).
+fn constructor(lua: &Lua, info: &TypeInfo) -> Option<(mlua::Function, usize)> {
+    if let Some(found) = lua.app_data_ref::<Shapes>().and_then(|s| s.0.get(&info.type_id()).cloned()) {
+        return found;
+    }
+    let made = is_shape(info)
+        .then(|| {
+            let (mut body, mut leaves) = (String::new(), 0);
+            write_shape(info, &mut body, &mut leaves)?;
+            let params = (1..=leaves).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
+            lua.load(format!("return function({params}) return {body} end"))
+                .set_name("=bevy_lua_coroutines/shape")
+                .eval::<mlua::Function>()
+                .ok()
+                .map(|f| (f, leaves))
+        })
+        .flatten();
+    match lua.app_data_mut::<Shapes>() {
+        Some(mut shapes) => {
+            shapes.0.insert(info.type_id(), made.clone());
+        }
+        None => {
+            let mut shapes = Shapes::default();
+            shapes.0.insert(info.type_id(), made.clone());
+            lua.set_app_data(shapes);
+        }
+    }
+    made
+}
+
+/// The leaves of `value` in the order its constructor takes them ([`Shapes`]).
+fn push_leaves(
+    lua: &Lua,
+    value: &dyn PartialReflect,
+    registry: &TypeRegistry,
+    path: &Path,
+    out: &mut Vec<Value>,
+) -> Result<(), String> {
+    let item = |field: &dyn PartialReflect, path: &Path, out: &mut Vec<Value>| {
+        if value_is_shape(field) {
+            push_leaves(lua, field, registry, path, out)
+        } else {
+            out.push(to_lua(lua, field, registry, path)?);
+            Ok(())
+        }
+    };
+    match value.reflect_ref() {
+        ReflectRef::Struct(s) => {
+            for i in 0..s.field_len() {
+                let (Some(name), Some(field)) = (s.name_at(i), s.field_at(i)) else { continue };
+                item(field, &Path::Field(path, name), out)?;
+            }
+        }
+        ReflectRef::TupleStruct(s) => {
+            for (i, field) in (0..s.field_len()).filter_map(|i| s.field(i)).enumerate() {
+                item(field, &Path::Index(path, i + 1), out)?;
+            }
+        }
+        ReflectRef::Tuple(s) => {
+            for (i, field) in (0..s.field_len()).filter_map(|i| s.field(i)).enumerate() {
+                item(field, &Path::Index(path, i + 1), out)?;
+            }
+        }
+        ReflectRef::Array(s) => {
+            for (i, field) in s.iter().enumerate() {
+                item(field, &Path::Index(path, i + 1), out)?;
+            }
+        }
+        _ => out.push(to_lua(lua, value, registry, path)?),
+    }
+    Ok(())
+}
+
+/// A component's value as a Lua value: through its type's constructor ([`Shapes`]) when it has
+/// one, else by [`to_lua`]. Both give the same tables.
+pub(crate) fn component_to_lua(
+    lua: &Lua,
+    value: &dyn PartialReflect,
+    registry: &TypeRegistry,
+    path: &Path,
+) -> Result<Value, String> {
+    let make = value.get_represented_type_info().and_then(|info| constructor(lua, info));
+    let Some((make, count)) = make else { return to_lua(lua, value, registry, path) };
+    let mut leaves = Vec::with_capacity(count);
+    push_leaves(lua, value, registry, path, &mut leaves)?;
+    make.call::<Value>(mlua::MultiValue::from_vec(leaves)).map_err(|e| lua_error(path, e))
 }
 
 fn sequence<'a>(

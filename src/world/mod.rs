@@ -135,7 +135,9 @@ fn on_component(
 /// `entity:get(name) -> table | nil`.
 fn get(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     on_component(lua, args, "get", |c| match c.reflect.reflect(c.world.entity(c.entity)) {
-        Some(value) => convert::to_lua(lua, value.as_partial_reflect(), c.registry, &Path::Root(c.name)),
+        Some(value) => {
+            convert::component_to_lua(lua, value.as_partial_reflect(), c.registry, &Path::Root(c.name))
+        }
         None => Ok(Value::Nil),
     })
 }
