@@ -619,3 +619,86 @@ print(world.entity(hit.target) == entity)
     run(&mut app, 2);
     assert_eq!(printed(&app), ["true", "true"], "errors: {:#?}", errors(&app));
 }
+
+// ---- values that must not crash the game ----
+
+#[derive(Component, Reflect, Default, Clone, Debug)]
+#[reflect(Component, Default)]
+struct Tree {
+    kids: Vec<Tree>,
+}
+
+#[derive(Component, Reflect, Default, Clone, Debug, PartialEq)]
+#[component(immutable)]
+#[reflect(Component, Default)]
+struct Frozen {
+    v: f32,
+}
+
+#[derive(Component, Reflect, Default, Clone, Debug)]
+#[reflect(Component, Default)]
+struct Counters {
+    level: u8,
+    big: u64,
+}
+
+#[test]
+fn a_cyclic_table_is_an_error_not_a_stack_overflow() {
+    let mut app = app();
+    app.register_type::<Tree>();
+    spawn_with(
+        &mut app,
+        r#"local t = {} t.kids = { t } print(select(2, pcall(entity.set, entity, "Tree", t)))"#,
+        Tree::default(),
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("Tree.kids[1].kids[1]"),
+        "the error names where: {}",
+        &out[0][..80.min(out[0].len())]
+    );
+    assert!(out[0].ends_with("nested deeper than 64 levels"), "{}", out[0]);
+}
+
+#[test]
+fn an_immutable_component_is_replaced_whole_by_set() {
+    let mut app = app();
+    app.register_type::<Frozen>();
+    let e = run_clean(
+        &mut app,
+        r#"entity:set("Frozen", { v = 2 }) print(entity:get("Frozen").v)"#,
+        Frozen { v: 1.0 },
+    );
+    assert_eq!(app.world().get::<Frozen>(e), Some(&Frozen { v: 2.0 }), "the component was replaced");
+    assert_eq!(printed(&app), ["2"]);
+}
+
+#[test]
+fn number_errors_name_the_real_problem() {
+    let mut app = app();
+    app.register_type::<Counters>();
+    spawn_with(
+        &mut app,
+        r#"
+print(select(2, pcall(entity.set, entity, "Counters", { level = 0/0 })))
+print(select(2, pcall(entity.set, entity, "Counters", { level = math.huge })))
+print(select(2, pcall(entity.set, entity, "Counters", { big = 1e19 })))
+print(select(2, pcall(entity.set, entity, "Counters", { level = 1.5 })))
+print(select(2, pcall(world.entity, -1)))
+"#,
+        Counters::default(),
+    );
+    run(&mut app, 2);
+    assert_eq!(
+        printed(&app),
+        [
+            "Counters.level: integer expected, got nan",
+            "Counters.level: inf does not fit in u8",
+            "Counters.big: 10000000000000000000 does not fit in u64",
+            "Counters.level: integer expected, got a number with a fraction",
+            "bad argument #1 to 'entity' (integer expected, got number)",
+        ]
+    );
+}

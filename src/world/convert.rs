@@ -56,7 +56,27 @@ impl std::fmt::Display for Path<'_> {
     }
 }
 
+/// How deep a value may nest (a self-referencing table, or a long chain built in a loop, stops
+/// here with an error instead of exhausting the stack).
+const MAX_DEPTH: usize = 64;
+
 impl Path<'_> {
+    /// How many levels below the component this is.
+    fn depth(&self) -> usize {
+        match self {
+            Path::Root(_) => 0,
+            Path::Field(parent, _) | Path::Index(parent, _) => 1 + parent.depth(),
+        }
+    }
+
+    /// An error if this is deeper than [`MAX_DEPTH`].
+    fn check_depth(&self) -> Result<(), String> {
+        if self.depth() > MAX_DEPTH {
+            return Err(self.error(format_args!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        Ok(())
+    }
+
     /// `Transform.translation.x: {message}`.
     fn error(&self, message: impl std::fmt::Display) -> String {
         let mut out = self.to_string();
@@ -90,6 +110,7 @@ pub(crate) fn to_lua(
     registry: &TypeRegistry,
     path: &Path,
 ) -> Result<Value, String> {
+    path.check_depth()?;
     if let Some(name) = value.try_downcast_ref::<Name>() {
         return lua.create_string(name.as_str()).map(Value::String).map_err(|e| lua_error(path, e));
     }
@@ -411,6 +432,7 @@ pub(crate) fn new_value(
     registry: &TypeRegistry,
     path: &Path,
 ) -> Result<Box<dyn Reflect>, String> {
+    path.check_depth()?;
     if type_id == TypeId::of::<Entity>() {
         // `Entity` has no default; the placeholder is overwritten (or the patch fails).
         let mut made: Box<dyn Reflect> = Box::new(Entity::PLACEHOLDER);
@@ -436,6 +458,7 @@ pub(crate) fn patch(
     registry: &TypeRegistry,
     path: &Path,
 ) -> Result<(), String> {
+    path.check_depth()?;
     if let Some(name) = target.try_downcast_mut::<Name>() {
         let Value::String(s) = &value else { return Err(path.expected("string", &value)) };
         *name = Name::new(s.to_str().map_err(|e| lua_error(path, e))?.to_string());
@@ -648,6 +671,10 @@ macro_rules! leaf_from_lua {
             let n = match $value {
                 Value::Integer(n) => n,
                 Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.2e18 => n as mlua::Integer,
+                Value::Number(n) if n.is_nan() => return Err($path.error("integer expected, got nan")),
+                Value::Number(n) if n.fract() == 0.0 || n.is_infinite() => {
+                    return Err($path.error(format_args!("{n} does not fit in {}", stringify!($i))));
+                }
                 Value::Number(_) => return Err($path.error("integer expected, got a number with a fraction")),
                 other => return Err($path.expected("number", &other)),
             };

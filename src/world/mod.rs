@@ -154,6 +154,17 @@ fn set(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         match c.reflect.reflect(c.world.entity(c.entity)).map(|current| current.reflect_clone()) {
             Some(Ok(mut updated)) => {
                 convert::patch(updated.as_partial_reflect_mut(), c.value, c.registry, &path)?;
+                let components = c.world.components();
+                let mutable = components
+                    .get_id(c.registration.type_id())
+                    .and_then(|id| components.get_info(id))
+                    .is_none_or(|info| info.mutable());
+                if !mutable {
+                    // An immutable component (`ChildOf`, say) is replaced whole, so its hooks run.
+                    let mut entity = c.world.entity_mut(c.entity);
+                    c.reflect.insert(&mut entity, updated.as_partial_reflect(), c.registry);
+                    return Ok(Value::Nil);
+                }
                 let Some(mut live) = c.reflect.reflect_mut(c.world.entity_mut(c.entity)) else {
                     return Err(format!("{name} vanished while it was being set"));
                 };
@@ -307,7 +318,7 @@ fn find(lua: &Lua, args: MultiValue, all: bool) -> Result<Value, String> {
 fn entity_of_id(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let value = args.into_iter().next().unwrap_or(Value::Nil);
     let bits = match value {
-        Value::Integer(n) => n as u64,
+        Value::Integer(n) if n >= 0 => n as u64,
         Value::Number(n) if n.fract() == 0.0 && n >= 0.0 => n as u64,
         other => return Err(bad_argument(1, "entity", "integer", &other)),
     };
