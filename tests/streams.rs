@@ -536,3 +536,127 @@ fn a_system_feeds_a_stream_with_try_send() {
     assert_eq!(feeding.closed, 1);
     assert!(feeding.senders.is_empty());
 }
+
+/// An app whose assets folder is a fresh directory holding `secret.txt` next to it and, inside,
+/// `inside.txt`, a link `up` to the folder above and a link `same` to itself.
+fn file_app() -> (App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "TOP SECRET\n").unwrap();
+    std::fs::write(assets.join("inside.txt"), "inside\n").unwrap();
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.path(), assets.join("up")).unwrap();
+        std::os::unix::fs::symlink(&assets, assets.join("same")).unwrap();
+    }
+    let app = create_app_in(
+        assets.to_str().unwrap(),
+        LuaCoroutinesPlugin { print_to_stdout: false, hot_reload: false, ..default() },
+    );
+    (app, dir)
+}
+
+#[test]
+#[cfg(unix)]
+fn read_file_stream_refuses_symbolic_links_out_of_the_assets_folder() {
+    let (mut app, _dir) = file_app();
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        print(pcall(function() return readFileStream("up/secret.txt"):readLine() end))
+        print(readFileStream("same/inside.txt"):readLine())
+        "#,
+    );
+    run_until_printed_ok(&mut app, 2);
+    let out = printed(&app);
+    assert!(!out[0].contains("TOP SECRET"), "read a file outside the assets folder through a link: {out:?}");
+    assert!(
+        out[0].starts_with("false\t")
+            && out[0].contains(
+                "bad argument #1 to 'readFileStream' (path \"up/secret.txt\" leaves the assets folder"
+            ),
+        "{out:?}"
+    );
+    assert_eq!(out[1], "inside", "a link that stays inside the assets folder is followed");
+}
+
+#[test]
+fn read_file_stream_refuses_a_path_with_a_nul_byte() {
+    let (mut app, _dir) = file_app();
+    spawn_script(&mut app, "scripts/t.lua", r#"print(pcall(readFileStream, "inside.txt\0b"))"#);
+    run_until_printed_ok(&mut app, 1);
+    let out = printed(&app);
+    assert!(
+        out[0].starts_with("false\t") && out[0].contains("bad argument #1 to 'readFileStream' (path"),
+        "{out:?}"
+    );
+    assert!(out[0].contains("NUL"), "{out:?}");
+}
+
+#[test]
+fn a_panicking_rust_producer_ends_the_stream_with_an_error() {
+    let mut app = create_app();
+    app.add_lua_stream_function("boom", 4, |mut tx: StreamSender| {
+        AsyncComputeTaskPool::get()
+            .spawn(async move {
+                let _ = tx.send(1).await;
+                panic!("producer bug");
+            })
+            .detach();
+        Ok::<_, String>(())
+    });
+    spawn_script(&mut app, "scripts/t.lua", "local s = boom() print(s:read()) print(s:read())");
+    run_until_printed_ok(&mut app, 2);
+    assert_eq!(
+        printed(&app),
+        ["1", "nil\tthe stream's producer panicked"],
+        "a producer's panic read as a clean end"
+    );
+}
+
+#[test]
+fn other_readers_see_an_error_when_the_creating_entity_is_despawned() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    std::fs::write(dir.path().join("scripts/mailbox.lua"), "return {}").unwrap();
+    let mut app = create_app_in(
+        dir.path().to_str().unwrap(),
+        LuaCoroutinesPlugin { print_to_stdout: false, hot_reload: false, ..default() },
+    );
+    app.add_lua_stream_function("endless", 2, |mut tx: StreamSender| {
+        AsyncComputeTaskPool::get()
+            .spawn(async move {
+                let mut i = 0u64;
+                loop {
+                    i += 1;
+                    if tx.send(i).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .detach();
+        Ok::<_, String>(())
+    });
+    let maker =
+        spawn_script(&mut app, "scripts/maker.lua", r#"require("mailbox").s = endless() task.wait(1000)"#);
+    spawn_script(
+        &mut app,
+        "scripts/reader.lua",
+        r#"
+        local box = require("mailbox")
+        while box.s == nil do task.wait() end
+        print("first", box.s:read())
+        while true do
+            local v, err = box.s:read()
+            if v == nil then print("end", err) break end
+            task.wait()
+        end
+        "#,
+    );
+    run_until_printed_ok(&mut app, 1);
+    app.world_mut().despawn(maker);
+    run_until_printed_ok(&mut app, 2);
+    assert_eq!(printed(&app), ["first\t1", "end\tstream cancelled"], "a despawn read as a clean end");
+}
