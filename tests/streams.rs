@@ -537,6 +537,81 @@ fn a_system_feeds_a_stream_with_try_send() {
     assert!(feeding.senders.is_empty());
 }
 
+#[test]
+fn no_chunk_is_handed_out_after_close() {
+    let out = output(
+        r#"
+        local ch = Channel.new(10)
+        local s = Stream.from(ch)
+        local got = "pending"
+        spawn(function() got = tostring(s:read()) end)
+        ch:send("late")   -- handed to the waiting reader, which resumes later in the step
+        s:close()         -- before it does
+        task.wait()
+        print(got)
+        local t = Stream.from(Channel.new(10))
+        local got2 = "pending"
+        spawn(function() got2 = tostring(t:read()) end)
+        t:close()
+        task.wait()
+        print(got2)
+        "#,
+        4,
+    );
+    assert_eq!(out, ["nil", "nil"], "a reader waiting in read() got a chunk after the stream was closed");
+}
+
+#[test]
+fn take_one_hands_out_one_chunk_to_concurrent_readers() {
+    let out = output(
+        r#"
+        local ch = Channel.new(10)
+        local one = Stream.from(ch):take(1)
+        local got = {}
+        for k = 1, 2 do spawn(function() got[k] = tostring(one:read()) end) end
+        ch:send("a"); ch:send("b")
+        task.wait()
+        print(got[1], got[2])
+        "#,
+        4,
+    );
+    assert_eq!(out, ["a\tnil"], "take(1) handed a chunk to each of two waiting readers");
+}
+
+#[test]
+fn ending_a_channel_stream_early_closes_the_channel_and_stops_its_producer() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/test.lua",
+        r#"
+        local ch = Channel.new(1)
+        spawn(function()
+            for i = 1, 10 do
+                if not pcall(ch.send, ch, i) then print("producer stopped", i) return end
+            end
+            print("producer ran to the end")
+        end)
+        print(table.concat(await(Stream.from(ch):take(2):collect()), ","))
+        local other = Channel.new(1)
+        local s = Stream.from(other)
+        s:close()
+        print(other:isClosed())
+        "#,
+    );
+    run(&mut app, 10);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    let mut out = printed(&app);
+    out.sort();
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0], "1,2");
+    assert!(
+        out[1].starts_with("producer stopped"),
+        "take left the channel open and its producer waiting in send: {out:?}"
+    );
+    assert_eq!(out[2], "true", "close() left the channel open");
+}
+
 /// An app whose assets folder is a fresh directory holding `secret.txt` next to it and, inside,
 /// `inside.txt`, a link `up` to the folder above and a link `same` to itself.
 fn file_app() -> (App, tempfile::TempDir) {

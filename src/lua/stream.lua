@@ -14,6 +14,8 @@
 -- * The first end (the source ran dry, failed, or was closed) is remembered: every later read
 --   returns it again, and the producer is told once (`close`), which releases a Rust producer.
 -- * Chunks are never nil: a `nil` from a channel, or from `map`, is skipped.
+-- * A pull that returns after the stream ended (another task closed it, or `take` reached its
+--   count, while this one waited) drops what it got: no chunk is handed out after the end.
 local deps = ...
 
 local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
@@ -74,6 +76,8 @@ end
 local function pull_raw(st)
   if st.ended then return false, st.err end
   local more, v = st.pull(pull_raw)
+  -- Ended while this pull waited (closed, or `take` reached its count): drop the chunk.
+  if st.ended then return false, st.err end
   if more then return true, v end
   finish(st, v)
   return false, st.err
@@ -93,6 +97,8 @@ local function next_chunk(st)
   end
   if st.ended then return false, st.err end
   local ok, more, v = pcall(st.pull, next_chunk)
+  -- Ended while this pull waited (closed, or `take` reached its count): drop the chunk.
+  if st.ended then return false, st.err end
   if not ok then
     finish(st, more)
   elseif more then
@@ -142,15 +148,23 @@ end
 
 local Stream = {}
 
+--- Closes channel `ch` unless it is closed already (the stream over it ended).
+local function closer(ch)
+  return function()
+    if not ch:isClosed() then ch:close() end
+  end
+end
+
 --- `Stream.from(channel | table | iterator) -> Stream`: a channel is read until it is closed and
---- drained; a table (a list) from 1 to its length at the call; an iterator is called with no
---- arguments until it returns nil. A stream is returned as it is.
+--- drained, and the stream owns it: ending the stream early (`close`, `take`) closes the channel,
+--- so a producer waiting in `send` raises; a table (a list) from 1 to its length at the call; an
+--- iterator is called with no arguments until it returns nil. A stream is returned as it is.
 function Stream.from(source)
   local t = type(source)
   if t == "table" then
     local mt = getmetatable(source)
     if mt == "Stream" then return source end
-    if mt == "Channel" then return new_stream("channel", channel_pull(source), nil) end
+    if mt == "Channel" then return new_stream("channel", channel_pull(source), closer(source)) end
     if mt == nil or type(mt) == "table" and mt.__call == nil then
       return new_stream("table", table_pull(source), nil)
     end
@@ -210,6 +224,7 @@ function methods.take(self, n)
     end
     local more, v = step(up)
     if not more then return false, v end
+    if left <= 0 then return false end -- another reader took the last one while this one waited
     left = left - 1
     if left == 0 then finish(up) end
     return true, v
