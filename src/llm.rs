@@ -17,6 +17,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bevy::prelude::*;
+use bevy::tasks::futures_lite::FutureExt;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
 use mlua::{Lua, Value};
 use serde::Deserialize;
@@ -106,6 +107,11 @@ impl ExecInner {
     fn lock(&self) -> MutexGuard<'_, ExecState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Futures admitted at most (running and waiting); `usize::MAX` for an unbounded queue.
+    fn capacity(&self) -> usize {
+        self.workers.saturating_add(self.queue)
+    }
 }
 
 /// Runs futures on Bevy's `AsyncComputeTaskPool`, at most `workers` at once, with at most `queue`
@@ -157,7 +163,7 @@ impl AsyncExecutor {
     {
         {
             let mut s = self.inner.lock();
-            if s.admitted >= self.inner.workers + self.inner.queue {
+            if s.admitted >= self.inner.capacity() {
                 return Err(future);
             }
             s.admitted += 1;
@@ -183,7 +189,7 @@ impl AsyncExecutor {
 
     /// Whether [`try_submit`](Self::try_submit) would give the future back now.
     pub fn is_full(&self) -> bool {
-        self.inner.lock().admitted >= self.inner.workers + self.inner.queue
+        self.inner.lock().admitted >= self.inner.capacity()
     }
 
     /// Futures running now.
@@ -218,11 +224,21 @@ struct LlmOptions {
     timeout: Option<f64>,
 }
 
-/// Runs one generation: the service's future, then the end of the stream it fed.
+/// Runs one generation: the service's future, then the end of the stream it fed. A panic in the
+/// service fails the stream with the panic's message (the script's promise rejects).
 async fn generate(service: Arc<dyn LlmService>, request: LlmRequest, mut tokens: StreamSender) {
-    match service.generate(request, &mut tokens).await {
-        Ok(()) => tokens.finish(),
-        Err(e) => tokens.fail(e),
+    let result = std::panic::AssertUnwindSafe(service.generate(request, &mut tokens)).catch_unwind().await;
+    match result {
+        Ok(Ok(())) => tokens.finish(),
+        Ok(Err(e)) => tokens.fail(e),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tokens.fail(format!("the language-model service panicked: {message}"));
+        }
     }
 }
 
@@ -326,8 +342,9 @@ impl LocalLlm {
         Self { token_delay, default_max_tokens: 24 }
     }
 
-    /// The answer's tokens for `request`, in order.
-    pub fn tokens(&self, request: &LlmRequest) -> Vec<String> {
+    /// The answer's tokens for `request`, in order, made one at a time as they are taken (a huge
+    /// `maxTokens` costs nothing up front).
+    pub fn tokens(&self, request: &LlmRequest) -> impl Iterator<Item = String> + use<> {
         let words: Vec<&str> = LOCAL_TEXT.split_whitespace().collect();
         // FNV-1a over the prompt and the temperature's hundredths.
         let temperature = (request.temperature.unwrap_or(0.0) * 100.0).round() as i64;
@@ -337,12 +354,10 @@ impl LocalLlm {
         }
         let start = (h % words.len() as u64) as usize;
         let n = request.max_tokens.unwrap_or(self.default_max_tokens) as usize;
-        (0..n)
-            .map(|i| {
-                let word = words[(start + i) % words.len()];
-                if i == 0 { word.to_string() } else { format!(" {word}") }
-            })
-            .collect()
+        (0..n).map(move |i| {
+            let word = words[(start + i) % words.len()];
+            if i == 0 { word.to_string() } else { format!(" {word}") }
+        })
     }
 }
 

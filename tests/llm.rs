@@ -4,8 +4,8 @@
 //! observes it).
 
 mod common;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bevy::prelude::*;
@@ -23,6 +23,8 @@ struct Seen {
     dropped: Arc<AtomicUsize>,
     /// Generations that saw `send` fail (the script stopped listening).
     send_failed: Arc<AtomicBool>,
+    /// The prompts, in the order their generations started.
+    prompts: Arc<Mutex<Vec<String>>>,
 }
 
 /// Counts in-flight generations; notes a drop before the end.
@@ -41,7 +43,9 @@ impl Drop for Flight {
 }
 
 /// Answers `"<prompt>:1 <prompt>:2 ..."` (`maxTokens` tokens, endless for `"forever"`), fails
-/// for `"fail"`, never answers `"hang"`; yields between tokens so generations interleave.
+/// for `"fail"`, never answers `"hang"`, panics for `"panic"`; a prompt ending in `!` waits until
+/// three generations are in flight before its first token. Yields between tokens so generations
+/// interleave. Once `send` fails it waits to be dropped, so every stopped generation is dropped.
 struct TestLlm(Seen);
 
 impl LlmService for TestLlm {
@@ -49,6 +53,7 @@ impl LlmService for TestLlm {
         let seen = self.0.clone();
         Box::pin(async move {
             seen.started.fetch_add(1, Ordering::SeqCst);
+            seen.prompts.lock().unwrap().push(request.prompt.clone());
             let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let mut flight = Flight { seen: seen.clone(), finished: false };
@@ -58,6 +63,15 @@ impl LlmService for TestLlm {
                     return Err("the model is overloaded".into());
                 }
                 "hang" => std::future::pending::<()>().await,
+                "panic" => {
+                    let _ = tokens.send("partial").await;
+                    panic!("the model client crashed");
+                }
+                p if p.ends_with('!') => {
+                    while seen.in_flight.load(Ordering::SeqCst) < 3 {
+                        bevy::tasks::futures_lite::future::yield_now().await;
+                    }
+                }
                 _ => {}
             }
             let n = if request.prompt == "forever" { u32::MAX } else { request.max_tokens.unwrap_or(3) };
@@ -67,7 +81,7 @@ impl LlmService for TestLlm {
                     if i == 1 { format!("{}:1", request.prompt) } else { format!(" {}:{i}", request.prompt) };
                 if tokens.send(token).await.is_err() {
                     seen.send_failed.store(true, Ordering::SeqCst);
-                    break;
+                    std::future::pending::<()>().await; // until the owner drops this future
                 }
             }
             flight.finished = true;
@@ -136,17 +150,18 @@ fn promise_all_runs_generations_in_parallel() {
         &mut app,
         r#"
         local answers = await(Promise.all({
-            llm.generateAsync("a"),
-            llm.generateAsync("b", { maxTokens = 2 }),
-            llm.generateAsync("c", { maxTokens = 1 }),
+            llm.generateAsync("a!"),
+            llm.generateAsync("b!", { maxTokens = 2 }),
+            llm.generateAsync("c!", { maxTokens = 1 }),
         }))
         print(answers[1], answers[2], answers[3])
         "#,
         1,
     );
-    assert_eq!(out, ["a:1 a:2 a:3\tb:1 b:2\tc:1"]);
+    // Each generation waits for all three to be in flight: they only finish if they run at once.
+    assert_eq!(out, ["a!:1 a!:2 a!:3\tb!:1 b!:2\tc!:1"]);
     assert_eq!(seen.started.load(Ordering::SeqCst), 3);
-    assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 3);
+    assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 3, "the generations did not run in parallel");
 }
 
 #[test]
@@ -230,10 +245,8 @@ fn returning_false_from_on_chunk_stops_the_generation_in_rust() {
         1,
     );
     assert_eq!(out, ["5\tforever:1 forever:2 forever:3 forever:4 forever:5"]);
-    run_until_seen(&mut app, || {
-        seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)) >= 1
-    });
     run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
+    assert_eq!(seen.dropped.load(Ordering::SeqCst), 1, "the generation's future was not dropped");
 }
 
 #[test]
@@ -253,7 +266,7 @@ fn despawning_the_npc_mid_stream_cancels_the_generation() {
     assert_eq!(seen.in_flight.load(Ordering::SeqCst), 1);
     app.world_mut().despawn(npc);
     run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
-    assert_eq!(seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)), 1);
+    assert_eq!(seen.dropped.load(Ordering::SeqCst), 1, "the generation's future was not dropped");
     let executor = app.world().resource::<AsyncExecutor>().clone();
     run_until_seen(&mut app, || executor.submitted() == 0);
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
@@ -300,9 +313,9 @@ fn the_local_model_is_deterministic() {
     let model = LocalLlm::new(Duration::ZERO);
     let request =
         LlmRequest { prompt: "Where is the smith?".into(), temperature: Some(0.7), max_tokens: Some(6) };
-    let tokens = model.tokens(&request);
+    let tokens: Vec<String> = model.tokens(&request).collect();
     assert_eq!(tokens.len(), 6);
-    assert_eq!(tokens, model.tokens(&request));
+    assert_eq!(tokens, model.tokens(&request).collect::<Vec<_>>());
     assert!(!tokens[0].starts_with(' ') && tokens[1].starts_with(' '));
 
     let mut app = create_app();
@@ -321,4 +334,38 @@ fn the_local_model_is_deterministic() {
     );
     assert_eq!(out[0], format!("true\ttrue\t{}", tokens.concat()));
     assert_eq!(out[1], "false\tempty prompt");
+}
+
+#[test]
+fn a_panicking_service_rejects_with_the_panic() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(llm.generateAsync("panic"):awaitStatus())
+        local got = {}
+        print(llm.streamGenerate("panic", function(c, e) got[#got + 1] = tostring(c) .. "/" .. tostring(e) end):awaitStatus())
+        print(table.concat(got, " "))
+        "#,
+        3,
+    );
+    let message = "the language-model service panicked: the model client crashed";
+    assert_eq!(out[0], format!("Rejected\t{message}"), "a panic read as a complete answer");
+    assert_eq!(out[1], format!("Rejected\t{message}"));
+    assert_eq!(out[2], format!("partial/nil nil/{message}"));
+}
+
+#[test]
+fn an_unbounded_queue_does_not_overflow() {
+    let executor = AsyncExecutor::new(4, usize::MAX);
+    let full = std::panic::catch_unwind(|| executor.is_full());
+    assert!(matches!(full, Ok(false)), "is_full with queue = usize::MAX: {full:?}");
+}
+
+#[test]
+fn the_local_model_makes_tokens_as_they_are_taken() {
+    let model = LocalLlm::new(Duration::ZERO);
+    let request = LlmRequest { prompt: "x".into(), temperature: None, max_tokens: Some(u32::MAX) };
+    // Built up front, u32::MAX tokens would not fit in memory.
+    assert_eq!(model.tokens(&request).take(3).count(), 3);
 }
