@@ -5,7 +5,8 @@
 //!
 //! Every generation is a Rust stream of tokens (see [`StreamSender`]) produced by a future on an
 //! [`AsyncExecutor`]: at most `workers` generations run at once, at most `queue` more wait, and a
-//! script that asks while the queue is full waits (a frame at a time) while the frame goes on. The
+//! call made while the queue is full returns its promise at once, which waits for a place (first
+//! come, first served; `timeout` and cancelling apply) while the frame goes on. The
 //! Lua half (`lua/llm.lua`) turns the stream into the promise scripts get. Cancelling that promise,
 //! returning `false` from `onChunk`, a `timeout`, or despawning the script's entity drops the
 //! generation's future, which is how a service observes cancellation (and its `send` fails).
@@ -78,7 +79,8 @@ pub trait LlmService: Send + Sync + 'static {
 pub struct LlmConfig {
     /// Generations that run at once (default 4).
     pub workers: usize,
-    /// Generations that may wait for a worker (default 64); past that, a script's call waits.
+    /// Generations that may wait for a worker (default 64); past that, a script's promise waits
+    /// for a place (`usize::MAX`: no bound).
     pub queue: usize,
     /// Tokens buffered ahead of a script that reads slowly (default 16).
     pub buffer: usize,
@@ -284,15 +286,18 @@ fn install(
     executor: AsyncExecutor,
     buffer: usize,
 ) -> mlua::Result<mlua::Table> {
-    // `open(prompt, opts, name, opts_index) -> Stream | false | nil, message`: false while the
-    // queue is full.
-    let open =
-        lua.create_function(move |lua, (prompt, opts, name, index): (String, Value, String, usize)| {
+    // `open(prompt, opts, name, opts_index, try_now) -> Stream | false | nil, message`: checks the
+    // arguments, then false if `try_now` is false or the queue is full.
+    let open = lua.create_function(
+        move |lua, (prompt, opts, name, index, try_now): (mlua::LuaString, Value, String, usize, bool)| {
+            let Ok(prompt) = prompt.to_str().map(|p| p.to_string()) else {
+                return Ok((Value::Nil, Some(format!("bad argument #1 to '{name}' (prompt is not UTF-8)"))));
+            };
             let options = match from_lua::<Option<LlmOptions>>(opts) {
                 Ok(o) => o.unwrap_or(LlmOptions { temperature: None, max_tokens: None, timeout: None }),
                 Err(e) => return Ok((Value::Nil, Some(format!("bad argument #{index} to '{name}' ({e})")))),
             };
-            if executor.is_full() {
+            if !try_now || executor.is_full() {
                 return Ok((Value::Boolean(false), None));
             }
             let request =
@@ -308,10 +313,12 @@ fn install(
                 Ok(s) => (s, None),
                 Err(message) => (Value::Nil, Some(message)),
             })
-        })?;
+        },
+    )?;
     let deps = crate::stream::module_deps(lua)?;
     deps.set("open", open)?;
     deps.set("wait", lua.globals().get::<mlua::Table>("task")?.get::<mlua::Function>("wait")?)?;
+    deps.set("frame", lua.globals().get::<mlua::Table>("time")?.get::<mlua::Function>("frame")?)?;
     lua.load(include_str!("lua/llm.lua")).set_name("=bevy_lua_coroutines/llm.lua").call(deps)
 }
 

@@ -171,23 +171,32 @@ fn a_full_queue_makes_the_script_wait_not_the_frame() {
         &mut app,
         "scripts/npc.lua",
         r#"
+        local f0 = time.frame()
         local ps = {}
         for i = 1, 8 do ps[i] = llm.generateAsync("p" .. i, { maxTokens = 2 }) end
+        print("asked within", time.frame() - f0, "frames")
         local all = await(Promise.all(ps))
         print(#all, all[8])
         "#,
     );
+    let mut filled = false;
+    let mut frames = 0;
     for _ in 0..5000 {
         app.update();
+        frames += 1;
         let executor = app.world().resource::<AsyncExecutor>();
         assert!(executor.running() <= 2 && executor.submitted() <= 3);
-        if !printed(&app).is_empty() || !errors(&app).is_empty() {
+        filled |= executor.submitted() == 3;
+        if printed(&app).len() >= 2 || !errors(&app).is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
-    assert_eq!(printed(&app), ["8\tp8:1 p8:2"]);
+    // The calls returned their promises at once, and frames went on while they waited.
+    assert_eq!(printed(&app), ["asked within\t0\tframes", "8\tp8:1 p8:2"]);
+    assert!(filled, "the executor's queue never filled");
+    assert!(frames > 1, "the answers came within the first frame");
     assert_eq!(seen.started.load(Ordering::SeqCst), 8);
     assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 2);
 }
@@ -290,8 +299,10 @@ fn arguments_are_checked() {
         try(llm.generateAsync, "x", { timeout = -1 })
         try(llm.streamGenerate, "x", nil)
         try(llm.streamGenerate, "x", print, { maxTokens = -2 })
+        try(llm.generateAsync, "\xff\xfe")
+        try(llm.streamGenerate, 5, nil)
         "#,
-        7,
+        9,
     );
     let expected = [
         "bad argument #1 to 'generateAsync' (string expected, got number)",
@@ -301,10 +312,14 @@ fn arguments_are_checked() {
         "bad argument #2 to 'generateAsync' (field 'timeout': positive number expected, got -1)",
         "bad argument #2 to 'streamGenerate' (function expected, got nil)",
         "bad argument #3 to 'streamGenerate' (at maxTokens:",
+        "bad argument #1 to 'generateAsync' (prompt is not UTF-8)",
+        "bad argument #1 to 'streamGenerate' (string expected, got number)",
     ];
+    assert_eq!(out.len(), expected.len(), "{out:?}");
     for (line, want) in out.iter().zip(expected) {
         assert!(line.contains(want), "{line:?} should contain {want:?}");
         assert!(line.starts_with("scripts/npc.lua:"), "{line:?} should name the script's line");
+        assert!(!line.contains("traceback"), "{line:?} should be one line");
     }
 }
 
@@ -353,6 +368,54 @@ fn a_panicking_service_rejects_with_the_panic() {
     assert_eq!(out[0], format!("Rejected\t{message}"), "a panic read as a complete answer");
     assert_eq!(out[1], format!("Rejected\t{message}"));
     assert_eq!(out[2], format!("partial/nil nil/{message}"));
+}
+
+#[test]
+fn timeout_and_cancel_cover_the_wait_for_a_full_queue() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 1, queue: 0, buffer: 4 });
+    let out = ok_output(
+        &mut app,
+        r#"
+        local busy = llm.generateAsync("hang")
+        local f0 = time.frame()
+        local late = llm.generateAsync("late", { timeout = 0.1 })
+        local dropped = llm.streamGenerate("dropped", print)
+        print("asked within", time.frame() - f0, "frames")
+        local status, err = late:awaitStatus()
+        print(status, Promise.Error.isKind(err, Promise.Error.Kind.TimedOut), time.frame() - f0)
+        dropped:cancel()
+        busy:cancel()
+        print(await(llm.generateAsync("next", { maxTokens = 1 })))
+        "#,
+        3,
+    );
+    assert_eq!(out, ["asked within\t0\tframes", "Rejected\ttrue\t6", "next:1"]);
+    assert_eq!(
+        *seen.prompts.lock().unwrap(),
+        ["hang", "next"],
+        "a call that timed out or was cancelled while queued still ran"
+    );
+}
+
+#[test]
+fn calls_waiting_for_a_full_queue_start_first_come_first_served() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 1, queue: 0, buffer: 4 });
+    let first = spawn_script(&mut app, "scripts/first.lua", r#"llm.generateAsync("hang") task.wait(1000)"#);
+    run(&mut app, 2);
+    spawn_script(&mut app, "scripts/a.lua", r#"print(await(llm.generateAsync("a", { maxTokens = 1 })))"#);
+    run(&mut app, 2);
+    spawn_script(&mut app, "scripts/b.lua", r#"print(await(llm.generateAsync("b", { maxTokens = 1 })))"#);
+    run(&mut app, 2);
+    // Free the worker (the despawn drops the generation that held it), and ask once more at once:
+    // the new call goes behind the two waiting ones although a place is free when it asks.
+    app.world_mut().despawn(first);
+    spawn_script(&mut app, "scripts/c.lua", r#"print(await(llm.generateAsync("c", { maxTokens = 1 })))"#);
+    run_until(&mut app, 5000, |app| {
+        std::thread::sleep(Duration::from_micros(200));
+        printed(app).len() == 3
+    });
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(*seen.prompts.lock().unwrap(), ["hang", "a", "b", "c"], "queued calls started out of order");
 }
 
 #[test]
