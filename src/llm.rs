@@ -11,6 +11,7 @@
 //! returning `false` from `onChunk`, a `timeout`, or despawning the script's entity drops the
 //! generation's future, which is how a service observes cancellation (and its `send` fails).
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,7 +97,27 @@ impl Default for LlmConfig {
 struct ExecState {
     running: usize,
     admitted: usize,
+    /// The number the next admitted future gets.
+    next: u64,
+    /// The admitted futures still waiting for a worker, in the order they were admitted: only the
+    /// first may take a free worker.
+    order: VecDeque<u64>,
     waiting: Vec<Waker>,
+}
+
+impl ExecState {
+    /// Takes the wakers of the futures waiting for a worker (each looks again; the first in
+    /// `order` takes a free one).
+    fn take_waiting(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.waiting)
+    }
+}
+
+/// Wakes `wakers` (outside the lock).
+fn wake_all(wakers: Vec<Waker>) {
+    for w in wakers {
+        w.wake();
+    }
 }
 
 struct ExecInner {
@@ -117,19 +138,28 @@ impl ExecInner {
 }
 
 /// Runs futures on Bevy's `AsyncComputeTaskPool`, at most `workers` at once, with at most `queue`
-/// more waiting for a worker. [`try_submit`](Self::try_submit) returns at once: the task, or the
-/// future back when the queue is full. Dropping a task cancels its future, waiting or running.
+/// more waiting for a worker, which they get in the order they were submitted.
+/// [`try_submit`](Self::try_submit) returns at once: the task, or the future back when the queue is
+/// full. Dropping a task cancels its future, waiting or running.
 #[derive(Resource, Clone)]
 pub struct AsyncExecutor {
     inner: Arc<ExecInner>,
 }
 
-/// Gives back a place in the executor (running or waiting) when a task ends or is dropped.
-struct Admission(Arc<ExecInner>);
+/// Gives back a place in the executor (running or waiting) when a task ends or is dropped; a
+/// future dropped while waiting for a worker leaves the line (the next one may go).
+struct Admission(Arc<ExecInner>, u64);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.lock().admitted -= 1;
+        let waiting = {
+            let mut s = self.0.lock();
+            s.admitted -= 1;
+            let before = s.order.len();
+            s.order.retain(|&n| n != self.1);
+            if s.order.len() < before { s.take_waiting() } else { Vec::new() }
+        };
+        wake_all(waiting);
     }
 }
 
@@ -141,12 +171,10 @@ impl Drop for Worker {
         let waiting = {
             let mut s = self.0.lock();
             s.running -= 1;
-            std::mem::take(&mut s.waiting)
+            s.take_waiting()
         };
-        // Every waiting future looks again (one takes the worker; a dropped one wakes no one).
-        for w in waiting {
-            w.wake();
-        }
+        // Every waiting future looks again (the first in line takes the worker).
+        wake_all(waiting);
     }
 }
 
@@ -163,21 +191,31 @@ impl AsyncExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        {
+        let number = {
             let mut s = self.inner.lock();
             if s.admitted >= self.inner.capacity() {
                 return Err(future);
             }
             s.admitted += 1;
-        }
-        let admission = Admission(self.inner.clone());
+            let number = s.next;
+            s.next += 1;
+            s.order.push_back(number);
+            number
+        };
+        let admission = Admission(self.inner.clone(), number);
         Ok(AsyncComputeTaskPool::get().spawn(async move {
             let admission = admission;
             let inner = admission.0.clone();
+            let number = admission.1;
             let _worker = poll_fn(|cx| {
                 let mut s = inner.lock();
-                if s.running < inner.workers {
+                if s.running < inner.workers && s.order.front() == Some(&number) {
                     s.running += 1;
+                    s.order.pop_front();
+                    // Another worker may be free for the next in line.
+                    let next = if s.running < inner.workers { s.take_waiting() } else { Vec::new() };
+                    drop(s);
+                    wake_all(next);
                     Poll::Ready(Worker(inner.clone()))
                 } else {
                     s.waiting.push(cx.waker().clone());
