@@ -5,11 +5,13 @@
 //!
 //! Every generation is a Rust stream of tokens (see [`StreamSender`]) produced by a future on an
 //! [`AsyncExecutor`]: at most `workers` generations run at once, at most `queue` more wait, and a
-//! script that asks while the queue is full waits (a frame at a time) while the frame goes on. The
+//! call made while the queue is full returns its promise at once, which waits for a place (first
+//! come, first served; `timeout` and cancelling apply) while the frame goes on. The
 //! Lua half (`lua/llm.lua`) turns the stream into the promise scripts get. Cancelling that promise,
 //! returning `false` from `onChunk`, a `timeout`, or despawning the script's entity drops the
 //! generation's future, which is how a service observes cancellation (and its `send` fails).
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bevy::prelude::*;
+use bevy::tasks::futures_lite::FutureExt;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
 use mlua::{Lua, Value};
 use serde::Deserialize;
@@ -77,7 +80,8 @@ pub trait LlmService: Send + Sync + 'static {
 pub struct LlmConfig {
     /// Generations that run at once (default 4).
     pub workers: usize,
-    /// Generations that may wait for a worker (default 64); past that, a script's call waits.
+    /// Generations that may wait for a worker (default 64); past that, a script's promise waits
+    /// for a place (`usize::MAX`: no bound).
     pub queue: usize,
     /// Tokens buffered ahead of a script that reads slowly (default 16).
     pub buffer: usize,
@@ -93,7 +97,27 @@ impl Default for LlmConfig {
 struct ExecState {
     running: usize,
     admitted: usize,
+    /// The number the next admitted future gets.
+    next: u64,
+    /// The admitted futures still waiting for a worker, in the order they were admitted: only the
+    /// first may take a free worker.
+    order: VecDeque<u64>,
     waiting: Vec<Waker>,
+}
+
+impl ExecState {
+    /// Takes the wakers of the futures waiting for a worker (each looks again; the first in
+    /// `order` takes a free one).
+    fn take_waiting(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.waiting)
+    }
+}
+
+/// Wakes `wakers` (outside the lock).
+fn wake_all(wakers: Vec<Waker>) {
+    for w in wakers {
+        w.wake();
+    }
 }
 
 struct ExecInner {
@@ -106,22 +130,36 @@ impl ExecInner {
     fn lock(&self) -> MutexGuard<'_, ExecState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Futures admitted at most (running and waiting); `usize::MAX` for an unbounded queue.
+    fn capacity(&self) -> usize {
+        self.workers.saturating_add(self.queue)
+    }
 }
 
 /// Runs futures on Bevy's `AsyncComputeTaskPool`, at most `workers` at once, with at most `queue`
-/// more waiting for a worker. [`try_submit`](Self::try_submit) returns at once: the task, or the
-/// future back when the queue is full. Dropping a task cancels its future, waiting or running.
+/// more waiting for a worker, which they get in the order they were submitted.
+/// [`try_submit`](Self::try_submit) returns at once: the task, or the future back when the queue is
+/// full. Dropping a task cancels its future, waiting or running.
 #[derive(Resource, Clone)]
 pub struct AsyncExecutor {
     inner: Arc<ExecInner>,
 }
 
-/// Gives back a place in the executor (running or waiting) when a task ends or is dropped.
-struct Admission(Arc<ExecInner>);
+/// Gives back a place in the executor (running or waiting) when a task ends or is dropped; a
+/// future dropped while waiting for a worker leaves the line (the next one may go).
+struct Admission(Arc<ExecInner>, u64);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.lock().admitted -= 1;
+        let waiting = {
+            let mut s = self.0.lock();
+            s.admitted -= 1;
+            let before = s.order.len();
+            s.order.retain(|&n| n != self.1);
+            if s.order.len() < before { s.take_waiting() } else { Vec::new() }
+        };
+        wake_all(waiting);
     }
 }
 
@@ -133,12 +171,10 @@ impl Drop for Worker {
         let waiting = {
             let mut s = self.0.lock();
             s.running -= 1;
-            std::mem::take(&mut s.waiting)
+            s.take_waiting()
         };
-        // Every waiting future looks again (one takes the worker; a dropped one wakes no one).
-        for w in waiting {
-            w.wake();
-        }
+        // Every waiting future looks again (the first in line takes the worker).
+        wake_all(waiting);
     }
 }
 
@@ -155,21 +191,31 @@ impl AsyncExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        {
+        let number = {
             let mut s = self.inner.lock();
-            if s.admitted >= self.inner.workers + self.inner.queue {
+            if s.admitted >= self.inner.capacity() {
                 return Err(future);
             }
             s.admitted += 1;
-        }
-        let admission = Admission(self.inner.clone());
+            let number = s.next;
+            s.next += 1;
+            s.order.push_back(number);
+            number
+        };
+        let admission = Admission(self.inner.clone(), number);
         Ok(AsyncComputeTaskPool::get().spawn(async move {
             let admission = admission;
             let inner = admission.0.clone();
+            let number = admission.1;
             let _worker = poll_fn(|cx| {
                 let mut s = inner.lock();
-                if s.running < inner.workers {
+                if s.running < inner.workers && s.order.front() == Some(&number) {
                     s.running += 1;
+                    s.order.pop_front();
+                    // Another worker may be free for the next in line.
+                    let next = if s.running < inner.workers { s.take_waiting() } else { Vec::new() };
+                    drop(s);
+                    wake_all(next);
                     Poll::Ready(Worker(inner.clone()))
                 } else {
                     s.waiting.push(cx.waker().clone());
@@ -183,7 +229,7 @@ impl AsyncExecutor {
 
     /// Whether [`try_submit`](Self::try_submit) would give the future back now.
     pub fn is_full(&self) -> bool {
-        self.inner.lock().admitted >= self.inner.workers + self.inner.queue
+        self.inner.lock().admitted >= self.inner.capacity()
     }
 
     /// Futures running now.
@@ -218,11 +264,21 @@ struct LlmOptions {
     timeout: Option<f64>,
 }
 
-/// Runs one generation: the service's future, then the end of the stream it fed.
+/// Runs one generation: the service's future, then the end of the stream it fed. A panic in the
+/// service fails the stream with the panic's message (the script's promise rejects).
 async fn generate(service: Arc<dyn LlmService>, request: LlmRequest, mut tokens: StreamSender) {
-    match service.generate(request, &mut tokens).await {
-        Ok(()) => tokens.finish(),
-        Err(e) => tokens.fail(e),
+    let result = std::panic::AssertUnwindSafe(service.generate(request, &mut tokens)).catch_unwind().await;
+    match result {
+        Ok(Ok(())) => tokens.finish(),
+        Ok(Err(e)) => tokens.fail(e),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tokens.fail(format!("the language-model service panicked: {message}"));
+        }
     }
 }
 
@@ -268,15 +324,18 @@ fn install(
     executor: AsyncExecutor,
     buffer: usize,
 ) -> mlua::Result<mlua::Table> {
-    // `open(prompt, opts, name, opts_index) -> Stream | false | nil, message`: false while the
-    // queue is full.
-    let open =
-        lua.create_function(move |lua, (prompt, opts, name, index): (String, Value, String, usize)| {
+    // `open(prompt, opts, name, opts_index, try_now) -> Stream | false | nil, message`: checks the
+    // arguments, then false if `try_now` is false or the queue is full.
+    let open = lua.create_function(
+        move |lua, (prompt, opts, name, index, try_now): (mlua::LuaString, Value, String, usize, bool)| {
+            let Ok(prompt) = prompt.to_str().map(|p| p.to_string()) else {
+                return Ok((Value::Nil, Some(format!("bad argument #1 to '{name}' (prompt is not UTF-8)"))));
+            };
             let options = match from_lua::<Option<LlmOptions>>(opts) {
                 Ok(o) => o.unwrap_or(LlmOptions { temperature: None, max_tokens: None, timeout: None }),
                 Err(e) => return Ok((Value::Nil, Some(format!("bad argument #{index} to '{name}' ({e})")))),
             };
-            if executor.is_full() {
+            if !try_now || executor.is_full() {
                 return Ok((Value::Boolean(false), None));
             }
             let request =
@@ -292,10 +351,12 @@ fn install(
                 Ok(s) => (s, None),
                 Err(message) => (Value::Nil, Some(message)),
             })
-        })?;
+        },
+    )?;
     let deps = crate::stream::module_deps(lua)?;
     deps.set("open", open)?;
     deps.set("wait", lua.globals().get::<mlua::Table>("task")?.get::<mlua::Function>("wait")?)?;
+    deps.set("frame", lua.globals().get::<mlua::Table>("time")?.get::<mlua::Function>("frame")?)?;
     lua.load(include_str!("lua/llm.lua")).set_name("=bevy_lua_coroutines/llm.lua").call(deps)
 }
 
@@ -326,8 +387,9 @@ impl LocalLlm {
         Self { token_delay, default_max_tokens: 24 }
     }
 
-    /// The answer's tokens for `request`, in order.
-    pub fn tokens(&self, request: &LlmRequest) -> Vec<String> {
+    /// The answer's tokens for `request`, in order, made one at a time as they are taken (a huge
+    /// `maxTokens` costs nothing up front).
+    pub fn tokens(&self, request: &LlmRequest) -> impl Iterator<Item = String> + use<> {
         let words: Vec<&str> = LOCAL_TEXT.split_whitespace().collect();
         // FNV-1a over the prompt and the temperature's hundredths.
         let temperature = (request.temperature.unwrap_or(0.0) * 100.0).round() as i64;
@@ -337,12 +399,10 @@ impl LocalLlm {
         }
         let start = (h % words.len() as u64) as usize;
         let n = request.max_tokens.unwrap_or(self.default_max_tokens) as usize;
-        (0..n)
-            .map(|i| {
-                let word = words[(start + i) % words.len()];
-                if i == 0 { word.to_string() } else { format!(" {word}") }
-            })
-            .collect()
+        (0..n).map(move |i| {
+            let word = words[(start + i) % words.len()];
+            if i == 0 { word.to_string() } else { format!(" {word}") }
+        })
     }
 }
 

@@ -32,6 +32,13 @@ pub const FILE_CHUNK: usize = 64 * 1024;
 /// Chunks `readFileStream` buffers ahead of the script.
 pub const FILE_BUFFER: usize = 4;
 
+/// The error a script reads when the producer panicked (its sender was dropped while unwinding).
+const PANICKED: &str = "the stream's producer panicked";
+
+/// The error other readers get when the stream was cancelled without a script closing it (the
+/// entity whose script made it was despawned).
+const CANCELLED: &str = "stream cancelled";
+
 /// Why a chunk could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StreamSendError {
@@ -174,7 +181,12 @@ impl StreamSender {
 
 impl Drop for StreamSender {
     fn drop(&mut self) {
-        self.shared.lock().finished = true;
+        let mut s = self.shared.lock();
+        s.finished = true;
+        // Dropped while the producer unwinds: a panic is a failure, not a clean end.
+        if std::thread::panicking() && s.error.is_none() {
+            s.error = Some(PANICKED.into());
+        }
     }
 }
 
@@ -285,7 +297,12 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
             Ok(st.cancelled || st.buf.is_empty() && (st.finished || st.error.is_some()))
         })?,
     )?;
-    let err = lua.create_function(move |_, ()| Ok(shared.lock().error.clone()))?;
+    // Asked once the channel reads as closed: a stream its script closed has ended before that, so
+    // a cancelled one without an error here was cancelled from outside (a despawn).
+    let err = lua.create_function(move |_, ()| {
+        let st = shared.lock();
+        Ok(st.error.clone().or_else(|| st.cancelled.then(|| CANCELLED.to_string())))
+    })?;
 
     let external =
         lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone();
@@ -376,11 +393,16 @@ impl LuaStreamAppExt for App {
     }
 }
 
-/// `path` under `root`, or why it is refused: it must be relative and stay inside `root`.
+/// `path` under `root`, or why it is refused: it must be relative, without NUL bytes, and stay
+/// inside `root`, symbolic links followed. A path that does not exist (yet) is returned as given
+/// under `root`: opening it fails then.
 fn resolve_asset_path(root: &Path, path: &str) -> Result<PathBuf, String> {
     let relative = Path::new(path);
     if path.is_empty() {
         return Err("empty path".into());
+    }
+    if path.contains('\0') {
+        return Err(format!("path {path:?} contains a NUL byte"));
     }
     for component in relative.components() {
         match component {
@@ -391,7 +413,12 @@ fn resolve_asset_path(root: &Path, path: &str) -> Result<PathBuf, String> {
             }
         }
     }
-    Ok(root.join(relative))
+    let joined = root.join(relative);
+    match (root.canonicalize(), joined.canonicalize()) {
+        (Ok(root), Ok(target)) if target.starts_with(&root) => Ok(target),
+        (Ok(_), Ok(_)) => Err(format!("path {path:?} leaves the assets folder (a symbolic link)")),
+        _ => Ok(joined),
+    }
 }
 
 /// Reads `file` into `tx` in chunks of [`FILE_CHUNK`] bytes (blocking reads: run it on the

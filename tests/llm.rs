@@ -4,8 +4,8 @@
 //! observes it).
 
 mod common;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bevy::prelude::*;
@@ -23,6 +23,8 @@ struct Seen {
     dropped: Arc<AtomicUsize>,
     /// Generations that saw `send` fail (the script stopped listening).
     send_failed: Arc<AtomicBool>,
+    /// The prompts, in the order their generations started.
+    prompts: Arc<Mutex<Vec<String>>>,
 }
 
 /// Counts in-flight generations; notes a drop before the end.
@@ -41,7 +43,9 @@ impl Drop for Flight {
 }
 
 /// Answers `"<prompt>:1 <prompt>:2 ..."` (`maxTokens` tokens, endless for `"forever"`), fails
-/// for `"fail"`, never answers `"hang"`; yields between tokens so generations interleave.
+/// for `"fail"`, never answers `"hang"`, panics for `"panic"`; a prompt ending in `!` waits until
+/// three generations are in flight before its first token. Yields between tokens so generations
+/// interleave. Once `send` fails it waits to be dropped, so every stopped generation is dropped.
 struct TestLlm(Seen);
 
 impl LlmService for TestLlm {
@@ -49,6 +53,7 @@ impl LlmService for TestLlm {
         let seen = self.0.clone();
         Box::pin(async move {
             seen.started.fetch_add(1, Ordering::SeqCst);
+            seen.prompts.lock().unwrap().push(request.prompt.clone());
             let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let mut flight = Flight { seen: seen.clone(), finished: false };
@@ -58,6 +63,15 @@ impl LlmService for TestLlm {
                     return Err("the model is overloaded".into());
                 }
                 "hang" => std::future::pending::<()>().await,
+                "panic" => {
+                    let _ = tokens.send("partial").await;
+                    panic!("the model client crashed");
+                }
+                p if p.ends_with('!') => {
+                    while seen.in_flight.load(Ordering::SeqCst) < 3 {
+                        bevy::tasks::futures_lite::future::yield_now().await;
+                    }
+                }
                 _ => {}
             }
             let n = if request.prompt == "forever" { u32::MAX } else { request.max_tokens.unwrap_or(3) };
@@ -67,7 +81,7 @@ impl LlmService for TestLlm {
                     if i == 1 { format!("{}:1", request.prompt) } else { format!(" {}:{i}", request.prompt) };
                 if tokens.send(token).await.is_err() {
                     seen.send_failed.store(true, Ordering::SeqCst);
-                    break;
+                    std::future::pending::<()>().await; // until the owner drops this future
                 }
             }
             flight.finished = true;
@@ -136,17 +150,18 @@ fn promise_all_runs_generations_in_parallel() {
         &mut app,
         r#"
         local answers = await(Promise.all({
-            llm.generateAsync("a"),
-            llm.generateAsync("b", { maxTokens = 2 }),
-            llm.generateAsync("c", { maxTokens = 1 }),
+            llm.generateAsync("a!"),
+            llm.generateAsync("b!", { maxTokens = 2 }),
+            llm.generateAsync("c!", { maxTokens = 1 }),
         }))
         print(answers[1], answers[2], answers[3])
         "#,
         1,
     );
-    assert_eq!(out, ["a:1 a:2 a:3\tb:1 b:2\tc:1"]);
+    // Each generation waits for all three to be in flight: they only finish if they run at once.
+    assert_eq!(out, ["a!:1 a!:2 a!:3\tb!:1 b!:2\tc!:1"]);
     assert_eq!(seen.started.load(Ordering::SeqCst), 3);
-    assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 3);
+    assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 3, "the generations did not run in parallel");
 }
 
 #[test]
@@ -156,24 +171,42 @@ fn a_full_queue_makes_the_script_wait_not_the_frame() {
         &mut app,
         "scripts/npc.lua",
         r#"
+        local f0 = time.frame()
+        local hangs = { llm.generateAsync("hang"), llm.generateAsync("hang") } -- both workers
         local ps = {}
-        for i = 1, 8 do ps[i] = llm.generateAsync("p" .. i, { maxTokens = 2 }) end
+        for i = 1, 6 do ps[i] = llm.generateAsync("p" .. i, { maxTokens = 2 }) end
+        print("asked within", time.frame() - f0, "frames")
+        task.wait(0.1)
+        print("went on for", time.frame() - f0, "frames")
+        task.wait()
+        hangs[1]:cancel()
+        hangs[2]:cancel()
         local all = await(Promise.all(ps))
-        print(#all, all[8])
+        print(#all, all[6])
         "#,
     );
+    let mut filled = None;
     for _ in 0..5000 {
         app.update();
         let executor = app.world().resource::<AsyncExecutor>();
         assert!(executor.running() <= 2 && executor.submitted() <= 3);
-        if !printed(&app).is_empty() || !errors(&app).is_empty() {
+        if printed(&app).len() == 2 && filled.is_none() {
+            // The two that never answer hold the workers until the script cancels them, a frame later.
+            filled = Some(executor.submitted());
+        }
+        if printed(&app).len() >= 3 || !errors(&app).is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
-    assert_eq!(printed(&app), ["8\tp8:1 p8:2"]);
-    assert_eq!(seen.started.load(Ordering::SeqCst), 8);
+    // The calls returned their promises at once, and frames went on while they waited.
+    assert_eq!(printed(&app), ["asked within\t0\tframes", "went on for\t6\tframes", "6\tp6:1 p6:2"]);
+    assert_eq!(filled, Some(3), "the executor's workers and queue were not full while the script waited");
+    // The two that never answer may be cancelled before a pool thread ever polled them.
+    let answered: Vec<String> =
+        seen.prompts.lock().unwrap().iter().filter(|p| *p != "hang").cloned().collect();
+    assert_eq!(answered, ["p1", "p2", "p3", "p4", "p5", "p6"], "the waiting calls started out of order");
     assert!(seen.max_in_flight.load(Ordering::SeqCst) <= 2);
 }
 
@@ -230,10 +263,8 @@ fn returning_false_from_on_chunk_stops_the_generation_in_rust() {
         1,
     );
     assert_eq!(out, ["5\tforever:1 forever:2 forever:3 forever:4 forever:5"]);
-    run_until_seen(&mut app, || {
-        seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)) >= 1
-    });
     run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
+    assert_eq!(seen.dropped.load(Ordering::SeqCst), 1, "the generation's future was not dropped");
 }
 
 #[test]
@@ -253,7 +284,7 @@ fn despawning_the_npc_mid_stream_cancels_the_generation() {
     assert_eq!(seen.in_flight.load(Ordering::SeqCst), 1);
     app.world_mut().despawn(npc);
     run_until_seen(&mut app, || seen.in_flight.load(Ordering::SeqCst) == 0);
-    assert_eq!(seen.dropped.load(Ordering::SeqCst) + usize::from(seen.send_failed.load(Ordering::SeqCst)), 1);
+    assert_eq!(seen.dropped.load(Ordering::SeqCst), 1, "the generation's future was not dropped");
     let executor = app.world().resource::<AsyncExecutor>().clone();
     run_until_seen(&mut app, || executor.submitted() == 0);
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
@@ -277,8 +308,10 @@ fn arguments_are_checked() {
         try(llm.generateAsync, "x", { timeout = -1 })
         try(llm.streamGenerate, "x", nil)
         try(llm.streamGenerate, "x", print, { maxTokens = -2 })
+        try(llm.generateAsync, "\xff\xfe")
+        try(llm.streamGenerate, 5, nil)
         "#,
-        7,
+        9,
     );
     let expected = [
         "bad argument #1 to 'generateAsync' (string expected, got number)",
@@ -288,10 +321,14 @@ fn arguments_are_checked() {
         "bad argument #2 to 'generateAsync' (field 'timeout': positive number expected, got -1)",
         "bad argument #2 to 'streamGenerate' (function expected, got nil)",
         "bad argument #3 to 'streamGenerate' (at maxTokens:",
+        "bad argument #1 to 'generateAsync' (prompt is not UTF-8)",
+        "bad argument #1 to 'streamGenerate' (string expected, got number)",
     ];
+    assert_eq!(out.len(), expected.len(), "{out:?}");
     for (line, want) in out.iter().zip(expected) {
         assert!(line.contains(want), "{line:?} should contain {want:?}");
         assert!(line.starts_with("scripts/npc.lua:"), "{line:?} should name the script's line");
+        assert!(!line.contains("traceback"), "{line:?} should be one line");
     }
 }
 
@@ -300,9 +337,9 @@ fn the_local_model_is_deterministic() {
     let model = LocalLlm::new(Duration::ZERO);
     let request =
         LlmRequest { prompt: "Where is the smith?".into(), temperature: Some(0.7), max_tokens: Some(6) };
-    let tokens = model.tokens(&request);
+    let tokens: Vec<String> = model.tokens(&request).collect();
     assert_eq!(tokens.len(), 6);
-    assert_eq!(tokens, model.tokens(&request));
+    assert_eq!(tokens, model.tokens(&request).collect::<Vec<_>>());
     assert!(!tokens[0].starts_with(' ') && tokens[1].starts_with(' '));
 
     let mut app = create_app();
@@ -321,4 +358,86 @@ fn the_local_model_is_deterministic() {
     );
     assert_eq!(out[0], format!("true\ttrue\t{}", tokens.concat()));
     assert_eq!(out[1], "false\tempty prompt");
+}
+
+#[test]
+fn a_panicking_service_rejects_with_the_panic() {
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(llm.generateAsync("panic"):awaitStatus())
+        local got = {}
+        print(llm.streamGenerate("panic", function(c, e) got[#got + 1] = tostring(c) .. "/" .. tostring(e) end):awaitStatus())
+        print(table.concat(got, " "))
+        "#,
+        3,
+    );
+    let message = "the language-model service panicked: the model client crashed";
+    assert_eq!(out[0], format!("Rejected\t{message}"), "a panic read as a complete answer");
+    assert_eq!(out[1], format!("Rejected\t{message}"));
+    assert_eq!(out[2], format!("partial/nil nil/{message}"));
+}
+
+#[test]
+fn timeout_and_cancel_cover_the_wait_for_a_full_queue() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 1, queue: 0, buffer: 4 });
+    let out = ok_output(
+        &mut app,
+        r#"
+        local busy = llm.generateAsync("hang")
+        local f0 = time.frame()
+        local late = llm.generateAsync("late", { timeout = 0.1 })
+        local dropped = llm.streamGenerate("dropped", print)
+        print("asked within", time.frame() - f0, "frames")
+        local status, err = late:awaitStatus()
+        print(status, Promise.Error.isKind(err, Promise.Error.Kind.TimedOut), time.frame() - f0)
+        dropped:cancel()
+        busy:cancel()
+        print(await(llm.generateAsync("next", { maxTokens = 1 })))
+        "#,
+        3,
+    );
+    assert_eq!(out, ["asked within\t0\tframes", "Rejected\ttrue\t6", "next:1"]);
+    assert_eq!(
+        *seen.prompts.lock().unwrap(),
+        ["hang", "next"],
+        "a call that timed out or was cancelled while queued still ran"
+    );
+}
+
+#[test]
+fn calls_waiting_for_a_full_queue_start_first_come_first_served() {
+    let (mut app, seen) = llm_app(LlmConfig { workers: 1, queue: 0, buffer: 4 });
+    let first = spawn_script(&mut app, "scripts/first.lua", r#"llm.generateAsync("hang") task.wait(1000)"#);
+    run(&mut app, 2);
+    spawn_script(&mut app, "scripts/a.lua", r#"print(await(llm.generateAsync("a", { maxTokens = 1 })))"#);
+    run(&mut app, 2);
+    spawn_script(&mut app, "scripts/b.lua", r#"print(await(llm.generateAsync("b", { maxTokens = 1 })))"#);
+    run(&mut app, 2);
+    // Free the worker (the despawn drops the generation that held it), and ask once more at once:
+    // the new call goes behind the two waiting ones although a place is free when it asks.
+    app.world_mut().despawn(first);
+    spawn_script(&mut app, "scripts/c.lua", r#"print(await(llm.generateAsync("c", { maxTokens = 1 })))"#);
+    run_until(&mut app, 5000, |app| {
+        std::thread::sleep(Duration::from_micros(200));
+        printed(app).len() == 3
+    });
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(*seen.prompts.lock().unwrap(), ["hang", "a", "b", "c"], "queued calls started out of order");
+}
+
+#[test]
+fn an_unbounded_queue_does_not_overflow() {
+    let executor = AsyncExecutor::new(4, usize::MAX);
+    let full = std::panic::catch_unwind(|| executor.is_full());
+    assert!(matches!(full, Ok(false)), "is_full with queue = usize::MAX: {full:?}");
+}
+
+#[test]
+fn the_local_model_makes_tokens_as_they_are_taken() {
+    let model = LocalLlm::new(Duration::ZERO);
+    let request = LlmRequest { prompt: "x".into(), temperature: None, max_tokens: Some(u32::MAX) };
+    // Built up front, u32::MAX tokens would not fit in memory.
+    assert_eq!(model.tokens(&request).take(3).count(), 3);
 }

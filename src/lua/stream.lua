@@ -14,6 +14,11 @@
 -- * The first end (the source ran dry, failed, or was closed) is remembered: every later read
 --   returns it again, and the producer is told once (`close`), which releases a Rust producer.
 -- * Chunks are never nil: a `nil` from a channel, or from `map`, is skipped.
+-- * A pull that returns after the stream ended (another task closed it, or `take` reached its
+--   count, while this one waited) drops what it got: no chunk is handed out after the end.
+-- * `readLine` keeps what it holds in the state, never only in locals: `parts` (the pieces of a
+--   line begun, none with a newline) and `rest`/`rest_pos` (a chunk's bytes after the last line it
+--   returned). The other consumers read that buffered text first, so no byte is lost between them.
 local deps = ...
 
 local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
@@ -21,6 +26,7 @@ local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
 local type, error, tostring, setmetatable, getmetatable, pcall =
   type, error, tostring, setmetatable, getmetatable, pcall
 local string_format, string_find, string_sub = string.format, string.find, string.sub
+local table_concat = table.concat
 local math_floor = math.floor
 local co_running = coroutine.running
 
@@ -69,19 +75,42 @@ local function finish(st, err)
   if close then pcall(close) end
 end
 
+--- Takes the text `readLine` buffered (a line begun, or a chunk's bytes after a line), or nil.
+local function take_buffered(st)
+  local parts = st.parts
+  if parts then
+    st.parts = nil
+    if #parts > 0 then return table_concat(parts) end
+  end
+  local rest = st.rest
+  if rest then
+    st.rest = nil
+    local pos = st.rest_pos
+    if pos == 1 then return rest end
+    return string_sub(rest, pos)
+  end
+  return nil
+end
+
 --- The next chunk, unprotected: `true, chunk`, or `false, err?` at the end; stages read their
 --- sources the same way. What the source raises goes through, and the stream is not ended by it.
 local function pull_raw(st)
+  local buffered = take_buffered(st)
+  if buffered then return true, buffered end
   if st.ended then return false, st.err end
   local more, v = st.pull(pull_raw)
+  -- Ended while this pull waited (closed, or `take` reached its count): drop the chunk.
+  if st.ended then return false, st.err end
   if more then return true, v end
   finish(st, v)
   return false, st.err
 end
 
---- The next chunk: `true, chunk`, or `false, err?` at the end; stages read their sources the same
---- way. A source that raises ends the stream with that error.
-local function next_chunk(st)
+local next_chunk
+
+--- The next chunk from the source, past what `readLine` buffered: `true, chunk`, or `false, err?`
+--- at the end. A source that raises ends the stream with that error.
+local function pull_next(st)
   local pulling = st.pulling
   if pulling then
     local co = co_running() or MAIN
@@ -93,6 +122,8 @@ local function next_chunk(st)
   end
   if st.ended then return false, st.err end
   local ok, more, v = pcall(st.pull, next_chunk)
+  -- Ended while this pull waited (closed, or `take` reached its count): drop the chunk.
+  if st.ended then return false, st.err end
   if not ok then
     finish(st, more)
   elseif more then
@@ -101,6 +132,14 @@ local function next_chunk(st)
     finish(st, v)
   end
   return false, st.err
+end
+
+--- The next chunk: `true, chunk`, or `false, err?` at the end; stages read their sources the same
+--- way. What `readLine` buffered comes first. A source that raises ends the stream with that error.
+function next_chunk(st)
+  local buffered = take_buffered(st)
+  if buffered then return true, buffered end
+  return pull_next(st)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -142,15 +181,23 @@ end
 
 local Stream = {}
 
+--- Closes channel `ch` unless it is closed already (the stream over it ended).
+local function closer(ch)
+  return function()
+    if not ch:isClosed() then ch:close() end
+  end
+end
+
 --- `Stream.from(channel | table | iterator) -> Stream`: a channel is read until it is closed and
---- drained; a table (a list) from 1 to its length at the call; an iterator is called with no
---- arguments until it returns nil. A stream is returned as it is.
+--- drained, and the stream owns it: ending the stream early (`close`, `take`) closes the channel,
+--- so a producer waiting in `send` raises; a table (a list) from 1 to its length at the call; an
+--- iterator is called with no arguments until it returns nil. A stream is returned as it is.
 function Stream.from(source)
   local t = type(source)
   if t == "table" then
     local mt = getmetatable(source)
     if mt == "Stream" then return source end
-    if mt == "Channel" then return new_stream("channel", channel_pull(source), nil) end
+    if mt == "Channel" then return new_stream("channel", channel_pull(source), closer(source)) end
     if mt == nil or type(mt) == "table" and mt.__call == nil then
       return new_stream("table", table_pull(source), nil)
     end
@@ -210,6 +257,7 @@ function methods.take(self, n)
     end
     local more, v = step(up)
     if not more then return false, v end
+    if left <= 0 then return false end -- another reader took the last one while this one waited
     left = left - 1
     if left == 0 then finish(up) end
     return true, v
@@ -229,32 +277,52 @@ function methods.read(self)
   return nil
 end
 
+--- A finished line: `text` without a trailing `\r`.
+local function strip_cr(text)
+  if string_sub(text, -1) == "\r" then return string_sub(text, 1, -2) end
+  return text
+end
+
 --- `s:readLine() -> string | nil`: joins chunks (strings or numbers) and returns the next line
---- without its `\n` or `\r\n`; a last line without a newline is returned too; then `nil`
---- (`nil, err` if the producer failed).
+--- without its `\n` or `\r\n`; a last line without a newline is returned too (without a final
+--- `\r`); then `nil` (`nil, err` if the producer failed, after the line it had begun). Only each
+--- new chunk is searched, and a line's pieces are joined once. What it holds between waits is in
+--- the state: a cancelled call, or one that raised on a chunk that is not a string, loses nothing.
 function methods.readLine(self)
   local st = check_self(self, "readLine")
-  local buf, pos = st.line or "", st.line_pos or 1
+  local parts = st.parts
+  if parts == nil then
+    parts = {}
+    st.parts = parts
+  end
   while true do
-    local nl = string_find(buf, "\n", pos, true)
+    local chunk, pos = st.rest, st.rest_pos
+    if chunk then
+      st.rest = nil
+    else
+      local more, v = pull_next(st)
+      if not more then
+        st.parts = nil
+        if #parts > 0 then return strip_cr(table_concat(parts)) end
+        if v ~= nil then return nil, v end
+        return nil
+      end
+      local t = type(v)
+      if t == "number" then
+        v = tostring(v)
+      elseif t ~= "string" then
+        error(string_format("readLine: the stream gave a %s, not a string", t), 2)
+      end
+      chunk, pos = v, 1
+    end
+    local nl = string_find(chunk, "\n", pos, true)
     if nl then
-      local stop = nl - 1
-      if stop >= pos and string_sub(buf, stop, stop) == "\r" then stop = stop - 1 end
-      st.line, st.line_pos = buf, nl + 1
-      return string_sub(buf, pos, stop)
+      if nl < #chunk then st.rest, st.rest_pos = chunk, nl + 1 end
+      parts[#parts + 1] = string_sub(chunk, pos, nl - 1)
+      st.parts = nil
+      return strip_cr(table_concat(parts))
     end
-    local more, chunk = next_chunk(st)
-    if not more then
-      st.line, st.line_pos = "", 1
-      if chunk ~= nil then return nil, chunk end
-      if pos <= #buf then return string_sub(buf, pos) end
-      return nil
-    end
-    local t = type(chunk)
-    if t ~= "string" and t ~= "number" then
-      error(string_format("readLine: the stream gave a %s, not a string", t), 2)
-    end
-    buf, pos = string_sub(buf, pos) .. chunk, 1
+    parts[#parts + 1] = pos == 1 and chunk or string_sub(chunk, pos)
   end
 end
 
@@ -290,7 +358,9 @@ end
 
 --- `s:close()`: ends the stream now and stops its producer (a Rust producer's `send` fails).
 function methods.close(self)
-  finish(check_self(self, "close"))
+  local st = check_self(self, "close")
+  st.parts, st.rest = nil, nil -- what readLine buffered goes too
+  finish(st)
 end
 
 --- A promise that reads `st` to the end, calling `step(chunk)` for each chunk, and resolves with
