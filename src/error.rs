@@ -98,3 +98,23 @@ pub(crate) fn split_text(text: &str) -> (String, String) {
         None => (text.to_string(), String::new()),
     }
 }
+
+/// Lua's own argument error: `bad argument #1 to 'wait' (number expected, got table)`, with
+/// `problem` in the parentheses.
+pub(crate) fn bad_argument(n: usize, function: &str, problem: impl std::fmt::Display) -> String {
+    format!("bad argument #{n} to '{function}' ({problem})")
+}
+
+/// [`bad_argument`] for a value of the wrong type: `(string expected, got table)`.
+pub(crate) fn wrong_type(n: usize, function: &str, expected: &str, got: &mlua::Value) -> String {
+    bad_argument(n, function, format_args!("{expected} expected, got {}", lua_type(got)))
+}
+
+/// The name Lua's `type` gives a value (`number` for integers too).
+pub(crate) fn lua_type(value: &mlua::Value) -> &'static str {
+    match value {
+        mlua::Value::Integer(_) | mlua::Value::Number(_) => "number",
+        mlua::Value::LightUserData(_) | mlua::Value::UserData(_) => "userdata",
+        other => other.type_name(),
+    }
+}

@@ -329,11 +329,11 @@ fn install(
     let open = lua.create_function(
         move |lua, (prompt, opts, name, index, try_now): (mlua::LuaString, Value, String, usize, bool)| {
             let Ok(prompt) = prompt.to_str().map(|p| p.to_string()) else {
-                return Ok((Value::Nil, Some(format!("bad argument #1 to '{name}' (prompt is not UTF-8)"))));
+                return Ok((Value::Nil, Some(crate::error::bad_argument(1, &name, "prompt is not UTF-8"))));
             };
             let options = match from_lua::<Option<LlmOptions>>(opts) {
                 Ok(o) => o.unwrap_or(LlmOptions { temperature: None, max_tokens: None, timeout: None }),
-                Err(e) => return Ok((Value::Nil, Some(format!("bad argument #{index} to '{name}' ({e})")))),
+                Err(e) => return Ok((Value::Nil, Some(crate::error::bad_argument(index, &name, e)))),
             };
             if !try_now || executor.is_full() {
                 return Ok((Value::Boolean(false), None));

@@ -74,10 +74,7 @@ pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
     let raw = lua.create_function(|lua, name: Value| {
         let result = match name {
             Value::String(name) => require(lua, &name.to_string_lossy()),
-            other => Err(Failure::from(format!(
-                "bad argument #1 to 'require' (string expected, got {})",
-                other.type_name()
-            ))),
+            other => Err(Failure::from(crate::error::wrong_type(1, "require", "string", &other))),
         };
         match result {
             Ok(value) => Ok((true, value, 0)),
@@ -100,7 +97,9 @@ pub(crate) fn set_root(lua: &Lua, root: PathBuf) {
 /// `require(name)`: the cached value, or the module run once.
 fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     if !valid_name(name) {
-        return Err(format!("bad argument #1 to 'require' (invalid module name '{name}')").into());
+        return Err(
+            crate::error::bad_argument(1, "require", format_args!("invalid module name '{name}'")).into()
+        );
     }
     let instance = current_instance(lua);
     let (path, loaded) = {

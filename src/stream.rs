@@ -451,7 +451,7 @@ pub(crate) fn add_read_file_stream(app: &mut App) {
     let root = crate::asset::assets_folder(app);
     app.add_lua_stream_function("readFileStream", FILE_BUFFER, move |path: String, tx: StreamSender| {
         let file = resolve_asset_path(&root, &path)
-            .map_err(|e| format!("bad argument #1 to 'readFileStream' ({e})"))?;
+            .map_err(|e| crate::error::bad_argument(1, "readFileStream", e))?;
         IoTaskPool::get().spawn(read_file(file, path, tx)).detach();
         Ok::<_, String>(())
     });

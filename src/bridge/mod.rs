@@ -291,8 +291,7 @@ pub(crate) fn arg<T: DeserializeOwned>(
     index: usize,
     name: &str,
 ) -> Result<T, String> {
-    from_lua(args.next().unwrap_or(Value::Nil))
-        .map_err(|e| format!("bad argument #{index} to '{name}' ({e})"))
+    from_lua(args.next().unwrap_or(Value::Nil)).map_err(|e| crate::error::bad_argument(index, name, e))
 }
 
 /// An mlua error as the message a script sees.

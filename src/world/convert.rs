@@ -33,6 +33,7 @@ use bevy::reflect::{
 };
 use mlua::{Lua, LuaSerdeExt, Table, Value};
 
+use crate::error::lua_type;
 use crate::instance::LuaEntity;
 
 /// Where in a value a conversion is: `Transform.translation.x`, `Inventory.items[2]`.
@@ -87,15 +88,6 @@ impl Path<'_> {
     /// `Transform.translation.x: number expected, got string`.
     fn expected(&self, expected: &str, got: &Value) -> String {
         self.error(format_args!("{expected} expected, got {}", lua_type(got)))
-    }
-}
-
-/// The name Lua's `type` gives a value.
-pub(crate) fn lua_type(value: &Value) -> &'static str {
-    match value {
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::LightUserData(_) | Value::UserData(_) => "userdata",
-        other => other.type_name(),
     }
 }
 

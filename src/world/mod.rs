@@ -17,9 +17,10 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::asset::LuaScript;
 use crate::bridge::script_function;
+use crate::error::{lua_type, wrong_type};
 use crate::instance::{LuaEntity, LuaScripts, SyncQueue};
 use access::with_world;
-use convert::{Path, lua_type};
+use convert::Path;
 
 /// The Lua table entity values index for their methods (app data, read when the metatable of
 /// [`LuaEntity`] is made).
@@ -48,11 +49,6 @@ fn entity_value(lua: &Lua, entity: Entity) -> Result<Value, String> {
         .map_err(|e| crate::error::split_traceback(&e).0)
 }
 
-/// Lua's own argument error: `bad argument #1 to 'get' (string expected, got table)`.
-fn bad_argument(n: usize, function: &str, expected: &str, got: &Value) -> String {
-    format!("bad argument #{n} to '{function}' ({expected} expected, got {})", lua_type(got))
-}
-
 /// The entity a method was called on (`entity:get(...)`), as Lua words a bad `self`.
 fn this(args: &mut impl Iterator<Item = Value>, method: &str) -> Result<Entity, String> {
     let value = args.next().unwrap_or(Value::Nil);
@@ -67,7 +63,7 @@ fn this(args: &mut impl Iterator<Item = Value>, method: &str) -> Result<Entity, 
 fn string_arg(args: &mut impl Iterator<Item = Value>, n: usize, function: &str) -> Result<String, String> {
     match args.next().unwrap_or(Value::Nil) {
         Value::String(s) => Ok(s.to_string_lossy()),
-        other => Err(bad_argument(n, function, "string", &other)),
+        other => Err(wrong_type(n, function, "string", &other)),
     }
 }
 
@@ -148,7 +144,7 @@ fn get(lua: &Lua, args: MultiValue) -> Result<Value, String> {
 fn set(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     on_component(lua, args, "set", |c| {
         if c.value.is_nil() {
-            return Err(bad_argument(2, "set", "value", &c.value));
+            return Err(wrong_type(2, "set", "value", &c.value));
         }
         let (name, path) = (c.name, Path::Root(c.name));
         match c.reflect.reflect(c.world.entity(c.entity)).map(|current| current.reflect_clone()) {
@@ -218,7 +214,7 @@ fn despawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
 fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let spec = match args.into_iter().next().unwrap_or(Value::Nil) {
         Value::Table(t) => t,
-        other => return Err(bad_argument(1, "spawn", "table", &other)),
+        other => return Err(wrong_type(1, "spawn", "table", &other)),
     };
     let mut fields = Vec::new();
     for pair in spec.pairs::<Value, Value>() {
@@ -320,9 +316,9 @@ fn entity_of_id(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let bits = match value {
         Value::Integer(n) if n >= 0 => n as u64,
         Value::Number(n) if n.fract() == 0.0 && n >= 0.0 => n as u64,
-        other => return Err(bad_argument(1, "entity", "integer", &other)),
+        other => return Err(wrong_type(1, "entity", "integer", &other)),
     };
     let entity = Entity::try_from_bits(bits)
-        .ok_or_else(|| format!("bad argument #1 to 'entity' ({bits} is not an entity id)"))?;
+        .ok_or_else(|| crate::error::bad_argument(1, "entity", format_args!("{bits} is not an entity id")))?;
     entity_value(lua, entity)
 }
