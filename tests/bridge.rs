@@ -1,4 +1,4 @@
-//! Rust functions and async functions for scripts, and promises Rust settles later (API.md §3, §6):
+//! Rust functions and async functions for scripts, and promises Rust settles later:
 //! the seed scenarios, conversion through serde, cancellation dropping the future.
 
 mod common;

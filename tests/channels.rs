@@ -1,4 +1,4 @@
-//! Channels (API.md §4) with Go's semantics, one test per rule. The oracle is Go itself: the cases
+//! Channels with Go's semantics, one test per rule. The oracle is Go itself: the cases
 //! of `runtime/chan_test.go` (TestChan, TestNonblockSelectRace, TestSelfSelect,
 //! TestSelectDuplicateChannel, TestPseudoRandomSend, TestMultiConsumer) and the select statement
 //! of the Go spec. Stepped frame by frame with a fixed DT (1/60 s: a wait of 0.1 s started on

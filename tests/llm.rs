@@ -1,4 +1,4 @@
-//! The `llm` module over the bridge (API.md §5): whole answers, streamed answers, `Promise.all`
+//! The `llm` module over the bridge: whole answers, streamed answers, `Promise.all`
 //! over parallel generations, the executor's worker and queue bounds, timeouts, service errors,
 //! stopping from `onChunk`, and cancellation when the NPC is despawned mid-stream (the service
 //! observes it).

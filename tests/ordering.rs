@@ -1,4 +1,4 @@
-//! Deterministic order (API.md §1): timers due in one frame resume by deadline, then by the order
+//! Deterministic order: timers due in one frame resume by deadline, then by the order
 //! they were made; work woken during a step runs in that step; runs replay exactly.
 
 mod common;

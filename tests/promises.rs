@@ -1,4 +1,4 @@
-//! Promises and async/await (API.md §3): roblox-lua-promise v4 constructors, combinators,
+//! Promises and async/await: roblox-lua-promise v4 constructors, combinators,
 //! utilities and methods, cancellation, unhandled rejections, `async`, `await` and `asyncTry`,
 //! stepped frame by frame with a fixed DT (1/60 s: a wait of 0.05 s started on frame 1 ends on
 //! frame 4, one of 0.02 s on frame 3).

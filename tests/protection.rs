@@ -1,4 +1,4 @@
-//! Protection (API.md §7): the instruction budget, the memory limit, safe standard libraries,
+//! Protection: the instruction budget, the memory limit, safe standard libraries,
 //! isolated globals, and errors that stop one task only and say `file:line`.
 
 mod common;

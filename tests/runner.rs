@@ -1,4 +1,4 @@
-//! The runner `examples/run.rs` (API.md §8): options, output streams and exit codes.
+//! The runner `examples/run.rs`: options, output streams and exit codes.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,4 +1,4 @@
-//! Typed channels between scripts and Rust systems, and Bevy messages both ways (API.md §6):
+//! Typed channels between scripts and Rust systems, and Bevy messages both ways:
 //! values cross as tables through serde, both directions are bounded, a value that does not fit
 //! raises in the script that sent it, and messages reach each subscriber once, in order.
 

@@ -1,4 +1,4 @@
-//! Streams (API.md §5): every method over tables, iterators, channels and Rust producers;
+//! Streams: every method over tables, iterators, channels and Rust producers;
 //! laziness; backpressure; stopping early cancels the producer; producer errors; flat memory over a
 //! 100 MB stream; `readFileStream` with the seed's word and line count.
 

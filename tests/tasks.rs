@@ -1,4 +1,4 @@
-//! Every row of the task and time API (API.md §2), stepped frame by frame with a fixed DT.
+//! Every row of the task and time API, stepped frame by frame with a fixed DT.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Scripts that act on the world (API.md §6b): `entity:get/set/has/despawn`, `world.spawn`,
+//! Scripts that act on the world: `entity:get/set/has/despawn`, `world.spawn`,
 //! `world.find/findAll/entity`, their errors, and the safety of entity values that outlive their
 //! entity.
 

@@ -1,4 +1,4 @@
--- Channels with Go's semantics (API.md §4), on top of the scheduler's one wait mechanism
+-- Channels with Go's semantics, on top of the scheduler's one wait mechanism
 -- (`park`/`wake` from task.lua). This module owns: channel state (the buffer and the closed flag),
 -- the FIFO queues of waiting senders and receivers, `Channel.select` and its private random
 -- generator, `Channel.after`, and the extension point for channels whose values live in Rust

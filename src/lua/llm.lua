@@ -1,4 +1,4 @@
--- The `llm` module scripts see (API.md §5): `generateAsync` and `streamGenerate` over a Rust
+-- The `llm` module scripts see: `generateAsync` and `streamGenerate` over a Rust
 -- language-model service. The Rust half (`src/llm.rs`) opens a generation as a Rust stream of
 -- tokens; this file turns it into the promise scripts await and applies the `timeout` option.
 --

@@ -1,4 +1,4 @@
--- Streams (API.md §5): pull-based sequences of chunks over channels, tables, iterators and Rust
+-- Streams: pull-based sequences of chunks over channels, tables, iterators and Rust
 -- producers, a thin layer over the channel and promise modules. This module owns the stream object,
 -- its sources, the lazy stages (`map`, `filter`, `take`) and the consumers (`read`, `readLine`,
 -- `iter`, `forEach`, `reduce`, `collect`). It adds no scheduler of its own: a stream over a channel
