@@ -28,6 +28,8 @@ use mlua::Lua;
 pub(crate) struct WorldSlot {
     world: Option<NonNull<World>>,
     thread: Option<ThreadId>,
+    /// A world function holds the world (its pointer is out of the slot).
+    busy: bool,
 }
 
 // SAFETY: the pointer is only dereferenced on the thread recorded beside it (see `with_world`),
@@ -50,7 +52,11 @@ impl Drop for Restore<'_> {
 
 /// Runs `f` with the world reachable from Lua callbacks through [`with_world`].
 pub(crate) fn scoped<R>(lua: &Lua, world: &mut World, f: impl FnOnce() -> R) -> R {
-    let entered = WorldSlot { world: Some(NonNull::from(world)), thread: Some(std::thread::current().id()) };
+    let entered = WorldSlot {
+        world: Some(NonNull::from(world)),
+        thread: Some(std::thread::current().id()),
+        busy: false,
+    };
     let previous = match lua.app_data_mut::<WorldSlot>() {
         Some(mut slot) => std::mem::replace(&mut *slot, entered),
         None => {
@@ -65,14 +71,24 @@ pub(crate) fn scoped<R>(lua: &Lua, world: &mut World, f: impl FnOnce() -> R) -> 
 /// Runs `f` with the step's world, or fails (with a message naming `what`) when no step runs,
 /// when called from another thread, or while another world function is running.
 pub(crate) fn with_world<R>(lua: &Lua, what: &str, f: impl FnOnce(&mut World) -> R) -> Result<R, String> {
-    let taken =
-        lua.app_data_mut::<WorldSlot>().map(|mut slot| std::mem::take(&mut *slot)).unwrap_or_default();
     let here = std::thread::current().id();
+    let taken = lua
+        .app_data_mut::<WorldSlot>()
+        .map(|mut slot| {
+            std::mem::replace(&mut *slot, WorldSlot { world: None, thread: Some(here), busy: true })
+        })
+        .unwrap_or_default();
     let (Some(mut world), true) = (taken.world, taken.thread == Some(here)) else {
+        let busy = taken.busy;
         let _restore = Restore { lua, previous: taken };
+        if busy {
+            // A finalizer or metamethod that runs while another world function holds the world.
+            return Err(format!("'{what}' cannot reach the world from inside another world function"));
+        }
         return Err(format!("'{what}' needs the world, which scripts reach only while the step runs them"));
     };
-    let _restore = Restore { lua, previous: WorldSlot { world: Some(world), thread: Some(here) } };
+    let _restore =
+        Restore { lua, previous: WorldSlot { world: Some(world), thread: Some(here), busy: false } };
     // SAFETY: `scoped` set this pointer from a `&mut World` it borrows until it clears the slot,
     // and does not use the world meanwhile; the pointer was taken out of the slot above, so this
     // is the only `&mut World` made from it until `_restore` puts it back.
