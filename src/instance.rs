@@ -179,16 +179,11 @@ impl LuaRuntime {
     /// Cancels every task of an instance (to-be-closed variables close) and forgets it.
     fn detach(&mut self, id: InstanceId) {
         self.instances.pending.retain(|(p, _, _)| *p != id);
-        self.cancel(id);
+        scheduler::cancel_instance(self.lua(), id, None);
         let lua = self.lua();
         sched(lua).forget_instance(id);
         crate::modules::forget_instance(lua, id);
         let _ = scheduler::refs(lua).envs.raw_set(id.0 as i64, Value::Nil);
-    }
-
-    /// Cancels every task of an instance and the Rust work it started; the instance stays.
-    fn cancel(&self, id: InstanceId) {
-        scheduler::cancel_instance(self.lua(), id, None);
     }
 
     /// Drops compiled code of an unloaded script, so new instances compile it again.
@@ -275,7 +270,7 @@ impl LuaRuntime {
         let lua = self.lua();
         for &(id, entity, asset) in instances {
             let Some(factory) = factory(asset) else { continue };
-            self.cancel(id);
+            scheduler::cancel_instance(self.lua(), id, None);
             crate::modules::forget_instance(lua, id);
             // An instance that never ran (its first version did not load) starts as new.
             let env: Option<mlua::Table> = scheduler::refs(lua).envs.raw_get(id.0 as i64).ok();
@@ -370,7 +365,7 @@ impl LuaRuntime {
         entry.deleted = true;
         let running = self.instances.running(Some(asset));
         for &(id, _, _) in &running {
-            self.cancel(id);
+            scheduler::cancel_instance(self.lua(), id, None);
         }
         let message =
             format!("{path} was deleted: its {} instances stopped until it is restored", running.len());

@@ -91,11 +91,10 @@ fn debounce_files(
         match events.recv_timeout(wait) {
             Ok(Ok(event)) if changes_content(&event.kind) => {
                 for path in event.paths {
-                    if path.extension().is_some_and(|e| e == "lua") {
-                        due.insert(path, later(0));
-                    } else if matches!(event.kind, EventKind::Create(_)) && path.is_dir() {
-                        // Files written into a new folder before the watch on it began raise no
-                        // events of their own: the folder is read once it is quiet.
+                    // Files written into a new folder before the watch on it began raise no
+                    // events of their own: the folder is read once it is quiet.
+                    let new_folder = matches!(event.kind, EventKind::Create(_)) && path.is_dir();
+                    if new_folder || path.extension().is_some_and(|e| e == "lua") {
                         due.insert(path, later(0));
                     }
                 }
@@ -105,13 +104,15 @@ fn debounce_files(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
-        let mut quiet: Vec<(PathBuf, u32)> =
-            due.iter().filter(|(_, d)| d.0 <= now).map(|(p, d)| (p.clone(), d.1)).collect();
-        for (folder, _) in quiet.iter().filter(|(p, _)| p.is_dir()).cloned().collect::<Vec<_>>() {
+        let (folders, mut quiet): (Vec<_>, Vec<_>) = due
+            .iter()
+            .filter(|(_, d)| d.0 <= now)
+            .map(|(p, d)| (p.clone(), d.1))
+            .partition(|(p, _)| p.is_dir());
+        for (folder, _) in folders {
             due.remove(&folder);
             quiet.extend(lua_files(&folder).into_iter().filter(|f| !due.contains_key(f)).map(|f| (f, 0)));
         }
-        quiet.retain(|(p, _)| !p.is_dir());
         for (file, attempt) in quiet {
             due.remove(&file);
             let Ok(relative) = file.strip_prefix(root) else { continue };
