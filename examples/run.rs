@@ -155,6 +155,7 @@ fn main() -> ExitCode {
             memory_limit: Some(o.memory_limit_mb.saturating_mul(1024 * 1024)),
             print_to_stdout: true,
             hot_reload: o.watch,
+            wait_for_script_loads: true,
             ..default()
         },
     ))

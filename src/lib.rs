@@ -35,6 +35,8 @@
 //!
 //! Order is deterministic: frame waits resume in the order they were made, then timers by
 //! deadline, then by the order they were made; work woken during the step runs in the same step.
+//! With [`LuaCoroutinesPlugin::wait_for_script_loads`] on, the sync waits for scripts still
+//! loading, so a script starts on the same frame run after run however long the disk takes.
 //!
 //! ## Promises and async/await
 //!

@@ -73,7 +73,9 @@ impl LuaRuntime {
         sched(&self.lua).live_tasks()
     }
 
-    /// Script instances still waiting for their asset to load.
+    /// Script instances still waiting to start: attached but waiting for their asset to load,
+    /// or on an entity given scripts since the last sync (`world.spawn{ script = ... }` in this
+    /// frame's step), whose instances the next frame's sync makes.
     pub fn pending_instances(&self) -> usize {
         self.instances.pending_len()
     }

@@ -171,3 +171,29 @@ fn watch_reloads_the_script_and_its_modules_while_running() {
         "each save reloaded once, keeping state"
     );
 }
+
+#[test]
+fn spawned_scripts_start_on_the_frame_after_the_spawn_run_after_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for i in 1..=40 {
+        std::fs::write(dir.path().join(format!("c{i}.lua")), format!("print('c{i}', time.frame())\n"))
+            .unwrap();
+    }
+    // The parent ends in the step that spawns: the run goes on for the children it spawned.
+    let main = dir.path().join("main.lua");
+    let source = "task.wait(0.1)\nfor i = 1, 40 do world.spawn{ script = 'c' .. i .. '.lua' } end\nprint('spawned', time.frame())\n";
+    std::fs::write(&main, source).unwrap();
+    let mut expected = String::from("spawned\t7\n");
+    for i in 1..=40 {
+        expected.push_str(&format!("c{i}\t8\n"));
+    }
+    for run in 0..3 {
+        let o = Command::new(runner()).arg(&main).output().expect("run the runner");
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        assert_eq!(
+            stdout(&o),
+            expected,
+            "run {run}: every child starts in the sync of the frame after the spawn"
+        );
+    }
+}
