@@ -11,7 +11,8 @@
 //!
 //! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
 //! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
-//! 3 the frames ran out while tasks were still waiting (1 wins over 3).
+//! 3 the frames ran out while tasks were still waiting (1 wins over 3). When stdout's reader goes
+//! away (`run game.lua | head`), the run stops quietly: 0, or 1 after a script error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -208,6 +209,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         let runtime = world.resource::<LuaRuntime>();
+        if runtime.stdout_closed() {
+            // Whoever read the output went away (`run game.lua | head`): stop quietly, as
+            // command-line tools do.
+            return if world.resource::<Seen>().runtime { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
         if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 && !o.watch {
             break;
         }

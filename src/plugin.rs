@@ -36,7 +36,8 @@ pub struct LuaCoroutinesPlugin {
     /// The standard libraries scripts get (default [`LuaStdlib::Safe`]).
     pub stdlib: LuaStdlib,
     /// Whether `print` also writes its line to stdout (default true). Every printed line is
-    /// written as a [`ScriptPrint`] message either way.
+    /// written as a [`ScriptPrint`] message either way. A closed stdout (a broken pipe) ends the
+    /// writing quietly; see [`LuaRuntime::stdout_closed`].
     pub print_to_stdout: bool,
     /// Seeds the private generator `Channel.select` uses to pick among several ready cases
     /// (default `0x5EED`). The same seed replays the same choices run after run; scripts cannot
