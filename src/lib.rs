@@ -92,7 +92,8 @@
 //!
 //! ## Language-model service
 //!
-//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module: `llm.generateAsync(prompt, opts)`
+//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
+//! seed's name): `llm.generateAsync(prompt, opts)`
 //! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
 //! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
 //! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a
