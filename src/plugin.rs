@@ -51,7 +51,8 @@ pub struct LuaCoroutinesPlugin {
     /// and a load that never finishes stops the game. Off, a script starts on the first frame
     /// after its asset loaded, which depends on the disk and the machine's load. Turn it on for
     /// tests, replays and the runner; games that stream scripts in while playing leave it off
-    /// (or load scripts up front).
+    /// (or load scripts up front). It needs Bevy's I/O threads, so not on the web, where loads
+    /// only progress between frames.
     pub wait_for_script_loads: bool,
     /// Whether a watcher reloads scripts and modules when their files change (default: on in
     /// debug builds, off in release builds). It watches the `AssetPlugin`'s folder on disk; see
