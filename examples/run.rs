@@ -3,7 +3,12 @@
 //! ```text
 //! cargo run --release --example run -- SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N]
 //!     [--entities N] [--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]
+//!     [--seed N] [--llm-delay SECONDS]
 //! ```
+//!
+//! Scripts get the whole API, `llm` (and `llmBridge`) included: the crate's offline `LocalLlm`,
+//! answering one word per `--llm-delay` (default 0.02 s). `--seed N` seeds `Channel.select`'s
+//! generator (default `0x5EED`) and `math.random` (Lua's own seed otherwise).
 //!
 //! With `--watch`, saving the script or a module it requires reloads it in the running game, and
 //! the run goes on until `--frames` even when every task has finished (or a version failed to
@@ -11,7 +16,8 @@
 //!
 //! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
 //! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
-//! 3 the frames ran out while tasks were still waiting (1 wins over 3).
+//! 3 the frames ran out while tasks were still waiting (1 wins over 3). When stdout's reader goes
+//! away (`run game.lua | head`), the run stops quietly: 0, or 1 after a script error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +28,7 @@ use bevy::time::TimeUpdateStrategy;
 use bevy_lua_coroutines::prelude::*;
 
 const USAGE: &str = "usage: run SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N] [--entities N] \
-[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]";
+[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats] [--seed N] [--llm-delay SECONDS]";
 
 /// The command line.
 struct Options {
@@ -35,6 +41,10 @@ struct Options {
     stdlib: LuaStdlib,
     memory_limit_mb: usize,
     stats: bool,
+    /// `Channel.select`'s seed and `math.randomseed`'s, if given.
+    seed: Option<u64>,
+    /// `LocalLlm`'s wait before each token.
+    llm_delay: Duration,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -49,6 +59,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         stdlib: LuaStdlib::Safe,
         memory_limit_mb: 512,
         stats: false,
+        seed: None,
+        llm_delay: Duration::from_millis(20),
     };
     fn value<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{name} needs a value"))?;
@@ -81,6 +93,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--stats" => o.stats = true,
+            "--seed" => o.seed = Some(value("--seed", args.next())?),
+            "--llm-delay" => {
+                let delay: f64 = value("--llm-delay", args.next())?;
+                o.llm_delay = Duration::try_from_secs_f64(delay)
+                    .map_err(|_| format!("--llm-delay: invalid value '{delay}'"))?;
+            }
             "--watch" => o.watch = true,
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
@@ -155,6 +173,8 @@ fn main() -> ExitCode {
             memory_limit: Some(o.memory_limit_mb.saturating_mul(1024 * 1024)),
             print_to_stdout: true,
             hot_reload: o.watch,
+            wait_for_script_loads: true,
+            select_seed: o.seed.unwrap_or(LuaCoroutinesPlugin::default().select_seed),
             ..default()
         },
     ))
@@ -184,8 +204,16 @@ fn main() -> ExitCode {
                 .after(bevy::time::TimeSystems),
         );
     }
+    add_llm(&mut app, o.llm_delay);
     app.finish();
     app.cleanup();
+    if let Some(seed) = o.seed {
+        let math = app.world().resource::<LuaRuntime>().lua().globals().get::<mlua::Table>("math");
+        if let Err(e) = math.and_then(|m| m.get::<mlua::Function>("randomseed")?.call::<()>(seed as i64)) {
+            eprintln!("run: could not seed math.random: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(name, source));
     for i in 1..=o.entities {
@@ -207,6 +235,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         let runtime = world.resource::<LuaRuntime>();
+        if runtime.stdout_closed() {
+            // Whoever read the output went away (`run game.lua | head`): stop quietly, as
+            // command-line tools do.
+            return if world.resource::<Seen>().runtime { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
         if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 && !o.watch {
             break;
         }
@@ -233,6 +266,21 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Gives scripts the language-model module, `llm` (and its seed name `llmBridge`): the crate's
+/// offline `LocalLlm`, waiting `delay` before each token.
+///
+/// The hook for a real model: when `LLM_BASE_URL` is set (say `http://127.0.0.1:11434/v1` for a
+/// local Ollama, with `LLM_MODEL` and `LLM_API_KEY`), the OpenAI-compatible client registers here
+/// instead, once the crate ships it; until then the runner says so and uses `LocalLlm`.
+fn add_llm(app: &mut App, delay: Duration) {
+    if let Ok(url) = std::env::var("LLM_BASE_URL") {
+        eprintln!(
+            "run: LLM_BASE_URL is set ({url}), but no HTTP model client is built in yet: using LocalLlm"
+        );
+    }
+    app.add_llm_service(LocalLlm::new(delay), LlmConfig::default());
 }
 
 /// Game time in `--fps` mode, advanced by exactly `--dt` per frame (the first frame has none).

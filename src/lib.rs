@@ -35,6 +35,8 @@
 //!
 //! Order is deterministic: frame waits resume in the order they were made, then timers by
 //! deadline, then by the order they were made; work woken during the step runs in the same step.
+//! With [`LuaCoroutinesPlugin::wait_for_script_loads`] on, the sync waits for scripts still
+//! loading, so a script starts on the same frame run after run however long the disk takes.
 //!
 //! ## Promises and async/await
 //!
@@ -90,7 +92,8 @@
 //!
 //! ## Language-model service
 //!
-//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module: `llm.generateAsync(prompt, opts)`
+//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
+//! seed's name): `llm.generateAsync(prompt, opts)`
 //! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
 //! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
 //! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a

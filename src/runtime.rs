@@ -1,7 +1,9 @@
 //! The Lua VM: its creation, protection (instruction budget, memory limit, safe standard
 //! libraries, the read-only base) and the Rust half of the task API.
 
+use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bevy::prelude::*;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
@@ -60,6 +62,8 @@ pub struct LuaRuntime {
     pub(crate) setfenv: Option<Function>,
     /// The schedule the step runs in.
     schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
+    /// Set once `print` found stdout closed; it writes there no more.
+    stdout_closed: Arc<AtomicBool>,
 }
 
 impl LuaRuntime {
@@ -73,7 +77,16 @@ impl LuaRuntime {
         sched(&self.lua).live_tasks()
     }
 
-    /// Script instances still waiting for their asset to load.
+    /// Whether `print` found stdout closed (its reader went away, as in `run game.lua | head`)
+    /// and stopped writing there. Scripts go on as before, and every line is still sent as a
+    /// [`ScriptPrint`](crate::ScriptPrint) message.
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed.load(Ordering::Relaxed)
+    }
+
+    /// Script instances still waiting to start: attached but waiting for their asset to load,
+    /// or on an entity given scripts since the last sync (`world.spawn{ script = ... }` in this
+    /// frame's step), whose instances the next frame's sync makes.
     pub fn pending_instances(&self) -> usize {
         self.instances.pending_len()
     }
@@ -217,9 +230,11 @@ impl LuaRuntime {
         let opts = lua.create_table()?;
         opts.set("all", config.stdlib == LuaStdlib::All)?;
         let to_stdout = config.print_to_stdout;
+        let stdout_closed = Arc::new(AtomicBool::new(false));
+        let closed = stdout_closed.clone();
         let emit = lua.create_function(move |lua, line: String| {
-            if to_stdout {
-                println!("{line}");
+            if to_stdout && !closed.load(Ordering::Relaxed) {
+                print_line(&line, &closed);
             }
             if let Some(instance) = scheduler::current_instance(lua) {
                 sched(lua).prints.push((instance, line));
@@ -242,7 +257,17 @@ impl LuaRuntime {
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, new_env, on_reload, define, state, instances: Default::default(), setfenv, schedule })
+        Ok(Self {
+            lua,
+            new_env,
+            on_reload,
+            define,
+            state,
+            instances: Default::default(),
+            setfenv,
+            schedule,
+            stdout_closed,
+        })
     }
 
     /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).
@@ -297,6 +322,18 @@ impl LuaRuntime {
 
 /// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
 /// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
+/// Writes one printed line to stdout. A closed stdout (a broken pipe: the reader went away) sets
+/// `closed`, and nothing is written there again; the line, like any that another error loses,
+/// is dropped quietly, so a script never fails because a terminal went away.
+fn print_line(line: &str, closed: &AtomicBool) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        closed.store(true, Ordering::Relaxed);
+    }
+}
+
 fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> mlua::Result<Table> {
     let time: Table = api.get("time")?;
     let deps = lua.create_table()?;
