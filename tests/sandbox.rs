@@ -7,6 +7,7 @@
 
 mod common;
 
+use bevy_lua_coroutines::prelude::*;
 use common::*;
 
 /// A fingerprint of everything a script reads through the shared base: every name of the base
@@ -325,4 +326,95 @@ fn read_only_libraries_still_iterate_and_index() {
     assert_eq!(out[0], "true\t3\ttrue");
     assert_eq!(out[1], "Cancelled,Rejected,Resolved,Started");
     assert!(out[2].starts_with("false\t") && out[2].contains("read-only"), "{out:?}");
+}
+
+// Reports: whatever a script raises or prints becomes a report or a line, and its task ends.
+
+/// An error whose message is not UTF-8 is reported (lossily) and its task no longer counts as
+/// live; `print` of bytes that are not UTF-8 prints them lossily instead of raising.
+#[test]
+fn bytes_that_are_not_utf8_are_reported_and_printed_lossily() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/bytes.lua",
+        r#"
+        print("\255 printed")
+        task.spawn(function() error("\255 spawned") end)
+        task.wait()
+        error("\255 bad byte")
+        "#,
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["\u{FFFD} printed"]);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].message, "scripts/bytes.lua:3: \u{FFFD} spawned");
+    assert_eq!(errs[1].message, "scripts/bytes.lua:5: \u{FFFD} bad byte");
+    assert!(errs[1].traceback.contains("scripts/bytes.lua:5"), "{}", errs[1].traceback);
+    assert_eq!(live_tasks(&app), 0, "the failed tasks are gone");
+}
+
+/// An error object whose `__tostring` raises is reported, and never escapes `task.spawn` into the
+/// task that spawned it.
+#[test]
+fn an_error_object_whose_tostring_raises_stays_in_its_task() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/obj.lua",
+        r#"
+        local bad = setmetatable({}, { __tostring = function() error("tostring raised") end })
+        task.spawn(function() error(bad) end)
+        print("the spawner goes on")
+        task.spawn(function() task.wait() error(bad) end)
+        task.wait()
+        task.wait()
+        print("still going")
+        error(bad)
+        "#,
+    );
+    run(&mut app, 4);
+    assert_eq!(printed(&app), ["the spawner goes on", "still going"]);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    for e in &errs {
+        assert_eq!(e.message, "(error object: its __tostring raised)", "{errs:#?}");
+        assert_eq!(e.kind, ScriptErrorKind::Runtime);
+    }
+    assert_eq!(live_tasks(&app), 0);
+}
+
+/// A `__close` that raises while its task is cancelled (by `task.cancel`, or by its entity going
+/// away) is reported with a traceback that shows where the task stood. To-be-closed variables
+/// are Lua 5.4's alone.
+#[cfg(feature = "lua54")]
+#[test]
+fn a_close_error_during_cancellation_is_reported_with_a_traceback() {
+    let mut app = create_app();
+    let e = spawn_script(
+        &mut app,
+        "scripts/close.lua",
+        r#"
+        local function hold(what)
+          local x <close> = setmetatable({}, { __close = function() error(what .. " close failed") end })
+          task.wait(100)
+        end
+        local co = task.spawn(hold, "cancelled")
+        task.wait()
+        task.cancel(co)
+        hold("despawned")
+        "#,
+    );
+    run(&mut app, 3);
+    app.world_mut().despawn(e);
+    run(&mut app, 2);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].message, "scripts/close.lua:3: cancelled close failed");
+    assert_eq!(errs[1].message, "scripts/close.lua:3: despawned close failed");
+    for e in &errs {
+        assert!(e.traceback.starts_with("stack traceback:"), "{errs:#?}");
+        assert!(e.traceback.contains("scripts/close.lua:4: in"), "where the task stood: {errs:#?}");
+    }
 }
