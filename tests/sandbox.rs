@@ -278,13 +278,17 @@ fn scripts_cannot_set_finalizers_under_the_safe_libraries() {
     let out = output(
         r#"
         print(pcall(setmetatable, {}, { __gc = function() end }))
-        print(type(newproxy) == "nil" or not pcall(function() getmetatable(newproxy(true)).__gc = print end))
+        ran = false
+        pcall(function() getmetatable(newproxy(true)).__gc = function() ran = true end end)
+        collectgarbage()
+        collectgarbage()
+        print(ran)
         print(setmetatable({}, { __index = { a = 1 } }).a)
         "#,
         2,
     );
     assert!(out[0].starts_with("false\t") && out[0].contains("__gc"), "{out:?}");
-    assert_eq!(out[1..], ["true", "1"]);
+    assert_eq!(out[1..], ["false", "1"], "no finalizer ran (LuaJIT has no newproxy, Luau runs none)");
 }
 
 /// Library objects that several instances can hold (a named channel is one object for all)
@@ -351,7 +355,10 @@ fn bytes_that_are_not_utf8_are_reported_and_printed_lossily() {
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert_eq!(errs[0].message, "scripts/bytes.lua:3: \u{FFFD} spawned");
     assert_eq!(errs[1].message, "scripts/bytes.lua:5: \u{FFFD} bad byte");
-    assert!(errs[1].traceback.contains("scripts/bytes.lua:5"), "{}", errs[1].traceback);
+    if !cfg!(feature = "luau") {
+        // Luau keeps no stack in a coroutine that died of an error.
+        assert!(errs[1].traceback.contains("scripts/bytes.lua:5"), "{}", errs[1].traceback);
+    }
     assert_eq!(live_tasks(&app), 0, "the failed tasks are gone");
 }
 
