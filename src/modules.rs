@@ -7,7 +7,6 @@
 //! `entity` or `state`. Its top-level chunk cannot yield (as with Lua's own `require`), and a
 //! cycle of requires raises an error naming the cycle.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bevy::platform::collections::{HashMap, HashSet};
@@ -21,8 +20,6 @@ pub const DEFAULT_MODULE_PATH: [&str; 2] = ["scripts/?.lua", "?.lua"];
 
 /// The module system's state, in the VM's app data.
 pub(crate) struct Modules {
-    /// The assets folder on disk (unknown until the app is built).
-    root: Option<PathBuf>,
     /// Templates, `?` standing for the module name with dots as slashes.
     search: Vec<String>,
     /// The source each module was last loaded from, or changed to, by asset path.
@@ -60,7 +57,6 @@ impl From<String> for Failure {
 /// Installs the module system and returns the `require` scripts see.
 pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
     lua.set_app_data(Modules {
-        root: None,
         search: search.to_vec(),
         sources: HashMap::default(),
         loading: Vec::new(),
@@ -89,11 +85,6 @@ pub(crate) fn set_env_factory(lua: &Lua, new_env: Function) {
     modules(lua).new_env = Some(new_env);
 }
 
-/// Sets the folder module names resolve in.
-pub(crate) fn set_root(lua: &Lua, root: PathBuf) {
-    modules(lua).root = Some(root);
-}
-
 /// `require(name)`: the cached value, or the module run once.
 fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     if !valid_name(name) {
@@ -103,8 +94,9 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     }
     let instance = current_instance(lua);
     let (path, loaded) = {
+        let root = crate::asset::folder(lua);
         let mut m = modules(lua);
-        let resolved = m.resolve(name);
+        let resolved = m.resolve(root.as_deref(), name);
         // A name that did not resolve is recorded at every path tried, so creating the file
         // reruns whoever asked for it.
         let paths = match &resolved {
@@ -154,13 +146,14 @@ fn valid_name(name: &str) -> bool {
     })
 }
 
-/// The module's source: as last changed, or read from the assets folder.
+/// The module's source: as last changed, or read from the assets folder (under the rule of
+/// [`crate::asset::script_file`], checked again right before the file is opened).
 fn source_of(lua: &Lua, path: &str) -> Result<Arc<str>, String> {
-    let m = modules(lua);
-    if let Some(source) = m.sources.get(path) {
+    if let Some(source) = modules(lua).sources.get(path) {
         return Ok(source.clone());
     }
-    let file = m.root.as_ref().map(|r| r.join(path)).ok_or("the assets folder is not known yet")?;
+    let root = crate::asset::folder(lua).ok_or("the assets folder is not known yet")?;
+    let file = crate::asset::script_file(&root, path).map_err(|e| format!("module '{path}': {e}"))?;
     std::fs::read_to_string(&file).map(Arc::from).map_err(|e| format!("could not read module '{path}': {e}"))
 }
 
@@ -182,15 +175,24 @@ struct NotFound {
 }
 
 impl Modules {
-    /// The asset path `name` resolves to.
-    fn resolve(&self, name: &str) -> Result<String, NotFound> {
+    /// The asset path `name` resolves to in the assets folder `root`: the first file of the search
+    /// path there. A file the rule of [`crate::asset::script_file`] refuses (a link that leaves
+    /// the folder, a named pipe) is refused, not skipped.
+    fn resolve(&self, root: Option<&std::path::Path>, name: &str) -> Result<String, NotFound> {
         let relative = name.replace('.', "/");
         let mut tried = Vec::new();
         for template in &self.search {
             let path = template.replace('?', &relative);
-            let on_disk = self.root.as_ref().is_some_and(|r| r.join(&path).is_file());
-            if on_disk || self.sources.contains_key(&path) {
+            if self.sources.contains_key(&path) {
                 return Ok(path);
+            }
+            match root.map(|r| crate::asset::script_file(r, &path)) {
+                Some(Ok(_)) => return Ok(path),
+                Some(Err(crate::asset::FileRefusal::Refused(why))) => {
+                    let message = crate::error::bad_argument(1, "require", why);
+                    return Err(NotFound { message, tried: vec![path] });
+                }
+                _ => {}
             }
             tried.push(path);
         }
@@ -304,7 +306,8 @@ pub(crate) fn check_requires(lua: &Lua, source: &str, previous: Option<&str>) ->
         if known.contains(&name) || !valid_name(&name) {
             continue;
         }
-        let resolved = modules(lua).resolve(&name);
+        let root = crate::asset::folder(lua);
+        let resolved = modules(lua).resolve(root.as_deref(), &name);
         let path = resolved.map_err(|e| Refusal { line, message: e.message, tried: e.tried })?;
         let refuse = |message: String| Refusal { line, message, tried: vec![path.clone()] };
         let text = source_of(lua, &path).map_err(refuse)?;

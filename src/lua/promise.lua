@@ -51,11 +51,7 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
-local function safe_tostring(v)
-  local ok, text = pcall(tostring, v)
-  if ok and type(text) == "string" then return text end
-  return "(error object)"
-end
+local safe_tostring = deps.error_text
 
 --- Whether `f` can be called: a function, or a table or userdata with `__call`.
 local function callable(f)

@@ -235,6 +235,9 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         for (name, value) in fields {
             if name == "script" {
                 scripts = script_paths(value)?;
+                for path in &scripts {
+                    crate::asset::check_script_file(lua, path, "spawn")?;
+                }
                 continue;
             }
             let (registration, reflect) = component(&registry, &name)?;
