@@ -104,22 +104,8 @@ impl std::fmt::Display for FileRefusal {
 /// leads out of the assets folder. Returns the file on disk (links resolved). Checked before the
 /// file is opened; messages name the asset path, never where the assets folder is on the host.
 pub(crate) fn script_file(root: &Path, path: &str) -> Result<PathBuf, FileRefusal> {
+    well_formed(path)?;
     let refuse = |why: &str| Err(FileRefusal::Refused(format!("path {path:?} {why}")));
-    if path.is_empty() {
-        return Err(FileRefusal::Refused("empty path".into()));
-    }
-    if path.contains('\0') {
-        return refuse("contains a NUL byte");
-    }
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return refuse("leaves the assets folder ('..')"),
-            Component::RootDir | Component::Prefix(_) => {
-                return refuse("is absolute (give a path inside the assets folder)");
-            }
-        }
-    }
     let Ok(root) = root.canonicalize() else { return Err(FileRefusal::Missing) };
     let target = match root.join(path).canonicalize() {
         Ok(target) => target,
@@ -137,15 +123,41 @@ pub(crate) fn script_file(root: &Path, path: &str) -> Result<PathBuf, FileRefusa
     }
 }
 
-/// [`script_file`] for a script file a Lua function was given as its first argument: refused
-/// (a missing file too) with `bad argument #1 to 'function' (...)`.
-pub(crate) fn check_script_file(lua: &mlua::Lua, path: &str, function: &str) -> Result<PathBuf, String> {
-    let root = folder(lua).ok_or_else(|| format!("{function}: the assets folder is not known yet"))?;
-    script_file(&root, path).map_err(|e| match e {
-        FileRefusal::Missing => {
-            crate::error::bad_argument(1, function, format_args!("script path {path:?}: {e}"))
+/// The part of [`script_file`]'s rule that needs no disk: not empty, no NUL byte, no `..`, not
+/// absolute.
+fn well_formed(path: &str) -> Result<(), FileRefusal> {
+    let refuse = |why: &str| Err(FileRefusal::Refused(format!("path {path:?} {why}")));
+    if path.is_empty() {
+        return Err(FileRefusal::Refused("empty path".into()));
+    }
+    if path.contains('\0') {
+        return refuse("contains a NUL byte");
+    }
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return refuse("leaves the assets folder ('..')"),
+            Component::RootDir | Component::Prefix(_) => {
+                return refuse("is absolute (give a path inside the assets folder)");
+            }
         }
-        FileRefusal::Refused(why) => crate::error::bad_argument(1, function, format_args!("script {why}")),
+    }
+    Ok(())
+}
+
+/// [`script_file`] for a script asset a Lua function was given as its first argument: refused
+/// (a missing file too) with `bad argument #1 to 'function' (...)`. A path in an asset source the
+/// game registered (`"mods://enemy.lua"`) is not on the assets folder's disk: it only has to be
+/// well formed, and the source decides what it holds.
+pub(crate) fn check_script_file(lua: &mlua::Lua, path: &str, function: &str) -> Result<(), String> {
+    let refused = |why: String| crate::error::bad_argument(1, function, format_args!("script {why}"));
+    if let Some((_source, inner)) = path.split_once("://") {
+        return well_formed(inner).map_err(|e| refused(e.to_string()));
+    }
+    let root = folder(lua).ok_or_else(|| format!("{function}: the assets folder is not known yet"))?;
+    script_file(&root, path).map(drop).map_err(|e| match e {
+        FileRefusal::Missing => refused(format!("path {path:?}: {e}")),
+        FileRefusal::Refused(why) => refused(why),
     })
 }
 
