@@ -1012,6 +1012,23 @@ fn bad_arguments_raise_bad_argument() {
     );
 }
 
+#[test]
+fn a_capacity_past_64_bit_integers_raises_and_a_large_one_works() {
+    let out = output(
+        r#"
+        for _, n in ipairs({ 2 ^ 63, 2 ^ 64, 1e300 }) do
+          local ok, e = pcall(Channel.new, n)
+          print(ok, (string.gsub(e, "got .*", "got N")))
+        end
+        local big = Channel.new(2 ^ 53)
+        print(big:cap() == 2 ^ 53, big:send("x"), big:len(), big:receive())
+        "#,
+        2,
+    );
+    let refused = "false\tbad argument #1 to 'new' (capacity below 2^63 or math.huge expected, got N";
+    assert_eq!(out, [refused, refused, refused, "true\ttrue\t1\tx\ttrue"], "a clean error, not a broken channel");
+}
+
 /// How `tostring(0/0)` reads in the VM the tests use.
 fn nan_text() -> String {
     let out = output("print(tostring(0/0))", 1);

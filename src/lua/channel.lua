@@ -467,6 +467,9 @@ function Channel.new(capacity)
     bad(1, "new", "number", capacity, 2)
   elseif capacity ~= math_huge and (capacity ~= capacity or capacity < 0 or math_floor(capacity) ~= capacity) then
     bad_msg(1, "new", "non-negative integer or math.huge expected, got " .. tostring(capacity), 2)
+  elseif capacity ~= math_huge and capacity >= 2 ^ 63 then
+    -- Past 64-bit integers (Lua 5.4 has no integer for it): Go's "size out of range".
+    bad_msg(1, "new", "capacity below 2^63 or math.huge expected, got " .. tostring(capacity), 2)
   elseif capacity ~= math_huge and math_tointeger then
     capacity = math_tointeger(capacity) -- Lua 5.4: `cap()` of `Channel.new(3.0)` reads 3
   end
