@@ -1026,7 +1026,11 @@ fn a_capacity_past_64_bit_integers_raises_and_a_large_one_works() {
         2,
     );
     let refused = "false\tbad argument #1 to 'new' (capacity below 2^63 or math.huge expected, got N";
-    assert_eq!(out, [refused, refused, refused, "true\ttrue\t1\tx\ttrue"], "a clean error, not a broken channel");
+    assert_eq!(
+        out,
+        [refused, refused, refused, "true\ttrue\t1\tx\ttrue"],
+        "a clean error, not a broken channel"
+    );
 }
 
 /// How `tostring(0/0)` reads in the VM the tests use.
