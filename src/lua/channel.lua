@@ -630,6 +630,7 @@ function Channel.select(cases)
     -- Wait on every case at once.
     local slot = {}
     local nodes, entry = {}, nil
+    local queues, by_queue = {}, {}
     for i = 1, n do
       local st = sts[i]
       if st then
@@ -637,11 +638,29 @@ function Channel.select(cases)
           entry = entry or { slot = slot }
           entry[#entry + 1] = { st = st, send = sends[i], value = values[i], index = i }
         else
+          local q = sends[i] and st.sendq or st.recvq
           local node = { slot = slot, index = i, value = values[i] }
-          push_node(sends[i] and st.sendq or st.recvq, node)
+          local group = by_queue[q]
+          if group == nil then
+            group = {}
+            by_queue[q] = group
+            queues[#queues + 1] = q
+          end
+          group[#group + 1] = node
           nodes[#nodes + 1] = node
         end
       end
+    end
+    for j = 1, #queues do
+      local q = queues[j]
+      local group = by_queue[q]
+      -- Several cases on one queue wait in a random order, as in Go, so whoever comes for one of
+      -- them later takes any of them alike (one draw per case past the first; none otherwise).
+      for k = #group, 2, -1 do
+        local r = 1 + random_below(k)
+        group[k], group[r] = group[r], group[k]
+      end
+      for k = 1, #group do push_node(q, group[k]) end
     end
     slot.nodes = nodes
     if entry then
