@@ -311,6 +311,43 @@ fn finally_sees_resolve_reject_and_cancel_and_passes_the_outcome_on() {
     );
 }
 
+#[test]
+fn finally_is_no_consumer_so_cancelling_the_real_ones_cancels_the_promise() {
+    let out = output(
+        r#"
+        local p = Promise.new(function(_, _, onCancel) onCancel(function() print("p's hook") end) end)
+        p:finally(function(status) print("finally", status) end)
+        p:andThen(function() end):cancel()
+        print("only a finally left", p:getStatus())
+        local q = Promise.new(function() end)
+        q:finally(function(status) print("q's finally", status) end):cancel()
+        print("its finally's promise cancelled", q:getStatus())
+        local r = Promise.new(function() end)
+        r:andThen(function() end)
+        r:finally(function() end):cancel()
+        print("another consumer left", r:getStatus())
+        local s = Promise.new(function() end)
+        local back = s:finallyReturn("x")
+        s:andThen(function() end):cancel()
+        print("finallyReturn is none either", s:getStatus(), back:getStatus())
+        "#,
+        2,
+    );
+    assert_eq!(
+        out,
+        [
+            "p's hook",
+            "finally\tCancelled",
+            "only a finally left\tCancelled",
+            "q's finally\tCancelled",
+            "its finally's promise cancelled\tCancelled",
+            "another consumer left\tStarted",
+            "finallyReturn is none either\tCancelled\tCancelled",
+        ],
+        "roblox-lua-promise v4: a finally handler does not hold its promise up"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cancellation
 
@@ -577,6 +614,99 @@ fn each_and_fold_go_in_order_and_stop_at_the_first_rejection() {
             "fold rejects\tfalse\tscripts/test.lua:17: reducer failed",
         ],
         "each and fold"
+    );
+}
+
+#[test]
+fn list_combinators_refuse_a_table_that_is_not_an_array() {
+    let out = output(
+        r#"
+        local p = Promise.resolve(1)
+        for _, name in ipairs({ "all", "race", "allSettled", "any", "some" }) do
+          print(select(2, pcall(Promise[name], p, 1)))
+          print(select(2, pcall(Promise[name], { p, foo = 1 }, 1)))
+          print(select(2, pcall(Promise[name], { p, [3] = p }, 1)))
+        end
+        print("an array is fine", Promise.all({ p, p }):getStatus())
+        "#,
+        2,
+    );
+    let mut want = Vec::new();
+    for name in ["all", "race", "allSettled", "any", "some"] {
+        want.push(format!("bad argument #1 to '{name}' (array of Promises expected, got Promise)"));
+        want.push(format!(
+            "bad argument #1 to '{name}' (array of Promises expected, got a table with key 'foo')"
+        ));
+        want.push(format!(
+            "bad argument #1 to '{name}' (array of Promises expected, got a table with key 3)"
+        ));
+    }
+    want.push("an array is fine\tResolved".into());
+    assert_eq!(out, want, "roblox-lua-promise v4 raises for a list that is not an array");
+}
+
+#[test]
+fn fold_and_each_go_on_at_once_when_an_input_settles() {
+    let out = output(
+        r#"
+        local resolveIt
+        local pending = Promise.new(function(resolve) resolveIt = resolve end)
+        local f = Promise.fold({ pending, 2, 3 }, function(acc, v) return acc + v end, 0)
+        local e = Promise.each({ pending, "b" }, function(v, i) print("each", i, v) return v end)
+        print("before", f:getStatus(), e:getStatus())
+        resolveIt(1)
+        print("right after", f:getStatus(), e:getStatus())
+        print("fold", f:expect())
+        local inner
+        local g = Promise.fold({ 1, 2 }, function(acc, v)
+          inner = Promise.new(function(resolve) task.wait() resolve(acc + v) end)
+          return inner
+        end, 0)
+        task.wait()
+        print("a reducer's promise resolved: fold goes on in the same step", inner:getStatus(), g:getStatus())
+        "#,
+        4,
+    );
+    assert_eq!(
+        out,
+        [
+            "before\tStarted\tStarted",
+            "each\t1\t1",
+            "each\t2\tb",
+            "right after\tResolved\tResolved",
+            "fold\t6",
+            "a reducer's promise resolved: fold goes on in the same step\tStarted\tStarted",
+        ],
+        "roblox-lua-promise v4: fold and each go on synchronously"
+    );
+}
+
+#[test]
+fn a_cancelled_promise_from_fold_s_reducer_cancels_fold() {
+    let out = output(
+        r#"
+        local done = Promise.new(function() end)
+        done:cancel()
+        local f = Promise.fold({ 1, 2 }, function(acc, v) if v == 2 then return done end return acc + v end, 0)
+        print("already cancelled", f:getStatus())
+        local later = Promise.new(function() end)
+        local g = Promise.fold({ 1 }, function() return later end, 0)
+        later:cancel()
+        print("cancelled later", g:getStatus())
+        local h = Promise.fold({ done }, function(acc) return acc end, 0)
+        print("a cancelled input still rejects", h:getStatus())
+        h:catch(function() end)
+        "#,
+        2,
+    );
+    assert_eq!(
+        out,
+        [
+            "already cancelled\tCancelled",
+            "cancelled later\tCancelled",
+            "a cancelled input still rejects\tRejected"
+        ],
+        "roblox-lua-promise v4: fold resolves with the reducer's promise, so it is cancelled with it"
     );
 }
 

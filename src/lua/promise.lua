@@ -21,7 +21,7 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
-local park, wake = deps.park, deps.wake
+local park, wake, waiting = deps.park, deps.wake, deps.waiting
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
 
@@ -624,6 +624,26 @@ local function wait_settled(p)
   until p._status ~= STARTED
 end
 
+--- Waits (parking the running thread, a promise's own) until `p` settles, and goes on at once
+--- when it does, inside the settlement, as roblox-lua-promise v4's `each` and `fold` do (a task's
+--- `await` resumes later in the step instead). `p` is an internal promise this thread consumes.
+local function wait_now(p)
+  p._handled = true
+  if p._status ~= STARTED then return end
+  local co = co_running()
+  local slot = { key = nil, reg = nil }
+  enqueue(p, function()
+    if waiting(slot) and co_status(co) == "suspended" then
+      local ok, err = pcall(task_spawn, co)
+      if not ok then internal_failure(p, err) end
+    end
+  end)
+  p._nconsumers = (p._nconsumers or 0) + 1
+  repeat
+    park(slot)
+  until p._status ~= STARTED
+end
+
 --- An internal consumer of `src`: `react(src)` runs once src settles (now if it has), unless the
 --- link was dropped first. Dropping a link cancels `src` if nothing else consumes it.
 local function link(src, reaction)
@@ -765,7 +785,18 @@ end
 --- Checks a list of promises (level: of the caller of the API function); returns ours and the count.
 local function check_list(list, name)
   if type(list) ~= "table" then bad(1, name, "table", list, 3) end
+  if is_thenable(list) then
+    error(string_format("bad argument #1 to '%s' (array of Promises expected, got Promise)", name), 3)
+  end
   local n = #list
+  -- A table with other keys (a promise passed without braces, `{ p, foo = 1 }`) is not a list.
+  for k in next, list do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      local shown = type(k) == "string" and "'" .. k .. "'" or safe_tostring(k)
+      error(string_format("bad argument #1 to '%s' (array of Promises expected, got a table with key %s)",
+        name, shown), 3)
+    end
+  end
   local out = {}
   for i = 1, n do
     local v = list[i]
@@ -935,7 +966,7 @@ local function each_body(out, list, predicate)
   for i = 1, n do
     local v = items[i]
     if follows[i] then
-      wait_settled(v)
+      wait_now(v)
       if v._status ~= RESOLVED then
         cancel_tracked()
         fail_like(out, v, string_format("The Promise at index %d passed to Promise.each was cancelled.", i))
@@ -948,7 +979,7 @@ local function each_body(out, list, predicate)
     if is_thenable(r) then
       r = to_promise(r)
       tracked[#tracked + 1] = r
-      wait_settled(r)
+      wait_now(r)
       if r._status ~= RESOLVED then
         cancel_tracked()
         fail_like(out, r, string_format("The Promise the predicate returned for index %d was cancelled.", i))
@@ -980,7 +1011,7 @@ local function fold_body(out, list, reducer, acc)
   for i, v in ipairs(list) do
     if is_thenable(v) then
       current = follower(v)
-      wait_settled(current)
+      wait_now(current)
       if current._status ~= RESOLVED then
         fail_like(out, current, string_format("The Promise at index %d passed to Promise.fold was cancelled.", i))
         return
@@ -990,9 +1021,13 @@ local function fold_body(out, list, reducer, acc)
     local r = reducer(acc, v, i)
     if is_thenable(r) then
       current = follower(r)
-      wait_settled(current)
-      if current._status ~= RESOLVED then
-        fail_like(out, current, string_format("The Promise the reducer returned for index %d was cancelled.", i))
+      wait_now(current)
+      if current._status == CANCELLED then
+        -- v4's fold resolves with the reducer's promise, so it is cancelled with it.
+        cancel(out)
+        return
+      elseif current._status ~= RESOLVED then
+        fail_like(out, current, "")
         return
       end
       acc, current = current._values[1], nil
@@ -1268,6 +1303,20 @@ local function run_finally(child, handler, src)
   end
 end
 
+--- Makes `child` (of `finally` or `finallyReturn`) wait on `src` without being one of its
+--- consumers, as in roblox-lua-promise v4: a finally handler wants to run at the end, not the
+--- value, so it never holds `src` up. Cancelling `child` cancels `src` only if nothing consumes it.
+local function attach_finally(src, child, reaction)
+  if src._status == STARTED then
+    child._ihook = function()
+      if src._status == STARTED and (src._nconsumers or 0) == 0 then cancel(src) end
+    end
+    enqueue(src, reaction)
+  else
+    reaction(src)
+  end
+end
+
 local function finally_impl(src, handler)
   src._handled = true
   local child = new_promise()
@@ -1280,12 +1329,7 @@ local function finally_impl(src, handler)
       follow(child, s, false)
     end
   end
-  if src._status == STARTED then
-    add_consumer(src, child)
-    enqueue(src, reaction)
-  else
-    reaction(src)
-  end
+  attach_finally(src, child, reaction)
   return child
 end
 
@@ -1320,12 +1364,7 @@ function promise_methods:finallyReturn(...)
       resolve(child, unpack(args, 1, args.n))
     end
   end
-  if self._status == STARTED then
-    add_consumer(self, child)
-    enqueue(self, reaction)
-  else
-    reaction(self)
-  end
+  attach_finally(self, child, reaction)
   return child
 end
 
