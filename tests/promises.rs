@@ -978,7 +978,7 @@ fn await_raises_the_rejection_with_the_awaiting_trace() {
         local ok, e = pcall(await, failing)
         print(ok, e.kind, e.error, e.parent == select(2, failing:await()))
         local text = tostring(e)
-        print(text:find("(awaited)", 1, true) ~= nil, text:find("scripts/test.lua:7: origin", 1, true) ~= nil)
+        print(text:find("\t[async] scripts/test.lua:8: in ", 1, true) ~= nil, text:find("scripts/test.lua:7: origin", 1, true) ~= nil)
         local c = Promise.new(function() end)
         c:cancel()
         local _, ce = pcall(await, c)
@@ -1071,6 +1071,98 @@ fn async_try_hands_catch_the_message_and_an_async_stack() {
         ],
         "where it failed, then the frames of each awaiting task; finally completes before settling"
     );
+}
+
+/// Prints `err.stack` (one line per frame) and `err.traceback` for each way of failing two `async`
+/// levels down: after a wait, before any wait, and with a table as the error value. Every await is
+/// a tail call (`return await(...)`), which leaves no frame of the function that awaited.
+const TWO_LEVELS: &str = r#"
+local function show(err)
+  print("message", err.message, type(err.value))
+  for i, f in ipairs(err.stack) do print(i, f.file, f.line, f.func, f.async) end
+  print(err.traceback)
+end
+local level2 = async(function() task.wait(0.05); error("deep") end)
+local level1 = async(function() return await(level2()) end)
+asyncTry(function() return await(level1()) end, show)
+local early2 = async(function() error("early") end)
+local early1 = async(function() return await(early2()) end)
+asyncTry(function() return await(early1()) end, show)
+local table2 = async(function() task.wait(); error({ code = 42 }) end)
+local table1 = async(function() return await(table2()) end)
+asyncTry(function() return await(table1()) end, function(err)
+  print("a table", err.value.code)
+  for i, f in ipairs(err.stack) do print(i, f.file, f.line, f.async) end
+end)
+"#;
+
+#[test]
+fn err_stack_runs_through_every_async_function_and_await_up_to_try() {
+    let out = output(TWO_LEVELS, 6);
+    let frames = |line: u32, a: u32, b: u32| {
+        vec![
+            format!("1\tscripts/test.lua\t{line}\tfunction <scripts/test.lua:{line}>\tfalse"),
+            format!("2\tscripts/test.lua\t{a}\tfunction <scripts/test.lua:{a}>\ttrue"),
+            format!("3\tscripts/test.lua\t{b}\tfunction <scripts/test.lua:{b}>\ttrue"),
+        ]
+    };
+    let traceback = |message: &str, line: u32, a: u32, b: u32| {
+        format!(
+            "{message}\nstack traceback:\n\tscripts/test.lua:{line}: in function <scripts/test.lua:{line}>\n\
+             \t[async] scripts/test.lua:{a}: in function <scripts/test.lua:{a}>\n\
+             \t[async] scripts/test.lua:{b}: in function <scripts/test.lua:{b}>"
+        )
+    };
+    let mut want = vec!["message\tscripts/test.lua:10: early\ttable".to_string()];
+    want.extend(frames(10, 11, 12));
+    want.push(traceback("scripts/test.lua:10: early", 10, 11, 12));
+    want.push("a table\t42".into());
+    want.extend(
+        ["1\tscripts/test.lua\t13\tfalse", "2\tscripts/test.lua\t14\ttrue", "3\tscripts/test.lua\t15\ttrue"]
+            .map(String::from),
+    );
+    want.push("message\tscripts/test.lua:7: deep\ttable".into());
+    want.extend(frames(7, 8, 9));
+    want.push(traceback("scripts/test.lua:7: deep", 7, 8, 9));
+    assert_eq!(out, want, "from the raise, through each async function's await, to the try function");
+}
+
+#[test]
+fn await_raises_with_the_whole_chain_and_an_unhandled_rejection_reports_it() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/chain.lua",
+        r#"
+local level2 = async(function() task.wait(); error("deep") end)
+local level1 = async(function() return await(level2()) end)
+local top = async(function() local v = await(level1()) return v end)
+task.spawn(function()
+  local ok, e = pcall(await, top())
+  print(ok, e.error)
+  print(e.trace)
+end)
+top()
+"#,
+    );
+    run(&mut app, 5);
+    let chain = "stack traceback:\n\tscripts/chain.lua:2: in function <scripts/chain.lua:2>\n\
+                 \t[async] scripts/chain.lua:3: in function <scripts/chain.lua:3>\n\
+                 \t[async] scripts/chain.lua:4: in function <scripts/chain.lua:4>";
+    assert_eq!(
+        printed(&app),
+        [
+            "false\tscripts/chain.lua:2: deep".to_string(),
+            format!(
+                "scripts/chain.lua:2: deep\n{chain}\n\t[async] scripts/chain.lua:6: in function <scripts/chain.lua:5>"
+            ),
+        ],
+        "what await raises carries every await on the way, its own included"
+    );
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "the promise nobody awaited: {errs:#?}");
+    assert_eq!(errs[0].message, "Unhandled Promise rejection: scripts/chain.lua:2: deep", "message");
+    assert_eq!(errs[0].traceback, chain, "the ScriptError's traceback is the same chain");
 }
 
 #[test]

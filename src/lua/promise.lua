@@ -177,6 +177,79 @@ local function call_site()
 end
 
 ---------------------------------------------------------------------------------------------------
+-- Async stacks: where a rejection was raised, then every frame that awaited it on the way.
+--
+-- A promise rejected by an error keeps that error's *stack* (`_stack`, innermost first): the frames
+-- where it was raised, then, for each `await` it went through, the frames of the awaiting thread
+-- (marked `async`). `await` raises the rejection with its stack plus its own frames: a
+-- `Promise.Error` carries it (`_stack` of the error it raises); any other value cannot, so the
+-- awaiting thread remembers it (`thrown`), and the handler that catches the same value there
+-- (an executor's, a handler's, `asyncTry`'s) takes it from there.
+
+local thrown = setmetatable({}, { __mode = "k" }) -- thread -> { value, stack } `await` raised last
+local captured = setmetatable({}, { __mode = "k" }) -- error table -> the stack it was caught with
+
+--- The stack of `err`, being raised in the running thread (called from an error handler):
+--- what `await` raised it with, else where it is raised now.
+local function stack_of_raise(err)
+  local co = co_running()
+  local rec = thrown[co]
+  if rec ~= nil and rawequal(rec[1], err) then
+    thrown[co] = nil
+    return rec[2]
+  end
+  if is_error(err) and err._stack ~= nil then return err._stack end
+  return frames_here()
+end
+
+--- `a` then `b`, in a new list (the frame records are shared: nothing changes them).
+local function concat_frames(a, b)
+  local out = {}
+  for i = 1, #a do out[i] = a[i] end
+  local n = #out
+  for i = 1, #b do out[n + i] = b[i] end
+  return out
+end
+
+-- Lua 5.4 says whether a frame was tail-called; LuaJIT does not (nil: unknown); Luau makes no
+-- tail calls at all.
+local knows_tail_calls = debug_getinfo ~= nil and pcall(debug_getinfo, 1, "t")
+
+--- Whether `f` is the function of a frame of the running thread.
+local function on_stack(f)
+  for level = 2, 202 do
+    local info = debug_getinfo(level, "f")
+    if info == nil then return false end
+    if info.func == f then return true end
+  end
+  return false
+end
+
+--- The frames of the thread awaiting `p`, all marked `async`. `await` called as a tail call
+--- (`return await(f())`) leaves no frame of the function that called it; if the function that
+--- made `p` (an `async` function's caller) is gone from the stack that way, its frame, at the line
+--- where it made `p`, stands for it. `level`: the level of the `await` frame in the caller.
+local function awaiting_frames(p, level)
+  local frames = frames_here()
+  local site = p._site
+  if site ~= nil then
+    local tail = nil
+    if knows_tail_calls then
+      local info = debug_getinfo(level + 1, "t")
+      tail = info ~= nil and info.istailcall
+    end
+    if tail ~= false and not on_stack(site.func) then
+      local info = debug_getinfo(site.func, "S")
+      local func = info.what == "main" and "main chunk"
+        or string_format("function <%s:%d>", info.short_src, info.linedefined or 0)
+      table.insert(frames, 1, { file = info.short_src, line = site.line, func = func })
+    end
+  end
+  for i = 1, #frames do frames[i].async = true end
+  return frames
+end
+
+---------------------------------------------------------------------------------------------------
 -- Promise.Error
 
 local function new_error(options, parent)
@@ -260,10 +333,15 @@ end
 --- The `xpcall` handler of executors and handlers: a table is the rejection value as it is; anything
 --- else becomes a `Promise.Error` of kind ExecutionError carrying the traceback.
 local function capture(err)
-  if type(err) == "table" then return err end
+  local stack = stack_of_raise(err)
+  if type(err) == "table" then
+    captured[err] = stack
+    return err
+  end
   local text = type(err) == "string" and err or safe_tostring(err)
   local e = new_error({ error = text, kind = EXECUTION_ERROR, trace = clean_trace(traceback(text, 2)) })
-  e._frames = frames_here()
+  e._stack = stack
+  captured[e] = stack
   return e
 end
 
@@ -387,11 +465,8 @@ local function settle(p, status, ...)
     end
   end
   if status == REJECTED and not p._handled and not p._internal then
-    -- It may be reported: remember where it happened (an error carries its own trace).
-    local first = ...
-    if not (is_error(first) and type(first.trace) == "string" and first.trace ~= "") then
-      p._frames = frames_here()
-    end
+    -- It may be reported: remember where it happened, unless the error that rejected it did.
+    if p._stack == nil then p._stack = frames_here() end
     p._rejected_at = frame()
     pending[#pending + 1] = p
   end
@@ -495,6 +570,21 @@ local function reject(p, ...)
   if p._status == STARTED then settle(p, REJECTED, ...) end
 end
 
+--- Rejects `p` with `err`, an error a handler (`capture`) caught, and the stack it was caught with.
+local function reject_caught(p, err)
+  if p._status ~= STARTED then return end
+  if type(err) == "table" then p._stack = captured[err] end
+  settle(p, REJECTED, err)
+end
+
+--- Rejects `p` as `src` (rejected) was: the same values and stack.
+local function reject_like(p, src)
+  if p._status ~= STARTED then return end
+  p._stack = src._stack
+  local v = src._values
+  settle(p, REJECTED, unpack(v, 1, v.n))
+end
+
 --- `p` takes the outcome of `src` (settled). `chained`: a rejection from an error becomes a new
 --- error saying so, with the original as its parent (as when a handler returns a failed promise).
 local function follow(p, src, chained)
@@ -503,6 +593,7 @@ local function follow(p, src, chained)
     settle(p, RESOLVED, unpack(v, 1, v.n))
   elseif status == REJECTED then
     local first = v[1]
+    p._stack = src._stack
     if chained and is_error(first) and first.kind == EXECUTION_ERROR then
       settle(p, REJECTED, new_error({
         error = "This Promise was chained to a Promise that errored.",
@@ -580,7 +671,7 @@ end
 --- The body of a promise's own thread: `body(...)`, its error rejecting `p`.
 local function run_body(p, body, ...)
   local ok, err = xpcall(body, capture, ...)
-  if not ok then reject(p, err) end
+  if not ok then reject_caught(p, err) end
   if p._thread == co_running() then p._thread = nil end
 end
 
@@ -597,7 +688,7 @@ local function settle_call(p, ok, ...)
   if ok then
     resolve(p, ...)
   else
-    reject(p, (...))
+    reject_caught(p, (...))
   end
 end
 
@@ -679,8 +770,7 @@ end
 --- Rejects `out` the way `src` (rejected or cancelled) ended.
 local function fail_like(out, src, context)
   if src._status == REJECTED then
-    local v = src._values
-    reject(out, unpack(v, 1, v.n))
+    reject_like(out, src)
   else
     reject(out, cancelled_error(context))
   end
@@ -918,6 +1008,7 @@ local function race(ps, n)
       drop_all(links) -- the losers first, as roblox-lua-promise does
       if out._status == STARTED then
         local v = src._values
+        out._stack = src._stack
         settle(out, src._status, unpack(v, 1, v.n))
       end
     end)
@@ -1055,7 +1146,7 @@ local function attempt(callback, args)
   if r[1] then
     resolve(p, unpack(r, 2, r.n))
   else
-    reject(p, r[2])
+    reject_caught(p, r[2])
   end
   return p
 end
@@ -1075,7 +1166,7 @@ local function retry_body(out, callback, times, seconds, args)
       cancel(out)
       return
     elseif left <= 0 then
-      reject(out, unpack(v, 1, v.n))
+      reject_like(out, a)
       return
     end
     left = left - 1
@@ -1128,7 +1219,7 @@ local function from_event_body(out, event, predicate)
       local ok, r = xpcall(predicate, capture, ...)
       if not ok then
         done = true
-        reject(out, r)
+        reject_caught(out, r)
         disconnect()
         return
       end
@@ -1215,7 +1306,7 @@ local function then_impl(src, on_resolve, on_reject, internal)
       if on_reject ~= nil then
         spawn_handler(child, on_reject, v)
       else
-        settle(child, REJECTED, unpack(v, 1, v.n))
+        reject_like(child, s)
       end
     else
       cancel(child)
@@ -1280,7 +1371,7 @@ end
 local function run_finally(child, handler, src)
   local r = pack(xpcall(handler, capture, src._status))
   if not r[1] then
-    reject(child, r[2])
+    reject_caught(child, r[2])
     return
   end
   local q = r[2]
@@ -1289,8 +1380,7 @@ local function run_finally(child, handler, src)
     local l = link(to_promise(q), function(s)
       if child._status ~= STARTED then return end
       if s._status == REJECTED then
-        local v = s._values
-        settle(child, REJECTED, unpack(v, 1, v.n))
+        reject_like(child, s)
       else
         follow(child, src, false)
       end
@@ -1426,25 +1516,30 @@ function promise_methods:now(rejection)
   return p
 end
 
---- Raises the rejection of `p` (rejected or cancelled) in the awaiting thread. A `Promise.Error` is
---- raised as a new error of the same kind and text, with the original as its parent and the
---- awaiting frames as its trace, so the trace shows every task that awaited it.
+--- Raises the rejection of `p` (rejected or cancelled) in the awaiting thread (`await` or
+--- `expect` calls it) with the rejection's stack and the awaiting frames. A `Promise.Error` is
+--- raised as a new error of the same kind and text, with the original as its parent and that whole
+--- stack as its trace, so the trace shows every task that awaited it; other values are raised as
+--- they are, and the stack is kept for whoever catches them in this thread.
 local function raise(p)
-  local frames = frames_here()
-  for i = 1, #frames do frames[i].async = true end
+  local frames = awaiting_frames(p, 2)
   if p._status == CANCELLED then
     local text = "The awaited Promise was cancelled"
     local e = new_error({ error = text, kind = ALREADY_CANCELLED, trace = render(text, frames) })
-    e._frames, e._awaited = frames, true
+    e._stack = frames
     error(e, 0)
   end
+  local stack = p._stack and concat_frames(p._stack, frames) or frames
   local first = p._values[1]
-  if first == nil then error("Expected Promise rejected with no value.", 0) end
+  if first == nil then first = "Expected Promise rejected with no value." end
   if is_error(first) then
-    local e = new_error({ error = first.error, kind = first.kind, trace = render("(awaited)", frames) }, first)
-    e._frames, e._awaited = frames, true
-    first = e
+    local chain = chain_of(first)
+    local text = safe_tostring(chain[#chain].error)
+    local e = new_error({ error = first.error, kind = first.kind, trace = render(text, stack) }, first)
+    e._stack = stack
+    error(e, 0)
   end
+  thrown[co_running()] = { first, stack }
   error(first, 0)
 end
 
@@ -1488,6 +1583,13 @@ local function async(f)
   if not callable(f) then bad(1, "async", "function", f, 2) end
   return function(...)
     local p = new_promise()
+    if debug_getinfo then
+      -- Where it is made, in case the maker awaits it in a tail call (see `awaiting_frames`).
+      local info = debug_getinfo(2, "fl")
+      if info ~= nil and info.currentline ~= nil and info.currentline > 0 then
+        p._site = { func = info.func, line = info.currentline }
+      end
+    end
     start(p, call_and_resolve, p, f, ...)
     return p
   end
@@ -1508,30 +1610,21 @@ local function await(p)
   return unpack(v, 1, v.n)
 end
 
-local function append_frames(stack, frames, async_frames)
+--- The error `asyncTry` hands to `catch`: a `Promise.Error` (its parent the raised error, if it was
+--- one) with `message`, `stack` (copies of the frames of `frames`: where it was raised, then the
+--- frames of each task that awaited it, marked `async`), `traceback` and the raised `value`.
+local function try_error(raw, frames)
+  local stack, message = {}, nil
   for i = 1, #frames do
     local f = frames[i]
-    stack[#stack + 1] = { file = f.file, line = f.line, func = f.func, async = async_frames }
+    stack[i] = { file = f.file, line = f.line, func = f.func, async = f.async == true }
   end
-end
-
---- The error `asyncTry` hands to `catch`: a `Promise.Error` (its parent the raised error, if it was
---- one) with `message`, `stack` (where it was raised, then the frames of each task that awaited it,
---- marked `async`), `traceback` and the raised `value`.
-local function try_error(raw, here)
-  local stack, message, awaited = {}, nil, false
   if is_error(raw) then
     local chain = chain_of(raw)
-    for i = #chain, 1, -1 do
-      local e = chain[i]
-      if e._frames ~= nil then append_frames(stack, e._frames, e._awaited == true) end
-    end
     message = safe_tostring(chain[#chain].error)
-    awaited = raw._awaited == true
   else
     message = type(raw) == "string" and raw or safe_tostring(raw)
   end
-  if not awaited then append_frames(stack, here or {}, false) end
   local text = render(message, stack)
   local e = new_error({
     error = message,
@@ -1539,6 +1632,7 @@ local function try_error(raw, here)
     trace = text,
   }, is_error(raw) and raw or nil)
   e.message, e.stack, e.traceback, e.value = message, stack, text, raw
+  e._stack = frames
   return e
 end
 
@@ -1561,14 +1655,14 @@ local function asyncTry(try, catch, finally)
     end
   end
   start(p, function()
-    local here = nil
+    local stack = nil
     local r = pack(xpcall(try, function(raw)
-      here = frames_here()
+      stack = stack_of_raise(raw)
       return raw
     end))
     local good = r[1]
     if not good then
-      local err = try_error(r[2], here)
+      local err = try_error(r[2], stack or {})
       if catch ~= nil then
         r = pack(xpcall(catch, capture, err))
         good = r[1]
@@ -1585,8 +1679,11 @@ local function asyncTry(try, catch, finally)
     end
     if good then
       resolve(p, unpack(r, 2, r.n))
+    elseif is_error(r[2]) and r[2]._stack ~= nil and p._status == STARTED then
+      p._stack = r[2]._stack
+      settle(p, REJECTED, r[2])
     else
-      reject(p, r[2])
+      reject_caught(p, r[2])
     end
   end)
   return p
@@ -1608,11 +1705,15 @@ local function describe(p)
     text = safe_tostring(first)
   end
   local tb = nil
-  if type(trace) == "string" then
+  local stack = p._stack
+  if stack ~= nil and #stack > 0 then
+    -- Where it was raised and every await it went through.
+    tb = render_frames(stack)
+  elseif type(trace) == "string" then
     local at = string_find(trace, "\nstack traceback:", 1, true)
     if at ~= nil then tb = string_sub(trace, at + 1) end
   end
-  if tb == nil then tb = render_frames(p._frames or {}) end
+  if tb == nil then tb = render_frames({}) end
   return "Unhandled Promise rejection: " .. text, clean_trace(tb)
 end
 
