@@ -25,12 +25,12 @@ local park, wake, waiting = deps.park, deps.wake, deps.waiting
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
 
-local type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall =
-  type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall
+local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
+  type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
+local rawequal = rawequal
 local unpack = table.unpack or unpack
-local table_remove, table_concat = table.remove, table.concat
-local string_format, string_sub, string_find, string_match, string_gmatch, string_gsub =
-  string.format, string.sub, string.find, string.match, string.gmatch, string.gsub
+local table_remove, table_concat, table_insert = table.remove, table.concat, table.insert
+local string_format, string_sub, string_find, string_gsub = string.format, string.sub, string.find, string.gsub
 local co_create, co_status, co_running = coroutine.create, coroutine.status, coroutine.running
 -- This chunk runs with the VM's own globals (before the sandbox), so the whole `debug` library is here.
 local debug_getmetatable = debug and debug.getmetatable
@@ -132,13 +132,23 @@ if debug_getinfo then
     return frames
   end
 else
-  -- Luau: read them from the traceback text.
+  -- Luau: `debug.info` answers by level; a function's own "l" is the line it was defined at.
+  local debug_info = debug.info
+  local function internal_source(src) return string_find(src, "bevy_lua_coroutines/", 1, true) ~= nil end
   frames_here = function()
     local frames = {}
-    for line in string_gmatch(traceback(), "[^\n]+") do
-      local file, number, rest = string_match(line, "^%s*(.-):(%d+):? ?(.*)$")
-      if file and file ~= "[C]" and not string_find(file, "bevy_lua_coroutines/", 1, true) then
-        frames[#frames + 1] = { file = file, line = tonumber(number), func = rest ~= "" and rest or "?", async = false }
+    for level = 2, 201 do
+      local src, line, name, f = debug_info(level, "slnf")
+      if src == nil then break end
+      if src ~= "[C]" and line ~= nil and line > 0 and not internal_source(src) then
+        local caller = debug_info(level + 1, "s")
+        if name == "" or (caller ~= nil and internal_source(caller)) then name = nil end
+        frames[#frames + 1] = {
+          file = src,
+          line = line,
+          func = name or string_format("function <%s:%d>", src, debug_info(f, "l") or 0),
+          async = false,
+        }
       end
     end
     return frames
@@ -242,7 +252,7 @@ local function awaiting_frames(p, level)
       local info = debug_getinfo(site.func, "S")
       local func = info.what == "main" and "main chunk"
         or string_format("function <%s:%d>", info.short_src, info.linedefined or 0)
-      table.insert(frames, 1, { file = info.short_src, line = site.line, func = func })
+      table_insert(frames, 1, { file = info.short_src, line = site.line, func = func })
     end
   end
   for i = 1, #frames do frames[i].async = true end
