@@ -252,7 +252,7 @@ local function awaiting_frames(p, level)
       local info = debug_getinfo(site.func, "S")
       local func = info.what == "main" and "main chunk"
         or string_format("function <%s:%d>", info.short_src, info.linedefined or 0)
-      table_insert(frames, 1, { file = info.short_src, line = site.line, func = func })
+      table_insert(frames, 1, { file = info.short_src, line = site.currentline, func = func })
     end
   end
   for i = 1, #frames do frames[i].async = true end
@@ -1597,7 +1597,7 @@ local function async(f)
       -- Where it is made, in case the maker awaits it in a tail call (see `awaiting_frames`).
       local info = debug_getinfo(2, "fl")
       if info ~= nil and info.currentline ~= nil and info.currentline > 0 then
-        p._site = { func = info.func, line = info.currentline }
+        p._site = info -- `func` and `currentline`
       end
     end
     start(p, call_and_resolve, p, f, ...)
