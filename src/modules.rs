@@ -92,6 +92,13 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
             crate::error::bad_argument(1, "require", format_args!("invalid module name '{name}'")).into()
         );
     }
+    if STANDARD_LIBRARIES.contains(&name) {
+        // As standard Lua answers from `package.loaded`: the library the script sees as a global.
+        let library: Value = lua.globals().get(name).map_err(|e| e.to_string())?;
+        if !library.is_nil() {
+            return Ok(library);
+        }
+    }
     let instance = current_instance(lua);
     let (path, loaded) = {
         let root = crate::asset::folder(lua);
@@ -138,6 +145,26 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     loaded.raw_set(path.as_str(), &value).map_err(|e| e.to_string())?;
     Ok(value)
 }
+
+/// The names of standard libraries (of any flavour): `require` returns the one the sandbox grants,
+/// and looks for a file only if it grants none (`io` under `LuaStdlib::Safe`).
+const STANDARD_LIBRARIES: &[&str] = &[
+    "coroutine",
+    "debug",
+    "io",
+    "math",
+    "os",
+    "package",
+    "string",
+    "table",
+    "utf8",
+    "bit",
+    "bit32",
+    "jit",
+    "ffi",
+    "buffer",
+    "vector",
+];
 
 /// Module names are dot-separated words: letters, digits, `_` and `-`.
 fn valid_name(name: &str) -> bool {
@@ -326,6 +353,9 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
         RequireParen,
         Access,
     }
+    // Bytes past ASCII belong to names: LuaJIT accepts them in identifiers, and treating them as
+    // words keeps every index this scan slices at on a character boundary.
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || !b.is_ascii();
     let bytes = source.as_bytes();
     let mut names = Vec::new();
     let mut after = After::Other;
@@ -336,10 +366,10 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
             i += 1;
             continue;
         }
-        if source[i..].starts_with("--") {
+        if bytes[i..].starts_with(b"--") {
             i = match long_bracket(&source[i + 2..]) {
                 Some((_, len)) => i + 2 + len,
-                None => source[i..].find('\n').map_or(bytes.len(), |e| i + e),
+                None => bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |e| i + e),
             };
             continue;
         }
@@ -350,36 +380,35 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
                 while j < bytes.len() && bytes[j] != c && bytes[j] != b'\n' {
                     j += if bytes[j] == b'\\' { 2 } else { 1 };
                 }
-                let text = &source[i + 1..j.min(bytes.len())];
+                // An escape may end the string inside a character: keep whole characters.
+                let text = String::from_utf8_lossy(&bytes[i + 1..j.min(bytes.len())]).into_owned();
                 i = j + 1;
                 Some(text)
             }
             b'[' => long_bracket(&source[i..]).map(|(text, len)| {
                 i += len;
-                text
+                text.to_string()
             }),
             _ => None,
         };
         if let Some(text) = string {
             if after == After::Require || after == After::RequireParen {
-                let line = 1 + source[..start].bytes().filter(|&b| b == b'\n').count();
-                names.push((text.to_string(), line));
+                let line = 1 + bytes[..start].iter().filter(|&&b| b == b'\n').count();
+                names.push((text, line));
             }
             after = After::Other;
             continue;
         }
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let end = source[i..]
-                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
-                .map_or(bytes.len(), |e| i + e);
-            let word = &source[i..end];
-            after = if word == "require" && after != After::Access { After::Require } else { After::Other };
+        if word_byte(c) && !c.is_ascii_digit() {
+            let end = bytes[i..].iter().position(|&b| !word_byte(b)).map_or(bytes.len(), |e| i + e);
+            let word = &bytes[i..end];
+            after = if word == b"require" && after != After::Access { After::Require } else { After::Other };
             i = end;
             continue;
         }
-        if source[i..].starts_with("..") {
+        if bytes[i..].starts_with(b"..") {
             // Concatenation (or `...`), not field access.
-            i += source[i..].bytes().take_while(|&b| b == b'.').count();
+            i += bytes[i..].iter().take_while(|&&b| b == b'.').count();
             after = After::Other;
             continue;
         }
@@ -429,6 +458,16 @@ local u = obj:require("no")
         let found = literal_requires(src);
         let found: Vec<(&str, usize)> = found.iter().map(|(n, l)| (n.as_str(), *l)).collect();
         assert_eq!(found, [("ai.util", 2), ("b", 3), ("c-d", 4), ("e", 8), ("f", 10)]);
+    }
+
+    #[test]
+    fn literal_requires_scan_non_ascii_source_without_panicking() {
+        // LuaJIT takes bytes past ASCII in names; a string may end in an escaped multi-byte
+        // character; a number may run into one.
+        let src = "local caf\u{e9} = require(\"m\u{f6}d\")\nlocal \u{3c0}x = 1.\u{e9}\nlocal s = '\\\u{e9}' .. require 'b'\n-- \u{fc}\n";
+        let found = literal_requires(src);
+        let found: Vec<(&str, usize)> = found.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        assert_eq!(found, [("m\u{f6}d", 1), ("b", 3)]);
     }
 
     #[test]

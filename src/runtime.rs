@@ -344,6 +344,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("task", api.get::<Table>("task")?)?;
     deps.set("park", api.get::<Function>("park")?)?;
     deps.set("wake", api.get::<Function>("wake")?)?;
+    deps.set("waiting", api.get::<Function>("waiting")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("current", step.get::<Function>("current")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;

@@ -453,6 +453,7 @@ function task.waitUntil(pred, timeout)
   if pred() then return true end
   local start = S.nanos
   local limit = timeout and timeout * 1e9
+  if limit ~= limit then limit = 0 end -- NaN: no time at all, as a negative timeout
   while true do
     co_yield(REQ, WAIT_FRAMES, 1)
     if pred() then return true end
