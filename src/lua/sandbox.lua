@@ -114,6 +114,7 @@ channel_api.named = api.rust_channels.named
 store.Channel = readonly_tree(channel_api)
 store.Messages = readonly(api.rust_channels.Messages)
 store.Stream = readonly_tree(api.stream.Stream)
+for name, class in pairs(api.vector) do store[name] = class end -- Vec2, Vec3, Vec4, Quat (read-only)
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")

@@ -1,0 +1,86 @@
+-- The Lua side of `entity:get` / `entity:set` (and `world.getResource` / `world.setResource`):
+-- paths are compiled by Rust once and cached here by their string, so a path in a loop costs a
+-- table lookup; vectors cross as plain numbers, so Rust never builds or reads a vector table
+-- field by field (under a memory limit each of those would be a protected call).
+--
+-- Rust's raw functions return a tag first: `1` a value (the next result), `2`..`5` a `Vec2`,
+-- `Vec3`, `Vec4` or `Quat` (its numbers follow), `0` an error (its message follows), `6` "give me
+-- the value as a table" (a vector passed where the path holds something else).
+local raw, vectors = ...
+
+local type, error, setmetatable, getmetatable, tostring =
+  type, error, setmetatable, getmetatable, tostring
+local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw.check_self
+local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
+local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
+local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
+
+local ids = {} -- path string -> compiled path number (numbers from `max_cached` on are not kept)
+local max_cached = raw.max_cached
+
+--- The number of `path` (compiled on first use), or raises `bad argument #1 to 'fname'` (or
+--- the error for a bad `self`, checked first as Lua checks arguments in order).
+local function path_id(path, fname, method, self)
+  if method then
+    local message = check_self(self, fname)
+    if message then error(message, 3) end
+  end
+  if type(path) ~= "string" then
+    error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(path) .. ")", 3)
+  end
+  local id, message = compile(path, fname)
+  if not id then error(message, 3) end
+  if id < max_cached then
+    ids[path] = id
+  end
+  return id
+end
+
+--- Turns a raw result into the value a script sees.
+local function value(tag, a, b, c, d)
+  if tag == 1 then return a end
+  if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
+  if tag == 5 then return setmetatable({ x = a, y = b, z = c, w = d }, MQ) end
+  if tag == 2 then return setmetatable({ x = a, y = b }, M2) end
+  if tag == 4 then return setmetatable({ x = a, y = b, z = c, w = d }, M4) end
+  error(a, 3)
+end
+
+-- (`local v = ...; return v`, not a tail call, so the error levels count this frame)
+local function get(self, path)
+  local v = value(raw_get(self, ids[path] or path_id(path, "get", true, self)))
+  return v
+end
+
+--- Calls `write(target, id, tag, ...)` with `v` as it crosses to Rust; raises what it returns.
+local function put(write, target, id, v)
+  local kind, message = getmetatable(v), nil
+  if kind == Vec3 then
+    message = write(target, id, 3, v.x, v.y, v.z)
+  elseif kind == Quat then
+    message = write(target, id, 5, v.x, v.y, v.z, v.w)
+  elseif kind == Vec2 then
+    message = write(target, id, 2, v.x, v.y)
+  elseif kind == Vec4 then
+    message = write(target, id, 4, v.x, v.y, v.z, v.w)
+  else
+    message = write(target, id, 1, v)
+  end
+  if message == 6 then message = write(target, id, 1, v) end
+  if message ~= nil then error(message, 3) end
+end
+
+local function set(self, path, v)
+  put(raw_set, self, ids[path] or path_id(path, "set", true, self), v)
+end
+
+local function get_resource(path)
+  local v = value(raw_get_resource(ids[path] or path_id(path, "getResource")))
+  return v
+end
+
+local function set_resource(path, v)
+  put(raw_set_resource, nil, ids[path] or path_id(path, "setResource"), v)
+end
+
+return { get = get, set = set, get_resource = get_resource, set_resource = set_resource }
