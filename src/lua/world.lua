@@ -83,4 +83,66 @@ local function set_resource(path, v)
   put(raw_set_resource, nil, ids[path] or path_id(path, "setResource"), v)
 end
 
-return { get = get, set = set, get_resource = get_resource, set_resource = set_resource }
+-- Entity values by id, shared by queries and the hierarchy (weak: an entity no script holds
+-- is made again when next needed). Entity values hold no state, so sharing one is safe.
+local entities = setmetatable({}, { __mode = "v" })
+local raw_entity, take, raw_query, raw_count = raw.entity, raw.take, raw.query, raw.count
+
+local function entity_of(id)
+  local e = entities[id]
+  if e == nil then
+    e = raw_entity(id)
+    entities[id] = e
+  end
+  return e
+end
+
+--- An iterator over the entities whose ids `matched` holds (`n` of them), taken in chunks.
+local function iterate(matched, n)
+  local chunk, len, pos, from = nil, 0, 0, 0
+  return function()
+    pos = pos + 1
+    if pos > len then
+      if from >= n then return nil end
+      chunk = { take(matched, from) }
+      len, pos = #chunk, 1
+      if len == 0 then return nil end
+      from = from + len
+    end
+    return entity_of(chunk[pos])
+  end
+end
+
+local function query(...)
+  local matched, n = raw_query(...)
+  if matched == false then error(n, 2) end
+  return iterate(matched, n)
+end
+
+local function count(...)
+  local n, message = raw_count(...)
+  if n == false then error(message, 2) end
+  return n
+end
+
+local raw_parent, raw_children = raw.parent, raw.children
+
+local function parent(self)
+  local tag, id = raw_parent(self)
+  if tag == 0 then error(id, 2) end
+  if id == nil then return nil end
+  return entity_of(id)
+end
+
+local function children(self)
+  local tag, matched = raw_children(self)
+  if tag == 0 then error(matched, 2) end
+  local list, i = {}, 0
+  for e in iterate(matched, math.huge) do
+    i = i + 1
+    list[i] = e
+  end
+  return list
+end
+
+return { query = query, count = count, parent = parent, children = children, get = get, set = set, get_resource = get_resource, set_resource = set_resource }

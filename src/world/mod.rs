@@ -50,6 +50,18 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'
         lua.create_function(|lua, args: RawSet| set_path(lua, Target::Resource, args))?,
     )?;
     raw.raw_set("max_cached", path::MAX_CACHED)?;
+    raw.raw_set("query", lua.create_function(|lua, args: MultiValue| raw_query(lua, args, "query"))?)?;
+    raw.raw_set("count", lua.create_function(|lua, args: MultiValue| raw_query(lua, args, "count"))?)?;
+    raw.raw_set("take", lua.create_function(take)?)?;
+    raw.raw_set("entity", lua.create_function(|lua, bits: u64| entity_of_bits(lua, bits))?)?;
+    raw.raw_set(
+        "parent",
+        lua.create_function(|lua, this: Value| raw_out(lua, relatives(lua, &this, false)))?,
+    )?;
+    raw.raw_set(
+        "children",
+        lua.create_function(|lua, this: Value| raw_out(lua, relatives(lua, &this, true)))?,
+    )?;
     raw.raw_set(
         "check_self",
         lua.create_function(|_, (this, method): (Value, mlua::LuaString)| {
@@ -63,12 +75,16 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'
     let methods = lua.create_table()?;
     methods.raw_set("get", paths.raw_get::<Function>("get")?)?;
     methods.raw_set("set", paths.raw_get::<Function>("set")?)?;
+    methods.raw_set("parent", paths.raw_get::<Function>("parent")?)?;
+    methods.raw_set("children", paths.raw_get::<Function>("children")?)?;
     methods.raw_set("has", script_function(lua, has)?)?;
     methods.raw_set("despawn", script_function(lua, despawn)?)?;
     lua.set_app_data(EntityMethods(methods));
     let functions = vec![
         ("world.getResource", paths.raw_get::<Function>("get_resource")?),
         ("world.setResource", paths.raw_get::<Function>("set_resource")?),
+        ("world.query", paths.raw_get::<Function>("query")?),
+        ("world.count", paths.raw_get::<Function>("count")?),
         ("world.spawn", script_function(lua, spawn)?),
         ("world.find", script_function(lua, |lua, args| find(lua, args, false))?),
         ("world.findAll", script_function(lua, |lua, args| find(lua, args, true))?),
@@ -567,11 +583,19 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         let registry = world.resource::<AppTypeRegistry>().clone();
         let registry = registry.read();
         let mut scripts = Vec::new();
+        let mut parent = None;
         let mut components = Vec::new();
         let mut given: bevy::platform::collections::HashSet<std::any::TypeId> = Default::default();
         for (name, value) in fields {
             if name == "script" {
                 scripts = script_paths(value)?;
+                continue;
+            }
+            if name == "parent" {
+                let e = entity_arg(&value, "spawn")
+                    .map_err(|_| format!("spawn: parent: entity expected, got {}", lua_type(&value)))?;
+                alive(world, e).map_err(|m| format!("spawn: parent: {m}"))?;
+                parent = Some(e);
                 continue;
             }
             let (registration, reflect) = component(&registry, &name)?;
@@ -588,6 +612,9 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         let mut spawned = world.spawn_empty();
         for (reflect, made) in &components {
             reflect.insert(&mut spawned, made.as_partial_reflect(), &registry);
+        }
+        if let Some(parent) = parent {
+            spawned.insert(ChildOf(parent));
         }
         if !handles.is_empty() {
             spawned.insert(LuaScripts(handles));
@@ -658,4 +685,157 @@ fn entity_of_id(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let entity = Entity::try_from_bits(bits)
         .ok_or_else(|| crate::error::bad_argument(1, "entity", format_args!("{bits} is not an entity id")))?;
     entity_value(lua, entity)
+}
+
+/// Entities a query matched, in order, as their ids (`Entity::to_bits`): what `world.query`
+/// iterates, handed to Lua in chunks by [`take`] (numbers, not entity values, so no Lua value is
+/// made per entity here; `lua/world.lua` keeps one entity value per id).
+struct Matched(Vec<u64>);
+
+impl mlua::UserData for Matched {}
+
+/// Most ids one [`take`] returns (LuaJIT's C stack takes about 8,000 values).
+const CHUNK: usize = 1024;
+
+/// `take(matched, from) -> id...`: the ids from position `from` (0-based), at most [`CHUNK`].
+fn take(_: &Lua, (matched, from): (mlua::UserDataRef<Matched>, usize)) -> mlua::Result<mlua::Variadic<i64>> {
+    let ids = &matched.0[from.min(matched.0.len())..];
+    Ok(ids[..ids.len().min(CHUNK)].iter().map(|&bits| bits as i64).collect())
+}
+
+/// An entity value for an id from [`take`] or [`relatives`].
+fn entity_of_bits(lua: &Lua, bits: u64) -> mlua::Result<Value> {
+    let entity = Entity::try_from_bits(bits).ok_or_else(|| mlua::Error::runtime("not an entity id"))?;
+    crate::instance::entity_value(lua, entity).map(Value::UserData)
+}
+
+/// `world.query(name, ..., { without = {...} }?)` and `world.count(...)` (Rust's side): the
+/// matched ids (a [`Matched`] and their count) or the count; `false, message` on bad arguments.
+fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value, Value)> {
+    let fail = |message: String| Ok((Value::Boolean(false), Value::String(lua.create_string(message)?)));
+    let (with, without) = match query_names(args, function) {
+        Ok(names) => names,
+        Err(message) => return fail(message),
+    };
+    let found = with_world(lua, function, |world| {
+        let registry = world.resource::<AppTypeRegistry>().clone();
+        let registry = registry.read();
+        let ids =
+            |names: &[(usize, String)]| -> Result<Vec<Option<bevy::ecs::component::ComponentId>>, String> {
+                names
+                    .iter()
+                    .map(|(n, name)| {
+                        let (registration, _) = component(&registry, name)
+                            .map_err(|e| crate::error::bad_argument(*n, function, e))?;
+                        Ok(world.components().get_id(registration.type_id()))
+                    })
+                    .collect()
+            };
+        let (with, mut without) = (ids(&with)?, ids(&without)?.into_iter().flatten().collect::<Vec<_>>());
+        // Entities Bevy's queries skip by default (`Disabled` ones) are skipped here too.
+        if let Some(filters) = world.get_resource::<bevy::ecs::entity_disabling::DefaultQueryFilters>() {
+            without.extend(filters.disabling_ids());
+        }
+        // A component no entity ever had has no id yet: nothing matches.
+        let Some(with) = with.into_iter().collect::<Option<Vec<_>>>() else { return Ok(Vec::new()) };
+        let mut found: Vec<Entity> = world
+            .archetypes()
+            .iter()
+            .filter(|a| with.iter().all(|&c| a.contains(c)) && !without.iter().any(|&c| a.contains(c)))
+            .flat_map(|a| a.entities().iter().map(|e| e.id()))
+            .collect();
+        found.sort_unstable_by_key(|e| (e.index_u32(), e.to_bits()));
+        Ok(found)
+    })
+    .and_then(|r| r);
+    let found = match found {
+        Ok(found) => found,
+        Err(message) => return fail(message),
+    };
+    if function == "count" {
+        return Ok((Value::Integer(found.len() as mlua::Integer), Value::Nil));
+    }
+    let count = found.len();
+    let matched = lua.create_userdata(Matched(found.into_iter().map(|e| e.to_bits()).collect()))?;
+    Ok((Value::UserData(matched), Value::Integer(count as mlua::Integer)))
+}
+
+/// The component names of a query's arguments (with their positions, for errors): those it
+/// needs, and those its last argument's `without` list excludes.
+type QueryNames = (Vec<(usize, String)>, Vec<(usize, String)>);
+
+fn query_names(args: MultiValue, function: &str) -> Result<QueryNames, String> {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let count = args.len();
+    for (i, arg) in args.into_iter().enumerate() {
+        let n = i + 1;
+        match arg {
+            Value::String(s) => with.push((n, s.to_string_lossy())),
+            Value::Table(t) if n == count && n > 1 => {
+                for pair in t.pairs::<Value, Value>() {
+                    let (k, v) = pair.map_err(|e| e.to_string())?;
+                    match (&k, v) {
+                        (Value::String(k), Value::Table(list)) if k == "without" => {
+                            for (j, name) in list.sequence_values::<Value>().enumerate() {
+                                match name.map_err(|e| e.to_string())? {
+                                    Value::String(s) => without.push((n, s.to_string_lossy())),
+                                    other => {
+                                        return Err(crate::error::bad_argument(
+                                            n,
+                                            function,
+                                            format_args!(
+                                                "without[{}]: string expected, got {}",
+                                                j + 1,
+                                                lua_type(&other)
+                                            ),
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                        (Value::String(k), v) if k == "without" => {
+                            return Err(crate::error::bad_argument(
+                                n,
+                                function,
+                                format_args!("without: table expected, got {}", lua_type(&v)),
+                            ));
+                        }
+                        _ => {
+                            let shown = k.to_string().unwrap_or_else(|_| lua_type(&k).to_string());
+                            return Err(crate::error::bad_argument(
+                                n,
+                                function,
+                                format_args!("unknown option '{shown}'"),
+                            ));
+                        }
+                    }
+                }
+            }
+            other => return Err(wrong_type(n, function, "string", &other)),
+        }
+    }
+    if with.is_empty() {
+        return Err(crate::error::bad_argument(1, function, "a component name expected"));
+    }
+    Ok((with, without))
+}
+
+/// `entity:parent()` (`children = false`: the id of its `ChildOf` parent, or nil) and
+/// `entity:children()` (a [`Matched`] of its `Children`, in order).
+fn relatives(lua: &Lua, this: &Value, children: bool) -> Result<Got, String> {
+    let method = if children { "children" } else { "parent" };
+    let entity = entity_arg(this, method)?;
+    let found = with_world(lua, method, |world| {
+        alive(world, entity)?;
+        let e = world.entity(entity);
+        Ok::<_, String>(if children {
+            e.get::<Children>().map(|c| c.iter().map(|e| e.to_bits()).collect()).unwrap_or_default()
+        } else {
+            e.get::<ChildOf>().map(|c| vec![c.parent().to_bits()]).unwrap_or_default()
+        })
+    })??;
+    if !children {
+        return Ok(Got::Value(found.first().map_or(Value::Nil, |&bits| Value::Integer(bits as i64))));
+    }
+    lua.create_userdata(Matched(found)).map(|m| Got::Value(Value::UserData(m))).map_err(|e| e.to_string())
 }
