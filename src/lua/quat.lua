@@ -2,7 +2,7 @@
 -- (`lua/vector.lua`, whose notes on tables, metatables and read-only classes hold here too).
 -- Conventions are glam's (Bevy's): `q * v` rotates `v`, `a * b` applies `b` first, Euler angles
 -- are radians in XYZ order (`fromEuler(x, y, z)` is rotate-about-X times about-Y times about-Z).
-local bad, vec3 = ...
+local bad, KEY, vec3 = ...
 
 local setmetatable, getmetatable, type, error, tostring =
   setmetatable, getmetatable, type, error, tostring
@@ -25,7 +25,7 @@ local Quat = setmetatable({}, {
   __tostring = function() return "Quat" end,
   __metatable = false,
 })
-local methods = {}
+local methods = { [KEY] = Quat }
 local mt = { __index = methods, __metatable = Quat }
 
 local function new(x, y, z, w)

@@ -10,7 +10,7 @@
 -- userdata's fields and metamethods would each be a call into Rust. The metatable's `__metatable`
 -- is the class, so `getmetatable(v) == Vec3` tells a vector's class, and no script can reach the
 -- shared metatable to change it.
-local bad = ...
+local bad, KEY = ...
 
 local setmetatable, getmetatable, type, error, tostring, ipairs, upper =
   setmetatable, getmetatable, type, error, tostring, ipairs, string.upper
@@ -25,7 +25,9 @@ local Class = setmetatable({}, {
   __tostring = function() return "@NAME" end,
   __metatable = false,
 })
-local methods = {}
+-- `v[KEY]` is the class of any vector (`KEY` is private to the vector modules and the world's Lua
+-- side): a field read, cheaper than `getmetatable` under the count hook.
+local methods = { [KEY] = Class }
 local mt = { __index = methods, __metatable = Class }
 
 local function new({{$}})
@@ -80,34 +82,45 @@ local function operand(a, b, op)
   bad(2, op, "@NAME or number", b, 3)
 end
 
+-- Operators. If one operand is a number, the other has this metamethod, so it is a vector of
+-- this class (the shared metatable is hidden, so nothing else can hold it): only the
+-- vector-with-vector case checks both. Results are made inline, without a call to `new`.
 mt.__add = function(a, b)
-  if getmetatable(b) == Class and getmetatable(a) == Class then return new({{a.$ + b.$}}) end
-  if type(b) == "number" and getmetatable(a) == Class then return new({{a.$ + b}}) end
-  if type(a) == "number" and getmetatable(b) == Class then return new({{a + b.$}}) end
+  local ta, tb = type(a), type(b)
+  if tb == "number" then return setmetatable({ {{$ = a.$ + b}} }, mt) end
+  if ta == "number" then return setmetatable({ {{$ = a + b.$}} }, mt) end
+  if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
+    return setmetatable({ {{$ = a.$ + b.$}} }, mt)
+  end
   operand(a, b, "__add")
 end
 
 mt.__sub = function(a, b)
-  if getmetatable(b) == Class and getmetatable(a) == Class then return new({{a.$ - b.$}}) end
-  if type(b) == "number" and getmetatable(a) == Class then return new({{a.$ - b}}) end
-  if type(a) == "number" and getmetatable(b) == Class then return new({{a - b.$}}) end
+  local ta, tb = type(a), type(b)
+  if tb == "number" then return setmetatable({ {{$ = a.$ - b}} }, mt) end
+  if ta == "number" then return setmetatable({ {{$ = a - b.$}} }, mt) end
+  if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
+    return setmetatable({ {{$ = a.$ - b.$}} }, mt)
+  end
   operand(a, b, "__sub")
 end
 
 mt.__mul = function(a, b)
-  if type(b) == "number" and getmetatable(a) == Class then return new({{a.$ * b}}) end
-  if getmetatable(b) == Class then
-    if type(a) == "number" then return new({{a * b.$}}) end
-    if getmetatable(a) == Class then return new({{a.$ * b.$}}) end
+  local ta, tb = type(a), type(b)
+  if tb == "number" then return setmetatable({ {{$ = a.$ * b}} }, mt) end
+  if ta == "number" then return setmetatable({ {{$ = a * b.$}} }, mt) end
+  if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
+    return setmetatable({ {{$ = a.$ * b.$}} }, mt)
   end
   operand(a, b, "__mul")
 end
 
 mt.__div = function(a, b)
-  if type(b) == "number" and getmetatable(a) == Class then return new({{a.$ / b}}) end
-  if getmetatable(b) == Class then
-    if type(a) == "number" then return new({{a / b.$}}) end
-    if getmetatable(a) == Class then return new({{a.$ / b.$}}) end
+  local ta, tb = type(a), type(b)
+  if tb == "number" then return setmetatable({ {{$ = a.$ / b}} }, mt) end
+  if ta == "number" then return setmetatable({ {{$ = a / b.$}} }, mt) end
+  if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
+    return setmetatable({ {{$ = a.$ / b.$}} }, mt)
   end
   operand(a, b, "__div")
 end

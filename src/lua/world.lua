@@ -14,6 +14,7 @@ local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw
 local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
 local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
 local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
+local KEY = vectors.key -- `v[KEY]` is a vector's class (see lua/vector.lua)
 
 local ids = {} -- path string -> compiled path number (numbers from `max_cached` on are not kept)
 local max_cached = raw.max_cached
@@ -36,7 +37,7 @@ local function path_id(path, fname, method, self)
   return id
 end
 
---- Turns a raw result into the value a script sees.
+--- Turns a raw result into the value a script sees (`level` is where an error is blamed).
 local function value(tag, a, b, c, d)
   if tag == 1 then return a end
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
@@ -46,15 +47,19 @@ local function value(tag, a, b, c, d)
   error(a, 3)
 end
 
--- (`local v = ...; return v`, not a tail call, so the error levels count this frame)
+-- `get` and `set` are the hot paths: one Lua function each, the common cases inline (every Lua
+-- call and C call costs several times more under the instruction budget's count hook).
 local function get(self, path)
-  local v = value(raw_get(self, ids[path] or path_id(path, "get", true, self)))
+  local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
+  if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
+  if tag == 1 then return a end
+  local v = value(tag, a, b, c, d)
   return v
 end
 
---- Calls `write(target, id, tag, ...)` with `v` as it crosses to Rust; raises what it returns.
+--- Calls `write(target, id, tag, ...)` with `v` as it crosses to Rust; returns what to raise.
 local function put(write, target, id, v)
-  local kind, message = getmetatable(v), nil
+  local kind, message = type(v) == "table" and v[KEY], nil
   if kind == Vec3 then
     message = write(target, id, 3, v.x, v.y, v.z)
   elseif kind == Quat then
@@ -67,11 +72,20 @@ local function put(write, target, id, v)
     message = write(target, id, 1, v)
   end
   if message == 6 then message = write(target, id, 1, v) end
-  if message ~= nil then error(message, 3) end
+  return message
 end
 
 local function set(self, path, v)
-  put(raw_set, self, ids[path] or path_id(path, "set", true, self), v)
+  local id = ids[path] or path_id(path, "set", true, self)
+  local message
+  if type(v) == "table" and v[KEY] == Vec3 then
+    message = raw_set(self, id, 3, v.x, v.y, v.z)
+    if message == nil then return end
+    if message == 6 then message = raw_set(self, id, 1, v) end
+  else
+    message = put(raw_set, self, id, v)
+  end
+  if message ~= nil then error(message, 2) end
 end
 
 local function get_resource(path)
@@ -80,7 +94,8 @@ local function get_resource(path)
 end
 
 local function set_resource(path, v)
-  put(raw_set_resource, nil, ids[path] or path_id(path, "setResource"), v)
+  local message = put(raw_set_resource, nil, ids[path] or path_id(path, "setResource"), v)
+  if message ~= nil then error(message, 2) end
 end
 
 -- Entity values by id, shared by queries and the hierarchy (weak: an entity no script holds
@@ -109,7 +124,10 @@ local function iterate(matched, n)
       if len == 0 then return nil end
       from = from + len
     end
-    return entity_of(chunk[pos])
+    local id = chunk[pos]
+    local e = entities[id]
+    if e ~= nil then return e end
+    return entity_of(id)
   end
 end
 

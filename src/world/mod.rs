@@ -432,14 +432,16 @@ fn write(
         _ => None,
     };
     if let (Some(numbers), true, false) = (direct, path.mutable, path.is_root()) {
-        if reflect.reflect(world.entity(target)).is_none() {
-            return Err(format!("{}: the entity has no {name}", path.text));
+        if !path.is_static() {
+            // Walked on a shared borrow first, so a path that does not fit changes nothing (and
+            // does not mark the component changed). A path of struct fields alone always fits.
+            let current = reflect.reflect(world.entity(target));
+            let current = current.ok_or_else(|| format!("{}: the entity has no {name}", path.text))?;
+            path.walk(current.as_partial_reflect()).map_err(|stop| stopped(stop, function))?;
         }
-        // Walked on a shared borrow first, so a path that does not fit changes nothing (and
-        // does not mark the component changed).
-        path.walk(reflect.reflect(world.entity(target)).expect("checked above").as_partial_reflect())
-            .map_err(|stop| stopped(stop, function))?;
-        let mut live = reflect.reflect_mut(world.entity_mut(target)).expect("checked above");
+        let Some(mut live) = reflect.reflect_mut(world.entity_mut(target)) else {
+            return Err(format!("{}: the entity has no {name}", path.text));
+        };
         let slot = path.walk_mut(live.as_partial_reflect_mut()).map_err(|stop| stopped(stop, function))?;
         let written = match path.leaf {
             Leaf::F32 => slot.try_downcast_mut::<f32>().map(|v| *v = numbers[0] as f32).is_some(),

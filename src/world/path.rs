@@ -96,6 +96,12 @@ impl CompiledPath {
         self.steps.is_empty()
     }
 
+    /// Whether every step is a struct field resolved when the path was compiled, so a walk
+    /// over a value of the root type cannot fail.
+    pub fn is_static(&self) -> bool {
+        self.steps.iter().all(|s| matches!(s.access, Access::FieldAt(_)))
+    }
+
     /// The path text up to step `i` (the root for `None`).
     fn prefix(&self, i: Option<usize>) -> &str {
         match i {

@@ -167,11 +167,14 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Table)>
     let modules = lua.create_table()?;
     let mut constructors = Vec::new();
     let mut vec3 = None;
+    // The private key every vector answers with its class (`v[KEY]`), shared by the classes.
+    let key = lua.create_table()?;
     for (name, fields) in
         [("Vec2", &["x", "y"][..]), ("Vec3", &["x", "y", "z"]), ("Vec4", &["x", "y", "z", "w"])]
     {
         let source = expand(include_str!("../lua/vector.lua"), name, fields);
-        let module: Table = lua.load(source).set_name(format!("=bevy_lua_coroutines/{name}")).call(bad)?;
+        let module: Table =
+            lua.load(source).set_name(format!("=bevy_lua_coroutines/{name}")).call((bad, &key))?;
         classes.raw_set(name, module.raw_get::<Table>("class")?)?;
         constructors.push(module.raw_get::<Function>("new")?);
         if name == "Vec3" {
@@ -182,10 +185,11 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Table)>
     let quat: Table = lua
         .load(include_str!("../lua/quat.lua"))
         .set_name("=bevy_lua_coroutines/quat.lua")
-        .call((bad, vec3))?;
+        .call((bad, &key, vec3))?;
     classes.raw_set("Quat", quat.raw_get::<Table>("class")?)?;
     constructors.push(quat.raw_get::<Function>("new")?);
     modules.raw_set("Quat", quat)?;
+    modules.raw_set("key", key)?;
     let [v2, v3, v4, q]: [Function; 4] = constructors.try_into().expect("four classes");
     lua.set_app_data(Vectors { constructors: (v2, v3, v4, q) });
     Ok((classes, modules))
