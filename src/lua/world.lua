@@ -98,16 +98,23 @@ local function set_resource(path, v)
   if message ~= nil then error(message, 2) end
 end
 
--- Entity values by id, shared by queries and the hierarchy (weak: an entity no script holds
--- is made again when next needed). Entity values hold no state, so sharing one is safe.
-local entities = setmetatable({}, { __mode = "v" })
+-- Entity values by id, shared by queries and the hierarchy (entity values hold no state, so
+-- sharing one is safe). Held strongly, so a query loop over the same entities every frame makes
+-- no new values (a weak table lost them at every collection and made them all again); ids of
+-- despawned entities are dropped by starting over once the table holds twice as many values as
+-- the world has entities (plus a margin), which the query functions report.
+local entities, held, world_entities = {}, 0, 0
 local raw_entity, take, raw_query, raw_count = raw.entity, raw.take, raw.query, raw.count
 
 local function entity_of(id)
   local e = entities[id]
   if e == nil then
+    if held > 2 * world_entities + 1024 then
+      entities, held = {}, 0
+    end
     e = raw_entity(id)
     entities[id] = e
+    held = held + 1
   end
   return e
 end
@@ -132,8 +139,9 @@ local function iterate(matched, n)
 end
 
 local function query(...)
-  local matched, n = raw_query(...)
+  local matched, n, total = raw_query(...)
   if matched == false then error(n, 2) end
+  world_entities = total
   return iterate(matched, n)
 end
 

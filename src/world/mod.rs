@@ -712,9 +712,10 @@ fn entity_of_bits(lua: &Lua, bits: u64) -> mlua::Result<Value> {
 }
 
 /// `world.query(name, ..., { without = {...} }?)` and `world.count(...)` (Rust's side): the
-/// matched ids (a [`Matched`] and their count) or the count; `false, message` on bad arguments.
-fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value, Value)> {
-    let fail = |message: String| Ok((Value::Boolean(false), Value::String(lua.create_string(message)?)));
+/// matched ids (a [`Matched`] and their count) or the count, then how many entities the world
+/// has; `false, message` on bad arguments.
+fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value, Value, usize)> {
+    let fail = |message: String| Ok((Value::Boolean(false), Value::String(lua.create_string(message)?), 0));
     let (with, without) = match query_names(args, function) {
         Ok(names) => names,
         Err(message) => return fail(message),
@@ -733,13 +734,14 @@ fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value
                     })
                     .collect()
             };
+        let total = world.entities().count_spawned() as usize;
         let (with, mut without) = (ids(&with)?, ids(&without)?.into_iter().flatten().collect::<Vec<_>>());
         // Entities Bevy's queries skip by default (`Disabled` ones) are skipped here too.
         if let Some(filters) = world.get_resource::<bevy::ecs::entity_disabling::DefaultQueryFilters>() {
             without.extend(filters.disabling_ids());
         }
         // A component no entity ever had has no id yet: nothing matches.
-        let Some(with) = with.into_iter().collect::<Option<Vec<_>>>() else { return Ok(Vec::new()) };
+        let Some(with) = with.into_iter().collect::<Option<Vec<_>>>() else { return Ok((Vec::new(), total)) };
         let mut found: Vec<Entity> = world
             .archetypes()
             .iter()
@@ -747,19 +749,19 @@ fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value
             .flat_map(|a| a.entities().iter().map(|e| e.id()))
             .collect();
         found.sort_unstable_by_key(|e| (e.index_u32(), e.to_bits()));
-        Ok(found)
+        Ok((found, total))
     })
     .and_then(|r| r);
-    let found = match found {
+    let (found, total) = match found {
         Ok(found) => found,
         Err(message) => return fail(message),
     };
     if function == "count" {
-        return Ok((Value::Integer(found.len() as mlua::Integer), Value::Nil));
+        return Ok((Value::Integer(found.len() as mlua::Integer), Value::Nil, total));
     }
     let count = found.len();
     let matched = lua.create_userdata(Matched(found.into_iter().map(|e| e.to_bits()).collect()))?;
-    Ok((Value::UserData(matched), Value::Integer(count as mlua::Integer)))
+    Ok((Value::UserData(matched), Value::Integer(count as mlua::Integer), total))
 }
 
 /// The component names of a query's arguments (with their positions, for errors): those it
