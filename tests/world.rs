@@ -883,3 +883,29 @@ fn a_path_in_a_loop_is_compiled_once_and_reused() {
     run_clean(&mut app, src, Transform::default());
     assert_eq!(printed(&app), ["Vec3(1, 2, 3)"]);
 }
+
+#[test]
+fn whole_components_take_vector_values_and_check_their_class() {
+    let mut app = app();
+    let src = r#"
+        local t = entity:get("Transform")
+        t.translation = t.translation + Vec3.new(1, 0, 0)
+        t.scale = Vec3.ONE * 2
+        entity:set("Transform", t)
+        t.rotation = Vec3.X
+        print(select(2, pcall(entity.set, entity, "Transform", t)))
+        t = entity:get("Transform")
+        t.scale.y = "tall"
+        print(select(2, pcall(entity.set, entity, "Transform", t)))
+    "#;
+    let e = spawn_with(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(out[0].ends_with("Transform.rotation: Quat expected, got Vec3"), "{}", out[0]);
+    assert!(out[1].ends_with("Transform.scale.y: number expected, got string"), "{}", out[1]);
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!(
+        (t.translation, t.scale, t.rotation),
+        (Vec3::new(2.0, 2.0, 3.0), Vec3::splat(2.0), Quat::IDENTITY)
+    );
+}

@@ -475,6 +475,14 @@ pub(crate) fn patch(
         *name = Name::new(s.to_str().map_err(|e| lua_error(path, e))?.to_string());
         return Ok(());
     }
+    if let Value::Table(t) = &value
+        && let Some((kind, current)) = super::vector::numbers(target)
+        && let Some(numbers) = super::vector::unpack(t, kind, current, path.to_string())?
+    {
+        // A vector value: its numbers in one call, not a walk over its fields from Rust.
+        super::vector::write(target, numbers);
+        return Ok(());
+    }
     let type_name = short_name(target);
     match target.reflect_mut() {
         ReflectMut::Struct(s) => {

@@ -18,6 +18,36 @@ pub(crate) struct Vectors {
     /// `Vec2`, `Vec3`, `Vec4`, `Quat`, indexed by [`Kind`] - 2 (so a shape constructor's chunk
     /// receives them as `V2`..`V5`).
     pub constructors: (Function, Function, Function, Function),
+    /// `unpack(v) -> kind, x, y, z, w` for a vector value (`kind` its [`Kind`] number), or
+    /// nothing for any other table.
+    pub unpack: Function,
+}
+
+/// The numbers of `t` if it is a vector value (a class made by this module), for writing into a
+/// glam vector of class `kind` that holds `current`; `None` for any other table (patched field
+/// by field); an error for a vector of another class or with a field that is not a number.
+pub(crate) fn unpack(
+    t: &Table,
+    kind: Kind,
+    current: [f64; 4],
+    path: String,
+) -> Result<Option<[f64; 4]>, String> {
+    let Some(unpack) =
+        t.weak_lua().try_upgrade().and_then(|lua| lua.app_data_ref::<Vectors>().map(|v| v.unpack.clone()))
+    else {
+        return Ok(None);
+    };
+    let (given, x, y, z, w): (Option<i64>, Value, Value, Value, Value) =
+        unpack.call(t).map_err(|e| format!("{path}: {}", crate::error::split_traceback(&e).0))?;
+    let Some(given) = given else { return Ok(None) };
+    if given != kind as i64 {
+        let name = [Kind::Vec2, Kind::Vec3, Kind::Vec4, Kind::Quat][(given as usize).clamp(2, 5) - 2].name();
+        return Err(format!("{path}: {} expected, got {name}", kind.name()));
+    }
+    let mut out = current;
+    let given = checked(kind, [&x, &y, &z, &w], &path)?;
+    out[..kind.len()].copy_from_slice(&given[..kind.len()]);
+    Ok(Some(out))
 }
 
 /// The vector class a glam type converts to. Its number is the tag the entity methods' Lua side
@@ -189,9 +219,26 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Table)>
     classes.raw_set("Quat", quat.raw_get::<Table>("class")?)?;
     constructors.push(quat.raw_get::<Function>("new")?);
     modules.raw_set("Quat", quat)?;
-    modules.raw_set("key", key)?;
+    modules.raw_set("key", &key)?;
     let [v2, v3, v4, q]: [Function; 4] = constructors.try_into().expect("four classes");
-    lua.set_app_data(Vectors { constructors: (v2, v3, v4, q) });
+    let unpack: Function = lua
+        .load(
+            "local KEY, V2, V3, V4, Q = ...\n\
+             local kinds = { [V2] = 2, [V3] = 3, [V4] = 4, [Q] = 5 }\n\
+             return function(v)\n\
+               local kind = kinds[v[KEY] or false]\n\
+               if kind then return kind, v.x, v.y, v.z, v.w end\n\
+             end",
+        )
+        .set_name("=bevy_lua_coroutines/unpack")
+        .call((
+            &key,
+            classes.raw_get::<Table>("Vec2")?,
+            classes.raw_get::<Table>("Vec3")?,
+            classes.raw_get::<Table>("Vec4")?,
+            classes.raw_get::<Table>("Quat")?,
+        ))?;
+    lua.set_app_data(Vectors { constructors: (v2, v3, v4, q), unpack });
     Ok((classes, modules))
 }
 
