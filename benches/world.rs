@@ -205,28 +205,6 @@ fn main() {
     let per_entity_rss = with_scripts.saturating_sub(with_entities) as f64 / N as f64;
     let entities_rss = with_entities.saturating_sub(base) as f64 / N as f64;
     drop((plain, scripted));
-    // The same for scripts that only wait (what an instance costs without the world API), and for
-    // the move script with Lua 5.4's generational collector (short-lived vectors die young).
-    let before = rss();
-    let waiting = checked(per_entity_app("wait_only_rss", WAIT_ONLY), "wait_only (memory)", false);
-    let wait_rss = rss().saturating_sub(before) as f64 / N as f64;
-    drop(waiting);
-    #[cfg(feature = "lua54")]
-    let generational_rss = {
-        let before = rss();
-        let mut app = per_entity_app("move_vec_gen", MOVE_VEC);
-        app.update();
-        app.world()
-            .resource::<LuaRuntime>()
-            .lua()
-            .gc_set_mode(bevy_lua_coroutines::mlua::state::GcMode::Generational(Default::default()));
-        let app = checked(app, "move_vec generational (memory)", true);
-        let grown = rss().saturating_sub(before) as f64 / N as f64;
-        drop(app);
-        Some(grown)
-    };
-    #[cfg(not(feature = "lua54"))]
-    let generational_rss: Option<f64> = None;
 
     let mut rust = checked(rust_app(), "rust", true);
     let raw = RawCoroutines::new(N);
@@ -303,12 +281,8 @@ fn main() {
     println!("  move_vec (10,000 scripted movers):  {}", shown(memory_over_frames(&mut move_vec)));
     println!(
         "Resident memory per entity: {:.2} KB for a mover without a script, {:.2} KB more with the \
-         move_vec script (target ≤ 3 KB); {:.2} KB for a script that only waits",
+         move_vec script (target ≤ 3 KB)",
         entities_rss / 1024.0,
-        per_entity_rss / 1024.0,
-        wait_rss / 1024.0
+        per_entity_rss / 1024.0
     );
-    if let Some(grown) = generational_rss {
-        println!("  move_vec with Lua 5.4's generational collector: {:.2} KB per entity", grown / 1024.0);
-    }
 }
