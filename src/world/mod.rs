@@ -734,7 +734,7 @@ fn raw_query(lua: &Lua, args: MultiValue, function: &str) -> mlua::Result<(Value
                     })
                     .collect()
             };
-        let total = world.entities().count_spawned() as usize;
+        let total = world.entities().len() as usize;
         let (with, mut without) = (ids(&with)?, ids(&without)?.into_iter().flatten().collect::<Vec<_>>());
         // Entities Bevy's queries skip by default (`Disabled` ones) are skipped here too.
         if let Some(filters) = world.get_resource::<bevy::ecs::entity_disabling::DefaultQueryFilters>() {
