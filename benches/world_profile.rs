@@ -8,7 +8,12 @@
 //! ```
 //!
 //! It spawns `N` entities (environment variable `N`, default 1,000), runs `FRAMES` frames
-//! (default 3) after three warm-up frames, and prints the time per entity. Inclusive counts of
+//! (default 3) after three warm-up frames, and prints the time per entity. `VARIANT` picks what
+//! the script does to each entity: `vec` (default) `set("Transform.translation",
+//! get("Transform.translation") + Vec3.new(1, 0, 0))`, `x` the same through
+//! `"Transform.translation.x"`, `query` the `vec` update in a `world.query("Transform", "Name")`
+//! loop, `whole` `get("Transform")` and `set("Transform", { translation =
+//! { x = ... } })`. Inclusive counts of
 //! `world::get` and `world::set` divided by their call counts give the cost of one call; the
 //! whole step (`LuaRuntime::run`) divided by `N` times all frames gives the cost per entity.
 
@@ -28,7 +33,23 @@ fn main() {
     for _ in 0..n {
         app.world_mut().spawn((Name::new("mover"), Transform::default()));
     }
-    let handle = add_script(&mut app, "bench/one_script.lua", ONE_SCRIPT);
+    let variant = std::env::var("VARIANT").unwrap_or_else(|_| "vec".into());
+    let script = match variant.as_str() {
+        "whole" => ONE_SCRIPT.to_string(),
+        "query" => r#"
+            while true do
+                for e in world.query("Transform", "Name") do
+                    e:set("Transform.translation", e:get("Transform.translation") + Vec3.new(1, 0, 0))
+                end
+                task.wait()
+            end"#
+            .to_string(),
+        "x" => loop_over_movers(r#"e:set("Transform.translation.x", e:get("Transform.translation.x") + 1)"#),
+        _ => loop_over_movers(
+            r#"e:set("Transform.translation", e:get("Transform.translation") + Vec3.new(1, 0, 0))"#,
+        ),
+    };
+    let handle = add_script(&mut app, "bench/one_script.lua", &script);
     app.world_mut().spawn(LuaScripts::new(handle));
     for _ in 0..3 {
         app.update();
@@ -39,5 +60,16 @@ fn main() {
     }
     let per_entity = start.elapsed() / (frames * n).max(1) as u32;
     assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
-    println!("{n} entities, {frames} frames: {per_entity:?} per entity (get + set)");
+    println!("{n} entities, {frames} frames, variant {variant}: {per_entity:?} per entity (get + set)");
+}
+
+/// A script that does `body` to every entity named `mover` (as `e`) once a frame.
+fn loop_over_movers(body: &str) -> String {
+    format!(
+        "local movers = world.findAll(\"mover\")\n\
+         while true do\n\
+             for i = 1, #movers do local e = movers[i]; {body} end\n\
+             task.wait()\n\
+         end"
+    )
 }

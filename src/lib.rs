@@ -111,6 +111,14 @@
 //! frame's sync. An entity value whose entity is gone raises `entity 12v3 no longer exists`, even
 //! once its index is reused; the world is reachable only while the step runs scripts.
 //!
+//! `get` and `set` also take a path into a component (`"Transform.translation.x"`,
+//! `"Inventory.slots[2].count"`), compiled once and cached. `Vec2`, `Vec3`, `Vec4` and `Quat` are
+//! value classes with operators and methods; every vector the world gives is one, and `set` takes
+//! them or plain tables. `world.query(name, ..., { without = {...} })` iterates the entities that
+//! have every named component (`world.count` counts them), `entity:parent()`,
+//! `entity:children()` and `world.spawn{ parent = e }` read and build the hierarchy, and
+//! `world.getResource(path)` / `world.setResource(path, value)` reach reflected resources.
+//!
 //! ```lua
 //! local t = entity:get("Transform")
 //! entity:set("Transform", { translation = { x = t.translation.x + 1 } })

@@ -206,9 +206,10 @@ impl LuaRuntime {
         let external: Function = channel.get::<Table>("Channel")?.get("_external")?;
         lua.set_app_data(ChannelLua { poll: channel.get("poll")?, external });
         crate::bridge::install(&lua, &promise)?;
-        let world_functions = crate::world::install(&lua)?;
         api.set("promise", promise)?;
         let bad: Function = api.get("bad")?;
+        let (vectors, world_functions) = crate::world::install(&lua, &bad)?;
+        api.set("vector", vectors)?;
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
         api.set("channel", channel)?;
         api.set("rust_channels", rust_channels)?;

@@ -100,7 +100,8 @@ end
 local function libraries(round)
   for _, name in ipairs({
     "string", "table", "math", "utf8", "coroutine", "task", "time", "os", "debug", "Promise",
-    "Channel", "Stream", "Messages", "world", "bit32", "bit", "buffer", "vector",
+    "Channel", "Stream", "Messages", "world", "bit32", "bit", "buffer", "vector", "Vec2", "Vec3",
+    "Vec4", "Quat",
   }) do
     local lib = rawget(_G, name) or _G[name]
     vandalize(round .. name, lib)
@@ -257,6 +258,9 @@ fn pairs_and_the_base_hand_out_no_writable_table() {
         "rawset(string, 'upper', print)",
         "rawset(Channel.named and Channel or string, 'new', print)",
         "table.insert(string, print)",
+        "rawset(Vec3, 'new', function() return 'PWNED' end)",
+        "table.insert(Vec3, print); rawset(Quat, 'IDENTITY', 1)",
+        "local _, raw = pairs(Vec3); raw.new = print",
         "local k, v = next(string); string[k] = print",
     ] {
         let mut app = create_app();
@@ -264,10 +268,11 @@ fn pairs_and_the_base_hand_out_no_writable_table() {
         spawn_script(
             &mut app,
             "scripts/victim.lua",
-            "task.wait() print(string.upper('x'), type(task.wait), coroutine.running() ~= nil, type(Promise.Status.Resolved))",
+            "task.wait() print(string.upper('x'), type(task.wait), coroutine.running() ~= nil, \
+             type(Promise.Status.Resolved), tostring(Vec3.new(1, 2, 3)))",
         );
         run(&mut app, 3);
-        assert_eq!(printed(&app), ["X\tfunction\ttrue\tstring"], "after `{attack}`");
+        assert_eq!(printed(&app), ["X\tfunction\ttrue\tstring\tVec3(1, 2, 3)"], "after `{attack}`");
     }
 }
 

@@ -708,3 +708,210 @@ print(select(2, pcall(world.entity, math.huge)))
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Paths and vectors
+// ---------------------------------------------------------------------------------------------
+
+/// A component with the shapes paths walk through: nested structs, lists, options, enums.
+#[derive(Component, Reflect, Default, Clone, Debug, PartialEq)]
+#[reflect(Component, Default, Clone)]
+struct Inventory {
+    slots: Vec<Slot>,
+    aim: Option<Vec3>,
+    facing: Quat,
+    size: Vec2,
+    mode: Mode,
+}
+
+#[derive(Reflect, Default, Clone, Debug, PartialEq)]
+#[reflect(Default, Clone)]
+struct Slot {
+    item: String,
+    count: u32,
+}
+
+fn inventory() -> Inventory {
+    Inventory {
+        slots: vec![Slot { item: "apple".into(), count: 3 }, Slot { item: "sword".into(), count: 1 }],
+        aim: None,
+        facing: Quat::IDENTITY,
+        size: Vec2::new(2.0, 3.0),
+        mode: Mode::Chase { speed: 4.0 },
+    }
+}
+
+#[test]
+fn paths_read_fields_positions_and_vectors() {
+    let mut app = app();
+    app.register_type::<Inventory>();
+    let src = r#"
+        print(entity:get("Transform.translation.x"), entity:get("Transform.translation"))
+        print(entity:get("Transform.rotation"), entity:get("Transform").scale)
+        print(getmetatable(entity:get("Transform.translation")) == Vec3, getmetatable(entity:get("Transform").rotation) == Quat)
+        print(entity:get("Inventory.slots[2].item"), entity:get("Inventory.slots[1].count"), #entity:get("Inventory.slots"))
+        print(entity:get("Inventory.aim"), entity:get("Inventory.aim.x"), entity:get("Inventory.size"))
+        print(entity:get("Inventory.mode.Chase.speed"), entity:get("Inventory.mode").Chase.speed)
+        print(entity:get("Health.current"))
+    "#;
+    run_clean(&mut app, src, (Transform::from_xyz(1.0, 2.0, 3.0), inventory()));
+    assert_eq!(
+        printed(&app),
+        [
+            "1\tVec3(1, 2, 3)",
+            "Quat(0, 0, 0, 1)\tVec3(1, 1, 1)",
+            "true\ttrue",
+            "sword\t3\t2",
+            "nil\tnil\tVec2(2, 3)",
+            "4\t4",
+            "nil",
+        ],
+        "paths read what the whole component holds at that place"
+    );
+}
+
+#[test]
+fn paths_write_only_their_field() {
+    let mut app = app();
+    app.register_type::<Inventory>();
+    let src = r#"
+        entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.new(1, 0, 0))
+        entity:set("Transform.translation.y", 7)
+        entity:set("Transform.scale", { x = 2 })
+        entity:set("Transform.rotation", Quat.fromAxisAngle(Vec3.Z, math.pi))
+        entity:set("Inventory.slots[1].count", 9)
+        entity:set("Inventory.aim", Vec3.new(0, 0, -1))
+        entity:set("Inventory.aim.y", 2)
+        entity:set("Inventory.size", Vec2.new(5, 6))
+        entity:set("Inventory.mode.Chase.speed", 8)
+        entity:set("Transform", { translation = Vec3.new(10, 20, 30) + entity:get("Transform.translation") })
+    "#;
+    let e = run_clean(&mut app, src, (Transform::from_xyz(1.0, 2.0, 3.0), inventory()));
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!(t.translation, Vec3::new(12.0, 27.0, 33.0), "translation written by path, then whole");
+    assert_eq!(t.scale, Vec3::new(2.0, 1.0, 1.0), "a table patches the vector's fields it names");
+    assert!((t.rotation * Vec3::X - Vec3::NEG_X).length() < 1e-5, "a Quat value is written");
+    let inv = app.world().get::<Inventory>(e).unwrap();
+    assert_eq!(inv.slots[0].count, 9, "a field inside a list item");
+    assert_eq!(inv.slots[1], Slot { item: "sword".into(), count: 1 }, "the other item untouched");
+    assert_eq!(inv.aim, Some(Vec3::new(0.0, 2.0, -1.0)), "an option set, then its field");
+    assert_eq!(inv.size, Vec2::new(5.0, 6.0));
+    assert_eq!(inv.mode, Mode::Chase { speed: 8.0 }, "a field of the current variant");
+}
+
+#[test]
+fn an_option_reads_nil_and_setting_nil_clears_it() {
+    let mut app = app();
+    app.register_type::<Inventory>();
+    let src = r#"
+        entity:set("Inventory.aim", Vec3.X)
+        print(entity:get("Inventory.aim"))
+        entity:set("Inventory.aim", nil)
+        print(entity:get("Inventory.aim"), entity:get("Inventory.aim.x"))
+        entity:set("Brain.speed", 2.5)
+        entity:set("Brain.mode", "Idle")
+        print(entity:get("Brain.speed"), entity:get("Brain.mode"))
+        entity:set("Brain.speed", nil)
+        print(entity:get("Brain.speed"))
+    "#;
+    let e = run_clean(&mut app, src, (inventory(), Brain { mode: Mode::Chase { speed: 1.0 }, ..default() }));
+    assert_eq!(printed(&app), ["Vec3(1, 0, 0)", "nil\tnil", "2.5\tIdle", "nil"]);
+    assert_eq!(app.world().get::<Inventory>(e).unwrap().aim, None, "cleared");
+    assert_eq!(app.world().get::<Brain>(e).unwrap().mode, Mode::Idle, "a unit variant set by name");
+}
+
+#[test]
+fn bad_paths_raise_naming_the_component_and_the_segment() {
+    let mut app = app();
+    app.register_type::<Inventory>();
+    let src = r#"
+        print(select(2, pcall(entity.get, entity, "Transform.tranlation")))
+        print(select(2, pcall(entity.set, entity, "Transform.translation.q", 1)))
+        print(select(2, pcall(entity.get, entity, "Transform.translation.x.y")))
+        print(select(2, pcall(entity.get, entity, "Inventory.slots[3].count")))
+        print(select(2, pcall(entity.get, entity, "Inventory.slots[0]")))
+        print(select(2, pcall(entity.get, entity, "Inventory.mode.Idle")))
+        print(select(2, pcall(entity.get, entity, "Inventory.mode.Run")))
+        print(select(2, pcall(entity.get, entity, "Helth.current")))
+        print(select(2, pcall(entity.get, entity, "Transform.")))
+        print(select(2, pcall(entity.set, entity, "Inventory.aim.x", 1)))
+        print(select(2, pcall(entity.set, entity, "Transform.translation", "up")))
+        print(select(2, pcall(entity.set, entity, "Transform.translation.x", "up")))
+        print(select(2, pcall(entity.set, entity, "Transform.rotation", Vec3.X)))
+        print(select(2, pcall(entity.set, entity, "Health.current", 1)))
+        local v = Vec3.new(1, 2, 3); v.y = "two"
+        print(select(2, pcall(entity.set, entity, "Transform.translation", v)))
+    "#;
+    let e = spawn_with(&mut app, src, (Transform::from_xyz(1.0, 2.0, 3.0), inventory()));
+    run(&mut app, 2);
+    let want = [
+        "bad argument #1 to 'get' (Transform.tranlation: no field 'tranlation')",
+        "bad argument #1 to 'set' (Transform.translation.q: no field 'q')",
+        "bad argument #1 to 'get' (Transform.translation.x.y: no field 'y' (f32 has no fields))",
+        "bad argument #1 to 'get' (Inventory.slots[3]: no position 3 (there are 2))",
+        "bad argument #1 to 'get' (Inventory.slots[0]: positions are whole numbers from 1)",
+        "bad argument #1 to 'get' (Inventory.mode: the variant is 'Chase', not 'Idle')",
+        "bad argument #1 to 'get' (Inventory.mode.Run: Mode has no variant 'Run')",
+        "bad argument #1 to 'get' (unknown component 'Helth'",
+        "bad argument #1 to 'get' (Transform.: a field name is missing after '.')",
+        "bad argument #1 to 'set' (Inventory.aim is None)",
+        "Transform.translation: table expected, got string",
+        "Transform.translation.x: number expected, got string",
+        "Transform.rotation: Quat expected, got Vec3",
+        "Health.current: the entity has no Health",
+        "Transform.translation.y: number expected, got string",
+    ];
+    let out = printed(&app);
+    assert_eq!(out.len(), want.len(), "{out:#?}");
+    for (line, want) in out.iter().zip(want) {
+        assert!(line.contains(want), "{line:?} should contain {want:?}");
+    }
+    assert_eq!(
+        app.world().get::<Transform>(e).unwrap().translation,
+        Vec3::new(1.0, 2.0, 3.0),
+        "nothing half-set"
+    );
+    assert_eq!(app.world().get::<Inventory>(e).unwrap(), &inventory(), "nothing half-set");
+}
+
+#[test]
+fn a_path_in_a_loop_is_compiled_once_and_reused() {
+    let mut app = app();
+    let src = r#"
+        for i = 1, 100 do
+            entity:set("Transform.translation.x", entity:get("Transform.translation.x") + 1)
+            entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.Y)
+        end
+        -- A path built per call works too (compiled, cached by its text).
+        for i = 1, 3 do entity:set("Transform.translation." .. ({ "x", "y", "z" })[i], i) end
+        print(entity:get("Transform.translation"))
+    "#;
+    run_clean(&mut app, src, Transform::default());
+    assert_eq!(printed(&app), ["Vec3(1, 2, 3)"]);
+}
+
+#[test]
+fn whole_components_take_vector_values_and_check_their_class() {
+    let mut app = app();
+    let src = r#"
+        local t = entity:get("Transform")
+        t.translation = t.translation + Vec3.new(1, 0, 0)
+        t.scale = Vec3.ONE * 2
+        entity:set("Transform", t)
+        t.rotation = Vec3.X
+        print(select(2, pcall(entity.set, entity, "Transform", t)))
+        t = entity:get("Transform")
+        t.scale.y = "tall"
+        print(select(2, pcall(entity.set, entity, "Transform", t)))
+    "#;
+    let e = spawn_with(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(out[0].ends_with("Transform.rotation: Quat expected, got Vec3"), "{}", out[0]);
+    assert!(out[1].ends_with("Transform.scale.y: number expected, got string"), "{}", out[1]);
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!(
+        (t.translation, t.scale, t.rotation),
+        (Vec3::new(2.0, 2.0, 3.0), Vec3::splat(2.0), Quat::IDENTITY)
+    );
+}

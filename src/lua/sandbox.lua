@@ -202,6 +202,14 @@ channel_api.named = api.rust_channels.named
 put("Channel", channel_api)
 put("Messages", api.rust_channels.Messages)
 put("Stream", api.stream.Stream)
+-- Vec2, Vec3, Vec4, Quat: their classes are already read-only (no raw fields, a hidden metatable)
+-- and must stay themselves, since `getmetatable(v) == Vec3` names a vector's class. Marked
+-- protected, so `rawset` and the table library refuse them and `pairs` lists nothing.
+local function no_fields() return next, {}, nil end
+for name, class in pairs(api.vector) do
+  protected[class] = no_fields
+  store[name] = class
+end
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")

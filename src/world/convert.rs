@@ -33,6 +33,7 @@ use bevy::reflect::{
 };
 use mlua::{Lua, LuaSerdeExt, Table, Value};
 
+use super::vector::Kind;
 use crate::error::lua_type;
 use crate::instance::LuaEntity;
 
@@ -105,6 +106,13 @@ pub(crate) fn to_lua(
     path.check_depth()?;
     if let Some(name) = value.try_downcast_ref::<Name>() {
         return lua.create_string(name.as_str()).map(Value::String).map_err(|e| lua_error(path, e));
+    }
+    if let Some((kind, numbers)) = super::vector::numbers(value) {
+        let make = kind.constructor(lua).ok_or_else(|| path.error("the vector classes are not installed"))?;
+        let count = kind.len();
+        return make
+            .call::<Value>(mlua::Variadic::from_iter(numbers[..count].iter().copied()))
+            .map_err(|e| lua_error(path, e));
     }
     let table = |len: usize| lua.create_table_with_capacity(len, 0).map_err(|e| lua_error(path, e));
     let set = |t: &Table, k: Value, v: Value| t.raw_set(k, v).map_err(|e| lua_error(path, e));
@@ -229,6 +237,16 @@ fn write_shape(info: &TypeInfo, out: &mut String, leaves: &mut usize) -> Option<
             }
         }
     };
+    if let Some(kind) = Kind::of(info.type_id()) {
+        // `V3(a1, a2, a3)`: a vector value (its fields are its leaves, in order).
+        let _ = write!(out, "V{}(", kind as usize);
+        for i in 0..kind.len() {
+            *leaves += 1;
+            let _ = write!(out, "{}a{leaves}", if i == 0 { "" } else { "," });
+        }
+        out.push(')');
+        return (*leaves <= MAX_LEAVES).then_some(());
+    }
     out.push('{');
     match info {
         TypeInfo::Struct(s) => {
@@ -276,9 +294,10 @@ fn constructor(lua: &Lua, info: &TypeInfo) -> Option<(mlua::Function, usize)> {
             let (mut body, mut leaves) = (String::new(), 0);
             write_shape(info, &mut body, &mut leaves)?;
             let params = (1..=leaves).map(|i| format!("a{i}")).collect::<Vec<_>>().join(",");
-            lua.load(format!("return function({params}) return {body} end"))
+            let vectors = lua.app_data_ref::<super::vector::Vectors>()?.constructors.clone();
+            lua.load(format!("local V2, V3, V4, V5 = ...; return function({params}) return {body} end"))
                 .set_name("=bevy_lua_coroutines/shape")
-                .eval::<mlua::Function>()
+                .call::<mlua::Function>(vectors)
                 .ok()
                 .map(|f| (f, leaves))
         })
@@ -454,6 +473,14 @@ pub(crate) fn patch(
     if let Some(name) = target.try_downcast_mut::<Name>() {
         let Value::String(s) = &value else { return Err(path.expected("string", &value)) };
         *name = Name::new(s.to_str().map_err(|e| lua_error(path, e))?.to_string());
+        return Ok(());
+    }
+    if let Value::Table(t) = &value
+        && let Some((kind, current)) = super::vector::numbers(target)
+        && let Some(numbers) = super::vector::unpack(t, kind, current, path.to_string())?
+    {
+        // A vector value: its numbers in one call, not a walk over its fields from Rust.
+        super::vector::write(target, numbers);
         return Ok(());
     }
     let type_name = short_name(target);

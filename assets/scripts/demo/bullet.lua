@@ -1,4 +1,4 @@
--- A bullet a guard fired: flies east for 0.4 s of game time, moving its `Transform` every frame,
+-- A bullet a guard fired: flies east for 0.4 s of game time, moving its `Transform.translation` every frame,
 -- then despawns its own entity (which ends this script too).
 
 --- Prints one line: frame, game time, who, what.
@@ -13,9 +13,8 @@ local flown = 0
 while flown < LIFE do
   local dt = task.wait()
   flown = flown + dt
-  local t = entity:get("Transform").translation
-  entity:set("Transform", { translation = { x = t.x + SPEED * dt } })
+  entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.X * (SPEED * dt))
 end
-local t = entity:get("Transform").translation
+local t = entity:get("Transform.translation")
 log(me, "lands at (%.2f, %.2f) and despawns", t.x, t.y)
 entity:despawn()
