@@ -138,6 +138,7 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 mod asset;
 mod bridge;
 mod error;
+mod hook;
 mod instance;
 mod llm;
 mod modules;

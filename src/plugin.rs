@@ -52,6 +52,16 @@ pub struct LuaCoroutinesPlugin {
     /// Where `require("a.b")` looks, in order: templates relative to the assets folder, `?`
     /// standing for the name with dots turned into slashes (default `["scripts/?.lua", "?.lua"]`).
     pub module_path: Vec<String>,
+    /// How many times one task may resume in one step (default 10,000). Work that wakes other
+    /// work in the same step (a channel ping-pong, an `await` or `task.defer` loop) would
+    /// otherwise keep the frame from ending; a wake past the cap is carried to the next step, in
+    /// order, so replays stay identical.
+    pub max_resumes_per_task: u32,
+    /// Wall time one step may take before what is still due is carried to the next frame
+    /// (default `None`: every due task resumes every frame). At least one task resumes per step,
+    /// and a resume is never cut short by it (the instruction budget does that). Trades
+    /// determinism for smooth frames: how much runs per frame then depends on the machine.
+    pub step_time_budget: Option<std::time::Duration>,
 }
 
 impl Default for LuaCoroutinesPlugin {
@@ -66,6 +76,8 @@ impl Default for LuaCoroutinesPlugin {
             hot_reload: cfg!(debug_assertions),
             hot_reload_debounce: std::time::Duration::from_millis(50),
             module_path: crate::modules::DEFAULT_MODULE_PATH.iter().map(|p| p.to_string()).collect(),
+            max_resumes_per_task: 10_000,
+            step_time_budget: None,
         }
     }
 }
@@ -96,6 +108,8 @@ impl Plugin for LuaCoroutinesPlugin {
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,
             module_path: self.module_path.clone(),
+            max_resumes_per_task: self.max_resumes_per_task,
+            step_time_budget: self.step_time_budget,
         };
         let runtime = match LuaRuntime::new(&config, self.schedule) {
             Ok(r) => r,

@@ -31,6 +31,10 @@ pub(crate) struct VmConfig {
     pub select_seed: u64,
     /// Where `require` looks for modules (templates relative to the assets folder).
     pub module_path: Vec<String>,
+    /// Resumes of one task in one step before further wakes are carried to the next step.
+    pub max_resumes_per_task: u32,
+    /// Wall time after which the step carries what is still due to the next step.
+    pub step_time_budget: Option<std::time::Duration>,
 }
 
 /// Lua functions of `lua/channel.lua` the Rust side calls.
@@ -140,6 +144,15 @@ impl LuaRuntime {
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;
         core.set("traceback", traceback.clone())?;
+        core.set("MAX_RESUMES", config.max_resumes_per_task.max(1))?;
+        core.set("TIMED", config.step_time_budget.is_some())?;
+        let time_budget = config.step_time_budget.unwrap_or_default();
+        core.set(
+            "over_time",
+            lua.create_function(move |lua, ()| {
+                Ok(sched(lua).step_started.is_some_and(|t| t.elapsed() >= time_budget))
+            })?,
+        )?;
         core.set(
             "adopt",
             lua.create_function(|lua, (_co, current): (Thread, i64)| scheduler::adopt(lua, current))?,
@@ -153,8 +166,15 @@ impl LuaRuntime {
         )?;
         core.set(
             "release",
-            lua.create_function(|lua, (key, co): (i64, Thread)| {
-                scheduler::release(lua, key, &co);
+            lua.create_function(|lua, key: i64| {
+                scheduler::release(lua, key);
+                Ok(())
+            })?,
+        )?;
+        core.set(
+            "spent",
+            lua.create_function(|lua, (key, owner, co): (i64, Option<u64>, Option<Thread>)| {
+                scheduler::spent(lua, key, owner.map(InstanceId), co.as_ref());
                 Ok(())
             })?,
         )?;
@@ -210,6 +230,7 @@ impl LuaRuntime {
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,
+            state: state.clone(),
             tick,
         });
         lua.set_app_data(budget.clone());
@@ -226,6 +247,10 @@ impl LuaRuntime {
             }
             Ok(())
         })?;
+        // Scripts get `setmetatable` and `newproxy` that refuse finalizers (the sandbox copies the
+        // globals it shares as it loads).
+        globals.set("setmetatable", api.get::<Value>("setmetatable")?)?;
+        globals.set("newproxy", api.get::<Value>("newproxy")?)?;
         let sandbox: Table = lua
             .load(include_str!("lua/sandbox.lua"))
             .set_name("=bevy_lua_coroutines/sandbox.lua")
@@ -255,6 +280,7 @@ impl LuaRuntime {
         let clock = {
             let mut s = sched(&self.lua);
             s.clock.advance(game, delta, real);
+            s.step_started = Some(std::time::Instant::now());
             s.clock
         };
         let state = &self.state;
@@ -305,6 +331,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("wake", api.get::<Function>("wake")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("current", step.get::<Function>("current")?)?;
+    deps.set("guard", step.get::<Function>("guard")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
@@ -360,6 +387,9 @@ fn select_seed_state(seed: u64) -> f64 {
     (z >> 11) as f64
 }
 
+/// The chunk names of the crate's own Lua code (`=bevy_lua_coroutines/...`), as `short_src` shows them.
+const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
+
 /// Installs the hook that enforces the instruction budget of one resume.
 fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) -> mlua::Result<()> {
     let Some(instructions) = instructions.filter(|&n| n > 0) else {
@@ -367,37 +397,48 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     };
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
-    let every = (instructions / 16).clamp(1, u64::from(u32::MAX)) as u32;
-    budget.set_limit(instructions.div_ceil(u64::from(every)));
+    let every = (instructions / 16).clamp(1, i32::MAX as u64);
+    budget.set_limit(instructions.div_ceil(every), every as i32);
+    // Every thread carries the hook, the main thread included: the step's own Lua code runs there
+    // when it turns a task's error object into text or closes a cancelled task, and those run
+    // script code (`__tostring`, `__close`) that must stay under a budget too.
     #[cfg(not(feature = "luau"))]
     {
         let b = budget.clone();
-        lua.set_global_hook(mlua::HookTriggers::new().every_nth_instruction(every), move |lua, debug| {
-            b.on_hook(lua, || {
+        lua.set_global_hook(
+            mlua::HookTriggers::new().every_nth_instruction(every as u32),
+            move |lua, debug| {
                 let src = debug.source();
-                let line = debug.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                format!("{}:{line}", src.short_src.as_deref().unwrap_or("?"))
-            })
-        })?;
-        // Threads mlua creates, and coroutines tasks create, carry the hook; the main thread,
-        // where only the step's own loop runs, does not.
-        lua.remove_hook();
+                let short = src.short_src.as_deref().unwrap_or("?");
+                b.on_hook(
+                    lua,
+                    || {
+                        let line = debug.current_line().map_or_else(|| "?".into(), |l| l.to_string());
+                        format!("{short}:{line}")
+                    },
+                    || short.starts_with(LIBRARY_SOURCE),
+                )
+            },
+        )?;
     }
     #[cfg(feature = "luau")]
     {
         let b = budget.clone();
-        budget.set_limit(instructions.div_ceil(8).max(1));
+        // Luau calls the interrupt at calls and loop back-edges, not every n instructions.
+        budget.set_limit(instructions.div_ceil(8).max(1), 1);
         lua.set_interrupt(move |lua| {
-            b.on_hook(lua, || {
+            let short = || {
                 lua.inspect_stack(1, |d| {
-                    let src = d.source();
                     let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                    format!("{}:{line}", src.short_src.as_deref().unwrap_or("?"))
+                    (d.source().short_src.as_deref().unwrap_or("?").to_string(), line)
                 })
-                .unwrap_or_else(|| "?".into())
-            })
+            };
+            b.on_hook(
+                lua,
+                || short().map_or_else(|| "?".into(), |(src, line)| format!("{src}:{line}")),
+                || short().is_some_and(|(src, _)| src.starts_with(LIBRARY_SOURCE)),
+            )
         });
-        let _ = every;
     }
     Ok(())
 }

@@ -20,8 +20,8 @@ local REQ, ARGS = core.REQ, core.ARGS
 local WAIT_TIME, WAIT_FRAMES, WAIT_REAL, PARK = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL, core.PARK
 local GAME, REAL = core.GAME, core.REAL
 local S = core.state -- the clocks (Rust writes them each frame)
-local rust_adopt, rust_timer, rust_release, rust_fail, rust_report =
-  core.adopt, core.timer, core.release, core.fail, core.report
+local rust_adopt, rust_timer, rust_release, rust_fail, rust_report, rust_spent =
+  core.adopt, core.timer, core.release, core.fail, core.report, core.spent
 local traceback = core.traceback
 
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
@@ -123,18 +123,38 @@ local function close(co)
   return true
 end
 
+--- Turns an error value into its message. A `__tostring` runs under the budget of whoever is
+--- running (a looping one spends it); one that fails gives `(error object)`.
+local function describe(err)
+  if type(err) == "string" then return err end
+  local ok, text = pcall(tostring, err)
+  if ok and type(text) == "string" then return text end
+  return "(error object)"
+end
+
 --- Reports that task `key` failed with `err`, and closes it. Protected: under the memory limit
 --- even the traceback may fail to allocate.
 local function fail(key, co, err)
-  local message = err
-  if type(message) ~= "string" then
-    local ok, text = pcall(tostring, message)
-    message = ok and text or "(error object)"
-  end
+  local message = describe(err)
   drop(key)
+  if S.spent then
+    -- The budget of the task that runs it ran out (a `task.spawn` runs within its spawner's
+    -- resume): the spawner is reported for it once the step has it back.
+    close(co)
+    rust_release(key)
+    return
+  end
   local ok, tb = pcall(traceback, co)
   close(co) -- first: what the thread holds becomes garbage before Rust is called
   rust_fail(key, message, ok and tb or "")
+end
+
+--- Task `key` spent its instruction budget (or a `__tostring` of its error did): it is forgotten,
+--- reported with where the budget ran out, and closed (Rust closes it while the budget is still
+--- spent, so a looping `__close` stops at once).
+local function kill_spent(key, co)
+  drop(key)
+  rust_spent(key, nil, co)
 end
 
 --- What a resume of task `key` returned: register its wait, let it go, or report its error.
@@ -145,14 +165,14 @@ local function after_step_resume(key, co, ok, first, kind, arg)
         register(key, kind, arg)
       else
         -- Finished, or yielded without a request: nothing will wake it, so let go (script code
-        -- holding the thread may resume it). Rust reports a task the budget stopped.
+        -- holding the thread may resume it).
         drop(key)
-        rust_release(key, co)
+        rust_release(key)
       end
     elseif co_status(co) == "dead" then
       -- It finished after something registered it again (it deferred itself, say).
       drop(key)
-      rust_release(key, co)
+      rust_release(key)
     end
   else
     fail(key, co, first)
@@ -178,6 +198,28 @@ local function resume_task(key, reg, value, d)
       ok, first, kind, arg = co_resume(co)
     end
   end
+  if S.spent then
+    -- The budget ran out: the task is dead for good, whatever it caught.
+    kill_spent(key, co)
+    current, depth = previous, previous_depth
+    return
+  end
+  if not ok then
+    if first == "not enough memory" and co_close ~= nil then
+      -- Release what the thread holds and collect it before anything here needs memory again.
+      co_close(co)
+      collectgarbage("collect")
+    end
+    -- Still charged to the task: its error object's `__tostring` runs under its budget.
+    local message = describe(first)
+    if S.spent then
+      kill_spent(key, co)
+    else
+      fail(key, co, message)
+    end
+    current, depth = previous, previous_depth
+    return
+  end
   current, depth = previous, previous_depth
   if first == REQ and kind == PARK and regs[key] == nil then
     -- A park (a promise or channel wait), inlined: the waker holds the slot.
@@ -194,42 +236,74 @@ local function resume_task(key, reg, value, d)
     next_keys[n], next_regs[n], next_since[n], next_n = key, next_reg, S.nanos, n
     return
   end
-  if not ok and first == "not enough memory" and co_close ~= nil then
-    -- Release what the thread holds and collect it before anything here needs memory again.
-    co_close(co)
-    collectgarbage("collect")
-  end
   after_step_resume(key, co, ok, first, kind, arg)
 end
 
 local step = { close = close }
 
+-- The step's bound. A task resumes at most MAX_RESUMES times in one step: a further wake (a
+-- channel ping-pong, an await or `task.defer` loop) is carried to the next step, in the order it
+-- came. With a time budget, once it is spent (checked after each resume, at least one resume per
+-- step) everything still due is carried too. Carried work resumes at the start of the next step's
+-- ready queue, after the timers that fell due.
+local MAX_RESUMES, TIMED, over_time = core.MAX_RESUMES, core.TIMED, core.over_time
+local resumed_in, resumed_n = {}, {} -- key -> step number of its last count, resumes in that step
+local step_no = 0
+local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
+local last_frame = -1
+
+local function carry_entry(key, reg, value, d)
+  carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
+  carry_n = carry_n + 4
+end
+
 --- Resumes this frame's frame waits (those made earliest first), then the ready queue (timers
---- Rust queued, then everything woken while the step runs), until nothing is ready.
---- If it raises (memory exhausted while queueing, say), calling it again goes on where it stopped.
+--- Rust queued, carried work, then everything woken while the step runs), until nothing is ready
+--- or the step's bound stops it. If it raises (memory exhausted while queueing, say), calling it
+--- again goes on where it stopped.
 function step.run()
-  if now_i > now_n then
-    -- A new frame: take the waits due now.
+  if S.frame ~= last_frame then
+    -- A new frame: take the waits due now (after those a time budget left over), and the work
+    -- the last step carried.
+    last_frame = S.frame
+    step_no = step_no + 1
+    local n = now_n
     local b = later[S.frame]
     if b ~= nil then
       later[S.frame] = nil
       for i = 1, b.n, 3 do
-        local n = now_n + 1
-        now_keys[n], now_regs[n], now_since[n], now_n = b[i], b[i + 1], b[i + 2], n
+        n = n + 1
+        now_keys[n], now_regs[n], now_since[n] = b[i], b[i + 1], b[i + 2]
       end
     end
-    local n = now_n
     for i = 1, next_n do
       n = n + 1
       now_keys[n], now_regs[n], now_since[n] = next_keys[i], next_regs[i], next_since[i]
     end
     now_n, next_n = n, 0
+    for i = 1, carry_n, 4 do
+      push_ready(carry[i], carry[i + 1], carry[i + 2], carry[i + 3])
+    end
+    carry, carry_n = {}, 0
   end
   local now = S.nanos
+  local timed = TIMED
   while now_i <= now_n do
     local i = now_i
     now_i = i + 1
     resume_task(now_keys[i], now_regs[i], (now - now_since[i]) / 1e9, 0)
+    if timed and over_time() then
+      -- Out of time: the rest waits for the next step, still first in line.
+      local n = 0
+      for j = now_i, now_n do
+        n = n + 1
+        now_keys[n], now_regs[n], now_since[n] = now_keys[j], now_regs[j], now_since[j]
+      end
+      now_i, now_n = 1, n
+      for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+      head, tail = 1, 0
+      return
+    end
   end
   now_i, now_n = 1, 0
   local peak = tail
@@ -240,12 +314,24 @@ function step.run()
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
     head = head + 4
     if head > tail then head, tail = 1, 0 end
-    resume_task(key, reg, value, d)
-    if tail > peak then peak = tail end
+    local count = resumed_in[key] == step_no and resumed_n[key] or 0
+    if count >= MAX_RESUMES then
+      if regs[key] == reg then carry_entry(key, reg, value, d) end
+    else
+      resumed_in[key], resumed_n[key] = step_no, count + 1
+      resume_task(key, reg, value, d)
+      if tail > peak then peak = tail end
+      if timed and over_time() then
+        for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+        break
+      end
+    end
   end
   if peak > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
   head, tail = 1, 0
 end
+
+local function pack(...) return { n = select("#", ...), ... } end
 
 --- Stores the arguments a task gets when it next resumes.
 local function store_args(key, ...)
@@ -293,12 +379,31 @@ function step.start(co)
   push_ready(key, bump(key), ARGS, 0)
 end
 
---- Cancels task `key` for Rust (its instance is going away): closes the thread.
+--- Runs `f(...)` protected, as work of instance `owner` (nil: the host instance). Outside any task
+--- it gets a budget of its own (script code it runs, a `__close` or a `__tostring`, cannot loop
+--- for ever); inside a task it is charged to that task. Returns what `pcall` returns.
+local function guard(owner, f, ...)
+  if current ~= 0 then return pcall(f, ...) end
+  current, serial = -1, serial + 1
+  local r = pack(pcall(f, ...))
+  if S.spent then
+    rust_spent(-1, owner, nil)
+    r = { n = 2, false, "script exceeded its instruction budget" }
+  end
+  current = 0
+  return unpack(r, 1, r.n)
+end
+step.guard = guard
+
+--- Cancels task `key` for Rust (its instance is going away): closes the thread, its `__close`
+--- handlers under a budget.
 function step.kill(key)
   local co = threads[key]
   drop(key)
-  if co ~= nil then return close(co) end
-  return true
+  if co == nil then return true end
+  local ok, closed, err = guard(nil, close, co)
+  if not ok then return false, closed end
+  return closed, err
 end
 
 --- The thread of task `key`.
@@ -312,6 +417,7 @@ function step.compact()
     return fresh
   end
   threads, regs, args = copy(threads), copy(regs), copy(args)
+  resumed_in, resumed_n = {}, {} -- counts of past steps only: no step runs now
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
@@ -352,6 +458,7 @@ end
 --- `coroutine.resume`, with wait requests registered (see the file's first comment). Resuming a
 --- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
+  if S.spent then error("script exceeded its instruction budget", 2) end
   local key = keys[co]
   if key ~= nil then regs[key] = nil end
   return after_resume(co, co_resume(co, ...))
@@ -363,6 +470,8 @@ local function after_spawn(co, ok, first, ...)
     local key = keys[co]
     if key then
       fail(key, co, first)
+    elseif S.spent then
+      close(co) -- the spawner's budget ran out: it is reported once the step has it back
     else
       local msg = first
       if type(msg) ~= "string" then msg = tostring(msg) end
@@ -377,6 +486,7 @@ local function after_spawn(co, ok, first, ...)
 end
 
 local function spawn_impl(fname, f, ...)
+  if S.spent then error("script exceeded its instruction budget", 3) end
   local co = to_thread(f, 1, fname)
   local status = co_status(co)
   if status ~= "suspended" then
@@ -493,7 +603,29 @@ function coroutine_api.wrap(f)
   end
 end
 
+--- `setmetatable`, refusing a metatable with a `__gc` field: Lua runs finalizers with hooks off,
+--- so a finalizer would run outside any instruction budget and could freeze the game. (A `__gc`
+--- added after `setmetatable` is never called: Lua marks a table for finalization only here.)
+local raw_setmetatable, rawget = setmetatable, rawget
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("bad argument #2 to 'setmetatable' (__gc metamethods are not allowed: a finalizer would run outside the instruction budget)", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+--- `newproxy` (LuaJIT, Luau), refusing a proxy with a metatable, whose `__gc` could be set.
+local raw_newproxy = newproxy
+local safe_newproxy = raw_newproxy and function(with_mt)
+  if with_mt ~= nil and with_mt ~= false then
+    error("bad argument #1 to 'newproxy' (proxies with a metatable are not allowed: a finalizer would run outside the instruction budget)", 2)
+  end
+  return raw_newproxy(with_mt)
+end
+
 return {
+  setmetatable = safe_setmetatable,
+  newproxy = safe_newproxy,
   task = task,
   time = time,
   coroutine = coroutine_api,

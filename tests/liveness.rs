@@ -1,0 +1,297 @@
+//! Liveness: no script can keep a frame from ending. A task that runs out of its instruction
+//! budget is dead for good (no `pcall`, finalizer, `__tostring` or `__close` keeps it running),
+//! work that wakes other work is bounded per step, and the optional per-frame time budget carries
+//! the rest to the next frame.
+//!
+//! A frame that never ends would hang the test, so each app runs on its own thread and the test
+//! fails after a generous timeout instead.
+
+mod common;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+/// Runs `f` on its own thread; fails the test if it does not finish within a minute (a frame that
+/// never ends). The thread is left behind on failure: there is no way to stop it.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: a frame never ended"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the app panicked"),
+    }
+}
+
+fn budget_app(instructions: u64) -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(instructions),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    })
+}
+
+/// Runs `hostile` beside a steady script for `frames` frames with a small budget; returns what was
+/// printed and the errors.
+fn beside_steady(hostile: &'static str, frames: usize) -> (Vec<String>, Vec<ScriptError>, usize) {
+    within(hostile, move || {
+        let mut app = budget_app(100_000);
+        spawn_script(&mut app, "scripts/hostile.lua", hostile);
+        spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() end print('steady done')");
+        run(&mut app, frames);
+        (printed(&app), errors(&app), live_tasks(&app))
+    })
+}
+
+fn assert_stopped_by_budget(errs: &[ScriptError], out: &[String]) {
+    assert!(
+        errs.iter().any(|e| e.kind == ScriptErrorKind::Budget && e.script == "scripts/hostile.lua"),
+        "the hostile script is stopped by its budget: {errs:#?}"
+    );
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+    assert!(out.contains(&"steady done".to_string()), "the other script goes on: {out:?}");
+}
+
+#[test]
+fn a_finalizer_is_refused_at_setmetatable() {
+    // Lua runs `__gc` with hooks off, so a finalizer would run outside any budget.
+    let (out, errs, _) = beside_steady(
+        r#"
+        print(pcall(setmetatable, {}, { __gc = function() while true do end end }))
+        local mt = {}
+        setmetatable({}, mt)
+        mt.__gc = function() while true do end end -- too late: the table is not marked
+        if newproxy then print(pcall(newproxy, true)) else print("no newproxy") end
+        collectgarbage()
+        collectgarbage()
+        print("collected")
+        "#,
+        5,
+    );
+    assert!(errs.is_empty(), "{errs:#?}");
+    assert!(
+        out[0].starts_with("false\t") && out[0].contains("bad argument #2 to 'setmetatable' (__gc"),
+        "{out:?}"
+    );
+    assert!(out[1] == "no newproxy" || out[1].contains("bad argument #1 to 'newproxy'"), "{out:?}");
+    assert_eq!(out[2..], ["collected", "steady done"]);
+}
+
+#[test]
+fn an_error_object_whose_tostring_loops() {
+    let (out, errs, live) =
+        beside_steady("error(setmetatable({}, { __tostring = function() while true do end end }))", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn an_error_object_whose_tostring_loops_in_a_spawned_task() {
+    let (out, errs, live) = beside_steady(
+        "task.spawn(function() error(setmetatable({}, { __tostring = function() while true do end end })) end)\n\
+         print('spawner goes on')",
+        5,
+    );
+    assert!(out.contains(&"spawner goes on".to_string()) || !errs.is_empty(), "{out:?} {errs:#?}");
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn an_unhandled_rejection_whose_value_loops_in_tostring() {
+    let (out, errs, _) = beside_steady(
+        "Promise.reject(setmetatable({}, { __tostring = function() while true do end end }))",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+}
+
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_the_task_that_despawned_its_entity() {
+    let (out, errs, live) = beside_steady(
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\n\
+         entity:despawn()\n\
+         task.wait()",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_a_task_stopped_by_the_budget() {
+    let (out, errs, live) = beside_steady(
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\n\
+         while true do end",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn pcall_in_a_script_made_coroutine_cannot_catch_the_budget_for_ever() {
+    let (out, errs, live) = beside_steady(
+        "coroutine.wrap(function() while true do pcall(function() while true do end end) end end)()",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn nested_coroutines_made_again_and_again_cannot_outlive_the_budget() {
+    let (out, errs, live) = beside_steady(
+        "while true do pcall(coroutine.wrap(function()\n\
+           while true do pcall(coroutine.wrap(function() while true do end end)) end\n\
+         end)) end",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn a_budget_spent_where_the_task_cannot_yield_is_not_catchable_afterwards() {
+    let (out, errs, live) =
+        beside_steady("while true do pcall(string.gsub, 'a', 'a', function() while true do end end) end", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn a_budget_spent_in_a_sort_comparator_is_not_catchable_afterwards() {
+    let (out, errs, live) =
+        beside_steady("while true do pcall(table.sort, {3, 2, 1}, function() while true do end end) end", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn channel_ping_pong_lets_the_frame_end() {
+    let out = within("ping-pong", || {
+        let mut app = create_app();
+        spawn_script(
+            &mut app,
+            "scripts/pingpong.lua",
+            r#"
+            local a, b = Channel.new(), Channel.new()
+            local n = 0
+            task.spawn(function() while true do a:send(1); b:receive() end end)
+            task.spawn(function() while true do a:receive(); n = n + 1; b:send(1) end end)
+            local last = time.frame()
+            for i = 1, 3 do
+              task.wait()
+              print(time.frame() > last, n > 0)
+              last = time.frame()
+            end
+            "#,
+        );
+        run(&mut app, 5);
+        (printed(&app), errors(&app))
+    });
+    assert_eq!(out.0, ["true\ttrue"; 3], "{:#?}", out.1);
+    assert!(out.1.is_empty(), "{:#?}", out.1);
+}
+
+/// Runs `hostile` beside a script that prints once a frame for three frames (default budget).
+fn frames_go_on(hostile: &'static str) -> (Vec<String>, Vec<ScriptError>) {
+    within(hostile, move || {
+        let mut app = create_app();
+        spawn_script(&mut app, "scripts/hostile.lua", hostile);
+        spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() print('frame', i) end");
+        run(&mut app, 5);
+        (printed(&app), errors(&app))
+    })
+}
+
+#[test]
+fn a_retry_that_never_succeeds_lets_the_frame_end() {
+    // Each attempt fails at once, so the retries run in one resume: the budget ends them.
+    let (out, errs) = frames_go_on("Promise.retry(function() error('x') end, 1e9):catch(function() end)");
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+}
+
+#[test]
+fn await_and_defer_loops_let_the_frame_end() {
+    let (out, errs) = frames_go_on(
+        r#"
+        task.spawn(function() while true do await(Promise.resolve(1)) end end)
+        "#,
+    );
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert_eq!(errs.len(), 1, "one report for the runaway: {errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
+    assert!(errs[0].message.starts_with("scripts/hostile.lua:2: "), "{errs:#?}");
+    let (out, errs) = frames_go_on(
+        r#"
+        local ch = Channel.new()
+        task.spawn(function() while true do ch:send(1) end end)
+        task.spawn(function() while true do await(Promise.new(function(resolve) resolve(ch:receive()) end)) end end)
+        local co
+        co = task.spawn(function() while true do task.defer(co) coroutine.yield() end end)
+        "#,
+    );
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+}
+
+#[test]
+fn the_resume_cap_carries_work_to_the_next_frame_deterministically() {
+    let run_once = || {
+        within("resume cap", || {
+            let mut app = create_app_with(LuaCoroutinesPlugin {
+                max_resumes_per_task: 10,
+                print_to_stdout: false,
+                hot_reload: false,
+                ..default()
+            });
+            spawn_script(
+                &mut app,
+                "scripts/cap.lua",
+                r#"
+                local a, b = Channel.new(), Channel.new()
+                task.spawn(function() for i = 1, 25 do a:send(i); b:receive() end end)
+                task.spawn(function()
+                  for i = 1, 25 do print(time.frame(), a:receive()); b:send(1) end
+                end)
+                "#,
+            );
+            run(&mut app, 6);
+            printed(&app)
+        })
+    };
+    let first = run_once();
+    assert_eq!(first.len(), 25, "{first:?}");
+    let frames: Vec<&str> = first.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert!(frames.first() != frames.last(), "the exchange spans several frames: {first:?}");
+    assert_eq!(first, run_once(), "replays are identical");
+}
+
+#[test]
+fn the_step_time_budget_carries_the_rest_to_the_next_frame() {
+    let out = within("time budget", || {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            step_time_budget: Some(Duration::ZERO),
+            print_to_stdout: false,
+            hot_reload: false,
+            ..default()
+        });
+        for i in 0..3 {
+            spawn_script(&mut app, &format!("scripts/t{i}.lua"), "task.wait() print(time.frame())");
+        }
+        run(&mut app, 8);
+        printed(&app)
+    });
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out[0] != out[2], "with no time to spare, one resume per step: {out:?}");
+}
