@@ -295,3 +295,96 @@ fn the_step_time_budget_carries_the_rest_to_the_next_frame() {
     assert_eq!(out.len(), 3, "{out:?}");
     assert!(out[0] != out[2], "with no time to spare, one resume per step: {out:?}");
 }
+
+// Bookkeeping: a task finished, closed or refused by hand leaves nothing counted or kept.
+
+#[test]
+fn a_waiting_task_finished_by_hand_is_no_longer_live() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/by_hand.lua",
+        r#"
+        for i = 1, 1000 do
+          local co = task.spawn(function() task.wait(0.5) end)
+          coroutine.resume(co)
+          assert(coroutine.status(co) == "dead")
+        end
+        local co = task.spawn(function() task.wait(0.5) coroutine.yield() print("never") end)
+        coroutine.resume(co) -- it yields without asking to wait: nothing will wake it
+        print("done")
+        "#,
+    );
+    run(&mut app, 2);
+    let memory = |app: &mut App| {
+        let runtime = app.world().resource::<LuaRuntime>();
+        runtime.lua().gc_collect().unwrap();
+        runtime.lua().gc_collect().unwrap();
+        runtime.used_memory()
+    };
+    assert_eq!(printed(&app), ["done"]);
+    assert_eq!(live_tasks(&app), 0, "no task is left counted as live");
+    let before = memory(&mut app);
+    spawn_script(
+        &mut app,
+        "scripts/by_hand_more.lua",
+        r#"
+        for i = 1, 20000 do
+          local co = task.spawn(function() task.wait(0.5) end)
+          coroutine.resume(co)
+        end
+        "#,
+    );
+    run(&mut app, 40);
+    assert_eq!(live_tasks(&app), 0);
+    let after = memory(&mut app);
+    assert!(after < before + 256 * 1024, "no bookkeeping kept: {before} -> {after} bytes");
+    assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
+}
+
+#[test]
+#[cfg_attr(feature = "luajit", ignore = "LuaJIT has no coroutine.close")]
+fn closing_a_waiting_task_cancels_it() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/close.lua",
+        r#"
+        local co = task.spawn(function() task.wait(0.1) print("never") end)
+        local d = task.delay(0.1, function() print("never either") end)
+        local p = task.spawn(function() await(Promise.new(function() end)) end)
+        print(coroutine.close(co), coroutine.close(d), coroutine.close(p))
+        print(coroutine.status(co), coroutine.status(d))
+        task.wait(0.5)
+        print("after")
+        "#,
+    );
+    run(&mut app, 40);
+    assert_eq!(printed(&app), ["true\ttrue\ttrue", "dead\tdead", "after"]);
+    assert!(errors(&app).is_empty(), "no later 'cannot resume dead coroutine': {:#?}", errors(&app));
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn a_dead_thread_is_refused_at_the_call() {
+    let out = output(
+        r#"
+        local dead = coroutine.create(function() end)
+        coroutine.resume(dead)
+        print(pcall(function() local r = task.defer(dead) return r end))
+        print(pcall(function() local r = task.spawn(dead) return r end))
+        print(pcall(function() local r = task.delay(0, dead) return r end))
+        print(pcall(function() local r = spawn(dead) return r end))
+        "#,
+        3,
+    );
+    let expected: Vec<String> = [(4, 1, "defer"), (5, 1, "spawn"), (6, 2, "delay"), (7, 1, "spawn")]
+        .iter()
+        .map(|(line, arg, f)| {
+            format!(
+                "false\tscripts/test.lua:{line}: bad argument #{arg} to '{f}' (cannot resume dead coroutine)"
+            )
+        })
+        .collect();
+    assert_eq!(out, expected);
+}

@@ -433,24 +433,38 @@ local function bad(n, fname, expected, value, level)
   error(string_format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, got), level + 1)
 end
 
---- Turns `f | thread` into a thread, for spawn/defer/delay.
-local function to_thread(f, n, fname)
+--- Turns `f | thread` into a thread, for spawn/defer/delay. A dead thread is refused here: it
+--- could never run.
+local function to_thread(f, n, fname, level)
+  level = level or 3
   local t = type(f)
-  if t == "thread" then return f end
+  if t == "thread" then
+    if co_status(f) == "dead" then
+      error(string_format("bad argument #%d to '%s' (cannot resume dead coroutine)", n, fname), level)
+    end
+    return f
+  end
   if t == "function" then return co_create(f) end
   local mt = getmetatable(f)
   if type(mt) == "table" and mt.__call ~= nil then
     return co_create(function(...) return f(...) end)
   end
-  bad(n, fname, "function or thread", f, 3)
+  bad(n, fname, "function or thread", f, level)
 end
 
---- The result of resuming `co` from script code: registers a wait request and hides it.
+--- The result of resuming `co` from script code: registers a wait request and hides it. A task
+--- that did not ask to wait again (it finished, failed, or yielded plainly) is let go: nothing
+--- will wake it, and whoever resumed it by hand has its results.
 local function after_resume(co, ...)
   local ok, first = ...
   if ok and first == REQ then
     register(key_for(co), select(3, ...))
     return true
+  end
+  local key = keys[co]
+  if key ~= nil and regs[key] == nil then
+    drop(key)
+    rust_release(key)
   end
   return ...
 end
@@ -462,6 +476,18 @@ local function resume(co, ...)
   local key = keys[co]
   if key ~= nil then regs[key] = nil end
   return after_resume(co, co_resume(co, ...))
+end
+
+--- `coroutine.close`: closing a task cancels it (nothing it waited for wakes it later).
+local function close_coroutine(co)
+  if type(co) == "thread" and co_status(co) == "suspended" then
+    local key = keys[co]
+    if key ~= nil then
+      drop(key)
+      core.forget(key)
+    end
+  end
+  return co_close(co)
 end
 
 --- The result of `task.spawn`'s resume: errors are reported (never raised into the spawner).
@@ -486,12 +512,9 @@ local function after_spawn(co, ok, first, ...)
 end
 
 local function spawn_impl(fname, f, ...)
-  if S.spent then error("script exceeded its instruction budget", 3) end
-  local co = to_thread(f, 1, fname)
-  local status = co_status(co)
-  if status ~= "suspended" then
-    error(string_format("cannot resume %s coroutine", status == "dead" and "dead" or "non-suspended"), 3)
-  end
+  if S.spent then error("script exceeded its instruction budget", 4) end
+  local co = to_thread(f, 1, fname, 4)
+  if co_status(co) ~= "suspended" then error("cannot resume non-suspended coroutine", 4) end
   local key = keys[co]
   if key then regs[key] = nil end -- it runs now: whatever it waited for no longer wakes it
   return after_spawn(co, co_resume(co, ...))
@@ -500,7 +523,10 @@ end
 local task = {}
 
 --- Resumes `f` (or a thread) now, until its first yield; returns the thread.
-function task.spawn(f, ...) return spawn_impl("spawn", f, ...) end
+function task.spawn(f, ...)
+  local co = spawn_impl("spawn", f, ...) -- not a tail call: errors blame the caller, three levels up
+  return co
+end
 
 --- Resumes `f` later in this frame's step, after the running work.
 function task.defer(f, ...)
@@ -586,6 +612,7 @@ function time.realElapsed() return S.real end
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
 coroutine_api.resume = resume
+if co_close ~= nil then coroutine_api.close = close_coroutine end
 
 --- `coroutine.wrap` with wait requests registered; errors propagate as in Lua 5.4.
 function coroutine_api.wrap(f)
@@ -633,7 +660,10 @@ return {
     if seconds ~= nil and type(seconds) ~= "number" then bad(1, "sleep", "number", seconds, 2) end
     return co_yield(REQ, WAIT_TIME, seconds)
   end,
-  spawn = function(f, ...) return spawn_impl("spawn", f, ...) end,
+  spawn = function(f, ...)
+    local co = spawn_impl("spawn", f, ...)
+    return co
+  end,
   step = step,
   -- For the promise and channel modules: the one wait mechanism, and the one `bad argument` helper.
   park = park,
