@@ -62,6 +62,17 @@ pub struct LuaCoroutinesPlugin {
     /// and a resume is never cut short by it (the instruction budget does that). Trades
     /// determinism for smooth frames: how much runs per frame then depends on the machine.
     pub step_time_budget: Option<std::time::Duration>,
+    /// Live tasks one script instance may have at once (default 10,000; `None` for no limit).
+    /// Past it, the `task.spawn`/`defer`/`delay` (or wait) that would make one more raises
+    /// `too many live tasks`, so one instance cannot fill the VM with sleeping tasks.
+    pub max_tasks_per_instance: Option<usize>,
+    /// Memory one script instance may hold, in bytes (default `None`: only the VM's
+    /// `memory_limit`). Counted as the growth of the VM's memory during the instance's own
+    /// resumes, corrected against the real total after a full collection whenever an instance
+    /// looks over its share. An instance past it has all its tasks cancelled and is reported
+    /// ([`ScriptErrorKind::Quota`](crate::ScriptErrorKind::Quota)); the others go on. Costs two
+    /// memory readings per resume while on.
+    pub memory_per_instance: Option<usize>,
 }
 
 impl Default for LuaCoroutinesPlugin {
@@ -78,6 +89,8 @@ impl Default for LuaCoroutinesPlugin {
             module_path: crate::modules::DEFAULT_MODULE_PATH.iter().map(|p| p.to_string()).collect(),
             max_resumes_per_task: 10_000,
             step_time_budget: None,
+            max_tasks_per_instance: Some(10_000),
+            memory_per_instance: None,
         }
     }
 }
@@ -110,6 +123,8 @@ impl Plugin for LuaCoroutinesPlugin {
             module_path: self.module_path.clone(),
             max_resumes_per_task: self.max_resumes_per_task,
             step_time_budget: self.step_time_budget,
+            max_tasks_per_instance: self.max_tasks_per_instance,
+            memory_per_instance: self.memory_per_instance,
         };
         let runtime = match LuaRuntime::new(&config, self.schedule) {
             Ok(r) => r,

@@ -35,6 +35,10 @@ pub(crate) struct VmConfig {
     pub max_resumes_per_task: u32,
     /// Wall time after which the step carries what is still due to the next step.
     pub step_time_budget: Option<std::time::Duration>,
+    /// Live tasks one instance may have.
+    pub max_tasks_per_instance: Option<usize>,
+    /// Bytes one instance may grow the VM by (counted around its resumes).
+    pub memory_per_instance: Option<usize>,
 }
 
 /// Lua functions of `lua/channel.lua` the Rust side calls.
@@ -118,7 +122,9 @@ impl LuaRuntime {
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
         #[allow(unsafe_code)]
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
-        lua.set_app_data(Scheduler::default());
+        let mut scheduler = Scheduler::default();
+        scheduler.task_quota = config.max_tasks_per_instance;
+        lua.set_app_data(scheduler);
         let budget = Arc::new(Budget::default());
         install_budget(&lua, &budget, config.instruction_budget)?;
 
@@ -144,7 +150,20 @@ impl LuaRuntime {
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;
         core.set("traceback", traceback.clone())?;
+        core.set("debug", globals.get::<Value>("debug")?)?;
+        core.set(
+            "env_of",
+            lua.create_function(|lua, id: i64| scheduler::refs(lua).envs.raw_get::<Value>(id))?,
+        )?;
         core.set("MAX_RESUMES", config.max_resumes_per_task.max(1))?;
+        core.set("MEMORY_QUOTA", config.memory_per_instance.map(|bytes| bytes as f64 / 1024.0))?;
+        core.set(
+            "over_quota",
+            lua.create_function(|lua, (instance, kib, quota): (u64, f64, f64)| {
+                scheduler::over_memory_quota(lua, InstanceId(instance), kib, quota);
+                Ok(())
+            })?,
+        )?;
         core.set("TIMED", config.step_time_budget.is_some())?;
         let time_budget = config.step_time_budget.unwrap_or_default();
         core.set(
@@ -155,7 +174,12 @@ impl LuaRuntime {
         )?;
         core.set(
             "adopt",
-            lua.create_function(|lua, (_co, current): (Thread, i64)| scheduler::adopt(lua, current))?,
+            lua.create_function(|lua, (_co, current): (Thread, i64)| {
+                Ok(match scheduler::adopt(lua, current)? {
+                    Ok((key, instance)) => (Value::Integer(key), Value::Integer(instance as i64)),
+                    Err(message) => (Value::Nil, Value::String(lua.create_string(message)?)),
+                })
+            })?,
         )?;
         core.set(
             "timer",
@@ -260,6 +284,7 @@ impl LuaRuntime {
         let define: Function = sandbox.get("define")?;
         let on_reload: Function = sandbox.get("on_reload")?;
         crate::modules::set_env_factory(&lua, new_env.clone());
+        step.get::<Function>("share")?.call::<()>(&base)?;
         lua.set_globals(base)?;
         for (path, function) in world_functions {
             define.call::<()>((path, function))?;
@@ -402,6 +427,12 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     // Every thread carries the hook, the main thread included: the step's own Lua code runs there
     // when it turns a task's error object into text or closes a cancelled task, and those run
     // script code (`__tostring`, `__close`) that must stay under a budget too.
+    // LuaJIT runs no hook inside compiled code, so a compiled loop would never be stopped: with a
+    // budget, the JIT is off.
+    #[cfg(feature = "luajit")]
+    if let Some(jit) = lua.globals().get::<Option<Table>>("jit")? {
+        jit.get::<Function>("off")?.call::<()>(())?;
+    }
     #[cfg(not(feature = "luau"))]
     {
         let b = budget.clone();

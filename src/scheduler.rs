@@ -120,6 +120,8 @@ pub(crate) struct Scheduler {
     /// The most tasks / instances alive since the Lua tables were last rebuilt.
     task_peak: usize,
     instance_peak: usize,
+    /// Live tasks one instance may have (`None`: no limit).
+    pub task_quota: Option<usize>,
     /// The clocks as of this step.
     pub clock: Clock,
     /// When this step began (for the optional time budget of the step).
@@ -557,12 +559,33 @@ pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
 }
 
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
-pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<i64> {
+/// Fails with the message for the script if the instance is at its live-task quota.
+pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
     let mut s = sched(lua);
     let Some(instance) = s.instance_of(current) else {
         return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
-    Ok(s.insert_task(instance).key())
+    if let (Some(quota), Some(record)) = (s.task_quota, s.instances.get(&instance))
+        && record.tasks.len() >= quota
+    {
+        return Ok(Err(format!(
+            "too many live tasks: this instance has {} (max_tasks_per_instance is {quota})",
+            record.tasks.len()
+        )));
+    }
+    Ok(Ok((s.insert_task(instance).key(), instance.0)))
+}
+
+/// Instance `instance` holds about `kib` KiB, past its memory quota: every task of it is
+/// cancelled and it is reported (its globals stay until its entity goes).
+pub(crate) fn over_memory_quota(lua: &Lua, instance: InstanceId, kib: f64, quota_kib: f64) {
+    let message = format!(
+        "memory quota exceeded: this instance holds about {} KiB (memory_per_instance is {} KiB); its tasks are cancelled",
+        kib.round(),
+        quota_kib.round()
+    );
+    sched(lua).report(Some(instance), ScriptErrorKind::Quota, message, String::new());
+    cancel_instance(lua, instance, None);
 }
 
 /// The task `key` ended (finished or let go).

@@ -388,3 +388,115 @@ fn a_dead_thread_is_refused_at_the_call() {
         .collect();
     assert_eq!(out, expected);
 }
+
+// Memory: what a failed task held is released at once; quotas per instance name the instance
+// over its share and let the others go on.
+
+#[test]
+fn memory_a_failed_task_held_is_released_before_others_need_it() {
+    let (out, errs) = within("memory release", || {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            memory_limit: Some(24 * 1024 * 1024),
+            print_to_stdout: false,
+            hot_reload: false,
+            ..default()
+        });
+        spawn_script(
+            &mut app,
+            "scripts/hog.lua",
+            r#"
+            task.spawn(function()
+              local t = {}
+              for i = 1, 1e9 do t[i] = { i } end
+            end)
+            task.wait()
+            print("hog goes on")
+            "#,
+        );
+        spawn_script(
+            &mut app,
+            "scripts/victim.lua",
+            "task.wait() local s = string.rep('v', 8 * 1024 * 1024) print('victim', #s)",
+        );
+        run(&mut app, 4);
+        (printed(&app), errors(&app))
+    });
+    assert_eq!(out, ["hog goes on", "victim\t8388608"], "{errs:#?}");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].message.contains("not enough memory"), "{errs:#?}");
+}
+
+#[test]
+fn an_instance_past_its_task_quota_fails_alone() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        max_tasks_per_instance: Some(100),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/sleepers.lua",
+        "for i = 1, 1e6 do task.spawn(function() task.wait(1000) end) end",
+    );
+    spawn_script(
+        &mut app,
+        "scripts/polite.lua",
+        "for i = 1, 50 do task.delay(0, function() end) end task.wait() print('polite goes on')",
+    );
+    run(&mut app, 4);
+    assert_eq!(printed(&app), ["polite goes on"]);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].script, "scripts/sleepers.lua");
+    assert!(
+        errs[0]
+            .message
+            .contains("too many live tasks: this instance has 100 (max_tasks_per_instance is 100)"),
+        "{errs:#?}"
+    );
+    assert_eq!(live_tasks(&app), 99, "the sleepers it made keep sleeping (its top-level task was the 100th)");
+}
+
+#[test]
+fn an_instance_past_its_memory_quota_is_cancelled_and_named() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        memory_per_instance: Some(8 * 1024 * 1024),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/hoarder.lua",
+        r#"
+        keep = {}
+        for f = 1, 100 do
+          keep[f] = string.rep("k", 1024 * 1024 - f)
+          task.wait()
+        end
+        print("hoarder finished")
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/churner.lua",
+        r#"
+        for f = 1, 40 do
+          local g = {}
+          for i = 1, 2000 do g[i] = string.rep("g", 1000 + i) end
+          task.wait()
+        end
+        print("churner finished")
+        "#,
+    );
+    spawn_script(&mut app, "scripts/polite.lua", "for f = 1, 40 do task.wait() end print('polite finished')");
+    run(&mut app, 45);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Quota);
+    assert_eq!(errs[0].script, "scripts/hoarder.lua");
+    assert!(errs[0].message.starts_with("memory quota exceeded: this instance holds about "), "{errs:#?}");
+    assert_eq!(printed(&app), ["churner finished", "polite finished"]);
+    assert_eq!(live_tasks(&app), 0);
+}

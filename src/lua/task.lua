@@ -39,6 +39,7 @@ local threads = {}                        -- key -> thread
 local regs = {}                           -- key -> current registration number
 local args = {}                           -- key -> packed arguments for the next resume
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
+local owner = {}                          -- key -> instance id
 local next_reg = 0
 
 -- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
@@ -83,8 +84,10 @@ end
 local function key_for(co)
   local key = keys[co]
   if key == nil then
-    key = rust_adopt(co, current)
-    threads[key], keys[co] = co, key
+    local inst
+    key, inst = rust_adopt(co, current)
+    if key == nil then error(inst, 0) end -- the instance is at its live-task quota
+    threads[key], keys[co], owner[key] = co, key, inst
   end
   return key
 end
@@ -93,7 +96,7 @@ end
 local function drop(key)
   local co = threads[key]
   if co ~= nil then keys[co] = nil end
-  threads[key], regs[key], args[key] = nil, nil, nil
+  threads[key], regs[key], args[key], owner[key] = nil, nil, nil, nil
 end
 
 --- Registers the wait request `kind(arg)` for task `key`.
@@ -146,6 +149,11 @@ local function fail(key, co, err)
   end
   local ok, tb = pcall(traceback, co)
   close(co) -- first: what the thread holds becomes garbage before Rust is called
+  if message == "not enough memory" then
+    -- Collect it now, before anyone else needs memory (LuaJIT and Luau do not collect before
+    -- they fail an allocation).
+    collectgarbage("collect")
+  end
   rust_fail(key, message, ok and tb or "")
 end
 
@@ -180,7 +188,8 @@ local function after_step_resume(key, co, ok, first, kind, arg)
 end
 
 --- Resumes task `key` with `value` if `reg` is still its registration.
-local function resume_task(key, reg, value, d)
+local resume_task
+function resume_task(key, reg, value, d)
   if regs[key] ~= reg then return end
   local co = threads[key]
   regs[key] = nil
@@ -239,7 +248,139 @@ local function resume_task(key, reg, value, d)
   after_step_resume(key, co, ok, first, kind, arg)
 end
 
+-- Memory per instance (KiB; nil: off). After a resume, once the VM has grown by half a quota
+-- since the last check, the step collects garbage and measures what each instance holds: what
+-- is reachable from its globals and from its tasks' stacks and upvalues, stopping at what every
+-- instance shares (the base and the crate's own code). Sizes are estimates (a table's slots,
+-- a string's bytes). An instance over its quota has its tasks cancelled and is reported.
+local MEMORY_QUOTA, rust_over_quota, env_of, dbg = core.MEMORY_QUOTA, core.over_quota, core.env_of, core.debug
+local getlocal, getupvalue, getinfo = dbg and dbg.getlocal, dbg and dbg.getupvalue, dbg and dbg.getinfo
+local shared = setmetatable({}, { __mode = "k" }) -- what every instance reaches (not counted)
+local next_check = nil -- KiB of the VM at which the next check runs
+local LIBRARY = "=bevy_lua_coroutines/"
+
+local function gcount() return collectgarbage("count") end
+
+--- Marks everything reachable from `root` as shared (tables only: the base and its libraries).
+local function mark_shared(root)
+  local stack, n = { root }, 1
+  while n > 0 do
+    local t = stack[n]
+    stack[n], n = nil, n - 1
+    if not shared[t] then
+      shared[t] = true
+      for k, v in next, t do
+        if type(k) == "table" then n = n + 1; stack[n] = k end
+        if type(v) == "table" then n = n + 1; stack[n] = v end
+        if type(v) == "function" then shared[v] = true end
+      end
+      local mt = getmetatable(t)
+      if type(mt) == "table" then n = n + 1; stack[n] = mt end
+    end
+  end
+end
+
+--- An estimate of the bytes reachable from the values in `roots` that nothing shared holds.
+local function measure(roots)
+  local seen, stack, n, bytes = {}, {}, 0, 0
+  local function push(v)
+    local t = type(v)
+    if (t == "table" or t == "function" or t == "thread" or t == "userdata" or t == "string")
+      and not seen[v] and not shared[v] then
+      seen[v] = true
+      n = n + 1
+      stack[n] = v
+    end
+  end
+  for i = 1, #roots do push(roots[i]) end
+  while n > 0 do
+    local v = stack[n]
+    stack[n], n = nil, n - 1
+    local t = type(v)
+    if t == "string" then
+      bytes = bytes + 25 + #v
+    elseif t == "table" then
+      bytes = bytes + 56
+      for k, x in next, v do
+        bytes = bytes + 32
+        push(k)
+        push(x)
+      end
+      push(getmetatable(v))
+    elseif t == "function" then
+      bytes = bytes + 40
+      if getupvalue and getinfo(v, "S").source:sub(1, #LIBRARY) ~= LIBRARY then
+        local i = 1
+        while true do
+          local name, x = getupvalue(v, i)
+          if name == nil then break end
+          bytes = bytes + 8
+          push(x)
+          i = i + 1
+        end
+      end
+    elseif t == "thread" then
+      bytes = bytes + 1024
+      if getlocal then
+        local level = 0
+        while getinfo(v, level, "l") do
+          local info = getinfo(v, level, "f")
+          if info and info.func then push(info.func) end
+          local i = 1
+          while true do
+            local name, x = getlocal(v, level, i)
+            if name == nil then break end
+            push(x)
+            i = i + 1
+          end
+          level = level + 1
+        end
+      end
+    else
+      bytes = bytes + 40
+    end
+  end
+  return bytes / 1024
+end
+
+--- Collects garbage and measures every instance that has tasks; cancels those over the quota.
+local function check_memory()
+  collectgarbage("collect")
+  local roots = {}
+  for key, inst in next, owner do
+    local r = roots[inst]
+    if r == nil then
+      r = { env_of(inst) }
+      roots[inst] = r
+    end
+    r[#r + 1] = threads[key]
+  end
+  local over = {}
+  for inst, r in next, roots do
+    local kib = measure(r)
+    if kib > MEMORY_QUOTA then over[#over + 1] = { inst, kib } end
+  end
+  table.sort(over, function(a, b) return a[1] < b[1] end) -- in a deterministic order
+  for i = 1, #over do rust_over_quota(over[i][1], over[i][2], MEMORY_QUOTA) end
+  collectgarbage("collect")
+  next_check = gcount() + MEMORY_QUOTA / 2
+end
+
+if MEMORY_QUOTA ~= nil then
+  local resume_unchecked = resume_task
+  resume_task = function(key, reg, value, d)
+    resume_unchecked(key, reg, value, d)
+    if gcount() > next_check then check_memory() end
+  end
+end
+
 local step = { close = close }
+
+--- Marks the shared base: memory reachable from it is no instance's.
+function step.share(base)
+  mark_shared(base)
+  next_check = gcount() + (MEMORY_QUOTA or 0) / 2
+end
 
 -- The step's bound. A task resumes at most MAX_RESUMES times in one step: a further wake (a
 -- channel ping-pong, an await or `task.defer` loop) is carried to the next step, in the order it
@@ -416,7 +557,7 @@ function step.compact()
     for k, v in pairs(t) do fresh[k] = v end
     return fresh
   end
-  threads, regs, args = copy(threads), copy(regs), copy(args)
+  threads, regs, args, owner = copy(threads), copy(regs), copy(args), copy(owner)
   resumed_in, resumed_n = {}, {} -- counts of past steps only: no step runs now
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
@@ -502,8 +643,9 @@ local function after_spawn(co, ok, first, ...)
       local msg = first
       if type(msg) ~= "string" then msg = tostring(msg) end
       local traced, tb = pcall(traceback, co)
-      rust_report(msg, traced and tb or "")
       close(co)
+      if msg == "not enough memory" then collectgarbage("collect") end
+      rust_report(msg, traced and tb or "")
     end
   elseif first == REQ then
     register(key_for(co), ...)
