@@ -142,6 +142,7 @@ mod hook;
 mod instance;
 mod llm;
 mod modules;
+mod pattern;
 mod plugin;
 mod reload;
 mod runtime;

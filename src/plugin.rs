@@ -28,7 +28,7 @@ pub struct LuaCoroutinesPlugin {
     pub schedule: Interned<dyn ScheduleLabel>,
     /// Lua instructions one resume may run before the task is stopped with `script exceeded its
     /// instruction budget` (default 10,000,000; `None` for no limit). Checked every 1/16 of
-    /// the budget. Under LuaJIT the count only advances while the JIT is off.
+    /// the budget. Under LuaJIT a budget turns the JIT off (compiled code runs no hooks).
     pub instruction_budget: Option<u64>,
     /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
     /// fails the Lua call that made it with a memory error.

@@ -271,6 +271,8 @@ impl LuaRuntime {
             }
             Ok(())
         })?;
+        // Scripts get pattern functions whose work counts against the budget.
+        crate::pattern::install(&lua, budget.clone(), &globals.get::<Table>("string")?, &bad)?;
         // Scripts get `setmetatable` and `newproxy` that refuse finalizers (the sandbox copies the
         // globals it shares as it loads).
         globals.set("setmetatable", api.get::<Value>("setmetatable")?)?;
@@ -422,8 +424,9 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     };
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
+    budget.set_main(lua.current_thread().to_pointer());
     let every = (instructions / 16).clamp(1, i32::MAX as u64);
-    budget.set_limit(instructions.div_ceil(every), every as i32);
+    budget.set_limit(instructions.div_ceil(every), every as i32, every);
     // Every thread carries the hook, the main thread included: the step's own Lua code runs there
     // when it turns a task's error object into text or closes a cancelled task, and those run
     // script code (`__tostring`, `__close`) that must stay under a budget too.
@@ -456,7 +459,7 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     {
         let b = budget.clone();
         // Luau calls the interrupt at calls and loop back-edges, not every n instructions.
-        budget.set_limit(instructions.div_ceil(8).max(1), 1);
+        budget.set_limit(instructions.div_ceil(8).max(1), 1, 8);
         lua.set_interrupt(move |lua| {
             let short = || {
                 lua.inspect_stack(1, |d| {

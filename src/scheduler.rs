@@ -375,8 +375,9 @@ impl Scheduler {
 /// later hook call on any thread stops the running code again at once (the hook of the thread it
 /// fired on, and of the resumed task's thread, then fires on every instruction), so no `pcall`,
 /// nested coroutine or C callback keeps the task running. The step sees `state.spent` when the
-/// resume returns and cancels the task ([`spent`]). The crate's own Lua code is let finish a
-/// bounded number of instructions first, so the task bookkeeping it was doing stays whole.
+/// resume returns and cancels the task ([`spent`]). The crate's own Lua code is let finish (on
+/// the main thread, where the step runs, always; on a task's thread, for a bounded number of
+/// instructions), so the task bookkeeping it was doing stays whole.
 #[derive(Default)]
 pub(crate) struct Budget {
     /// Hook calls allowed per resume (0: unlimited).
@@ -389,6 +390,30 @@ pub(crate) struct Budget {
     grace: AtomicU64,
     /// Set when the budget ran out, until the step has cancelled the task.
     spent: std::sync::Mutex<Option<Spent>>,
+    /// `Thread::to_pointer()` of the main thread, where the step's own Lua code runs.
+    main: AtomicU64,
+    /// Instructions one hook call stands for (`every`, or 8 for a Luau interrupt).
+    per_call: AtomicU64,
+    /// Steps of work outside the VM not charged yet.
+    pending: AtomicU64,
+}
+
+/// Steps of work outside the VM (pattern matching) charged at once.
+const WORK_BATCH: u64 = 4096;
+
+/// `file:line` of the innermost script function on the stack (not the crate's own code).
+fn script_location(lua: &Lua) -> String {
+    for level in 1..64 {
+        let Some((src, line)) = lua.inspect_stack(level, |d| {
+            (d.source().short_src.as_deref().unwrap_or("?").to_string(), d.current_line())
+        }) else {
+            break;
+        };
+        if !src.starts_with("bevy_lua_coroutines/") && src != "[C]" {
+            return format!("{src}:{}", line.map_or_else(|| "?".into(), |l| l.to_string()));
+        }
+    }
+    "?".into()
 }
 
 /// Where a budget ran out, and the thread of the task whose resume it was.
@@ -406,10 +431,17 @@ struct Spent {
 const GRACE: u64 = 100_000;
 
 impl Budget {
+    /// Names the main thread (the step's own Lua code there is never stopped, only the script
+    /// code it calls).
+    pub fn set_main(&self, main: *const c_void) {
+        self.main.store(main as u64, Ordering::Relaxed);
+    }
+
     /// Sets how many hook calls one resume may take, `every` instructions apart.
-    pub fn set_limit(&self, calls: u64, every: i32) {
+    pub fn set_limit(&self, calls: u64, every: i32, per_call: u64) {
         self.limit.store(calls, Ordering::Relaxed);
         self.every.store(every, Ordering::Relaxed);
+        self.per_call.store(per_call, Ordering::Relaxed);
     }
 
     fn limit(&self) -> u64 {
@@ -450,7 +482,8 @@ impl Budget {
         if let Some(mut spent) = self.spent() {
             crate::hook::set_count(thread, 1);
             if in_library() {
-                if self.grace.fetch_add(1, Ordering::Relaxed) < GRACE {
+                let main = thread as u64 == self.main.load(Ordering::Relaxed);
+                if main || self.grace.fetch_add(1, Ordering::Relaxed) < GRACE {
                     return Ok(VmState::Continue);
                 }
             } else if spent.at_library {
@@ -479,22 +512,65 @@ impl Budget {
             return Ok(VmState::Continue);
         }
         // The thread is alive: the task table holds it.
-        let resumed = refs.thread_of.call::<Option<Thread>>(current).ok().flatten();
-        let state = refs.state.clone();
         drop(refs);
         let at_library = in_library();
-        let resumed = resumed.as_ref().map_or(0, |t| t.to_pointer() as usize);
-        let spent = Spent { at: location(), at_library, resumed };
-        if let Ok(mut slot) = self.spent.lock() {
-            *slot = Some(spent.clone());
-        }
-        let _ = state.raw_set("spent", true);
-        crate::hook::set_count(thread, 1);
-        crate::hook::set_count(resumed as *const c_void, 1);
+        let spent = self.exhaust(lua, current, location(), at_library);
         if at_library {
             return Ok(VmState::Continue);
         }
         Self::stop(thread, &spent)
+    }
+
+    /// Marks the budget of the resume of task `current` spent at `at`: from now on the running
+    /// thread and the task's own thread stop at every instruction.
+    fn exhaust(&self, lua: &Lua, current: i64, at: String, at_library: bool) -> Spent {
+        let (resumed, state) = {
+            let refs = refs(lua);
+            // The thread is alive: the task table holds it.
+            (refs.thread_of.call::<Option<Thread>>(current).ok().flatten(), refs.state.clone())
+        };
+        let resumed = resumed.as_ref().map_or(0, |t| t.to_pointer() as usize);
+        let spent = Spent { at, at_library, resumed };
+        if let Ok(mut slot) = self.spent.lock() {
+            *slot = Some(spent.clone());
+        }
+        let _ = state.raw_set("spent", true);
+        crate::hook::set_count(lua.current_thread().to_pointer(), 1);
+        crate::hook::set_count(resumed as *const c_void, 1);
+        spent
+    }
+
+    /// Charges `steps` of work done outside the VM (pattern matching), one step for one
+    /// instruction, to the running resume. Counted in batches: only every [`WORK_BATCH`] steps
+    /// does it look at the resume (a call into Lua). Fails with the message to raise once the
+    /// budget is spent.
+    pub fn work(&self, lua: &Lua, steps: u64) -> Result<(), String> {
+        if self.limit.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        if let Some(spent) = self.spent() {
+            return Err(format!("{}: script exceeded its instruction budget", spent.at));
+        }
+        let pending = self.pending.fetch_add(steps, Ordering::Relaxed) + steps;
+        if pending < WORK_BATCH {
+            return Ok(());
+        }
+        let per_call = self.per_call.load(Ordering::Relaxed).max(1);
+        self.pending.store(pending % per_call, Ordering::Relaxed);
+        let (current, serial) = current_task(lua);
+        if current == 0 {
+            return Ok(());
+        }
+        if self.serial.swap(serial, Ordering::Relaxed) != serial {
+            self.calls.store(0, Ordering::Relaxed);
+        }
+        let calls = self.calls.fetch_add(pending / per_call, Ordering::Relaxed) + pending / per_call;
+        if calls <= self.limit() {
+            return Ok(());
+        }
+        let at = script_location(lua);
+        let spent = self.exhaust(lua, current, at, false);
+        Err(format!("{}: script exceeded its instruction budget", spent.at))
     }
 
     /// Stops the code running on `thread`: the resumed task itself yields where it can (which

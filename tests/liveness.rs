@@ -500,3 +500,65 @@ fn an_instance_past_its_memory_quota_is_cancelled_and_named() {
     assert_eq!(printed(&app), ["churner finished", "polite finished"]);
     assert_eq!(live_tasks(&app), 0);
 }
+
+#[test]
+fn pattern_matching_counts_against_the_budget() {
+    let (out, errs, live) = beside_steady(
+        r#"
+        local ok, err = pcall(string.find, string.rep("a", 100000), ".-.-.-.-b")
+        print("caught?", ok)
+        while true do pcall(string.match, string.rep("a", 5000), "(.-)(.-)(.-)b") end
+        "#,
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert!(!out.iter().any(|l| l.starts_with("caught?")), "nothing runs after the budget is spent: {out:?}");
+    assert_eq!(errs[0].message, "scripts/hostile.lua:2: script exceeded its instruction budget");
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn pattern_functions_keep_lua_semantics() {
+    let out = output(
+        r##"
+        print(string.find("hello world", "o w"), string.find("hello", "l+"), ("x"):find("", 10))
+        print(string.find("a.b", ".", 1, true), string.find("abc", "b", -1), string.find("abc", "()b()"))
+        print(string.match("key = value", "(%w+)%s*=%s*(%w+)"), string.match("  trim  ", "^%s*(.-)%s*$"))
+        print(string.match("THE (quick) fox", "%((%a+)%)"), string.match("f(a(b)c)d", "%b()"))
+        print(string.match("hello", "()ll()"), string.match("THE (quick) fox", "%f[%a]%a+", 5))
+        local words = {}
+        for w in string.gmatch("one two  three", "%a+") do words[#words + 1] = w end
+        for k, v in string.gmatch("a=1, b=2", "(%w+)=(%w+)") do words[#words + 1] = k .. v end
+        print(table.concat(words, ","))
+        print(string.gsub("hello world", "o", "0"), string.gsub("abc", "%w", "%0%0"), string.gsub("abc", "", "-"))
+        print(string.gsub("hello world", "(%w+)", "<%1>"), string.gsub("abc", "b", "%%"), string.gsub("abc", "^a", "x"))
+        print(string.gsub("$name is $age", "%$(%w+)", { name = "Ann", age = 7 }))
+        print(string.gsub("one two", "(%w+)", function(w) return w:upper() end), string.gsub("a b", "%w", false and 1 or function() end))
+        print(string.gsub("abc", "%w", "x", 2), ("x y"):gsub("%s", "_"), string.gsub("hello", "l", { l = 1 }))
+        print(pcall(string.find, "a", "[a"), pcall(string.gsub, "a", "a", "%2"))
+        print(pcall(string.rep), select("#", string.find("abc", "z")), string.match("2024-01-02", "(%d+)-(%d+)"))
+        print(pcall(string.gsub, "abc", "b", {b = {}}), string.find(12345, 3), pcall(string.match, "x", "(()"))
+        "##,
+        1,
+    );
+    // Lua keeps only the first value of a call that is not the last argument.
+    assert_eq!(
+        out,
+        [
+            "5\t3\tnil",
+            "2\tnil\t2\t2\t2\t3",
+            "key\ttrim",
+            "quick\t(a(b)c)",
+            "3\tquick",
+            "one,two,three,a1,b2",
+            "hell0 w0rld\taabbcc\t-a-b-c-\t4",
+            "<hello> <world>\ta%c\txbc\t1",
+            "Ann is 7\t2",
+            "ONE TWO\ta b\t2",
+            "xxc\tx_y\the11o\t2",
+            "false\tfalse\tinvalid capture index %2",
+            "false\t1\t2024\t01",
+            "false\t3\tfalse\tunfinished capture",
+        ]
+    );
+}

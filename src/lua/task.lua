@@ -126,6 +126,9 @@ local function close(co)
   return true
 end
 
+-- Set when a task failed for want of memory: the step collects garbage after the resume.
+local memory_failed = false
+
 --- Turns an error value into its message. A `__tostring` runs under the budget of whoever is
 --- running (a looping one spends it); one that fails gives `(error object)`.
 local function describe(err)
@@ -151,8 +154,10 @@ local function fail(key, co, err)
   close(co) -- first: what the thread holds becomes garbage before Rust is called
   if message == "not enough memory" then
     -- Collect it now, before anyone else needs memory (LuaJIT and Luau do not collect before
-    -- they fail an allocation).
+    -- they fail an allocation), and again once the resume that ran it is over (a thread LuaJIT
+    -- cannot close is garbage only then).
     collectgarbage("collect")
+    memory_failed = true
   end
   rust_fail(key, message, ok and tb or "")
 end
@@ -206,6 +211,10 @@ function resume_task(key, reg, value, d)
     else
       ok, first, kind, arg = co_resume(co)
     end
+  end
+  if memory_failed then
+    memory_failed = false
+    collectgarbage("collect")
   end
   if S.spent then
     -- The budget ran out: the task is dead for good, whatever it caught.
@@ -644,7 +653,10 @@ local function after_spawn(co, ok, first, ...)
       if type(msg) ~= "string" then msg = tostring(msg) end
       local traced, tb = pcall(traceback, co)
       close(co)
-      if msg == "not enough memory" then collectgarbage("collect") end
+      if msg == "not enough memory" then
+        collectgarbage("collect")
+        memory_failed = true
+      end
       rust_report(msg, traced and tb or "")
     end
   elseif first == REQ then
