@@ -54,8 +54,9 @@ pub struct LuaCoroutinesPlugin {
     pub module_path: Vec<String>,
     /// How many times one task may resume in one step (default 10,000). Work that wakes other
     /// work in the same step (a channel ping-pong, an `await` or `task.defer` loop) would
-    /// otherwise keep the frame from ending; a wake past the cap is carried to the next step, in
-    /// order, so replays stay identical.
+    /// otherwise keep the frame from ending; the tasks of one instance together resume at most
+    /// ten times this many. A wake past the cap is carried to the next step, in order, so replays
+    /// stay identical. Frame waits (`task.wait()`) are not counted.
     pub max_resumes_per_task: u32,
     /// Wall time one step may take before what is still due is carried to the next frame
     /// (default `None`: every due task resumes every frame). At least one task resumes per step,

@@ -151,6 +151,12 @@ impl LuaRuntime {
         core.set("state", &state)?;
         core.set("traceback", traceback.clone())?;
         core.set("debug", globals.get::<Value>("debug")?)?;
+        if cfg!(not(any(feature = "luajit", feature = "luau")))
+            && config.instruction_budget.is_some_and(|n| n > 0)
+        {
+            // Threads mlua makes carry the budget hook; the main thread does not (see `install_budget`).
+            core.set("thread", lua.create_function(|lua, f: Function| lua.create_thread(f))?)?;
+        }
         core.set(
             "env_of",
             lua.create_function(|lua, id: i64| scheduler::refs(lua).envs.raw_get::<Value>(id))?,
@@ -427,9 +433,11 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     budget.set_main(lua.current_thread().to_pointer());
     let every = (instructions / 16).clamp(1, i32::MAX as u64);
     budget.set_limit(instructions.div_ceil(every), every as i32, every);
-    // Every thread carries the hook, the main thread included: the step's own Lua code runs there
-    // when it turns a task's error object into text or closes a cancelled task, and those run
-    // script code (`__tostring`, `__close`) that must stay under a budget too.
+    // Every thread mlua makes, and every coroutine a task makes, carries the hook. Under Lua 5.4 the
+    // main thread, where the step's own loop runs, does not (any hook slows every instruction of
+    // the thread it is on); script code the step calls there (an error's `__tostring`, a
+    // cancelled task's `__close`) runs on a thread of its own that does (`protected` in
+    // `lua/task.lua`). Under LuaJIT a hook is global: it stays.
     // LuaJIT runs no hook inside compiled code, so a compiled loop would never be stopped: with a
     // budget, the JIT is off.
     #[cfg(feature = "luajit")]
@@ -454,6 +462,8 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
                 )
             },
         )?;
+        #[cfg(not(feature = "luajit"))]
+        lua.remove_hook();
     }
     #[cfg(feature = "luau")]
     {
@@ -461,10 +471,15 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
         // Luau calls the interrupt at calls and loop back-edges, not every n instructions.
         budget.set_limit(instructions.div_ceil(8).max(1), 1, 8);
         lua.set_interrupt(move |lua| {
+            // The innermost Lua function (the interrupt itself is no frame of its own).
             let short = || {
-                lua.inspect_stack(1, |d| {
-                    let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                    (d.source().short_src.as_deref().unwrap_or("?").to_string(), line)
+                (0..4).find_map(|level| {
+                    lua.inspect_stack(level, |d| {
+                        let src = d.source().short_src.as_deref().unwrap_or("?").to_string();
+                        let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
+                        (src != "[C]").then_some((src, line))
+                    })
+                    .flatten()
                 })
             };
             b.on_hook(

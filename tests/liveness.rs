@@ -178,7 +178,7 @@ fn a_budget_spent_in_a_sort_comparator_is_not_catchable_afterwards() {
 #[test]
 fn channel_ping_pong_lets_the_frame_end() {
     let out = within("ping-pong", || {
-        let mut app = create_app();
+        let mut app = capped_app();
         spawn_script(
             &mut app,
             "scripts/pingpong.lua",
@@ -202,10 +202,21 @@ fn channel_ping_pong_lets_the_frame_end() {
     assert!(out.1.is_empty(), "{:#?}", out.1);
 }
 
+/// An app whose tasks resume at most 500 times per step (the default, 10,000, makes a flood take
+/// seconds per frame in a debug build under Luau, whose interrupt calls Rust at every call).
+fn capped_app() -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        max_resumes_per_task: 500,
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    })
+}
+
 /// Runs `hostile` beside a script that prints once a frame for three frames (default budget).
 fn frames_go_on(hostile: &'static str) -> (Vec<String>, Vec<ScriptError>) {
     within(hostile, move || {
-        let mut app = create_app();
+        let mut app = capped_app();
         spawn_script(&mut app, "scripts/hostile.lua", hostile);
         spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() print('frame', i) end");
         run(&mut app, 5);

@@ -129,11 +129,23 @@ end
 -- Set when a task failed for want of memory: the step collects garbage after the resume.
 local memory_failed = false
 
+--- `pcall(f, ...)`, but on the main thread (which carries no hook under Lua 5.4, so that the
+--- step's own code runs at full speed) it runs `f` on a thread of its own that carries the budget
+--- hook: script code the step calls (a `__tostring`, a `__close`) stays under a budget.
+local rust_thread = core.thread
+local function protected(f, ...)
+  if rust_thread ~= nil then
+    local _, main = co_running()
+    if main == true then return co_resume(rust_thread(f), ...) end
+  end
+  return pcall(f, ...)
+end
+
 --- Turns an error value into its message. A `__tostring` runs under the budget of whoever is
 --- running (a looping one spends it); one that fails gives `(error object)`.
 local function describe(err)
   if type(err) == "string" then return err end
-  local ok, text = pcall(tostring, err)
+  local ok, text = protected(tostring, err)
   if ok and type(text) == "string" then return text end
   return "(error object)"
 end
@@ -397,7 +409,11 @@ end
 -- step) everything still due is carried too. Carried work resumes at the start of the next step's
 -- ready queue, after the timers that fell due.
 local MAX_RESUMES, TIMED, over_time = core.MAX_RESUMES, core.TIMED, core.over_time
+-- The tasks of one instance together resume at most this many times from the ready queue in one
+-- step (tasks made during the step, a promise executor each, say, are new tasks each time).
+local MAX_INSTANCE_RESUMES = 10 * MAX_RESUMES
 local resumed_in, resumed_n = {}, {} -- key -> step number of its last count, resumes in that step
+local inst_in, inst_n = {}, {} -- instance id -> the same
 local step_no = 0
 local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
 local last_frame = -1
@@ -465,10 +481,13 @@ function step.run()
     head = head + 4
     if head > tail then head, tail = 1, 0 end
     local count = resumed_in[key] == step_no and resumed_n[key] or 0
-    if count >= MAX_RESUMES then
+    local inst = owner[key] or 0
+    local inst_count = inst_in[inst] == step_no and inst_n[inst] or 0
+    if count >= MAX_RESUMES or inst_count >= MAX_INSTANCE_RESUMES then
       if regs[key] == reg then carry_entry(key, reg, value, d) end
     else
       resumed_in[key], resumed_n[key] = step_no, count + 1
+      inst_in[inst], inst_n[inst] = step_no, inst_count + 1
       resume_task(key, reg, value, d)
       if tail > peak then peak = tail end
       if timed and over_time() then
@@ -533,9 +552,9 @@ end
 --- it gets a budget of its own (script code it runs, a `__close` or a `__tostring`, cannot loop
 --- for ever); inside a task it is charged to that task. Returns what `pcall` returns.
 local function guard(owner, f, ...)
-  if current ~= 0 then return pcall(f, ...) end
+  if current ~= 0 then return protected(f, ...) end
   current, serial = -1, serial + 1
-  local r = pack(pcall(f, ...))
+  local r = pack(protected(f, ...))
   if S.spent then
     rust_spent(-1, owner, nil)
     r = { n = 2, false, "script exceeded its instruction budget" }
@@ -567,7 +586,7 @@ function step.compact()
     return fresh
   end
   threads, regs, args, owner = copy(threads), copy(regs), copy(args), copy(owner)
-  resumed_in, resumed_n = {}, {} -- counts of past steps only: no step runs now
+  resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
