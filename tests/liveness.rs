@@ -327,15 +327,9 @@ fn a_waiting_task_finished_by_hand_is_no_longer_live() {
         "#,
     );
     run(&mut app, 2);
-    let memory = |app: &mut App| {
-        let runtime = app.world().resource::<LuaRuntime>();
-        runtime.lua().gc_collect().unwrap();
-        runtime.lua().gc_collect().unwrap();
-        runtime.used_memory()
-    };
     assert_eq!(printed(&app), ["done"]);
     assert_eq!(live_tasks(&app), 0, "no task is left counted as live");
-    let before = memory(&mut app);
+    let before = collected_memory(&app);
     spawn_script(
         &mut app,
         "scripts/by_hand_more.lua",
@@ -348,7 +342,7 @@ fn a_waiting_task_finished_by_hand_is_no_longer_live() {
     );
     run(&mut app, 40);
     assert_eq!(live_tasks(&app), 0);
-    let after = memory(&mut app);
+    let after = collected_memory(&app);
     assert!(after < before + 256 * 1024, "no bookkeeping kept: {before} -> {after} bytes");
     assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
 }
