@@ -128,6 +128,22 @@ fn generate_async_resolves_with_the_whole_answer() {
 }
 
 #[test]
+fn llm_bridge_is_the_seed_name_of_llm() {
+    assert_eq!(output("print(llm, llmBridge)", 1), ["nil\tnil"], "neither exists without a service");
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(rawequal(llmBridge, llm))
+        print(await(llmBridge.generateAsync("hello")))
+        print(await(llmBridge.streamGenerate("hi", function() end, { maxTokens = 2 })))
+        "#,
+        3,
+    );
+    assert_eq!(out, ["true", "hello:1 hello:2 hello:3", "hi:1 hi:2"]);
+}
+
+#[test]
 fn stream_generate_delivers_tokens_and_resolves_with_the_text() {
     let (mut app, _) = llm_app(LlmConfig::default());
     let out = ok_output(

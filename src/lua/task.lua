@@ -141,19 +141,30 @@ local function protected(f, ...)
   return pcall(f, ...)
 end
 
---- Turns an error value into its message. A `__tostring` runs under the budget of whoever is
---- running (a looping one spends it); one that fails gives `(error object)`.
-local function describe(err)
+--- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
+--- anything else through `tostring`, protected. The one place where an error value a script
+--- raised becomes text. A `__tostring` runs under the budget of whoever is running (a looping
+--- one spends it).
+local function error_text(err)
   if type(err) == "string" then return err end
   local ok, text = protected(tostring, err)
   if ok and type(text) == "string" then return text end
-  return "(error object)"
+  return "(error object: its __tostring raised)"
+end
+
+--- Closes `co` as a cancellation does: true, or false, the text of what a `__close` raised and
+--- the traceback of where the thread stood when it was closed.
+local function close_reporting(co)
+  local traced, tb = pcall(traceback, co)
+  local ok, err = close(co)
+  if ok then return true end
+  return false, error_text(err), traced and tb or ""
 end
 
 --- Reports that task `key` failed with `err`, and closes it. Protected: under the memory limit
 --- even the traceback may fail to allocate.
 local function fail(key, co, err)
-  local message = describe(err)
+  local message = error_text(err)
   drop(key)
   if S.spent then
     -- The budget of the task that runs it ran out (a `task.spawn` runs within its spawner's
@@ -241,7 +252,7 @@ function resume_task(key, reg, value, d)
       collectgarbage("collect")
     end
     -- Still charged to the task: its error object's `__tostring` runs under its budget.
-    local message = describe(first)
+    local message = error_text(first)
     if S.spent then
       kill_spent(key, co)
     else
@@ -395,7 +406,7 @@ if MEMORY_QUOTA ~= nil then
   end
 end
 
-local step = { close = close }
+local step = { close = close_reporting }
 
 --- Marks the shared base: memory reachable from it is no instance's.
 function step.share(base)
@@ -550,14 +561,16 @@ end
 
 --- Runs `f(...)` protected, as work of instance `owner` (nil: the host instance). Outside any task
 --- it gets a budget of its own (script code it runs, a `__close` or a `__tostring`, cannot loop
---- for ever); inside a task it is charged to that task. Returns what `pcall` returns.
+--- for ever); inside a task it is charged to that task. Returns what `pcall` returns (just
+--- `true` when the budget ran out: that is reported).
 local function guard(owner, f, ...)
   if current ~= 0 then return protected(f, ...) end
   current, serial = -1, serial + 1
   local r = pack(protected(f, ...))
   if S.spent then
+    -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
     rust_spent(-1, owner, nil)
-    r = { n = 2, false, "script exceeded its instruction budget" }
+    r = { n = 1, true }
   end
   current = 0
   return unpack(r, 1, r.n)
@@ -565,14 +578,15 @@ end
 step.guard = guard
 
 --- Cancels task `key` for Rust (its instance is going away): closes the thread, its `__close`
---- handlers under a budget.
+--- handlers under a budget (see `close_reporting` for what it returns).
 function step.kill(key)
   local co = threads[key]
   drop(key)
   if co == nil then return true end
-  local ok, closed, err = guard(nil, close, co)
-  if not ok then return false, closed end
-  return closed, err
+  local ok, closed, message, tb = guard(nil, close_reporting, co)
+  if not ok then return false, closed, "" end
+  if closed == nil then return true end -- its `__close` spent a budget, reported as such
+  return closed, message, tb
 end
 
 --- The thread of task `key`.
@@ -668,8 +682,7 @@ local function after_spawn(co, ok, first, ...)
     elseif S.spent then
       close(co) -- the spawner's budget ran out: it is reported once the step has it back
     else
-      local msg = first
-      if type(msg) ~= "string" then msg = tostring(msg) end
+      local msg = error_text(first)
       local traced, tb = pcall(traceback, co)
       close(co)
       if msg == "not enough memory" then
@@ -748,6 +761,7 @@ function task.waitUntil(pred, timeout)
   if pred() then return true end
   local start = S.nanos
   local limit = timeout and timeout * 1e9
+  if limit ~= limit then limit = 0 end -- NaN: no time at all, as a negative timeout
   while true do
     co_yield(REQ, WAIT_FRAMES, 1)
     if pred() then return true end
@@ -767,8 +781,8 @@ function task.cancel(co)
     core.forget(key)
   end
   if status == "suspended" then
-    local ok, err = close(co)
-    if not ok then rust_report(tostring(err), traceback(co)) end
+    local ok, message, tb = close_reporting(co)
+    if not ok then rust_report(message, tb) end
   end
 end
 
@@ -803,29 +817,7 @@ function coroutine_api.wrap(f)
   end
 end
 
---- `setmetatable`, refusing a metatable with a `__gc` field: Lua runs finalizers with hooks off,
---- so a finalizer would run outside any instruction budget and could freeze the game. (A `__gc`
---- added after `setmetatable` is never called: Lua marks a table for finalization only here.)
-local raw_setmetatable, rawget = setmetatable, rawget
-local function safe_setmetatable(t, mt)
-  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
-    error("bad argument #2 to 'setmetatable' (__gc metamethods are not allowed: a finalizer would run outside the instruction budget)", 2)
-  end
-  return raw_setmetatable(t, mt)
-end
-
---- `newproxy` (LuaJIT, Luau), refusing a proxy with a metatable, whose `__gc` could be set.
-local raw_newproxy = newproxy
-local safe_newproxy = raw_newproxy and function(with_mt)
-  if with_mt ~= nil and with_mt ~= false then
-    error("bad argument #1 to 'newproxy' (proxies with a metatable are not allowed: a finalizer would run outside the instruction budget)", 2)
-  end
-  return raw_newproxy(with_mt)
-end
-
 return {
-  setmetatable = safe_setmetatable,
-  newproxy = safe_newproxy,
   task = task,
   time = time,
   coroutine = coroutine_api,
@@ -843,4 +835,5 @@ return {
   wake = wake,
   waiting = waiting,
   bad = bad,
+  error_text = error_text,
 }
