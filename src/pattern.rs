@@ -524,10 +524,11 @@ pub(crate) fn fail_marker() -> LightUserData {
 }
 
 /// Replaces `string.find`, `string.match`, `string.gmatch` and `string.gsub` in `string` (the
-/// table scripts will share) with the budgeted ones. `bad` is the task API's argument-error helper.
+/// table scripts will share) with the budgeted ones. `work(lua, steps)` charges matching steps to
+/// the running resume (the budget's); `bad` is the task API's argument-error helper.
 pub(crate) fn install(
     lua: &Lua,
-    budget: std::sync::Arc<crate::scheduler::Budget>,
+    work: impl Fn(&Lua, u64) -> Result<(), String> + Clone + Send + Sync + 'static,
     string: &mlua::Table,
     bad: &mlua::Function,
 ) -> mlua::Result<()> {
@@ -539,10 +540,10 @@ pub(crate) fn install(
             Value::Boolean(located),
         ]))
     };
-    let b = budget.clone();
+    let b = work.clone();
     let raw_find = lua.create_function(
         move |lua, (s, p, init, plain, is_find): (mlua::LuaString, mlua::LuaString, i64, bool, bool)| {
-            let mut charge = |steps| b.work(lua, steps);
+            let mut charge = |steps| b(lua, steps);
             match find(lua, &s.as_bytes(), &p.as_bytes(), init, plain, is_find, &mut charge) {
                 Ok(values) => Ok(values),
                 Err(message) => fail(lua, message),
@@ -551,7 +552,7 @@ pub(crate) fn install(
     )?;
     let raw_gsub = lua.create_function(
         move |lua, (s, p, repl, max): (mlua::LuaString, mlua::LuaString, mlua::LuaString, i64)| {
-            let mut charge = |steps| budget.work(lua, steps);
+            let mut charge = |steps| work(lua, steps);
             match gsub(lua, &s.as_bytes(), &p.as_bytes(), &repl.as_bytes(), Some(max), &mut charge) {
                 Ok((out, n)) => {
                     Ok(MultiValue::from_vec(vec![Value::String(lua.create_string(out)?), Value::Integer(n)]))

@@ -297,7 +297,9 @@ impl LuaRuntime {
             Ok(())
         })?;
         // Scripts get pattern functions whose work counts against the budget.
-        crate::pattern::install(&lua, budget.clone(), &globals.get::<Table>("string")?, &bad)?;
+        let b = budget.clone();
+        let work = move |lua: &Lua, steps| b.work(lua, steps);
+        crate::pattern::install(&lua, work, &globals.get::<Table>("string")?, &bad)?;
         let sandbox: Table = lua
             .load(include_str!("lua/sandbox.lua"))
             .set_name("=bevy_lua_coroutines/sandbox.lua")
