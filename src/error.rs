@@ -45,6 +45,9 @@ pub enum ScriptErrorKind {
     /// The entity and script are those of the instance that created the promise (a placeholder
     /// entity if that instance is gone).
     UnhandledRejection,
+    /// An instance went past one of its quotas (memory per instance): its tasks were cancelled.
+    /// (Past its live-task quota, the call that would make one more task raises instead.)
+    Quota,
 }
 
 /// A script failure, written once per failed task (the task stops; the rest of the game goes on).

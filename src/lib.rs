@@ -135,6 +135,14 @@
 //! logged with `file:line` and traceback and written as a [`ScriptError`]. The README's
 //! "Protection" section is the threat model.
 //!
+//! No script keeps a frame from ending: a task that spent its budget is dead for good (no `pcall`,
+//! coroutine, C callback, `__tostring` or `__close` keeps it running), pattern matching counts
+//! against the budget, finalizers (`__gc`) are refused, one task resumes at most
+//! [`LuaCoroutinesPlugin::max_resumes_per_task`] times per step (the rest is carried to the next
+//! frame), and [`LuaCoroutinesPlugin::step_time_budget`] optionally bounds a step's wall time.
+//! Quotas per instance ([`LuaCoroutinesPlugin::max_tasks_per_instance`],
+//! [`LuaCoroutinesPlugin::memory_per_instance`]) keep one instance from starving the others.
+//!
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
@@ -154,9 +162,11 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 mod asset;
 mod bridge;
 mod error;
+mod hook;
 mod instance;
 mod llm;
 mod modules;
+mod pattern;
 mod plugin;
 mod reload;
 mod runtime;

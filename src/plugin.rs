@@ -28,7 +28,7 @@ pub struct LuaCoroutinesPlugin {
     pub schedule: Interned<dyn ScheduleLabel>,
     /// Lua instructions one resume may run before the task is stopped with `script exceeded its
     /// instruction budget` (default 10,000,000; `None` for no limit). Checked every 1/16 of
-    /// the budget. Under LuaJIT the count only advances while the JIT is off.
+    /// the budget. Under LuaJIT a budget turns the JIT off (compiled code runs no hooks).
     pub instruction_budget: Option<u64>,
     /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
     /// fails the Lua call that made it with a memory error.
@@ -64,6 +64,28 @@ pub struct LuaCoroutinesPlugin {
     /// Where `require("a.b")` looks, in order: templates relative to the assets folder, `?`
     /// standing for the name with dots turned into slashes (default `["scripts/?.lua", "?.lua"]`).
     pub module_path: Vec<String>,
+    /// How many times one task may resume in one step (default 10,000). Work that wakes other
+    /// work in the same step (a channel ping-pong, an `await` or `task.defer` loop) would
+    /// otherwise keep the frame from ending; the tasks of one instance together resume at most
+    /// ten times this many. A wake past the cap is carried to the next step, in order, so replays
+    /// stay identical. Frame waits (`task.wait()`) are not counted.
+    pub max_resumes_per_task: u32,
+    /// Wall time one step may take before what is still due is carried to the next frame
+    /// (default `None`: every due task resumes every frame). At least one task resumes per step,
+    /// and a resume is never cut short by it (the instruction budget does that). Trades
+    /// determinism for smooth frames: how much runs per frame then depends on the machine.
+    pub step_time_budget: Option<std::time::Duration>,
+    /// Live tasks one script instance may have at once (default 10,000; `None` for no limit).
+    /// Past it, the `task.spawn`/`defer`/`delay` (or wait) that would make one more raises
+    /// `too many live tasks`, so one instance cannot fill the VM with sleeping tasks.
+    pub max_tasks_per_instance: Option<usize>,
+    /// Memory one script instance may hold, in bytes (default `None`: only the VM's
+    /// `memory_limit`). Counted as the growth of the VM's memory during the instance's own
+    /// resumes, corrected against the real total after a full collection whenever an instance
+    /// looks over its share. An instance past it has all its tasks cancelled and is reported
+    /// ([`ScriptErrorKind::Quota`](crate::ScriptErrorKind::Quota)); the others go on. Costs two
+    /// memory readings per resume while on.
+    pub memory_per_instance: Option<usize>,
 }
 
 impl Default for LuaCoroutinesPlugin {
@@ -79,6 +101,10 @@ impl Default for LuaCoroutinesPlugin {
             hot_reload: cfg!(debug_assertions),
             hot_reload_debounce: std::time::Duration::from_millis(50),
             module_path: crate::modules::DEFAULT_MODULE_PATH.iter().map(|p| p.to_string()).collect(),
+            max_resumes_per_task: 10_000,
+            step_time_budget: None,
+            max_tasks_per_instance: Some(10_000),
+            memory_per_instance: None,
         }
     }
 }
@@ -109,6 +135,10 @@ impl Plugin for LuaCoroutinesPlugin {
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,
             module_path: self.module_path.clone(),
+            max_resumes_per_task: self.max_resumes_per_task,
+            step_time_budget: self.step_time_budget,
+            max_tasks_per_instance: self.max_tasks_per_instance,
+            memory_per_instance: self.memory_per_instance,
         };
         let wait_for_loads = self.wait_for_script_loads;
         let runtime = match LuaRuntime::new(&config, self.schedule) {

@@ -33,6 +33,14 @@ pub(crate) struct VmConfig {
     pub select_seed: u64,
     /// Where `require` looks for modules (templates relative to the assets folder).
     pub module_path: Vec<String>,
+    /// Resumes of one task in one step before further wakes are carried to the next step.
+    pub max_resumes_per_task: u32,
+    /// Wall time after which the step carries what is still due to the next step.
+    pub step_time_budget: Option<std::time::Duration>,
+    /// Live tasks one instance may have.
+    pub max_tasks_per_instance: Option<usize>,
+    /// Bytes one instance may grow the VM by (counted around its resumes).
+    pub memory_per_instance: Option<usize>,
 }
 
 /// Lua functions of `lua/channel.lua` the Rust side calls.
@@ -127,7 +135,9 @@ impl LuaRuntime {
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
         #[allow(unsafe_code)]
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
-        lua.set_app_data(Scheduler::default());
+        let mut scheduler = Scheduler::default();
+        scheduler.task_quota = config.max_tasks_per_instance;
+        lua.set_app_data(scheduler);
         let budget = Arc::new(Budget::default());
         install_budget(&lua, &budget, config.instruction_budget)?;
 
@@ -153,9 +163,42 @@ impl LuaRuntime {
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;
         core.set("traceback", traceback.clone())?;
+        core.set("debug", globals.get::<Value>("debug")?)?;
+        if cfg!(not(any(feature = "luajit", feature = "luau")))
+            && config.instruction_budget.is_some_and(|n| n > 0)
+        {
+            // Threads mlua makes carry the budget hook; the main thread does not (see `install_budget`).
+            core.set("thread", lua.create_function(|lua, f: Function| lua.create_thread(f))?)?;
+        }
+        core.set(
+            "env_of",
+            lua.create_function(|lua, id: i64| scheduler::refs(lua).envs.raw_get::<Value>(id))?,
+        )?;
+        core.set("MAX_RESUMES", config.max_resumes_per_task.max(1))?;
+        core.set("MEMORY_QUOTA", config.memory_per_instance.map(|bytes| bytes as f64 / 1024.0))?;
+        core.set(
+            "over_quota",
+            lua.create_function(|lua, (instance, kib, quota): (u64, f64, f64)| {
+                scheduler::over_memory_quota(lua, InstanceId(instance), kib, quota);
+                Ok(())
+            })?,
+        )?;
+        core.set("TIMED", config.step_time_budget.is_some())?;
+        let time_budget = config.step_time_budget.unwrap_or_default();
+        core.set(
+            "over_time",
+            lua.create_function(move |lua, ()| {
+                Ok(sched(lua).step_started.is_some_and(|t| t.elapsed() >= time_budget))
+            })?,
+        )?;
         core.set(
             "adopt",
-            lua.create_function(|lua, (_co, current): (Thread, i64)| scheduler::adopt(lua, current))?,
+            lua.create_function(|lua, (_co, current): (Thread, i64)| {
+                Ok(match scheduler::adopt(lua, current)? {
+                    Ok((key, instance)) => (Value::Integer(key), Value::Integer(instance as i64)),
+                    Err(message) => (Value::Nil, Value::String(lua.create_string(message)?)),
+                })
+            })?,
         )?;
         core.set(
             "timer",
@@ -166,8 +209,15 @@ impl LuaRuntime {
         )?;
         core.set(
             "release",
-            lua.create_function(|lua, (key, co): (i64, Thread)| {
-                scheduler::release(lua, key, &co);
+            lua.create_function(|lua, key: i64| {
+                scheduler::release(lua, key);
+                Ok(())
+            })?,
+        )?;
+        core.set(
+            "spent",
+            lua.create_function(|lua, (key, owner, co): (i64, Option<u64>, Option<Thread>)| {
+                scheduler::spent(lua, key, owner.map(InstanceId), co.as_ref());
                 Ok(())
             })?,
         )?;
@@ -226,6 +276,7 @@ impl LuaRuntime {
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,
+            state: state.clone(),
             tick,
         });
         lua.set_app_data(budget.clone());
@@ -246,6 +297,10 @@ impl LuaRuntime {
             }
             Ok(())
         })?;
+        // Scripts get pattern functions whose work counts against the budget.
+        let b = budget.clone();
+        let work = move |lua: &Lua, steps| b.work(lua, steps);
+        crate::pattern::install(&lua, work, &globals.get::<Table>("string")?, &bad)?;
         let sandbox: Table = lua
             .load(include_str!("lua/sandbox.lua"))
             .set_name("=bevy_lua_coroutines/sandbox.lua")
@@ -255,6 +310,7 @@ impl LuaRuntime {
         let define: Function = sandbox.get("define")?;
         let on_reload: Function = sandbox.get("on_reload")?;
         crate::modules::set_env_factory(&lua, new_env.clone());
+        step.get::<Function>("share")?.call::<()>(&base)?;
         lua.set_globals(base)?;
         for (path, function) in world_functions {
             define.call::<()>((path, function))?;
@@ -285,6 +341,7 @@ impl LuaRuntime {
         let clock = {
             let mut s = sched(&self.lua);
             s.clock.advance(game, delta, real);
+            s.step_started = Some(std::time::Instant::now());
             s.clock
         };
         let state = &self.state;
@@ -348,6 +405,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("waiting", api.get::<Function>("waiting")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("current", step.get::<Function>("current")?)?;
+    deps.set("guard", step.get::<Function>("guard")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
     deps.set("error_text", api.get::<Function>("error_text")?)?;
@@ -412,6 +470,9 @@ fn select_seed_state(seed: u64) -> f64 {
     (z >> 11) as f64
 }
 
+/// The chunk names of the crate's own Lua code (`=bevy_lua_coroutines/...`), as `short_src` shows them.
+const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
+
 /// Installs the hook that enforces the instruction budget of one resume.
 fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) -> mlua::Result<()> {
     let Some(instructions) = instructions.filter(|&n| n > 0) else {
@@ -419,37 +480,64 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
     };
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
-    let every = (instructions / 16).clamp(1, u64::from(u32::MAX)) as u32;
-    budget.set_limit(instructions.div_ceil(u64::from(every)));
+    budget.set_main(lua.current_thread().to_pointer());
+    let every = (instructions / 16).clamp(1, i32::MAX as u64);
+    budget.set_limit(instructions.div_ceil(every), every as i32, every);
+    // Every thread mlua makes, and every coroutine a task makes, carries the hook. Under Lua 5.4 the
+    // main thread, where the step's own loop runs, does not (any hook slows every instruction of
+    // the thread it is on); script code the step calls there (an error's `__tostring`, a
+    // cancelled task's `__close`) runs on a thread of its own that does (`protected` in
+    // `lua/task.lua`). Under LuaJIT a hook is global: it stays.
+    // LuaJIT runs no hook inside compiled code, so a compiled loop would never be stopped: with a
+    // budget, the JIT is off.
+    #[cfg(feature = "luajit")]
+    if let Some(jit) = lua.globals().get::<Option<Table>>("jit")? {
+        jit.get::<Function>("off")?.call::<()>(())?;
+    }
     #[cfg(not(feature = "luau"))]
     {
         let b = budget.clone();
-        lua.set_global_hook(mlua::HookTriggers::new().every_nth_instruction(every), move |lua, debug| {
-            b.on_hook(lua, || {
+        lua.set_global_hook(
+            mlua::HookTriggers::new().every_nth_instruction(every as u32),
+            move |lua, debug| {
                 let src = debug.source();
-                let line = debug.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                format!("{}:{line}", src.short_src.as_deref().unwrap_or("?"))
-            })
-        })?;
-        // Threads mlua creates, and coroutines tasks create, carry the hook; the main thread,
-        // where only the step's own loop runs, does not.
+                let short = src.short_src.as_deref().unwrap_or("?");
+                b.on_hook(
+                    lua,
+                    || {
+                        let line = debug.current_line().map_or_else(|| "?".into(), |l| l.to_string());
+                        format!("{short}:{line}")
+                    },
+                    || short.starts_with(LIBRARY_SOURCE),
+                )
+            },
+        )?;
+        #[cfg(not(feature = "luajit"))]
         lua.remove_hook();
     }
     #[cfg(feature = "luau")]
     {
         let b = budget.clone();
-        budget.set_limit(instructions.div_ceil(8).max(1));
+        // Luau calls the interrupt at calls and loop back-edges, not every n instructions.
+        budget.set_limit(instructions.div_ceil(8).max(1), 1, 8);
         lua.set_interrupt(move |lua| {
-            b.on_hook(lua, || {
-                lua.inspect_stack(1, |d| {
-                    let src = d.source();
-                    let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                    format!("{}:{line}", src.short_src.as_deref().unwrap_or("?"))
+            // The innermost Lua function (the interrupt itself is no frame of its own).
+            let short = || {
+                (0..4).find_map(|level| {
+                    lua.inspect_stack(level, |d| {
+                        let src = d.source().short_src.as_deref().unwrap_or("?").to_string();
+                        let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
+                        (src != "[C]").then_some((src, line))
+                    })
+                    .flatten()
                 })
-                .unwrap_or_else(|| "?".into())
-            })
+            };
+            b.on_hook(
+                lua,
+                || short().map_or_else(|| "?".into(), |(src, line)| format!("{src}:{line}")),
+                || short().is_some_and(|(src, _)| src.starts_with(LIBRARY_SOURCE)),
+            )
         });
-        let _ = every;
     }
     Ok(())
 }

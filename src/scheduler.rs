@@ -10,7 +10,7 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bevy::platform::collections::{HashMap, HashSet};
 use bevy::prelude::*;
@@ -120,8 +120,12 @@ pub(crate) struct Scheduler {
     /// The most tasks / instances alive since the Lua tables were last rebuilt.
     task_peak: usize,
     instance_peak: usize,
+    /// Live tasks one instance may have (`None`: no limit).
+    pub task_quota: Option<usize>,
     /// The clocks as of this step.
     pub clock: Clock,
+    /// When this step began (for the optional time budget of the step).
+    pub step_started: Option<std::time::Instant>,
     /// The instance on whose behalf Lua code runs outside any task (its chunk being set up, its
     /// tasks being closed).
     pub host_instance: Option<InstanceId>,
@@ -366,21 +370,78 @@ impl Scheduler {
 ///
 /// The step never calls Rust per resume, so the hook notices a new resume by the serial number
 /// the Lua step counts resumes with (read only when the hook fires, every 1/16 of the budget).
+///
+/// Once a resume has spent its budget it is *spent* until the step has cancelled the task: every
+/// later hook call on any thread stops the running code again at once (the hook of the thread it
+/// fired on, and of the resumed task's thread, then fires on every instruction), so no `pcall`,
+/// nested coroutine or C callback keeps the task running. The step sees `state.spent` when the
+/// resume returns and cancels the task ([`spent`]). The crate's own Lua code is let finish (on
+/// the main thread, where the step runs, always; on a task's thread, for a bounded number of
+/// instructions), so the task bookkeeping it was doing stays whole.
 #[derive(Default)]
 pub(crate) struct Budget {
     /// Hook calls allowed per resume (0: unlimited).
     limit: AtomicU64,
+    /// Instructions between two hook calls while nothing is spent.
+    every: std::sync::atomic::AtomicI32,
     calls: AtomicU64,
     serial: AtomicU64,
-    yielded: AtomicBool,
-    /// Set when the budget ran out: the serial number of that resume, and where.
-    exceeded_at: std::sync::Mutex<Option<(u64, String)>>,
+    /// Hook calls let through in the crate's own code since the budget was spent.
+    grace: AtomicU64,
+    /// Set when the budget ran out, until the step has cancelled the task.
+    spent: std::sync::Mutex<Option<Spent>>,
+    /// `Thread::to_pointer()` of the main thread, where the step's own Lua code runs.
+    main: AtomicU64,
+    /// Instructions one hook call stands for (`every`, or 8 for a Luau interrupt).
+    per_call: AtomicU64,
+    /// Steps of work outside the VM not charged yet.
+    pending: AtomicU64,
 }
 
+/// Steps of work outside the VM (pattern matching) charged at once.
+const WORK_BATCH: u64 = 4096;
+
+/// `file:line` of the innermost script function on the stack (not the crate's own code).
+fn script_location(lua: &Lua) -> String {
+    for level in 1..64 {
+        let Some((src, line)) = lua.inspect_stack(level, |d| {
+            (d.source().short_src.as_deref().unwrap_or("?").to_string(), d.current_line())
+        }) else {
+            break;
+        };
+        if !src.starts_with("bevy_lua_coroutines/") && src != "[C]" {
+            return format!("{src}:{}", line.map_or_else(|| "?".into(), |l| l.to_string()));
+        }
+    }
+    "?".into()
+}
+
+/// Where a budget ran out, and the thread of the task whose resume it was.
+#[derive(Clone)]
+struct Spent {
+    at: String,
+    /// `at` is in the crate's own code: the first place script code is stopped replaces it.
+    at_library: bool,
+    /// `Thread::to_pointer()` of the resumed task's thread (0: none, outside any task).
+    resumed: usize,
+}
+
+/// Hook calls the crate's own Lua code may still take once a budget is spent (each one
+/// instruction): enough to finish any bookkeeping, too few to loop.
+const GRACE: u64 = 100_000;
+
 impl Budget {
-    /// Sets how many hook calls one resume may take.
-    pub fn set_limit(&self, calls: u64) {
+    /// Names the main thread (the step's own Lua code there is never stopped, only the script
+    /// code it calls).
+    pub fn set_main(&self, main: *const c_void) {
+        self.main.store(main as u64, Ordering::Relaxed);
+    }
+
+    /// Sets how many hook calls one resume may take, `every` instructions apart.
+    pub fn set_limit(&self, calls: u64, every: i32, per_call: u64) {
         self.limit.store(calls, Ordering::Relaxed);
+        self.every.store(every, Ordering::Relaxed);
+        self.per_call.store(per_call, Ordering::Relaxed);
     }
 
     fn limit(&self) -> u64 {
@@ -390,17 +451,52 @@ impl Budget {
         }
     }
 
-    /// Takes the place where the budget ran out during resume `serial`: any such place, or, with
-    /// `stopped_only`, only one where the hook stopped the resumed task by yielding it.
-    pub fn take_exceeded(&self, serial: u64, stopped_only: bool) -> Option<String> {
-        let yielded = self.yielded.swap(false, Ordering::Relaxed);
-        let (at_serial, at) = self.exceeded_at.lock().ok()?.take()?;
-        (at_serial == serial && (yielded || !stopped_only)).then_some(at)
+    fn spent(&self) -> Option<Spent> {
+        self.spent.lock().ok()?.clone()
     }
 
-    /// Called by the VM's hook: counts one call against the current resume and decides whether
+    /// Where the budget ran out, if it did and the step has not cancelled the task yet.
+    pub fn spent_at(&self) -> Option<String> {
+        self.spent().map(|s| s.at)
+    }
+
+    /// The step cancelled the task that spent its budget: the next resume starts afresh.
+    pub fn reset(&self) {
+        if let Ok(mut slot) = self.spent.lock() {
+            *slot = None;
+        }
+        self.grace.store(0, Ordering::Relaxed);
+        self.calls.store(0, Ordering::Relaxed);
+    }
+
+    /// Called by the VM's hook on thread `thread` (`in_library`: whether the running function is
+    /// the crate's own Lua code): counts one call against the current resume and decides whether
     /// the running code must stop.
-    pub fn on_hook(&self, lua: &Lua, location: impl FnOnce() -> String) -> mlua::Result<VmState> {
+    pub fn on_hook(
+        &self,
+        lua: &Lua,
+        location: impl FnOnce() -> String,
+        in_library: impl FnOnce() -> bool,
+    ) -> mlua::Result<VmState> {
+        let thread = lua.current_thread().to_pointer();
+        if let Some(mut spent) = self.spent() {
+            crate::hook::set_count(thread, 1);
+            if in_library() {
+                let main = thread as u64 == self.main.load(Ordering::Relaxed);
+                if main || self.grace.fetch_add(1, Ordering::Relaxed) < GRACE {
+                    return Ok(VmState::Continue);
+                }
+            } else if spent.at_library {
+                spent.at = location();
+                spent.at_library = false;
+                if let Ok(mut slot) = self.spent.lock() {
+                    *slot = Some(spent.clone());
+                }
+            }
+            return Self::stop(thread, &spent);
+        }
+        let every = self.every.load(Ordering::Relaxed).max(1);
+        crate::hook::set_count(thread, every);
         let Some(refs) = lua.app_data_ref::<Refs>() else {
             return Ok(VmState::Continue);
         };
@@ -410,26 +506,80 @@ impl Budget {
         }
         if self.serial.swap(serial, Ordering::Relaxed) != serial {
             self.calls.store(0, Ordering::Relaxed);
-            self.yielded.store(false, Ordering::Relaxed);
         }
         let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if calls <= self.limit() {
             return Ok(VmState::Continue);
         }
-        let at = location();
-        if let Ok(mut slot) = self.exceeded_at.lock() {
-            // The last place wins: it is where the resumed task itself was stopped.
-            *slot = Some((serial, at.clone()));
-        }
-        let message = format!("{at}: script exceeded its instruction budget");
-        let resumed = refs.thread_of.call::<Option<Thread>>(current).ok().flatten();
+        // The thread is alive: the task table holds it.
         drop(refs);
-        let is_resumed = resumed.is_some_and(|t| t.to_pointer() == lua.current_thread().to_pointer());
-        if cfg!(not(feature = "luajit")) && is_resumed && !self.yielded.swap(true, Ordering::Relaxed) {
-            // Yielding stops the task even inside `pcall`; the step reports and closes it.
+        let at_library = in_library();
+        let spent = self.exhaust(lua, current, location(), at_library);
+        if at_library {
+            return Ok(VmState::Continue);
+        }
+        Self::stop(thread, &spent)
+    }
+
+    /// Marks the budget of the resume of task `current` spent at `at`: from now on the running
+    /// thread and the task's own thread stop at every instruction.
+    fn exhaust(&self, lua: &Lua, current: i64, at: String, at_library: bool) -> Spent {
+        let (resumed, state) = {
+            let refs = refs(lua);
+            // The thread is alive: the task table holds it.
+            (refs.thread_of.call::<Option<Thread>>(current).ok().flatten(), refs.state.clone())
+        };
+        let resumed = resumed.as_ref().map_or(0, |t| t.to_pointer() as usize);
+        let spent = Spent { at, at_library, resumed };
+        if let Ok(mut slot) = self.spent.lock() {
+            *slot = Some(spent.clone());
+        }
+        let _ = state.raw_set("spent", true);
+        crate::hook::set_count(lua.current_thread().to_pointer(), 1);
+        crate::hook::set_count(resumed as *const c_void, 1);
+        spent
+    }
+
+    /// Charges `steps` of work done outside the VM (pattern matching), one step for one
+    /// instruction, to the running resume. Counted in batches: only every [`WORK_BATCH`] steps
+    /// does it look at the resume (a call into Lua). Fails with the message to raise once the
+    /// budget is spent.
+    pub fn work(&self, lua: &Lua, steps: u64) -> Result<(), String> {
+        if self.limit.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        if let Some(spent) = self.spent() {
+            return Err(format!("{}: script exceeded its instruction budget", spent.at));
+        }
+        let pending = self.pending.fetch_add(steps, Ordering::Relaxed) + steps;
+        if pending < WORK_BATCH {
+            return Ok(());
+        }
+        let per_call = self.per_call.load(Ordering::Relaxed).max(1);
+        self.pending.store(pending % per_call, Ordering::Relaxed);
+        let (current, serial) = current_task(lua);
+        if current == 0 {
+            return Ok(());
+        }
+        if self.serial.swap(serial, Ordering::Relaxed) != serial {
+            self.calls.store(0, Ordering::Relaxed);
+        }
+        let calls = self.calls.fetch_add(pending / per_call, Ordering::Relaxed) + pending / per_call;
+        if calls <= self.limit() {
+            return Ok(());
+        }
+        let at = script_location(lua);
+        let spent = self.exhaust(lua, current, at, false);
+        Err(format!("{}: script exceeded its instruction budget", spent.at))
+    }
+
+    /// Stops the code running on `thread`: the resumed task itself yields where it can (which
+    /// stops it even inside `pcall`); anything else raises.
+    fn stop(thread: *const c_void, spent: &Spent) -> mlua::Result<VmState> {
+        if thread as usize == spent.resumed && crate::hook::yieldable(thread) {
             return Ok(VmState::Yield);
         }
-        Err(mlua::Error::runtime(message))
+        Err(mlua::Error::runtime(format!("{}: script exceeded its instruction budget", spent.at)))
     }
 }
 
@@ -455,6 +605,8 @@ pub(crate) struct Refs {
     pub close: Function,
     /// `debug.traceback`, kept even when scripts do not get `debug`.
     pub traceback: Function,
+    /// The scheduler state shared with Lua (`spent` is set there when a budget runs out).
+    pub state: Table,
     /// `tick(gone)` from `lua/promise.lua`: reports unhandled rejections; called after every step
     /// with the ids of the instances forgotten since the last call (or nil).
     pub tick: Function,
@@ -483,56 +635,75 @@ pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
 }
 
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
-pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<i64> {
+/// Fails with the message for the script if the instance is at its live-task quota.
+pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
     let mut s = sched(lua);
     let Some(instance) = s.instance_of(current) else {
         return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
-    Ok(s.insert_task(instance).key())
+    if let (Some(quota), Some(record)) = (s.task_quota, s.instances.get(&instance))
+        && record.tasks.len() >= quota
+    {
+        return Ok(Err(format!(
+            "too many live tasks: this instance has {} (max_tasks_per_instance is {quota})",
+            record.tasks.len()
+        )));
+    }
+    Ok(Ok((s.insert_task(instance).key(), instance.0)))
 }
 
-/// Where the budget ran out during the resume that just ended, if it did (see
-/// [`Budget::take_exceeded`]).
-fn budget_exceeded(lua: &Lua, stopped_only: bool) -> Option<String> {
-    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone())?;
-    budget.take_exceeded(current_task(lua).1, stopped_only)
+/// Instance `instance` holds about `kib` KiB, past its memory quota: every task of it is
+/// cancelled and it is reported (its globals stay until its entity goes).
+pub(crate) fn over_memory_quota(lua: &Lua, instance: InstanceId, kib: f64, quota_kib: f64) {
+    let message = format!(
+        "memory quota exceeded: this instance holds about {} KiB (memory_per_instance is {} KiB); its tasks are cancelled",
+        kib.round(),
+        quota_kib.round()
+    );
+    sched(lua).report(Some(instance), ScriptErrorKind::Quota, message, String::new());
+    cancel_instance(lua, instance, None);
 }
 
-/// The task `key` ended (finished or let go). Reports it if the budget stopped it.
-pub(crate) fn release(lua: &Lua, key: i64, thread: &Thread) {
-    let instance = sched(lua).remove_key(key);
-    let Some(at) = budget_exceeded(lua, true) else { return };
-    let traceback = thread_traceback(lua, thread);
-    let message = format!("{at}: script exceeded its instruction budget");
-    sched(lua).report(instance, ScriptErrorKind::Budget, message, traceback);
-    close_thread(lua, thread, instance);
+/// The task `key` ended (finished or let go).
+pub(crate) fn release(lua: &Lua, key: i64) {
+    sched(lua).remove_key(key);
 }
 
 /// The task `key` failed with `message`; `traceback` is Lua's.
 pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
-    let exceeded = budget_exceeded(lua, false);
     let mut s = sched(lua);
     let instance = s.instance_of(key);
     s.remove_key(key);
-    let traceback = traceback_part(&traceback);
-    match exceeded {
-        Some(at) => {
-            let message = format!("{at}: script exceeded its instruction budget");
-            s.report(instance, ScriptErrorKind::Budget, message, traceback)
-        }
-        None => s.report(instance, ScriptErrorKind::Runtime, message, traceback),
+    s.report(instance, ScriptErrorKind::Runtime, message, traceback_part(&traceback));
+}
+
+/// A budget ran out while Lua code ran for task `key` (or, for a key that is no task, for
+/// `owner` or the host instance): reports it (with `thread`'s traceback, taken before the step
+/// closes it) and lets the next resume start afresh. The Lua side has forgotten the task.
+pub(crate) fn spent(lua: &Lua, key: i64, owner: Option<InstanceId>, thread: Option<&Thread>) {
+    let Some(budget) = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone()) else { return };
+    let at = budget.spent_at().unwrap_or_else(|| "?".into());
+    let traceback = thread.map(|t| thread_traceback(lua, t)).unwrap_or_default();
+    let instance = {
+        let mut s = sched(lua);
+        let instance = owner.or_else(|| s.instance_of(key));
+        s.remove_key(key);
+        instance
+    };
+    let message = format!("{at}: script exceeded its instruction budget");
+    sched(lua).report(instance, ScriptErrorKind::Budget, message, traceback);
+    if let Some(t) = thread {
+        // Its to-be-closed variables run, and stop at their first instruction: still spent.
+        let close = refs(lua).close.clone();
+        let _ = close.call::<(bool, Value)>(t);
     }
+    budget.reset();
+    let _ = refs(lua).state.raw_set("spent", false);
 }
 
 fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
     let traceback = refs(lua).traceback.clone();
     traceback.call::<String>(thread).map(|t| traceback_part(&t)).unwrap_or_default()
-}
-
-/// Closes a suspended thread; an error raised by a `__close` is reported.
-fn close_thread(lua: &Lua, thread: &Thread, instance: Option<InstanceId>) {
-    let close = refs(lua).close.clone();
-    report_closed(lua, close.call(thread), instance);
 }
 
 /// Reports what closing a thread (`step.close` or `step.kill`: `ok, message, traceback`) raised,

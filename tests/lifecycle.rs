@@ -145,24 +145,18 @@ fn ten_thousand_scripted_entities_leave_nothing_behind() {
         "#,
     );
     run(&mut app, 2);
-    let memory = |app: &mut App| {
-        let runtime = app.world().resource::<LuaRuntime>();
-        runtime.lua().gc_collect().unwrap();
-        runtime.lua().gc_collect().unwrap();
-        runtime.used_memory()
-    };
-    let baseline = memory(&mut app);
+    let baseline = collected_memory(&app);
     let entities: Vec<Entity> =
         (0..10_000).map(|_| app.world_mut().spawn(LuaScripts::new(handle.clone())).id()).collect();
     run(&mut app, 2);
     assert_eq!(live_tasks(&app), 30_000, "three tasks per entity");
-    let loaded = memory(&mut app);
+    let loaded = collected_memory(&app);
     for e in entities {
         app.world_mut().despawn(e);
     }
     run(&mut app, 2);
     assert_eq!(live_tasks(&app), 0);
-    let after = memory(&mut app);
+    let after = collected_memory(&app);
     assert!(loaded > baseline + 10_000 * 1024, "the instances used memory: {baseline} -> {loaded}");
     assert!(
         after < baseline + 64 * 1024,

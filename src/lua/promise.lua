@@ -24,6 +24,7 @@ local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, t
 local park, wake, waiting = deps.park, deps.wake, deps.waiting
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
+local guard = deps.guard
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
   type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
@@ -1751,7 +1752,8 @@ local function tick(gone)
     local p = pending[i]
     if not p._handled then
       if now > p._rejected_at then
-        local ok, err = pcall(report_unhandled, p)
+        -- Under a budget of its own: the value's `__tostring` is script code.
+        local ok, err = guard(p._owner, report_unhandled, p)
         if not ok then internal_failure(p, err) end
       else
         k = k + 1

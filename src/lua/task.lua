@@ -20,8 +20,8 @@ local REQ, ARGS = core.REQ, core.ARGS
 local WAIT_TIME, WAIT_FRAMES, WAIT_REAL, PARK = core.WAIT_TIME, core.WAIT_FRAMES, core.WAIT_REAL, core.PARK
 local GAME, REAL = core.GAME, core.REAL
 local S = core.state -- the clocks (Rust writes them each frame)
-local rust_adopt, rust_timer, rust_release, rust_fail, rust_report =
-  core.adopt, core.timer, core.release, core.fail, core.report
+local rust_adopt, rust_timer, rust_release, rust_fail, rust_report, rust_spent =
+  core.adopt, core.timer, core.release, core.fail, core.report, core.spent
 local traceback = core.traceback
 
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
@@ -39,6 +39,7 @@ local threads = {}                        -- key -> thread
 local regs = {}                           -- key -> current registration number
 local args = {}                           -- key -> packed arguments for the next resume
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
+local owner = {}                          -- key -> instance id
 local next_reg = 0
 
 -- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
@@ -83,8 +84,10 @@ end
 local function key_for(co)
   local key = keys[co]
   if key == nil then
-    key = rust_adopt(co, current)
-    threads[key], keys[co] = co, key
+    local inst
+    key, inst = rust_adopt(co, current)
+    if key == nil then error(inst, 0) end -- the instance is at its live-task quota
+    threads[key], keys[co], owner[key] = co, key, inst
   end
   return key
 end
@@ -93,7 +96,7 @@ end
 local function drop(key)
   local co = threads[key]
   if co ~= nil then keys[co] = nil end
-  threads[key], regs[key], args[key] = nil, nil, nil
+  threads[key], regs[key], args[key], owner[key] = nil, nil, nil, nil
 end
 
 --- Registers the wait request `kind(arg)` for task `key`.
@@ -123,12 +126,28 @@ local function close(co)
   return true
 end
 
+-- Set when a task failed for want of memory: the step collects garbage after the resume.
+local memory_failed = false
+
+--- `pcall(f, ...)`, but on the main thread (which carries no hook under Lua 5.4, so that the
+--- step's own code runs at full speed) it runs `f` on a thread of its own that carries the budget
+--- hook: script code the step calls (a `__tostring`, a `__close`) stays under a budget.
+local rust_thread = core.thread
+local function protected(f, ...)
+  if rust_thread ~= nil then
+    local _, main = co_running()
+    if main == true then return co_resume(rust_thread(f), ...) end
+  end
+  return pcall(f, ...)
+end
+
 --- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
 --- anything else through `tostring`, protected. The one place where an error value a script
---- raised becomes text.
+--- raised becomes text. A `__tostring` runs under the budget of whoever is running (a looping
+--- one spends it).
 local function error_text(err)
   if type(err) == "string" then return err end
-  local ok, text = pcall(tostring, err)
+  local ok, text = protected(tostring, err)
   if ok and type(text) == "string" then return text end
   return "(error object: its __tostring raised)"
 end
@@ -147,9 +166,31 @@ end
 local function fail(key, co, err)
   local message = error_text(err)
   drop(key)
+  if S.spent then
+    -- The budget of the task that runs it ran out (a `task.spawn` runs within its spawner's
+    -- resume): the spawner is reported for it once the step has it back.
+    close(co)
+    rust_release(key)
+    return
+  end
   local ok, tb = pcall(traceback, co)
   close(co) -- first: what the thread holds becomes garbage before Rust is called
+  if message == "not enough memory" then
+    -- Collect it now, before anyone else needs memory (LuaJIT and Luau do not collect before
+    -- they fail an allocation), and again once the resume that ran it is over (a thread LuaJIT
+    -- cannot close is garbage only then).
+    collectgarbage("collect")
+    memory_failed = true
+  end
   rust_fail(key, message, ok and tb or "")
+end
+
+--- Task `key` spent its instruction budget (or a `__tostring` of its error did): it is forgotten,
+--- reported with where the budget ran out, and closed (Rust closes it while the budget is still
+--- spent, so a looping `__close` stops at once).
+local function kill_spent(key, co)
+  drop(key)
+  rust_spent(key, nil, co)
 end
 
 --- What a resume of task `key` returned: register its wait, let it go, or report its error.
@@ -160,14 +201,14 @@ local function after_step_resume(key, co, ok, first, kind, arg)
         register(key, kind, arg)
       else
         -- Finished, or yielded without a request: nothing will wake it, so let go (script code
-        -- holding the thread may resume it). Rust reports a task the budget stopped.
+        -- holding the thread may resume it).
         drop(key)
-        rust_release(key, co)
+        rust_release(key)
       end
     elseif co_status(co) == "dead" then
       -- It finished after something registered it again (it deferred itself, say).
       drop(key)
-      rust_release(key, co)
+      rust_release(key)
     end
   else
     fail(key, co, first)
@@ -175,7 +216,8 @@ local function after_step_resume(key, co, ok, first, kind, arg)
 end
 
 --- Resumes task `key` with `value` if `reg` is still its registration.
-local function resume_task(key, reg, value, d)
+local resume_task
+function resume_task(key, reg, value, d)
   if regs[key] ~= reg then return end
   local co = threads[key]
   regs[key] = nil
@@ -193,6 +235,32 @@ local function resume_task(key, reg, value, d)
       ok, first, kind, arg = co_resume(co)
     end
   end
+  if memory_failed then
+    memory_failed = false
+    collectgarbage("collect")
+  end
+  if S.spent then
+    -- The budget ran out: the task is dead for good, whatever it caught.
+    kill_spent(key, co)
+    current, depth = previous, previous_depth
+    return
+  end
+  if not ok then
+    if first == "not enough memory" and co_close ~= nil then
+      -- Release what the thread holds and collect it before anything here needs memory again.
+      co_close(co)
+      collectgarbage("collect")
+    end
+    -- Still charged to the task: its error object's `__tostring` runs under its budget.
+    local message = error_text(first)
+    if S.spent then
+      kill_spent(key, co)
+    else
+      fail(key, co, message)
+    end
+    current, depth = previous, previous_depth
+    return
+  end
   current, depth = previous, previous_depth
   if first == REQ and kind == PARK and regs[key] == nil then
     -- A park (a promise or channel wait), inlined: the waker holds the slot.
@@ -209,42 +277,210 @@ local function resume_task(key, reg, value, d)
     next_keys[n], next_regs[n], next_since[n], next_n = key, next_reg, S.nanos, n
     return
   end
-  if not ok and first == "not enough memory" and co_close ~= nil then
-    -- Release what the thread holds and collect it before anything here needs memory again.
-    co_close(co)
-    collectgarbage("collect")
-  end
   after_step_resume(key, co, ok, first, kind, arg)
+end
+
+-- Memory per instance (KiB; nil: off). After a resume, once the VM has grown by half a quota
+-- since the last check, the step collects garbage and measures what each instance holds: what
+-- is reachable from its globals and from its tasks' stacks and upvalues, stopping at what every
+-- instance shares (the base and the crate's own code). Sizes are estimates (a table's slots,
+-- a string's bytes). An instance over its quota has its tasks cancelled and is reported.
+local MEMORY_QUOTA, rust_over_quota, env_of, dbg = core.MEMORY_QUOTA, core.over_quota, core.env_of, core.debug
+local getlocal, getupvalue, getinfo = dbg and dbg.getlocal, dbg and dbg.getupvalue, dbg and dbg.getinfo
+local shared = setmetatable({}, { __mode = "k" }) -- what every instance reaches (not counted)
+local next_check = nil -- KiB of the VM at which the next check runs
+local LIBRARY = "=bevy_lua_coroutines/"
+
+local function gcount() return collectgarbage("count") end
+
+--- Marks everything reachable from `root` as shared (tables only: the base and its libraries).
+local function mark_shared(root)
+  local stack, n = { root }, 1
+  while n > 0 do
+    local t = stack[n]
+    stack[n], n = nil, n - 1
+    if not shared[t] then
+      shared[t] = true
+      for k, v in next, t do
+        if type(k) == "table" then n = n + 1; stack[n] = k end
+        if type(v) == "table" then n = n + 1; stack[n] = v end
+        if type(v) == "function" then shared[v] = true end
+      end
+      local mt = getmetatable(t)
+      if type(mt) == "table" then n = n + 1; stack[n] = mt end
+    end
+  end
+end
+
+--- An estimate of the bytes reachable from the values in `roots` that nothing shared holds.
+local function measure(roots)
+  local seen, stack, n, bytes = {}, {}, 0, 0
+  local function push(v)
+    local t = type(v)
+    if (t == "table" or t == "function" or t == "thread" or t == "userdata" or t == "string")
+      and not seen[v] and not shared[v] then
+      seen[v] = true
+      n = n + 1
+      stack[n] = v
+    end
+  end
+  for i = 1, #roots do push(roots[i]) end
+  while n > 0 do
+    local v = stack[n]
+    stack[n], n = nil, n - 1
+    local t = type(v)
+    if t == "string" then
+      bytes = bytes + 25 + #v
+    elseif t == "table" then
+      bytes = bytes + 56
+      for k, x in next, v do
+        bytes = bytes + 32
+        push(k)
+        push(x)
+      end
+      push(getmetatable(v))
+    elseif t == "function" then
+      bytes = bytes + 40
+      if getupvalue and getinfo(v, "S").source:sub(1, #LIBRARY) ~= LIBRARY then
+        local i = 1
+        while true do
+          local name, x = getupvalue(v, i)
+          if name == nil then break end
+          bytes = bytes + 8
+          push(x)
+          i = i + 1
+        end
+      end
+    elseif t == "thread" then
+      bytes = bytes + 1024
+      if getlocal then
+        local level = 0
+        while getinfo(v, level, "l") do
+          local info = getinfo(v, level, "f")
+          if info and info.func then push(info.func) end
+          local i = 1
+          while true do
+            local name, x = getlocal(v, level, i)
+            if name == nil then break end
+            push(x)
+            i = i + 1
+          end
+          level = level + 1
+        end
+      end
+    else
+      bytes = bytes + 40
+    end
+  end
+  return bytes / 1024
+end
+
+--- Collects garbage and measures every instance that has tasks; cancels those over the quota.
+local function check_memory()
+  collectgarbage("collect")
+  local roots = {}
+  for key, inst in next, owner do
+    local r = roots[inst]
+    if r == nil then
+      r = { env_of(inst) }
+      roots[inst] = r
+    end
+    r[#r + 1] = threads[key]
+  end
+  local over = {}
+  for inst, r in next, roots do
+    local kib = measure(r)
+    if kib > MEMORY_QUOTA then over[#over + 1] = { inst, kib } end
+  end
+  table.sort(over, function(a, b) return a[1] < b[1] end) -- in a deterministic order
+  for i = 1, #over do rust_over_quota(over[i][1], over[i][2], MEMORY_QUOTA) end
+  collectgarbage("collect")
+  next_check = gcount() + MEMORY_QUOTA / 2
+end
+
+if MEMORY_QUOTA ~= nil then
+  local resume_unchecked = resume_task
+  resume_task = function(key, reg, value, d)
+    resume_unchecked(key, reg, value, d)
+    if gcount() > next_check then check_memory() end
+  end
 end
 
 local step = { close = close_reporting }
 
+--- Marks the shared base: memory reachable from it is no instance's.
+function step.share(base)
+  mark_shared(base)
+  next_check = gcount() + (MEMORY_QUOTA or 0) / 2
+end
+
+-- The step's bound. A task resumes at most MAX_RESUMES times in one step: a further wake (a
+-- channel ping-pong, an await or `task.defer` loop) is carried to the next step, in the order it
+-- came. With a time budget, once it is spent (checked after each resume, at least one resume per
+-- step) everything still due is carried too. Carried work resumes at the start of the next step's
+-- ready queue, after the timers that fell due.
+local MAX_RESUMES, TIMED, over_time = core.MAX_RESUMES, core.TIMED, core.over_time
+-- The tasks of one instance together resume at most this many times from the ready queue in one
+-- step (tasks made during the step, a promise executor each, say, are new tasks each time).
+local MAX_INSTANCE_RESUMES = 10 * MAX_RESUMES
+local resumed_in, resumed_n = {}, {} -- key -> step number of its last count, resumes in that step
+local inst_in, inst_n = {}, {} -- instance id -> the same
+local step_no = 0
+local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
+local last_frame = -1
+
+local function carry_entry(key, reg, value, d)
+  carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
+  carry_n = carry_n + 4
+end
+
 --- Resumes this frame's frame waits (those made earliest first), then the ready queue (timers
---- Rust queued, then everything woken while the step runs), until nothing is ready.
---- If it raises (memory exhausted while queueing, say), calling it again goes on where it stopped.
+--- Rust queued, carried work, then everything woken while the step runs), until nothing is ready
+--- or the step's bound stops it. If it raises (memory exhausted while queueing, say), calling it
+--- again goes on where it stopped.
 function step.run()
-  if now_i > now_n then
-    -- A new frame: take the waits due now.
+  if S.frame ~= last_frame then
+    -- A new frame: take the waits due now (after those a time budget left over), and the work
+    -- the last step carried.
+    last_frame = S.frame
+    step_no = step_no + 1
+    local n = now_n
     local b = later[S.frame]
     if b ~= nil then
       later[S.frame] = nil
       for i = 1, b.n, 3 do
-        local n = now_n + 1
-        now_keys[n], now_regs[n], now_since[n], now_n = b[i], b[i + 1], b[i + 2], n
+        n = n + 1
+        now_keys[n], now_regs[n], now_since[n] = b[i], b[i + 1], b[i + 2]
       end
     end
-    local n = now_n
     for i = 1, next_n do
       n = n + 1
       now_keys[n], now_regs[n], now_since[n] = next_keys[i], next_regs[i], next_since[i]
     end
     now_n, next_n = n, 0
+    for i = 1, carry_n, 4 do
+      push_ready(carry[i], carry[i + 1], carry[i + 2], carry[i + 3])
+    end
+    carry, carry_n = {}, 0
   end
   local now = S.nanos
+  local timed = TIMED
   while now_i <= now_n do
     local i = now_i
     now_i = i + 1
     resume_task(now_keys[i], now_regs[i], (now - now_since[i]) / 1e9, 0)
+    if timed and over_time() then
+      -- Out of time: the rest waits for the next step, still first in line.
+      local n = 0
+      for j = now_i, now_n do
+        n = n + 1
+        now_keys[n], now_regs[n], now_since[n] = now_keys[j], now_regs[j], now_since[j]
+      end
+      now_i, now_n = 1, n
+      for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+      head, tail = 1, 0
+      return
+    end
   end
   now_i, now_n = 1, 0
   local peak = tail
@@ -255,12 +491,27 @@ function step.run()
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
     head = head + 4
     if head > tail then head, tail = 1, 0 end
-    resume_task(key, reg, value, d)
-    if tail > peak then peak = tail end
+    local count = resumed_in[key] == step_no and resumed_n[key] or 0
+    local inst = owner[key] or 0
+    local inst_count = inst_in[inst] == step_no and inst_n[inst] or 0
+    if count >= MAX_RESUMES or inst_count >= MAX_INSTANCE_RESUMES then
+      if regs[key] == reg then carry_entry(key, reg, value, d) end
+    else
+      resumed_in[key], resumed_n[key] = step_no, count + 1
+      inst_in[inst], inst_n[inst] = step_no, inst_count + 1
+      resume_task(key, reg, value, d)
+      if tail > peak then peak = tail end
+      if timed and over_time() then
+        for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+        break
+      end
+    end
   end
   if peak > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
   head, tail = 1, 0
 end
+
+local function pack(...) return { n = select("#", ...), ... } end
 
 --- Stores the arguments a task gets when it next resumes.
 local function store_args(key, ...)
@@ -308,13 +559,34 @@ function step.start(co)
   push_ready(key, bump(key), ARGS, 0)
 end
 
---- Cancels task `key` for Rust (its instance is going away): closes the thread (see
---- `close_reporting` for what it returns).
+--- Runs `f(...)` protected, as work of instance `owner` (nil: the host instance). Outside any task
+--- it gets a budget of its own (script code it runs, a `__close` or a `__tostring`, cannot loop
+--- for ever); inside a task it is charged to that task. Returns what `pcall` returns (just
+--- `true` when the budget ran out: that is reported).
+local function guard(owner, f, ...)
+  if current ~= 0 then return protected(f, ...) end
+  current, serial = -1, serial + 1
+  local r = pack(protected(f, ...))
+  if S.spent then
+    -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
+    rust_spent(-1, owner, nil)
+    r = { n = 1, true }
+  end
+  current = 0
+  return unpack(r, 1, r.n)
+end
+step.guard = guard
+
+--- Cancels task `key` for Rust (its instance is going away): closes the thread, its `__close`
+--- handlers under a budget (see `close_reporting` for what it returns).
 function step.kill(key)
   local co = threads[key]
   drop(key)
-  if co ~= nil then return close_reporting(co) end
-  return true
+  if co == nil then return true end
+  local ok, closed, message, tb = guard(nil, close_reporting, co)
+  if not ok then return false, closed, "" end
+  if closed == nil then return true end -- its `__close` spent a budget, reported as such
+  return closed, message, tb
 end
 
 --- The thread of task `key`.
@@ -327,7 +599,8 @@ function step.compact()
     for k, v in pairs(t) do fresh[k] = v end
     return fresh
   end
-  threads, regs, args = copy(threads), copy(regs), copy(args)
+  threads, regs, args, owner = copy(threads), copy(regs), copy(args), copy(owner)
+  resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
@@ -343,24 +616,38 @@ local function bad(n, fname, expected, value, level)
   error(string_format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, got), level + 1)
 end
 
---- Turns `f | thread` into a thread, for spawn/defer/delay.
-local function to_thread(f, n, fname)
+--- Turns `f | thread` into a thread, for spawn/defer/delay. A dead thread is refused here: it
+--- could never run.
+local function to_thread(f, n, fname, level)
+  level = level or 3
   local t = type(f)
-  if t == "thread" then return f end
+  if t == "thread" then
+    if co_status(f) == "dead" then
+      error(string_format("bad argument #%d to '%s' (cannot resume dead coroutine)", n, fname), level)
+    end
+    return f
+  end
   if t == "function" then return co_create(f) end
   local mt = getmetatable(f)
   if type(mt) == "table" and mt.__call ~= nil then
     return co_create(function(...) return f(...) end)
   end
-  bad(n, fname, "function or thread", f, 3)
+  bad(n, fname, "function or thread", f, level)
 end
 
---- The result of resuming `co` from script code: registers a wait request and hides it.
+--- The result of resuming `co` from script code: registers a wait request and hides it. A task
+--- that did not ask to wait again (it finished, failed, or yielded plainly) is let go: nothing
+--- will wake it, and whoever resumed it by hand has its results.
 local function after_resume(co, ...)
   local ok, first = ...
   if ok and first == REQ then
     register(key_for(co), select(3, ...))
     return true
+  end
+  local key = keys[co]
+  if key ~= nil and regs[key] == nil then
+    drop(key)
+    rust_release(key)
   end
   return ...
 end
@@ -368,9 +655,22 @@ end
 --- `coroutine.resume`, with wait requests registered (see the file's first comment). Resuming a
 --- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
+  if S.spent then error("script exceeded its instruction budget", 2) end
   local key = keys[co]
   if key ~= nil then regs[key] = nil end
   return after_resume(co, co_resume(co, ...))
+end
+
+--- `coroutine.close`: closing a task cancels it (nothing it waited for wakes it later).
+local function close_coroutine(co)
+  if type(co) == "thread" and co_status(co) == "suspended" then
+    local key = keys[co]
+    if key ~= nil then
+      drop(key)
+      core.forget(key)
+    end
+  end
+  return co_close(co)
 end
 
 --- The result of `task.spawn`'s resume: errors are reported (never raised into the spawner).
@@ -379,10 +679,17 @@ local function after_spawn(co, ok, first, ...)
     local key = keys[co]
     if key then
       fail(key, co, first)
+    elseif S.spent then
+      close(co) -- the spawner's budget ran out: it is reported once the step has it back
     else
+      local msg = error_text(first)
       local traced, tb = pcall(traceback, co)
-      rust_report(error_text(first), traced and tb or "")
       close(co)
+      if msg == "not enough memory" then
+        collectgarbage("collect")
+        memory_failed = true
+      end
+      rust_report(msg, traced and tb or "")
     end
   elseif first == REQ then
     register(key_for(co), ...)
@@ -391,11 +698,9 @@ local function after_spawn(co, ok, first, ...)
 end
 
 local function spawn_impl(fname, f, ...)
-  local co = to_thread(f, 1, fname)
-  local status = co_status(co)
-  if status ~= "suspended" then
-    error(string_format("cannot resume %s coroutine", status == "dead" and "dead" or "non-suspended"), 3)
-  end
+  if S.spent then error("script exceeded its instruction budget", 4) end
+  local co = to_thread(f, 1, fname, 4)
+  if co_status(co) ~= "suspended" then error("cannot resume non-suspended coroutine", 4) end
   local key = keys[co]
   if key then regs[key] = nil end -- it runs now: whatever it waited for no longer wakes it
   return after_spawn(co, co_resume(co, ...))
@@ -404,7 +709,10 @@ end
 local task = {}
 
 --- Resumes `f` (or a thread) now, until its first yield; returns the thread.
-function task.spawn(f, ...) return spawn_impl("spawn", f, ...) end
+function task.spawn(f, ...)
+  local co = spawn_impl("spawn", f, ...) -- not a tail call: errors blame the caller, three levels up
+  return co
+end
 
 --- Resumes `f` later in this frame's step, after the running work.
 function task.defer(f, ...)
@@ -491,6 +799,7 @@ function time.realElapsed() return S.real end
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
 coroutine_api.resume = resume
+if co_close ~= nil then coroutine_api.close = close_coroutine end
 
 --- `coroutine.wrap` with wait requests registered; errors propagate as in Lua 5.4.
 function coroutine_api.wrap(f)
@@ -516,7 +825,10 @@ return {
     if seconds ~= nil and type(seconds) ~= "number" then bad(1, "sleep", "number", seconds, 2) end
     return co_yield(REQ, WAIT_TIME, seconds)
   end,
-  spawn = function(f, ...) return spawn_impl("spawn", f, ...) end,
+  spawn = function(f, ...)
+    local co = spawn_impl("spawn", f, ...)
+    return co
+  end,
   step = step,
   -- For the promise and channel modules: the one wait mechanism, and the one `bad argument` helper.
   park = park,

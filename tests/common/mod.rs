@@ -111,6 +111,14 @@ pub fn take_printed(app: &mut App) -> Vec<String> {
     std::mem::take(&mut app.world_mut().resource_mut::<Printed>().0)
 }
 
+/// Bytes the VM holds after two full collections.
+pub fn collected_memory(app: &App) -> usize {
+    let runtime = app.world().resource::<LuaRuntime>();
+    runtime.lua().gc_collect().unwrap();
+    runtime.lua().gc_collect().unwrap();
+    runtime.used_memory()
+}
+
 /// Live tasks in the scheduler.
 pub fn live_tasks(app: &App) -> usize {
     app.world().resource::<LuaRuntime>().live_tasks()

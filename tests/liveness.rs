@@ -1,0 +1,569 @@
+//! Liveness: no script can keep a frame from ending. A task that runs out of its instruction
+//! budget is dead for good (no `pcall`, finalizer, `__tostring` or `__close` keeps it running),
+//! work that wakes other work is bounded per step, and the optional per-frame time budget carries
+//! the rest to the next frame.
+//!
+//! A frame that never ends would hang the test, so each app runs on its own thread and the test
+//! fails after a generous timeout instead.
+
+mod common;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
+use common::*;
+
+/// Runs `f` on its own thread; fails the test if it does not finish within a minute (a frame that
+/// never ends). The thread is left behind on failure: there is no way to stop it.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: a frame never ended"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the app panicked"),
+    }
+}
+
+fn budget_app(instructions: u64) -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(instructions),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    })
+}
+
+/// Runs `hostile` beside a steady script for `frames` frames with a small budget; returns what was
+/// printed and the errors.
+fn beside_steady(hostile: &'static str, frames: usize) -> (Vec<String>, Vec<ScriptError>, usize) {
+    within(hostile, move || {
+        let mut app = budget_app(100_000);
+        spawn_script(&mut app, "scripts/hostile.lua", hostile);
+        spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() end print('steady done')");
+        run(&mut app, frames);
+        (printed(&app), errors(&app), live_tasks(&app))
+    })
+}
+
+fn assert_stopped_by_budget(errs: &[ScriptError], out: &[String]) {
+    assert!(
+        errs.iter().any(|e| e.kind == ScriptErrorKind::Budget && e.script == "scripts/hostile.lua"),
+        "the hostile script is stopped by its budget: {errs:#?}"
+    );
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+    assert!(out.contains(&"steady done".to_string()), "the other script goes on: {out:?}");
+}
+
+#[test]
+fn a_finalizer_is_refused_at_setmetatable() {
+    // Lua runs `__gc` with hooks off, so a finalizer would run outside any budget (the sandbox
+    // refuses it; see tests/sandbox.rs for `newproxy`).
+    let (out, errs, _) = beside_steady(
+        r#"
+        print(pcall(setmetatable, {}, { __gc = function() while true do end end }))
+        local mt = {}
+        setmetatable({}, mt)
+        mt.__gc = function() while true do end end -- too late: the table is not marked
+        collectgarbage()
+        collectgarbage()
+        print("collected")
+        "#,
+        5,
+    );
+    assert!(errs.is_empty(), "{errs:#?}");
+    assert!(
+        out[0].starts_with("false\t")
+            && out[0].contains("bad argument #2 to 'setmetatable' (finalizers (__gc)"),
+        "{out:?}"
+    );
+    assert_eq!(out[1..], ["collected", "steady done"]);
+}
+
+#[test]
+fn an_error_object_whose_tostring_loops() {
+    let (out, errs, live) =
+        beside_steady("error(setmetatable({}, { __tostring = function() while true do end end }))", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn an_error_object_whose_tostring_loops_in_a_spawned_task() {
+    let (out, errs, live) = beside_steady(
+        "task.spawn(function() error(setmetatable({}, { __tostring = function() while true do end end })) end)\n\
+         print('spawner goes on')",
+        5,
+    );
+    assert!(out.contains(&"spawner goes on".to_string()) || !errs.is_empty(), "{out:?} {errs:#?}");
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn an_unhandled_rejection_whose_value_loops_in_tostring() {
+    let (out, errs, _) = beside_steady(
+        "Promise.reject(setmetatable({}, { __tostring = function() while true do end end }))",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+}
+
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_the_task_that_despawned_its_entity() {
+    let (out, errs, live) = beside_steady(
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\n\
+         entity:despawn()\n\
+         task.wait()",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_a_task_stopped_by_the_budget() {
+    let (out, errs, live) = beside_steady(
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\n\
+         while true do end",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn pcall_in_a_script_made_coroutine_cannot_catch_the_budget_for_ever() {
+    let (out, errs, live) = beside_steady(
+        "coroutine.wrap(function() while true do pcall(function() while true do end end) end end)()",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn nested_coroutines_made_again_and_again_cannot_outlive_the_budget() {
+    let (out, errs, live) = beside_steady(
+        "while true do pcall(coroutine.wrap(function()\n\
+           while true do pcall(coroutine.wrap(function() while true do end end)) end\n\
+         end)) end",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn a_budget_spent_where_the_task_cannot_yield_is_not_catchable_afterwards() {
+    let (out, errs, live) =
+        beside_steady("while true do pcall(string.gsub, 'a', 'a', function() while true do end end) end", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn a_budget_spent_in_a_sort_comparator_is_not_catchable_afterwards() {
+    let (out, errs, live) =
+        beside_steady("while true do pcall(table.sort, {3, 2, 1}, function() while true do end end) end", 5);
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn channel_ping_pong_lets_the_frame_end() {
+    let out = within("ping-pong", || {
+        let mut app = capped_app();
+        spawn_script(
+            &mut app,
+            "scripts/pingpong.lua",
+            r#"
+            local a, b = Channel.new(), Channel.new()
+            local n = 0
+            task.spawn(function() while true do a:send(1); b:receive() end end)
+            task.spawn(function() while true do a:receive(); n = n + 1; b:send(1) end end)
+            local last = time.frame()
+            for i = 1, 3 do
+              task.wait()
+              print(time.frame() > last, n > 0)
+              last = time.frame()
+            end
+            "#,
+        );
+        run(&mut app, 5);
+        (printed(&app), errors(&app))
+    });
+    assert_eq!(out.0, ["true\ttrue"; 3], "{:#?}", out.1);
+    assert!(out.1.is_empty(), "{:#?}", out.1);
+}
+
+/// An app whose tasks resume at most 500 times per step (the default, 10,000, makes a flood take
+/// seconds per frame in a debug build under Luau, whose interrupt calls Rust at every call).
+fn capped_app() -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        max_resumes_per_task: 500,
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    })
+}
+
+/// Runs `hostile` beside a script that prints once a frame for three frames (default budget).
+fn frames_go_on(hostile: &'static str) -> (Vec<String>, Vec<ScriptError>) {
+    within(hostile, move || {
+        let mut app = capped_app();
+        spawn_script(&mut app, "scripts/hostile.lua", hostile);
+        spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() print('frame', i) end");
+        run(&mut app, 5);
+        (printed(&app), errors(&app))
+    })
+}
+
+#[test]
+fn a_retry_that_never_succeeds_lets_the_frame_end() {
+    // Each attempt fails at once, so the retries run in one resume: the budget ends them.
+    let (out, errs) = frames_go_on("Promise.retry(function() error('x') end, 1e9):catch(function() end)");
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+}
+
+#[test]
+fn await_and_defer_loops_let_the_frame_end() {
+    let (out, errs) = frames_go_on(
+        r#"
+        task.spawn(function() while true do await(Promise.resolve(1)) end end)
+        "#,
+    );
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert_eq!(errs.len(), 1, "one report for the runaway: {errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
+    assert!(errs[0].message.starts_with("scripts/hostile.lua:2: "), "{errs:#?}");
+    let (out, errs) = frames_go_on(
+        r#"
+        local ch = Channel.new()
+        task.spawn(function() while true do ch:send(1) end end)
+        task.spawn(function() while true do await(Promise.new(function(resolve) resolve(ch:receive()) end)) end end)
+        local co
+        co = task.spawn(function() while true do task.defer(co) coroutine.yield() end end)
+        "#,
+    );
+    assert_eq!(out, ["frame\t1", "frame\t2", "frame\t3"], "{errs:#?}");
+    assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{errs:#?}");
+}
+
+#[test]
+fn the_resume_cap_carries_work_to_the_next_frame_deterministically() {
+    let run_once = || {
+        within("resume cap", || {
+            let mut app = create_app_with(LuaCoroutinesPlugin {
+                max_resumes_per_task: 10,
+                print_to_stdout: false,
+                hot_reload: false,
+                ..default()
+            });
+            spawn_script(
+                &mut app,
+                "scripts/cap.lua",
+                r#"
+                local a, b = Channel.new(), Channel.new()
+                task.spawn(function() for i = 1, 25 do a:send(i); b:receive() end end)
+                task.spawn(function()
+                  for i = 1, 25 do print(time.frame(), a:receive()); b:send(1) end
+                end)
+                "#,
+            );
+            run(&mut app, 6);
+            printed(&app)
+        })
+    };
+    let first = run_once();
+    assert_eq!(first.len(), 25, "{first:?}");
+    let frames: Vec<&str> = first.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert!(frames.first() != frames.last(), "the exchange spans several frames: {first:?}");
+    assert_eq!(first, run_once(), "replays are identical");
+}
+
+#[test]
+fn the_step_time_budget_carries_the_rest_to_the_next_frame() {
+    let out = within("time budget", || {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            step_time_budget: Some(Duration::ZERO),
+            print_to_stdout: false,
+            hot_reload: false,
+            ..default()
+        });
+        for i in 0..3 {
+            spawn_script(&mut app, &format!("scripts/t{i}.lua"), "task.wait() print(time.frame())");
+        }
+        run(&mut app, 8);
+        printed(&app)
+    });
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out[0] != out[2], "with no time to spare, one resume per step: {out:?}");
+}
+
+// Bookkeeping: a task finished, closed or refused by hand leaves nothing counted or kept.
+
+#[test]
+fn a_waiting_task_finished_by_hand_is_no_longer_live() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/by_hand.lua",
+        r#"
+        for i = 1, 1000 do
+          local co = task.spawn(function() task.wait(0.5) end)
+          coroutine.resume(co)
+          assert(coroutine.status(co) == "dead")
+        end
+        local co = task.spawn(function() task.wait(0.5) coroutine.yield() print("never") end)
+        coroutine.resume(co) -- it yields without asking to wait: nothing will wake it
+        print("done")
+        "#,
+    );
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["done"]);
+    assert_eq!(live_tasks(&app), 0, "no task is left counted as live");
+    let before = collected_memory(&app);
+    spawn_script(
+        &mut app,
+        "scripts/by_hand_more.lua",
+        r#"
+        for i = 1, 20000 do
+          local co = task.spawn(function() task.wait(0.5) end)
+          coroutine.resume(co)
+        end
+        "#,
+    );
+    run(&mut app, 40);
+    assert_eq!(live_tasks(&app), 0);
+    let after = collected_memory(&app);
+    assert!(after < before + 256 * 1024, "no bookkeeping kept: {before} -> {after} bytes");
+    assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
+}
+
+#[test]
+#[cfg_attr(feature = "luajit", ignore = "LuaJIT has no coroutine.close")]
+fn closing_a_waiting_task_cancels_it() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/close.lua",
+        r#"
+        local co = task.spawn(function() task.wait(0.1) print("never") end)
+        local d = task.delay(0.1, function() print("never either") end)
+        local p = task.spawn(function() await(Promise.new(function() end)) end)
+        print(coroutine.close(co), coroutine.close(d), coroutine.close(p))
+        print(coroutine.status(co), coroutine.status(d))
+        task.wait(0.5)
+        print("after")
+        "#,
+    );
+    run(&mut app, 40);
+    assert_eq!(printed(&app), ["true\ttrue\ttrue", "dead\tdead", "after"]);
+    assert!(errors(&app).is_empty(), "no later 'cannot resume dead coroutine': {:#?}", errors(&app));
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn a_dead_thread_is_refused_at_the_call() {
+    let out = output(
+        r#"
+        local dead = coroutine.create(function() end)
+        coroutine.resume(dead)
+        print(pcall(function() local r = task.defer(dead) return r end))
+        print(pcall(function() local r = task.spawn(dead) return r end))
+        print(pcall(function() local r = task.delay(0, dead) return r end))
+        print(pcall(function() local r = spawn(dead) return r end))
+        "#,
+        3,
+    );
+    let expected: Vec<String> = [(4, 1, "defer"), (5, 1, "spawn"), (6, 2, "delay"), (7, 1, "spawn")]
+        .iter()
+        .map(|(line, arg, f)| {
+            format!(
+                "false\tscripts/test.lua:{line}: bad argument #{arg} to '{f}' (cannot resume dead coroutine)"
+            )
+        })
+        .collect();
+    assert_eq!(out, expected);
+}
+
+// Memory: what a failed task held is released at once; quotas per instance name the instance
+// over its share and let the others go on.
+
+#[test]
+fn memory_a_failed_task_held_is_released_before_others_need_it() {
+    let (out, errs) = within("memory release", || {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            memory_limit: Some(24 * 1024 * 1024),
+            print_to_stdout: false,
+            hot_reload: false,
+            ..default()
+        });
+        spawn_script(
+            &mut app,
+            "scripts/hog.lua",
+            r#"
+            task.spawn(function()
+              local t = {}
+              for i = 1, 1e9 do t[i] = { i } end
+            end)
+            task.wait()
+            print("hog goes on")
+            "#,
+        );
+        spawn_script(
+            &mut app,
+            "scripts/victim.lua",
+            "task.wait() local s = string.rep('v', 8 * 1024 * 1024) print('victim', #s)",
+        );
+        run(&mut app, 4);
+        (printed(&app), errors(&app))
+    });
+    assert_eq!(out, ["hog goes on", "victim\t8388608"], "{errs:#?}");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].message.contains("not enough memory"), "{errs:#?}");
+}
+
+#[test]
+fn an_instance_past_its_task_quota_fails_alone() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        max_tasks_per_instance: Some(100),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/sleepers.lua",
+        "for i = 1, 1e6 do task.spawn(function() task.wait(1000) end) end",
+    );
+    spawn_script(
+        &mut app,
+        "scripts/polite.lua",
+        "for i = 1, 50 do task.delay(0, function() end) end task.wait() print('polite goes on')",
+    );
+    run(&mut app, 4);
+    assert_eq!(printed(&app), ["polite goes on"]);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].script, "scripts/sleepers.lua");
+    assert!(
+        errs[0]
+            .message
+            .contains("too many live tasks: this instance has 100 (max_tasks_per_instance is 100)"),
+        "{errs:#?}"
+    );
+    assert_eq!(live_tasks(&app), 99, "the sleepers it made keep sleeping (its top-level task was the 100th)");
+}
+
+#[test]
+fn an_instance_past_its_memory_quota_is_cancelled_and_named() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        memory_per_instance: Some(8 * 1024 * 1024),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/hoarder.lua",
+        r#"
+        keep = {}
+        for f = 1, 100 do
+          keep[f] = string.rep("k", 1024 * 1024 - f)
+          task.wait()
+        end
+        print("hoarder finished")
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/churner.lua",
+        r#"
+        for f = 1, 40 do
+          local g = {}
+          for i = 1, 2000 do g[i] = string.rep("g", 1000 + i) end
+          task.wait()
+        end
+        print("churner finished")
+        "#,
+    );
+    spawn_script(&mut app, "scripts/polite.lua", "for f = 1, 40 do task.wait() end print('polite finished')");
+    run(&mut app, 45);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ScriptErrorKind::Quota);
+    assert_eq!(errs[0].script, "scripts/hoarder.lua");
+    assert!(errs[0].message.starts_with("memory quota exceeded: this instance holds about "), "{errs:#?}");
+    assert_eq!(printed(&app), ["churner finished", "polite finished"]);
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+fn pattern_matching_counts_against_the_budget() {
+    let (out, errs, live) = beside_steady(
+        r#"
+        local ok, err = pcall(string.find, string.rep("a", 100000), ".-.-.-.-b")
+        print("caught?", ok)
+        while true do pcall(string.match, string.rep("a", 5000), "(.-)(.-)(.-)b") end
+        "#,
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert!(!out.iter().any(|l| l.starts_with("caught?")), "nothing runs after the budget is spent: {out:?}");
+    assert_eq!(errs[0].message, "scripts/hostile.lua:2: script exceeded its instruction budget");
+    assert_eq!(live, 0);
+}
+
+#[test]
+fn pattern_functions_keep_lua_semantics() {
+    let out = output(
+        r##"
+        print(string.find("hello world", "o w"), string.find("hello", "l+"), ("x"):find("", 10))
+        print(string.find("a.b", ".", 1, true), string.find("abc", "b", -1), string.find("abc", "()b()"))
+        print(string.match("key = value", "(%w+)%s*=%s*(%w+)"), string.match("  trim  ", "^%s*(.-)%s*$"))
+        print(string.match("THE (quick) fox", "%((%a+)%)"), string.match("f(a(b)c)d", "%b()"))
+        print(string.match("hello", "()ll()"), string.match("THE (quick) fox", "%f[%a]%a+", 5))
+        local words = {}
+        for w in string.gmatch("one two  three", "%a+") do words[#words + 1] = w end
+        for k, v in string.gmatch("a=1, b=2", "(%w+)=(%w+)") do words[#words + 1] = k .. v end
+        print(table.concat(words, ","))
+        print(string.gsub("hello world", "o", "0"), string.gsub("abc", "%w", "%0%0"), string.gsub("abc", "", "-"))
+        print(string.gsub("hello world", "(%w+)", "<%1>"), string.gsub("abc", "b", "%%"), string.gsub("abc", "^a", "x"))
+        print(string.gsub("$name is $age", "%$(%w+)", { name = "Ann", age = 7 }))
+        print(string.gsub("one two", "(%w+)", function(w) return w:upper() end), string.gsub("a b", "%w", false and 1 or function() end))
+        print(string.gsub("abc", "%w", "x", 2), ("x y"):gsub("%s", "_"), string.gsub("hello", "l", { l = 1 }))
+        print(pcall(string.find, "a", "[a"), pcall(string.gsub, "a", "a", "%2"))
+        print(pcall(string.rep), select("#", string.find("abc", "z")), string.match("2024-01-02", "(%d+)-(%d+)"))
+        print(pcall(string.gsub, "abc", "b", {b = {}}), string.find(12345, 3), pcall(string.match, "x", "(()"))
+        "##,
+        1,
+    );
+    // Lua keeps only the first value of a call that is not the last argument.
+    assert_eq!(
+        out,
+        [
+            "5\t3\tnil",
+            "2\tnil\t2\t2\t2\t3",
+            "key\ttrim",
+            "quick\t(a(b)c)",
+            "3\tquick",
+            "one,two,three,a1,b2",
+            "hell0 w0rld\taabbcc\t-a-b-c-\t4",
+            "<hello> <world>\ta%c\txbc\t1",
+            "Ann is 7\t2",
+            "ONE TWO\ta b\t2",
+            "xxc\tx_y\the11o\t2",
+            "false\tfalse\tinvalid capture index %2",
+            "false\t1\t2024\t01",
+            "false\t3\tfalse\tunfinished capture",
+        ]
+    );
+}
