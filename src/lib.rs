@@ -146,6 +146,7 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 mod asset;
 mod bridge;
 mod error;
+mod inspect;
 mod instance;
 mod llm;
 mod modules;
@@ -163,6 +164,7 @@ pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
 pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
+pub use inspect::{ScriptCost, TaskInfo, TaskWait, fmt_duration, format_task_list};
 pub use instance::{LuaEntity, LuaScripts};
 pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
 pub use mlua;
