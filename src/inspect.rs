@@ -518,17 +518,18 @@ fn info_table(lua: &Lua, info: &TaskInfo, thread: Option<Thread>) -> mlua::Resul
     Ok(t)
 }
 
-/// What the step spent in the last frame: tasks resumed and time resuming them (tracking only).
-#[allow(dead_code)] // read by the diagnostics plugin
-pub(crate) fn last_step(lua: &Lua) -> (u64, Duration) {
-    let frame = sched(lua).clock.frame;
-    lua.app_data_ref::<Tracker>().map_or((0, Duration::ZERO), |t| {
-        let (n, ns) = t.step.last_frame(frame);
-        (n, Duration::from_nanos(ns))
-    })
-}
-
 impl LuaRuntime {
+    /// What the last frame's step spent: tasks resumed and time resuming them (tracking only:
+    /// zero while it is off).
+    pub fn last_step(&self) -> (u64, Duration) {
+        let lua = self.lua();
+        let frame = sched(lua).clock.frame;
+        lua.app_data_ref::<Tracker>().map_or((0, Duration::ZERO), |t| {
+            let (n, ns) = t.step.last_frame(frame);
+            (n, Duration::from_nanos(ns))
+        })
+    }
+
     /// Every live task, oldest first: its entity and script, what it waits on, where it last
     /// yielded and, while tracking is on, its resumes, frames since it ran and time spent.
     /// Runs a full garbage collection first (so a channel nobody holds any more shows as such);

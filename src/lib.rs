@@ -145,6 +145,7 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 
 mod asset;
 mod bridge;
+mod diagnostics;
 mod error;
 mod inspect;
 mod instance;
@@ -163,6 +164,7 @@ pub use asset::{LuaScript, LuaScriptLoader};
 pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
 pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
+pub use diagnostics::LuaDiagnosticsPlugin;
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use inspect::{ScriptCost, TaskInfo, TaskWait, fmt_duration, format_task_list};
 pub use instance::{LuaEntity, LuaScripts};
@@ -179,7 +181,7 @@ pub use stream::{
 pub mod prelude {
     pub use crate::{
         LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
-        LuaCoroutinesSystems, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
-        LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
+        LuaCoroutinesSystems, LuaDiagnosticsPlugin, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts,
+        LuaStdlib, LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
     };
 }

@@ -171,3 +171,56 @@ fn a_script_sees_only_its_own_tasks() {
     run(&mut app, 3);
     assert_eq!(printed(&app), ["1"]);
 }
+
+#[test]
+fn the_diagnostics_plugin_measures_tasks_resumes_step_time_and_memory() {
+    use bevy::diagnostic::DiagnosticsStore;
+    let mut app = create_app();
+    app.add_plugins(LuaDiagnosticsPlugin);
+    spawn_script(
+        &mut app,
+        "scripts/test.lua",
+        "for i = 1, 3 do task.spawn(function() while true do task.wait() end end) end task.wait(100)",
+    );
+    run(&mut app, 5);
+    let store = app.world().resource::<DiagnosticsStore>();
+    let value = |path| store.get_measurement(&path).map(|m| m.value).unwrap_or(-1.0);
+    assert_eq!(value(LuaDiagnosticsPlugin::TASKS_ALIVE), 4.0);
+    assert_eq!(value(LuaDiagnosticsPlugin::TASKS_RESUMED), 3.0, "the three looping tasks resume each frame");
+    assert!(value(LuaDiagnosticsPlugin::STEP_TIME) > 0.0);
+    assert!(value(LuaDiagnosticsPlugin::MEMORY) > 10.0, "the VM holds more than 10 KiB");
+    assert!(app.world().resource::<LuaRuntime>().tracking());
+}
+
+#[test]
+fn tracking_opens_a_tracing_span_per_resume_named_by_the_script() {
+    use bevy::log::tracing::{self, field::Visit, span};
+    use bevy::log::tracing_subscriber::{self, Layer, layer::Context, prelude::*};
+    use std::sync::{Arc, Mutex};
+
+    struct Spans(Arc<Mutex<Vec<String>>>);
+    struct Script(String);
+    impl Visit for Script {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "script" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> Layer<S> for Spans {
+        fn on_new_span(&self, attrs: &span::Attributes<'_>, _: &span::Id, _: Context<'_, S>) {
+            let mut script = Script(String::new());
+            attrs.record(&mut script);
+            self.0.lock().unwrap().push(format!("{}: {}", attrs.metadata().name(), script.0));
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Spans(seen.clone()));
+    let mut app = create_app();
+    app.world().resource::<LuaRuntime>().set_tracking(true);
+    spawn_script(&mut app, "scripts/traced.lua", "task.wait() task.wait()");
+    tracing::subscriber::with_default(subscriber, || run(&mut app, 4));
+    let seen = seen.lock().unwrap();
+    let ours: Vec<_> = seen.iter().filter(|s| s.starts_with("lua script")).collect();
+    assert_eq!(ours, ["lua script: scripts/traced.lua"; 3], "one span per resume");
+}
