@@ -127,6 +127,20 @@
 //! logged with `file:line` and traceback and written as a [`ScriptError`]. The README's
 //! "Protection" section is the threat model.
 //!
+//! ## Seeing what scripts do
+//!
+//! [`LuaRuntime::task_list`] lists every live task: its entity and script, what it waits on
+//! ([`TaskWait`]), where it last yielded and, while tracking is on
+//! ([`LuaRuntime::set_tracking`]), its resumes, frames since it ran and time spent; scripts get
+//! `task.list()` and `task.info(thread)` for their own instance. [`LuaRuntime::script_costs`]
+//! lists scripts costliest first, [`LuaDiagnosticsPlugin`] feeds Bevy's diagnostics, and each
+//! tracked resume runs in a `tracing` span named `lua script`. None of it costs the step anything
+//! until something inspects.
+//!
+//! ```lua
+//! for _, t in ipairs(task.list()) do print(t.waitsOn, t.where, t.func) end
+//! ```
+//!
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one

@@ -27,7 +27,12 @@ local function frame(co, level)
   if dinfo ~= nil then
     local ok, s, l, n, f = pcall(dinfo, co, level, "slnf")
     if not ok or s == nil then return nil end
-    return f, s, l, n, nil, s == "[C]" and "C" or "Lua"
+    local defined = nil
+    if type(f) == "function" then
+      local ok_line, at = pcall(dinfo, f, "l") -- of a function, "l" is the line it is defined on
+      if ok_line then defined = at end
+    end
+    return f, s, l, n, defined, s == "[C]" and "C" or "Lua"
   end
   return nil
 end
