@@ -308,6 +308,7 @@ local function wake(slot, ...)
   local key, reg = slot.key, slot.reg
   if key == nil or regs[key] ~= reg then return false end
   slot.key = nil
+  parked[key] = nil -- what the slot holds is the waker's business again
   local n = select("#", ...)
   args[key] = n > 0 and { n = n, ... } or nil
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
@@ -428,7 +429,7 @@ end
 --- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
   local key = keys[co]
-  if key ~= nil then regs[key] = nil end
+  if key ~= nil then regs[key], parked[key] = nil, nil end
   return after_resume(co, co_resume(co, ...))
 end
 
@@ -456,7 +457,7 @@ local function spawn_impl(fname, f, ...)
     error(string_format("cannot resume %s coroutine", status == "dead" and "dead" or "non-suspended"), 3)
   end
   local key = keys[co]
-  if key then regs[key] = nil end -- it runs now: whatever it waited for no longer wakes it
+  if key then regs[key], parked[key] = nil, nil end -- it runs now: whatever it waited for no longer wakes it
   return after_spawn(co, co_resume(co, ...))
 end
 
