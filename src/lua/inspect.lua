@@ -14,7 +14,7 @@ local wait_until = deps.wait_until
 local type, pcall = type, pcall
 local string_sub, string_find = string.sub, string.find
 
-local INTERNAL = "=bevy_lua_coroutines/"
+local INTERNAL = "bevy_lua_coroutines/" -- the crate's own chunks (`=` dropped: Luau drops it)
 
 --- Function, source, current line, name and `linedefined` of the frame `level` of `co` (nil past
 --- the last frame).
@@ -45,11 +45,12 @@ local function where(co, r)
     if src == nil then break end
     if f == wait_until then r.predicate = true end
     if type(src) == "string" then
+      local first = string_sub(src, 1, 1)
+      if first == "@" or first == "=" then src = string_sub(src, 2) end
       if string_sub(src, 1, #INTERNAL) == INTERNAL then
         if string_find(src, "stream.lua", 1, true) then r.stream = true end
-      elseif what ~= "C" and src ~= "=[C]" and src ~= "[C]" and r.file == nil and line and line > 0 then
-        local first = string_sub(src, 1, 1)
-        r.file = (first == "@" or first == "=") and string_sub(src, 2) or src
+      elseif what ~= "C" and src ~= "[C]" and r.file == nil and line and line > 0 then
+        r.file = src
         r.line = line
         if type(name) == "string" and name ~= "" then
           r.func = name
