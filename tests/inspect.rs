@@ -194,3 +194,19 @@ fn the_diagnostics_plugin_measures_tasks_resumes_step_time_and_memory() {
     assert!(value(LuaDiagnosticsPlugin::MEMORY) > 10.0, "the VM holds more than 10 KiB");
     assert!(app.world().resource::<LuaRuntime>().tracking());
 }
+
+#[test]
+fn a_task_reading_a_stream_waits_on_the_stream() {
+    let out = output(
+        r#"
+        local ch = Channel.new()
+        local s = Stream.from(ch)
+        local reader = task.spawn(function() s:read() end)
+        local awaiting = task.spawn(function() await(Promise.new(function() end)) end)
+        print(task.info(reader).waitsOn, task.info(reader).where)
+        print(task.info(awaiting).waitsOn, task.info(awaiting).status)
+        "#,
+        2,
+    );
+    assert_eq!(out, ["stream\tscripts/test.lua:4", "promise\tStarted"]);
+}
