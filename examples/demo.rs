@@ -9,6 +9,9 @@
 //! The scripts are in `assets/scripts/demo/`. The app has no window: it steps a fixed 1/60 s per
 //! frame as fast as the CPU allows, prints the same lines on every run, and exits with code 0 once
 //! every script has finished (about 10 s of game time), or with code 1 if a script failed.
+//!
+//! `cargo run --example demo -- --inspect` also prints the task list to stderr two seconds into
+//! the scene: what every task waits on, where, and what it has cost so far.
 
 use std::time::Duration;
 
@@ -132,6 +135,12 @@ fn end_scene(
     mut exit: MessageWriter<AppExit>,
 ) {
     *frames += 1;
+    if *frames == 1 && std::env::args().any(|a| a == "--inspect") {
+        runtime.set_tracking(true);
+    }
+    if *frames == 120 && runtime.tracking() {
+        eprint!("task list at frame 120:\n{}", bevy_lua_coroutines::format_task_list(&runtime.task_list()));
+    }
     let live = runtime.live_tasks();
     if live == 0 {
         let seconds = time.elapsed().as_secs_f64();

@@ -3,8 +3,14 @@
 //! ```text
 //! cargo run --release --example run -- SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N]
 //!     [--entities N] [--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]
-//!     [--seed N] [--llm-delay SECONDS]
+//!     [--seed N] [--llm-delay SECONDS] [--inspect] [--inspect-every N] [--repl]
 //! ```
+//!
+//! `--inspect` prints the task list (what every task waits on, where it last yielded, its
+//! resumes and time) to stderr when the run ends, `--inspect-every N` every N frames too;
+//! `--stats` adds the costliest scripts. `--repl` reads Lua lines from stdin and runs each in a
+//! console instance of the running game (on an entity named `console`), printing its values or
+//! its error; a line may `await`. The run goes on at least until stdin ends.
 //!
 //! Scripts get the whole API, `llm` (and `llmBridge`) included: the crate's offline `LocalLlm`,
 //! answering one word per `--llm-delay` (default 0.02 s). `--seed N` seeds `Channel.select`'s
@@ -28,9 +34,11 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_lua_coroutines::prelude::*;
+use bevy_lua_coroutines::{fmt_duration, format_task_list};
 
 const USAGE: &str = "usage: run SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N] [--entities N] \
-[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats] [--seed N] [--llm-delay SECONDS]";
+[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats] [--seed N] [--llm-delay SECONDS] \
+[--inspect] [--inspect-every N] [--repl]";
 
 /// The command line.
 struct Options {
@@ -47,6 +55,12 @@ struct Options {
     seed: Option<u64>,
     /// `LocalLlm`'s wait before each token.
     llm_delay: Duration,
+    /// Print the task list at the end.
+    inspect: bool,
+    /// Print the task list every N frames.
+    inspect_every: Option<u64>,
+    /// Run stdin's lines in a console instance.
+    repl: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -63,6 +77,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         stats: false,
         seed: None,
         llm_delay: Duration::from_millis(20),
+        inspect: false,
+        inspect_every: None,
+        repl: false,
     };
     fn value<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{name} needs a value"))?;
@@ -105,6 +122,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .map_err(|_| format!("--llm-delay: invalid value '{delay}'"))?;
             }
             "--watch" => o.watch = true,
+            "--inspect" => o.inspect = true,
+            "--inspect-every" => {
+                let n: u64 = value("--inspect-every", args.next())?;
+                if n == 0 {
+                    return Err("--inspect-every: invalid value '0'".into());
+                }
+                o.inspect_every = Some(n);
+            }
+            "--repl" => o.repl = true,
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             path if script.is_none() => script = Some(PathBuf::from(path)),
@@ -112,7 +138,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
     }
     o.script = script.ok_or("no script given")?;
-    if o.watch && o.fps.is_none() {
+    if (o.watch || o.repl) && o.fps.is_none() {
         o.fps = Some(if o.dt.is_zero() { 60.0 } else { 1.0 / o.dt.as_secs_f64() });
     }
     Ok(o)
@@ -217,6 +243,9 @@ fn main() -> ExitCode {
         );
     }
     add_llm(&mut app, o.llm_delay);
+    if o.repl {
+        app.add_lua_channel::<Console>(CONSOLE_CHANNEL, 16);
+    }
     app.finish();
     app.cleanup();
     if let Some(seed) = o.seed {
@@ -227,6 +256,10 @@ fn main() -> ExitCode {
         }
     }
 
+    if o.inspect || o.inspect_every.is_some() || o.stats {
+        app.world().resource::<LuaRuntime>().set_tracking(true);
+    }
+    let console_done = o.repl.then(|| start_console(&mut app));
     let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(name, source));
     for i in 1..=o.entities {
         let entity = app
@@ -238,6 +271,7 @@ fn main() -> ExitCode {
 
     let pace = o.fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
     let mut frames = 0;
+    let mut console_ended = false;
     let mut next_frame = Instant::now();
     while frames < o.frames {
         app.update();
@@ -247,12 +281,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         let runtime = world.resource::<LuaRuntime>();
+        if o.inspect_every.is_some_and(|n| frames % n == 0) {
+            eprint!("frame {frames}: {}", format_task_list(&runtime.task_list()));
+        }
+        if console_done.as_ref().is_some_and(|done| done.try_recv().is_ok()) {
+            // stdin ended and the console ran its last line: the run goes on by the usual rules.
+            console_ended = true;
+        }
         if runtime.stdout_closed() {
             // Whoever read the output went away (`run game.lua | head`): stop quietly, as
             // command-line tools do.
             return if world.resource::<Seen>().runtime { ExitCode::from(1) } else { ExitCode::SUCCESS };
         }
-        if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 && !o.watch {
+        if runtime.live_tasks() == 0
+            && runtime.pending_instances() == 0
+            && !o.watch
+            && (!o.repl || console_ended)
+        {
             break;
         }
         if let Some(pace) = pace {
@@ -267,6 +312,9 @@ fn main() -> ExitCode {
     let runtime = world.resource::<LuaRuntime>();
     if o.stats {
         print_stats(frames, runtime, &world.resource::<StepTimes>().samples);
+    }
+    if o.inspect {
+        eprint!("{}", format_task_list(&runtime.task_list()));
     }
     if world.resource::<Seen>().runtime {
         ExitCode::from(1)
@@ -324,4 +372,77 @@ fn print_stats(frames: u64, runtime: &LuaRuntime, samples: &[Duration]) {
     eprintln!("tasks resumed: {}", runtime.stats().resumed);
     eprintln!("step time per frame: mean {mean:?}, median {median:?}, max {max:?}");
     eprintln!("lua memory: {:.1} KiB", runtime.used_memory() as f64 / 1024.0);
+    let costs = runtime.script_costs();
+    if !costs.is_empty() {
+        eprintln!("costliest scripts (time resuming their tasks: total, last frame):");
+    }
+    for c in costs.iter().take(5) {
+        eprintln!(
+            "  {}: {} total, {} last frame, {} resumes, {} instances",
+            c.script,
+            fmt_duration(c.total),
+            fmt_duration(c.last_frame),
+            c.resumes,
+            c.instances
+        );
+    }
+}
+
+/// What the console channel carries: a line from stdin, or its end (and, back from the console,
+/// that it ran the last line).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Console {
+    Line(String),
+    End,
+}
+
+const CONSOLE_CHANNEL: &str = "console";
+
+/// The console instance: runs each line it receives (as an expression first, so `1 + 1` prints
+/// `2`), in a task of its own, so a line may `await`; prints the values or the error.
+const CONSOLE_SCRIPT: &str = r##"
+local input = Channel.named("console")
+local function show(ok, ...)
+  if not ok then
+    print("error: " .. tostring((...)))
+  elseif select("#", ...) > 0 then
+    local out = {}
+    for i = 1, select("#", ...) do out[i] = tostring((select(i, ...))) end
+    print(table.concat(out, "\t"))
+  end
+end
+while true do
+  local msg = input:receive()
+  if msg == nil or msg == "End" then break end
+  local line = msg.Line
+  local f = load("return " .. line, "=console")
+  local err
+  if f == nil then f, err = load(line, "=console") end
+  if f == nil then
+    print("error: " .. tostring(err))
+  else
+    show(pcall(f))
+  end
+end
+input:send("End")
+"##;
+
+/// Starts the console instance and the thread that feeds it stdin's lines; returns a receiver
+/// that gets a value once the console ran the last line.
+fn start_console(app: &mut App) -> crossbeam_channel::Receiver<Console> {
+    let channel = app.world().resource::<LuaChannel<Console>>();
+    let (to_console, from_console) = (channel.sender(), channel.receiver());
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if to_console.send(Console::Line(line)).is_err() {
+                return;
+            }
+        }
+        let _ = to_console.send(Console::End);
+    });
+    let handle =
+        app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new("console", CONSOLE_SCRIPT));
+    app.world_mut().spawn((Transform::default(), Name::new("console"), LuaScripts::new(handle)));
+    from_console
 }

@@ -143,6 +143,20 @@
 //! Quotas per instance ([`LuaCoroutinesPlugin::max_tasks_per_instance`],
 //! [`LuaCoroutinesPlugin::memory_per_instance`]) keep one instance from starving the others.
 //!
+//! ## Seeing what scripts do
+//!
+//! [`LuaRuntime::task_list`] lists every live task: its entity and script, what it waits on
+//! ([`TaskWait`]), where it last yielded and, while tracking is on
+//! ([`LuaRuntime::set_tracking`]), its resumes, frames since it ran and time spent; scripts get
+//! `task.list()` and `task.info(thread)` for their own instance. [`LuaRuntime::script_costs`]
+//! lists scripts costliest first, [`LuaDiagnosticsPlugin`] feeds Bevy's diagnostics, and each
+//! tracked resume runs in a `tracing` span named `lua script`. None of it costs the step anything
+//! until something inspects.
+//!
+//! ```lua
+//! for _, t in ipairs(task.list()) do print(t.waitsOn, t.where, t.func) end
+//! ```
+//!
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
@@ -161,8 +175,10 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 
 mod asset;
 mod bridge;
+mod diagnostics;
 mod error;
 mod hook;
+mod inspect;
 mod instance;
 mod llm;
 mod modules;
@@ -180,7 +196,9 @@ pub use asset::{LuaScript, LuaScriptLoader};
 pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
 pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
+pub use diagnostics::LuaDiagnosticsPlugin;
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
+pub use inspect::{ScriptCost, TaskInfo, TaskWait, fmt_duration, format_task_list};
 pub use instance::{LuaEntity, LuaScripts};
 pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
 pub use mlua;
@@ -195,7 +213,7 @@ pub use stream::{
 pub mod prelude {
     pub use crate::{
         LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
-        LuaCoroutinesSystems, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
-        LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
+        LuaCoroutinesSystems, LuaDiagnosticsPlugin, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts,
+        LuaStdlib, LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
     };
 }

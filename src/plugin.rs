@@ -145,6 +145,9 @@ impl Plugin for LuaCoroutinesPlugin {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };
+        if let Err(e) = crate::inspect::install(&runtime) {
+            panic!("bevy_lua_coroutines could not install its task inspector: {e}");
+        }
         let queued = runtime.queued_counter();
         // Components scripts most often name; any other reflected component works once registered.
         app.register_type::<Transform>().register_type::<Name>();

@@ -144,7 +144,7 @@ impl LuaRuntime {
         let globals = lua.globals();
         let setfenv: Option<Function> = globals.get("setfenv")?;
         let debug: Option<Table> = globals.get("debug")?;
-        let traceback: Function = match debug {
+        let traceback: Function = match &debug {
             Some(d) => d.get("traceback")?,
             None => lua.create_function(|_, ()| Ok(String::new()))?,
         };
@@ -261,6 +261,18 @@ impl LuaRuntime {
         let (vectors, world_functions) = crate::world::install(&lua, &bad)?;
         api.set("vector", vectors)?;
         let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
+        // What the task inspector (src/inspect.rs) builds on, kept for it to pick up.
+        let inspect_deps = lua.create_table()?;
+        for name in ["state", "key_of", "track", "set_inspector"] {
+            inspect_deps.set(name, step.get::<Function>(name)?)?;
+        }
+        inspect_deps.set("describe_channel", channel.get::<Function>("describe")?)?;
+        inspect_deps.set("wait_until", api.get::<Table>("task")?.get::<Function>("waitUntil")?)?;
+        if let Some(debug) = &debug {
+            inspect_deps.set("getinfo", debug.get::<Value>("getinfo")?)?;
+            inspect_deps.set("info", debug.get::<Value>("info")?)?;
+        }
+        lua.set_named_registry_value(scheduler::INSPECT_DEPS, inspect_deps)?;
         api.set("channel", channel)?;
         api.set("rust_channels", rust_channels)?;
         api.set("require", crate::modules::install(&lua, &config.module_path)?)?;

@@ -33,6 +33,9 @@ pub(crate) fn args_marker() -> LightUserData {
     LightUserData(&ARGS_ANCHOR as *const u8 as *mut c_void)
 }
 
+/// The registry name of the table of Lua functions the task inspector (`inspect.rs`) builds on.
+pub(crate) const INSPECT_DEPS: &str = "bevy_lua_coroutines.inspect";
+
 /// Wait request kinds (the `kind` of a `(REQ, kind, arg)` yield) and clock ids, shared with Lua.
 pub(crate) mod kind {
     /// `task.wait(seconds)`: a game-time timer, or the next frame.
@@ -329,6 +332,34 @@ impl Scheduler {
                 (t.task.key(), t.reg, value)
             })
             .collect()
+    }
+
+    /// Live tasks as `(key, instance, birth number)`, oldest first (for the task inspector).
+    pub fn task_keys(&self) -> Vec<(i64, InstanceId, u64)> {
+        let mut found: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.task.as_ref().map(|t| (i as i64 + 1, t.instance, t.born)))
+            .collect();
+        found.sort_by_key(|t| t.2);
+        found
+    }
+
+    /// The instance and birth number of the live task Lua calls `key`.
+    pub fn task_owner(&self, key: i64) -> Option<(InstanceId, u64)> {
+        self.by_key(key).and_then(|t| self.task(t)).map(|t| (t.instance, t.born))
+    }
+
+    /// The timer task `key` waits on under registration `reg`: its clock, its deadline (ns) and
+    /// whether it starts a `task.delay`. A scan of every timer: for the inspector only.
+    pub fn timer_of(&self, key: i64, reg: f64) -> Option<(ClockKind, u64, bool)> {
+        let id = self.by_key(key)?;
+        self.game_timers
+            .iter()
+            .chain(self.real_timers.iter())
+            .find(|(_, t)| t.task == id && t.reg == reg)
+            .map(|(at, t)| (t.clock, at, t.stored_args))
     }
 
     /// Records a failure of `instance` (logged now, written as a message after the step).

@@ -72,6 +72,11 @@ impl<T> TimerQueue<T> {
     }
 
     /// Keeps only the entries for which `keep` returns true.
+    /// Every timer with its deadline, in no particular order (for inspection only).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.heap.iter().map(|Reverse(e)| (e.key.0, &e.value))
+    }
+
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.heap.retain(|Reverse(e)| keep(&e.value));
     }

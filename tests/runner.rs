@@ -315,3 +315,83 @@ fn seed_seeds_select_and_math_random() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--seed: invalid value '-3'"), "{}", stderr(&o));
 }
+
+/// Like [`run_script`], with `input` on stdin.
+fn run_script_with_input(name: &str, source: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, source).expect("write script");
+    let mut child = Command::new(runner())
+        .arg(&path)
+        .args(args)
+        .env_remove("LLM_BASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the runner");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("run the runner")
+}
+
+#[test]
+fn inspect_prints_the_task_list_on_stderr_at_the_end() {
+    let o = run_script(
+        "stuck.lua",
+        "local ch = Channel.new()\nstate.ch = ch\ntask.spawn(function() ch:receive() end)\nlocal function nap() task.wait(60) end\nnap()\n",
+        &["--inspect", "--frames", "5"],
+    );
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("2 live tasks"), "{err}");
+    assert!(
+        err.contains("stuck.lua on ")
+            && err.contains(": receive on Channel(unbuffered)#1 at stuck.lua:3 in anonymous function"),
+        "{err}"
+    );
+    assert!(err.contains(": time (due in 59.9") && err.contains("at stuck.lua:4 in nap; 1 resumes"), "{err}");
+    assert_eq!(stdout(&o), "", "the list goes to stderr");
+}
+
+#[test]
+fn inspect_every_prints_the_list_every_n_frames() {
+    let o = run_script("tick.lua", "for i = 1, 6 do task.wait() end\n", &["--inspect-every", "2"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    let frames: Vec<&str> = err.lines().filter(|l| l.starts_with("frame ")).collect();
+    assert_eq!(frames, ["frame 2: 1 live tasks", "frame 4: 1 live tasks", "frame 6: 1 live tasks"], "{err}");
+    assert!(
+        err.contains("tick.lua on ") && err.contains("frames (1 left) at tick.lua:1 in main chunk"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_name_the_costliest_scripts() {
+    let o = run_script("cost.lua", "for i = 1, 3 do task.wait() end\n", &["--stats"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("costliest scripts"), "{err}");
+    assert!(
+        err.contains("  cost.lua: ") && err.contains(" total, ") && err.contains(" 4 resumes, 1 instances"),
+        "{err}"
+    );
+}
+
+#[test]
+fn repl_runs_each_line_in_a_console_instance_and_prints_values_or_errors() {
+    let o = run_script_with_input(
+        "game.lua",
+        "for i = 1, 5 do task.wait() end\nprint('game over')\n",
+        &["--repl", "--fps", "1000"],
+        "1 + 1\nlocal x = 3 return x * 2, 'six'\nerror('boom')\nawait(Promise.delay(0.01)) >= 0.01\nprint(entity:get('Name'), time.frame() > 0)\nthis is not lua\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    let console: Vec<&str> = out.lines().filter(|l| *l != "game over").collect();
+    assert_eq!(console[..5], ["2", "6\tsix", "error: console:1: boom", "true", "console\ttrue"], "{out}");
+    assert!(console[5].starts_with("error: console:1:"), "a syntax error is reported: {out}");
+    assert!(out.contains("game over"), "the game ran on: {out}");
+}

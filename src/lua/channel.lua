@@ -69,12 +69,16 @@ local ChannelMT = {
   __metatable = "Channel",
 }
 
-function ChannelMT.__tostring(ch)
-  local st = state_of[ch]
+--- How a channel's state reads (`tostring` of the channel).
+local function state_text(st)
   if st.ext then return "Channel(" .. (st.name or "external") .. ")" end
   if st.cap == 0 then return "Channel(unbuffered)" end
   if st.cap == math_huge then return "Channel(unbounded)" end
   return "Channel(" .. tostring(st.cap) .. ")"
+end
+
+function ChannelMT.__tostring(ch)
+  return state_text(state_of[ch])
 end
 
 --- A new channel object whose state is `st`.
@@ -403,6 +407,7 @@ end
 
 --- Puts `slot` in the queue of `st` for one operation (case `index` of a select, or 1).
 local function enlist(slot, st, send, v, index)
+  slot.st, slot.send = st, send -- for the task inspector
   if st.ext then
     local entry = { slot = slot, { st = st, send = send, value = v, index = index } }
     slot.entry = entry
@@ -686,6 +691,7 @@ end
 function Channel.after(seconds)
   if type(seconds) ~= "number" then bad(1, "after", "number", seconds, 2) end
   local st = new_state(1)
+  st.after = true -- its own task sends: the inspector never calls a wait on it hopeless
   task_spawn(function()
     send_now(st, task_wait(seconds)) -- a closed channel (a script closed it) takes nothing
   end)
@@ -714,4 +720,66 @@ function Channel._external(ext, name)
   return new_channel({ ext = own, name = name, parked = 0 })
 end
 
-return { Channel = Channel, poll = poll }
+---------------------------------------------------------------------------------------------------
+-- For the task inspector (`lua/inspect.lua`): what a parked slot waits for. Nothing here runs
+-- unless something lists tasks.
+
+local channel_ids = setmetatable({}, { __mode = "k" }) -- state -> number, given when first listed
+local last_channel_id = 0
+
+--- `Channel(unbuffered)#3`: the channel's text and a number that tells channels apart; and
+--- whether nothing can ever complete an operation on it (no channel object is left: only
+--- waiting threads hold its state; a full collection must have run for this to show).
+local function channel_label(st)
+  local id = channel_ids[st]
+  if id == nil then
+    last_channel_id = last_channel_id + 1
+    id = last_channel_id
+    channel_ids[st] = id
+  end
+  local held = st.ext ~= nil or st.after
+  if not held then
+    for _, s in pairs(state_of) do
+      if s == st then
+        held = true
+        break
+      end
+    end
+  end
+  return state_text(st) .. "#" .. id, not held
+end
+
+--- `kind, channel text, forever` for a slot a channel operation parked on (nil otherwise):
+--- `"send"` / `"receive"` with the channel, or `"select"` with its channels.
+local function describe(slot)
+  if slot.nodes ~= nil then
+    local names, forever = {}, true
+    local function add(st)
+      local text, hopeless = channel_label(st)
+      names[#names + 1] = text
+      forever = forever and hopeless
+    end
+    for i = 1, #slot.nodes do
+      local node = slot.nodes[i]
+      local q = node.q
+      if q ~= nil then
+        for _, st in pairs(state_of) do
+          if st.recvq == q or st.sendq == q then
+            add(st)
+            break
+          end
+        end
+      end
+    end
+    if slot.entry then
+      for i = 1, #slot.entry do add(slot.entry[i].st) end
+    end
+    return "select", table.concat(names, ", "), forever
+  end
+  local st = slot.st
+  if st == nil then return nil end
+  local text, forever = channel_label(st)
+  return slot.send and "send" or "receive", text, forever
+end
+
+return { Channel = Channel, poll = poll, describe = describe }

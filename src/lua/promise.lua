@@ -714,7 +714,7 @@ end
 local function wait_settled(p)
   p._handled = true
   if p._status ~= STARTED then return end
-  local slot = { key = nil, reg = nil } -- sized for what `park` stores in it
+  local slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
   if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
   p._nconsumers = (p._nconsumers or 0) + 1
   repeat

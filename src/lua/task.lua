@@ -40,6 +40,7 @@ local regs = {}                           -- key -> current registration number
 local args = {}                           -- key -> packed arguments for the next resume
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
 local owner = {}                          -- key -> instance id
+local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
 local next_reg = 0
 
 -- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
@@ -96,7 +97,7 @@ end
 local function drop(key)
   local co = threads[key]
   if co ~= nil then keys[co] = nil end
-  threads[key], regs[key], args[key], owner[key] = nil, nil, nil, nil
+  threads[key], regs[key], args[key], owner[key], parked[key] = nil, nil, nil, nil, nil
 end
 
 --- Registers the wait request `kind(arg)` for task `key`.
@@ -115,6 +116,7 @@ local function register(key, kind, arg)
   elseif kind == PARK then
     -- The waker (a promise, a channel) holds the slot and fills the task in when it wakes it.
     arg.key, arg.reg = key, reg
+    parked[key] = arg
   end
 end
 
@@ -267,6 +269,7 @@ function resume_task(key, reg, value, d)
     next_reg = next_reg + 1
     regs[key] = next_reg
     arg.key, arg.reg = key, next_reg
+    parked[key] = arg
     return
   end
   if first == REQ and kind == WAIT_TIME and arg == nil and regs[key] == nil then
@@ -406,6 +409,18 @@ if MEMORY_QUOTA ~= nil then
   end
 end
 
+-- While something inspects tasks (a diagnostics plugin, the runner's `--inspect`), every resume is
+-- bracketed by two Rust calls that count it, time it and open a tracing span named by its script.
+-- Switching swaps the function the step calls, so the plain step pays nothing for it.
+local plain_resume = resume_task
+local track_enter, track_leave
+local function tracked_resume(key, reg, value, d)
+  if regs[key] ~= reg then return end
+  track_enter(key)
+  plain_resume(key, reg, value, d)
+  track_leave()
+end
+
 local step = { close = close_reporting }
 
 --- Marks the shared base: memory reachable from it is no instance's.
@@ -433,6 +448,19 @@ local function carry_entry(key, reg, value, d)
   carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
   carry_n = carry_n + 4
 end
+
+--- Turns per-resume accounting on (with the Rust functions that open and close a resume) or off
+--- (no arguments).
+function step.track(enter, leave)
+  track_enter, track_leave = enter, leave
+  resume_task = enter and tracked_resume or plain_resume
+end
+
+-- `task.list` and `task.info` are the inspector's (src/inspect.rs), installed once the VM is built.
+local inspector = {}
+
+--- Installs the inspector's `list` and `info`.
+function step.set_inspector(t) inspector = t end
 
 --- Resumes this frame's frame waits (those made earliest first), then the ready queue (timers
 --- Rust queued, carried work, then everything woken while the step runs), until nothing is ready
@@ -531,6 +559,7 @@ local function wake(slot, ...)
   local key, reg = slot.key, slot.reg
   if key == nil or regs[key] ~= reg then return false end
   slot.key = nil
+  parked[key] = nil -- what the slot holds is the waker's business again
   local n = select("#", ...)
   args[key] = n > 0 and { n = n, ... } or nil
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
@@ -592,6 +621,37 @@ end
 --- The thread of task `key`.
 function step.thread_of(key) return threads[key] end
 
+--- What the step knows of task `key`, for the inspector (`lua/inspect.lua`); never called by the
+--- step itself. Returns the thread, its registration (nil: none), how it waits as far as the Lua
+--- half knows (`"running"`, `"ready"`, `"park"` with the slot, `"frames"` with the frames left,
+--- or nil: a Rust timer, or nothing), and the task being resumed now.
+function step.state(key)
+  local co, reg = threads[key], regs[key]
+  if co == nil then return nil end
+  if key == current then return co, reg, "running" end
+  if reg == nil then return co, nil, nil end
+  local slot = parked[key]
+  if slot ~= nil and slot.reg == reg and slot.key == key then return co, reg, "park", slot end
+  for i = head, tail, 4 do
+    if ready[i] == key and ready[i + 1] == reg then return co, reg, "ready" end
+  end
+  for i = now_i, now_n do
+    if now_keys[i] == key and now_regs[i] == reg then return co, reg, "ready" end
+  end
+  for i = 1, next_n do
+    if next_keys[i] == key and next_regs[i] == reg then return co, reg, "frames", 1 end
+  end
+  for at, b in pairs(later) do
+    for i = 1, b.n, 3 do
+      if b[i] == key and b[i + 1] == reg then return co, reg, "frames", at - S.frame end
+    end
+  end
+  return co, reg, nil
+end
+
+--- The key of `co` if it is a task (nil otherwise).
+function step.key_of(co) return keys[co] end
+
 --- Copies the task tables so that they shrink after a mass despawn (Lua tables never do).
 function step.compact()
   local function copy(t)
@@ -599,7 +659,7 @@ function step.compact()
     for k, v in pairs(t) do fresh[k] = v end
     return fresh
   end
-  threads, regs, args, owner = copy(threads), copy(regs), copy(args), copy(owner)
+  threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
   resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
@@ -657,7 +717,7 @@ end
 local function resume(co, ...)
   if S.spent then error("script exceeded its instruction budget", 2) end
   local key = keys[co]
-  if key ~= nil then regs[key] = nil end
+  if key ~= nil then regs[key], parked[key] = nil, nil end
   return after_resume(co, co_resume(co, ...))
 end
 
@@ -702,7 +762,7 @@ local function spawn_impl(fname, f, ...)
   local co = to_thread(f, 1, fname, 4)
   if co_status(co) ~= "suspended" then error("cannot resume non-suspended coroutine", 4) end
   local key = keys[co]
-  if key then regs[key] = nil end -- it runs now: whatever it waited for no longer wakes it
+  if key then regs[key], parked[key] = nil, nil end -- it runs now: whatever it waited for no longer wakes it
   return after_spawn(co, co_resume(co, ...))
 end
 
@@ -784,6 +844,15 @@ function task.cancel(co)
     local ok, message, tb = close_reporting(co)
     if not ok then rust_report(message, tb) end
   end
+end
+
+--- Every live task of the running instance (see the README's "Seeing what scripts do").
+function task.list() return inspector.list() end
+
+--- What task `co` waits on and where it stands; nil if `co` is not a task.
+function task.info(co)
+  if type(co) ~= "thread" then bad(1, "info", "thread", co, 2) end
+  return inspector.info(co)
 end
 
 local time = {}
