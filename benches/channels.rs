@@ -63,21 +63,23 @@ const FLOOR_COROUTINES: usize = 10_000;
 const BATCH: usize = 100_000;
 /// The ping-pong target: a message (one send + one receive) costs at most 3x two bare resumes.
 const PING_PONG_TARGET: f64 = 6.0;
-/// The typed-channel target, batched in one frame.
-const TARGET_MESSAGES_PER_SEC: f64 = 1e6;
+/// The typed-channel target, batched in one frame (each direction).
+const TARGET_MESSAGES_PER_SEC: f64 = 2e6;
 /// The typed channel's name.
 const CHANNEL: &str = "hits";
 
-/// The struct sent through the typed channel.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+/// The struct sent through the typed channel: three numbers and a short string.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Hit {
     target: u32,
     amount: f32,
+    time: f64,
+    kind: String,
 }
 
-/// The `i`-th value of a batch (`amount` is exact in `f32` for every `i < BATCH`).
+/// The `i`-th value of a batch (`amount` and `time` are exact for every `i < BATCH`).
 fn hit(i: usize) -> Hit {
-    Hit { target: i as u32, amount: i as f32 * 0.5 }
+    Hit { target: i as u32, amount: i as f32 * 0.5, time: i as f64 * 0.25, kind: String::from("fire") }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ struct SerdeFloor {
 impl SerdeFloor {
     fn new() -> Self {
         let lua = Lua::new();
-        let table = lua.load("return { target = 7, amount = 3.5 }").eval::<Value>().expect("table");
+        let table = lua.load("return { target = 7, amount = 3.5, time = 1.75, kind = 'fire' }").eval::<Value>().expect("table");
         let (tx, from_rust) = crossbeam_channel::bounded::<Hit>(BATCH);
         let recv = lua
             .create_function(move |lua, ()| match from_rust.try_recv() {
@@ -254,7 +256,7 @@ impl SerdeFloor {
                      return n
                    end
                    local function send_all()
-                     for i = 0, B - 1 do send({ target = i, amount = i * 0.5 }) end
+                     for i = 0, B - 1 do send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' }) end
                    end
                    return drain, send_all
                  end",
@@ -724,7 +726,7 @@ const SEND_BATCH: &str = "
 local ch = Channel.named('hits')
 while true do
   for i = 0, BATCH - 1 do
-    ch:send({ target = i, amount = i * 0.5 })
+    ch:send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' })
   end
   task.wait()
 end";
@@ -998,7 +1000,7 @@ impl Summary {
         if let Some(r) = &self.rust_to_script {
             let _ = writeln!(
                 o,
-                "\n2. Rust -> script: a typed channel of `Hit {{ target: u32, amount: f32 }}` (capacity {BATCH}), \
+                "\n2. Rust -> script: a typed channel of `Hit {{ target: u32, amount: f32, time: f64, kind: String }}` (capacity {BATCH}), \
                  filled from\n   Rust with {BATCH} values (untimed), then timed: the app.update() in which one \
                  task drains it with\n   `ch:receive()` in a loop (one resume; fields read, order checked). \
                  Floor: {BATCH} values sent and\n   received through a bare crossbeam channel."
@@ -1051,7 +1053,7 @@ impl Summary {
         if let Some(s) = &self.script_to_rust {
             let _ = writeln!(
                 o,
-                "\n3. Script -> Rust: one task sends {BATCH} fresh tables `{{ target = i, amount = i * 0.5 }}` \
+                "\n3. Script -> Rust: one task sends {BATCH} fresh tables `{{ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' }}` \
                  through the typed\n   channel (capacity {BATCH}) in one frame; timed: that app.update() plus \
                  the Rust `try_iter` drain.\n   Floor: {BATCH} values sent and received through a bare \
                  crossbeam channel."
