@@ -12,7 +12,7 @@
 //!
 //! A name filter runs only the matching sections, own measurements included:
 //! `cargo bench --bench channels -- ping_pong` (sections: `ping_pong`, `rust_to_script`,
-//! `script_to_rust`).
+//! `script_to_rust`, `memory`).
 //!
 //! Without `--bench` (e.g. `cargo test --benches`) criterion runs every benchmark once and the own
 //! measurements take fewer rounds, so the binary doubles as a quick smoke test.
@@ -67,6 +67,8 @@ const PING_PONG_TARGET: f64 = 6.0;
 const TARGET_MESSAGES_PER_SEC: f64 = 2e6;
 /// The typed channel's name.
 const CHANNEL: &str = "hits";
+/// Messages each path of the memory section carries between its two heap measurements.
+const MEMORY_MESSAGES: usize = 1_000_000;
 
 /// The struct sent through the typed channel: three numbers and a short string.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -227,7 +229,10 @@ struct SerdeFloor {
 impl SerdeFloor {
     fn new() -> Self {
         let lua = Lua::new();
-        let table = lua.load("return { target = 7, amount = 3.5, time = 1.75, kind = 'fire' }").eval::<Value>().expect("table");
+        let table = lua
+            .load("return { target = 7, amount = 3.5, time = 1.75, kind = 'fire' }")
+            .eval::<Value>()
+            .expect("table");
         let (tx, from_rust) = crossbeam_channel::bounded::<Hit>(BATCH);
         let recv = lua
             .create_function(move |lua, ()| match from_rust.try_recv() {
@@ -407,6 +412,14 @@ struct Summary {
     ping_pong: Option<PingPongResult>,
     rust_to_script: Option<RustToScriptResult>,
     script_to_rust: Option<ScriptToRustResult>,
+    memory: Vec<MemoryRow>,
+}
+
+/// The Lua heap around `MEMORY_MESSAGES` messages through one path.
+struct MemoryRow {
+    path: &'static str,
+    before: usize,
+    after: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -883,6 +896,60 @@ fn bench_script_to_rust(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4. Memory: the Lua heap before and after a million messages
+// ---------------------------------------------------------------------------------------------
+
+/// The Lua heap after two full collections (bytes): what is still reachable.
+fn lua_heap(app: &App) -> usize {
+    let lua = runtime(app).lua();
+    lua.gc_collect().expect("collect");
+    lua.gc_collect().expect("collect");
+    lua.used_memory()
+}
+
+/// Each channel-heavy path (default plugin: budget and memory limit on) carries `MEMORY_MESSAGES`
+/// messages after warm-up; the heap is measured before and after. Whatever a message leaves behind
+/// that is not collected shows as growth.
+fn bench_memory(summary: &mut Summary) {
+    let mut drain = DrainApp::new(plugin(), DRAIN_RECEIVE);
+    let before = lua_heap(&drain.app);
+    for _ in 0..MEMORY_MESSAGES / BATCH {
+        drain.cycle();
+    }
+    drain.check();
+    let after = lua_heap(&drain.app);
+    summary.memory.push(MemoryRow {
+        path: "typed channel, Rust -> script (batches of 100,000)",
+        before,
+        after,
+    });
+
+    let mut send = SendApp::new(plugin());
+    let before = lua_heap(&send.app);
+    for _ in 0..MEMORY_MESSAGES / BATCH {
+        send.cycle();
+    }
+    send.check();
+    let after = lua_heap(&send.app);
+    summary.memory.push(MemoryRow {
+        path: "typed channel, script -> Rust (batches of 100,000)",
+        before,
+        after,
+    });
+
+    let mut ping = PingPong::new(plugin());
+    update(&mut ping.app, 2);
+    ping.start = resumed(&ping.app);
+    let before = lua_heap(&ping.app);
+    for _ in 0..MEMORY_MESSAGES / (2 * ROUND_TRIPS) {
+        ping.frame();
+    }
+    ping.check();
+    let after = lua_heap(&ping.app);
+    summary.memory.push(MemoryRow { path: "unbuffered Lua channel ping-pong", before, after });
+}
+
+// ---------------------------------------------------------------------------------------------
 // The summary table
 // ---------------------------------------------------------------------------------------------
 
@@ -1043,7 +1110,8 @@ impl Summary {
             instruction_rows(&mut o, r.instructions_per_message, true);
             let _ = writeln!(
                 o,
-                "   target: >= 1,000,000 messages/s batched in one frame -> {} raw ({}), {} net",
+                "   target: >= {:.0} messages/s batched in one frame -> {} raw ({}), {} net",
+                TARGET_MESSAGES_PER_SEC,
                 verdict(1e9 / r.per_message_ns >= TARGET_MESSAGES_PER_SEC),
                 fmt_rate(r.per_message_ns),
                 verdict(1e9 / r.per_message_net_ns >= TARGET_MESSAGES_PER_SEC)
@@ -1096,11 +1164,22 @@ impl Summary {
             instruction_rows(&mut o, s.instructions_per_message, true);
             let _ = writeln!(
                 o,
-                "   target: >= 1,000,000 messages/s batched in one frame -> {} raw ({}), {} net",
+                "   target: >= {:.0} messages/s batched in one frame -> {} raw ({}), {} net",
+                TARGET_MESSAGES_PER_SEC,
                 verdict(1e9 / s.per_message_ns >= TARGET_MESSAGES_PER_SEC),
                 fmt_rate(s.per_message_ns),
                 verdict(1e9 / s.per_message_net_ns >= TARGET_MESSAGES_PER_SEC)
             );
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n4. Lua heap (after a full collection) before and after {MEMORY_MESSAGES} messages, \
+                 default plugin"
+            );
+            for m in &self.memory {
+                row(&mut o, m.path, format!("{} KiB -> {} KiB", m.before / 1024, m.after / 1024));
+            }
         }
         let _ = writeln!(o, "{line}");
         o
@@ -1120,6 +1199,9 @@ fn main() {
     }
     if plan.wants("script_to_rust") {
         bench_script_to_rust(&mut c, &plan, &mut summary);
+    }
+    if plan.wants("memory") {
+        bench_memory(&mut summary);
     }
 
     c.final_summary();

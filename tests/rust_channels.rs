@@ -246,7 +246,13 @@ struct Order {
 }
 
 fn order(id: u8, name: &str) -> Order {
-    Order { id, big: -(1 << 40), name: name.into(), rush: id % 2 == 0, at: Pos { x: 0.5 * id as f64, y: -(id as i16) } }
+    Order {
+        id,
+        big: -(1 << 40),
+        name: name.into(),
+        rush: id % 2 == 0,
+        at: Pos { x: 0.5 * id as f64, y: -(id as i16) },
+    }
 }
 
 #[test]
@@ -275,7 +281,9 @@ fn nested_structs_cross_both_ways_unchanged_and_in_order() {
     );
     run(&mut app, 3);
     let int = if cfg!(feature = "lua54") { "integer" } else { "number" };
-    let x = |v: f64| if cfg!(feature = "luau") || cfg!(feature = "luajit") { format!("{v}") } else { format!("{v:.1}") };
+    let x = |v: f64| {
+        if cfg!(feature = "luau") || cfg!(feature = "luajit") { format!("{v}") } else { format!("{v:.1}") }
+    };
     assert_eq!(
         printed(&app),
         [
@@ -403,6 +411,36 @@ fn a_system_after_the_step_receives_what_scripts_sent_in_that_frame() {
         "#,
     );
     run(&mut app, 4);
-    let got: Vec<Vec<u32>> = app.world().resource::<Received>().0.iter().filter(|v| !v.is_empty()).cloned().collect();
+    let got: Vec<Vec<u32>> =
+        app.world().resource::<Received>().0.iter().filter(|v| !v.is_empty()).cloned().collect();
     assert_eq!(got, [vec![11], vec![21, 22], vec![31, 32, 33]]);
+}
+
+/// A type that rejects fields it does not know.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Strict {
+    a: u32,
+    inner: Pos,
+}
+
+#[test]
+fn a_type_that_denies_unknown_fields_still_raises_on_an_extra_key() {
+    let mut app = create_app();
+    app.add_lua_channel::<Strict>("strict", 4);
+    spawn_script(
+        &mut app,
+        "scripts/strict.lua",
+        r#"
+        local ch = Channel.named("strict")
+        ch:send({ a = 1, inner = { x = 1, y = 1 } })
+        print(pcall(ch.send, ch, { a = 2, inner = { x = 1, y = 1 }, b = 3 }))
+        ch:send({ a = 3, inner = { x = 1, y = 1 } })
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(out[0].starts_with("false\tcannot send to channel 'strict': at b: unknown field `b`"), "{out:?}");
+    let rx = app.world().resource::<LuaChannel<Strict>>().receiver();
+    assert_eq!(rx.try_iter().map(|s| s.a).collect::<Vec<_>>(), [1, 3]);
 }

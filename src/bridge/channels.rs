@@ -158,18 +158,19 @@ fn drain_into<T: Serialize>(
     let mut current: Option<(Vec<Tok>, Function, usize)> = None;
     let mut toks = Vec::new();
     let mut args: Vec<Value> = Vec::new();
-    let call = |current: &Option<(Vec<Tok>, Function, usize)>, args: &mut Vec<Value>, start: usize, m: usize| {
-        if m == 0 {
-            return Ok(());
-        }
-        let Some((_, f, _)) = current else { return Ok(()) };
-        args[1] = Value::Integer(start as _);
-        args[2] = Value::Integer(m as _);
-        let call_args = MultiValue::from_vec(std::mem::replace(args, Vec::new()));
-        let r = f.call::<()>(call_args);
-        args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
-        r
-    };
+    let call =
+        |current: &Option<(Vec<Tok>, Function, usize)>, args: &mut Vec<Value>, start: usize, m: usize| {
+            if m == 0 {
+                return Ok(());
+            }
+            let Some((_, f, _)) = current else { return Ok(()) };
+            args[1] = Value::Integer(start as _);
+            args[2] = Value::Integer(m as _);
+            let call_args = MultiValue::from_vec(std::mem::replace(args, Vec::new()));
+            let r = f.call::<()>(call_args);
+            args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
+            r
+        };
     args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
     while let Ok(value) = rx.try_recv() {
         toks.clear();
@@ -262,14 +263,16 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
                             error!("bevy_lua_coroutines: channel '{channel}' overflowed; a value was lost");
                         }
                     }
-                    Err(_) => error!("bevy_lua_coroutines: a value sent to channel '{channel}' did not convert"),
+                    Err(_) => {
+                        error!("bevy_lua_coroutines: a value sent to channel '{channel}' did not convert")
+                    }
                 }
             }
             Ok(capacity.saturating_sub(tx.len()))
         })?,
     )?;
     let flatten = match &shape {
-        Some(s) => Some(flat::flattener(lua, s)?),
+        Some(s) => Some(flat::flattener(lua, s, flat::denies_unknown_fields::<T>())?),
         None => None,
     };
     let declare = rust_channels_lua(lua).declare.clone();

@@ -29,7 +29,10 @@ const MAX_LEAVES: usize = 180;
 pub(crate) enum Leaf {
     Bool,
     /// An integer type and its range (as Lua integers: `u64` stops at `i64::MAX`).
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Float,
     Str,
 }
@@ -98,33 +101,81 @@ fn plain_name(name: &str) -> bool {
 /// placeholder values).
 pub(crate) fn trace<T: DeserializeOwned>() -> Option<Shape> {
     let mut out = None;
-    T::deserialize(Tracer { out: &mut out }).ok()?;
+    T::deserialize(Tracer::<Unsupported>::new(&mut out, false)).ok()?;
     let shape = out?;
     (shape.leaves() + shape.tables() <= MAX_LEAVES && shape.leaves() > 0).then_some(shape)
 }
 
-/// A deserializer that records what is asked of it and answers with placeholder leaves.
-struct Tracer<'s> {
+/// Whether a struct in `T`'s (traced) shape rejects fields it does not know
+/// (`#[serde(deny_unknown_fields)]`): asks it to read a map with one key no field has.
+pub(crate) fn denies_unknown_fields<T: DeserializeOwned>() -> bool {
+    let mut out = None;
+    matches!(T::deserialize(Tracer::<Probe>::new(&mut out, true)), Err(Probe::UnknownField))
+}
+
+/// What a probe for unknown fields ends with.
+#[derive(Debug)]
+enum Probe {
+    UnknownField,
+    Other,
+}
+
+impl Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for Probe {}
+
+impl de::Error for Probe {
+    fn custom<T: Display>(_: T) -> Self {
+        Probe::Other
+    }
+
+    fn unknown_field(_: &str, _: &'static [&'static str]) -> Self {
+        Probe::UnknownField
+    }
+}
+
+/// The key the probe offers first, which no field is named.
+const PROBE_KEY: &str = "\u{1}bevy_lua_coroutines probe";
+
+/// A deserializer that records what is asked of it and answers with placeholder leaves. With
+/// `probe`, a struct is offered as a map whose first key is [`PROBE_KEY`].
+struct Tracer<'s, E> {
     out: &'s mut Option<Shape>,
+    probe: bool,
+    _error: std::marker::PhantomData<E>,
+}
+
+impl<'s, E> Tracer<'s, E> {
+    fn new(out: &'s mut Option<Shape>, probe: bool) -> Self {
+        Self { out, probe, _error: std::marker::PhantomData }
+    }
 }
 
 macro_rules! trace_int {
     ($($method:ident $t:ty, $visit:ident;)*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
             *self.out = Some(Shape::Leaf(Leaf::Int { min: <$t>::MIN as i64, max: (<$t>::MAX as u64).min(i64::MAX as u64) as i64 }));
             visitor.$visit(0)
         }
     )*};
 }
 
-impl<'de> de::Deserializer<'de> for Tracer<'_> {
-    type Error = Unsupported;
+impl<'de, E: de::Error> de::Deserializer<'de> for Tracer<'_, E> {
+    type Error = E;
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Unsupported> {
-        Err(Unsupported)
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, E> {
+        Err(E::custom("not a flat struct"))
     }
 
-    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
+        if self.probe { visitor.visit_unit() } else { Err(E::custom("not a flat struct")) }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
         *self.out = Some(Shape::Leaf(Leaf::Bool));
         visitor.visit_bool(false)
     }
@@ -140,30 +191,26 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
         deserialize_u64 u64, visit_u64;
     }
 
-    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
         *self.out = Some(Shape::Leaf(Leaf::Float));
         visitor.visit_f64(0.0)
     }
 
-    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
         *self.out = Some(Shape::Leaf(Leaf::Float));
         visitor.visit_f64(0.0)
     }
 
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
         *self.out = Some(Shape::Leaf(Leaf::Str));
         visitor.visit_str("")
     }
 
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unsupported> {
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
         self.deserialize_str(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Unsupported> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, E> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -172,14 +219,18 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
         _: &'static str,
         fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Unsupported> {
+    ) -> Result<V::Value, E> {
         if !fields.iter().all(|f| plain_name(f)) {
-            return Err(Unsupported);
+            return Err(E::custom("not a flat struct"));
+        }
+        if self.probe {
+            return visitor.visit_map(ProbeFields { fields, next: None, _error: self._error });
         }
         let mut children = Vec::with_capacity(fields.len());
-        let value = visitor.visit_seq(TraceFields { fields, children: &mut children })?;
+        let value =
+            visitor.visit_seq(TraceFields { fields, children: &mut children, _error: self._error })?;
         if children.len() != fields.len() {
-            return Err(Unsupported);
+            return Err(E::custom("not a flat struct"));
         }
         *self.out = Some(Shape::Struct(children));
         Ok(value)
@@ -187,25 +238,55 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
 
     serde::forward_to_deserialize_any! {
         i128 u128 char bytes byte_buf option unit unit_struct seq tuple tuple_struct map enum
-        identifier ignored_any
+        identifier
     }
 }
 
 /// The fields of a traced struct, asked for in order.
-struct TraceFields<'s> {
+struct TraceFields<'s, E> {
     fields: &'static [&'static str],
     children: &'s mut Vec<(&'static str, Shape)>,
+    _error: std::marker::PhantomData<E>,
 }
 
-impl<'de> de::SeqAccess<'de> for TraceFields<'_> {
-    type Error = Unsupported;
+impl<'de, E: de::Error> de::SeqAccess<'de> for TraceFields<'_, E> {
+    type Error = E;
 
-    fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, Unsupported> {
+    fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, E> {
         let Some(&name) = self.fields.get(self.children.len()) else { return Ok(None) };
         let mut out = None;
-        let value = seed.deserialize(Tracer { out: &mut out })?;
-        self.children.push((name, out.ok_or(Unsupported)?));
+        let value = seed.deserialize(Tracer::<E>::new(&mut out, false))?;
+        self.children.push((name, out.ok_or_else(|| E::custom("not a flat struct"))?));
         Ok(Some(value))
+    }
+}
+
+/// A probed struct as a map: [`PROBE_KEY`] first, then every field.
+struct ProbeFields<E> {
+    fields: &'static [&'static str],
+    /// The index of the field given last (`None`: the probe key is next).
+    next: Option<usize>,
+    _error: std::marker::PhantomData<E>,
+}
+
+impl<'de, E: de::Error> de::MapAccess<'de> for ProbeFields<E> {
+    type Error = E;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, E> {
+        let key = match self.next {
+            None => PROBE_KEY,
+            Some(i) => match self.fields.get(i) {
+                Some(name) => name,
+                None => return Ok(None),
+            },
+        };
+        self.next = Some(self.next.map_or(0, |i| i + 1));
+        seed.deserialize(de::value::BorrowedStrDeserializer::<E>::new(key)).map(Some)
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, E> {
+        let mut out = None;
+        seed.deserialize(Tracer::<E>::new(&mut out, true))
     }
 }
 
@@ -232,12 +313,11 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
         // Numbers are doubles: mlua makes an integer of one that is integral, in range and not -0.
         Leaf::Int { min, max } => {
             let lo = if min == i64::MIN { String::from("-9223372036854775808") } else { min.to_string() };
-            let hi = if max == i64::MAX {
-                format!("{x} >= 9223372036854775808")
-            } else {
-                format!("{x} > {max}")
-            };
-            format!("type({x}) ~= \"number\" or {x} % 1 ~= 0 or {x} < {lo} or {hi} or ({x} == 0 and 1 / {x} < 0)")
+            let hi =
+                if max == i64::MAX { format!("{x} >= 9223372036854775808") } else { format!("{x} > {max}") };
+            format!(
+                "type({x}) ~= \"number\" or {x} % 1 ~= 0 or {x} < {lo} or {hi} or ({x} == 0 and 1 / {x} < 0)"
+            )
         }
     }
 }
@@ -247,6 +327,7 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
 fn emit_checks(
     fields: &[(&'static str, Shape)],
     t: &str,
+    count_keys: bool,
     body: &mut String,
     leaves: &mut usize,
     tables: &mut usize,
@@ -264,11 +345,15 @@ fn emit_checks(
                 *tables += 1;
                 let u = format!("t{tables}");
                 let _ = writeln!(body, "  local {u} = {t}[\"{name}\"]");
-                emit_checks(inner, &u, body, leaves, tables);
+                emit_checks(inner, &u, count_keys, body, leaves, tables);
             }
         }
     }
-    // Every field is there and not nil: one more key would be a field the type does not have.
+    // Every field is there and not nil: one more key would be a field the type does not have,
+    // which matters only to a type that rejects unknown fields.
+    if !count_keys {
+        return;
+    }
     let _ = writeln!(
         body,
         "  do local c = 0 for _ in next, {t} do c = c + 1 end if c ~= {} then return nil end end",
@@ -278,9 +363,9 @@ fn emit_checks(
 
 /// Makes the Lua function `flatten(v, buf, n) -> n'` for `shape`: when `v` surely converts to the
 /// traced type exactly as mlua's serde would convert it (right types, integers in range and
-/// integral, ASCII strings, no extra keys, no metatables), it stores `v`'s leaves at `buf[n + 1]...`
-/// and returns the new count; otherwise it returns nil and stores nothing.
-pub(crate) fn flattener(lua: &Lua, shape: &Shape) -> mlua::Result<Function> {
+/// integral, ASCII strings, no metatables; with `count_keys`, no extra keys), it stores `v`'s
+/// leaves at `buf[n + 1]...` and returns the new count; otherwise it returns nil and stores nothing.
+pub(crate) fn flattener(lua: &Lua, shape: &Shape, count_keys: bool) -> mlua::Result<Function> {
     let mut body = String::new();
     let (mut leaves, mut tables) = (0, 0);
     match shape {
@@ -288,7 +373,7 @@ pub(crate) fn flattener(lua: &Lua, shape: &Shape) -> mlua::Result<Function> {
             leaves = 1;
             let _ = writeln!(body, "  local x1 = v\n  if {} then return nil end", leaf_misfit(*leaf, "x1"));
         }
-        Shape::Struct(fields) => emit_checks(fields, "v", &mut body, &mut leaves, &mut tables),
+        Shape::Struct(fields) => emit_checks(fields, "v", count_keys, &mut body, &mut leaves, &mut tables),
     }
     let targets: Vec<String> = (1..=leaves).map(|i| format!("b[n + {i}]")).collect();
     let values: Vec<String> = (1..=leaves).map(|i| format!("x{i}")).collect();
@@ -365,7 +450,10 @@ struct LeafFields<'a, 'p> {
 impl<'de> de::SeqAccess<'de> for LeafFields<'_, '_> {
     type Error = Unsupported;
 
-    fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, Unsupported> {
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, Unsupported> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -473,7 +561,11 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
         Err(Unsupported)
     }
 
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<(), Unsupported> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), Unsupported> {
         v.serialize(self)
     }
 
@@ -495,7 +587,11 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
         Err(Unsupported)
     }
 
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, Unsupported> {
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Unsupported> {
         Err(Unsupported)
     }
 
@@ -533,7 +629,11 @@ impl ser::SerializeStruct for &mut LeafWriter<'_> {
     type Ok = ();
     type Error = Unsupported;
 
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), Unsupported> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), Unsupported> {
         if !plain_name(key) {
             return Err(Unsupported);
         }

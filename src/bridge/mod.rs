@@ -283,7 +283,12 @@ pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
 
 /// Settles the completions in `args` (triples), all made by `instance`: handlers the settlement
 /// starts become tasks of that instance.
-fn settle_run(lua: &Lua, settle: &Function, instance: Option<InstanceId>, args: &mut Vec<Value>) -> mlua::Result<()> {
+fn settle_run(
+    lua: &Lua,
+    settle: &Function,
+    instance: Option<InstanceId>,
+    args: &mut Vec<Value>,
+) -> mlua::Result<()> {
     let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
     let settled = settle.call::<()>(MultiValue::from_vec(std::mem::take(args)));
     sched(lua).host_instance = previous;

@@ -4,12 +4,14 @@
 -- `src/bridge/channels.rs` and `src/bridge/messages.rs`.
 local Channel, bad = ...
 
-local type, error, pairs, setmetatable = type, error, pairs, setmetatable
+local type, error, setmetatable = type, error, setmetatable
 local math_huge, math_floor = math.huge, math.floor
 local unpack = table.unpack or unpack
 
 local named = {}       -- name -> external Channel
-local subscribers = {} -- name -> set of channels (weak: a dropped subscription goes away)
+-- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
+-- away), with `n` the highest index in use
+local subscribers = {}
 local writers = {}     -- name -> Rust writer(value) -> error message | nil
 
 --- The typed channel Rust declared under `name`: `send` hands values to Rust (converted to the
@@ -27,10 +29,11 @@ local Messages = {}
 --- in order, from now on.
 function Messages.subscribe(name)
   if type(name) ~= "string" then bad(1, "subscribe", "string", name, 2) end
-  local set = subscribers[name]
-  if set == nil then error("no message type named '" .. name .. "' is forwarded to scripts", 2) end
+  local list = subscribers[name]
+  if list == nil then error("no message type named '" .. name .. "' is forwarded to scripts", 2) end
   local ch = Channel.new(math_huge)
-  set[ch] = true
+  list.n = list.n + 1
+  list[list.n] = ch
   return ch
 end
 
@@ -126,7 +129,7 @@ end
 
 --- Rust: scripts may subscribe to `name`.
 local function forwarded(name)
-  if subscribers[name] == nil then subscribers[name] = setmetatable({}, { __mode = "k" }) end
+  if subscribers[name] == nil then subscribers[name] = setmetatable({ n = 0 }, { __mode = "v" }) end
 end
 
 --- Rust: scripts may write `name` through `writer`.
@@ -136,11 +139,20 @@ end
 
 --- Rust: a message `name` was written; every open subscription gets it.
 local function deliver(name, value)
-  local set = subscribers[name]
-  if set == nil then return end
-  for ch in pairs(set) do
-    if ch:isClosed() then set[ch] = nil else ch:trySend(value) end
+  local list = subscribers[name]
+  if list == nil then return end
+  -- In subscription order; closed and collected subscriptions are dropped, the rest kept in order.
+  local n, kept = list.n, 0
+  for i = 1, n do
+    local ch = list[i]
+    list[i] = nil
+    if ch ~= nil and not ch:isClosed() then
+      ch:trySend(value)
+      kept = kept + 1
+      list[kept] = ch
+    end
   end
+  list.n = kept
 end
 
 return {
