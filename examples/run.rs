@@ -15,10 +15,12 @@
 //! load), paced at `--fps` (default: one frame per `--dt` of wall time).
 //!
 //! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
-//! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
-//! 3 the frames ran out while tasks were still waiting (1 wins over 3). When stdout's reader goes
-//! away (`run game.lua | head`), the run stops quietly: 0, or 1 after a script error.
+//! unhandled error; 1 a script error was reported (a spawned script that failed to load included);
+//! 2 bad arguments or the script failed to load; 3 the frames ran out while tasks were still waiting
+//! (1 wins over 3). When stdout's reader goes away (`run game.lua | head`), the run stops quietly:
+//! 0, or 1 after a script error.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -66,21 +68,24 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         let v = v.ok_or_else(|| format!("{name} needs a value"))?;
         v.parse().map_err(|_| format!("{name}: invalid value '{v}'"))
     }
+    /// `seconds` as a `Duration`, or a usage error naming the option (too large for one, say).
+    fn duration(name: &str, seconds: f64) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{name}: invalid value '{seconds}'"))
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--frames" => o.frames = value("--frames", args.next())?,
             "--dt" => {
                 let dt: f64 = value("--dt", args.next())?;
-                if !(dt.is_finite() && dt >= 0.0) {
-                    return Err(format!("--dt: invalid value '{dt}'"));
-                }
-                o.dt = Duration::from_secs_f64(dt);
+                o.dt = duration("--dt", dt)?;
             }
             "--fps" => {
                 let fps: f64 = value("--fps", args.next())?;
                 if !(fps.is_finite() && fps > 0.0) {
                     return Err(format!("--fps: invalid value '{fps}'"));
                 }
+                // The pause between frames must be a `Duration` too (`1e-300` frames a second is not).
+                duration("--fps", 1.0 / fps)?;
                 o.fps = Some(fps);
             }
             "--entities" => o.entities = value("--entities", args.next())?,
@@ -120,7 +125,13 @@ struct Seen {
     load: bool,
 }
 
-fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>) {
+/// The entities the runner made for the script it was given: a failure to load their script is a
+/// failure to load that script (exit 2); any other script (`world.spawn{ script = ... }`) that
+/// fails to load is a script error like the rest (exit 1), and the run goes on.
+#[derive(Resource, Default)]
+struct RunnerEntities(HashSet<Entity>);
+
+fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>, ours: Res<RunnerEntities>) {
     for e in errors.read() {
         if e.traceback.is_empty() {
             eprintln!("error: {}", e.message);
@@ -128,7 +139,7 @@ fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>)
             eprintln!("error: {}\n{}", e.message, e.traceback);
         }
         match e.kind {
-            ScriptErrorKind::Load => seen.load = true,
+            ScriptErrorKind::Load if ours.0.contains(&e.entity) => seen.load = true,
             _ => seen.runtime = true,
         }
     }
@@ -180,6 +191,7 @@ fn main() -> ExitCode {
     ))
     .insert_resource(TimeUpdateStrategy::ManualDuration(o.dt))
     .init_resource::<Seen>()
+    .init_resource::<RunnerEntities>()
     .init_resource::<StepTimes>()
     .add_systems(Last, report_errors)
     .add_systems(
@@ -217,11 +229,11 @@ fn main() -> ExitCode {
 
     let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(name, source));
     for i in 1..=o.entities {
-        app.world_mut().spawn((
-            Transform::default(),
-            Name::new(format!("entity-{i}")),
-            LuaScripts::new(handle.clone()),
-        ));
+        let entity = app
+            .world_mut()
+            .spawn((Transform::default(), Name::new(format!("entity-{i}")), LuaScripts::new(handle.clone())))
+            .id();
+        app.world_mut().resource_mut::<RunnerEntities>().0.insert(entity);
     }
 
     let pace = o.fps.map(|fps| Duration::from_secs_f64(1.0 / fps));

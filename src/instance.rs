@@ -241,7 +241,10 @@ impl LuaRuntime {
                 continue;
             }
             if let bevy::asset::LoadState::Failed(err) = server.load_state(&handle) {
-                let message = format!("could not load script: {err}");
+                let mut message = format!("could not load script: {err}");
+                if let Some(root) = crate::asset::folder(self.lua()) {
+                    message = crate::asset::hide_folder(&message, &root);
+                }
                 sched(self.lua()).report(Some(id), ScriptErrorKind::Load, message, String::new());
                 continue;
             }
@@ -385,9 +388,11 @@ impl LuaRuntime {
         found
     }
 
-    /// A changed script or module file that is not UTF-8: reported; what runs keeps running.
-    pub(crate) fn report_unreadable(&self, path: &str) {
-        let message = format!("{path} is not valid UTF-8; the last good version keeps running");
+    /// A changed script or module file that cannot be used (`why`: it is not UTF-8, it is a
+    /// link out of the assets folder): reported; what runs keeps running.
+    pub(crate) fn report_unusable(&self, path: &str, why: &str) {
+        let why = why.strip_prefix(&format!("path {path:?} ")).unwrap_or(why);
+        let message = format!("{path} {why}; the last good version keeps running");
         warn!("{message}");
         sched(self.lua()).report_as(Entity::PLACEHOLDER, path, ScriptErrorKind::Load, message, String::new());
     }

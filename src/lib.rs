@@ -119,8 +119,13 @@
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
-//! standard libraries unless [`LuaCoroutinesPlugin::stdlib`] grants more. A failing task stops
-//! alone; the failure is logged with `file:line` and traceback and written as a [`ScriptError`].
+//! standard libraries unless [`LuaCoroutinesPlugin::stdlib`] grants more. No instance can change
+//! what another runs: the shared base and every table in it are read-only views, whichever way a
+//! script reaches them (`pairs`, `rawset`, `_G = nil`, `load`). Every file a script names
+//! (`require`, `world.spawn`, `readFileStream`, hot reload) stays in the assets folder and is a
+//! regular file, or the call raises `bad argument`. A failing task stops alone; the failure is
+//! logged with `file:line` and traceback and written as a [`ScriptError`]. The README's
+//! "Protection" section is the threat model.
 //!
 //! ## Lua flavours
 //!

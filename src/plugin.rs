@@ -153,7 +153,7 @@ impl Plugin for LuaCoroutinesPlugin {
 /// Points `require` at the assets folder on disk and, with hot reload on, starts the watcher.
 fn start_watching(app: &mut App, hot_reload: bool, debounce: std::time::Duration) {
     let root = crate::asset::assets_folder(app);
-    crate::modules::set_root(app.world().resource::<LuaRuntime>().lua(), root.clone());
+    crate::asset::set_folder(app.world().resource::<LuaRuntime>().lua(), root.clone());
     if !hot_reload {
         return;
     }

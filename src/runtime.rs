@@ -173,10 +173,12 @@ impl LuaRuntime {
         )?;
         core.set(
             "fail",
-            lua.create_function(|lua, (key, message, traceback): (i64, String, String)| {
-                scheduler::fail(lua, key, message, traceback);
-                Ok(())
-            })?,
+            lua.create_function(
+                |lua, (key, message, traceback): (i64, mlua::LuaString, mlua::LuaString)| {
+                    scheduler::fail(lua, key, message.to_string_lossy(), traceback.to_string_lossy());
+                    Ok(())
+                },
+            )?,
         )?;
         core.set(
             "forget",
@@ -187,10 +189,10 @@ impl LuaRuntime {
         )?;
         core.set(
             "report",
-            lua.create_function(|lua, (message, traceback): (String, String)| {
+            lua.create_function(|lua, (message, traceback): (mlua::LuaString, mlua::LuaString)| {
                 let instance = scheduler::current_instance(lua);
-                let traceback = crate::error::traceback_part(&traceback);
-                sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
+                let traceback = crate::error::traceback_part(&traceback.to_string_lossy());
+                sched(lua).report(instance, ScriptErrorKind::Runtime, message.to_string_lossy(), traceback);
                 Ok(())
             })?,
         )?;
@@ -232,7 +234,9 @@ impl LuaRuntime {
         let to_stdout = config.print_to_stdout;
         let stdout_closed = Arc::new(AtomicBool::new(false));
         let closed = stdout_closed.clone();
-        let emit = lua.create_function(move |lua, line: String| {
+        // Lines are text: bytes that are not UTF-8 print as U+FFFD.
+        let emit = lua.create_function(move |lua, line: mlua::LuaString| {
+            let line = line.to_string_lossy();
             if to_stdout && !closed.load(Ordering::Relaxed) {
                 print_line(&line, &closed);
             }
@@ -340,20 +344,30 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("task", api.get::<Table>("task")?)?;
     deps.set("park", api.get::<Function>("park")?)?;
     deps.set("wake", api.get::<Function>("wake")?)?;
+    deps.set("waiting", api.get::<Function>("waiting")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("current", step.get::<Function>("current")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
+    deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", lua.create_function(|lua, ()| Ok(scheduler::current_instance(lua).map(|id| id.0)))?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",
-        lua.create_function(|lua, (message, traceback, owner): (String, String, Option<u64>)| {
-            let traceback = crate::error::traceback_part(&traceback);
-            sched(lua).report(owner.map(InstanceId), ScriptErrorKind::UnhandledRejection, message, traceback);
-            Ok(())
-        })?,
+        lua.create_function(
+            |lua, (message, traceback, owner): (mlua::LuaString, mlua::LuaString, Option<u64>)| {
+                let traceback = crate::error::traceback_part(&traceback.to_string_lossy());
+                let message = message.to_string_lossy();
+                sched(lua).report(
+                    owner.map(InstanceId),
+                    ScriptErrorKind::UnhandledRejection,
+                    message,
+                    traceback,
+                );
+                Ok(())
+            },
+        )?,
     )?;
     // `spawn_as(owner, f) -> bool`: queues `f` as a new task of instance `owner` (it runs in the
     // next step, under the instruction budget); false if that instance is gone.

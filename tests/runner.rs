@@ -84,6 +84,37 @@ fn exit_2_on_bad_arguments_a_missing_file_or_a_syntax_error() {
 }
 
 #[test]
+fn exit_2_with_the_usage_for_a_step_or_pace_no_duration_can_hold() {
+    for args in [["--dt", "1e300"], ["--dt", "-1"], ["--dt", "inf"], ["--fps", "1e-300"], ["--fps", "0"]] {
+        let o = run_script("ok.lua", "print('x')", &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(&format!("{}: invalid value", args[0])), "{args:?}: {err}");
+        assert!(err.contains("usage: run SCRIPT.lua"), "{args:?}: {err}");
+        assert_eq!(stdout(&o), "", "{args:?}: nothing ran");
+    }
+}
+
+#[test]
+fn a_spawned_script_that_fails_to_load_is_a_script_error_and_the_rest_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("broken.lua"), "print('child'").unwrap();
+    let main = dir.path().join("main.lua");
+    std::fs::write(
+        &main,
+        "world.spawn{ script = 'broken.lua' }\n\
+         assert(not pcall(world.spawn, { script = 'missing.lua' }), 'a missing file is refused')\n\
+         task.wait(0.1)\nprint('main goes on')\n",
+    )
+    .unwrap();
+    let o = Command::new(runner()).arg(&main).args(["--frames", "100"]).output().expect("run the runner");
+    assert_eq!(o.status.code(), Some(1), "a script error, not bad arguments: {}", stderr(&o));
+    assert_eq!(stdout(&o), "main goes on\n", "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("broken.lua:1:"), "the syntax error is reported: {err}");
+}
+
+#[test]
 fn exit_3_when_frames_run_out_and_1_wins_over_3() {
     let o = run_script("forever.lua", "while true do task.wait(1) end", &["--frames", "10"]);
     assert_eq!(o.status.code(), Some(3));
