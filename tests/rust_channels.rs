@@ -250,7 +250,7 @@ fn order(id: u8, name: &str) -> Order {
         id,
         big: -(1 << 40),
         name: name.into(),
-        rush: id % 2 == 0,
+        rush: id.is_multiple_of(2),
         at: Pos { x: 0.5 * id as f64, y: -(id as i16) },
     }
 }

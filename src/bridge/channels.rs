@@ -166,7 +166,7 @@ fn drain_into<T: Serialize>(
             let Some((_, f, _)) = current else { return Ok(()) };
             args[1] = Value::Integer(start as _);
             args[2] = Value::Integer(m as _);
-            let call_args = MultiValue::from_vec(std::mem::replace(args, Vec::new()));
+            let call_args = MultiValue::from_vec(std::mem::take(args));
             let r = f.call::<()>(call_args);
             args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
             r
