@@ -12,7 +12,7 @@
 //!
 //! A name filter runs only the matching sections, own measurements included:
 //! `cargo bench --bench channels -- ping_pong` (sections: `ping_pong`, `rust_to_script`,
-//! `script_to_rust`).
+//! `script_to_rust`, `memory`).
 //!
 //! Without `--bench` (e.g. `cargo test --benches`) criterion runs every benchmark once and the own
 //! measurements take fewer rounds, so the binary doubles as a quick smoke test.
@@ -63,21 +63,25 @@ const FLOOR_COROUTINES: usize = 10_000;
 const BATCH: usize = 100_000;
 /// The ping-pong target: a message (one send + one receive) costs at most 3x two bare resumes.
 const PING_PONG_TARGET: f64 = 6.0;
-/// The typed-channel target, batched in one frame.
-const TARGET_MESSAGES_PER_SEC: f64 = 1e6;
+/// The typed-channel target, batched in one frame (each direction).
+const TARGET_MESSAGES_PER_SEC: f64 = 2e6;
 /// The typed channel's name.
 const CHANNEL: &str = "hits";
+/// Messages each path of the memory section carries between its two heap measurements.
+const MEMORY_MESSAGES: usize = 1_000_000;
 
-/// The struct sent through the typed channel.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+/// The struct sent through the typed channel: three numbers and a short string.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Hit {
     target: u32,
     amount: f32,
+    time: f64,
+    kind: String,
 }
 
-/// The `i`-th value of a batch (`amount` is exact in `f32` for every `i < BATCH`).
+/// The `i`-th value of a batch (`amount` and `time` are exact for every `i < BATCH`).
 fn hit(i: usize) -> Hit {
-    Hit { target: i as u32, amount: i as f32 * 0.5 }
+    Hit { target: i as u32, amount: i as f32 * 0.5, time: i as f64 * 0.25, kind: String::from("fire") }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +229,10 @@ struct SerdeFloor {
 impl SerdeFloor {
     fn new() -> Self {
         let lua = Lua::new();
-        let table = lua.load("return { target = 7, amount = 3.5 }").eval::<Value>().expect("table");
+        let table = lua
+            .load("return { target = 7, amount = 3.5, time = 1.75, kind = 'fire' }")
+            .eval::<Value>()
+            .expect("table");
         let (tx, from_rust) = crossbeam_channel::bounded::<Hit>(BATCH);
         let recv = lua
             .create_function(move |lua, ()| match from_rust.try_recv() {
@@ -254,7 +261,7 @@ impl SerdeFloor {
                      return n
                    end
                    local function send_all()
-                     for i = 0, B - 1 do send({ target = i, amount = i * 0.5 }) end
+                     for i = 0, B - 1 do send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' }) end
                    end
                    return drain, send_all
                  end",
@@ -405,6 +412,14 @@ struct Summary {
     ping_pong: Option<PingPongResult>,
     rust_to_script: Option<RustToScriptResult>,
     script_to_rust: Option<ScriptToRustResult>,
+    memory: Vec<MemoryRow>,
+}
+
+/// The Lua heap around `MEMORY_MESSAGES` messages through one path.
+struct MemoryRow {
+    path: &'static str,
+    before: usize,
+    after: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -719,15 +734,27 @@ fn bench_rust_to_script(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // 3. Script -> Rust through a typed channel, batched in one frame
 // ---------------------------------------------------------------------------------------------
 
-/// One task that sends `BATCH` fresh tables through the typed channel, then `task.wait()`s.
+/// Tasks that each `task.wait()`, then send their share of `BATCH` fresh tables through the typed
+/// channel (in order: the first task's share first), every frame.
 const SEND_BATCH: &str = "
 local ch = Channel.named('hits')
-while true do
-  for i = 0, BATCH - 1 do
-    ch:send({ target = i, amount = i * 0.5 })
-  end
-  task.wait()
+local share = math.floor(BATCH / SENDERS)
+for part = 0, SENDERS - 1 do
+  task.spawn(function()
+    while true do
+      task.wait() -- first: the spawning resume would run every task's first share itself
+      for i = part * share, part * share + share - 1 do
+        ch:send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' })
+      end
+    end
+  end)
 end";
+
+/// Sending tasks in the script -> Rust section. One resume runs at most the default instruction
+/// budget (10,000,000 VM instructions), and a checked send of `Hit` costs about 110 of them, so
+/// one resume sends at most about 90,000: the batch is split between two tasks, both resumed in
+/// the frame.
+const SENDERS: usize = 2;
 
 /// An app whose script sends a batch each frame; Rust drains it after the frame.
 struct SendApp {
@@ -747,7 +774,8 @@ impl SendApp {
         app.add_lua_channel::<Hit>(CHANNEL, BATCH);
         let rx = app.world().resource::<LuaChannel<Hit>>().receiver();
         update(&mut app, 3);
-        spawn_script(&mut app, "bench/send.lua", &SEND_BATCH.replace("BATCH", &BATCH.to_string()));
+        let source = SEND_BATCH.replace("SENDERS", &SENDERS.to_string()).replace("BATCH", &BATCH.to_string());
+        spawn_script(&mut app, "bench/send.lua", &source);
         // The frame the script starts in sends the first batch: drain it, and check the values.
         let mut frames = 0;
         loop {
@@ -761,7 +789,7 @@ impl SendApp {
                 break;
             }
         }
-        assert_eq!(runtime(&app).live_tasks(), 1, "the sending task should be alive");
+        assert_eq!(runtime(&app).live_tasks(), SENDERS, "the sending tasks should be alive");
         let mut s = Self { app, rx, frames: Vec::new(), drains: Vec::new() };
         for _ in 0..2 {
             s.cycle();
@@ -781,7 +809,7 @@ impl SendApp {
         let frame = start.elapsed();
         let (n, sum) = self.drain();
         let total = start.elapsed();
-        assert_eq!(resumed(&self.app) - before, 1, "one resume sends the batch");
+        assert_eq!(resumed(&self.app) - before, SENDERS as u64, "one resume per sender sends the batch");
         assert_eq!(n, BATCH, "the whole batch should arrive in one frame");
         black_box(sum);
         self.frames.push(frame.as_nanos() as f64);
@@ -800,7 +828,7 @@ impl SendApp {
     }
 
     fn check(&self) {
-        assert_eq!(runtime(&self.app).live_tasks(), 1);
+        assert_eq!(runtime(&self.app).live_tasks(), SENDERS);
         assert_eq!(script_errors(&self.app), 0);
     }
 }
@@ -878,6 +906,60 @@ fn bench_script_to_rust(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
         ratio_unlimited: median_by(nl, tt, |n, t| n / t),
         instructions_per_message: instructions.map(|i| i as f64 / b),
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Memory: the Lua heap before and after a million messages
+// ---------------------------------------------------------------------------------------------
+
+/// The Lua heap after two full collections (bytes): what is still reachable.
+fn lua_heap(app: &App) -> usize {
+    let lua = runtime(app).lua();
+    lua.gc_collect().expect("collect");
+    lua.gc_collect().expect("collect");
+    lua.used_memory()
+}
+
+/// Each channel-heavy path (default plugin: budget and memory limit on) carries `MEMORY_MESSAGES`
+/// messages after warm-up; the heap is measured before and after. Whatever a message leaves behind
+/// that is not collected shows as growth.
+fn bench_memory(summary: &mut Summary) {
+    let mut drain = DrainApp::new(plugin(), DRAIN_RECEIVE);
+    let before = lua_heap(&drain.app);
+    for _ in 0..MEMORY_MESSAGES / BATCH {
+        drain.cycle();
+    }
+    drain.check();
+    let after = lua_heap(&drain.app);
+    summary.memory.push(MemoryRow {
+        path: "typed channel, Rust -> script (batches of 100,000)",
+        before,
+        after,
+    });
+
+    let mut send = SendApp::new(plugin());
+    let before = lua_heap(&send.app);
+    for _ in 0..MEMORY_MESSAGES / BATCH {
+        send.cycle();
+    }
+    send.check();
+    let after = lua_heap(&send.app);
+    summary.memory.push(MemoryRow {
+        path: "typed channel, script -> Rust (batches of 100,000)",
+        before,
+        after,
+    });
+
+    let mut ping = PingPong::new(plugin());
+    update(&mut ping.app, 2);
+    ping.start = resumed(&ping.app);
+    let before = lua_heap(&ping.app);
+    for _ in 0..MEMORY_MESSAGES / (2 * ROUND_TRIPS) {
+        ping.frame();
+    }
+    ping.check();
+    let after = lua_heap(&ping.app);
+    summary.memory.push(MemoryRow { path: "unbuffered Lua channel ping-pong", before, after });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -998,7 +1080,7 @@ impl Summary {
         if let Some(r) = &self.rust_to_script {
             let _ = writeln!(
                 o,
-                "\n2. Rust -> script: a typed channel of `Hit {{ target: u32, amount: f32 }}` (capacity {BATCH}), \
+                "\n2. Rust -> script: a typed channel of `Hit {{ target: u32, amount: f32, time: f64, kind: String }}` (capacity {BATCH}), \
                  filled from\n   Rust with {BATCH} values (untimed), then timed: the app.update() in which one \
                  task drains it with\n   `ch:receive()` in a loop (one resume; fields read, order checked). \
                  Floor: {BATCH} values sent and\n   received through a bare crossbeam channel."
@@ -1041,7 +1123,8 @@ impl Summary {
             instruction_rows(&mut o, r.instructions_per_message, true);
             let _ = writeln!(
                 o,
-                "   target: >= 1,000,000 messages/s batched in one frame -> {} raw ({}), {} net",
+                "   target: >= {:.0} messages/s batched in one frame -> {} raw ({}), {} net",
+                TARGET_MESSAGES_PER_SEC,
                 verdict(1e9 / r.per_message_ns >= TARGET_MESSAGES_PER_SEC),
                 fmt_rate(r.per_message_ns),
                 verdict(1e9 / r.per_message_net_ns >= TARGET_MESSAGES_PER_SEC)
@@ -1051,7 +1134,7 @@ impl Summary {
         if let Some(s) = &self.script_to_rust {
             let _ = writeln!(
                 o,
-                "\n3. Script -> Rust: one task sends {BATCH} fresh tables `{{ target = i, amount = i * 0.5 }}` \
+                "\n3. Script -> Rust: {SENDERS} tasks send {BATCH} fresh tables `{{ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' }}` \
                  through the typed\n   channel (capacity {BATCH}) in one frame; timed: that app.update() plus \
                  the Rust `try_iter` drain.\n   Floor: {BATCH} values sent and received through a bare \
                  crossbeam channel."
@@ -1094,11 +1177,22 @@ impl Summary {
             instruction_rows(&mut o, s.instructions_per_message, true);
             let _ = writeln!(
                 o,
-                "   target: >= 1,000,000 messages/s batched in one frame -> {} raw ({}), {} net",
+                "   target: >= {:.0} messages/s batched in one frame -> {} raw ({}), {} net",
+                TARGET_MESSAGES_PER_SEC,
                 verdict(1e9 / s.per_message_ns >= TARGET_MESSAGES_PER_SEC),
                 fmt_rate(s.per_message_ns),
                 verdict(1e9 / s.per_message_net_ns >= TARGET_MESSAGES_PER_SEC)
             );
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n4. Lua heap (after a full collection) before and after {MEMORY_MESSAGES} messages, \
+                 default plugin"
+            );
+            for m in &self.memory {
+                row(&mut o, m.path, format!("{} KiB -> {} KiB", m.before / 1024, m.after / 1024));
+            }
         }
         let _ = writeln!(o, "{line}");
         o
@@ -1118,6 +1212,9 @@ fn main() {
     }
     if plan.wants("script_to_rust") {
         bench_script_to_rust(&mut c, &plan, &mut summary);
+    }
+    if plan.wants("memory") {
+        bench_memory(&mut summary);
     }
 
     c.final_summary();

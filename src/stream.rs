@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 
 use bevy::prelude::*;
 use bevy::tasks::IoTaskPool;
-use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
+use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -39,6 +39,9 @@ const PANICKED: &str = "the stream's producer panicked";
 /// entity whose script made it was despawned).
 const CANCELLED: &str = "stream cancelled";
 
+/// Most chunks one refill of a script's queue takes (they cross as the results of one call).
+const MAX_REFILL: usize = 4000;
+
 /// Why a chunk could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StreamSendError {
@@ -54,6 +57,9 @@ pub enum StreamSendError {
 #[derive(Default)]
 struct State {
     buf: VecDeque<Convert>,
+    /// Chunks handed to the script's queue at its last refill, counted as unread until the next
+    /// refill (which comes once they all were read): they still take room in the buffer.
+    lent: usize,
     /// The producer finished (or dropped its sender).
     finished: bool,
     /// The producer failed with this message.
@@ -126,7 +132,7 @@ impl StreamSender {
         if s.cancelled {
             return Err(StreamSendError::Closed);
         }
-        if s.buf.len() >= self.shared.capacity {
+        if s.buf.len() + s.lent >= self.shared.capacity {
             return Err(StreamSendError::Full);
         }
         s.buf.push_back(Box::new(move |lua: &Lua| lua.to_value(&value)));
@@ -140,7 +146,7 @@ impl StreamSender {
             if s.cancelled {
                 return Poll::Ready(Err(StreamSendError::Closed));
             }
-            if s.buf.len() >= self.shared.capacity {
+            if s.buf.len() + s.lent >= self.shared.capacity {
                 s.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -162,7 +168,8 @@ impl StreamSender {
 
     /// Chunks buffered now, not yet read by the script.
     pub fn len(&self) -> usize {
-        self.shared.lock().buf.len()
+        let s = self.shared.lock();
+        s.buf.len() + s.lent
     }
 
     /// Whether every chunk sent so far has been read.
@@ -200,6 +207,8 @@ impl std::fmt::Debug for StreamSender {
 struct StreamLua {
     /// `rust(channel, err, close) -> Stream`.
     rust: Function,
+    /// `batched(ext) -> ext`: the receiving half of a stream's external channel, over `drain`.
+    batched: Function,
     /// What the module was loaded with: `Promise`, `bad`, `callable`.
     deps: Table,
 }
@@ -213,7 +222,7 @@ pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Resul
     deps.set("bad", bad.clone())?;
     let module: Table =
         lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(&deps)?;
-    lua.set_app_data(StreamLua { rust: module.get("rust")?, deps });
+    lua.set_app_data(StreamLua { rust: module.get("rust")?, batched: module.get("batched")?, deps });
     Ok(module)
 }
 
@@ -257,27 +266,48 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
         })?,
     )?;
     let s = shared.clone();
-    ext.set("can_receive", lua.create_function(move |_, ()| Ok(!s.lock().buf.is_empty()))?)?;
-    let s = shared.clone();
     // The script's side of the stream holds this: a stream garbage-collected without being closed
     // releases its producer at the next step (its `send` fails).
     let reader = bridge::release_on_drop(lua, id);
+    // A chunk that failed to convert after others in the same refill: raised by the next refill,
+    // where a read one chunk at a time would have raised it.
+    let failed: Mutex<Option<mlua::Error>> = Mutex::new(None);
     ext.set(
-        "receive",
+        "drain",
         lua.create_function(move |lua, ()| {
             let _ = &reader;
-            let (chunk, waker) = {
+            if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+                return Err(e);
+            }
+            let (chunks, waker) = {
                 let mut st = s.lock();
-                let chunk = st.buf.pop_front();
+                let n = st.buf.len().min(MAX_REFILL);
+                let chunks: Vec<Convert> = st.buf.drain(..n).collect();
+                st.lent = n;
                 // Wake a producer waiting for room once half the buffer is free, not per chunk:
                 // it refills in bursts, with one wake-up per half buffer.
-                let waker = if st.buf.len() <= s.capacity / 2 { st.waker.take() } else { None };
-                (chunk, waker)
+                let waker = if st.buf.len() + n <= s.capacity / 2 { st.waker.take() } else { None };
+                (chunks, waker)
             };
             if let Some(w) = waker {
                 w.wake();
             }
-            chunk.map_or(Ok(Value::Nil), |convert| convert(lua))
+            let mut out = MultiValue::with_capacity(chunks.len() + 1);
+            out.push_back(Value::Nil);
+            for convert in chunks {
+                match convert(lua) {
+                    Ok(v) => out.push_back(v),
+                    Err(e) if out.len() == 1 => return Err(e),
+                    Err(e) => {
+                        if let Ok(mut f) = failed.lock() {
+                            *f = Some(e);
+                        }
+                        break;
+                    }
+                }
+            }
+            out[0] = Value::Integer((out.len() - 1) as _);
+            Ok(out)
         })?,
     )?;
     let s = shared.clone();
@@ -290,11 +320,12 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     })?;
     ext.set("close", close.clone())?;
     let s = shared.clone();
+    // Whether it reads as closed once the script's queue is empty, and whether it was cancelled.
     ext.set(
         "is_closed",
         lua.create_function(move |_, ()| {
             let st = s.lock();
-            Ok(st.cancelled || st.buf.is_empty() && (st.finished || st.error.is_some()))
+            Ok((st.cancelled || st.buf.is_empty() && (st.finished || st.error.is_some()), st.cancelled))
         })?,
     )?;
     // Asked once the channel reads as closed: a stream its script closed has ended before that, so
@@ -304,10 +335,14 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
         Ok(st.error.clone().or_else(|| st.cancelled.then(|| CANCELLED.to_string())))
     })?;
 
+    let (batched, rust) = {
+        let m = lua.app_data_ref::<StreamLua>().expect("the stream module is installed");
+        (m.batched.clone(), m.rust.clone())
+    };
+    let ext: Table = batched.call(ext)?;
     let external =
         lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone();
     let channel: Value = external.call((ext, "stream"))?;
-    let rust = lua.app_data_ref::<StreamLua>().expect("the stream module is installed").rust.clone();
     rust.call((channel, err, close))
 }
 

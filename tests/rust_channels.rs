@@ -228,3 +228,219 @@ fn messages_scripts_write_are_read_after_the_step_in_the_same_frame() {
     );
     assert_eq!(out[1], "false\tscripts may not write a message type named 'Unknown'");
 }
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Pos {
+    x: f64,
+    y: i16,
+}
+
+/// A nested struct of every leaf kind the batched path carries.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Order {
+    id: u8,
+    big: i64,
+    name: String,
+    rush: bool,
+    at: Pos,
+}
+
+fn order(id: u8, name: &str) -> Order {
+    Order {
+        id,
+        big: -(1 << 40),
+        name: name.into(),
+        rush: id.is_multiple_of(2),
+        at: Pos { x: 0.5 * id as f64, y: -(id as i16) },
+    }
+}
+
+#[test]
+fn nested_structs_cross_both_ways_unchanged_and_in_order() {
+    let mut app = create_app();
+    app.add_lua_channel::<Order>("orders", 16);
+    let (tx, rx) = {
+        let ch = app.world().resource::<LuaChannel<Order>>();
+        (ch.sender(), ch.receiver())
+    };
+    // One of them has a non-ASCII name, which takes the serde path: the order still holds.
+    for (id, name) in [(1, "axe"), (2, "épée"), (3, "bow")] {
+        tx.try_send(order(id, name)).unwrap();
+    }
+    spawn_script(
+        &mut app,
+        "scripts/echo.lua",
+        r#"
+        local ch = Channel.named("orders")
+        for _ = 1, 3 do
+          local o = ch:receive()
+          print(o.id, math.type and math.type(o.big) or type(o.big), o.name, o.rush, o.at.x, o.at.y)
+          ch:send(o)
+        end
+        "#,
+    );
+    run(&mut app, 3);
+    let int = if cfg!(feature = "lua54") { "integer" } else { "number" };
+    let x = |v: f64| {
+        if cfg!(feature = "luau") || cfg!(feature = "luajit") { format!("{v}") } else { format!("{v:.1}") }
+    };
+    assert_eq!(
+        printed(&app),
+        [
+            format!("1\t{int}\taxe\tfalse\t{}\t-1", x(0.5)),
+            format!("2\t{int}\tépée\ttrue\t{}\t-2", x(1.0)),
+            format!("3\t{int}\tbow\tfalse\t{}\t-3", x(1.5)),
+        ]
+    );
+    let back: Vec<Order> = rx.try_iter().collect();
+    assert_eq!(back, [order(1, "axe"), order(2, "épée"), order(3, "bow")]);
+}
+
+#[test]
+fn values_only_serde_accepts_keep_their_place_among_the_rest() {
+    let mut app = create_app();
+    app.add_lua_channel::<Order>("orders", 16);
+    spawn_script(
+        &mut app,
+        "scripts/mixed.lua",
+        r#"
+        local ch = Channel.named("orders")
+        local function o(id) return { id = id, big = -1099511627776, name = "n", rush = true, at = { x = 1, y = 2 } } end
+        ch:send(o(1))
+        local extra = o(2) extra.note = "ignored by serde"
+        ch:send(extra)
+        ch:send(o(3))
+        local float = o(4) float.at.x = 2.5
+        ch:send(float)
+        local meta = setmetatable(o(5), {})
+        ch:send(meta)
+        ch:send(o(6))
+        print(ch:len())
+        "#,
+    );
+    run(&mut app, 2);
+    let rx = app.world().resource::<LuaChannel<Order>>().receiver();
+    let got: Vec<(u8, f64)> = rx.try_iter().map(|o| (o.id, o.at.x)).collect();
+    assert_eq!(got, [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.5), (5, 1.0), (6, 1.0)]);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}
+
+#[test]
+fn a_nested_field_that_does_not_fit_raises_with_its_path() {
+    let mut app = create_app();
+    app.add_lua_channel::<Order>("orders", 16);
+    spawn_script(
+        &mut app,
+        "scripts/bad.lua",
+        r#"
+        local ch = Channel.named("orders")
+        local function o(y) return { id = 1, big = 0, name = "n", rush = true, at = { x = 1, y = y } } end
+        print(pcall(ch.send, ch, o(40000)))
+        print(pcall(ch.send, ch, o(1.5)))
+        print(pcall(ch.send, ch, { id = 300, big = 0, name = "n", rush = true, at = { x = 1, y = 1 } }))
+        ch:send(o(7))
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out[0].starts_with("false\tcannot send to channel 'orders': at at.y: invalid value"), "{out:?}");
+    assert!(out[1].starts_with("false\tcannot send to channel 'orders': at at.y: invalid type"), "{out:?}");
+    assert!(out[2].starts_with("false\tcannot send to channel 'orders': at id: invalid value"), "{out:?}");
+    let rx = app.world().resource::<LuaChannel<Order>>().receiver();
+    let got: Vec<i16> = rx.try_iter().map(|o| o.at.y).collect();
+    assert_eq!(got, [7]);
+}
+
+/// A type with an optional field and a list: not a flat struct, so every value takes serde.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Loose {
+    tag: Option<String>,
+    items: Vec<u32>,
+}
+
+#[test]
+fn types_that_are_not_flat_structs_still_cross_through_serde() {
+    let mut app = create_app();
+    app.add_lua_channel::<Loose>("loose", 4);
+    let tx = app.world().resource::<LuaChannel<Loose>>().sender();
+    tx.try_send(Loose { tag: Some("a".into()), items: vec![1, 2] }).unwrap();
+    spawn_script(
+        &mut app,
+        "scripts/loose.lua",
+        r#"
+        local ch = Channel.named("loose")
+        local v = ch:receive()
+        print(v.tag, #v.items)
+        ch:send({ items = { 3 } })
+        print(pcall(ch.send, ch, { items = "x" }))
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out[0], "a\t2");
+    assert!(out[1].starts_with("false\tcannot send to channel 'loose': at items: invalid type"), "{out:?}");
+    let rx = app.world().resource::<LuaChannel<Loose>>().receiver();
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Loose { tag: None, items: vec![3] }]);
+}
+
+/// What a system after the step received from the channel, per frame.
+#[derive(Resource, Default)]
+struct Received(Vec<Vec<u32>>);
+
+#[test]
+fn a_system_after_the_step_receives_what_scripts_sent_in_that_frame() {
+    let mut app = channel_app(64);
+    app.init_resource::<Received>();
+    app.add_systems(
+        Update,
+        (|ch: Res<LuaChannel<Damage>>, mut got: ResMut<Received>| {
+            got.0.push(ch.receiver().try_iter().map(|d| d.target).collect());
+        })
+        .after(LuaCoroutinesSystems::Step),
+    );
+    spawn_script(
+        &mut app,
+        "scripts/per_frame.lua",
+        r#"
+        local ch = Channel.named("damage")
+        for frame = 1, 3 do
+          for i = 1, frame do ch:send({ target = frame * 10 + i, amount = 0 }) end
+          task.wait()
+        end
+        "#,
+    );
+    run(&mut app, 4);
+    let got: Vec<Vec<u32>> =
+        app.world().resource::<Received>().0.iter().filter(|v| !v.is_empty()).cloned().collect();
+    assert_eq!(got, [vec![11], vec![21, 22], vec![31, 32, 33]]);
+}
+
+/// A type that rejects fields it does not know.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Strict {
+    a: u32,
+    inner: Pos,
+}
+
+#[test]
+fn a_type_that_denies_unknown_fields_still_raises_on_an_extra_key() {
+    let mut app = create_app();
+    app.add_lua_channel::<Strict>("strict", 4);
+    spawn_script(
+        &mut app,
+        "scripts/strict.lua",
+        r#"
+        local ch = Channel.named("strict")
+        ch:send({ a = 1, inner = { x = 1, y = 1 } })
+        print(pcall(ch.send, ch, { a = 2, inner = { x = 1, y = 1 }, b = 3 }))
+        ch:send({ a = 3, inner = { x = 1, y = 1 } })
+        "#,
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert!(out[0].starts_with("false\tcannot send to channel 'strict': at b: unknown field `b`"), "{out:?}");
+    let rx = app.world().resource::<LuaChannel<Strict>>().receiver();
+    assert_eq!(rx.try_iter().map(|s| s.a).collect::<Vec<_>>(), [1, 3]);
+}

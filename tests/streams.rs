@@ -852,3 +852,45 @@ fn other_readers_see_an_error_when_the_creating_entity_is_despawned() {
     run_until_printed_ok(&mut app, 2);
     assert_eq!(printed(&app), ["first\t1", "end\tstream cancelled"], "a despawn read as a clean end");
 }
+
+/// The sender a script's stream call handed out, for the test to drive.
+#[derive(Resource)]
+struct OneSender(crossbeam_channel::Receiver<StreamSender>);
+
+#[test]
+fn chunks_the_reader_took_in_a_batch_keep_their_room_until_it_comes_back() {
+    let mut app = create_app();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    app.add_lua_stream_function("fed", 3, move |sender: StreamSender| {
+        tx.send(sender).map_err(|e| e.to_string())
+    })
+    .insert_resource(OneSender(rx));
+    spawn_script(
+        &mut app,
+        "scripts/reader.lua",
+        r#"
+        local s = fed()
+        task.wait()
+        print("first", s:read())
+        task.wait()
+        print("rest", s:read(), s:read())
+        print("more", s:read())
+        "#,
+    );
+    run(&mut app, 1);
+    let mut sender = app.world().resource::<OneSender>().0.try_recv().expect("the script asked for a stream");
+    for i in 1..=3 {
+        sender.try_send(i).unwrap();
+    }
+    run(&mut app, 1);
+    assert_eq!(printed(&app), ["first\t1"]);
+    // The reader took all three in one refill and read one: the other two still hold their room.
+    assert_eq!(sender.len(), 3);
+    assert!(matches!(sender.try_send(4), Err(StreamSendError::Full)), "the producer ran ahead of the reader");
+    run(&mut app, 1);
+    assert_eq!(printed(&app), ["first\t1", "rest\t2\t3"]);
+    // Its queue is empty and it came back for more: the room is free again.
+    sender.try_send(4).unwrap();
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["first\t1", "rest\t2\t3", "more\t4"]);
+}

@@ -5,15 +5,16 @@
 //! Rust `try_send` to scripts fails (or `send` blocks) until scripts receive.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
-use mlua::{Lua, LuaSerdeExt, Value};
+use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::flat::{self, Tok};
 use super::from_lua;
 use super::messages::rust_channels_lua;
 use crate::runtime::LuaRuntime;
@@ -80,9 +81,20 @@ impl LuaChannelAppExt for App {
         let (to_scripts, scripts_rx) = crossbeam_channel::bounded::<T>(capacity);
         let (scripts_tx, from_scripts) = crossbeam_channel::bounded::<T>(capacity);
         let closed = Arc::new(AtomicBool::new(false));
-        if let Err(e) = declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
-            panic!("could not declare the channel {name:?}: {e}");
+        let schedule = runtime.schedule();
+        let flush = match declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
+            Ok(flush) => flush,
+            Err(e) => panic!("could not declare the channel {name:?}: {e}"),
+        };
+        if !self.world().contains_resource::<ChannelFlushes>() {
+            self.init_resource::<ChannelFlushes>().add_systems(
+                schedule,
+                flush_script_sends
+                    .in_set(crate::plugin::LuaCoroutinesSystems::Step)
+                    .after(crate::plugin::step_system),
+            );
         }
+        self.world_mut().resource_mut::<ChannelFlushes>().0.push(flush);
         self.insert_resource(LuaChannel {
             name: name.to_string(),
             capacity,
@@ -94,7 +106,114 @@ impl LuaChannelAppExt for App {
     }
 }
 
-/// Builds the `ext` functions of the external channel `name` and declares it to scripts.
+/// The step flushes the values scripts sent into the Rust end of each typed channel (the Lua
+/// `flush` of each, in declaration order) right after it runs.
+#[derive(Resource, Default)]
+struct ChannelFlushes(Vec<Function>);
+
+/// Runs after the step: hands Rust what scripts sent during it.
+fn flush_script_sends(flushes: Res<ChannelFlushes>) {
+    for flush in &flushes.0 {
+        if let Err(e) = flush.call::<()>(()) {
+            error!("bevy_lua_coroutines: could not flush a typed channel: {e}");
+        }
+    }
+}
+
+/// Shapes of values Rust sent, each with the Lua function that builds a batch of their tables.
+#[derive(Default)]
+struct Constructors {
+    known: Vec<(Vec<Tok>, Function, usize)>,
+}
+
+/// Shapes kept per channel (a type whose values vary more than this goes through serde).
+const MAX_SHAPES: usize = 8;
+
+impl Constructors {
+    /// The constructor for `toks`, made on first sight.
+    fn get(&mut self, lua: &Lua, toks: &[Tok]) -> Option<(Function, usize)> {
+        if let Some((_, f, batch)) = self.known.iter().find(|(t, _, _)| t == toks) {
+            return Some((f.clone(), *batch));
+        }
+        if self.known.len() >= MAX_SHAPES {
+            return None;
+        }
+        let (f, batch) = flat::constructor(lua, toks)?;
+        self.known.push((toks.to_vec(), f.clone(), batch));
+        Some((f, batch))
+    }
+}
+
+/// Moves every value waiting in `rx` into the Lua table `q` at `1...` and returns how many: runs of
+/// values of one flat shape through that shape's constructor (one call per batch), anything else
+/// through mlua's `to_value`.
+fn drain_into<T: Serialize>(
+    lua: &Lua,
+    rx: &Receiver<T>,
+    q: &Table,
+    shapes: &Mutex<Constructors>,
+) -> mlua::Result<usize> {
+    let mut shapes = shapes.lock().map_err(|_| mlua::Error::runtime("channel shapes poisoned"))?;
+    let (mut n, mut start, mut m) = (0usize, 0usize, 0usize);
+    let mut current: Option<(Vec<Tok>, Function, usize)> = None;
+    let mut toks = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    let call =
+        |current: &Option<(Vec<Tok>, Function, usize)>, args: &mut Vec<Value>, start: usize, m: usize| {
+            if m == 0 {
+                return Ok(());
+            }
+            let Some((_, f, _)) = current else { return Ok(()) };
+            args[1] = Value::Integer(start as _);
+            args[2] = Value::Integer(m as _);
+            let call_args = MultiValue::from_vec(std::mem::take(args));
+            let r = f.call::<()>(call_args);
+            args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
+            r
+        };
+    args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
+    while let Ok(value) = rx.try_recv() {
+        toks.clear();
+        let mark = args.len();
+        let flat = flat::serialize(lua, &value, &mut toks, &mut args).is_ok();
+        let same = flat && current.as_ref().is_some_and(|(t, _, _)| *t == toks);
+        if same {
+            m += 1;
+        } else {
+            // A new shape (or none): finish the run so far, then start one or convert alone.
+            let leaves: Vec<Value> = args.drain(mark..).collect();
+            call(&current, &mut args, start, m)?;
+            args.truncate(3);
+            start = n;
+            m = 0;
+            current = None;
+            match flat.then(|| shapes.get(lua, &toks)).flatten() {
+                Some((f, batch)) => {
+                    current = Some((toks.clone(), f, batch));
+                    args.extend(leaves);
+                    m = 1;
+                }
+                None => {
+                    drop(leaves);
+                    q.raw_set(n + 1, lua.to_value(&value)?)?;
+                    start = n + 1;
+                }
+            }
+        }
+        n += 1;
+        if current.as_ref().is_some_and(|(_, _, batch)| m == *batch) {
+            call(&current, &mut args, start, m)?;
+            args.truncate(3);
+            start = n;
+            m = 0;
+        }
+    }
+    call(&current, &mut args, start, m)?;
+    Ok(n)
+}
+
+/// Builds the Rust functions of the external channel `name` and declares it to scripts; returns the
+/// Lua function that hands Rust what scripts sent.
 fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
     lua: &Lua,
     name: &str,
@@ -102,39 +221,60 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
     rx: Receiver<T>,
     tx: Sender<T>,
     closed: Arc<AtomicBool>,
-) -> mlua::Result<()> {
-    let ext = lua.create_table()?;
-    let t = tx.clone();
-    ext.set("can_send", lua.create_function(move |_, ()| Ok(!t.is_full()))?)?;
+) -> mlua::Result<Function> {
+    let rs = lua.create_table()?;
     let r = rx.clone();
-    ext.set("can_receive", lua.create_function(move |_, ()| Ok(!r.is_empty()))?)?;
-    let r = rx.clone();
-    ext.set(
-        "receive",
-        lua.create_function(move |lua, ()| match r.try_recv() {
-            Ok(value) => lua.to_value(&value),
-            Err(_) => Ok(Value::Nil),
-        })?,
-    )?;
-    let r = rx.clone();
-    ext.set("len", lua.create_function(move |_, ()| Ok(r.len()))?)?;
-    ext.set("cap", lua.create_function(move |_, ()| Ok(capacity))?)?;
-    let c = closed.clone();
-    ext.set(
+    let shapes = Mutex::new(Constructors::default());
+    rs.set("drain", lua.create_function(move |lua, q: Table| drain_into(lua, &r, &q, &shapes))?)?;
+    rs.set("len", lua.create_function(move |_, ()| Ok(rx.len()))?)?;
+    rs.set("cap", lua.create_function(move |_, ()| Ok(capacity))?)?;
+    rs.set(
         "close",
         lua.create_function(move |_, ()| {
-            c.store(true, Ordering::Relaxed);
+            closed.store(true, Ordering::Relaxed);
             Ok(())
         })?,
     )?;
-    ext.set("is_closed", lua.create_function(move |_, ()| Ok(closed.load(Ordering::Relaxed)))?)?;
-    // `send` converts at the call: an error comes back as a message the Lua side raises.
-    let raw_send = lua.create_function(move |_, value: Value| {
-        Ok(match from_lua::<T>(value) {
-            Ok(v) => tx.try_send(v).err().map(|_| String::from("the channel is full")),
-            Err(e) => Some(e),
-        })
-    })?;
+    // Script -> Rust, a value the Lua check could not prove: converts at the call, and an error
+    // comes back as a message the Lua side raises.
+    let t = tx.clone();
+    rs.set(
+        "send",
+        lua.create_function(move |_, value: Value| {
+            Ok(match from_lua::<T>(value) {
+                Ok(v) => t.try_send(v).err().map(|_| String::from("the channel is full")),
+                Err(e) => Some(e),
+            })
+        })?,
+    )?;
+    // Script -> Rust, the values the check accepted: whole values' leaves, in order. Returns how
+    // many more values the Rust end can take.
+    let shape = flat::trace::<T>();
+    let per = shape.as_ref().map_or(0, flat::Shape::leaves);
+    let channel = name.to_string();
+    rs.set(
+        "flush",
+        lua.create_function(move |_, mut leaves: MultiValue| {
+            let leaves = leaves.make_contiguous();
+            for one in leaves.chunks(per.max(1)) {
+                match flat::from_leaves::<T>(one) {
+                    Ok(v) => {
+                        if tx.try_send(v).is_err() {
+                            error!("bevy_lua_coroutines: channel '{channel}' overflowed; a value was lost");
+                        }
+                    }
+                    Err(_) => {
+                        error!("bevy_lua_coroutines: a value sent to channel '{channel}' did not convert")
+                    }
+                }
+            }
+            Ok(capacity.saturating_sub(tx.len()))
+        })?,
+    )?;
+    let flatten = match &shape {
+        Some(s) => Some(flat::flattener(lua, s, flat::denies_unknown_fields::<T>())?),
+        None => None,
+    };
     let declare = rust_channels_lua(lua).declare.clone();
-    declare.call::<()>((name, ext, raw_send))
+    declare.call((name, rs, per, flatten))
 }

@@ -18,7 +18,7 @@ use crate::runtime::LuaRuntime;
 
 /// Lua functions of `lua/rust_channels.lua` the Rust side calls.
 pub(crate) struct RustChannelsLua {
-    /// `declare(name, ext, raw_send)`: makes the typed channel `name` known to scripts.
+    /// `declare(name, rs, per, flatten) -> flush`: makes the typed channel `name` known to scripts.
     pub declare: Function,
     /// `deliver(name, value)`: hands a forwarded message to every subscriber.
     pub deliver: Function,

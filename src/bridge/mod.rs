@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
 
 pub mod channels;
+mod flat;
 pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -104,8 +105,8 @@ impl std::fmt::Debug for PromiseHandle {
 pub(crate) struct BridgeLua {
     /// `pending(id) -> promise`: a promise settled by `settle(id, ...)`.
     pub pending: Function,
-    /// `settle(id, ok, value)`.
-    pub settle: Function,
+    /// `settle_many(id1, ok1, value1, ...)`: settles several promises, in order.
+    pub settle_many: Function,
     /// `forget(id)`: drops a promise without settling it (its instance is gone).
     pub forget: Function,
     /// `wrap(raw) -> function`: raises the errors `raw` returns as `false, message`.
@@ -140,7 +141,7 @@ pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
         .call((promise.get::<mlua::Table>("Promise")?, cancel))?;
     lua.set_app_data(BridgeLua {
         pending: module.get("pending")?,
-        settle: module.get("settle")?,
+        settle_many: module.get("settle_many")?,
         forget: module.get("forget")?,
         wrap: module.get("wrap")?,
     });
@@ -240,11 +241,18 @@ pub(crate) fn cancel_instance(lua: &Lua, instance: InstanceId) {
     }
 }
 
-/// Settles the promises whose Rust work finished since the last step.
+/// Most promises one call into Lua settles (three arguments each: within every flavour's limit on
+/// the values a call takes).
+const SETTLE_BATCH: usize = 1000;
+
+/// Settles the promises whose Rust work finished since the last step: runs of completions made by
+/// the same instance settle in one call into Lua.
 pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
-    let Some(settle) = lua.app_data_ref::<BridgeLua>().map(|b| b.settle.clone()) else {
+    let Some(settle) = lua.app_data_ref::<BridgeLua>().map(|b| b.settle_many.clone()) else {
         return Ok(());
     };
+    let mut args: Vec<Value> = Vec::new();
+    let mut run_instance = None;
     loop {
         let completion = {
             let b = bridge(lua);
@@ -254,6 +262,10 @@ pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
         let Some(pending) = bridge(lua).pending.remove(&id) else {
             continue; // cancelled meanwhile
         };
+        if !args.is_empty() && (pending.instance != run_instance || args.len() >= 3 * SETTLE_BATCH) {
+            settle_run(lua, &settle, run_instance, &mut args)?;
+        }
+        run_instance = pending.instance;
         let (ok, value) = match outcome.map(|convert| convert(lua)) {
             Ok(Ok(value)) => (true, value),
             Ok(Err(e)) => {
@@ -261,13 +273,26 @@ pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
             }
             Err(message) => (false, Value::String(lua.create_string(message)?)),
         };
-        // Handlers the settlement starts become tasks of the instance that made the call.
-        let previous = std::mem::replace(&mut sched(lua).host_instance, pending.instance);
-        let settled = settle.call::<()>((id, ok, value));
-        sched(lua).host_instance = previous;
-        settled?;
+        args.extend([Value::Integer(id as mlua::Integer), Value::Boolean(ok), value]);
+    }
+    if !args.is_empty() {
+        settle_run(lua, &settle, run_instance, &mut args)?;
     }
     Ok(())
+}
+
+/// Settles the completions in `args` (triples), all made by `instance`: handlers the settlement
+/// starts become tasks of that instance.
+fn settle_run(
+    lua: &Lua,
+    settle: &Function,
+    instance: Option<InstanceId>,
+    args: &mut Vec<Value>,
+) -> mlua::Result<()> {
+    let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
+    let settled = settle.call::<()>(MultiValue::from_vec(std::mem::take(args)));
+    sched(lua).host_instance = previous;
+    settled
 }
 
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:

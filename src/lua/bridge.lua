@@ -26,12 +26,20 @@ local function settle(id, ok, value)
   if ok then slot[1](value) else slot[2](value) end
 end
 
+--- Settles several promises in order: `settle_many(id1, ok1, value1, id2, ok2, value2, ...)`.
+local function settle_many(...)
+  local args, n = { ... }, select("#", ...)
+  for i = 1, n, 3 do
+    settle(args[i], args[i + 1], args[i + 2])
+  end
+end
+
 --- Forgets promise `id` without settling it (its instance is gone).
 local function forget(id)
   slots[id] = nil
 end
 
-local error = error
+local error, select = error, select
 
 --- Wraps a registered Rust function `raw` (which returns `ok, value`) so that its failures are
 --- ordinary Lua errors naming the caller's line, as Lua's own functions' errors do.
@@ -43,4 +51,4 @@ local function wrap(raw)
   end
 end
 
-return { pending = pending, settle = settle, forget = forget, wrap = wrap }
+return { pending = pending, settle = settle, settle_many = settle_many, forget = forget, wrap = wrap }

@@ -4,11 +4,14 @@
 -- `src/bridge/channels.rs` and `src/bridge/messages.rs`.
 local Channel, bad = ...
 
-local type, error, pairs, setmetatable = type, error, pairs, setmetatable
-local math_huge = math.huge
+local type, error, setmetatable = type, error, setmetatable
+local math_huge, math_floor = math.huge, math.floor
+local unpack = table.unpack or unpack
 
 local named = {}       -- name -> external Channel
-local subscribers = {} -- name -> set of channels (weak: a dropped subscription goes away)
+-- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
+-- away), with `n` the highest index in use
+local subscribers = {}
 local writers = {}     -- name -> Rust writer(value) -> error message | nil
 
 --- The typed channel Rust declared under `name`: `send` hands values to Rust (converted to the
@@ -26,10 +29,11 @@ local Messages = {}
 --- in order, from now on.
 function Messages.subscribe(name)
   if type(name) ~= "string" then bad(1, "subscribe", "string", name, 2) end
-  local set = subscribers[name]
-  if set == nil then error("no message type named '" .. name .. "' is forwarded to scripts", 2) end
+  local list = subscribers[name]
+  if list == nil then error("no message type named '" .. name .. "' is forwarded to scripts", 2) end
   local ch = Channel.new(math_huge)
-  set[ch] = true
+  list.n = list.n + 1
+  list[list.n] = ch
   return ch
 end
 
@@ -42,19 +46,90 @@ function Messages.write(name, value)
   if err ~= nil then error("bad argument #2 to 'write' (" .. err .. ")", 2) end
 end
 
---- Rust: declares the typed channel `name`; `ext` holds its Rust functions, and `raw_send(v)`
---- returns a conversion error message instead of raising (it is raised here, as a string).
-local function declare(name, ext, raw_send)
-  ext.send = function(v)
-    local err = raw_send(v)
+--- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves
+--- every value Rust sent into `q[1..n]`; `flush(leaves...) -> room` takes the leaves of whole values
+--- the check accepted and returns how many more values Rust's end can take; `send(v) -> error
+--- message | nil` converts one value through serde; `len`, `cap`, `close`. `flatten(v, buf, n) ->
+--- n' | nil` (nil when the type is not a flat struct) copies the `per` leaves of a value that
+--- surely converts into `buf`. Returns the function the step calls to hand Rust what was sent.
+---
+--- Both directions batch: a receive takes from a queue refilled by one Rust call when empty, and a
+--- send that passes the check only appends its leaves; they go to Rust when the room counted at the
+--- last flush is used up, before a value that needs serde, at `close`, and after each step.
+local function declare(name, rs, per, flatten)
+  local drain, flush, rs_send, rs_len, rs_close = rs.drain, rs.flush, rs.send, rs.len, rs.close
+  local queue, head, tail = {}, 1, 0 -- values from Rust not yet received: queue[head..tail]
+  local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
+  local room = rs.cap()               -- values Rust's end could take at the last flush
+  local chunk = per > 0 and math_floor(4000 / per) * per or 0 -- leaves per `flush` call
+  local closed = false
+
+  local function refill()
+    tail = drain(queue)
+    head = 1
+    return tail > 0
+  end
+
+  local function push()
+    if held == 0 then
+      room = flush()
+      return
+    end
+    for s = 1, leaves, chunk do
+      local e = s + chunk - 1
+      if e > leaves then e = leaves end
+      room = flush(unpack(buf, s, e))
+    end
+    leaves, held = 0, 0
+  end
+
+  local ext = { cap = rs.cap }
+  function ext.can_send()
+    if held < room then return true end
+    push()
+    return room > 0
+  end
+  function ext.send(v)
+    if flatten ~= nil then
+      local n = flatten(v, buf, leaves)
+      if n ~= nil then
+        leaves, held = n, held + 1
+        return
+      end
+    end
+    push()
+    local err = rs_send(v)
     if err ~= nil then error("cannot send to channel '" .. name .. "': " .. err, 0) end
+    room = room - 1
+  end
+  function ext.can_receive()
+    return head <= tail or refill()
+  end
+  function ext.receive()
+    if head > tail and not refill() then return nil end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return v
+  end
+  function ext.len()
+    return tail - head + 1 + rs_len()
+  end
+  function ext.close()
+    push()
+    closed = true
+    rs_close()
+  end
+  function ext.is_closed()
+    return closed
   end
   named[name] = Channel._external(ext, name)
+  return push
 end
 
 --- Rust: scripts may subscribe to `name`.
 local function forwarded(name)
-  if subscribers[name] == nil then subscribers[name] = setmetatable({}, { __mode = "k" }) end
+  if subscribers[name] == nil then subscribers[name] = setmetatable({ n = 0 }, { __mode = "v" }) end
 end
 
 --- Rust: scripts may write `name` through `writer`.
@@ -64,11 +139,20 @@ end
 
 --- Rust: a message `name` was written; every open subscription gets it.
 local function deliver(name, value)
-  local set = subscribers[name]
-  if set == nil then return end
-  for ch in pairs(set) do
-    if ch:isClosed() then set[ch] = nil else ch:trySend(value) end
+  local list = subscribers[name]
+  if list == nil then return end
+  -- In subscription order; closed and collected subscriptions are dropped, the rest kept in order.
+  local n, kept = list.n, 0
+  for i = 1, n do
+    local ch = list[i]
+    list[i] = nil
+    if ch ~= nil and not ch:isClosed() then
+      ch:trySend(value)
+      kept = kept + 1
+      list[kept] = ch
+    end
   end
+  list.n = kept
 end
 
 return {

@@ -206,6 +206,43 @@ function Stream.from(source)
   bad(1, "from", "Channel, table or function", source, 2)
 end
 
+--- Rust: completes `ext`, the external channel of a Rust producer, with its receiving half: chunks
+--- are read from a queue that one call of `ext.drain() -> n, chunks...` (every chunk buffered now,
+--- converted) refills once it is empty, so a chunk costs no call into Rust of its own.
+--- `ext.is_closed() -> closed, cancelled` tells whether it reads as closed once the queue is empty.
+local function batched(ext)
+  local drain, rust_len, rust_closed, rust_close = ext.drain, ext.len, ext.is_closed, ext.close
+  local queue, head, tail = {}, 2, 1 -- chunks not yet received: queue[head..tail]
+  local function refill()
+    queue = { drain() }
+    head, tail = 2, queue[1] + 1
+    return tail >= 2
+  end
+  ext.drain = nil
+  function ext.can_receive()
+    return head <= tail or refill()
+  end
+  function ext.receive()
+    if head > tail and not refill() then return nil end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return v
+  end
+  function ext.len()
+    return tail - head + 1 + rust_len()
+  end
+  function ext.is_closed()
+    local closed, cancelled = rust_closed()
+    return closed and (cancelled or head > tail)
+  end
+  function ext.close()
+    queue, head, tail = {}, 2, 1
+    return rust_close()
+  end
+  return ext
+end
+
 --- Rust: a stream over the external channel `ch` of a Rust producer; `err()` is its failure (or
 --- nil) once the channel is closed, `close()` stops it.
 local function rust(ch, err, close)
@@ -409,4 +446,4 @@ function methods.collect(self)
   end, function() return list end)
 end
 
-return { Stream = Stream, rust = rust }
+return { Stream = Stream, rust = rust, batched = batched }
