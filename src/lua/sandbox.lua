@@ -205,7 +205,8 @@ put("Stream", api.stream.Stream)
 -- Vec2, Vec3, Vec4, Quat: their classes are already read-only (no raw fields, a hidden metatable)
 -- and must stay themselves, since `getmetatable(v) == Vec3` names a vector's class. Marked
 -- protected, so `rawset` and the table library refuse them and `pairs` lists nothing.
-local function no_fields() return next, {}, nil end
+local nothing = view_of({})
+local function no_fields() return next, nothing, nil end
 for name, class in pairs(api.vector) do
   protected[class] = no_fields
   store[name] = class
