@@ -141,6 +141,8 @@ mod error;
 mod instance;
 mod llm;
 mod modules;
+#[cfg(feature = "openai")]
+mod openai;
 mod plugin;
 mod reload;
 mod runtime;
@@ -156,8 +158,12 @@ pub use bridge::messages::LuaMessagesAppExt;
 pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
-pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
+pub use llm::{
+    AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmMessage, LlmRequest, LlmRole, LlmService, LocalLlm,
+};
 pub use mlua;
+#[cfg(feature = "openai")]
+pub use openai::{OpenAiConfig, OpenAiLlm};
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
 pub use runtime::{LuaRuntime, LuaStdlib};
 pub use scheduler::SchedulerStats;
