@@ -16,7 +16,7 @@ local Entity = {}
 ---The component `name` as a table (vectors keep named fields), or `nil` if the entity lacks it.
 ---An unknown component name raises.
 ---@param name string A reflected component name, e.g. `"Transform"`.
----@return table|nil
+---@return table<string, any>|nil
 function Entity:get(name) end
 
 ---Patches the component `name` with the fields of `value` (inserting its reflected default first
@@ -38,7 +38,7 @@ function Entity:despawn() end
 entity = nil
 
 ---This instance's persistent table: kept across hot reloads.
----@type table
+---@type table<string, any>
 state = nil
 
 ---------------------------------------------------------------------------------------------------
@@ -46,6 +46,7 @@ state = nil
 ---------------------------------------------------------------------------------------------------
 
 ---Roblox-style task scheduling on game time. Every wait yields the calling task only.
+---@class TaskLib
 task = {}
 
 ---Resumes `f` (a function or a thread) now, until its first yield.
@@ -105,6 +106,7 @@ function sleep(seconds) end
 function spawn(f, ...) end
 
 ---Clocks of the schedule the scripts run in.
+---@class TimeLib
 time = {}
 
 ---Game seconds since the start (virtual time: pausing and time scale apply).
@@ -135,6 +137,7 @@ function time.realElapsed() end
 Promise = {}
 
 ---The statuses `getStatus` returns.
+---@class PromiseStatusEnum
 Promise.Status = {}
 Promise.Status.Started = "Started" ---@type PromiseStatus
 Promise.Status.Resolved = "Resolved" ---@type PromiseStatus
@@ -160,9 +163,11 @@ function PromiseError:extend(options) end
 function PromiseError:getErrorChain() end
 
 ---`Promise.Error`: the error values promises reject with when they fail on their own.
+---@class PromiseErrorLib
 Promise.Error = {}
 
 ---The kinds of `Promise.Error`.
+---@class PromiseErrorKindEnum
 Promise.Error.Kind = {}
 Promise.Error.Kind.ExecutionError = "ExecutionError" ---@type PromiseErrorKind
 Promise.Error.Kind.AlreadyCancelled = "AlreadyCancelled" ---@type PromiseErrorKind
@@ -476,6 +481,7 @@ function Channel:isClosed() end
 function Channel:iter() end
 
 ---Bevy messages forwarded to scripts, and messages scripts write.
+---@class MessagesLib
 Messages = {}
 
 ---A channel that receives each message of type `name` the game forwards, once, in order.
@@ -557,6 +563,7 @@ function readFileStream(path) end
 ---------------------------------------------------------------------------------------------------
 
 ---The ECS world, reached while scripts run.
+---@class WorldLib
 world = {}
 
 ---Spawns an entity: `script` (an asset path) and components by name.
@@ -595,6 +602,7 @@ function world.entity(id) end
 ---@field messages? LlmMessage[] The conversation so far, oldest first.
 
 ---The language-model service the game registered.
+---@class LlmLib
 llm = {}
 
 ---The whole answer to `prompt`.
