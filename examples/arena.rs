@@ -96,9 +96,9 @@ struct ErrorText;
 #[derive(Component)]
 struct HudText;
 
-/// The last script errors, newest last.
+/// The last distinct script errors and how often each came, newest last.
 #[derive(Resource, Default)]
-struct ErrorLog(Vec<String>);
+struct ErrorLog(Vec<(String, u32)>);
 
 /// `--screenshot PATH --frames N`.
 #[derive(Resource, Default)]
@@ -369,12 +369,11 @@ fn send_waves(time: Res<Time>, waves: Res<LuaChannel<Wave>>, mut sent: Local<u32
     }
 }
 
+/// An enemy's state and the material it is drawn with (none before its first frame).
+type EnemyLook = (Entity, &'static Enemy, Option<&'static MeshMaterial2d<ColorMaterial>>);
+
 /// Gives scripted enemies a mesh, and the material of their state.
-fn dress_enemies(
-    mut commands: Commands,
-    palette: Res<Palette>,
-    enemies: Query<(Entity, &Enemy, Option<&MeshMaterial2d<ColorMaterial>>), Changed<Enemy>>,
-) {
+fn dress_enemies(mut commands: Commands, palette: Res<Palette>, enemies: Query<EnemyLook, Changed<Enemy>>) {
     for (entity, enemy, material) in &enemies {
         let wanted =
             palette.states.iter().find(|(s, _)| *s == enemy.state).unwrap_or(&palette.states[0]).1.clone();
@@ -418,7 +417,8 @@ fn show_npc_line(mut said: MessageReader<NpcSay>, mut text: Query<&mut Text, Wit
     }
 }
 
-/// The `ScriptError` overlay: the last three errors, on screen.
+/// The `ScriptError` overlay: the last three distinct errors on screen, each with how many times it
+/// was reported (a broken enemy script fails once per enemy).
 fn show_errors(
     mut errors: MessageReader<ScriptError>,
     mut log: ResMut<ErrorLog>,
@@ -427,7 +427,10 @@ fn show_errors(
 ) {
     let mut changed = false;
     for e in errors.read() {
-        log.0.push(format!("{} ({})", e.message, e.script));
+        match log.0.iter_mut().find(|(message, _)| *message == e.message) {
+            Some((_, count)) => *count += 1,
+            None => log.0.push((e.message.clone(), 1)),
+        }
         changed = true;
     }
     if changed {
@@ -436,8 +439,15 @@ fn show_errors(
         }
         let n = log.0.len();
         log.0.drain(..n.saturating_sub(3));
+        let lines: Vec<String> = log
+            .0
+            .iter()
+            .map(
+                |(message, count)| if *count > 1 { format!("{message} (x{count})") } else { message.clone() },
+            )
+            .collect();
         if let Ok(mut text) = text.single_mut() {
-            text.0 = format!("Script errors:\n{}", log.0.join("\n"));
+            text.0 = format!("Script errors:\n{}", lines.join("\n"));
         }
     }
 }
