@@ -3,16 +3,24 @@
 //! ```text
 //! cargo run --release --example run -- SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N]
 //!     [--entities N] [--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]
+//!     [--seed N] [--llm-delay SECONDS]
 //! ```
+//!
+//! Scripts get the whole API, `llm` (and `llmBridge`) included: the crate's offline `LocalLlm`,
+//! answering one word per `--llm-delay` (default 0.02 s). `--seed N` seeds `Channel.select`'s
+//! generator (default `0x5EED`) and `math.random` (Lua's own seed otherwise).
 //!
 //! With `--watch`, saving the script or a module it requires reloads it in the running game, and
 //! the run goes on until `--frames` even when every task has finished (or a version failed to
 //! load), paced at `--fps` (default: one frame per `--dt` of wall time).
 //!
 //! Script output goes to stdout, diagnostics to stderr. Exit codes: 0 every task finished with no
-//! unhandled error; 1 a script error was reported; 2 bad arguments or the script failed to load;
-//! 3 the frames ran out while tasks were still waiting (1 wins over 3).
+//! unhandled error; 1 a script error was reported (a spawned script that failed to load included);
+//! 2 bad arguments or the script failed to load; 3 the frames ran out while tasks were still waiting
+//! (1 wins over 3). When stdout's reader goes away (`run game.lua | head`), the run stops quietly:
+//! 0, or 1 after a script error.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -22,7 +30,7 @@ use bevy::time::TimeUpdateStrategy;
 use bevy_lua_coroutines::prelude::*;
 
 const USAGE: &str = "usage: run SCRIPT.lua [--frames N] [--dt SECONDS] [--fps N] [--entities N] \
-[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats]";
+[--watch] [--stdlib safe|all] [--memory-limit MB] [--stats] [--seed N] [--llm-delay SECONDS]";
 
 /// The command line.
 struct Options {
@@ -35,6 +43,10 @@ struct Options {
     stdlib: LuaStdlib,
     memory_limit_mb: usize,
     stats: bool,
+    /// `Channel.select`'s seed and `math.randomseed`'s, if given.
+    seed: Option<u64>,
+    /// `LocalLlm`'s wait before each token.
+    llm_delay: Duration,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -49,26 +61,31 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         stdlib: LuaStdlib::Safe,
         memory_limit_mb: 512,
         stats: false,
+        seed: None,
+        llm_delay: Duration::from_millis(20),
     };
     fn value<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{name} needs a value"))?;
         v.parse().map_err(|_| format!("{name}: invalid value '{v}'"))
+    }
+    /// `seconds` as a `Duration`, or a usage error naming the option (too large for one, say).
+    fn duration(name: &str, seconds: f64) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{name}: invalid value '{seconds}'"))
     }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--frames" => o.frames = value("--frames", args.next())?,
             "--dt" => {
                 let dt: f64 = value("--dt", args.next())?;
-                if !(dt.is_finite() && dt >= 0.0) {
-                    return Err(format!("--dt: invalid value '{dt}'"));
-                }
-                o.dt = Duration::from_secs_f64(dt);
+                o.dt = duration("--dt", dt)?;
             }
             "--fps" => {
                 let fps: f64 = value("--fps", args.next())?;
                 if !(fps.is_finite() && fps > 0.0) {
                     return Err(format!("--fps: invalid value '{fps}'"));
                 }
+                // The pause between frames must be a `Duration` too (`1e-300` frames a second is not).
+                duration("--fps", 1.0 / fps)?;
                 o.fps = Some(fps);
             }
             "--entities" => o.entities = value("--entities", args.next())?,
@@ -81,6 +98,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--stats" => o.stats = true,
+            "--seed" => o.seed = Some(value("--seed", args.next())?),
+            "--llm-delay" => {
+                let delay: f64 = value("--llm-delay", args.next())?;
+                o.llm_delay = Duration::try_from_secs_f64(delay)
+                    .map_err(|_| format!("--llm-delay: invalid value '{delay}'"))?;
+            }
             "--watch" => o.watch = true,
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
@@ -102,7 +125,13 @@ struct Seen {
     load: bool,
 }
 
-fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>) {
+/// The entities the runner made for the script it was given: a failure to load their script is a
+/// failure to load that script (exit 2); any other script (`world.spawn{ script = ... }`) that
+/// fails to load is a script error like the rest (exit 1), and the run goes on.
+#[derive(Resource, Default)]
+struct RunnerEntities(HashSet<Entity>);
+
+fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>, ours: Res<RunnerEntities>) {
     for e in errors.read() {
         if e.traceback.is_empty() {
             eprintln!("error: {}", e.message);
@@ -110,7 +139,7 @@ fn report_errors(mut errors: MessageReader<ScriptError>, mut seen: ResMut<Seen>)
             eprintln!("error: {}\n{}", e.message, e.traceback);
         }
         match e.kind {
-            ScriptErrorKind::Load => seen.load = true,
+            ScriptErrorKind::Load if ours.0.contains(&e.entity) => seen.load = true,
             _ => seen.runtime = true,
         }
     }
@@ -155,11 +184,14 @@ fn main() -> ExitCode {
             memory_limit: Some(o.memory_limit_mb.saturating_mul(1024 * 1024)),
             print_to_stdout: true,
             hot_reload: o.watch,
+            wait_for_script_loads: true,
+            select_seed: o.seed.unwrap_or(LuaCoroutinesPlugin::default().select_seed),
             ..default()
         },
     ))
     .insert_resource(TimeUpdateStrategy::ManualDuration(o.dt))
     .init_resource::<Seen>()
+    .init_resource::<RunnerEntities>()
     .init_resource::<StepTimes>()
     .add_systems(Last, report_errors)
     .add_systems(
@@ -184,16 +216,24 @@ fn main() -> ExitCode {
                 .after(bevy::time::TimeSystems),
         );
     }
+    add_llm(&mut app, o.llm_delay);
     app.finish();
     app.cleanup();
+    if let Some(seed) = o.seed {
+        let math = app.world().resource::<LuaRuntime>().lua().globals().get::<mlua::Table>("math");
+        if let Err(e) = math.and_then(|m| m.get::<mlua::Function>("randomseed")?.call::<()>(seed as i64)) {
+            eprintln!("run: could not seed math.random: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let handle = app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(name, source));
     for i in 1..=o.entities {
-        app.world_mut().spawn((
-            Transform::default(),
-            Name::new(format!("entity-{i}")),
-            LuaScripts::new(handle.clone()),
-        ));
+        let entity = app
+            .world_mut()
+            .spawn((Transform::default(), Name::new(format!("entity-{i}")), LuaScripts::new(handle.clone())))
+            .id();
+        app.world_mut().resource_mut::<RunnerEntities>().0.insert(entity);
     }
 
     let pace = o.fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
@@ -207,6 +247,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         let runtime = world.resource::<LuaRuntime>();
+        if runtime.stdout_closed() {
+            // Whoever read the output went away (`run game.lua | head`): stop quietly, as
+            // command-line tools do.
+            return if world.resource::<Seen>().runtime { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
         if runtime.live_tasks() == 0 && runtime.pending_instances() == 0 && !o.watch {
             break;
         }
@@ -233,6 +278,21 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Gives scripts the language-model module, `llm` (and its seed name `llmBridge`): the crate's
+/// offline `LocalLlm`, waiting `delay` before each token.
+///
+/// The hook for a real model: when `LLM_BASE_URL` is set (say `http://127.0.0.1:11434/v1` for a
+/// local Ollama, with `LLM_MODEL` and `LLM_API_KEY`), the OpenAI-compatible client registers here
+/// instead, once the crate ships it; until then the runner says so and uses `LocalLlm`.
+fn add_llm(app: &mut App, delay: Duration) {
+    if let Ok(url) = std::env::var("LLM_BASE_URL") {
+        eprintln!(
+            "run: LLM_BASE_URL is set ({url}), but no HTTP model client is built in yet: using LocalLlm"
+        );
+    }
+    app.add_llm_service(LocalLlm::new(delay), LlmConfig::default());
 }
 
 /// Game time in `--fps` mode, advanced by exactly `--dt` per frame (the first frame has none).

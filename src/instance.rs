@@ -3,6 +3,7 @@
 //! task of an instance when its script is removed or its entity despawned.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
@@ -136,12 +137,15 @@ pub(crate) struct Instances {
     pending: Vec<(InstanceId, Entity, Handle<LuaScript>)>,
     compiled: HashMap<AssetId<LuaScript>, Compiled>,
     next: u64,
+    /// Entities given `LuaScripts` since the last sync (their instances are made there), counted
+    /// by the plugin's observer.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Instances {
-    /// Instances waiting for their asset.
+    /// Instances waiting for their asset, and entities given scripts since the last sync.
     pub(crate) fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.queued.load(Ordering::Relaxed)
     }
 
     /// The running instances of `asset`, or of every script if `None`, oldest first.
@@ -160,6 +164,12 @@ impl Instances {
 }
 
 impl LuaRuntime {
+    /// The count of entities given `LuaScripts` since the last sync, which the observer that
+    /// queues them adds to, so [`pending_instances`](Self::pending_instances) counts them.
+    pub(crate) fn queued_counter(&self) -> Arc<AtomicUsize> {
+        self.instances.queued.clone()
+    }
+
     /// Brings the instances of `entity` in line with its `LuaScripts` component.
     pub(crate) fn sync_entity(&mut self, world: &World, entity: Entity) {
         let wanted = world.get::<LuaScripts>(entity).map(|s| s.0.clone()).unwrap_or_default();
@@ -204,6 +214,33 @@ impl LuaRuntime {
         self.instances.compiled.remove(&id);
     }
 
+    /// Blocks until the script of every pending instance has finished loading (or failed),
+    /// finishing the asset server's loads as its own system does at the start of a frame, so
+    /// [`start_pending`](Self::start_pending) starts them all in this sync. Scripts that are not
+    /// loading through the asset server (added to `Assets` by hand) are not waited for.
+    pub(crate) fn wait_for_loads(&self, world: &mut World) {
+        let loading = |world: &World| {
+            let server = world.resource::<AssetServer>();
+            self.instances
+                .pending
+                .iter()
+                .find(|(_, _, h)| server.load_state(h).is_loading())
+                .map(|p| p.2.clone())
+        };
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        while loading(world).is_some() {
+            bevy::asset::handle_internal_asset_events(world);
+            let Some(handle) = loading(world) else { return };
+            if !warned && started.elapsed() > std::time::Duration::from_secs(5) {
+                let path = handle.path().map_or_else(|| format!("{:?}", handle.id()), |p| p.to_string());
+                warn!("bevy_lua_coroutines: the frame has waited 5 s for {path} to load");
+                warned = true;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Starts instances whose script finished loading; reports those whose script failed to load.
     pub(crate) fn start_pending(&mut self, scripts: &Assets<LuaScript>, server: &AssetServer) {
         if self.instances.pending.is_empty() {
@@ -217,7 +254,10 @@ impl LuaRuntime {
                 continue;
             }
             if let bevy::asset::LoadState::Failed(err) = server.load_state(&handle) {
-                let message = format!("could not load script: {err}");
+                let mut message = format!("could not load script: {err}");
+                if let Some(root) = crate::asset::folder(self.lua()) {
+                    message = crate::asset::hide_folder(&message, &root);
+                }
                 sched(self.lua()).report(Some(id), ScriptErrorKind::Load, message, String::new());
                 continue;
             }
@@ -361,9 +401,11 @@ impl LuaRuntime {
         found
     }
 
-    /// A changed script or module file that is not UTF-8: reported; what runs keeps running.
-    pub(crate) fn report_unreadable(&self, path: &str) {
-        let message = format!("{path} is not valid UTF-8; the last good version keeps running");
+    /// A changed script or module file that cannot be used (`why`: it is not UTF-8, it is a
+    /// link out of the assets folder): reported; what runs keeps running.
+    pub(crate) fn report_unusable(&self, path: &str, why: &str) {
+        let why = why.strip_prefix(&format!("path {path:?} ")).unwrap_or(why);
+        let message = format!("{path} {why}; the last good version keeps running");
         warn!("{message}");
         sched(self.lua()).report_as(Entity::PLACEHOLDER, path, ScriptErrorKind::Load, message, String::new());
     }

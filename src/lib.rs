@@ -86,6 +86,8 @@
 //!
 //! Order is deterministic: frame waits resume in the order they were made, then timers by
 //! deadline, then by the order they were made; work woken during the step runs in the same step.
+//! With [`LuaCoroutinesPlugin::wait_for_script_loads`] on, the sync waits for scripts still
+//! loading, so a script starts on the same frame run after run however long the disk takes.
 //!
 //! ## Promises and async/await
 //!
@@ -171,7 +173,8 @@
 //!
 //! ## Language-model service
 //!
-//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module: `llm.generateAsync(prompt, opts)`
+//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
+//! seed's name): `llm.generateAsync(prompt, opts)`
 //! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
 //! by token; `opts.system` and `opts.messages` carry a system prompt and the conversation so far
 //! (an [`LlmRequest`] of [`LlmMessage`]s). A game implements [`LlmService`] for its model client or
@@ -210,8 +213,13 @@
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
-//! standard libraries unless [`LuaCoroutinesPlugin::stdlib`] grants more. A failing task stops
-//! alone; the failure is logged with `file:line` and traceback and written as a [`ScriptError`].
+//! standard libraries unless [`LuaCoroutinesPlugin::stdlib`] grants more. No instance can change
+//! what another runs: the shared base and every table in it are read-only views, whichever way a
+//! script reaches them (`pairs`, `rawset`, `_G = nil`, `load`). Every file a script names
+//! (`require`, `world.spawn`, `readFileStream`, hot reload) stays in the assets folder and is a
+//! regular file, or the call raises `bad argument`. A failing task stops alone; the failure is
+//! logged with `file:line` and traceback and written as a [`ScriptError`]. The README's
+//! "Protection" section is the threat model.
 //!
 //! [`Error`] (and [`Result`]) is the error of the crate's Rust API; [`ScriptPrint`] carries each
 //! line a script prints.

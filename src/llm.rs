@@ -315,7 +315,7 @@ async fn generate(service: Arc<dyn LlmService>, request: LlmRequest, mut tokens:
 
 /// Registers the language-model service. Add `LuaCoroutinesPlugin` first.
 pub trait LlmAppExt {
-    /// Makes `service` the one the `llm` module uses, run as `config` says, and inserts its
+    /// Makes `service` the one the `llm` module (also named `llmBridge`) uses, run as `config` says, and inserts its
     /// [`AsyncExecutor`] as a resource (for diagnostics). Registering again replaces it.
     ///
     /// ```no_run
@@ -343,6 +343,13 @@ impl LlmAppExt for App {
         };
         for name in ["generateAsync", "streamGenerate"] {
             bridge::define(self, &format!("llm.{name}"), |_, _| module.get(name));
+        }
+        // The seed's name for the module, as `sleep` and `spawn` are for `task.wait` and `task.spawn`.
+        let runtime = self.world().resource::<crate::LuaRuntime>();
+        let alias =
+            runtime.lua().globals().get::<Value>("llm").and_then(|llm| runtime.define("llmBridge", llm));
+        if let Err(e) = alias {
+            panic!("could not name the language-model module llmBridge: {e}");
         }
         self.insert_resource(executor)
     }

@@ -7,7 +7,6 @@
 //! `entity` or `state`. Its top-level chunk cannot yield (as with Lua's own `require`), and a
 //! cycle of requires raises an error naming the cycle.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bevy::platform::collections::{HashMap, HashSet};
@@ -21,8 +20,6 @@ pub const DEFAULT_MODULE_PATH: [&str; 2] = ["scripts/?.lua", "?.lua"];
 
 /// The module system's state, in the VM's app data.
 pub(crate) struct Modules {
-    /// The assets folder on disk (unknown until the app is built).
-    root: Option<PathBuf>,
     /// Templates, `?` standing for the module name with dots as slashes.
     search: Vec<String>,
     /// The source each module was last loaded from, or changed to, by asset path.
@@ -60,7 +57,6 @@ impl From<String> for Failure {
 /// Installs the module system and returns the `require` scripts see.
 pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
     lua.set_app_data(Modules {
-        root: None,
         search: search.to_vec(),
         sources: HashMap::default(),
         loading: Vec::new(),
@@ -89,11 +85,6 @@ pub(crate) fn set_env_factory(lua: &Lua, new_env: Function) {
     modules(lua).new_env = Some(new_env);
 }
 
-/// Sets the folder module names resolve in.
-pub(crate) fn set_root(lua: &Lua, root: PathBuf) {
-    modules(lua).root = Some(root);
-}
-
 /// `require(name)`: the cached value, or the module run once.
 fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     if !valid_name(name) {
@@ -101,10 +92,18 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
             crate::error::bad_argument(1, "require", format_args!("invalid module name '{name}'")).into()
         );
     }
+    if STANDARD_LIBRARIES.contains(&name) {
+        // As standard Lua answers from `package.loaded`: the library the script sees as a global.
+        let library: Value = lua.globals().get(name).map_err(|e| e.to_string())?;
+        if !library.is_nil() {
+            return Ok(library);
+        }
+    }
     let instance = current_instance(lua);
     let (path, loaded) = {
+        let root = crate::asset::folder(lua);
         let mut m = modules(lua);
-        let resolved = m.resolve(name);
+        let resolved = m.resolve(root.as_deref(), name);
         // A name that did not resolve is recorded at every path tried, so creating the file
         // reruns whoever asked for it.
         let paths = match &resolved {
@@ -147,6 +146,26 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
     Ok(value)
 }
 
+/// The names of standard libraries (of any flavour): `require` returns the one the sandbox grants,
+/// and looks for a file only if it grants none (`io` under `LuaStdlib::Safe`).
+const STANDARD_LIBRARIES: &[&str] = &[
+    "coroutine",
+    "debug",
+    "io",
+    "math",
+    "os",
+    "package",
+    "string",
+    "table",
+    "utf8",
+    "bit",
+    "bit32",
+    "jit",
+    "ffi",
+    "buffer",
+    "vector",
+];
+
 /// Module names are dot-separated words: letters, digits, `_` and `-`.
 fn valid_name(name: &str) -> bool {
     name.split('.').all(|part| {
@@ -154,13 +173,14 @@ fn valid_name(name: &str) -> bool {
     })
 }
 
-/// The module's source: as last changed, or read from the assets folder.
+/// The module's source: as last changed, or read from the assets folder (under the rule of
+/// [`crate::asset::script_file`], checked again right before the file is opened).
 fn source_of(lua: &Lua, path: &str) -> Result<Arc<str>, String> {
-    let m = modules(lua);
-    if let Some(source) = m.sources.get(path) {
+    if let Some(source) = modules(lua).sources.get(path) {
         return Ok(source.clone());
     }
-    let file = m.root.as_ref().map(|r| r.join(path)).ok_or("the assets folder is not known yet")?;
+    let root = crate::asset::folder(lua).ok_or("the assets folder is not known yet")?;
+    let file = crate::asset::script_file(&root, path).map_err(|e| format!("module '{path}': {e}"))?;
     std::fs::read_to_string(&file).map(Arc::from).map_err(|e| format!("could not read module '{path}': {e}"))
 }
 
@@ -182,15 +202,24 @@ struct NotFound {
 }
 
 impl Modules {
-    /// The asset path `name` resolves to.
-    fn resolve(&self, name: &str) -> Result<String, NotFound> {
+    /// The asset path `name` resolves to in the assets folder `root`: the first file of the search
+    /// path there. A file the rule of [`crate::asset::script_file`] refuses (a link that leaves
+    /// the folder, a named pipe) is refused, not skipped.
+    fn resolve(&self, root: Option<&std::path::Path>, name: &str) -> Result<String, NotFound> {
         let relative = name.replace('.', "/");
         let mut tried = Vec::new();
         for template in &self.search {
             let path = template.replace('?', &relative);
-            let on_disk = self.root.as_ref().is_some_and(|r| r.join(&path).is_file());
-            if on_disk || self.sources.contains_key(&path) {
+            if self.sources.contains_key(&path) {
                 return Ok(path);
+            }
+            match root.map(|r| crate::asset::script_file(r, &path)) {
+                Some(Ok(_)) => return Ok(path),
+                Some(Err(crate::asset::FileRefusal::Refused(why))) => {
+                    let message = crate::error::bad_argument(1, "require", why);
+                    return Err(NotFound { message, tried: vec![path] });
+                }
+                _ => {}
             }
             tried.push(path);
         }
@@ -304,7 +333,8 @@ pub(crate) fn check_requires(lua: &Lua, source: &str, previous: Option<&str>) ->
         if known.contains(&name) || !valid_name(&name) {
             continue;
         }
-        let resolved = modules(lua).resolve(&name);
+        let root = crate::asset::folder(lua);
+        let resolved = modules(lua).resolve(root.as_deref(), &name);
         let path = resolved.map_err(|e| Refusal { line, message: e.message, tried: e.tried })?;
         let refuse = |message: String| Refusal { line, message, tried: vec![path.clone()] };
         let text = source_of(lua, &path).map_err(refuse)?;
@@ -323,6 +353,9 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
         RequireParen,
         Access,
     }
+    // Bytes past ASCII belong to names: LuaJIT accepts them in identifiers, and treating them as
+    // words keeps every index this scan slices at on a character boundary.
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || !b.is_ascii();
     let bytes = source.as_bytes();
     let mut names = Vec::new();
     let mut after = After::Other;
@@ -333,10 +366,10 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
             i += 1;
             continue;
         }
-        if source[i..].starts_with("--") {
+        if bytes[i..].starts_with(b"--") {
             i = match long_bracket(&source[i + 2..]) {
                 Some((_, len)) => i + 2 + len,
-                None => source[i..].find('\n').map_or(bytes.len(), |e| i + e),
+                None => bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |e| i + e),
             };
             continue;
         }
@@ -347,36 +380,35 @@ fn literal_requires(source: &str) -> Vec<(String, usize)> {
                 while j < bytes.len() && bytes[j] != c && bytes[j] != b'\n' {
                     j += if bytes[j] == b'\\' { 2 } else { 1 };
                 }
-                let text = &source[i + 1..j.min(bytes.len())];
+                // An escape may end the string inside a character: keep whole characters.
+                let text = String::from_utf8_lossy(&bytes[i + 1..j.min(bytes.len())]).into_owned();
                 i = j + 1;
                 Some(text)
             }
             b'[' => long_bracket(&source[i..]).map(|(text, len)| {
                 i += len;
-                text
+                text.to_string()
             }),
             _ => None,
         };
         if let Some(text) = string {
             if after == After::Require || after == After::RequireParen {
-                let line = 1 + source[..start].bytes().filter(|&b| b == b'\n').count();
-                names.push((text.to_string(), line));
+                let line = 1 + bytes[..start].iter().filter(|&&b| b == b'\n').count();
+                names.push((text, line));
             }
             after = After::Other;
             continue;
         }
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let end = source[i..]
-                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
-                .map_or(bytes.len(), |e| i + e);
-            let word = &source[i..end];
-            after = if word == "require" && after != After::Access { After::Require } else { After::Other };
+        if word_byte(c) && !c.is_ascii_digit() {
+            let end = bytes[i..].iter().position(|&b| !word_byte(b)).map_or(bytes.len(), |e| i + e);
+            let word = &bytes[i..end];
+            after = if word == b"require" && after != After::Access { After::Require } else { After::Other };
             i = end;
             continue;
         }
-        if source[i..].starts_with("..") {
+        if bytes[i..].starts_with(b"..") {
             // Concatenation (or `...`), not field access.
-            i += source[i..].bytes().take_while(|&b| b == b'.').count();
+            i += bytes[i..].iter().take_while(|&&b| b == b'.').count();
             after = After::Other;
             continue;
         }
@@ -426,6 +458,16 @@ local u = obj:require("no")
         let found = literal_requires(src);
         let found: Vec<(&str, usize)> = found.iter().map(|(n, l)| (n.as_str(), *l)).collect();
         assert_eq!(found, [("ai.util", 2), ("b", 3), ("c-d", 4), ("e", 8), ("f", 10)]);
+    }
+
+    #[test]
+    fn literal_requires_scan_non_ascii_source_without_panicking() {
+        // LuaJIT takes bytes past ASCII in names; a string may end in an escaped multi-byte
+        // character; a number may run into one.
+        let src = "local caf\u{e9} = require(\"m\u{f6}d\")\nlocal \u{3c0}x = 1.\u{e9}\nlocal s = '\\\u{e9}' .. require 'b'\n-- \u{fc}\n";
+        let found = literal_requires(src);
+        let found: Vec<(&str, usize)> = found.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        assert_eq!(found, [("m\u{f6}d", 1), ("b", 3)]);
     }
 
     #[test]

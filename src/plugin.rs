@@ -36,12 +36,24 @@ pub struct LuaCoroutinesPlugin {
     /// The standard libraries scripts get (default [`LuaStdlib::Safe`]).
     pub stdlib: LuaStdlib,
     /// Whether `print` also writes its line to stdout (default true). Every printed line is
-    /// written as a [`ScriptPrint`] message either way.
+    /// written as a [`ScriptPrint`] message either way. A closed stdout (a broken pipe) ends the
+    /// writing quietly; see [`LuaRuntime::stdout_closed`].
     pub print_to_stdout: bool,
     /// Seeds the private generator `Channel.select` uses to pick among several ready cases
     /// (default `0x5EED`). The same seed replays the same choices run after run; scripts cannot
     /// reseed it (`math.randomseed` is a different generator).
     pub select_seed: u64,
+    /// Whether the sync waits for scripts that are still loading (default false). On, a script
+    /// always starts on the frame the docs name (one attached before a frame's sync starts in
+    /// that frame; one `world.spawn` attaches starts in the next frame's sync), so a run with a
+    /// fixed time step replays exactly however long the disk takes. The price: a frame that
+    /// attaches a script whose file is not read yet waits for the disk (or the asset source),
+    /// and a load that never finishes stops the game. Off, a script starts on the first frame
+    /// after its asset loaded, which depends on the disk and the machine's load. Turn it on for
+    /// tests, replays and the runner; games that stream scripts in while playing leave it off
+    /// (or load scripts up front). It needs Bevy's I/O threads, so not on the web, where loads
+    /// only progress between frames.
+    pub wait_for_script_loads: bool,
     /// Whether a watcher reloads scripts and modules when their files change (default: on in
     /// debug builds, off in release builds). It watches the `AssetPlugin`'s folder on disk; see
     /// the crate docs' "Modules and hot reload" section for what a reload does.
@@ -63,6 +75,7 @@ impl Default for LuaCoroutinesPlugin {
             stdlib: LuaStdlib::Safe,
             print_to_stdout: true,
             select_seed: 0x5EED,
+            wait_for_script_loads: false,
             hot_reload: cfg!(debug_assertions),
             hot_reload_debounce: std::time::Duration::from_millis(50),
             module_path: crate::modules::DEFAULT_MODULE_PATH.iter().map(|p| p.to_string()).collect(),
@@ -97,10 +110,12 @@ impl Plugin for LuaCoroutinesPlugin {
             select_seed: self.select_seed,
             module_path: self.module_path.clone(),
         };
+        let wait_for_loads = self.wait_for_script_loads;
         let runtime = match LuaRuntime::new(&config, self.schedule) {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };
+        let queued = runtime.queued_counter();
         // Components scripts most often name; any other reflected component works once registered.
         app.register_type::<Transform>().register_type::<Name>();
         app.init_asset::<LuaScript>()
@@ -110,7 +125,10 @@ impl Plugin for LuaCoroutinesPlugin {
             .init_resource::<SyncQueue>()
             .init_resource::<ChangedScripts>()
             .insert_resource(runtime)
-            .add_observer(|on: On<Insert, LuaScripts>, mut queue: ResMut<SyncQueue>| queue.0.push(on.entity))
+            .add_observer(move |on: On<Insert, LuaScripts>, mut queue: ResMut<SyncQueue>| {
+                queue.0.push(on.entity);
+                queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
             .add_observer(|on: On<Remove, LuaScripts>, mut queue: ResMut<SyncQueue>| queue.0.push(on.entity))
             .configure_sets(self.schedule, (LuaCoroutinesSystems::Sync, LuaCoroutinesSystems::Step).chain())
             .add_systems(
@@ -120,7 +138,9 @@ impl Plugin for LuaCoroutinesPlugin {
                         .in_set(LuaCoroutinesSystems::Sync)
                         .before(note_changed_scripts),
                     note_changed_scripts.in_set(LuaCoroutinesSystems::Sync),
-                    sync_instances.in_set(LuaCoroutinesSystems::Sync).after(note_changed_scripts),
+                    (move |world: &mut World| sync_instances(world, wait_for_loads))
+                        .in_set(LuaCoroutinesSystems::Sync)
+                        .after(note_changed_scripts),
                     step_system.in_set(LuaCoroutinesSystems::Step),
                 ),
             );
@@ -133,7 +153,7 @@ impl Plugin for LuaCoroutinesPlugin {
 /// Points `require` at the assets folder on disk and, with hot reload on, starts the watcher.
 fn start_watching(app: &mut App, hot_reload: bool, debounce: std::time::Duration) {
     let root = crate::asset::assets_folder(app);
-    crate::modules::set_root(app.world().resource::<LuaRuntime>().lua(), root.clone());
+    crate::asset::set_folder(app.world().resource::<LuaRuntime>().lua(), root.clone());
     if !hot_reload {
         return;
     }
@@ -158,11 +178,13 @@ fn note_changed_scripts(
     }
 }
 
-/// Applies queued `LuaScripts` changes and starts instances whose script is loaded.
-fn sync_instances(world: &mut World) {
+/// Applies queued `LuaScripts` changes and starts instances whose script is loaded (with
+/// `wait_for_loads`, every new instance: the sync waits for scripts still loading).
+fn sync_instances(world: &mut World, wait_for_loads: bool) {
     let queue = std::mem::take(&mut world.resource_mut::<SyncQueue>().0);
     let changed = std::mem::take(&mut *world.resource_mut::<ChangedScripts>());
     world.resource_scope(|world, mut runtime: Mut<LuaRuntime>| {
+        runtime.queued_counter().store(0, std::sync::atomic::Ordering::Relaxed);
         for id in changed.removed {
             runtime.forget_compiled(id);
         }
@@ -178,6 +200,9 @@ fn sync_instances(world: &mut World) {
             if seen.insert(entity) {
                 runtime.sync_entity(world, entity);
             }
+        }
+        if wait_for_loads {
+            runtime.wait_for_loads(world);
         }
         let scripts = world.resource::<Assets<LuaScript>>();
         let server = world.resource::<AssetServer>();

@@ -34,6 +34,9 @@ pub(crate) enum Contents {
     Deleted,
     /// Not UTF-8: reported, and the last good version keeps running.
     NotText,
+    /// Refused by the rule for script files (it says why): reported, and the last good version
+    /// keeps running.
+    Refused(String),
 }
 
 /// Reads of a file that fail for another reason than its absence (an editor holding it, say)
@@ -118,6 +121,18 @@ fn debounce_files(
             let Ok(relative) = file.strip_prefix(root) else { continue };
             let path =
                 relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            // The rule every file a script names follows: a link out of the assets folder or a
+            // named pipe is refused before it is opened (a pipe would block this thread for good).
+            let file = match crate::asset::script_file(root, &path) {
+                Ok(file) => file,
+                Err(crate::asset::FileRefusal::Refused(why)) => {
+                    if out.send(FileChange { path, contents: Contents::Refused(why) }).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(crate::asset::FileRefusal::Missing) => file,
+            };
             let contents = match std::fs::read(&file) {
                 Ok(bytes) => String::from_utf8(bytes).map_or(Contents::NotText, Contents::Text),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::Deleted,
@@ -178,7 +193,11 @@ pub(crate) fn apply_file_changes(
             Contents::Text(text) => Some(text.as_str()),
             Contents::Deleted => None,
             Contents::NotText => {
-                runtime.report_unreadable(&change.path);
+                runtime.report_unusable(&change.path, "is not valid UTF-8");
+                continue;
+            }
+            Contents::Refused(why) => {
+                runtime.report_unusable(&change.path, why);
                 continue;
             }
         };

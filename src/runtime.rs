@@ -1,7 +1,9 @@
 //! The Lua VM: its creation, protection (instruction budget, memory limit, safe standard
 //! libraries, the read-only base) and the Rust half of the task API.
 
+use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bevy::prelude::*;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
@@ -60,6 +62,8 @@ pub struct LuaRuntime {
     pub(crate) setfenv: Option<Function>,
     /// The schedule the step runs in.
     schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
+    /// Set once `print` found stdout closed; it writes there no more.
+    stdout_closed: Arc<AtomicBool>,
 }
 
 impl LuaRuntime {
@@ -73,7 +77,16 @@ impl LuaRuntime {
         sched(&self.lua).live_tasks()
     }
 
-    /// Script instances still waiting for their asset to load.
+    /// Whether `print` found stdout closed (its reader went away, as in `run game.lua | head`)
+    /// and stopped writing there. Scripts go on as before, and every line is still sent as a
+    /// [`ScriptPrint`](crate::ScriptPrint) message.
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed.load(Ordering::Relaxed)
+    }
+
+    /// Script instances still waiting to start: attached but waiting for their asset to load,
+    /// or on an entity given scripts since the last sync (`world.spawn{ script = ... }` in this
+    /// frame's step), whose instances the next frame's sync makes.
     pub fn pending_instances(&self) -> usize {
         self.instances.pending_len()
     }
@@ -160,10 +173,12 @@ impl LuaRuntime {
         )?;
         core.set(
             "fail",
-            lua.create_function(|lua, (key, message, traceback): (i64, String, String)| {
-                scheduler::fail(lua, key, message, traceback);
-                Ok(())
-            })?,
+            lua.create_function(
+                |lua, (key, message, traceback): (i64, mlua::LuaString, mlua::LuaString)| {
+                    scheduler::fail(lua, key, message.to_string_lossy(), traceback.to_string_lossy());
+                    Ok(())
+                },
+            )?,
         )?;
         core.set(
             "forget",
@@ -174,10 +189,10 @@ impl LuaRuntime {
         )?;
         core.set(
             "report",
-            lua.create_function(|lua, (message, traceback): (String, String)| {
+            lua.create_function(|lua, (message, traceback): (mlua::LuaString, mlua::LuaString)| {
                 let instance = scheduler::current_instance(lua);
-                let traceback = crate::error::traceback_part(&traceback);
-                sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
+                let traceback = crate::error::traceback_part(&traceback.to_string_lossy());
+                sched(lua).report(instance, ScriptErrorKind::Runtime, message.to_string_lossy(), traceback);
                 Ok(())
             })?,
         )?;
@@ -217,9 +232,13 @@ impl LuaRuntime {
         let opts = lua.create_table()?;
         opts.set("all", config.stdlib == LuaStdlib::All)?;
         let to_stdout = config.print_to_stdout;
-        let emit = lua.create_function(move |lua, line: String| {
-            if to_stdout {
-                println!("{line}");
+        let stdout_closed = Arc::new(AtomicBool::new(false));
+        let closed = stdout_closed.clone();
+        // Lines are text: bytes that are not UTF-8 print as U+FFFD.
+        let emit = lua.create_function(move |lua, line: mlua::LuaString| {
+            let line = line.to_string_lossy();
+            if to_stdout && !closed.load(Ordering::Relaxed) {
+                print_line(&line, &closed);
             }
             if let Some(instance) = scheduler::current_instance(lua) {
                 sched(lua).prints.push((instance, line));
@@ -242,7 +261,17 @@ impl LuaRuntime {
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
         }
-        Ok(Self { lua, new_env, on_reload, define, state, instances: Default::default(), setfenv, schedule })
+        Ok(Self {
+            lua,
+            new_env,
+            on_reload,
+            define,
+            state,
+            instances: Default::default(),
+            setfenv,
+            schedule,
+            stdout_closed,
+        })
     }
 
     /// Publishes this frame's clocks to the Lua side (`time.*`, frame waits).
@@ -297,26 +326,48 @@ impl LuaRuntime {
 
 /// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
 /// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
+/// Writes one printed line to stdout. A closed stdout (a broken pipe: the reader went away) sets
+/// `closed`, and nothing is written there again; the line, like any that another error loses,
+/// is dropped quietly, so a script never fails because a terminal went away.
+fn print_line(line: &str, closed: &AtomicBool) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        closed.store(true, Ordering::Relaxed);
+    }
+}
+
 fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> mlua::Result<Table> {
     let time: Table = api.get("time")?;
     let deps = lua.create_table()?;
     deps.set("task", api.get::<Table>("task")?)?;
     deps.set("park", api.get::<Function>("park")?)?;
     deps.set("wake", api.get::<Function>("wake")?)?;
+    deps.set("waiting", api.get::<Function>("waiting")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("current", step.get::<Function>("current")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
+    deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", lua.create_function(|lua, ()| Ok(scheduler::current_instance(lua).map(|id| id.0)))?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",
-        lua.create_function(|lua, (message, traceback, owner): (String, String, Option<u64>)| {
-            let traceback = crate::error::traceback_part(&traceback);
-            sched(lua).report(owner.map(InstanceId), ScriptErrorKind::UnhandledRejection, message, traceback);
-            Ok(())
-        })?,
+        lua.create_function(
+            |lua, (message, traceback, owner): (mlua::LuaString, mlua::LuaString, Option<u64>)| {
+                let traceback = crate::error::traceback_part(&traceback.to_string_lossy());
+                let message = message.to_string_lossy();
+                sched(lua).report(
+                    owner.map(InstanceId),
+                    ScriptErrorKind::UnhandledRejection,
+                    message,
+                    traceback,
+                );
+                Ok(())
+            },
+        )?,
     )?;
     // `spawn_as(owner, f) -> bool`: queues `f` as a new task of instance `owner` (it runs in the
     // next step, under the instruction budget); false if that instance is gone.

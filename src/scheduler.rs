@@ -447,11 +447,11 @@ pub(crate) struct Refs {
     pub wake: Function,
     /// `step.start(co)`: makes a thread a task of the host instance and queues it.
     pub start: Function,
-    /// `step.kill(key) -> ok, err`: closes a task whose instance is going away.
+    /// `step.kill(key) -> ok, message, traceback`: closes a task whose instance is going away.
     pub kill: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
-    /// `step.close(co) -> ok, err`: closes a suspended thread.
+    /// `step.close(co) -> ok, message, traceback`: closes a suspended thread.
     pub close: Function,
     /// `debug.traceback`, kept even when scripts do not get `debug`.
     pub traceback: Function,
@@ -532,10 +532,25 @@ fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
 /// Closes a suspended thread; an error raised by a `__close` is reported.
 fn close_thread(lua: &Lua, thread: &Thread, instance: Option<InstanceId>) {
     let close = refs(lua).close.clone();
-    if let Ok((false, err)) = close.call::<(bool, Value)>(thread) {
-        let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
-        sched(lua).report(instance, ScriptErrorKind::Runtime, message, String::new());
-    }
+    report_closed(lua, close.call(thread), instance);
+}
+
+/// Reports what closing a thread (`step.close` or `step.kill`: `ok, message, traceback`) raised,
+/// if anything: a `__close` that raised, with the traceback of where the thread stood.
+fn report_closed(
+    lua: &Lua,
+    closed: mlua::Result<(bool, Option<mlua::LuaString>, Option<mlua::LuaString>)>,
+    instance: Option<InstanceId>,
+) {
+    let (message, traceback) = match closed {
+        Ok((true, _, _)) => return,
+        Ok((false, message, traceback)) => (
+            message.map_or_else(String::new, |m| m.to_string_lossy()),
+            traceback.map_or_else(String::new, |t| traceback_part(&t.to_string_lossy())),
+        ),
+        Err(e) => crate::error::split_traceback(&e),
+    };
+    sched(lua).report(instance, ScriptErrorKind::Runtime, message, traceback);
 }
 
 /// Cancels every task of an instance (but `keep`, the task running now, if it is one of them:
@@ -563,17 +578,7 @@ pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
 pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
     let kill = refs(lua).kill.clone();
     for &key in keys {
-        match kill.call::<(bool, Value)>(key) {
-            Ok((true, _)) => {}
-            Ok((false, err)) => {
-                let message = err.to_string().unwrap_or_else(|_| format!("{err:?}"));
-                sched(lua).report(Some(instance), ScriptErrorKind::Runtime, message, String::new());
-            }
-            Err(e) => {
-                let (message, traceback) = crate::error::split_traceback(&e);
-                sched(lua).report(Some(instance), ScriptErrorKind::Runtime, message, traceback);
-            }
-        }
+        report_closed(lua, kill.call(key), Some(instance));
     }
 }
 

@@ -96,6 +96,10 @@ const PENDING: &[&str] = &[
     "Entity:children",
 ];
 
+/// Globals that are another name for an API table (annotated as `alias = table`): their members
+/// are the table's.
+const ALIASES: &[(&str, &str)] = &[("llmBridge.", "llm.")];
+
 /// Globals of each instance (not of the base).
 const INSTANCE: &[&str] = &["entity", "state"];
 
@@ -150,6 +154,10 @@ fn the_annotations_name_exactly_what_the_base_defines() {
     let defined: BTreeSet<String> = defined(&entity_candidates)
         .into_iter()
         .map(|n| n.replacen("entity:", "Entity:", 1).replacen("entity.", "Entity.", 1))
+        .map(|n| match ALIASES.iter().find(|(alias, _)| n.starts_with(alias)) {
+            Some((alias, table)) => format!("{table}{}", &n[alias.len()..]),
+            None => n,
+        })
         .chain(INSTANCE.iter().map(|n| n.to_string()))
         // `then` is a reserved word: `p["then"]` is an alias of `andThen`, not annotated apart.
         .filter(|n| n != "Promise:then")

@@ -737,6 +737,40 @@ fn select_picks_uniformly_among_ready_cases_and_the_seed_replays_the_choices() {
     assert_eq!(fairness(Some(7), "").1, other.1, "seed 7 replays too");
 }
 
+/// Go's `TestPseudoRandomSend` on an unbuffered channel: each select blocks on two send cases of
+/// one channel, and the receiver comes a frame later. Returns the values received, in order.
+fn blocked_sends(seed: u64) -> String {
+    let plugin = LuaCoroutinesPlugin { print_to_stdout: false, select_seed: seed, ..default() };
+    let out = output_with(
+        plugin,
+        r#"
+        local ch, got = Channel.new(), {}
+        task.spawn(function()
+          for i = 1, 60 do
+            task.wait()                                   -- the select is waiting by now
+            got[i] = ch:receive()
+          end
+          print(table.concat(got))
+        end)
+        for _ = 1, 60 do
+          assert(Channel.select({ { ch, "send", 1 }, { ch, "send", 0 } }))
+        end
+        "#,
+        70,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    out[0].clone()
+}
+
+#[test]
+fn a_select_blocked_on_sends_to_one_channel_is_taken_at_random_and_replays() {
+    let got = blocked_sends(0x5EED);
+    let ones = got.chars().filter(|&c| c == '1').count();
+    assert!((15..=45).contains(&ones), "each blocked case is as likely to be taken: {got}");
+    assert_eq!(blocked_sends(0x5EED), got, "the same seed replays the choices");
+    assert_ne!(blocked_sends(7), got, "another seed, other choices");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The seed's producer/consumer example
 
@@ -1009,6 +1043,27 @@ fn bad_arguments_raise_bad_argument() {
             "false\tscripts/test.lua:24: attempt to modify a Channel (field 'foo')",
         ],
         "every function checks its arguments and blames the caller's line"
+    );
+}
+
+#[test]
+fn a_capacity_past_64_bit_integers_raises_and_a_large_one_works() {
+    let out = output(
+        r#"
+        for _, n in ipairs({ 2 ^ 63, 2 ^ 64, 1e300 }) do
+          local ok, e = pcall(Channel.new, n)
+          print(ok, (string.gsub(e, "got .*", "got N")))
+        end
+        local big = Channel.new(2 ^ 53)
+        print(big:cap() == 2 ^ 53, big:send("x"), big:len(), big:receive())
+        "#,
+        2,
+    );
+    let refused = "false\tbad argument #1 to 'new' (capacity below 2^63 or math.huge expected, got N";
+    assert_eq!(
+        out,
+        [refused, refused, refused, "true\ttrue\t1\tx\ttrue"],
+        "a clean error, not a broken channel"
     );
 }
 

@@ -87,7 +87,8 @@ fn scripts_load_through_the_asset_server_and_errors_name_the_asset_path() {
     app.finish();
     let handle = app.world().resource::<AssetServer>().load("scripts/tests/fails_on_line_3.lua");
     app.world_mut().spawn(LuaScripts::new(handle));
-    run_until(&mut app, 500, |app| !errors(app).is_empty());
+    let frames = run_until(&mut app, 500, |app| !errors(app).is_empty());
+    assert_eq!(frames, 1, "the first sync waited for the file");
     let errs = errors(&app);
     assert_eq!(printed(&app), ["loaded from a file"]);
     assert_eq!(errs[0].script, "scripts/tests/fails_on_line_3.lua");
@@ -104,11 +105,30 @@ fn a_missing_script_file_is_reported_as_a_load_error() {
     app.finish();
     let handle = app.world().resource::<AssetServer>().load("scripts/tests/no_such_script.lua");
     app.world_mut().spawn(LuaScripts::new(handle));
-    run_until(&mut app, 500, |app| !errors(app).is_empty());
+    let frames = run_until(&mut app, 500, |app| !errors(app).is_empty());
+    assert_eq!(frames, 1, "the first sync waited for the load to fail");
     let errs = errors(&app);
     assert_eq!(errs[0].kind, ScriptErrorKind::Load);
     assert!(errs[0].message.contains("no_such_script.lua"), "{}", errs[0].message);
     assert_eq!(app.world().resource::<LuaRuntime>().pending_instances(), 0);
+}
+
+#[test]
+fn a_script_spawned_by_a_script_is_pending_until_the_next_sync_starts_it() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/spawner.lua",
+        "world.spawn{ script = 'scripts/tests/fails_on_line_3.lua' }",
+    );
+    app.update();
+    let pending = |app: &App| app.world().resource::<LuaRuntime>().pending_instances();
+    assert_eq!(live_tasks(&app), 0, "the spawner finished");
+    assert_eq!(pending(&app), 1, "the spawned entity's script is still to start");
+    assert!(printed(&app).is_empty());
+    app.update();
+    assert_eq!(pending(&app), 0);
+    assert_eq!(printed(&app), ["loaded from a file"], "it started in the next frame's sync");
 }
 
 #[test]

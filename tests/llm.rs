@@ -133,6 +133,22 @@ fn generate_async_resolves_with_the_whole_answer() {
 }
 
 #[test]
+fn llm_bridge_is_the_seed_name_of_llm() {
+    assert_eq!(output("print(llm, llmBridge)", 1), ["nil\tnil"], "neither exists without a service");
+    let (mut app, _) = llm_app(LlmConfig::default());
+    let out = ok_output(
+        &mut app,
+        r#"
+        print(rawequal(llmBridge, llm))
+        print(await(llmBridge.generateAsync("hello")))
+        print(await(llmBridge.streamGenerate("hi", function() end, { maxTokens = 2 })))
+        "#,
+        3,
+    );
+    assert_eq!(out, ["true", "hello:1 hello:2 hello:3", "hi:1 hi:2"]);
+}
+
+#[test]
 fn stream_generate_delivers_tokens_and_resolves_with_the_text() {
     let (mut app, _) = llm_app(LlmConfig::default());
     let out = ok_output(
@@ -472,7 +488,12 @@ fn timeout_and_cancel_cover_the_wait_for_a_full_queue() {
 fn calls_waiting_for_a_full_queue_start_first_come_first_served() {
     let (mut app, seen) = llm_app(LlmConfig { workers: 1, queue: 0, buffer: 4 });
     let first = spawn_script(&mut app, "scripts/first.lua", r#"llm.generateAsync("hang") task.wait(1000)"#);
-    run(&mut app, 2);
+    // The worker thread may start the generation frames later on a loaded machine: wait for it, or
+    // the despawn below can drop it before the service ever sees it.
+    run_until(&mut app, 5000, |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        !seen.prompts.lock().unwrap().is_empty()
+    });
     spawn_script(&mut app, "scripts/a.lua", r#"print(await(llm.generateAsync("a", { maxTokens = 1 })))"#);
     run(&mut app, 2);
     spawn_script(&mut app, "scripts/b.lua", r#"print(await(llm.generateAsync("b", { maxTokens = 1 })))"#);

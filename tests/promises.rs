@@ -311,6 +311,43 @@ fn finally_sees_resolve_reject_and_cancel_and_passes_the_outcome_on() {
     );
 }
 
+#[test]
+fn finally_is_no_consumer_so_cancelling_the_real_ones_cancels_the_promise() {
+    let out = output(
+        r#"
+        local p = Promise.new(function(_, _, onCancel) onCancel(function() print("p's hook") end) end)
+        p:finally(function(status) print("finally", status) end)
+        p:andThen(function() end):cancel()
+        print("only a finally left", p:getStatus())
+        local q = Promise.new(function() end)
+        q:finally(function(status) print("q's finally", status) end):cancel()
+        print("its finally's promise cancelled", q:getStatus())
+        local r = Promise.new(function() end)
+        r:andThen(function() end)
+        r:finally(function() end):cancel()
+        print("another consumer left", r:getStatus())
+        local s = Promise.new(function() end)
+        local back = s:finallyReturn("x")
+        s:andThen(function() end):cancel()
+        print("finallyReturn is none either", s:getStatus(), back:getStatus())
+        "#,
+        2,
+    );
+    assert_eq!(
+        out,
+        [
+            "p's hook",
+            "finally\tCancelled",
+            "only a finally left\tCancelled",
+            "q's finally\tCancelled",
+            "its finally's promise cancelled\tCancelled",
+            "another consumer left\tStarted",
+            "finallyReturn is none either\tCancelled\tCancelled",
+        ],
+        "roblox-lua-promise v4: a finally handler does not hold its promise up"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cancellation
 
@@ -577,6 +614,99 @@ fn each_and_fold_go_in_order_and_stop_at_the_first_rejection() {
             "fold rejects\tfalse\tscripts/test.lua:17: reducer failed",
         ],
         "each and fold"
+    );
+}
+
+#[test]
+fn list_combinators_refuse_a_table_that_is_not_an_array() {
+    let out = output(
+        r#"
+        local p = Promise.resolve(1)
+        for _, name in ipairs({ "all", "race", "allSettled", "any", "some" }) do
+          print(select(2, pcall(Promise[name], p, 1)))
+          print(select(2, pcall(Promise[name], { p, foo = 1 }, 1)))
+          print(select(2, pcall(Promise[name], { p, [3] = p }, 1)))
+        end
+        print("an array is fine", Promise.all({ p, p }):getStatus())
+        "#,
+        2,
+    );
+    let mut want = Vec::new();
+    for name in ["all", "race", "allSettled", "any", "some"] {
+        want.push(format!("bad argument #1 to '{name}' (array of Promises expected, got Promise)"));
+        want.push(format!(
+            "bad argument #1 to '{name}' (array of Promises expected, got a table with key 'foo')"
+        ));
+        want.push(format!(
+            "bad argument #1 to '{name}' (array of Promises expected, got a table with key 3)"
+        ));
+    }
+    want.push("an array is fine\tResolved".into());
+    assert_eq!(out, want, "roblox-lua-promise v4 raises for a list that is not an array");
+}
+
+#[test]
+fn fold_and_each_go_on_at_once_when_an_input_settles() {
+    let out = output(
+        r#"
+        local resolveIt
+        local pending = Promise.new(function(resolve) resolveIt = resolve end)
+        local f = Promise.fold({ pending, 2, 3 }, function(acc, v) return acc + v end, 0)
+        local e = Promise.each({ pending, "b" }, function(v, i) print("each", i, v) return v end)
+        print("before", f:getStatus(), e:getStatus())
+        resolveIt(1)
+        print("right after", f:getStatus(), e:getStatus())
+        print("fold", f:expect())
+        local inner
+        local g = Promise.fold({ 1, 2 }, function(acc, v)
+          inner = Promise.new(function(resolve) task.wait() resolve(acc + v) end)
+          return inner
+        end, 0)
+        task.wait()
+        print("a reducer's promise resolved: fold goes on in the same step", inner:getStatus(), g:getStatus())
+        "#,
+        4,
+    );
+    assert_eq!(
+        out,
+        [
+            "before\tStarted\tStarted",
+            "each\t1\t1",
+            "each\t2\tb",
+            "right after\tResolved\tResolved",
+            "fold\t6",
+            "a reducer's promise resolved: fold goes on in the same step\tStarted\tStarted",
+        ],
+        "roblox-lua-promise v4: fold and each go on synchronously"
+    );
+}
+
+#[test]
+fn a_cancelled_promise_from_fold_s_reducer_cancels_fold() {
+    let out = output(
+        r#"
+        local done = Promise.new(function() end)
+        done:cancel()
+        local f = Promise.fold({ 1, 2 }, function(acc, v) if v == 2 then return done end return acc + v end, 0)
+        print("already cancelled", f:getStatus())
+        local later = Promise.new(function() end)
+        local g = Promise.fold({ 1 }, function() return later end, 0)
+        later:cancel()
+        print("cancelled later", g:getStatus())
+        local h = Promise.fold({ done }, function(acc) return acc end, 0)
+        print("a cancelled input still rejects", h:getStatus())
+        h:catch(function() end)
+        "#,
+        2,
+    );
+    assert_eq!(
+        out,
+        [
+            "already cancelled\tCancelled",
+            "cancelled later\tCancelled",
+            "a cancelled input still rejects\tRejected"
+        ],
+        "roblox-lua-promise v4: fold resolves with the reducer's promise, so it is cancelled with it"
     );
 }
 
@@ -848,7 +978,7 @@ fn await_raises_the_rejection_with_the_awaiting_trace() {
         local ok, e = pcall(await, failing)
         print(ok, e.kind, e.error, e.parent == select(2, failing:await()))
         local text = tostring(e)
-        print(text:find("(awaited)", 1, true) ~= nil, text:find("scripts/test.lua:7: origin", 1, true) ~= nil)
+        print(text:find("\t[async] scripts/test.lua:8: in ", 1, true) ~= nil, text:find("scripts/test.lua:7: origin", 1, true) ~= nil)
         local c = Promise.new(function() end)
         c:cancel()
         local _, ce = pcall(await, c)
@@ -941,6 +1071,98 @@ fn async_try_hands_catch_the_message_and_an_async_stack() {
         ],
         "where it failed, then the frames of each awaiting task; finally completes before settling"
     );
+}
+
+/// Prints `err.stack` (one line per frame) and `err.traceback` for each way of failing two `async`
+/// levels down: after a wait, before any wait, and with a table as the error value. Every await is
+/// a tail call (`return await(...)`), which leaves no frame of the function that awaited.
+const TWO_LEVELS: &str = r#"
+local function show(err)
+  print("message", err.message, type(err.value))
+  for i, f in ipairs(err.stack) do print(i, f.file, f.line, f.func, f.async) end
+  print(err.traceback)
+end
+local level2 = async(function() task.wait(0.05); error("deep") end)
+local level1 = async(function() return await(level2()) end)
+asyncTry(function() return await(level1()) end, show)
+local early2 = async(function() error("early") end)
+local early1 = async(function() return await(early2()) end)
+asyncTry(function() return await(early1()) end, show)
+local table2 = async(function() task.wait(); error({ code = 42 }) end)
+local table1 = async(function() return await(table2()) end)
+asyncTry(function() return await(table1()) end, function(err)
+  print("a table", err.value.code)
+  for i, f in ipairs(err.stack) do print(i, f.file, f.line, f.async) end
+end)
+"#;
+
+#[test]
+fn err_stack_runs_through_every_async_function_and_await_up_to_try() {
+    let out = output(TWO_LEVELS, 6);
+    let frames = |line: u32, a: u32, b: u32| {
+        vec![
+            format!("1\tscripts/test.lua\t{line}\tfunction <scripts/test.lua:{line}>\tfalse"),
+            format!("2\tscripts/test.lua\t{a}\tfunction <scripts/test.lua:{a}>\ttrue"),
+            format!("3\tscripts/test.lua\t{b}\tfunction <scripts/test.lua:{b}>\ttrue"),
+        ]
+    };
+    let traceback = |message: &str, line: u32, a: u32, b: u32| {
+        format!(
+            "{message}\nstack traceback:\n\tscripts/test.lua:{line}: in function <scripts/test.lua:{line}>\n\
+             \t[async] scripts/test.lua:{a}: in function <scripts/test.lua:{a}>\n\
+             \t[async] scripts/test.lua:{b}: in function <scripts/test.lua:{b}>"
+        )
+    };
+    let mut want = vec!["message\tscripts/test.lua:10: early\ttable".to_string()];
+    want.extend(frames(10, 11, 12));
+    want.push(traceback("scripts/test.lua:10: early", 10, 11, 12));
+    want.push("a table\t42".into());
+    want.extend(
+        ["1\tscripts/test.lua\t13\tfalse", "2\tscripts/test.lua\t14\ttrue", "3\tscripts/test.lua\t15\ttrue"]
+            .map(String::from),
+    );
+    want.push("message\tscripts/test.lua:7: deep\ttable".into());
+    want.extend(frames(7, 8, 9));
+    want.push(traceback("scripts/test.lua:7: deep", 7, 8, 9));
+    assert_eq!(out, want, "from the raise, through each async function's await, to the try function");
+}
+
+#[test]
+fn await_raises_with_the_whole_chain_and_an_unhandled_rejection_reports_it() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/chain.lua",
+        r#"
+local level2 = async(function() task.wait(); error("deep") end)
+local level1 = async(function() return await(level2()) end)
+local top = async(function() local v = await(level1()) return v end)
+task.spawn(function()
+  local ok, e = pcall(await, top())
+  print(ok, e.error)
+  print(e.trace)
+end)
+top()
+"#,
+    );
+    run(&mut app, 5);
+    let chain = "stack traceback:\n\tscripts/chain.lua:2: in function <scripts/chain.lua:2>\n\
+                 \t[async] scripts/chain.lua:3: in function <scripts/chain.lua:3>\n\
+                 \t[async] scripts/chain.lua:4: in function <scripts/chain.lua:4>";
+    assert_eq!(
+        printed(&app),
+        [
+            "false\tscripts/chain.lua:2: deep".to_string(),
+            format!(
+                "scripts/chain.lua:2: deep\n{chain}\n\t[async] scripts/chain.lua:6: in function <scripts/chain.lua:5>"
+            ),
+        ],
+        "what await raises carries every await on the way, its own included"
+    );
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "the promise nobody awaited: {errs:#?}");
+    assert_eq!(errs[0].message, "Unhandled Promise rejection: scripts/chain.lua:2: deep", "message");
+    assert_eq!(errs[0].traceback, chain, "the ScriptError's traceback is the same chain");
 }
 
 #[test]

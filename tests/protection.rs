@@ -144,6 +144,45 @@ fn stdlib_all_grants_io_os_and_debug() {
 }
 
 #[test]
+fn require_of_a_standard_library_name_returns_the_library_the_script_sees() {
+    let src = r#"
+        local names = { "debug", "string", "table", "math", "coroutine", "os", "io", "package" }
+        for _, name in ipairs(names) do
+          local ok, lib = pcall(require, name)
+          if _G[name] ~= nil then
+            print(name, ok, lib == _G[name])
+          else
+            print(name, ok, (tostring(lib):gsub("\n.*", "")))
+          end
+        end
+    "#;
+    let mut app =
+        create_app_with(LuaCoroutinesPlugin { stdlib: LuaStdlib::All, print_to_stdout: false, ..default() });
+    spawn_script(&mut app, "scripts/std.lua", src);
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 8, "{out:?}");
+    for line in &out[..6] {
+        assert!(line.ends_with("\ttrue\ttrue"), "under LuaStdlib::All, the library itself: {out:?}");
+    }
+    for line in &out[6..] {
+        // Luau has neither `io` nor `package`: then the name is looked for as a module, and missing.
+        assert!(
+            line.ends_with("\ttrue\ttrue") || line.contains("false\tmodule '"),
+            "the library, where the flavour has it: {out:?}"
+        );
+    }
+
+    let mut app = create_app();
+    spawn_script(&mut app, "scripts/std.lua", src);
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out[0], "debug\ttrue\ttrue", "the safe `debug` (traceback only) is what scripts see");
+    assert_eq!(out[1], "string\ttrue\ttrue", "{out:?}");
+    assert_eq!(out[6], "io\tfalse\tmodule 'io' not found:", "not granted: looked for as a module");
+}
+
+#[test]
 fn instances_cannot_clobber_each_other_or_the_shared_base() {
     let mut app = create_app();
     spawn_script(

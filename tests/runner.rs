@@ -23,7 +23,7 @@ fn run_script(name: &str, source: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(name);
     std::fs::write(&path, source).expect("write script");
-    Command::new(runner()).arg(&path).args(args).output().expect("run the runner")
+    Command::new(runner()).arg(&path).args(args).env_remove("LLM_BASE_URL").output().expect("run the runner")
 }
 
 fn stdout(o: &Output) -> String {
@@ -81,6 +81,37 @@ fn exit_2_on_bad_arguments_a_missing_file_or_a_syntax_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("typo.lua:2:"), "{}", stderr(&o));
     assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn exit_2_with_the_usage_for_a_step_or_pace_no_duration_can_hold() {
+    for args in [["--dt", "1e300"], ["--dt", "-1"], ["--dt", "inf"], ["--fps", "1e-300"], ["--fps", "0"]] {
+        let o = run_script("ok.lua", "print('x')", &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(&format!("{}: invalid value", args[0])), "{args:?}: {err}");
+        assert!(err.contains("usage: run SCRIPT.lua"), "{args:?}: {err}");
+        assert_eq!(stdout(&o), "", "{args:?}: nothing ran");
+    }
+}
+
+#[test]
+fn a_spawned_script_that_fails_to_load_is_a_script_error_and_the_rest_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("broken.lua"), "print('child'").unwrap();
+    let main = dir.path().join("main.lua");
+    std::fs::write(
+        &main,
+        "world.spawn{ script = 'broken.lua' }\n\
+         assert(not pcall(world.spawn, { script = 'missing.lua' }), 'a missing file is refused')\n\
+         task.wait(0.1)\nprint('main goes on')\n",
+    )
+    .unwrap();
+    let o = Command::new(runner()).arg(&main).args(["--frames", "100"]).output().expect("run the runner");
+    assert_eq!(o.status.code(), Some(1), "a script error, not bad arguments: {}", stderr(&o));
+    assert_eq!(stdout(&o), "main goes on\n", "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("broken.lua:1:"), "the syntax error is reported: {err}");
 }
 
 #[test]
@@ -170,4 +201,117 @@ fn watch_reloads_the_script_and_its_modules_while_running() {
         ["first\tutil-1", "runs\t1", "second\tutil-1", "runs\t2", "second\tutil-2", "runs\t3"],
         "each save reloaded once, keeping state"
     );
+}
+
+#[test]
+fn spawned_scripts_start_on_the_frame_after_the_spawn_run_after_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for i in 1..=40 {
+        std::fs::write(dir.path().join(format!("c{i}.lua")), format!("print('c{i}', time.frame())\n"))
+            .unwrap();
+    }
+    // The parent ends in the step that spawns: the run goes on for the children it spawned.
+    let main = dir.path().join("main.lua");
+    let source = "task.wait(0.1)\nfor i = 1, 40 do world.spawn{ script = 'c' .. i .. '.lua' } end\nprint('spawned', time.frame())\n";
+    std::fs::write(&main, source).unwrap();
+    let mut expected = String::from("spawned\t7\n");
+    for i in 1..=40 {
+        expected.push_str(&format!("c{i}\t8\n"));
+    }
+    for run in 0..3 {
+        let o = Command::new(runner()).arg(&main).output().expect("run the runner");
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        assert_eq!(
+            stdout(&o),
+            expected,
+            "run {run}: every child starts in the sync of the frame after the spawn"
+        );
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_output_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("talk.lua");
+    std::fs::write(
+        &script,
+        "local i = 0\nwhile true do\n  i = i + 1\n  print('line', i)\n  task.wait()\nend\n",
+    )
+    .unwrap();
+    let mut child = Command::new(runner())
+        .arg(&script)
+        .args(["--frames", "100000"])
+        .env_remove("LLM_BASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the runner");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for i in 1..=5 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("line\t{i}\n"));
+    }
+    drop(out); // as `head -5` does
+    let o = child.wait_with_output().expect("the runner ends");
+    // A print that raised would be reported on stderr, and the exit code would be 1.
+    assert_eq!(stderr(&o), "", "no panic, backtrace or script error when stdout closes");
+    assert_eq!(o.status.code(), Some(0), "a closed stdout ends the run quietly");
+}
+
+#[test]
+fn llm_and_llm_bridge_are_the_local_model_with_the_delay_given() {
+    use bevy_lua_coroutines::{LlmRequest, LocalLlm};
+    let request = |prompt: &str| LlmRequest { prompt: prompt.into(), temperature: None, max_tokens: Some(4) };
+    let answer =
+        |prompt: &str| LocalLlm::new(std::time::Duration::ZERO).tokens(&request(prompt)).collect::<String>();
+    let source = "print(await(llm.generateAsync('Is the pass open?', { maxTokens = 4 })))\n\
+                  print(await(llmBridge.generateAsync('Where does the road lead?', { maxTokens = 4 })))\n";
+    let o = run_script("npc.lua", source, &["--llm-delay", "0"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n{}\n", answer("Is the pass open?"), answer("Where does the road lead?"))
+    );
+
+    // Four tokens 0.1 s apart take 0.4 s of wall time, which is 24 frames paced at 60 per second.
+    let timed = "local t = time.realElapsed()\nawait(llm.generateAsync('hi', { maxTokens = 4 }))\n\
+                 print(time.realElapsed() - t >= 0.4)\n";
+    let o = run_script("slow.lua", timed, &["--llm-delay", "0.1", "--fps", "60"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "true\n");
+
+    for bad in ["-1", "x", "inf"] {
+        let o = run_script("npc.lua", "", &["--llm-delay", bad]);
+        assert_eq!(o.status.code(), Some(2), "--llm-delay {bad}");
+        assert!(stderr(&o).contains("--llm-delay: invalid value"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn seed_seeds_select_and_math_random() {
+    // Four ready cases, twenty picks; then math.random.
+    let source = "local chans = {}\nfor i = 1, 4 do chans[i] = Channel.new(math.huge) end\n\
+                  local picks = {}\nfor _ = 1, 20 do\n  for i = 1, 4 do chans[i]:send(i) end\n\
+                    local cases = {}\n  for i = 1, 4 do cases[i] = { chans[i], 'receive' } end\n\
+                    picks[#picks + 1] = Channel.select(cases)\n\
+                    for i = 1, 4 do while chans[i]:tryReceive() do end end\nend\n\
+                  print(table.concat(picks, ' '))\nprint(math.random(1000000), math.random(1000000))\n";
+    let run = |args: &[&str]| {
+        let o = run_script("seed.lua", source, args);
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        stdout(&o)
+    };
+    let lines = |out: String| out.lines().map(String::from).collect::<Vec<_>>();
+    let one = lines(run(&["--seed", "1"]));
+    assert_eq!(lines(run(&["--seed", "1"])), one, "the same seed replays select and math.random");
+    let two = lines(run(&["--seed", "2"]));
+    assert_ne!(two[0], one[0], "another seed picks other cases");
+    assert_ne!(two[1], one[1], "another seed draws other numbers");
+    assert_eq!(lines(run(&[]))[0], lines(run(&[]))[0], "select's default seed replays too");
+
+    let o = run_script("seed.lua", "", &["--seed", "-3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--seed: invalid value '-3'"), "{}", stderr(&o));
 }

@@ -156,6 +156,21 @@ fn wait_until_returns_false_when_the_timeout_passes_first() {
 }
 
 #[test]
+fn wait_until_with_a_negative_or_nan_timeout_returns_false_after_a_frame() {
+    let out = output(
+        r#"
+        for _, timeout in ipairs({ -1, 0 / 0, 0 }) do
+          local f = time.frame()
+          local ok = task.waitUntil(function() return false end, timeout)
+          print(ok, time.frame() - f)
+        end
+        "#,
+        8,
+    );
+    assert_eq!(out, ["false\t1", "false\t1", "false\t1"], "NaN is no longer than a negative timeout");
+}
+
+#[test]
 fn wait_from_a_coroutine_the_script_created_resumes_that_coroutine() {
     let out = output(
         r#"

@@ -687,6 +687,9 @@ print(select(2, pcall(entity.set, entity, "Counters", { level = math.huge })))
 print(select(2, pcall(entity.set, entity, "Counters", { big = 1e19 })))
 print(select(2, pcall(entity.set, entity, "Counters", { level = 1.5 })))
 print(select(2, pcall(world.entity, -1)))
+print(select(2, pcall(world.entity, 2^64)))
+print(select(2, pcall(world.entity, 1e300)))
+print(select(2, pcall(world.entity, math.huge)))
 "#,
         Counters::default(),
     );
@@ -699,6 +702,9 @@ print(select(2, pcall(world.entity, -1)))
             "Counters.big: 10000000000000000000 does not fit in u64",
             "Counters.level: integer expected, got a number with a fraction",
             "bad argument #1 to 'entity' (integer expected, got number)",
+            "bad argument #1 to 'entity' (id below 2^64 expected, got 1.8446744073709552e19)",
+            "bad argument #1 to 'entity' (id below 2^64 expected, got 1e300)",
+            "bad argument #1 to 'entity' (id below 2^64 expected, got inf)",
         ]
     );
 }

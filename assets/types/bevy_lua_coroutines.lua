@@ -618,3 +618,6 @@ function llm.generateAsync(prompt, opts) end
 ---@param opts? LlmOptions
 ---@return Promise<string>
 function llm.streamGenerate(prompt, onChunk, opts) end
+
+---The same module as `llm`, under the name the seed used.
+llmBridge = llm

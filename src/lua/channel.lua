@@ -467,6 +467,9 @@ function Channel.new(capacity)
     bad(1, "new", "number", capacity, 2)
   elseif capacity ~= math_huge and (capacity ~= capacity or capacity < 0 or math_floor(capacity) ~= capacity) then
     bad_msg(1, "new", "non-negative integer or math.huge expected, got " .. tostring(capacity), 2)
+  elseif capacity ~= math_huge and capacity >= 2 ^ 63 then
+    -- Past 64-bit integers (Lua 5.4 has no integer for it): Go's "size out of range".
+    bad_msg(1, "new", "capacity below 2^63 or math.huge expected, got " .. tostring(capacity), 2)
   elseif capacity ~= math_huge and math_tointeger then
     capacity = math_tointeger(capacity) -- Lua 5.4: `cap()` of `Channel.new(3.0)` reads 3
   end
@@ -627,6 +630,7 @@ function Channel.select(cases)
     -- Wait on every case at once.
     local slot = {}
     local nodes, entry = {}, nil
+    local queues, by_queue = {}, {}
     for i = 1, n do
       local st = sts[i]
       if st then
@@ -634,11 +638,29 @@ function Channel.select(cases)
           entry = entry or { slot = slot }
           entry[#entry + 1] = { st = st, send = sends[i], value = values[i], index = i }
         else
+          local q = sends[i] and st.sendq or st.recvq
           local node = { slot = slot, index = i, value = values[i] }
-          push_node(sends[i] and st.sendq or st.recvq, node)
+          local group = by_queue[q]
+          if group == nil then
+            group = {}
+            by_queue[q] = group
+            queues[#queues + 1] = q
+          end
+          group[#group + 1] = node
           nodes[#nodes + 1] = node
         end
       end
+    end
+    for j = 1, #queues do
+      local q = queues[j]
+      local group = by_queue[q]
+      -- Several cases on one queue wait in a random order, as in Go, so whoever comes for one of
+      -- them later takes any of them alike (one draw per case past the first; none otherwise).
+      for k = #group, 2, -1 do
+        local r = 1 + random_below(k)
+        group[k], group[r] = group[r], group[k]
+      end
+      for k = 1, #group do push_node(q, group[k]) end
     end
     slot.nodes = nodes
     if entry then

@@ -21,16 +21,16 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
-local park, wake = deps.park, deps.wake
+local park, wake, waiting = deps.park, deps.wake, deps.waiting
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
 
-local type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall =
-  type, error, select, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable, pcall, xpcall
+local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
+  type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
+local rawequal = rawequal
 local unpack = table.unpack or unpack
-local table_remove, table_concat = table.remove, table.concat
-local string_format, string_sub, string_find, string_match, string_gmatch, string_gsub =
-  string.format, string.sub, string.find, string.match, string.gmatch, string.gsub
+local table_remove, table_concat, table_insert = table.remove, table.concat, table.insert
+local string_format, string_sub, string_find, string_gsub = string.format, string.sub, string.find, string.gsub
 local co_create, co_status, co_running = coroutine.create, coroutine.status, coroutine.running
 -- This chunk runs with the VM's own globals (before the sandbox), so the whole `debug` library is here.
 local debug_getmetatable = debug and debug.getmetatable
@@ -51,11 +51,7 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
-local function safe_tostring(v)
-  local ok, text = pcall(tostring, v)
-  if ok and type(text) == "string" then return text end
-  return "(error object)"
-end
+local safe_tostring = deps.error_text
 
 --- Whether `f` can be called: a function, or a table or userdata with `__call`.
 local function callable(f)
@@ -132,13 +128,23 @@ if debug_getinfo then
     return frames
   end
 else
-  -- Luau: read them from the traceback text.
+  -- Luau: `debug.info` answers by level; a function's own "l" is the line it was defined at.
+  local debug_info = debug.info
+  local function internal_source(src) return string_find(src, "bevy_lua_coroutines/", 1, true) ~= nil end
   frames_here = function()
     local frames = {}
-    for line in string_gmatch(traceback(), "[^\n]+") do
-      local file, number, rest = string_match(line, "^%s*(.-):(%d+):? ?(.*)$")
-      if file and file ~= "[C]" and not string_find(file, "bevy_lua_coroutines/", 1, true) then
-        frames[#frames + 1] = { file = file, line = tonumber(number), func = rest ~= "" and rest or "?", async = false }
+    for level = 2, 201 do
+      local src, line, name, f = debug_info(level, "slnf")
+      if src == nil then break end
+      if src ~= "[C]" and line ~= nil and line > 0 and not internal_source(src) then
+        local caller = debug_info(level + 1, "s")
+        if name == "" or (caller ~= nil and internal_source(caller)) then name = nil end
+        frames[#frames + 1] = {
+          file = src,
+          line = line,
+          func = name or string_format("function <%s:%d>", src, debug_info(f, "l") or 0),
+          async = false,
+        }
       end
     end
     return frames
@@ -174,6 +180,79 @@ local function call_site()
   local f = frames_here()[1]
   if f == nil then return "?" end
   return f.file .. ":" .. tostring(f.line)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Async stacks: where a rejection was raised, then every frame that awaited it on the way.
+--
+-- A promise rejected by an error keeps that error's *stack* (`_stack`, innermost first): the frames
+-- where it was raised, then, for each `await` it went through, the frames of the awaiting thread
+-- (marked `async`). `await` raises the rejection with its stack plus its own frames: a
+-- `Promise.Error` carries it (`_stack` of the error it raises); any other value cannot, so the
+-- awaiting thread remembers it (`thrown`), and the handler that catches the same value there
+-- (an executor's, a handler's, `asyncTry`'s) takes it from there.
+
+local thrown = setmetatable({}, { __mode = "k" }) -- thread -> { value, stack } `await` raised last
+local captured = setmetatable({}, { __mode = "k" }) -- error table -> the stack it was caught with
+
+--- The stack of `err`, being raised in the running thread (called from an error handler):
+--- what `await` raised it with, else where it is raised now.
+local function stack_of_raise(err)
+  local co = co_running()
+  local rec = thrown[co]
+  if rec ~= nil and rawequal(rec[1], err) then
+    thrown[co] = nil
+    return rec[2]
+  end
+  if is_error(err) and err._stack ~= nil then return err._stack end
+  return frames_here()
+end
+
+--- `a` then `b`, in a new list (the frame records are shared: nothing changes them).
+local function concat_frames(a, b)
+  local out = {}
+  for i = 1, #a do out[i] = a[i] end
+  local n = #out
+  for i = 1, #b do out[n + i] = b[i] end
+  return out
+end
+
+-- Lua 5.4 says whether a frame was tail-called; LuaJIT does not (nil: unknown); Luau makes no
+-- tail calls at all.
+local knows_tail_calls = debug_getinfo ~= nil and pcall(debug_getinfo, 1, "t")
+
+--- Whether `f` is the function of a frame of the running thread.
+local function on_stack(f)
+  for level = 2, 202 do
+    local info = debug_getinfo(level, "f")
+    if info == nil then return false end
+    if info.func == f then return true end
+  end
+  return false
+end
+
+--- The frames of the thread awaiting `p`, all marked `async`. `await` called as a tail call
+--- (`return await(f())`) leaves no frame of the function that called it; if the function that
+--- made `p` (an `async` function's caller) is gone from the stack that way, its frame, at the line
+--- where it made `p`, stands for it. `level`: the level of the `await` frame in the caller.
+local function awaiting_frames(p, level)
+  local frames = frames_here()
+  local site = p._site
+  if site ~= nil then
+    local tail = nil
+    if knows_tail_calls then
+      local info = debug_getinfo(level + 1, "t")
+      tail = info ~= nil and info.istailcall
+    end
+    if tail ~= false and not on_stack(site.func) then
+      local info = debug_getinfo(site.func, "S")
+      local func = info.what == "main" and "main chunk"
+        or string_format("function <%s:%d>", info.short_src, info.linedefined or 0)
+      table_insert(frames, 1, { file = info.short_src, line = site.currentline, func = func })
+    end
+  end
+  for i = 1, #frames do frames[i].async = true end
+  return frames
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -260,10 +339,15 @@ end
 --- The `xpcall` handler of executors and handlers: a table is the rejection value as it is; anything
 --- else becomes a `Promise.Error` of kind ExecutionError carrying the traceback.
 local function capture(err)
-  if type(err) == "table" then return err end
+  local stack = stack_of_raise(err)
+  if type(err) == "table" then
+    captured[err] = stack
+    return err
+  end
   local text = type(err) == "string" and err or safe_tostring(err)
   local e = new_error({ error = text, kind = EXECUTION_ERROR, trace = clean_trace(traceback(text, 2)) })
-  e._frames = frames_here()
+  e._stack = stack
+  captured[e] = stack
   return e
 end
 
@@ -387,11 +471,8 @@ local function settle(p, status, ...)
     end
   end
   if status == REJECTED and not p._handled and not p._internal then
-    -- It may be reported: remember where it happened (an error carries its own trace).
-    local first = ...
-    if not (is_error(first) and type(first.trace) == "string" and first.trace ~= "") then
-      p._frames = frames_here()
-    end
+    -- It may be reported: remember where it happened, unless the error that rejected it did.
+    if p._stack == nil then p._stack = frames_here() end
     p._rejected_at = frame()
     pending[#pending + 1] = p
   end
@@ -495,6 +576,21 @@ local function reject(p, ...)
   if p._status == STARTED then settle(p, REJECTED, ...) end
 end
 
+--- Rejects `p` with `err`, an error a handler (`capture`) caught, and the stack it was caught with.
+local function reject_caught(p, err)
+  if p._status ~= STARTED then return end
+  if type(err) == "table" then p._stack = captured[err] end
+  settle(p, REJECTED, err)
+end
+
+--- Rejects `p` as `src` (rejected) was: the same values and stack.
+local function reject_like(p, src)
+  if p._status ~= STARTED then return end
+  p._stack = src._stack
+  local v = src._values
+  settle(p, REJECTED, unpack(v, 1, v.n))
+end
+
 --- `p` takes the outcome of `src` (settled). `chained`: a rejection from an error becomes a new
 --- error saying so, with the original as its parent (as when a handler returns a failed promise).
 local function follow(p, src, chained)
@@ -503,6 +599,7 @@ local function follow(p, src, chained)
     settle(p, RESOLVED, unpack(v, 1, v.n))
   elseif status == REJECTED then
     local first = v[1]
+    p._stack = src._stack
     if chained and is_error(first) and first.kind == EXECUTION_ERROR then
       settle(p, REJECTED, new_error({
         error = "This Promise was chained to a Promise that errored.",
@@ -580,7 +677,7 @@ end
 --- The body of a promise's own thread: `body(...)`, its error rejecting `p`.
 local function run_body(p, body, ...)
   local ok, err = xpcall(body, capture, ...)
-  if not ok then reject(p, err) end
+  if not ok then reject_caught(p, err) end
   if p._thread == co_running() then p._thread = nil end
 end
 
@@ -597,7 +694,7 @@ local function settle_call(p, ok, ...)
   if ok then
     resolve(p, ...)
   else
-    reject(p, (...))
+    reject_caught(p, (...))
   end
 end
 
@@ -618,6 +715,26 @@ local function wait_settled(p)
   if p._status ~= STARTED then return end
   local slot = { key = nil, reg = nil } -- sized for what `park` stores in it
   if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
+  p._nconsumers = (p._nconsumers or 0) + 1
+  repeat
+    park(slot)
+  until p._status ~= STARTED
+end
+
+--- Waits (parking the running thread, a promise's own) until `p` settles, and goes on at once
+--- when it does, inside the settlement, as roblox-lua-promise v4's `each` and `fold` do (a task's
+--- `await` resumes later in the step instead). `p` is an internal promise this thread consumes.
+local function wait_now(p)
+  p._handled = true
+  if p._status ~= STARTED then return end
+  local co = co_running()
+  local slot = { key = nil, reg = nil }
+  enqueue(p, function()
+    if waiting(slot) and co_status(co) == "suspended" then
+      local ok, err = pcall(task_spawn, co)
+      if not ok then internal_failure(p, err) end
+    end
+  end)
   p._nconsumers = (p._nconsumers or 0) + 1
   repeat
     park(slot)
@@ -659,8 +776,7 @@ end
 --- Rejects `out` the way `src` (rejected or cancelled) ended.
 local function fail_like(out, src, context)
   if src._status == REJECTED then
-    local v = src._values
-    reject(out, unpack(v, 1, v.n))
+    reject_like(out, src)
   else
     reject(out, cancelled_error(context))
   end
@@ -765,7 +881,18 @@ end
 --- Checks a list of promises (level: of the caller of the API function); returns ours and the count.
 local function check_list(list, name)
   if type(list) ~= "table" then bad(1, name, "table", list, 3) end
+  if is_thenable(list) then
+    error(string_format("bad argument #1 to '%s' (array of Promises expected, got Promise)", name), 3)
+  end
   local n = #list
+  -- A table with other keys (a promise passed without braces, `{ p, foo = 1 }`) is not a list.
+  for k in next, list do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      local shown = type(k) == "string" and "'" .. k .. "'" or safe_tostring(k)
+      error(string_format("bad argument #1 to '%s' (array of Promises expected, got a table with key %s)",
+        name, shown), 3)
+    end
+  end
   local out = {}
   for i = 1, n do
     local v = list[i]
@@ -887,6 +1014,7 @@ local function race(ps, n)
       drop_all(links) -- the losers first, as roblox-lua-promise does
       if out._status == STARTED then
         local v = src._values
+        out._stack = src._stack
         settle(out, src._status, unpack(v, 1, v.n))
       end
     end)
@@ -935,7 +1063,7 @@ local function each_body(out, list, predicate)
   for i = 1, n do
     local v = items[i]
     if follows[i] then
-      wait_settled(v)
+      wait_now(v)
       if v._status ~= RESOLVED then
         cancel_tracked()
         fail_like(out, v, string_format("The Promise at index %d passed to Promise.each was cancelled.", i))
@@ -948,7 +1076,7 @@ local function each_body(out, list, predicate)
     if is_thenable(r) then
       r = to_promise(r)
       tracked[#tracked + 1] = r
-      wait_settled(r)
+      wait_now(r)
       if r._status ~= RESOLVED then
         cancel_tracked()
         fail_like(out, r, string_format("The Promise the predicate returned for index %d was cancelled.", i))
@@ -980,7 +1108,7 @@ local function fold_body(out, list, reducer, acc)
   for i, v in ipairs(list) do
     if is_thenable(v) then
       current = follower(v)
-      wait_settled(current)
+      wait_now(current)
       if current._status ~= RESOLVED then
         fail_like(out, current, string_format("The Promise at index %d passed to Promise.fold was cancelled.", i))
         return
@@ -990,9 +1118,13 @@ local function fold_body(out, list, reducer, acc)
     local r = reducer(acc, v, i)
     if is_thenable(r) then
       current = follower(r)
-      wait_settled(current)
-      if current._status ~= RESOLVED then
-        fail_like(out, current, string_format("The Promise the reducer returned for index %d was cancelled.", i))
+      wait_now(current)
+      if current._status == CANCELLED then
+        -- v4's fold resolves with the reducer's promise, so it is cancelled with it.
+        cancel(out)
+        return
+      elseif current._status ~= RESOLVED then
+        fail_like(out, current, "")
         return
       end
       acc, current = current._values[1], nil
@@ -1020,7 +1152,7 @@ local function attempt(callback, args)
   if r[1] then
     resolve(p, unpack(r, 2, r.n))
   else
-    reject(p, r[2])
+    reject_caught(p, r[2])
   end
   return p
 end
@@ -1040,7 +1172,7 @@ local function retry_body(out, callback, times, seconds, args)
       cancel(out)
       return
     elseif left <= 0 then
-      reject(out, unpack(v, 1, v.n))
+      reject_like(out, a)
       return
     end
     left = left - 1
@@ -1093,7 +1225,7 @@ local function from_event_body(out, event, predicate)
       local ok, r = xpcall(predicate, capture, ...)
       if not ok then
         done = true
-        reject(out, r)
+        reject_caught(out, r)
         disconnect()
         return
       end
@@ -1180,7 +1312,7 @@ local function then_impl(src, on_resolve, on_reject, internal)
       if on_reject ~= nil then
         spawn_handler(child, on_reject, v)
       else
-        settle(child, REJECTED, unpack(v, 1, v.n))
+        reject_like(child, s)
       end
     else
       cancel(child)
@@ -1245,7 +1377,7 @@ end
 local function run_finally(child, handler, src)
   local r = pack(xpcall(handler, capture, src._status))
   if not r[1] then
-    reject(child, r[2])
+    reject_caught(child, r[2])
     return
   end
   local q = r[2]
@@ -1254,8 +1386,7 @@ local function run_finally(child, handler, src)
     local l = link(to_promise(q), function(s)
       if child._status ~= STARTED then return end
       if s._status == REJECTED then
-        local v = s._values
-        settle(child, REJECTED, unpack(v, 1, v.n))
+        reject_like(child, s)
       else
         follow(child, src, false)
       end
@@ -1265,6 +1396,20 @@ local function run_finally(child, handler, src)
     end
   elseif child._status == STARTED then
     follow(child, src, false)
+  end
+end
+
+--- Makes `child` (of `finally` or `finallyReturn`) wait on `src` without being one of its
+--- consumers, as in roblox-lua-promise v4: a finally handler wants to run at the end, not the
+--- value, so it never holds `src` up. Cancelling `child` cancels `src` only if nothing consumes it.
+local function attach_finally(src, child, reaction)
+  if src._status == STARTED then
+    child._ihook = function()
+      if src._status == STARTED and (src._nconsumers or 0) == 0 then cancel(src) end
+    end
+    enqueue(src, reaction)
+  else
+    reaction(src)
   end
 end
 
@@ -1280,12 +1425,7 @@ local function finally_impl(src, handler)
       follow(child, s, false)
     end
   end
-  if src._status == STARTED then
-    add_consumer(src, child)
-    enqueue(src, reaction)
-  else
-    reaction(src)
-  end
+  attach_finally(src, child, reaction)
   return child
 end
 
@@ -1320,12 +1460,7 @@ function promise_methods:finallyReturn(...)
       resolve(child, unpack(args, 1, args.n))
     end
   end
-  if self._status == STARTED then
-    add_consumer(self, child)
-    enqueue(self, reaction)
-  else
-    reaction(self)
-  end
+  attach_finally(self, child, reaction)
   return child
 end
 
@@ -1387,25 +1522,30 @@ function promise_methods:now(rejection)
   return p
 end
 
---- Raises the rejection of `p` (rejected or cancelled) in the awaiting thread. A `Promise.Error` is
---- raised as a new error of the same kind and text, with the original as its parent and the
---- awaiting frames as its trace, so the trace shows every task that awaited it.
+--- Raises the rejection of `p` (rejected or cancelled) in the awaiting thread (`await` or
+--- `expect` calls it) with the rejection's stack and the awaiting frames. A `Promise.Error` is
+--- raised as a new error of the same kind and text, with the original as its parent and that whole
+--- stack as its trace, so the trace shows every task that awaited it; other values are raised as
+--- they are, and the stack is kept for whoever catches them in this thread.
 local function raise(p)
-  local frames = frames_here()
-  for i = 1, #frames do frames[i].async = true end
+  local frames = awaiting_frames(p, 2)
   if p._status == CANCELLED then
     local text = "The awaited Promise was cancelled"
     local e = new_error({ error = text, kind = ALREADY_CANCELLED, trace = render(text, frames) })
-    e._frames, e._awaited = frames, true
+    e._stack = frames
     error(e, 0)
   end
+  local stack = p._stack and concat_frames(p._stack, frames) or frames
   local first = p._values[1]
-  if first == nil then error("Expected Promise rejected with no value.", 0) end
+  if first == nil then first = "Expected Promise rejected with no value." end
   if is_error(first) then
-    local e = new_error({ error = first.error, kind = first.kind, trace = render("(awaited)", frames) }, first)
-    e._frames, e._awaited = frames, true
-    first = e
+    local chain = chain_of(first)
+    local text = safe_tostring(chain[#chain].error)
+    local e = new_error({ error = first.error, kind = first.kind, trace = render(text, stack) }, first)
+    e._stack = stack
+    error(e, 0)
   end
+  thrown[co_running()] = { first, stack }
   error(first, 0)
 end
 
@@ -1449,6 +1589,13 @@ local function async(f)
   if not callable(f) then bad(1, "async", "function", f, 2) end
   return function(...)
     local p = new_promise()
+    if debug_getinfo then
+      -- Where it is made, in case the maker awaits it in a tail call (see `awaiting_frames`).
+      local info = debug_getinfo(2, "fl")
+      if info ~= nil and info.currentline ~= nil and info.currentline > 0 then
+        p._site = info -- `func` and `currentline`
+      end
+    end
     start(p, call_and_resolve, p, f, ...)
     return p
   end
@@ -1469,30 +1616,21 @@ local function await(p)
   return unpack(v, 1, v.n)
 end
 
-local function append_frames(stack, frames, async_frames)
+--- The error `asyncTry` hands to `catch`: a `Promise.Error` (its parent the raised error, if it was
+--- one) with `message`, `stack` (copies of the frames of `frames`: where it was raised, then the
+--- frames of each task that awaited it, marked `async`), `traceback` and the raised `value`.
+local function try_error(raw, frames)
+  local stack, message = {}, nil
   for i = 1, #frames do
     local f = frames[i]
-    stack[#stack + 1] = { file = f.file, line = f.line, func = f.func, async = async_frames }
+    stack[i] = { file = f.file, line = f.line, func = f.func, async = f.async == true }
   end
-end
-
---- The error `asyncTry` hands to `catch`: a `Promise.Error` (its parent the raised error, if it was
---- one) with `message`, `stack` (where it was raised, then the frames of each task that awaited it,
---- marked `async`), `traceback` and the raised `value`.
-local function try_error(raw, here)
-  local stack, message, awaited = {}, nil, false
   if is_error(raw) then
     local chain = chain_of(raw)
-    for i = #chain, 1, -1 do
-      local e = chain[i]
-      if e._frames ~= nil then append_frames(stack, e._frames, e._awaited == true) end
-    end
     message = safe_tostring(chain[#chain].error)
-    awaited = raw._awaited == true
   else
     message = type(raw) == "string" and raw or safe_tostring(raw)
   end
-  if not awaited then append_frames(stack, here or {}, false) end
   local text = render(message, stack)
   local e = new_error({
     error = message,
@@ -1500,6 +1638,7 @@ local function try_error(raw, here)
     trace = text,
   }, is_error(raw) and raw or nil)
   e.message, e.stack, e.traceback, e.value = message, stack, text, raw
+  e._stack = frames
   return e
 end
 
@@ -1522,14 +1661,14 @@ local function asyncTry(try, catch, finally)
     end
   end
   start(p, function()
-    local here = nil
+    local stack = nil
     local r = pack(xpcall(try, function(raw)
-      here = frames_here()
+      stack = stack_of_raise(raw)
       return raw
     end))
     local good = r[1]
     if not good then
-      local err = try_error(r[2], here)
+      local err = try_error(r[2], stack or {})
       if catch ~= nil then
         r = pack(xpcall(catch, capture, err))
         good = r[1]
@@ -1546,8 +1685,11 @@ local function asyncTry(try, catch, finally)
     end
     if good then
       resolve(p, unpack(r, 2, r.n))
+    elseif is_error(r[2]) and r[2]._stack ~= nil and p._status == STARTED then
+      p._stack = r[2]._stack
+      settle(p, REJECTED, r[2])
     else
-      reject(p, r[2])
+      reject_caught(p, r[2])
     end
   end)
   return p
@@ -1569,11 +1711,15 @@ local function describe(p)
     text = safe_tostring(first)
   end
   local tb = nil
-  if type(trace) == "string" then
+  local stack = p._stack
+  if stack ~= nil and #stack > 0 then
+    -- Where it was raised and every await it went through.
+    tb = render_frames(stack)
+  elseif type(trace) == "string" then
     local at = string_find(trace, "\nstack traceback:", 1, true)
     if at ~= nil then tb = string_sub(trace, at + 1) end
   end
-  if tb == nil then tb = render_frames(p._frames or {}) end
+  if tb == nil then tb = render_frames({}) end
   return "Unhandled Promise rejection: " .. text, clean_trace(tb)
 end
 

@@ -1,47 +1,87 @@
 -- Builds the shared, read-only base every script instance reads through, and the instance
 -- environments themselves. Runs once when the VM is created.
 --
--- Library tables become read-only proxies; the VM's globals become a read-only proxy over the same
--- store, so neither a script nor a chunk it `load`s can change what another instance sees.
+-- Library tables become read-only views; the VM's globals become a read-only view over the same
+-- store, so neither a script nor a chunk it `load`s can change what another instance sees (the
+-- README's "Protection" section says what this guarantees, and `tests/sandbox.rs` tries it).
 local api, opts, emit = ...
 
-local type, error, tostring, select, setmetatable, rawset, pairs, next =
-  type, error, tostring, select, setmetatable, rawset, pairs, next
+local type, error, tostring, select, setmetatable, getmetatable, rawset, rawget, pairs, next, pcall =
+  type, error, tostring, select, setmetatable, getmetatable, rawset, rawget, pairs, next, pcall
 local table_concat = table.concat
 local raw_load = load
 
-local protected = setmetatable({}, { __mode = "k" })
+-- Every table a script reaches through the base is a *view*: an empty proxy, shared by every
+-- instance, whose reads go to a copy that only this file writes, whose writes raise, and whose
+-- iteration (`pairs`, Luau's generalized `for`) yields the copy's keys and values without ever
+-- handing out the copy. A table inside a view is a view too (one per table, reused), so no read,
+-- iteration or metatable query of the base yields a writable shared table. Reads cost what they
+-- cost before: a view's `__index` is a plain table.
+local protected = setmetatable({}, { __mode = "k" }) -- view -> its `pairs` triple maker
+local views = {}                                     -- table -> its view
 
 local function readonly_error(_, key)
   error("attempt to modify read-only table (field '" .. tostring(key) .. "')", 2)
 end
 
---- A read-only view of `t`: reads and `pairs` see `t`, writes raise.
-local function readonly(t)
-  local proxy = setmetatable({}, {
-    __index = t,
+--- A view over `copy`, a table only this file writes, whose values are views already.
+local function view_of(copy)
+  local proxy = {}
+  local function iterate(_, key) return next(copy, key) end
+  local function iter() return iterate, proxy, nil end
+  setmetatable(proxy, {
+    __index = copy,
     __newindex = readonly_error,
-    __pairs = function() return next, t, nil end,
-    __len = function() return #t end,
+    __pairs = iter,
+    __iter = iter,
+    __len = function() return #copy end,
     __metatable = false,
   })
-  protected[proxy] = true
+  protected[proxy] = iter
   return proxy
 end
 
---- A read-only view of `t` whose nested tables are read-only views too (`Promise.Status`,
---- `Promise.Error.Kind`). A nested table keeps its own lookups for names it lacks (an enum raises).
-local function readonly_tree(t)
-  local view = {}
-  for k, v in pairs(t) do
-    if type(v) == "table" then v = readonly_tree(v) end
-    view[k] = v
-  end
-  if getmetatable(t) ~= nil then setmetatable(view, { __index = t }) end
-  return readonly(view)
+local readonly
+
+--- `v`, or its read-only view if it is a table.
+local function shareable(v)
+  if type(v) == "table" then return readonly(v) end
+  return v
 end
 
+--- The read-only view of `t` (the same view every time): reads and iteration see what `t` held
+--- when the view was made, its tables as views; writes raise. A name `t` lacks goes to `t`'s own
+--- `__index` (in the libraries, only enums that raise for unknown names, at the script's line).
+function readonly(t)
+  if protected[t] then return t end
+  local view = views[t]
+  if view ~= nil then return view end
+  local copy = {}
+  view = view_of(copy)
+  views[t] = view
+  for k, v in next, t do copy[k] = shareable(v) end
+  if getmetatable(t) ~= nil then
+    setmetatable(copy, { __index = t })
+  end
+  return view
+end
+
+--- Whether scripts may not write `t` raw: a view, or a library object (a channel, a promise, a
+--- stream: their metatables are hidden behind a name). A named channel is one object shared by
+--- every instance, so a raw field on it would change what the others call.
+local function locked(t)
+  return protected[t] ~= nil or type(getmetatable(t)) == "string"
+end
+
+local function refuse_locked(t, n, fname)
+  if type(t) == "table" and locked(t) then
+    error("bad argument #" .. n .. " to '" .. fname .. "' (table is read-only)", 3)
+  end
+end
+
+-- The base's copy: written only through `put`, so every table in it is a view.
 local store = {}
+local function put(name, value) store[name] = shareable(value) end
 local globals = _G
 
 -- What every flavour and mode shares.
@@ -50,13 +90,66 @@ for _, name in ipairs({
   "rawlen", "select", "setmetatable", "tonumber", "tostring", "type", "xpcall", "unpack",
   "_VERSION", "gcinfo", "newproxy", "typeof", "bit32",
 }) do
-  store[name] = globals[name]
+  put(name, globals[name])
 end
 
---- `rawset`, refusing the read-only tables (the error names the caller's line).
+--- `rawset`, refusing the read-only tables and library objects (the error names the caller's line).
 function store.rawset(t, k, v)
-  if protected[t] then error("attempt to modify read-only table (field '" .. tostring(k) .. "')", 2) end
+  if type(t) == "table" and locked(t) then
+    error("attempt to modify read-only table (field '" .. tostring(k) .. "')", 2)
+  end
   return rawset(t, k, v)
+end
+
+-- LuaJIT and Luau: `pairs` ignores `__pairs`, so it is taught about views (and nothing else).
+local honours_pairs = false
+pairs(setmetatable({}, { __pairs = function() honours_pairs = true return next, {}, nil end }))
+if not honours_pairs then
+  local raw_pairs = pairs
+  function store.pairs(t)
+    local iter = protected[t]
+    if iter ~= nil then return iter() end
+    return raw_pairs(t)
+  end
+end
+
+-- LuaJIT and Luau: the table library writes raw, past a view's `__newindex`, so its writers
+-- refuse views and library objects as `rawset` does.
+local table_lib = {}
+for k, v in pairs(globals.table) do table_lib[k] = v end
+local probe = setmetatable({}, { __newindex = function() error("read-only") end })
+if pcall(table.insert, probe, 1) then
+  for _, name in ipairs({ "insert", "remove", "sort", "clear" }) do
+    local raw = table_lib[name]
+    if raw then
+      table_lib[name] = function(t, ...)
+        refuse_locked(t, 1, name)
+        return raw(t, ...)
+      end
+    end
+  end
+  local raw_move = table_lib.move
+  if raw_move then
+    table_lib.move = function(a1, f, e, t, a2)
+      refuse_locked(a2 == nil and a1 or a2, a2 == nil and 1 or 5, "move")
+      return raw_move(a1, f, e, t, a2)
+    end
+  end
+end
+put("table", table_lib)
+
+if not opts.all then
+  -- A finalizer runs on whichever thread is collecting, which may be another instance's task
+  -- (it could capture that thread, or act in that instance's name): scripts get none.
+  local raw_setmetatable = setmetatable
+  function store.setmetatable(t, mt)
+    if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+      error("bad argument #2 to 'setmetatable' (finalizers (__gc) are not available to scripts)", 2)
+    end
+    return raw_setmetatable(t, mt)
+  end
+  -- LuaJIT runs `__gc` of a `newproxy(true)` userdata; Luau never runs one from Lua.
+  if globals.jit ~= nil then store.newproxy = nil end
 end
 
 --- `collectgarbage`, limited to the options that cannot stop the collector.
@@ -77,49 +170,44 @@ function store.print(...)
   emit(table_concat(parts, "\t"))
 end
 
-local libs = { "string", "table", "math", "utf8", "bit", "buffer", "vector" }
-for _, name in ipairs(libs) do
-  if globals[name] then store[name] = readonly(globals[name]) end
+for _, name in ipairs({ "string", "math", "utf8", "bit", "buffer", "vector" }) do
+  put(name, globals[name])
 end
 
 if opts.all then
   for _, name in ipairs({ "io", "os", "debug", "package", "dofile", "loadfile", "jit", "ffi" }) do
-    local v = globals[name]
-    if type(v) == "table" then v = readonly(v) end
-    store[name] = v
+    put(name, globals[name])
   end
 else
   local os = globals.os
-  if os then
-    store.os = readonly({ clock = os.clock, date = os.date, difftime = os.difftime, time = os.time })
-  end
+  if os then put("os", { clock = os.clock, date = os.date, difftime = os.difftime, time = os.time }) end
   local debug = globals.debug
-  if debug then store.debug = readonly({ traceback = debug.traceback }) end
+  if debug then put("debug", { traceback = debug.traceback }) end
 end
 
-store.require = api.require -- modules from the assets folder, in every mode
-store.task = readonly(api.task)
-store.time = readonly(api.time)
-store.coroutine = readonly(api.coroutine)
-store.sleep = api.sleep
-store.spawn = api.spawn
-store.Promise = readonly_tree(api.promise.Promise)
-store.async = api.promise.async
-store.await = api.promise.await
-store.asyncTry = api.promise.asyncTry
+put("require", api.require) -- modules from the assets folder, in every mode
+put("task", api.task)
+put("time", api.time)
+put("coroutine", api.coroutine)
+put("sleep", api.sleep)
+put("spawn", api.spawn)
+put("Promise", api.promise.Promise)
+put("async", api.promise.async)
+put("await", api.promise.await)
+put("asyncTry", api.promise.asyncTry)
 local channel_api = {}
 for k, v in pairs(api.channel.Channel) do channel_api[k] = v end
 channel_api._external = nil -- Rust's alone: an `ext` written in Lua would run outside the budget
 channel_api.named = api.rust_channels.named
-store.Channel = readonly_tree(channel_api)
-store.Messages = readonly(api.rust_channels.Messages)
-store.Stream = readonly_tree(api.stream.Stream)
+put("Channel", channel_api)
+put("Messages", api.rust_channels.Messages)
+put("Stream", api.stream.Stream)
 
 -- The string metatable is shared by every string: hide it.
 local string_mt = getmetatable("")
 if string_mt then string_mt.__metatable = false end
 
-local base = readonly(store)
+local base = view_of(store)
 store._G = base
 
 local env_mt = { __index = store, __metatable = false }
@@ -155,7 +243,7 @@ local function define(path, value)
     name = path:match("^[%a_][%w_]*$")
     if name == nil then error("invalid Lua name '" .. path .. "' (use 'name' or 'module.name')", 0) end
     if builtin[name] then error("'" .. name .. "' is built in and cannot be replaced", 0) end
-    store[name] = value
+    put(name, value)
     return
   end
   if builtin[module] then error("'" .. module .. "' is built in and cannot be extended", 0) end
@@ -164,9 +252,9 @@ local function define(path, value)
     if store[module] ~= nil then error("'" .. module .. "' is already defined and is not a module", 0) end
     real = {}
     modules[module] = real
-    store[module] = readonly(real)
+    store[module] = view_of(real)
   end
-  real[name] = value
+  real[name] = shareable(value)
 end
 
 --- The task that follows a reload's top-level chunk: it calls the new code's `onReload()`, if

@@ -123,14 +123,29 @@ local function close(co)
   return true
 end
 
+--- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
+--- anything else through `tostring`, protected. The one place where an error value a script
+--- raised becomes text.
+local function error_text(err)
+  if type(err) == "string" then return err end
+  local ok, text = pcall(tostring, err)
+  if ok and type(text) == "string" then return text end
+  return "(error object: its __tostring raised)"
+end
+
+--- Closes `co` as a cancellation does: true, or false, the text of what a `__close` raised and
+--- the traceback of where the thread stood when it was closed.
+local function close_reporting(co)
+  local traced, tb = pcall(traceback, co)
+  local ok, err = close(co)
+  if ok then return true end
+  return false, error_text(err), traced and tb or ""
+end
+
 --- Reports that task `key` failed with `err`, and closes it. Protected: under the memory limit
 --- even the traceback may fail to allocate.
 local function fail(key, co, err)
-  local message = err
-  if type(message) ~= "string" then
-    local ok, text = pcall(tostring, message)
-    message = ok and text or "(error object)"
-  end
+  local message = error_text(err)
   drop(key)
   local ok, tb = pcall(traceback, co)
   close(co) -- first: what the thread holds becomes garbage before Rust is called
@@ -202,7 +217,7 @@ local function resume_task(key, reg, value, d)
   after_step_resume(key, co, ok, first, kind, arg)
 end
 
-local step = { close = close }
+local step = { close = close_reporting }
 
 --- Resumes this frame's frame waits (those made earliest first), then the ready queue (timers
 --- Rust queued, then everything woken while the step runs), until nothing is ready.
@@ -293,11 +308,12 @@ function step.start(co)
   push_ready(key, bump(key), ARGS, 0)
 end
 
---- Cancels task `key` for Rust (its instance is going away): closes the thread.
+--- Cancels task `key` for Rust (its instance is going away): closes the thread (see
+--- `close_reporting` for what it returns).
 function step.kill(key)
   local co = threads[key]
   drop(key)
-  if co ~= nil then return close(co) end
+  if co ~= nil then return close_reporting(co) end
   return true
 end
 
@@ -364,10 +380,8 @@ local function after_spawn(co, ok, first, ...)
     if key then
       fail(key, co, first)
     else
-      local msg = first
-      if type(msg) ~= "string" then msg = tostring(msg) end
       local traced, tb = pcall(traceback, co)
-      rust_report(msg, traced and tb or "")
+      rust_report(error_text(first), traced and tb or "")
       close(co)
     end
   elseif first == REQ then
@@ -439,6 +453,7 @@ function task.waitUntil(pred, timeout)
   if pred() then return true end
   local start = S.nanos
   local limit = timeout and timeout * 1e9
+  if limit ~= limit then limit = 0 end -- NaN: no time at all, as a negative timeout
   while true do
     co_yield(REQ, WAIT_FRAMES, 1)
     if pred() then return true end
@@ -458,8 +473,8 @@ function task.cancel(co)
     core.forget(key)
   end
   if status == "suspended" then
-    local ok, err = close(co)
-    if not ok then rust_report(tostring(err), traceback(co)) end
+    local ok, message, tb = close_reporting(co)
+    if not ok then rust_report(message, tb) end
   end
 end
 
@@ -508,4 +523,5 @@ return {
   wake = wake,
   waiting = waiting,
   bad = bad,
+  error_text = error_text,
 }

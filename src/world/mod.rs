@@ -235,6 +235,9 @@ fn spawn(lua: &Lua, args: MultiValue) -> Result<Value, String> {
         for (name, value) in fields {
             if name == "script" {
                 scripts = script_paths(value)?;
+                for path in &scripts {
+                    crate::asset::check_script_file(lua, path, "spawn")?;
+                }
                 continue;
             }
             let (registration, reflect) = component(&registry, &name)?;
@@ -315,7 +318,15 @@ fn entity_of_id(lua: &Lua, args: MultiValue) -> Result<Value, String> {
     let value = args.into_iter().next().unwrap_or(Value::Nil);
     let bits = match value {
         Value::Integer(n) if n >= 0 => n as u64,
-        Value::Number(n) if n.fract() == 0.0 && n >= 0.0 => n as u64,
+        // `as` would saturate: 2^64 and beyond are no id, not the largest one.
+        Value::Number(n) if n.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&n) => n as u64,
+        Value::Number(n) if n >= 18_446_744_073_709_551_616.0 => {
+            return Err(crate::error::bad_argument(
+                1,
+                "entity",
+                format_args!("id below 2^64 expected, got {n:e}"),
+            ));
+        }
         other => return Err(wrong_type(1, "entity", "integer", &other)),
     };
     let entity = Entity::try_from_bits(bits)

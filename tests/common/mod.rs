@@ -29,9 +29,20 @@ fn collect(
     errs.0.extend(errors.read().cloned());
 }
 
-/// An app with the plugin (hot reload off), a fixed `DT` per update, and the collectors.
+/// An app with the plugin (hot reload off, script loads awaited so every run starts scripts on
+/// the same frames), a fixed `DT` per update, and the collectors.
 pub fn create_app() -> App {
-    create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, hot_reload: false, ..default() })
+    create_app_with(test_plugin())
+}
+
+/// The plugin configuration of [`create_app`].
+pub fn test_plugin() -> LuaCoroutinesPlugin {
+    LuaCoroutinesPlugin {
+        print_to_stdout: false,
+        hot_reload: false,
+        wait_for_script_loads: true,
+        ..default()
+    }
 }
 
 /// [`create_app`] with a custom plugin configuration.
@@ -41,7 +52,12 @@ pub fn create_app_with(plugin: LuaCoroutinesPlugin) -> App {
 
 /// [`create_app_with`] whose assets folder is `folder`.
 pub fn create_app_in(folder: &str, plugin: LuaCoroutinesPlugin) -> App {
-    let mut app = App::new();
+    set_up(App::new(), folder, plugin)
+}
+
+/// Adds to `app` what [`create_app_in`] adds (for an app that registered asset sources first,
+/// which must come before `AssetPlugin`).
+pub fn set_up(mut app: App, folder: &str, plugin: LuaCoroutinesPlugin) -> App {
     app.add_plugins((MinimalPlugins, AssetPlugin { file_path: folder.into(), ..default() }))
         .add_plugins(plugin)
         .insert_resource(TimeUpdateStrategy::ManualDuration(DT))
