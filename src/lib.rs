@@ -174,9 +174,8 @@
 //! ## Language-model service
 //!
 //! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
-//! seed's name): `llm.generateAsync(prompt, opts)`
-//! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
-//! by token; `opts.system` and `opts.messages` carry a system prompt and the conversation so far
+//! seed's name): `llm.generateAsync(prompt, opts)` returns a promise of the answer,
+//! `llm.streamGenerate(prompt, onChunk, opts)` delivers it token by token; `opts.system` and `opts.messages` carry a system prompt and the conversation so far
 //! (an [`LlmRequest`] of [`LlmMessage`]s). A game implements [`LlmService`] for its model client or
 //! picks one: [`LocalLlm`] is a deterministic offline model for tests and examples, and
 //! `OpenAiLlm` (feature `openai`) streams from any OpenAI-compatible server (OpenAI, Ollama,
