@@ -8,7 +8,13 @@
 //! ```
 //!
 //! The model is the crate's `LocalLlm` (offline and deterministic, 15 ms per token) on an
-//! executor of 4 workers: the frame never waits for it. The example prints a transcript, then the
+//! executor of 4 workers: the frame never waits for it. To talk to a real model instead, build with
+//! the `openai` feature and point `LLM_BASE_URL` at any OpenAI-compatible server (`LLM_MODEL`
+//! names the model, `LLM_API_KEY` is sent if set):
+//!
+//! ```sh
+//! LLM_BASE_URL=http://127.0.0.1:11434/v1 LLM_MODEL=llama3.2 cargo run --features openai --example llm_npc
+//! ``` The example prints a transcript, then the
 //! frames elapsed and the longest frame, and exits once every NPC has finished. Scripts:
 //! `assets/scripts/llm/`.
 
@@ -44,13 +50,37 @@ fn main() -> AppExit {
         AssetPlugin::default(),
         LuaCoroutinesPlugin::default(),
     ))
-    .add_llm_service(LocalLlm::new(Duration::from_millis(15)), LlmConfig { workers: 4, queue: 16, buffer: 8 })
     .init_resource::<Stats>()
     .add_systems(Startup, setup)
     .add_systems(First, start_frame)
     .add_systems(Update, walk)
     .add_systems(Last, finish);
+    add_model(&mut app, LlmConfig { workers: 4, queue: 16, buffer: 8 });
     app.run()
+}
+
+/// The OpenAI-compatible service `LLM_BASE_URL` names (with the `openai` feature), or `LocalLlm`.
+fn add_model(app: &mut App, config: LlmConfig) {
+    #[cfg(feature = "openai")]
+    match bevy_lua_coroutines::OpenAiConfig::from_env() {
+        Ok(Some(openai)) => {
+            println!("llm_npc: talking to {} at {}", openai.model, openai.base_url);
+            match bevy_lua_coroutines::OpenAiLlm::new(openai) {
+                Ok(service) => {
+                    app.add_llm_service(service, config);
+                    return;
+                }
+                Err(e) => eprintln!("llm_npc: {e}; using the local model"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("llm_npc: {e}; using the local model"),
+    }
+    #[cfg(not(feature = "openai"))]
+    if std::env::var_os("LLM_BASE_URL").is_some() {
+        eprintln!("llm_npc: LLM_BASE_URL is set, but the `openai` feature is off; using the local model");
+    }
+    app.add_llm_service(LocalLlm::new(Duration::from_millis(15)), config);
 }
 
 fn setup(mut commands: Commands, assets: Res<AssetServer>) {

@@ -26,6 +26,9 @@ pub enum Error {
         /// The reader's error.
         source: std::io::Error,
     },
+    /// A language-model service could not be set up (a bad configuration, a TLS set-up failure).
+    #[error("language-model service: {0}")]
+    Llm(String),
 }
 
 /// The crate's result type.

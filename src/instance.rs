@@ -19,6 +19,19 @@ use crate::scheduler::{self, InstanceId, sched};
 ///
 /// Replacing the component starts instances for new handles and stops instances whose handle is
 /// gone; removing it (or despawning the entity) cancels every task of every instance.
+///
+/// ```no_run
+/// # use bevy::prelude::*;
+/// # use bevy_lua_coroutines::prelude::*;
+/// fn spawn_guard(mut commands: Commands, assets: Res<AssetServer>) {
+///     commands.spawn((
+///         Name::new("guard"),
+///         Transform::default(),
+///         // Two instances on one entity, each with its own globals and `state`.
+///         LuaScripts::new(assets.load("scripts/patrol.lua")).with(assets.load("scripts/bark.lua")),
+///     ));
+/// }
+/// ```
 #[derive(Component, Clone, Debug, Default)]
 pub struct LuaScripts(pub Vec<Handle<LuaScript>>);
 

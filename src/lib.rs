@@ -4,6 +4,51 @@
 //! per frame. A script waits with `task.wait(2)` for two seconds of *game* time (pause and time
 //! scale respected) without blocking anything.
 //!
+//! ## Quick start
+//!
+//! Add [`LuaCoroutinesPlugin`] and attach a script to an entity with [`LuaScripts`]:
+//!
+//! ```no_run
+//! use bevy::prelude::*;
+//! use bevy_lua_coroutines::prelude::*;
+//!
+//! fn setup(mut commands: Commands, assets: Res<AssetServer>) {
+//!     commands.spawn((Transform::default(), LuaScripts::new(assets.load("scripts/guard.lua"))));
+//! }
+//!
+//! App::new()
+//!     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+//!     .add_systems(Startup, setup)
+//!     .run();
+//! ```
+//!
+//! and write `assets/scripts/guard.lua` as straight-line code that waits:
+//!
+//! ```lua
+//! while true do
+//!   local t = entity:get("Transform")
+//!   entity:set("Transform", { translation = { x = t.translation.x + 1 } })
+//!   task.wait(0.5)                      -- half a second of game time; nothing blocks
+//! end
+//! ```
+//!
+//! Failures never panic the app: they arrive as [`ScriptError`] messages. The sections below take
+//! one capability each; the README has the full Lua reference, and `assets/types/` has editor
+//! annotations for it (see [Editor support](#editor-support)).
+//!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `lua54` | yes | Lua 5.4, vendored (built from source; no system Lua) |
+//! | `luajit` | | LuaJIT, vendored, instead of Lua 5.4 (`--no-default-features --features luajit`) |
+//! | `luau` | | Luau instead of Lua 5.4 (`--no-default-features --features luau`) |
+//! | `openai` | | `OpenAiLlm`, `OpenAiConfig`: a streamed OpenAI-compatible chat-completions client (reqwest + rustls) |
+//! | `window` | | Bevy's `2d` and `ui` rendering, for the windowed example `arena` only |
+//!
+//! The library itself builds on Bevy's lean set (`std`, `bevy_asset`, `bevy_log`,
+//! `multi_threaded`): no window, no renderer, no system packages.
+//!
 //! ## Scripts and instances
 //!
 //! A `.lua` file is a [`LuaScript`] asset. Attach scripts to an entity with [`LuaScripts`]: each
@@ -24,6 +69,12 @@
 //!     .add_systems(Startup, setup)
 //!     .run();
 //! ```
+//!
+//! The plugin's fields configure it ([`LuaCoroutinesPlugin::schedule`],
+//! [`LuaCoroutinesPlugin::instruction_budget`], [`LuaCoroutinesPlugin::memory_limit`],
+//! [`LuaCoroutinesPlugin::stdlib`], [`LuaCoroutinesPlugin::hot_reload`]); its systems run in the
+//! sets of [`LuaCoroutinesSystems`]. [`LuaRuntime`] is the VM as a resource: task counts,
+//! [`SchedulerStats`], memory, and [`LuaRuntime::lua`] for direct access.
 //!
 //! ## Tasks and time
 //!
@@ -61,6 +112,36 @@
 //! local i, v = Channel.select({ { results, "receive" }, { Channel.after(0.5), "receive" } })
 //! ```
 //!
+//! ## Rust functions, async functions and promises
+//!
+//! [`LuaAppExt`] registers Rust functions under a global or `module.name`: plain ones
+//! ([`LuaAppExt::add_lua_function`]), async ones whose future runs on Bevy's task pools and whose
+//! result settles the promise the script got ([`LuaAppExt::add_lua_async_function`]), and ones that
+//! hand a [`PromiseHandle`] to a system that settles it later, from any thread
+//! ([`LuaAppExt::add_lua_promise_function`]). Arguments and results convert through serde.
+//!
+//! ```no_run
+//! # use bevy::prelude::*;
+//! # use bevy_lua_coroutines::prelude::*;
+//! App::new()
+//!     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+//!     .add_lua_async_function("fetchScore", |player: String| async move {
+//!         Ok::<_, String>(player.len() as u32 * 100) // off the main thread
+//!     });
+//! ```
+//!
+//! ```lua
+//! local score = await(fetchScore("ada"))   -- the task waits; the frame goes on
+//! ```
+//!
+//! ## Typed channels and Bevy messages
+//!
+//! [`LuaChannelAppExt::add_lua_channel`] connects a Rust type to scripts as
+//! `Channel.named(name)`: systems send through the [`LuaChannel`] resource's crossbeam sender and
+//! scripts receive tables (and back). [`LuaMessagesAppExt`] forwards Bevy messages to scripts
+//! (`Messages.subscribe(name)` returns a channel) and lets scripts write messages systems read
+//! (`Messages.write(name, table)`).
+//!
 //! ## Modules and hot reload
 //!
 //! `require("ai.util")` loads `scripts/ai/util.lua` (or `ai/util.lua`) from the assets folder,
@@ -93,11 +174,21 @@
 //! ## Language-model service
 //!
 //! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
-//! seed's name): `llm.generateAsync(prompt, opts)`
-//! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
-//! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
-//! offline model for tests and examples. Generations run on an [`AsyncExecutor`] (N workers, a
-//! bounded queue); cancellation, timeouts and despawns drop the work in Rust.
+//! seed's name): `llm.generateAsync(prompt, opts)` returns a promise of the answer,
+//! `llm.streamGenerate(prompt, onChunk, opts)` delivers it token by token; `opts.system` and `opts.messages` carry a system prompt and the conversation so far
+//! (an [`LlmRequest`] of [`LlmMessage`]s). A game implements [`LlmService`] for its model client or
+//! picks one: [`LocalLlm`] is a deterministic offline model for tests and examples, and
+//! `OpenAiLlm` (feature `openai`) streams from any OpenAI-compatible server (OpenAI, Ollama,
+//! llama.cpp, vLLM, LM Studio), configured by `OpenAiConfig` or from `LLM_BASE_URL`,
+//! `LLM_MODEL` and `LLM_API_KEY`. Generations run on an [`AsyncExecutor`] (N workers, a bounded
+//! queue, configured by [`LlmConfig`]); cancellation, timeouts and despawns drop the work in Rust
+//! (for `OpenAiLlm`, they close the connection).
+//!
+//! ```lua
+//! local history = {}
+//! local answer = await(llm.generateAsync("Is the pass open?",
+//!   { system = "You are a gruff innkeeper.", messages = history, maxTokens = 60 }))
+//! ```
 //!
 //! ## The world
 //!
@@ -124,6 +215,8 @@
 //! entity:set("Transform", { translation = { x = t.translation.x + 1 } })
 //! ```
 //!
+//! [`LuaEntity`] is the entity value scripts see (`entity.id`, `tostring(entity)`).
+//!
 //! ## Protection and errors
 //!
 //! Each resume runs under an instruction budget, the VM under a memory limit, and scripts get safe
@@ -143,6 +236,9 @@
 //! Quotas per instance ([`LuaCoroutinesPlugin::max_tasks_per_instance`],
 //! [`LuaCoroutinesPlugin::memory_per_instance`]) keep one instance from starving the others.
 //!
+//! [`Error`] (and [`Result`]) is the error of the crate's Rust API; [`ScriptPrint`] carries each
+//! line a script prints.
+//!
 //! ## Seeing what scripts do
 //!
 //! [`LuaRuntime::task_list`] lists every live task: its entity and script, what it waits on
@@ -157,10 +253,18 @@
 //! for _, t in ipairs(task.list()) do print(t.waitsOn, t.where, t.func) end
 //! ```
 //!
+//! ## Editor support
+//!
+//! `assets/types/*.lua` are LuaLS / EmmyLua annotation files (`---@meta`) for the whole script API,
+//! and `assets/.luarc.json` points an editor at them: open the `assets` folder in VS Code with the
+//! Lua extension (LuaLS) or EmmyLua and scripts get completion, signatures and type checks. A
+//! test keeps the annotations equal to what a real VM defines, and CI type-checks every script
+//! under `assets/` with `emmylua_check`.
+//!
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
-//! (`--no-default-features --features luajit`).
+//! (`--no-default-features --features luajit`). See [Feature flags](#feature-flags).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -183,6 +287,8 @@ mod instance;
 mod llm;
 mod modules;
 mod pattern;
+#[cfg(feature = "openai")]
+mod openai;
 mod plugin;
 mod reload;
 mod runtime;
@@ -200,8 +306,12 @@ pub use diagnostics::LuaDiagnosticsPlugin;
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use inspect::{ScriptCost, TaskInfo, TaskWait, fmt_duration, format_task_list};
 pub use instance::{LuaEntity, LuaScripts};
-pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
+pub use llm::{
+    AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmMessage, LlmRequest, LlmRole, LlmService, LocalLlm,
+};
 pub use mlua;
+#[cfg(feature = "openai")]
+pub use openai::{OpenAiConfig, OpenAiLlm};
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
 pub use runtime::{LuaRuntime, LuaStdlib};
 pub use scheduler::SchedulerStats;

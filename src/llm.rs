@@ -28,14 +28,43 @@ use crate::bridge::{self, from_lua};
 use crate::stream::{StreamSender, script_stream};
 
 /// What a script asked the model for.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A chat service sends, in order: the `system` prompt (if any), the `messages` of the
+/// conversation so far, then `prompt` as the newest user message.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LlmRequest {
-    /// The prompt.
+    /// The prompt (the newest user message).
     pub prompt: String,
     /// `opts.temperature`, if the script gave one.
     pub temperature: Option<f32>,
     /// `opts.maxTokens`, if the script gave one.
     pub max_tokens: Option<u32>,
+    /// `opts.system`: the system prompt, if the script gave one.
+    pub system: Option<String>,
+    /// `opts.messages`: the conversation before `prompt`, oldest first (empty if none).
+    pub messages: Vec<LlmMessage>,
+}
+
+/// One message of a conversation (`{ role = "user", content = "..." }` in Lua).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmMessage {
+    /// Who said it.
+    pub role: LlmRole,
+    /// What was said.
+    pub content: String,
+}
+
+/// Who said an [`LlmMessage`]: `"user"`, `"assistant"` or `"system"` in Lua.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmRole {
+    /// Instructions for the model (like `opts.system`).
+    System,
+    /// The player (or the game speaking for them).
+    User,
+    /// The model's earlier answers.
+    Assistant,
 }
 
 /// The future a service returns: `Ok` once every token is sent, `Err(message)` if generation
@@ -254,7 +283,7 @@ impl AsyncExecutor {
 }
 
 /// The options table scripts pass (`timeout` is applied on the Lua side).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LlmOptions {
     temperature: Option<f32>,
@@ -262,6 +291,8 @@ struct LlmOptions {
     max_tokens: Option<u32>,
     #[allow(dead_code)]
     timeout: Option<f64>,
+    system: Option<String>,
+    messages: Option<Vec<LlmMessage>>,
 }
 
 /// Runs one generation: the service's future, then the end of the stream it fed. A panic in the
@@ -339,14 +370,19 @@ fn install(
                 return Ok((Value::Nil, Some(crate::error::bad_argument(1, &name, "prompt is not UTF-8"))));
             };
             let options = match from_lua::<Option<LlmOptions>>(opts) {
-                Ok(o) => o.unwrap_or(LlmOptions { temperature: None, max_tokens: None, timeout: None }),
+                Ok(o) => o.unwrap_or_default(),
                 Err(e) => return Ok((Value::Nil, Some(crate::error::bad_argument(index, &name, e)))),
             };
             if !try_now || executor.is_full() {
                 return Ok((Value::Boolean(false), None));
             }
-            let request =
-                LlmRequest { prompt, temperature: options.temperature, max_tokens: options.max_tokens };
+            let request = LlmRequest {
+                prompt,
+                temperature: options.temperature,
+                max_tokens: options.max_tokens,
+                system: options.system,
+                messages: options.messages.unwrap_or_default(),
+            };
             let service = service.clone();
             let stream = script_stream(lua, buffer, |tokens| {
                 executor
@@ -377,7 +413,7 @@ treat you kindly. Rain is coming before the harvest festival, so the farmers wor
 fields while the children gather apples in the orchard by the chapel.";
 
 /// A deterministic, offline language model: answers from a small built-in text, starting at a
-/// place chosen by the prompt (and temperature), one word per token, after `token_delay` each.
+/// place chosen by the prompt (and temperature, system prompt and conversation), one word per token, after `token_delay` each.
 /// The same request always gets the same answer, so it runs anywhere: in tests, examples and CI.
 /// An empty prompt fails with `empty prompt`.
 #[derive(Clone, Debug)]
@@ -398,10 +434,14 @@ impl LocalLlm {
     /// `maxTokens` costs nothing up front).
     pub fn tokens(&self, request: &LlmRequest) -> impl Iterator<Item = String> + use<> {
         let words: Vec<&str> = LOCAL_TEXT.split_whitespace().collect();
-        // FNV-1a over the prompt and the temperature's hundredths.
+        // FNV-1a over the prompt and the temperature's hundredths, then the system prompt and the
+        // conversation if there are any (so a conversation moves the answer along).
         let temperature = (request.temperature.unwrap_or(0.0) * 100.0).round() as i64;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in request.prompt.bytes().chain(temperature.to_le_bytes()) {
+        let context = request.system.iter().map(|s| (0xfe, s.as_str()));
+        let context = context.chain(request.messages.iter().map(|m| (m.role as u8, m.content.as_str())));
+        let context = context.flat_map(|(tag, text)| std::iter::once(tag).chain(text.bytes()));
+        for b in request.prompt.bytes().chain(temperature.to_le_bytes()).chain(context) {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         let start = (h % words.len() as u64) as usize;

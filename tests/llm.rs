@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
-use bevy_lua_coroutines::{AsyncExecutor, LlmFuture, LlmRequest, LlmService, StreamSender};
+use bevy_lua_coroutines::{
+    AsyncExecutor, LlmFuture, LlmMessage, LlmRequest, LlmRole, LlmService, StreamSender,
+};
 use common::*;
 
 /// What the test service saw.
@@ -25,6 +27,8 @@ struct Seen {
     send_failed: Arc<AtomicBool>,
     /// The prompts, in the order their generations started.
     prompts: Arc<Mutex<Vec<String>>>,
+    /// The whole requests, in the same order.
+    requests: Arc<Mutex<Vec<LlmRequest>>>,
 }
 
 /// Counts in-flight generations; notes a drop before the end.
@@ -54,6 +58,7 @@ impl LlmService for TestLlm {
         Box::pin(async move {
             seen.started.fetch_add(1, Ordering::SeqCst);
             seen.prompts.lock().unwrap().push(request.prompt.clone());
+            seen.requests.lock().unwrap().push(request.clone());
             let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let mut flight = Flight { seen: seen.clone(), finished: false };
@@ -326,8 +331,11 @@ fn arguments_are_checked() {
         try(llm.streamGenerate, "x", print, { maxTokens = -2 })
         try(llm.generateAsync, "\xff\xfe")
         try(llm.streamGenerate, 5, nil)
+        try(llm.generateAsync, "x", { system = 5 })
+        try(llm.generateAsync, "x", { messages = { { role = "narrator", content = "x" } } })
+        try(llm.generateAsync, "x", { messages = { { role = "user" } } })
         "#,
-        9,
+        12,
     );
     let expected = [
         "bad argument #1 to 'generateAsync' (string expected, got number)",
@@ -339,6 +347,9 @@ fn arguments_are_checked() {
         "bad argument #3 to 'streamGenerate' (at maxTokens:",
         "bad argument #1 to 'generateAsync' (prompt is not UTF-8)",
         "bad argument #1 to 'streamGenerate' (string expected, got number)",
+        "bad argument #2 to 'generateAsync' (at system: invalid type: integer `5`, expected a string",
+        "bad argument #2 to 'generateAsync' (at messages[0].role: unknown variant `narrator`",
+        "bad argument #2 to 'generateAsync' (at messages[0]: missing field `content`",
     ];
     assert_eq!(out.len(), expected.len(), "{out:?}");
     for (line, want) in out.iter().zip(expected) {
@@ -349,10 +360,61 @@ fn arguments_are_checked() {
 }
 
 #[test]
+fn system_and_messages_reach_the_service() {
+    let (mut app, seen) = llm_app(LlmConfig::default());
+    ok_output(
+        &mut app,
+        r#"
+        await(llm.generateAsync("And the pass?", {
+            system = "You are a guide.",
+            messages = { { role = "user", content = "Hi." }, { role = "assistant", content = "Hello." } },
+        }))
+        await(llm.streamGenerate("Plain.", function() end, { messages = {} }))
+        print("done")
+        "#,
+        1,
+    );
+    let requests = seen.requests.lock().unwrap().clone();
+    let message = |role, content: &str| LlmMessage { role, content: content.into() };
+    assert_eq!(
+        requests,
+        [
+            LlmRequest {
+                prompt: "And the pass?".into(),
+                system: Some("You are a guide.".into()),
+                messages: vec![message(LlmRole::User, "Hi."), message(LlmRole::Assistant, "Hello.")],
+                ..default()
+            },
+            LlmRequest { prompt: "Plain.".into(), ..default() },
+        ]
+    );
+}
+
+#[test]
+fn the_local_model_answers_a_conversation_deterministically() {
+    let model = LocalLlm::new(Duration::ZERO);
+    let plain = LlmRequest { prompt: "What now?".into(), max_tokens: Some(8), ..default() };
+    let talk = |system: Option<&str>, said: &str| LlmRequest {
+        system: system.map(String::from),
+        messages: vec![LlmMessage { role: LlmRole::User, content: said.into() }],
+        ..plain.clone()
+    };
+    let answer = |r: &LlmRequest| model.tokens(r).collect::<String>();
+    assert_eq!(answer(&talk(None, "The mill.")), answer(&talk(None, "The mill.")), "same conversation");
+    assert_ne!(answer(&talk(None, "The mill.")), answer(&plain), "the conversation moves the answer");
+    assert_ne!(answer(&talk(None, "The mill.")), answer(&talk(None, "The ford.")));
+    assert_ne!(answer(&talk(Some("Be brief."), "The mill.")), answer(&talk(None, "The mill.")));
+}
+
+#[test]
 fn the_local_model_is_deterministic() {
     let model = LocalLlm::new(Duration::ZERO);
-    let request =
-        LlmRequest { prompt: "Where is the smith?".into(), temperature: Some(0.7), max_tokens: Some(6) };
+    let request = LlmRequest {
+        prompt: "Where is the smith?".into(),
+        temperature: Some(0.7),
+        max_tokens: Some(6),
+        ..default()
+    };
     let tokens: Vec<String> = model.tokens(&request).collect();
     assert_eq!(tokens.len(), 6);
     assert_eq!(tokens, model.tokens(&request).collect::<Vec<_>>());
@@ -458,7 +520,7 @@ fn an_unbounded_queue_does_not_overflow() {
 #[test]
 fn the_local_model_makes_tokens_as_they_are_taken() {
     let model = LocalLlm::new(Duration::ZERO);
-    let request = LlmRequest { prompt: "x".into(), temperature: None, max_tokens: Some(u32::MAX) };
+    let request = LlmRequest { prompt: "x".into(), max_tokens: Some(u32::MAX), ..default() };
     // Built up front, u32::MAX tokens would not fit in memory.
     assert_eq!(model.tokens(&request).take(3).count(), 3);
 }

@@ -263,7 +263,8 @@ fn a_reader_that_goes_away_ends_output_quietly() {
 #[test]
 fn llm_and_llm_bridge_are_the_local_model_with_the_delay_given() {
     use bevy_lua_coroutines::{LlmRequest, LocalLlm};
-    let request = |prompt: &str| LlmRequest { prompt: prompt.into(), temperature: None, max_tokens: Some(4) };
+    let request =
+        |prompt: &str| LlmRequest { prompt: prompt.into(), max_tokens: Some(4), ..Default::default() };
     let answer =
         |prompt: &str| LocalLlm::new(std::time::Duration::ZERO).tokens(&request(prompt)).collect::<String>();
     let source = "print(await(llm.generateAsync('Is the pass open?', { maxTokens = 4 })))\n\

@@ -59,6 +59,28 @@ impl<T: Send + 'static> LuaChannel<T> {
 }
 
 /// Declares typed channels. Add `LuaCoroutinesPlugin` first.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_lua_coroutines::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Damage {
+///     target: u64,
+///     amount: f32,
+/// }
+///
+/// fn hurt(damage: Res<LuaChannel<Damage>>) {
+///     // Arrives in Lua as `{ target = 7, amount = 12.5 }` on `Channel.named("damage")`.
+///     let _ = damage.sender().try_send(Damage { target: 7, amount: 12.5 });
+/// }
+///
+/// App::new()
+///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+///     .add_lua_channel::<Damage>("damage", 16)
+///     .add_systems(Update, hurt);
+/// ```
 pub trait LuaChannelAppExt {
     /// Declares the channel `name` for `T` with `capacity` values in each direction (at least 1),
     /// and inserts the [`LuaChannel<T>`] resource holding its Rust ends. A value a script sends

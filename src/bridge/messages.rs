@@ -55,6 +55,31 @@ struct ScriptWritten<M: Message>(Arc<Mutex<Vec<M>>>);
 
 /// Connects Bevy messages and scripts. Add `LuaCoroutinesPlugin` first. Each call is idempotent
 /// for a given name and type.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_lua_coroutines::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Systems write it; scripts read it with `Messages.subscribe("PlayerHit")`.
+/// #[derive(Message, Serialize)]
+/// struct PlayerHit {
+///     damage: u32,
+/// }
+///
+/// /// Scripts write it with `Messages.write("EnemyDied", { id = 3 })`; systems read it.
+/// #[derive(Message, Deserialize)]
+/// struct EnemyDied {
+///     id: u32,
+/// }
+///
+/// App::new()
+///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
+///     .add_message::<PlayerHit>()
+///     .forward_message_to_scripts::<PlayerHit>("PlayerHit")
+///     .add_message::<EnemyDied>()
+///     .add_script_message::<EnemyDied>("EnemyDied");
+/// ```
 pub trait LuaMessagesAppExt {
     /// Forwards every `M` that systems write to the scripts that subscribed to `name` with
     /// `Messages.subscribe(name)`: each subscriber receives each message once, in order, as a
