@@ -94,6 +94,33 @@ function task.waitRealtime(seconds) end
 ---@param thread thread
 function task.cancel(thread) end
 
+---What one task of this instance is doing (see the README's "Seeing what scripts do").
+---@class TaskInfo
+---@field thread thread
+---@field entity integer the entity's id
+---@field script string the script's asset path
+---@field waitsOn "running"|"ready"|"time"|"delay"|"realtime"|"frames"|"predicate"|"promise"|"receive"|"send"|"select"|"stream"|"parked"|"nothing"
+---@field dueIn number? seconds until a timer falls due
+---@field frames number? frames left (`math.huge`: never)
+---@field status string? the awaited promise's status
+---@field channel string? the channel waited on
+---@field forever boolean nothing can wake it any more
+---@field where string? `"file:line"` where it last yielded
+---@field func string? the function it last yielded in
+---@field framesSinceRan integer? while tracking
+---@field resumes integer? while tracking
+---@field cpuTotal number? seconds, while tracking
+---@field cpuLastFrame number? seconds, while tracking
+
+---Every live task of this instance, oldest first.
+---@return TaskInfo[]
+function task.list() end
+
+---One task of this instance, or nil if `thread` is not one.
+---@param thread thread
+---@return TaskInfo?
+function task.info(thread) end
+
 ---The same as `task.wait`.
 ---@param seconds? number
 ---@return number elapsed
