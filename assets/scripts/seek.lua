@@ -14,7 +14,7 @@ local velocity = Vec3.ZERO
 
 while true do
   local dt = task.wait()
-  local position = entity:get("Transform.translation")
+  local position = entity:get("Transform.translation") ---@type Vec3
   local offset = target - position
   local distance = offset:length()
   if distance < 0.01 and velocity:length() < 0.01 then break end
