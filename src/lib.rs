@@ -286,9 +286,9 @@ mod inspect;
 mod instance;
 mod llm;
 mod modules;
-mod pattern;
 #[cfg(feature = "openai")]
 mod openai;
+mod pattern;
 mod plugin;
 mod reload;
 mod runtime;
