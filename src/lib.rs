@@ -293,6 +293,7 @@ mod plugin;
 mod reload;
 mod runtime;
 mod scheduler;
+mod sets;
 mod stream;
 mod time;
 mod timer;

@@ -112,8 +112,8 @@ impl LuaChannelAppExt for App {
             self.init_resource::<ChannelFlushes>().add_systems(
                 schedule,
                 flush_script_sends
-                    .in_set(crate::plugin::LuaCoroutinesSystems::Step)
-                    .after(crate::plugin::step_system),
+                    .in_set(crate::sets::LuaCoroutinesSystems::Step)
+                    .after(crate::sets::StepRun),
             );
         }
         self.world_mut().resource_mut::<ChannelFlushes>().0.push(flush);

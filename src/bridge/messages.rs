@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::from_lua;
-use crate::plugin::LuaCoroutinesSystems;
 use crate::runtime::LuaRuntime;
+use crate::sets::{LuaCoroutinesSystems, StepRun};
 
 /// Lua functions of `lua/rust_channels.lua` the Rust side calls.
 pub(crate) struct RustChannelsLua {
@@ -153,7 +153,7 @@ impl LuaMessagesAppExt for App {
                 writer.write_batch(drained);
             })
             .in_set(LuaCoroutinesSystems::Step)
-            .after(crate::plugin::step_system),
+            .after(StepRun),
         );
         self
     }
