@@ -81,7 +81,7 @@
 //!
 //! `Stream.from(channel | table | iterator)` makes a pull-based stream with `read`, `readLine`,
 //! `iter`, `close`, lazy `map`/`filter`/`take`, and `forEach`/`reduce`/`collect` returning
-//! promises. Rust hands scripts streams with [`LuaStreamAppExt::add_lua_stream_function`]: the
+//! promises. Rust hands scripts streams with [`LuaAppExt::add_lua_stream_function`]: the
 //! producer pushes chunks through a [`StreamSender`] whose bounded buffer holds it back, and whose
 //! `send` fails once the script stops reading. `readFileStream(path)` reads a file under the assets
 //! folder in chunks, off the main thread.
@@ -92,7 +92,7 @@
 //!
 //! ## Language-model service
 //!
-//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
+//! With the `llm` feature (on by default), [`LuaAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
 //! seed's name): `llm.generateAsync(prompt, opts)`
 //! returns a promise of the answer, `llm.streamGenerate(prompt, onChunk, opts)` delivers it token
 //! by token. A game implements [`LlmService`] for its model client; [`LocalLlm`] is a deterministic
@@ -130,7 +130,7 @@
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
-//! (`--no-default-features --features luajit`).
+//! (`--no-default-features --features luajit`, adding `llm` to keep the language-model service).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -143,10 +143,14 @@
 ))]
 compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-default-features)");
 
+mod app;
 mod asset;
 mod bridge;
 mod error;
+#[cfg(test)]
+mod external_channel_tests;
 mod instance;
+#[cfg(feature = "llm")]
 mod llm;
 mod modules;
 mod plugin;
@@ -158,26 +162,26 @@ mod time;
 mod timer;
 mod world;
 
+pub use app::LuaAppExt;
 pub use asset::{LuaScript, LuaScriptLoader};
-pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
-pub use bridge::messages::LuaMessagesAppExt;
-pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
+pub use bridge::channels::LuaChannel;
+pub use bridge::{AsyncScriptFunction, PromiseHandle, PromiseScriptFunction, ScriptFunction};
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use instance::{LuaEntity, LuaScripts};
-pub use llm::{AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
+#[cfg(feature = "llm")]
+pub use llm::{AsyncExecutor, LlmConfig, LlmFuture, LlmRequest, LlmService, LocalLlm};
 pub use mlua;
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
-pub use runtime::{LuaRuntime, LuaStdlib};
+pub use runtime::{LuaRuntime, StdlibAccess};
 pub use scheduler::SchedulerStats;
-pub use stream::{
-    FILE_BUFFER, FILE_CHUNK, LuaStreamAppExt, LuaStreamFunction, StreamSendError, StreamSender,
-};
+pub use stream::{FILE_BUFFER, FILE_CHUNK, StreamScriptFunction, StreamSender};
 
 /// The types most apps need.
 pub mod prelude {
+    #[cfg(feature = "llm")]
+    pub use crate::{LlmConfig, LocalLlm};
     pub use crate::{
-        LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
-        LuaCoroutinesSystems, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts, LuaStdlib,
-        LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
+        LuaAppExt, LuaChannel, LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaRuntime, LuaScript, LuaScripts,
+        PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StdlibAccess, StreamSender,
     };
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::tasks::AsyncComputeTaskPool;
-use bevy_lua_coroutines::StreamSendError;
+use bevy_lua_coroutines::Error;
 use bevy_lua_coroutines::prelude::*;
 use common::*;
 
@@ -499,11 +499,12 @@ fn feed(new: Res<NewSenders>, mut feeding: ResMut<Feeding>) {
     senders.retain_mut(|(tx, sent)| {
         match tx.try_send(*sent + 1) {
             Ok(()) => *sent += 1,
-            Err(StreamSendError::Full) => *full += 1,
-            Err(StreamSendError::Closed) => {
+            Err(Error::StreamFull) => *full += 1,
+            Err(Error::StreamClosed) => {
                 *closed += 1;
                 return false;
             }
+            Err(other) => panic!("try_send fails only with StreamFull or StreamClosed, not {other}"),
         }
         *sent < 5
     });

@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 
 use super::from_lua;
 use super::messages::rust_channels_lua;
-use crate::runtime::LuaRuntime;
 
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
 #[derive(Resource)]
@@ -57,41 +56,27 @@ impl<T: Send + 'static> LuaChannel<T> {
     }
 }
 
-/// Declares typed channels. Add `LuaCoroutinesPlugin` first.
-pub trait LuaChannelAppExt {
-    /// Declares the channel `name` for `T` with `capacity` values in each direction (at least 1),
-    /// and inserts the [`LuaChannel<T>`] resource holding its Rust ends. A value a script sends
-    /// that does not fit `T` raises in that script (`cannot send to channel 'damage': at amount:
-    /// invalid type ...`) and nothing else is lost.
-    fn add_lua_channel<T>(&mut self, name: &str, capacity: usize) -> &mut Self
-    where
-        T: Serialize + DeserializeOwned + Send + 'static;
-}
-
-impl LuaChannelAppExt for App {
-    fn add_lua_channel<T>(&mut self, name: &str, capacity: usize) -> &mut Self
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let Some(runtime) = self.world().get_resource::<LuaRuntime>() else {
-            panic!("add LuaCoroutinesPlugin before declaring the channel {name:?}");
-        };
-        let capacity = capacity.max(1);
-        let (to_scripts, scripts_rx) = crossbeam_channel::bounded::<T>(capacity);
-        let (scripts_tx, from_scripts) = crossbeam_channel::bounded::<T>(capacity);
-        let closed = Arc::new(AtomicBool::new(false));
-        if let Err(e) = declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
-            panic!("could not declare the channel {name:?}: {e}");
-        }
-        self.insert_resource(LuaChannel {
-            name: name.to_string(),
-            capacity,
-            to_scripts,
-            from_scripts,
-            closed,
-            _type: PhantomData,
-        })
+/// Declares the channel `name` for `T` to scripts and inserts its [`LuaChannel<T>`].
+pub(crate) fn add_lua_channel<T>(app: &mut App, name: &str, capacity: usize)
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let runtime = crate::runtime::require_plugin(app, name);
+    let capacity = capacity.max(1);
+    let (to_scripts, scripts_rx) = crossbeam_channel::bounded::<T>(capacity);
+    let (scripts_tx, from_scripts) = crossbeam_channel::bounded::<T>(capacity);
+    let closed = Arc::new(AtomicBool::new(false));
+    if let Err(e) = declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
+        panic!("{}", crate::Error::Registration { name: name.to_string(), source: e });
     }
+    app.insert_resource(LuaChannel {
+        name: name.to_string(),
+        capacity,
+        to_scripts,
+        from_scripts,
+        closed,
+        _type: PhantomData,
+    });
 }
 
 /// Builds the `ext` functions of the external channel `name` and declares it to scripts.
