@@ -157,6 +157,7 @@ mod plugin;
 mod reload;
 mod runtime;
 mod scheduler;
+mod sets;
 mod stream;
 mod time;
 mod timer;

@@ -10,6 +10,8 @@ use crate::error::{ScriptError, ScriptPrint};
 use crate::instance::{ChangedScripts, LuaScripts, SyncQueue};
 use crate::runtime::{LuaRuntime, StdlibAccess, VmConfig};
 use crate::scheduler::sched;
+pub use crate::sets::LuaCoroutinesSystems;
+use crate::sets::StepRun;
 
 /// Lua scripts on entities, run as coroutines one system steps once per frame.
 ///
@@ -91,15 +93,6 @@ impl LuaCoroutinesPlugin {
     }
 }
 
-/// The plugin's systems, in the order they run in the plugin's schedule.
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LuaCoroutinesSystems {
-    /// Instances follow `LuaScripts` changes: new scripts attach, removed ones are cancelled.
-    Sync,
-    /// Every ready task is resumed; errors and prints become messages.
-    Step,
-}
-
 impl Plugin for LuaCoroutinesPlugin {
     fn build(&self, app: &mut App) {
         let config = VmConfig {
@@ -141,7 +134,7 @@ impl Plugin for LuaCoroutinesPlugin {
                     (move |world: &mut World| sync_instances(world, wait_for_loads))
                         .in_set(LuaCoroutinesSystems::Sync)
                         .after(note_changed_scripts),
-                    step_system.in_set(LuaCoroutinesSystems::Step),
+                    step_system.in_set(LuaCoroutinesSystems::Step).in_set(StepRun),
                 ),
             );
         crate::stream::add_read_file_stream(app);

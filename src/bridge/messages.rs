@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::from_lua;
-use crate::plugin::LuaCoroutinesSystems;
 use crate::runtime::LuaRuntime;
+use crate::sets::{LuaCoroutinesSystems, StepRun};
 
 /// Lua functions of `lua/rust_channels.lua` the Rust side calls.
 pub(crate) struct RustChannelsLua {
@@ -105,6 +105,6 @@ pub(crate) fn add_script_message<M: Message + DeserializeOwned>(app: &mut App, n
             writer.write_batch(drained);
         })
         .in_set(LuaCoroutinesSystems::Step)
-        .after(crate::plugin::step_system),
+        .after(StepRun),
     );
 }
