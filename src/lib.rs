@@ -146,6 +146,7 @@ compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-de
 mod app;
 mod asset;
 mod bridge;
+mod components;
 mod error;
 #[cfg(test)]
 mod external_channel_tests;

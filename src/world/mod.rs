@@ -13,18 +13,14 @@ mod convert;
 use bevy::ecs::reflect::ReflectComponent;
 use bevy::prelude::*;
 use bevy::reflect::{TypeRegistration, TypeRegistry};
-use mlua::{Function, Lua, MultiValue, Table, Value};
+use mlua::{Function, Lua, MultiValue, Value};
 
 use crate::asset::LuaScript;
 use crate::bridge::script_function;
+use crate::components::{EntityMethods, LuaEntity, LuaScripts, SyncQueue};
 use crate::error::{lua_type, wrong_type};
-use crate::instance::{LuaEntity, LuaScripts, SyncQueue};
 use access::with_world;
 use convert::Path;
-
-/// The Lua table entity values index for their methods (app data, read when the metatable of
-/// [`LuaEntity`] is made).
-pub(crate) struct EntityMethods(pub Table);
 
 /// Installs the entity methods; returns the `world` module's functions, to be defined by name.
 pub(crate) fn install(lua: &Lua) -> mlua::Result<Vec<(&'static str, Function)>> {
@@ -44,7 +40,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<Vec<(&'static str, Function)>> 
 
 /// The entity value scripts see for `entity`.
 fn entity_value(lua: &Lua, entity: Entity) -> Result<Value, String> {
-    crate::instance::entity_value(lua, entity)
+    crate::components::entity_value(lua, entity)
         .map(Value::UserData)
         .map_err(|e| crate::error::split_traceback(&e).0)
 }
