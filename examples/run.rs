@@ -48,7 +48,7 @@ struct Options {
     fps: Option<f64>,
     entities: usize,
     watch: bool,
-    stdlib: LuaStdlib,
+    stdlib: StdlibAccess,
     memory_limit_mb: usize,
     stats: bool,
     /// `Channel.select`'s seed and `math.randomseed`'s, if given.
@@ -72,7 +72,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         fps: None,
         entities: 1,
         watch: false,
-        stdlib: LuaStdlib::Safe,
+        stdlib: StdlibAccess::Safe,
         memory_limit_mb: 512,
         stats: false,
         seed: None,
@@ -109,8 +109,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--memory-limit" => o.memory_limit_mb = value("--memory-limit", args.next())?,
             "--stdlib" => {
                 o.stdlib = match args.next().as_deref() {
-                    Some("safe") => LuaStdlib::Safe,
-                    Some("all") => LuaStdlib::All,
+                    Some("safe") => StdlibAccess::Safe,
+                    Some("all") => StdlibAccess::All,
                     other => return Err(format!("--stdlib: expected safe or all, got {other:?}")),
                 }
             }
@@ -242,6 +242,7 @@ fn main() -> ExitCode {
                 .after(bevy::time::TimeSystems),
         );
     }
+    #[cfg(feature = "llm")]
     add_llm(&mut app, o.llm_delay);
     if o.repl {
         app.add_lua_channel::<Console>(CONSOLE_CHANNEL, 16);
@@ -328,6 +329,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "llm")]
 /// Gives scripts the language-model module, `llm` (and its seed name `llmBridge`): the crate's
 /// offline `LocalLlm`, waiting `delay` before each token.
 ///

@@ -29,6 +29,22 @@ pub enum Error {
     /// A language-model service could not be set up (a bad configuration, a TLS set-up failure).
     #[error("language-model service: {0}")]
     Llm(String),
+    /// A name could not be given to scripts (a function, channel, message or service): it is a
+    /// built-in name, or the Lua side refused it.
+    #[error("could not give scripts {name:?}: {source}")]
+    Registration {
+        /// The name scripts were to use.
+        name: String,
+        /// What the VM reported.
+        source: mlua::Error,
+    },
+    /// The script stopped reading a stream (it closed it, took what it wanted, or its entity was
+    /// despawned): the producer should stop.
+    #[error("the script stopped reading the stream")]
+    StreamClosed,
+    /// A stream's buffer is full (only from [`StreamSender::try_send`](crate::StreamSender::try_send)).
+    #[error("the stream's buffer is full")]
+    StreamFull,
 }
 
 /// The crate's result type.

@@ -473,7 +473,7 @@ fn list_tasks(lua: &Lua, only: Option<InstanceId>) -> mlua::Result<Vec<(i64, Tas
 fn info_table(lua: &Lua, info: &TaskInfo, thread: Option<Thread>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("thread", thread)?;
-    t.set("entity", crate::instance::entity_value(lua, info.entity)?)?;
+    t.set("entity", crate::components::entity_value(lua, info.entity)?)?;
     t.set("script", info.script.as_str())?;
     let (kind, detail): (&str, Option<Value>) = match &info.wait {
         TaskWait::Running => ("running", None),

@@ -1,4 +1,4 @@
-//! Script instances: the [`LuaScripts`] component, the environment each attached script gets
+//! Script instances: the environment each attached script gets
 //! (`_G`, `state`, `entity`), starting an instance once its asset is loaded, and cancelling every
 //! task of an instance when its script is removed or its entity despawned.
 
@@ -7,101 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
-use mlua::{Function, UserData, UserDataFields, UserDataMethods, Value};
+use mlua::{Function, Value};
 
 use crate::asset::LuaScript;
+use crate::components::{LuaScripts, entity_value};
 use crate::error::ScriptErrorKind;
 use crate::runtime::LuaRuntime;
 use crate::scheduler::{self, InstanceId, sched};
-
-/// Attaches Lua scripts to an entity. Each handle becomes one script instance with its own
-/// globals and `state`; its top-level chunk runs as its first task once the asset is loaded.
-///
-/// Replacing the component starts instances for new handles and stops instances whose handle is
-/// gone; removing it (or despawning the entity) cancels every task of every instance.
-///
-/// ```no_run
-/// # use bevy::prelude::*;
-/// # use bevy_lua_coroutines::prelude::*;
-/// fn spawn_guard(mut commands: Commands, assets: Res<AssetServer>) {
-///     commands.spawn((
-///         Name::new("guard"),
-///         Transform::default(),
-///         // Two instances on one entity, each with its own globals and `state`.
-///         LuaScripts::new(assets.load("scripts/patrol.lua")).with(assets.load("scripts/bark.lua")),
-///     ));
-/// }
-/// ```
-#[derive(Component, Clone, Debug, Default)]
-pub struct LuaScripts(pub Vec<Handle<LuaScript>>);
-
-impl LuaScripts {
-    /// One script.
-    pub fn new(script: Handle<LuaScript>) -> Self {
-        Self(vec![script])
-    }
-
-    /// Adds another script.
-    pub fn with(mut self, script: Handle<LuaScript>) -> Self {
-        self.0.push(script);
-        self
-    }
-}
-
-impl From<Handle<LuaScript>> for LuaScripts {
-    fn from(script: Handle<LuaScript>) -> Self {
-        Self::new(script)
-    }
-}
-
-/// An entity as the value scripts see ([`LuaEntity`] userdata). It crosses into Rust (function
-/// arguments, messages, typed channels) as its id, `Entity::to_bits`.
-pub(crate) fn entity_value(lua: &mlua::Lua, entity: Entity) -> mlua::Result<mlua::AnyUserData> {
-    lua.create_ser_userdata(LuaEntity(entity))
-}
-
-impl serde::Serialize for LuaEntity {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(self.0.to_bits())
-    }
-}
-
-/// The `entity` value a script sees: `entity.id` is `Entity::to_bits`, `tostring(entity)` reads
-/// `Entity(12v3)`; `get`, `set`, `has` and `despawn` act on the world (see the crate docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LuaEntity(pub Entity);
-
-impl UserData for LuaEntity {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("id", |_, this| Ok(this.0.to_bits() as i64));
-        // Names that are not fields are looked up in the world methods (`entity:get(...)`).
-        fields.add_meta_field_with("__index", |lua| {
-            lua.app_data_ref::<crate::world::EntityMethods>()
-                .map(|m| m.0.clone())
-                .ok_or_else(|| mlua::Error::runtime("the world methods are installed with the VM"))
-        });
-    }
-
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| Ok(format!("Entity({})", this.0)));
-        methods.add_meta_method(mlua::MetaMethod::Eq, |_, this, other: mlua::UserDataRef<LuaEntity>| {
-            Ok(this.0 == other.0)
-        });
-    }
-}
-
-/// Entities whose `LuaScripts` changed (inserted, replaced, removed, despawned) since the last sync.
-#[derive(Resource, Default)]
-pub(crate) struct SyncQueue(pub Vec<Entity>);
-
-/// Scripts whose asset changed since the last sync.
-#[derive(Resource, Default)]
-pub(crate) struct ChangedScripts {
-    /// New source: running instances reload.
-    pub modified: Vec<AssetId<LuaScript>>,
-    /// Unloaded: compiled code for them is dropped.
-    pub removed: Vec<AssetId<LuaScript>>,
-}
 
 struct Attached {
     id: InstanceId,
@@ -129,6 +41,20 @@ impl Compiled {
         Self { source, factory, rejected, deleted: false, waiting_for: Vec::new() }
     }
 }
+
+/// See [`LuaRuntime::launcher`].
+struct Launcher(Function);
+
+const LAUNCH: &str = r#"
+local new_env, start, on_reload = ...
+local co_create = coroutine.create
+return function(envs, id, entity, factory, state)
+  local env = new_env(entity, state)
+  envs[id] = env
+  start(co_create(factory(env)))
+  if state ~= nil then start(co_create(on_reload(env))) end
+end
+"#;
 
 /// The instances of every entity, and those waiting for their asset.
 #[derive(Default)]
@@ -291,26 +217,44 @@ impl LuaRuntime {
     /// new code's `onReload()`.
     fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Option<mlua::Table>) {
         let lua = self.lua();
-        let reloaded = state.is_some();
         sched(lua).host_instance = Some(id);
-        let started = (|| {
-            let env: mlua::Table = self.new_env.call((entity_value(lua, entity)?, state))?;
-            let refs = scheduler::refs(lua);
-            let start = refs.start.clone();
-            refs.envs.raw_set(id.0 as i64, &env)?;
-            drop(refs);
-            let chunk: Function = factory.call(env.clone())?;
-            start.call::<()>(lua.create_thread(chunk)?)?;
-            if reloaded {
-                start.call::<()>(lua.create_thread(self.on_reload.call::<Function>(env)?)?)?;
-            }
-            Ok::<_, mlua::Error>(())
-        })();
+        // One call into Lua does the whole set-up (environment, chunk, first task): each crossing
+        // from Rust costs more than the Lua work it would do.
+        let started = self.launcher().and_then(|launch| {
+            let envs = scheduler::refs(lua).envs.clone();
+            // On a thread mlua makes, which carries the instruction budget's hook: the tasks
+            // `coroutine.create` makes there inherit it (the main thread has none).
+            lua.create_thread(launch)?.resume::<()>((
+                envs,
+                id.0 as i64,
+                entity_value(lua, entity)?,
+                factory,
+                state,
+            ))
+        });
         sched(lua).host_instance = None;
         if let Err(e) = started {
             let (message, traceback) = crate::error::split_traceback(&e);
             sched(lua).report(Some(id), ScriptErrorKind::Runtime, message, traceback);
         }
+    }
+
+    /// `launch(envs, id, entity, factory, state)`, made on first use: gives instance `id` a fresh
+    /// environment (kept in `envs`), runs `factory`'s chunk in it as the instance's first task
+    /// and, after a reload (`state` given), a second task that calls `onReload()`.
+    fn launcher(&self) -> mlua::Result<Function> {
+        let lua = self.lua();
+        if let Some(launcher) = lua.app_data_ref::<Launcher>() {
+            return Ok(launcher.0.clone());
+        }
+        let start = scheduler::refs(lua).start.clone();
+        let launch: Function = lua.load(LAUNCH).set_name("=bevy_lua_coroutines/launch").call((
+            self.new_env.clone(),
+            start,
+            self.on_reload.clone(),
+        ))?;
+        lua.set_app_data(Launcher(launch.clone()));
+        Ok(launch)
     }
 
     /// Runs instances again with `factory`: their tasks are cancelled, `state` is kept, the chunk

@@ -136,9 +136,9 @@
 //!
 //! ## Typed channels and Bevy messages
 //!
-//! [`LuaChannelAppExt::add_lua_channel`] connects a Rust type to scripts as
+//! [`LuaAppExt::add_lua_channel`] connects a Rust type to scripts as
 //! `Channel.named(name)`: systems send through the [`LuaChannel`] resource's crossbeam sender and
-//! scripts receive tables (and back). [`LuaMessagesAppExt`] forwards Bevy messages to scripts
+//! scripts receive tables (and back). [`LuaAppExt::forward_message_to_scripts`] forwards Bevy messages to scripts
 //! (`Messages.subscribe(name)` returns a channel) and lets scripts write messages systems read
 //! (`Messages.write(name, table)`).
 //!
@@ -162,7 +162,7 @@
 //!
 //! `Stream.from(channel | table | iterator)` makes a pull-based stream with `read`, `readLine`,
 //! `iter`, `close`, lazy `map`/`filter`/`take`, and `forEach`/`reduce`/`collect` returning
-//! promises. Rust hands scripts streams with [`LuaStreamAppExt::add_lua_stream_function`]: the
+//! promises. Rust hands scripts streams with [`LuaAppExt::add_lua_stream_function`]: the
 //! producer pushes chunks through a [`StreamSender`] whose bounded buffer holds it back, and whose
 //! `send` fails once the script stops reading. `readFileStream(path)` reads a file under the assets
 //! folder in chunks, off the main thread.
@@ -173,7 +173,7 @@
 //!
 //! ## Language-model service
 //!
-//! [`LlmAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
+//! With the `llm` feature (on by default), [`LuaAppExt::add_llm_service`] gives scripts the `llm` module (also named `llmBridge`, the
 //! seed's name): `llm.generateAsync(prompt, opts)` returns a promise of the answer,
 //! `llm.streamGenerate(prompt, onChunk, opts)` delivers it token by token; `opts.system` and `opts.messages` carry a system prompt and the conversation so far
 //! (an [`LlmRequest`] of [`LlmMessage`]s). A game implements [`LlmService`] for its model client or
@@ -264,7 +264,8 @@
 //! ## Lua flavours
 //!
 //! Cargo features `lua54` (default), `luajit` and `luau` pick the VM; choose one
-//! (`--no-default-features --features luajit`). See [Feature flags](#feature-flags).
+//! (`--no-default-features --features luajit`, adding `llm` to keep the language-model service).
+//! See [Feature flags](#feature-flags).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -277,13 +278,18 @@
 ))]
 compile_error!("choose one Lua flavour: `lua54`, `luajit` or `luau` (use --no-default-features)");
 
+mod app;
 mod asset;
 mod bridge;
+mod components;
 mod diagnostics;
 mod error;
+#[cfg(test)]
+mod external_channel_tests;
 mod hook;
 mod inspect;
 mod instance;
+#[cfg(feature = "llm")]
 mod llm;
 mod modules;
 #[cfg(feature = "openai")]
@@ -299,32 +305,31 @@ mod time;
 mod timer;
 mod world;
 
+pub use app::LuaAppExt;
 pub use asset::{LuaScript, LuaScriptLoader};
-pub use bridge::channels::{LuaChannel, LuaChannelAppExt};
-pub use bridge::messages::LuaMessagesAppExt;
-pub use bridge::{LuaAppExt, LuaAsyncFunction, LuaFunction, LuaPromiseFunction, PromiseHandle};
+pub use bridge::channels::LuaChannel;
+pub use bridge::{AsyncScriptFunction, PromiseHandle, PromiseScriptFunction, ScriptFunction};
+pub use components::{LuaEntity, LuaScripts};
 pub use diagnostics::LuaDiagnosticsPlugin;
 pub use error::{Error, Result, ScriptError, ScriptErrorKind, ScriptPrint};
 pub use inspect::{ScriptCost, TaskInfo, TaskWait, fmt_duration, format_task_list};
-pub use instance::{LuaEntity, LuaScripts};
-pub use llm::{
-    AsyncExecutor, LlmAppExt, LlmConfig, LlmFuture, LlmMessage, LlmRequest, LlmRole, LlmService, LocalLlm,
-};
+#[cfg(feature = "llm")]
+pub use llm::{AsyncExecutor, LlmConfig, LlmFuture, LlmMessage, LlmRequest, LlmRole, LlmService, LocalLlm};
 pub use mlua;
 #[cfg(feature = "openai")]
 pub use openai::{OpenAiConfig, OpenAiLlm};
 pub use plugin::{LuaCoroutinesPlugin, LuaCoroutinesSystems};
-pub use runtime::{LuaRuntime, LuaStdlib};
+pub use runtime::{LuaRuntime, StdlibAccess};
 pub use scheduler::SchedulerStats;
-pub use stream::{
-    FILE_BUFFER, FILE_CHUNK, LuaStreamAppExt, LuaStreamFunction, StreamSendError, StreamSender,
-};
+pub use stream::{FILE_BUFFER, FILE_CHUNK, StreamScriptFunction, StreamSender};
 
 /// The types most apps need.
 pub mod prelude {
+    #[cfg(feature = "llm")]
+    pub use crate::{LlmConfig, LocalLlm};
     pub use crate::{
-        LlmAppExt, LlmConfig, LocalLlm, LuaAppExt, LuaChannel, LuaChannelAppExt, LuaCoroutinesPlugin,
-        LuaCoroutinesSystems, LuaDiagnosticsPlugin, LuaMessagesAppExt, LuaRuntime, LuaScript, LuaScripts,
-        LuaStdlib, LuaStreamAppExt, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StreamSender,
+        LuaAppExt, LuaChannel, LuaCoroutinesPlugin, LuaCoroutinesSystems, LuaDiagnosticsPlugin, LuaRuntime,
+        LuaScript, LuaScripts, PromiseHandle, ScriptError, ScriptErrorKind, ScriptPrint, StdlibAccess,
+        StreamSender,
     };
 }

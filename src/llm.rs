@@ -1,7 +1,7 @@
 //! The language-model service scripts await and stream (the `llm` module), and the executor it
 //! runs on. A game plugs in a model client by implementing [`LlmService`]; the crate ships
 //! [`LocalLlm`], a deterministic offline model (answers from a small built-in text, with a delay
-//! per token) for tests, examples and development. [`LlmAppExt::add_llm_service`] registers one.
+//! per token) for tests, examples and development. [`LuaAppExt::add_llm_service`](crate::LuaAppExt::add_llm_service) registers one.
 //!
 //! Every generation is a Rust stream of tokens (see [`StreamSender`]) produced by a future on an
 //! [`AsyncExecutor`]: at most `workers` generations run at once, at most `queue` more wait, and a
@@ -313,46 +313,25 @@ async fn generate(service: Arc<dyn LlmService>, request: LlmRequest, mut tokens:
     }
 }
 
-/// Registers the language-model service. Add `LuaCoroutinesPlugin` first.
-pub trait LlmAppExt {
-    /// Makes `service` the one the `llm` module (also named `llmBridge`) uses, run as `config` says, and inserts its
-    /// [`AsyncExecutor`] as a resource (for diagnostics). Registering again replaces it.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use bevy::prelude::*;
-    /// use bevy_lua_coroutines::prelude::*;
-    ///
-    /// App::new()
-    ///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
-    ///     .add_llm_service(LocalLlm::new(Duration::from_millis(20)), LlmConfig::default());
-    /// ```
-    fn add_llm_service(&mut self, service: impl LlmService, config: LlmConfig) -> &mut Self;
-}
-
-impl LlmAppExt for App {
-    fn add_llm_service(&mut self, service: impl LlmService, config: LlmConfig) -> &mut Self {
-        let executor = AsyncExecutor::new(config.workers, config.queue);
-        let Some(runtime) = self.world().get_resource::<crate::LuaRuntime>() else {
-            panic!("add LuaCoroutinesPlugin before the language-model service");
-        };
-        let module = install(runtime.lua(), Arc::new(service), executor.clone(), config.buffer.max(1));
-        let module = match module {
-            Ok(m) => m,
-            Err(e) => panic!("could not install the language-model service: {e}"),
-        };
-        for name in ["generateAsync", "streamGenerate"] {
-            bridge::define(self, &format!("llm.{name}"), |_, _| module.get(name));
-        }
-        // The seed's name for the module, as `sleep` and `spawn` are for `task.wait` and `task.spawn`.
-        let runtime = self.world().resource::<crate::LuaRuntime>();
-        let alias =
-            runtime.lua().globals().get::<Value>("llm").and_then(|llm| runtime.define("llmBridge", llm));
-        if let Err(e) = alias {
-            panic!("could not name the language-model module llmBridge: {e}");
-        }
-        self.insert_resource(executor)
+/// Makes `service` the one the `llm` module uses, and inserts its [`AsyncExecutor`].
+pub(crate) fn add_llm_service(app: &mut App, service: impl LlmService, config: LlmConfig) {
+    let executor = AsyncExecutor::new(config.workers, config.queue);
+    let runtime = crate::runtime::require_plugin(app, "llm");
+    let module = install(runtime.lua(), Arc::new(service), executor.clone(), config.buffer.max(1));
+    let module = match module {
+        Ok(m) => m,
+        Err(e) => panic!("{}", crate::Error::Registration { name: "llm".into(), source: e }),
+    };
+    for name in ["generateAsync", "streamGenerate"] {
+        bridge::define(app, &format!("llm.{name}"), |_, _| module.get(name));
     }
+    // The seed's name for the module, as `sleep` and `spawn` are for `task.wait` and `task.spawn`.
+    let runtime = app.world().resource::<crate::LuaRuntime>();
+    let alias = runtime.lua().globals().get::<Value>("llm").and_then(|llm| runtime.define("llmBridge", llm));
+    if let Err(e) = alias {
+        panic!("{}", crate::Error::Registration { name: "llmBridge".into(), source: e });
+    }
+    app.insert_resource(executor);
 }
 
 /// Loads `lua/llm.lua` with the Rust `open` for `service`; returns its exports.

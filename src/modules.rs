@@ -147,7 +147,7 @@ fn require(lua: &Lua, name: &str) -> Result<Value, Failure> {
 }
 
 /// The names of standard libraries (of any flavour): `require` returns the one the sandbox grants,
-/// and looks for a file only if it grants none (`io` under `LuaStdlib::Safe`).
+/// and looks for a file only if it grants none (`io` under `StdlibAccess::Safe`).
 const STANDARD_LIBRARIES: &[&str] = &[
     "coroutine",
     "debug",

@@ -6,9 +6,9 @@ use bevy::ecs::schedule::ScheduleLabel;
 use bevy::prelude::*;
 
 use crate::asset::{LuaScript, LuaScriptLoader};
+use crate::components::{ChangedScripts, LuaScripts, SyncQueue};
 use crate::error::{ScriptError, ScriptPrint};
-use crate::instance::{ChangedScripts, LuaScripts, SyncQueue};
-use crate::runtime::{LuaRuntime, LuaStdlib, VmConfig};
+use crate::runtime::{LuaRuntime, StdlibAccess, VmConfig};
 use crate::scheduler::sched;
 pub use crate::sets::LuaCoroutinesSystems;
 use crate::sets::StepRun;
@@ -35,8 +35,8 @@ pub struct LuaCoroutinesPlugin {
     /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
     /// fails the Lua call that made it with a memory error.
     pub memory_limit: Option<usize>,
-    /// The standard libraries scripts get (default [`LuaStdlib::Safe`]).
-    pub stdlib: LuaStdlib,
+    /// The standard libraries scripts get (default [`StdlibAccess::Safe`]).
+    pub stdlib: StdlibAccess,
     /// Whether `print` also writes its line to stdout (default true). Every printed line is
     /// written as a [`ScriptPrint`] message either way. A closed stdout (a broken pipe) ends the
     /// writing quietly; see [`LuaRuntime::stdout_closed`].
@@ -96,7 +96,7 @@ impl Default for LuaCoroutinesPlugin {
             schedule: Update.intern(),
             instruction_budget: Some(10_000_000),
             memory_limit: Some(512 * 1024 * 1024),
-            stdlib: LuaStdlib::Safe,
+            stdlib: StdlibAccess::Safe,
             print_to_stdout: true,
             select_seed: 0x5EED,
             wait_for_script_loads: false,

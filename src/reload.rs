@@ -17,7 +17,7 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 
 use crate::asset::LuaScript;
-use crate::instance::ChangedScripts;
+use crate::components::ChangedScripts;
 use crate::runtime::LuaRuntime;
 
 /// A `.lua` file that changed: its asset path (`scripts/enemy.lua`) and what is in it now.

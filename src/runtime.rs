@@ -13,7 +13,7 @@ use crate::scheduler::{self, Budget, InstanceId, Refs, Scheduler, kind, sched};
 
 /// Which standard libraries scripts get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LuaStdlib {
+pub enum StdlibAccess {
     /// `string`, `table`, `math`, `utf8`, `coroutine`, a time-only `os` and `debug.traceback`;
     /// no `io`, `package`, `dofile`, `loadfile`, binary chunks, `os.execute` or the rest of `debug`.
     #[default]
@@ -25,7 +25,7 @@ pub enum LuaStdlib {
 /// What the VM is created with.
 #[derive(Clone, Debug)]
 pub(crate) struct VmConfig {
-    pub stdlib: LuaStdlib,
+    pub stdlib: StdlibAccess,
     pub instruction_budget: Option<u64>,
     pub memory_limit: Option<usize>,
     pub print_to_stdout: bool,
@@ -50,6 +50,15 @@ pub(crate) struct ChannelLua {
     pub poll: Function,
     /// `Channel._external(ext, name)`: makes a Rust-backed channel (hidden from scripts).
     pub external: Function,
+}
+
+/// The runtime, for a registration of `name`; panics when `LuaCoroutinesPlugin` was not added
+/// first (registration is set-up code, as Bevy's own `add_systems` panics on a bad schedule).
+pub(crate) fn require_plugin<'a>(app: &'a App, name: &str) -> &'a LuaRuntime {
+    match app.world().get_resource::<LuaRuntime>() {
+        Some(runtime) => runtime,
+        None => panic!("add LuaCoroutinesPlugin before giving scripts {name:?}"),
+    }
 }
 
 /// The Lua VM and what the plugin keeps beside it. One per app.
@@ -109,14 +118,6 @@ impl LuaRuntime {
         self.schedule
     }
 
-    /// The constructor of Rust-backed channels, `(ext, name) -> Channel`. Not part of the API:
-    /// scripts do not see it (an `ext` written in Lua would run outside the instruction budget);
-    /// it is public only so the crate's tests can exercise it with a fake `ext`.
-    #[doc(hidden)]
-    pub fn external_channel_constructor(&self) -> Function {
-        self.lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone()
-    }
-
     /// Counters for diagnostics.
     pub fn stats(&self) -> scheduler::SchedulerStats {
         scheduler::SchedulerStats { resumed: scheduler::current_task(&self.lua).1 }
@@ -130,7 +131,7 @@ impl LuaRuntime {
     pub(crate) fn new(
         config: &VmConfig,
         schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
-    ) -> mlua::Result<Self> {
+    ) -> crate::Result<Self> {
         // SAFETY: `debug` is opened only so `debug.traceback` can be kept; in safe mode the rest of
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
         #[allow(unsafe_code)]
@@ -294,7 +295,7 @@ impl LuaRuntime {
         lua.set_app_data(budget.clone());
 
         let opts = lua.create_table()?;
-        opts.set("all", config.stdlib == LuaStdlib::All)?;
+        opts.set("all", config.stdlib == StdlibAccess::All)?;
         let to_stdout = config.print_to_stdout;
         let stdout_closed = Arc::new(AtomicBool::new(false));
         let closed = stdout_closed.clone();

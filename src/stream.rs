@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bridge::{self, Convert, arg, message, script_function};
+use crate::error::{Error, Result};
 use crate::runtime::ChannelLua;
 
 /// Bytes `readFileStream` reads per chunk.
@@ -41,18 +42,6 @@ const CANCELLED: &str = "stream cancelled";
 
 /// Most chunks one refill of a script's queue takes (they cross as the results of one call).
 const MAX_REFILL: usize = 4000;
-
-/// Why a chunk could not be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum StreamSendError {
-    /// The script stopped reading (it closed the stream, took what it wanted, or its entity was
-    /// despawned): stop producing.
-    #[error("the script stopped reading the stream")]
-    Closed,
-    /// The buffer is full (only from [`StreamSender::try_send`]).
-    #[error("the stream's buffer is full")]
-    Full,
-}
 
 #[derive(Default)]
 struct State {
@@ -115,36 +104,36 @@ pub struct StreamSender {
 }
 
 impl StreamSender {
-    /// Sends `value`, waiting while the buffer is full. Fails with [`StreamSendError::Closed`] once
+    /// Sends `value`, waiting while the buffer is full. Fails with [`Error::StreamClosed`] once
     /// the script stopped reading: the producer should stop then.
-    pub async fn send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<(), StreamSendError> {
+    pub async fn send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<()> {
         self.push(Box::new(move |lua: &Lua| lua.to_value(&value))).await
     }
 
     /// Sends raw bytes, which scripts read as a Lua string (not necessarily UTF-8).
-    pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), StreamSendError> {
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<()> {
         self.push(Box::new(move |lua: &Lua| lua.create_string(&bytes).map(Value::String))).await
     }
 
     /// Sends `value` if the buffer has room now.
-    pub fn try_send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<(), StreamSendError> {
+    pub fn try_send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<()> {
         let mut s = self.shared.lock();
         if s.cancelled {
-            return Err(StreamSendError::Closed);
+            return Err(Error::StreamClosed);
         }
         if s.buf.len() + s.lent >= self.shared.capacity {
-            return Err(StreamSendError::Full);
+            return Err(Error::StreamFull);
         }
         s.buf.push_back(Box::new(move |lua: &Lua| lua.to_value(&value)));
         Ok(())
     }
 
-    async fn push(&mut self, chunk: Convert) -> Result<(), StreamSendError> {
+    async fn push(&mut self, chunk: Convert) -> Result<()> {
         let mut chunk = Some(chunk);
         poll_fn(|cx| {
             let mut s = self.shared.lock();
             if s.cancelled {
-                return Poll::Ready(Err(StreamSendError::Closed));
+                return Poll::Ready(Err(Error::StreamClosed));
             }
             if s.buf.len() + s.lent >= self.shared.capacity {
                 s.waker = Some(cx.waker().clone());
@@ -210,6 +199,7 @@ struct StreamLua {
     /// `batched(ext) -> ext`: the receiving half of a stream's external channel, over `drain`.
     batched: Function,
     /// What the module was loaded with: `Promise`, `bad`, `callable`.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))]
     deps: Table,
 }
 
@@ -227,7 +217,8 @@ pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Resul
 }
 
 /// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`), for
-/// modules built on streams.
+/// modules built on streams (the language-model module).
+#[cfg(feature = "llm")]
 pub(crate) fn module_deps(lua: &Lua) -> mlua::Result<Table> {
     let deps = lua.create_table()?;
     let ours = lua.app_data_ref::<StreamLua>().expect("the stream module is installed").deps.clone();
@@ -350,7 +341,12 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
 /// for up to three arguments. In Lua the call returns a `Stream`; an `Err` raises instead (and
 /// the sender, dropped, is never read). The function starts the producer (spawns a future that
 /// owns the sender, or hands the sender to a system) and returns at once.
-pub trait LuaStreamFunction<Marker>: Send + Sync + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hand scripts a stream",
+    label = "expected `Fn(A1, ..., An, StreamSender) -> Result<(), E>` (at most 3 arguments before the sender)",
+    note = "arguments must be `DeserializeOwned`, the error `Display`"
+)]
+pub trait StreamScriptFunction<Marker>: Send + Sync + 'static {
     /// Builds the Lua function, named `name` in error messages, whose streams buffer `capacity`
     /// chunks.
     fn into_lua_function(self, lua: &Lua, name: String, capacity: usize) -> mlua::Result<Function>;
@@ -358,7 +354,7 @@ pub trait LuaStreamFunction<Marker>: Send + Sync + 'static {
 
 macro_rules! impl_lua_stream_functions {
     ($($a:ident : $n:literal),*) => {
-        impl<F, E, $($a,)*> LuaStreamFunction<fn($($a,)*) -> E> for F
+        impl<F, E, $($a,)*> StreamScriptFunction<fn($($a,)*) -> E> for F
         where
             F: Fn($($a,)* StreamSender) -> Result<(), E> + Send + Sync + 'static,
             E: Display,
@@ -383,49 +379,14 @@ impl_lua_stream_functions!(A1: 1);
 impl_lua_stream_functions!(A1: 1, A2: 2);
 impl_lua_stream_functions!(A1: 1, A2: 2, A3: 3);
 
-/// Registers Rust functions that hand scripts a stream. Add `LuaCoroutinesPlugin` first.
-///
-/// ```no_run
-/// use bevy::prelude::*;
-/// use bevy::tasks::AsyncComputeTaskPool;
-/// use bevy_lua_coroutines::prelude::*;
-///
-/// App::new()
-///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
-///     .add_lua_stream_function("countTo", 8, |n: u32, mut tx: StreamSender| {
-///         AsyncComputeTaskPool::get()
-///             .spawn(async move {
-///                 for i in 1..=n {
-///                     if tx.send(i).await.is_err() {
-///                         return; // the script stopped reading
-///                     }
-///                 }
-///             })
-///             .detach();
-///         Ok::<_, String>(())
-///     });
-/// ```
-pub trait LuaStreamAppExt {
-    /// Registers `f` under `name` (`"name"` or `"module.name"`); each stream it makes buffers
-    /// `capacity` chunks (at least 1) ahead of the script.
-    fn add_lua_stream_function<M>(
-        &mut self,
-        name: &str,
-        capacity: usize,
-        f: impl LuaStreamFunction<M>,
-    ) -> &mut Self;
-}
-
-impl LuaStreamAppExt for App {
-    fn add_lua_stream_function<M>(
-        &mut self,
-        name: &str,
-        capacity: usize,
-        f: impl LuaStreamFunction<M>,
-    ) -> &mut Self {
-        bridge::define(self, name, |lua, short| f.into_lua_function(lua, short, capacity));
-        self
-    }
+/// Defines `f` under `name`; each stream it makes buffers `capacity` chunks (at least 1).
+pub(crate) fn add_stream_function<M>(
+    app: &mut App,
+    name: &str,
+    capacity: usize,
+    f: impl StreamScriptFunction<M>,
+) {
+    bridge::define(app, name, |lua, short| f.into_lua_function(lua, short, capacity));
 }
 
 /// Reads `file` into `tx` in chunks of [`FILE_CHUNK`] bytes (blocking reads: run it on the
@@ -456,7 +417,7 @@ async fn read_file(file: PathBuf, shown: String, mut tx: StreamSender) {
 /// [`FILE_CHUNK`] bytes, read on the `IoTaskPool`, [`FILE_BUFFER`] chunks ahead at most.
 pub(crate) fn add_read_file_stream(app: &mut App) {
     let root = crate::asset::assets_folder(app);
-    app.add_lua_stream_function("readFileStream", FILE_BUFFER, move |path: String, tx: StreamSender| {
+    add_stream_function(app, "readFileStream", FILE_BUFFER, move |path: String, tx: StreamSender| {
         // A missing file is the stream's error (`read` returns `nil, "cannot open ..."`); anything
         // else the rule refuses, before the file is opened, is the call's.
         let file = match crate::asset::script_file(&root, &path) {

@@ -135,8 +135,11 @@ fn safe_standard_libraries_by_default() {
 
 #[test]
 fn stdlib_all_grants_io_os_and_debug() {
-    let mut app =
-        create_app_with(LuaCoroutinesPlugin { stdlib: LuaStdlib::All, print_to_stdout: false, ..default() });
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        stdlib: StdlibAccess::All,
+        print_to_stdout: false,
+        ..default()
+    });
     spawn_script(&mut app, "scripts/all.lua", "print(type(io.open), type(os.getenv), type(debug.getinfo))");
     run(&mut app, 2);
     assert_eq!(printed(&app), ["function\tfunction\tfunction"]);
@@ -155,14 +158,17 @@ fn require_of_a_standard_library_name_returns_the_library_the_script_sees() {
           end
         end
     "#;
-    let mut app =
-        create_app_with(LuaCoroutinesPlugin { stdlib: LuaStdlib::All, print_to_stdout: false, ..default() });
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        stdlib: StdlibAccess::All,
+        print_to_stdout: false,
+        ..default()
+    });
     spawn_script(&mut app, "scripts/std.lua", src);
     run(&mut app, 2);
     let out = printed(&app);
     assert_eq!(out.len(), 8, "{out:?}");
     for line in &out[..6] {
-        assert!(line.ends_with("\ttrue\ttrue"), "under LuaStdlib::All, the library itself: {out:?}");
+        assert!(line.ends_with("\ttrue\ttrue"), "under StdlibAccess::All, the library itself: {out:?}");
     }
     for line in &out[6..] {
         // Luau has neither `io` nor `package`: then the name is looked for as a module, and missing.

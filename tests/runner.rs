@@ -261,6 +261,7 @@ fn a_reader_that_goes_away_ends_output_quietly() {
 }
 
 #[test]
+#[cfg(feature = "llm")]
 fn llm_and_llm_bridge_are_the_local_model_with_the_delay_given() {
     use bevy_lua_coroutines::{LlmRequest, LocalLlm};
     let request =

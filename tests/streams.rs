@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::tasks::AsyncComputeTaskPool;
-use bevy_lua_coroutines::StreamSendError;
+use bevy_lua_coroutines::Error;
 use bevy_lua_coroutines::prelude::*;
 use common::*;
 
@@ -499,11 +499,12 @@ fn feed(new: Res<NewSenders>, mut feeding: ResMut<Feeding>) {
     senders.retain_mut(|(tx, sent)| {
         match tx.try_send(*sent + 1) {
             Ok(()) => *sent += 1,
-            Err(StreamSendError::Full) => *full += 1,
-            Err(StreamSendError::Closed) => {
+            Err(Error::StreamFull) => *full += 1,
+            Err(Error::StreamClosed) => {
                 *closed += 1;
                 return false;
             }
+            Err(other) => panic!("try_send fails only with StreamFull or StreamClosed, not {other}"),
         }
         *sent < 5
     });
@@ -886,7 +887,10 @@ fn chunks_the_reader_took_in_a_batch_keep_their_room_until_it_comes_back() {
     assert_eq!(printed(&app), ["first\t1"]);
     // The reader took all three in one refill and read one: the other two still hold their room.
     assert_eq!(sender.len(), 3);
-    assert!(matches!(sender.try_send(4), Err(StreamSendError::Full)), "the producer ran ahead of the reader");
+    assert!(
+        matches!(sender.try_send(4), Err(bevy_lua_coroutines::Error::StreamFull)),
+        "the producer ran ahead of the reader"
+    );
     run(&mut app, 1);
     assert_eq!(printed(&app), ["first\t1", "rest\t2\t3"]);
     // Its queue is empty and it came back for more: the room is free again.

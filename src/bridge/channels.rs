@@ -17,7 +17,6 @@ use serde::de::DeserializeOwned;
 use super::flat::{self, Tok};
 use super::from_lua;
 use super::messages::rust_channels_lua;
-use crate::runtime::LuaRuntime;
 
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
 #[derive(Resource)]
@@ -58,74 +57,36 @@ impl<T: Send + 'static> LuaChannel<T> {
     }
 }
 
-/// Declares typed channels. Add `LuaCoroutinesPlugin` first.
-///
-/// ```no_run
-/// use bevy::prelude::*;
-/// use bevy_lua_coroutines::prelude::*;
-/// use serde::{Deserialize, Serialize};
-///
-/// #[derive(Serialize, Deserialize)]
-/// struct Damage {
-///     target: u64,
-///     amount: f32,
-/// }
-///
-/// fn hurt(damage: Res<LuaChannel<Damage>>) {
-///     // Arrives in Lua as `{ target = 7, amount = 12.5 }` on `Channel.named("damage")`.
-///     let _ = damage.sender().try_send(Damage { target: 7, amount: 12.5 });
-/// }
-///
-/// App::new()
-///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
-///     .add_lua_channel::<Damage>("damage", 16)
-///     .add_systems(Update, hurt);
-/// ```
-pub trait LuaChannelAppExt {
-    /// Declares the channel `name` for `T` with `capacity` values in each direction (at least 1),
-    /// and inserts the [`LuaChannel<T>`] resource holding its Rust ends. A value a script sends
-    /// that does not fit `T` raises in that script (`cannot send to channel 'damage': at amount:
-    /// invalid type ...`) and nothing else is lost.
-    fn add_lua_channel<T>(&mut self, name: &str, capacity: usize) -> &mut Self
-    where
-        T: Serialize + DeserializeOwned + Send + 'static;
-}
-
-impl LuaChannelAppExt for App {
-    fn add_lua_channel<T>(&mut self, name: &str, capacity: usize) -> &mut Self
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let Some(runtime) = self.world().get_resource::<LuaRuntime>() else {
-            panic!("add LuaCoroutinesPlugin before declaring the channel {name:?}");
-        };
-        let capacity = capacity.max(1);
-        let (to_scripts, scripts_rx) = crossbeam_channel::bounded::<T>(capacity);
-        let (scripts_tx, from_scripts) = crossbeam_channel::bounded::<T>(capacity);
-        let closed = Arc::new(AtomicBool::new(false));
-        let schedule = runtime.schedule();
-        let flush = match declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
-            Ok(flush) => flush,
-            Err(e) => panic!("could not declare the channel {name:?}: {e}"),
-        };
-        if !self.world().contains_resource::<ChannelFlushes>() {
-            self.init_resource::<ChannelFlushes>().add_systems(
-                schedule,
-                flush_script_sends
-                    .in_set(crate::sets::LuaCoroutinesSystems::Step)
-                    .after(crate::sets::StepRun),
-            );
-        }
-        self.world_mut().resource_mut::<ChannelFlushes>().0.push(flush);
-        self.insert_resource(LuaChannel {
-            name: name.to_string(),
-            capacity,
-            to_scripts,
-            from_scripts,
-            closed,
-            _type: PhantomData,
-        })
+/// Declares the channel `name` for `T` to scripts and inserts its [`LuaChannel<T>`].
+pub(crate) fn add_lua_channel<T>(app: &mut App, name: &str, capacity: usize)
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let runtime = crate::runtime::require_plugin(app, name);
+    let capacity = capacity.max(1);
+    let (to_scripts, scripts_rx) = crossbeam_channel::bounded::<T>(capacity);
+    let (scripts_tx, from_scripts) = crossbeam_channel::bounded::<T>(capacity);
+    let closed = Arc::new(AtomicBool::new(false));
+    let schedule = runtime.schedule();
+    let flush = match declare(runtime.lua(), name, capacity, scripts_rx, scripts_tx, closed.clone()) {
+        Ok(flush) => flush,
+        Err(e) => panic!("{}", crate::Error::Registration { name: name.to_string(), source: e }),
+    };
+    if !app.world().contains_resource::<ChannelFlushes>() {
+        app.init_resource::<ChannelFlushes>().add_systems(
+            schedule,
+            flush_script_sends.in_set(crate::sets::LuaCoroutinesSystems::Step).after(crate::sets::StepRun),
+        );
     }
+    app.world_mut().resource_mut::<ChannelFlushes>().0.push(flush);
+    app.insert_resource(LuaChannel {
+        name: name.to_string(),
+        capacity,
+        to_scripts,
+        from_scripts,
+        closed,
+        _type: PhantomData,
+    });
 }
 
 /// The step flushes the values scripts sent into the Rust end of each typed channel (the Lua

@@ -53,108 +53,58 @@ pub(crate) fn rust_channels_lua(lua: &Lua) -> mlua::AppDataRef<'_, RustChannelsL
 #[derive(Resource)]
 struct ScriptWritten<M: Message>(Arc<Mutex<Vec<M>>>);
 
-/// Connects Bevy messages and scripts. Add `LuaCoroutinesPlugin` first. Each call is idempotent
-/// for a given name and type.
-///
-/// ```no_run
-/// use bevy::prelude::*;
-/// use bevy_lua_coroutines::prelude::*;
-/// use serde::{Deserialize, Serialize};
-///
-/// /// Systems write it; scripts read it with `Messages.subscribe("PlayerHit")`.
-/// #[derive(Message, Serialize)]
-/// struct PlayerHit {
-///     damage: u32,
-/// }
-///
-/// /// Scripts write it with `Messages.write("EnemyDied", { id = 3 })`; systems read it.
-/// #[derive(Message, Deserialize)]
-/// struct EnemyDied {
-///     id: u32,
-/// }
-///
-/// App::new()
-///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
-///     .add_message::<PlayerHit>()
-///     .forward_message_to_scripts::<PlayerHit>("PlayerHit")
-///     .add_message::<EnemyDied>()
-///     .add_script_message::<EnemyDied>("EnemyDied");
-/// ```
-pub trait LuaMessagesAppExt {
-    /// Forwards every `M` that systems write to the scripts that subscribed to `name` with
-    /// `Messages.subscribe(name)`: each subscriber receives each message once, in order, as a
-    /// table (shared between subscribers: treat it as read-only). Messages written before the
-    /// plugin's step in a frame arrive in that step; later ones in the next.
-    fn forward_message_to_scripts<M: Message + Serialize>(&mut self, name: &str) -> &mut Self;
-
-    /// Lets scripts write `M` with `Messages.write(name, value)`. The value converts at the call (a
-    /// value that does not fit raises in the script, naming the field). The messages are written
-    /// right after the plugin's step, in the order scripts wrote them: systems that run after
-    /// [`LuaCoroutinesSystems::Step`] in the same schedule read them in the same frame, others in
-    /// the next.
-    fn add_script_message<M: Message + DeserializeOwned>(&mut self, name: &str) -> &mut Self;
+/// Forwards every `M` to the scripts that subscribed to `name`.
+pub(crate) fn forward_message_to_scripts<M: Message + Serialize>(app: &mut App, name: &str) {
+    let rt = crate::runtime::require_plugin(app, name);
+    let forwarded = rust_channels_lua(rt.lua()).forwarded.clone();
+    if let Err(e) = forwarded.call::<()>(name) {
+        panic!("{}", crate::Error::Registration { name: name.to_string(), source: e });
+    }
+    let schedule = rt.schedule();
+    let name = name.to_string();
+    app.add_systems(
+        schedule,
+        (move |mut reader: MessageReader<M>, runtime: Res<LuaRuntime>| {
+            let lua = runtime.lua();
+            let deliver = rust_channels_lua(lua).deliver.clone();
+            for message in reader.read() {
+                let delivered = lua.to_value(message).and_then(|v| deliver.call::<()>((name.as_str(), v)));
+                if let Err(e) = delivered {
+                    error!("bevy_lua_coroutines: could not forward a {name} message to scripts: {e}");
+                }
+            }
+        })
+        .in_set(LuaCoroutinesSystems::Sync),
+    );
 }
 
-impl LuaMessagesAppExt for App {
-    fn forward_message_to_scripts<M: Message + Serialize>(&mut self, name: &str) -> &mut Self {
-        let Some(rt) = self.world().get_resource::<LuaRuntime>() else {
-            panic!("add LuaCoroutinesPlugin before forwarding the message {name:?} to scripts");
-        };
-        let forwarded = rust_channels_lua(rt.lua()).forwarded.clone();
-        if let Err(e) = forwarded.call::<()>(name) {
-            panic!("could not forward the message {name:?} to scripts: {e}");
-        }
-        let schedule = rt.schedule();
-        let name = name.to_string();
-        self.add_systems(
-            schedule,
-            (move |mut reader: MessageReader<M>, runtime: Res<LuaRuntime>| {
-                let lua = runtime.lua();
-                let deliver = rust_channels_lua(lua).deliver.clone();
-                for message in reader.read() {
-                    let delivered =
-                        lua.to_value(message).and_then(|v| deliver.call::<()>((name.as_str(), v)));
-                    if let Err(e) = delivered {
-                        error!("bevy_lua_coroutines: could not forward a {name} message to scripts: {e}");
-                    }
-                }
-            })
-            .in_set(LuaCoroutinesSystems::Sync),
-        );
-        self
+/// Lets scripts write `M` under `name`.
+pub(crate) fn add_script_message<M: Message + DeserializeOwned>(app: &mut App, name: &str) {
+    let rt = crate::runtime::require_plugin(app, name);
+    let lua = rt.lua();
+    let written: Arc<Mutex<Vec<M>>> = Arc::default();
+    let buffer = written.clone();
+    let writer = lua.create_function(move |_, value: Value| {
+        Ok(match from_lua::<M>(value) {
+            Ok(message) => {
+                buffer.lock().map_err(|_| mlua::Error::runtime("message buffer poisoned"))?.push(message);
+                None
+            }
+            Err(e) => Some(e),
+        })
+    });
+    let registered = writer.and_then(|w| rust_channels_lua(lua).writable.call::<()>((name, w)));
+    if let Err(e) = registered {
+        panic!("{}", crate::Error::Registration { name: name.to_string(), source: e });
     }
-
-    fn add_script_message<M: Message + DeserializeOwned>(&mut self, name: &str) -> &mut Self {
-        let Some(rt) = self.world().get_resource::<LuaRuntime>() else {
-            panic!("add LuaCoroutinesPlugin before letting scripts write the message {name:?}");
-        };
-        let lua = rt.lua();
-        let written: Arc<Mutex<Vec<M>>> = Arc::default();
-        let buffer = written.clone();
-        let writer = lua.create_function(move |_, value: Value| {
-            Ok(match from_lua::<M>(value) {
-                Ok(message) => {
-                    buffer.lock().map_err(|_| mlua::Error::runtime("message buffer poisoned"))?.push(message);
-                    None
-                }
-                Err(e) => Some(e),
-            })
-        });
-        let registered = writer.and_then(|w| rust_channels_lua(lua).writable.call::<()>((name, w)));
-        if let Err(e) = registered {
-            panic!("could not let scripts write the message {name:?}: {e}");
-        }
-        let schedule = rt.schedule();
-        self.insert_resource(ScriptWritten(written)).add_systems(
-            schedule,
-            (|written: Res<ScriptWritten<M>>, mut writer: MessageWriter<M>| {
-                let drained: Vec<M> =
-                    written.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-                writer.write_batch(drained);
-            })
-            .in_set(LuaCoroutinesSystems::Step)
-            .after(StepRun),
-        );
-        self
-    }
+    let schedule = rt.schedule();
+    app.insert_resource(ScriptWritten(written)).add_systems(
+        schedule,
+        (|written: Res<ScriptWritten<M>>, mut writer: MessageWriter<M>| {
+            let drained: Vec<M> = written.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+            writer.write_batch(drained);
+        })
+        .in_set(LuaCoroutinesSystems::Step)
+        .after(StepRun),
+    );
 }

@@ -327,7 +327,12 @@ pub(crate) fn message(e: mlua::Error) -> String {
 /// A Rust function scripts can call: `Fn(A1, ..., An) -> Result<R, E>` for up to four arguments,
 /// each `DeserializeOwned`, with `R: Serialize` and `E: Display`. An `Err` raises a Lua error
 /// with its message.
-pub trait LuaFunction<Marker>: Send + Sync + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be called from scripts",
+    label = "expected `Fn(A1, ..., An) -> Result<R, E>` (at most 4 arguments)",
+    note = "arguments must be `DeserializeOwned`, the result `Serialize`, the error `Display`"
+)]
+pub trait ScriptFunction<Marker>: Send + Sync + 'static {
     /// Builds the Lua function, named `name` in error messages.
     fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
 }
@@ -335,21 +340,31 @@ pub trait LuaFunction<Marker>: Send + Sync + 'static {
 /// An async Rust function scripts can call: `Fn(A1, ..., An) -> impl Future<Output = Result<R, E>>`,
 /// for up to four arguments. In Lua the call returns a `Promise`; the future runs on Bevy's
 /// `AsyncComputeTaskPool`; `Ok` resolves the promise, `Err` rejects it with its message.
-pub trait LuaAsyncFunction<Marker>: Send + Sync + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be called from scripts as an async function",
+    label = "expected `Fn(A1, ..., An) -> impl Future<Output = Result<R, E>> + Send` (at most 4 arguments)",
+    note = "arguments must be `DeserializeOwned`, the result `Serialize + Send`, the error `Display + Send`"
+)]
+pub trait AsyncScriptFunction<Marker>: Send + Sync + 'static {
     /// Builds the Lua function, named `name` in error messages.
     fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
 }
 
 /// A Rust function that hands its promise to Rust code to settle later:
 /// `Fn(A1, ..., An, PromiseHandle)`, for up to three arguments. In Lua the call returns the promise.
-pub trait LuaPromiseFunction<Marker>: Send + Sync + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hand scripts a promise",
+    label = "expected `Fn(A1, ..., An, PromiseHandle)` (at most 3 arguments before the handle)",
+    note = "arguments must be `DeserializeOwned`"
+)]
+pub trait PromiseScriptFunction<Marker>: Send + Sync + 'static {
     /// Builds the Lua function, named `name` in error messages.
     fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function>;
 }
 
 macro_rules! impl_lua_functions {
     ($($a:ident : $n:literal),*) => {
-        impl<F, R, E, $($a,)*> LuaFunction<fn($($a,)*) -> (R, E)> for F
+        impl<F, R, E, $($a,)*> ScriptFunction<fn($($a,)*) -> (R, E)> for F
         where
             F: Fn($($a),*) -> Result<R, E> + Send + Sync + 'static,
             R: Serialize,
@@ -367,7 +382,7 @@ macro_rules! impl_lua_functions {
             }
         }
 
-        impl<F, Fut, R, E, $($a,)*> LuaAsyncFunction<fn($($a,)*) -> (Fut, R, E)> for F
+        impl<F, Fut, R, E, $($a,)*> AsyncScriptFunction<fn($($a,)*) -> (Fut, R, E)> for F
         where
             F: Fn($($a),*) -> Fut + Send + Sync + 'static,
             Fut: Future<Output = Result<R, E>> + Send + 'static,
@@ -389,7 +404,7 @@ macro_rules! impl_lua_functions {
 
 macro_rules! impl_lua_promise_functions {
     ($($a:ident : $n:literal),*) => {
-        impl<F, $($a,)*> LuaPromiseFunction<fn($($a,)*)> for F
+        impl<F, $($a,)*> PromiseScriptFunction<fn($($a,)*)> for F
         where
             F: Fn($($a,)* PromiseHandle) + Send + Sync + 'static,
             $($a: DeserializeOwned,)*
@@ -420,58 +435,18 @@ impl_lua_promise_functions!(A1: 1);
 impl_lua_promise_functions!(A1: 1, A2: 2);
 impl_lua_promise_functions!(A1: 1, A2: 2, A3: 3);
 
-/// Registers Rust functions for scripts, under a global name (`"queryDatabase"`) or in a module
-/// table (`"db.query"`, read-only for scripts). Add `LuaCoroutinesPlugin` first. Registering a
-/// name again replaces the function (so these calls are idempotent); built-in names (`print`,
-/// `task`, ...) cannot be replaced.
-///
-/// ```no_run
-/// use bevy::prelude::*;
-/// use bevy_lua_coroutines::prelude::*;
-///
-/// App::new()
-///     .add_plugins((MinimalPlugins, AssetPlugin::default(), LuaCoroutinesPlugin::default()))
-///     .add_lua_function("add", |a: f64, b: f64| Ok::<_, String>(a + b))
-///     .add_lua_async_function("db.query", |sql: String| async move { Ok::<_, String>(vec![sql]) });
-/// ```
-pub trait LuaAppExt {
-    /// A plain function: `Fn(A1, ..., An) -> Result<R, E>` (see [`LuaFunction`]).
-    fn add_lua_function<M>(&mut self, name: &str, f: impl LuaFunction<M>) -> &mut Self;
-    /// An async function whose call returns a `Promise` (see [`LuaAsyncFunction`]).
-    fn add_lua_async_function<M>(&mut self, name: &str, f: impl LuaAsyncFunction<M>) -> &mut Self;
-    /// A function whose call returns a `Promise` that Rust settles later through the
-    /// [`PromiseHandle`] it is given (see [`LuaPromiseFunction`]).
-    fn add_lua_promise_function<M>(&mut self, name: &str, f: impl LuaPromiseFunction<M>) -> &mut Self;
-}
-
 /// The name a function has in error messages: the last part of its path.
 fn short_name(path: &str) -> String {
     path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
+/// Defines the function `make` builds under `path` in the base every script reads through.
+/// Panics (like Bevy's own registration calls) when the plugin is missing or the name is taken
+/// by a built-in.
 pub(crate) fn define(app: &mut App, path: &str, make: impl FnOnce(&Lua, String) -> mlua::Result<Function>) {
-    let Some(runtime) = app.world().get_resource::<crate::LuaRuntime>() else {
-        panic!("add LuaCoroutinesPlugin before registering the Lua function {path:?}");
-    };
+    let runtime = crate::runtime::require_plugin(app, path);
     let defined = make(runtime.lua(), short_name(path)).and_then(|f| runtime.define(path, f));
     if let Err(e) = defined {
-        panic!("could not register the Lua function {path:?}: {e}");
-    }
-}
-
-impl LuaAppExt for App {
-    fn add_lua_function<M>(&mut self, name: &str, f: impl LuaFunction<M>) -> &mut Self {
-        define(self, name, |lua, short| f.into_lua_function(lua, short));
-        self
-    }
-
-    fn add_lua_async_function<M>(&mut self, name: &str, f: impl LuaAsyncFunction<M>) -> &mut Self {
-        define(self, name, |lua, short| f.into_lua_function(lua, short));
-        self
-    }
-
-    fn add_lua_promise_function<M>(&mut self, name: &str, f: impl LuaPromiseFunction<M>) -> &mut Self {
-        define(self, name, |lua, short| f.into_lua_function(lua, short));
-        self
+        panic!("{}", crate::Error::Registration { name: path.to_string(), source: e });
     }
 }

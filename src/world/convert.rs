@@ -34,8 +34,8 @@ use bevy::reflect::{
 use mlua::{Lua, LuaSerdeExt, Table, Value};
 
 use super::vector::Kind;
+use crate::components::{LuaEntity, entity_value};
 use crate::error::lua_type;
-use crate::instance::LuaEntity;
 
 /// Where in a value a conversion is: `Transform.translation.x`, `Inventory.items[2]`.
 #[derive(Clone, Copy)]
@@ -422,7 +422,7 @@ fn opaque_to_lua(
         return lua.create_string(s).map(Value::String).map_err(|e| lua_error(path, e));
     }
     if let Some(e) = value.try_downcast_ref::<Entity>() {
-        return super::entity_value(lua, *e).map_err(|e| path.error(e));
+        return entity_value(lua, *e).map(Value::UserData).map_err(|e| path.error(e));
     }
     let serialize = value
         .try_as_reflect()

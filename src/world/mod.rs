@@ -19,16 +19,12 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::asset::LuaScript;
 use crate::bridge::script_function;
+use crate::components::{EntityMethods, LuaEntity, LuaScripts, SyncQueue};
 use crate::error::{lua_type, wrong_type};
-use crate::instance::{LuaEntity, LuaScripts, SyncQueue};
 use access::with_world;
 use convert::Path;
 use path::{CompiledPath, Leaf, Paths, Stop};
 use vector::Kind;
-
-/// The Lua table entity values index for their methods (app data, read when the metatable of
-/// [`LuaEntity`] is made).
-pub(crate) struct EntityMethods(pub Table);
 
 /// Installs the vector classes and the entity methods; returns the classes by name (for the
 /// shared base) and the `world` module's functions, to be defined by name.
@@ -95,7 +91,7 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'
 
 /// The entity value scripts see for `entity`.
 fn entity_value(lua: &Lua, entity: Entity) -> Result<Value, String> {
-    crate::instance::entity_value(lua, entity)
+    crate::components::entity_value(lua, entity)
         .map(Value::UserData)
         .map_err(|e| crate::error::split_traceback(&e).0)
 }
@@ -719,7 +715,7 @@ fn take(_: &Lua, (matched, from): (mlua::UserDataRef<Matched>, usize)) -> mlua::
 /// An entity value for an id from [`take`] or [`relatives`].
 fn entity_of_bits(lua: &Lua, bits: u64) -> mlua::Result<Value> {
     let entity = Entity::try_from_bits(bits).ok_or_else(|| mlua::Error::runtime("not an entity id"))?;
-    crate::instance::entity_value(lua, entity).map(Value::UserData)
+    crate::components::entity_value(lua, entity).map(Value::UserData)
 }
 
 /// `world.query(name, ..., { without = {...} }?)` and `world.count(...)` (Rust's side): the
