@@ -217,7 +217,7 @@ impl LuaRuntime {
     /// new code's `onReload()`.
     fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Option<mlua::Table>) {
         let lua = self.lua();
-        sched(lua).host_instance = Some(id);
+        let host = scheduler::host(lua, Some(id));
         // One call into Lua does the whole set-up (environment, chunk, first task): each crossing
         // from Rust costs more than the Lua work it would do.
         let started = self.launcher().and_then(|launch| {
@@ -232,7 +232,7 @@ impl LuaRuntime {
                 state,
             ))
         });
-        sched(lua).host_instance = None;
+        drop(host);
         if let Err(e) = started {
             let (message, traceback) = crate::error::split_traceback(&e);
             sched(lua).report(Some(id), ScriptErrorKind::Runtime, message, traceback);

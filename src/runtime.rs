@@ -451,10 +451,8 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
             };
             let thread = lua.create_thread(f)?;
             let start = scheduler::refs(lua).start.clone();
-            let previous = sched(lua).host_instance.replace(id);
-            let started = start.call::<()>(thread);
-            sched(lua).host_instance = previous;
-            started.map(|()| true)
+            let _host = scheduler::host(lua, Some(id));
+            start.call::<()>(thread).map(|()| true)
         })?,
     )?;
     lua.load(include_str!("lua/promise.lua")).set_name("=bevy_lua_coroutines/promise.lua").call(deps)

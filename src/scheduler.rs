@@ -130,8 +130,8 @@ pub(crate) struct Scheduler {
     /// When this step began (for the optional time budget of the step).
     pub step_started: Option<std::time::Instant>,
     /// The instance on whose behalf Lua code runs outside any task (its chunk being set up, its
-    /// tasks being closed).
-    pub host_instance: Option<InstanceId>,
+    /// tasks being closed); set only through [`host`].
+    host_instance: Option<InstanceId>,
     instances: HashMap<InstanceId, InstanceRecord>,
     /// The instances on each entity.
     on_entity: HashMap<Entity, Vec<InstanceId>>,
@@ -665,6 +665,28 @@ pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
     sched(lua).instance_of(current)
 }
 
+/// While alive, Lua code that runs outside any task runs on behalf of an instance (see [`host`]);
+/// dropping it restores the host instance that was there before.
+#[must_use = "the host instance is restored when the guard is dropped"]
+pub(crate) struct HostGuard<'a> {
+    lua: &'a Lua,
+    previous: Option<InstanceId>,
+}
+
+/// Makes `instance` the host instance (the one Lua code outside any task runs for: a chunk being
+/// set up, tasks being closed, completions being settled) until the returned guard is dropped,
+/// which restores the previous one, so hosts nest.
+pub(crate) fn host(lua: &Lua, instance: Option<InstanceId>) -> HostGuard<'_> {
+    let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
+    HostGuard { lua, previous }
+}
+
+impl Drop for HostGuard<'_> {
+    fn drop(&mut self) {
+        sched(self.lua).host_instance = self.previous;
+    }
+}
+
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
 /// Fails with the message for the script if the instance is at its live-task quota.
 pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
@@ -761,9 +783,8 @@ fn report_closed(
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let tasks = sched(lua).take_instance_tasks(id, keep);
     crate::bridge::cancel_instance(lua, id);
-    let previous = sched(lua).host_instance.replace(id);
+    let _host = host(lua, Some(id));
     kill_tasks(lua, &tasks, id);
-    sched(lua).host_instance = previous;
 }
 
 /// Cancels now the instances on `entity`, which a script despawned during the step, so none of
@@ -814,4 +835,30 @@ pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
         error!("bevy_lua_coroutines: the promise tick raised {e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_guard_restores_the_host_it_replaced() {
+        let lua = Lua::new();
+        lua.set_app_data(Scheduler::default());
+        let host_now = || sched(&lua).instance_of(0);
+        {
+            let _outer = host(&lua, Some(InstanceId(1)));
+            {
+                let _inner = host(&lua, Some(InstanceId(2)));
+                assert_eq!(host_now(), Some(InstanceId(2)));
+            }
+            assert_eq!(host_now(), Some(InstanceId(1)), "the outer host is back, not None");
+            {
+                let _none = host(&lua, None);
+                assert_eq!(host_now(), None);
+            }
+            assert_eq!(host_now(), Some(InstanceId(1)));
+        }
+        assert_eq!(host_now(), None);
+    }
 }

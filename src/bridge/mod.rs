@@ -24,7 +24,7 @@ pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::scheduler::{InstanceId, current_instance, sched};
+use crate::scheduler::{InstanceId, current_instance, host};
 
 /// Turns a value into a Lua value on the VM's thread (results cross threads as these).
 pub(crate) type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
@@ -289,10 +289,8 @@ fn settle_run(
     instance: Option<InstanceId>,
     args: &mut Vec<Value>,
 ) -> mlua::Result<()> {
-    let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
-    let settled = settle.call::<()>(MultiValue::from_vec(std::mem::take(args)));
-    sched(lua).host_instance = previous;
-    settled
+    let _host = host(lua, instance);
+    settle.call::<()>(MultiValue::from_vec(std::mem::take(args)))
 }
 
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:
