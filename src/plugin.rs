@@ -8,7 +8,7 @@ use bevy::prelude::*;
 use crate::asset::{LuaScript, LuaScriptLoader};
 use crate::components::{ChangedScripts, LuaScripts, SyncQueue};
 use crate::error::{ScriptError, ScriptPrint};
-use crate::runtime::{LuaRuntime, StdlibAccess, VmConfig};
+use crate::runtime::{Extensions, LuaRuntime, StdlibAccess, VmConfig};
 use crate::scheduler::sched;
 pub use crate::sets::LuaCoroutinesSystems;
 use crate::sets::StepRun;
@@ -127,14 +127,21 @@ impl Plugin for LuaCoroutinesPlugin {
             memory_limit: self.memory_limit,
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,
-            module_path: self.module_path.clone(),
             max_resumes_per_task: self.max_resumes_per_task,
             step_time_budget: self.step_time_budget,
             max_tasks_per_instance: self.max_tasks_per_instance,
             memory_per_instance: self.memory_per_instance,
         };
         let wait_for_loads = self.wait_for_script_loads;
-        let runtime = match LuaRuntime::new(&config, self.schedule) {
+        // The extensions, each installing its Lua API and its part in the step.
+        let mut extensions = Extensions::default();
+        extensions.add(crate::bridge::install);
+        extensions.add(crate::world::install);
+        extensions.add(crate::bridge::messages::install);
+        let module_path = self.module_path.clone();
+        extensions.add(move |lua, base| crate::modules::install(lua, base, &module_path));
+        extensions.add(crate::stream::install);
+        let runtime = match LuaRuntime::new(&config, self.schedule, &extensions) {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };

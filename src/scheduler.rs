@@ -782,7 +782,11 @@ fn report_closed(
 /// variables close, in the order the tasks were made.
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let tasks = sched(lua).take_instance_tasks(id, keep);
-    crate::bridge::cancel_instance(lua, id);
+    let mut i = 0;
+    while let Some(hook) = step_hook(lua, |h| h.cancel_instance.get(i)) {
+        hook(lua, id);
+        i += 1;
+    }
     let _host = host(lua, Some(id));
     kill_tasks(lua, &tasks, id);
 }
@@ -805,12 +809,37 @@ pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
     }
 }
 
+/// Work an extension does at the start of every step.
+pub(crate) type StepHook = fn(&Lua) -> mlua::Result<()>;
+
+/// Work the extensions (the bridge, say) hook into the step, registered through
+/// [`Base`](crate::runtime::Base) when the VM is made; kept in the VM's app data.
+#[derive(Default)]
+pub(crate) struct StepHooks {
+    /// Called at the start of every step, before the timers that fell due are queued, in the
+    /// order registered: completions coming in (Rust results settling their promises), so what
+    /// they wake runs in this step. An error is logged and the step goes on.
+    pub before_step: Vec<(&'static str, StepHook)>,
+    /// Called when every task of an instance is cancelled (its entity despawned, its script
+    /// removed or reloaded, its memory quota spent): the Rust work it started stops.
+    pub cancel_instance: Vec<fn(&Lua, InstanceId)>,
+}
+
+/// The `i`th of the step hooks `pick` selects, copied out so no borrow is held while it runs.
+fn step_hook<T: Copy>(lua: &Lua, pick: impl Fn(&StepHooks) -> Option<&T>) -> Option<T> {
+    lua.app_data_ref::<StepHooks>().and_then(|hooks| pick(&hooks).copied())
+}
+
 /// Queues the timers that fell due and resumes everything ready.
 pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
-    // Rust work that finished since the last step settles its promises first; what that wakes
-    // runs in this step.
-    if let Err(e) = crate::bridge::drain(lua) {
-        error!("bevy_lua_coroutines: settling Rust results raised {e}");
+    // Completions the extensions bring in first (Rust work that finished since the last step
+    // settles its promises); what they wake runs in this step.
+    let mut i = 0;
+    while let Some((what, hook)) = step_hook(lua, |h| h.before_step.get(i)) {
+        if let Err(e) = hook(lua) {
+            error!("bevy_lua_coroutines: {what} raised {e}");
+        }
+        i += 1;
     }
     let due = sched(lua).due_timers();
     let (wake, run) = {

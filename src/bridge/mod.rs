@@ -24,6 +24,7 @@ pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::runtime::Base;
 use crate::scheduler::{InstanceId, current_instance, host};
 
 /// Turns a value into a Lua value on the VM's thread (results cross threads as these).
@@ -128,8 +129,10 @@ pub(crate) fn script_function(
     wrap.call(raw)
 }
 
-/// Installs the bridge in a new VM, on top of the promise module's exports.
-pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
+/// Installs the bridge in a new VM, on top of the promise module's exports: each step starts by
+/// settling the Rust work that finished, and an instance's cancellation drops the work it started.
+pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
+    let promise = base.promise();
     lua.set_app_data(Bridge::default());
     let cancel = lua.create_function(|lua, id: u64| {
         cancel(lua, id);
@@ -145,6 +148,8 @@ pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
         forget: module.get("forget")?,
         wrap: module.get("wrap")?,
     });
+    base.before_step("settling Rust results", drain);
+    base.on_cancel_instance(cancel_instance);
     Ok(())
 }
 
