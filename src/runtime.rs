@@ -171,6 +171,16 @@ pub(crate) fn require_plugin<'a>(app: &'a App, name: &str) -> &'a LuaRuntime {
     }
 }
 
+/// Script instances not started yet, kept up to date by the instance layer and the plugin's
+/// observer for [`LuaRuntime::pending_instances`].
+#[derive(Default)]
+pub(crate) struct PendingInstances {
+    /// Instances attached but waiting for their asset to load.
+    pub waiting: std::sync::atomic::AtomicUsize,
+    /// Entities given `LuaScripts` since the last sync (their instances are made there).
+    pub queued: std::sync::atomic::AtomicUsize,
+}
+
 /// The Lua VM and what the plugin keeps beside it. One per app.
 #[derive(Resource)]
 pub struct LuaRuntime {
@@ -183,8 +193,8 @@ pub struct LuaRuntime {
     define: Function,
     /// The scheduler state shared with Lua (clocks, current task).
     state: Table,
-    /// Script instances per entity.
-    pub(crate) instances: crate::instance::Instances,
+    /// Script instances not started yet, counted by the instance layer.
+    pending: Arc<PendingInstances>,
     /// Lua 5.1's `setfenv` (LuaJIT, Luau), which binds a compiled chunk to an instance.
     pub(crate) setfenv: Option<Function>,
     /// The schedule the step runs in.
@@ -215,7 +225,14 @@ impl LuaRuntime {
     /// or on an entity given scripts since the last sync (`world.spawn{ script = ... }` in this
     /// frame's step), whose instances the next frame's sync makes.
     pub fn pending_instances(&self) -> usize {
-        self.instances.pending_len()
+        let pending = &self.pending;
+        pending.waiting.load(Ordering::Relaxed) + pending.queued.load(Ordering::Relaxed)
+    }
+
+    /// The counts [`pending_instances`](Self::pending_instances) adds up, which the layers above
+    /// keep (the VM core makes no instances).
+    pub(crate) fn pending(&self) -> &Arc<PendingInstances> {
+        &self.pending
     }
 
     /// Defines `path` (`"name"` or `"module.name"`) in the base every script reads through.
@@ -459,7 +476,7 @@ impl LuaRuntime {
             on_reload,
             define,
             state,
-            instances: Default::default(),
+            pending: Default::default(),
             setfenv,
             schedule,
             stdout_closed,
