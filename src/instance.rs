@@ -1,6 +1,10 @@
 //! Script instances: the environment each attached script gets
 //! (`_G`, `state`, `entity`), starting an instance once its asset is loaded, and cancelling every
 //! task of an instance when its script is removed or its entity despawned.
+//!
+//! This layer sits above the VM and the extensions: [`Instances`] is a resource of its own, and
+//! the sync and hot reload work on it through [`Scripts`] (the instances and the [`LuaRuntime`]
+//! they run in). The runtime knows only how many instances wait to start.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,7 @@
 //! The plugin: its configuration, the system sets, and the systems that sync instances and step
-//! every script once per frame.
+//! every script once per frame. It makes the VM with the crate's extensions, in order (the
+//! bridge, the world, messages and typed channels, modules, streams), so it is the one place that
+//! knows them all.
 
 use bevy::ecs::intern::Interned;
 use bevy::ecs::schedule::ScheduleLabel;

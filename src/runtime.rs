@@ -1,5 +1,11 @@
 //! The Lua VM: its creation, protection (instruction budget, memory limit, safe standard
 //! libraries, the read-only base) and the Rust half of the task API.
+//!
+//! This is the VM core: it loads the task API, promises and channels, and names no feature built
+//! on them. The extensions (the bridge, the world, messages and typed channels, modules, streams)
+//! come as an [`Extensions`] list the plugin fills; each installer builds its Lua API into the
+//! [`Base`] (built-in names, classes, definitions made once the base is sealed) and hooks its
+//! per-step and instance-cancel work into the scheduler through it.
 
 use std::io::Write;
 use std::sync::Arc;

@@ -7,6 +7,11 @@
 //! per-task values live in Lua tables, not as one Rust handle each: mlua's handle stack is small on
 //! LuaJIT. Timers carry the registration number Lua gave them; the Lua side wakes a task only if
 //! that number is still its current one, so a stale timer is harmless and is swept lazily.
+//!
+//! Lua code that runs outside any task (an instance's chunk being set up, its tasks being closed,
+//! Rust completions being settled) runs on behalf of the host instance, which only the [`host`]
+//! guard sets (and restores when dropped). What the extensions do each step, and when an
+//! instance's tasks are cancelled, comes in as [`StepHooks`]; the scheduler names none of them.
 
 use std::ffi::c_void;
 use std::sync::Arc;
