@@ -540,8 +540,6 @@ impl LuaRuntime {
     }
 }
 
-/// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
-/// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
 /// Writes one printed line to stdout. A closed stdout (a broken pipe: the reader went away) sets
 /// `closed`, and nothing is written there again; the line, like any that another error loses,
 /// is dropped quietly, so a script never fails because a terminal went away.
@@ -554,6 +552,8 @@ fn print_line(line: &str, closed: &AtomicBool) {
     }
 }
 
+/// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
+/// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
 fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> mlua::Result<Table> {
     let time: Table = api.get("time")?;
     let deps = lua.create_table()?;
