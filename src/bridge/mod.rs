@@ -4,8 +4,9 @@
 //!
 //! An async function's future runs on Bevy's `AsyncComputeTaskPool`, off the main thread. Its
 //! result travels back on a crossbeam channel as a boxed conversion, and the step drains the
-//! channel at its start, on the thread that owns the VM, settling the promise the script holds.
-//! Cancelling that promise, or despawning the instance that made the call, drops the future.
+//! channel at its start (a hook [`install`] registers with the scheduler), on the thread that owns
+//! the VM, settling the promise the script holds. Cancelling that promise, or despawning the
+//! instance that made the call (another hook), drops the future.
 //! Arguments and results convert through mlua's serde support, so a Rust `struct` with
 //! `Serialize`/`Deserialize` is a Lua table.
 
