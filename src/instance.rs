@@ -1,13 +1,17 @@
 //! Script instances: the environment each attached script gets
 //! (`_G`, `state`, `entity`), starting an instance once its asset is loaded, and cancelling every
 //! task of an instance when its script is removed or its entity despawned.
+//!
+//! This layer sits above the VM and the extensions: [`Instances`] is a resource of its own, and
+//! the sync and hot reload work on it through [`Scripts`] (the instances and the [`LuaRuntime`]
+//! they run in). The runtime knows only how many instances wait to start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
-use mlua::{Function, Value};
+use mlua::{Function, Lua, Value};
 
 use crate::asset::LuaScript;
 use crate::components::{LuaScripts, entity_value};
@@ -42,7 +46,7 @@ impl Compiled {
     }
 }
 
-/// See [`LuaRuntime::launcher`].
+/// See [`Scripts::launcher`].
 struct Launcher(Function);
 
 const LAUNCH: &str = r#"
@@ -56,24 +60,17 @@ return function(envs, id, entity, factory, state)
 end
 "#;
 
-/// The instances of every entity, and those waiting for their asset.
-#[derive(Default)]
+/// The instances of every entity, and those waiting for their asset (a resource the plugin adds;
+/// [`Scripts`] works on it).
+#[derive(Default, Resource)]
 pub(crate) struct Instances {
     by_entity: HashMap<Entity, Vec<Attached>>,
     pending: Vec<(InstanceId, Entity, Handle<LuaScript>)>,
     compiled: HashMap<AssetId<LuaScript>, Compiled>,
     next: u64,
-    /// Entities given `LuaScripts` since the last sync (their instances are made there), counted
-    /// by the plugin's observer.
-    queued: Arc<AtomicUsize>,
 }
 
 impl Instances {
-    /// Instances waiting for their asset, and entities given scripts since the last sync.
-    pub(crate) fn pending_len(&self) -> usize {
-        self.pending.len() + self.queued.load(Ordering::Relaxed)
-    }
-
     /// The running instances of `asset`, or of every script if `None`, oldest first.
     fn running(&self, asset: Option<AssetId<LuaScript>>) -> Vec<(InstanceId, Entity, AssetId<LuaScript>)> {
         let mut found: Vec<_> = self
@@ -89,11 +86,26 @@ impl Instances {
     }
 }
 
-impl LuaRuntime {
-    /// The count of entities given `LuaScripts` since the last sync, which the observer that
-    /// queues them adds to, so [`pending_instances`](Self::pending_instances) counts them.
-    pub(crate) fn queued_counter(&self) -> Arc<AtomicUsize> {
-        self.instances.queued.clone()
+/// The instances and the VM they run in: what the sync and hot reload work on.
+pub(crate) struct Scripts<'a> {
+    runtime: &'a LuaRuntime,
+    instances: &'a mut Instances,
+}
+
+impl<'a> Scripts<'a> {
+    /// Works on `instances`, which run in `runtime`'s VM.
+    pub(crate) fn new(runtime: &'a LuaRuntime, instances: &'a mut Instances) -> Self {
+        Self { runtime, instances }
+    }
+
+    fn lua(&self) -> &'a Lua {
+        self.runtime.lua()
+    }
+
+    /// Tells the runtime how many instances wait for their asset (see
+    /// [`LuaRuntime::pending_instances`]).
+    fn publish_pending(&self) {
+        self.runtime.pending().waiting.store(self.instances.pending.len(), Ordering::Relaxed);
     }
 
     /// Brings the instances of `entity` in line with its `LuaScripts` component.
@@ -122,12 +134,14 @@ impl LuaRuntime {
             handle.path().map_or_else(|| format!("{:?}", handle.id()), |p| p.to_string()).into();
         sched(self.lua()).add_instance(id, entity, path);
         self.instances.pending.push((id, entity, handle.clone()));
+        self.publish_pending();
         Attached { id, handle }
     }
 
     /// Cancels every task of an instance (to-be-closed variables close) and forgets it.
     fn detach(&mut self, id: InstanceId) {
         self.instances.pending.retain(|(p, _, _)| *p != id);
+        self.publish_pending();
         scheduler::cancel_instance(self.lua(), id, None);
         let lua = self.lua();
         sched(lua).forget_instance(id);
@@ -189,6 +203,7 @@ impl LuaRuntime {
             }
             self.instances.pending.push((id, entity, handle));
         }
+        self.publish_pending();
     }
 
     fn start(&mut self, id: InstanceId, entity: Entity, asset: AssetId<LuaScript>, script: &LuaScript) {
@@ -196,7 +211,7 @@ impl LuaRuntime {
         let factory = match self.instances.compiled.get(&asset).and_then(|c| c.factory.clone()) {
             Some(factory) => factory,
             None => {
-                let compiled = compile(self.lua(), script, self.setfenv.as_ref());
+                let compiled = compile(self.lua(), script, self.runtime.setfenv.as_ref());
                 let entry = Compiled::new(script.source.clone(), compiled.as_ref().ok().cloned());
                 self.instances.compiled.insert(asset, entry);
                 match compiled {
@@ -217,7 +232,7 @@ impl LuaRuntime {
     /// new code's `onReload()`.
     fn launch(&self, id: InstanceId, entity: Entity, factory: &Function, state: Option<mlua::Table>) {
         let lua = self.lua();
-        sched(lua).host_instance = Some(id);
+        let host = scheduler::host(lua, Some(id));
         // One call into Lua does the whole set-up (environment, chunk, first task): each crossing
         // from Rust costs more than the Lua work it would do.
         let started = self.launcher().and_then(|launch| {
@@ -232,7 +247,7 @@ impl LuaRuntime {
                 state,
             ))
         });
-        sched(lua).host_instance = None;
+        drop(host);
         if let Err(e) = started {
             let (message, traceback) = crate::error::split_traceback(&e);
             sched(lua).report(Some(id), ScriptErrorKind::Runtime, message, traceback);
@@ -249,9 +264,9 @@ impl LuaRuntime {
         }
         let start = scheduler::refs(lua).start.clone();
         let launch: Function = lua.load(LAUNCH).set_name("=bevy_lua_coroutines/launch").call((
-            self.new_env.clone(),
+            self.runtime.new_env.clone(),
             start,
-            self.on_reload.clone(),
+            self.runtime.on_reload.clone(),
         ))?;
         lua.set_app_data(Launcher(launch.clone()));
         Ok(launch)
@@ -298,7 +313,7 @@ impl LuaRuntime {
         let previous = entry.factory.as_ref().map(|_| entry.source.clone());
         let lua = self.lua();
         let running = self.instances.running(Some(asset));
-        let loaded = compile(lua, script, self.setfenv.as_ref())
+        let loaded = compile(lua, script, self.runtime.setfenv.as_ref())
             .map_err(|e| (crate::error::split_traceback(&e), Vec::new()))
             .and_then(|factory| {
                 crate::modules::check_requires(lua, &script.source, previous.as_deref())

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bevy::platform::collections::{HashMap, HashSet};
 use mlua::{Function, IntoLua, Lua, Table, Value};
 
+use crate::runtime::Base;
 use crate::scheduler::{InstanceId, current_instance};
 
 /// The default module search path: `require("ai.util")` looks for `scripts/ai/util.lua`, then
@@ -36,8 +37,6 @@ pub(crate) struct Modules {
     deleted: HashMap<String, Arc<str>>,
     /// Module values by asset path (`package.loaded`).
     loaded: Table,
-    /// `new_env(nil)`, from `lua/sandbox.lua`: a module's environment.
-    new_env: Option<Function>,
 }
 
 fn modules(lua: &Lua) -> mlua::AppDataRefMut<'_, Modules> {
@@ -54,8 +53,8 @@ impl From<String> for Failure {
     }
 }
 
-/// Installs the module system and returns the `require` scripts see.
-pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
+/// Installs the module system, searching `search`, and builds in the `require` scripts see.
+pub(crate) fn install(lua: &Lua, base: &Base, search: &[String]) -> mlua::Result<()> {
     lua.set_app_data(Modules {
         search: search.to_vec(),
         sources: HashMap::default(),
@@ -65,7 +64,6 @@ pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
         rejected: HashMap::default(),
         deleted: HashMap::default(),
         loaded: lua.create_table()?,
-        new_env: None,
     });
     let raw = lua.create_function(|lua, name: Value| {
         let result = match name {
@@ -77,12 +75,10 @@ pub(crate) fn install(lua: &Lua, search: &[String]) -> mlua::Result<Function> {
             Err(Failure(message, level)) => Ok((false, message.into_lua(lua)?, level)),
         }
     })?;
-    lua.load(include_str!("lua/require.lua")).set_name("=bevy_lua_coroutines/require.lua").call(raw)
-}
-
-/// Finishes the set-up once the sandbox exists and the assets folder is known.
-pub(crate) fn set_env_factory(lua: &Lua, new_env: Function) {
-    modules(lua).new_env = Some(new_env);
+    let require: Function =
+        lua.load(include_str!("lua/require.lua")).set_name("=bevy_lua_coroutines/require.lua").call(raw)?;
+    // Modules from the assets folder, in every mode.
+    base.builtin("require", require)
 }
 
 /// `require(name)`: the cached value, or the module run once.
@@ -186,7 +182,7 @@ fn source_of(lua: &Lua, path: &str) -> Result<Arc<str>, String> {
 
 /// Compiles a module's source in a fresh module environment, named by its asset path.
 fn compile(lua: &Lua, path: &str, source: &str) -> Result<Function, String> {
-    let new_env = modules(lua).new_env.clone().ok_or("the sandbox is not installed")?;
+    let new_env = crate::runtime::new_env(lua).ok_or("the sandbox is not installed")?;
     let env: Table = new_env.call(()).map_err(|e| e.to_string())?;
     lua.load(source)
         .set_name(format!("@{path}"))

@@ -1,5 +1,7 @@
 //! The plugin: its configuration, the system sets, and the systems that sync instances and step
-//! every script once per frame.
+//! every script once per frame. It makes the VM with the crate's extensions, in order (the
+//! bridge, the world, messages and typed channels, modules, streams), so it is the one place that
+//! knows them all.
 
 use bevy::ecs::intern::Interned;
 use bevy::ecs::schedule::ScheduleLabel;
@@ -8,7 +10,8 @@ use bevy::prelude::*;
 use crate::asset::{LuaScript, LuaScriptLoader};
 use crate::components::{ChangedScripts, LuaScripts, SyncQueue};
 use crate::error::{ScriptError, ScriptPrint};
-use crate::runtime::{LuaRuntime, StdlibAccess, VmConfig};
+use crate::instance::{Instances, Scripts};
+use crate::runtime::{Extensions, LuaRuntime, StdlibAccess, VmConfig};
 use crate::scheduler::sched;
 pub use crate::sets::LuaCoroutinesSystems;
 use crate::sets::StepRun;
@@ -127,21 +130,28 @@ impl Plugin for LuaCoroutinesPlugin {
             memory_limit: self.memory_limit,
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,
-            module_path: self.module_path.clone(),
             max_resumes_per_task: self.max_resumes_per_task,
             step_time_budget: self.step_time_budget,
             max_tasks_per_instance: self.max_tasks_per_instance,
             memory_per_instance: self.memory_per_instance,
         };
         let wait_for_loads = self.wait_for_script_loads;
-        let runtime = match LuaRuntime::new(&config, self.schedule) {
+        // The extensions, each installing its Lua API and its part in the step.
+        let mut extensions = Extensions::default();
+        extensions.add(crate::bridge::install);
+        extensions.add(crate::world::install);
+        extensions.add(crate::bridge::messages::install);
+        let module_path = self.module_path.clone();
+        extensions.add(move |lua, base| crate::modules::install(lua, base, &module_path));
+        extensions.add(crate::stream::install);
+        let runtime = match LuaRuntime::new(&config, self.schedule, &extensions) {
             Ok(r) => r,
             Err(e) => panic!("bevy_lua_coroutines could not create its Lua VM: {e}"),
         };
         if let Err(e) = crate::inspect::install(&runtime) {
             panic!("bevy_lua_coroutines could not install its task inspector: {e}");
         }
-        let queued = runtime.queued_counter();
+        let pending = runtime.pending().clone();
         // Components scripts most often name; any other reflected component works once registered.
         app.register_type::<Transform>().register_type::<Name>();
         app.init_asset::<LuaScript>()
@@ -151,9 +161,10 @@ impl Plugin for LuaCoroutinesPlugin {
             .init_resource::<SyncQueue>()
             .init_resource::<ChangedScripts>()
             .insert_resource(runtime)
+            .init_resource::<Instances>()
             .add_observer(move |on: On<Insert, LuaScripts>, mut queue: ResMut<SyncQueue>| {
                 queue.0.push(on.entity);
-                queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pending.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })
             .add_observer(|on: On<Remove, LuaScripts>, mut queue: ResMut<SyncQueue>| queue.0.push(on.entity))
             .configure_sets(self.schedule, (LuaCoroutinesSystems::Sync, LuaCoroutinesSystems::Step).chain())
@@ -209,30 +220,33 @@ fn note_changed_scripts(
 fn sync_instances(world: &mut World, wait_for_loads: bool) {
     let queue = std::mem::take(&mut world.resource_mut::<SyncQueue>().0);
     let changed = std::mem::take(&mut *world.resource_mut::<ChangedScripts>());
-    world.resource_scope(|world, mut runtime: Mut<LuaRuntime>| {
-        runtime.queued_counter().store(0, std::sync::atomic::Ordering::Relaxed);
-        for id in changed.removed {
-            runtime.forget_compiled(id);
-        }
-        let scripts = world.resource::<Assets<LuaScript>>();
-        let mut seen = bevy::platform::collections::HashSet::<AssetId<LuaScript>>::default();
-        for id in changed.modified {
-            if seen.insert(id) {
-                runtime.script_changed(id, scripts);
+    world.resource_scope(|world, runtime: Mut<LuaRuntime>| {
+        runtime.pending().queued.store(0, std::sync::atomic::Ordering::Relaxed);
+        world.resource_scope(|world, mut instances: Mut<Instances>| {
+            let mut live = Scripts::new(&runtime, &mut instances);
+            for id in changed.removed {
+                live.forget_compiled(id);
             }
-        }
-        let mut seen = bevy::platform::collections::HashSet::<Entity>::default();
-        for entity in queue {
-            if seen.insert(entity) {
-                runtime.sync_entity(world, entity);
+            let scripts = world.resource::<Assets<LuaScript>>();
+            let mut seen = bevy::platform::collections::HashSet::<AssetId<LuaScript>>::default();
+            for id in changed.modified {
+                if seen.insert(id) {
+                    live.script_changed(id, scripts);
+                }
             }
-        }
-        if wait_for_loads {
-            runtime.wait_for_loads(world);
-        }
-        let scripts = world.resource::<Assets<LuaScript>>();
-        let server = world.resource::<AssetServer>();
-        runtime.start_pending(scripts, server);
+            let mut seen = bevy::platform::collections::HashSet::<Entity>::default();
+            for entity in queue {
+                if seen.insert(entity) {
+                    live.sync_entity(world, entity);
+                }
+            }
+            if wait_for_loads {
+                live.wait_for_loads(world);
+            }
+            let scripts = world.resource::<Assets<LuaScript>>();
+            let server = world.resource::<AssetServer>();
+            live.start_pending(scripts, server);
+        });
         if let Err(e) = runtime.compact_tables() {
             error!("bevy_lua_coroutines: could not compact the task tables: {e}");
         }

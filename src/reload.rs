@@ -18,6 +18,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::asset::LuaScript;
 use crate::components::ChangedScripts;
+use crate::instance::{Instances, Scripts};
 use crate::runtime::LuaRuntime;
 
 /// A `.lua` file that changed: its asset path (`scripts/enemy.lua`) and what is in it now.
@@ -178,11 +179,13 @@ pub(crate) fn apply_file_changes(
     watcher: Option<Res<ScriptWatcher>>,
     mut scripts: ResMut<Assets<LuaScript>>,
     mut changed: ResMut<ChangedScripts>,
-    mut runtime: ResMut<LuaRuntime>,
+    runtime: Res<LuaRuntime>,
+    mut instances: ResMut<Instances>,
     server: Res<AssetServer>,
     mut early: Local<HashMap<String, String>>,
 ) {
     let Some(watcher) = watcher else { return };
+    let mut runtime = Scripts::new(&runtime, &mut instances);
     let mut changes: Vec<FileChange> =
         early.drain().map(|(path, text)| FileChange { path, contents: Contents::Text(text) }).collect();
     changes.extend(watcher.changes.try_iter());

@@ -1,5 +1,11 @@
 //! The Lua VM: its creation, protection (instruction budget, memory limit, safe standard
 //! libraries, the read-only base) and the Rust half of the task API.
+//!
+//! This is the VM core: it loads the task API, promises and channels, and names no feature built
+//! on them. The extensions (the bridge, the world, messages and typed channels, modules, streams)
+//! come as an [`Extensions`] list the plugin fills; each installer builds its Lua API into the
+//! [`Base`] (built-in names, classes, definitions made once the base is sealed) and hooks its
+//! per-step and instance-cancel work into the scheduler through it.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,7 +15,7 @@ use bevy::prelude::*;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use crate::error::ScriptErrorKind;
-use crate::scheduler::{self, Budget, InstanceId, Refs, Scheduler, kind, sched};
+use crate::scheduler::{self, Budget, InstanceId, Refs, Scheduler, StepHooks, kind, sched};
 
 /// Which standard libraries scripts get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,8 +37,6 @@ pub(crate) struct VmConfig {
     pub print_to_stdout: bool,
     /// Seeds the generator `Channel.select` picks among ready cases with.
     pub select_seed: u64,
-    /// Where `require` looks for modules (templates relative to the assets folder).
-    pub module_path: Vec<String>,
     /// Resumes of one task in one step before further wakes are carried to the next step.
     pub max_resumes_per_task: u32,
     /// Wall time after which the step carries what is still due to the next step.
@@ -52,6 +56,118 @@ pub(crate) struct ChannelLua {
     pub external: Function,
 }
 
+/// Installs one extension in a new VM: its Lua API (through the [`Base`]) and its part in the
+/// step (through [`Base::before_step`] and [`Base::on_cancel_instance`]).
+pub(crate) type Installer = Box<dyn Fn(&Lua, &Base) -> mlua::Result<()> + Send + Sync>;
+
+/// The extensions a new VM is made with, in order: the plugin fills it (the bridge, the world,
+/// messages and typed channels, modules, streams), so the VM core names none of them.
+#[derive(Default)]
+pub(crate) struct Extensions(Vec<Installer>);
+
+impl Extensions {
+    /// Adds an extension, installed after those added before it.
+    pub(crate) fn add(&mut self, install: impl Fn(&Lua, &Base) -> mlua::Result<()> + Send + Sync + 'static) {
+        self.0.push(Box::new(install));
+    }
+}
+
+/// What an extension installs itself on, while the VM is made: the core's Lua modules to build
+/// on, and the shared base to add to, before it is sealed.
+pub(crate) struct Base<'a> {
+    lua: &'a Lua,
+    promise: Table,
+    channel: Table,
+    bad: Function,
+    /// Built-in names the extensions add (`require`, `Stream`, `Messages`).
+    builtins: Table,
+    /// Fields the extensions add to the core's built-in tables, by table (`Channel.named`).
+    fields: Table,
+    /// Classes (`Vec3`): built in as they are, since `getmetatable(v) == Vec3` names them.
+    classes: Table,
+    /// Names defined once the base is made, as a game's own registrations are.
+    later: std::cell::RefCell<Vec<(String, Value)>>,
+}
+
+impl Base<'_> {
+    /// The exports of `lua/promise.lua` (`Promise`, `async`, `await`, `callable`, ...).
+    pub(crate) fn promise(&self) -> &Table {
+        &self.promise
+    }
+
+    /// `Channel`, the channel module's table scripts see.
+    pub(crate) fn channel(&self) -> &Table {
+        &self.channel
+    }
+
+    /// `bad(n, fname, message, level)` from `lua/task.lua`: raises a `bad argument` error.
+    pub(crate) fn bad(&self) -> &Function {
+        &self.bad
+    }
+
+    /// Adds the built-in global `name` (scripts cannot replace it, nor a game define it).
+    pub(crate) fn builtin(&self, name: &str, value: impl mlua::IntoLua) -> mlua::Result<()> {
+        self.builtins.raw_set(name, value)
+    }
+
+    /// Adds `name` to the core's built-in table `table` (`Channel`).
+    pub(crate) fn builtin_field(
+        &self,
+        table: &str,
+        name: &str,
+        value: impl mlua::IntoLua,
+    ) -> mlua::Result<()> {
+        let fields = match self.fields.raw_get::<Option<Table>>(table)? {
+            Some(fields) => fields,
+            None => {
+                let fields = self.lua.create_table()?;
+                self.fields.raw_set(table, &fields)?;
+                fields
+            }
+        };
+        fields.raw_set(name, value)
+    }
+
+    /// Adds the built-in class `name`: a table with no raw fields and a hidden metatable, which
+    /// the base holds as it is (not as a read-only copy), so it stays equal to itself.
+    pub(crate) fn builtin_class(&self, name: &str, class: Table) -> mlua::Result<()> {
+        self.classes.raw_set(name, class)
+    }
+
+    /// Defines `path` (`"name"` or `"module.name"`) once the base is made, as
+    /// [`LuaRuntime::define`] does for a game's registrations (so a game may add to its module).
+    pub(crate) fn define(&self, path: &str, value: impl mlua::IntoLua) -> mlua::Result<()> {
+        let value = mlua::IntoLua::into_lua(value, self.lua)?;
+        self.later.borrow_mut().push((path.to_string(), value));
+        Ok(())
+    }
+
+    /// Runs `hook` at the start of every step, before timers are queued (`what` names it in the
+    /// log when it fails).
+    pub(crate) fn before_step(&self, what: &'static str, hook: scheduler::StepHook) {
+        if let Some(mut hooks) = self.lua.app_data_mut::<StepHooks>() {
+            hooks.before_step.push((what, hook));
+        }
+    }
+
+    /// Runs `hook` whenever every task of an instance is cancelled.
+    pub(crate) fn on_cancel_instance(&self, hook: fn(&Lua, InstanceId)) {
+        if let Some(mut hooks) = self.lua.app_data_mut::<StepHooks>() {
+            hooks.cancel_instance.push(hook);
+        }
+    }
+}
+
+/// `new_env(nil)` from `lua/sandbox.lua`, in the VM's app data: a fresh environment over the
+/// shared base with no `entity` or `state` (a module's).
+pub(crate) struct EnvFactory(pub Function);
+
+/// A fresh environment over the shared base, with no `entity` or `state`; `None` until the
+/// sandbox is made.
+pub(crate) fn new_env(lua: &Lua) -> Option<Function> {
+    lua.app_data_ref::<EnvFactory>().map(|f| f.0.clone())
+}
+
 /// The runtime, for a registration of `name`; panics when `LuaCoroutinesPlugin` was not added
 /// first (registration is set-up code, as Bevy's own `add_systems` panics on a bad schedule).
 pub(crate) fn require_plugin<'a>(app: &'a App, name: &str) -> &'a LuaRuntime {
@@ -59,6 +175,16 @@ pub(crate) fn require_plugin<'a>(app: &'a App, name: &str) -> &'a LuaRuntime {
         Some(runtime) => runtime,
         None => panic!("add LuaCoroutinesPlugin before giving scripts {name:?}"),
     }
+}
+
+/// Script instances not started yet, kept up to date by the instance layer and the plugin's
+/// observer for [`LuaRuntime::pending_instances`].
+#[derive(Default)]
+pub(crate) struct PendingInstances {
+    /// Instances attached but waiting for their asset to load.
+    pub waiting: std::sync::atomic::AtomicUsize,
+    /// Entities given `LuaScripts` since the last sync (their instances are made there).
+    pub queued: std::sync::atomic::AtomicUsize,
 }
 
 /// The Lua VM and what the plugin keeps beside it. One per app.
@@ -73,8 +199,8 @@ pub struct LuaRuntime {
     define: Function,
     /// The scheduler state shared with Lua (clocks, current task).
     state: Table,
-    /// Script instances per entity.
-    pub(crate) instances: crate::instance::Instances,
+    /// Script instances not started yet, counted by the instance layer.
+    pending: Arc<PendingInstances>,
     /// Lua 5.1's `setfenv` (LuaJIT, Luau), which binds a compiled chunk to an instance.
     pub(crate) setfenv: Option<Function>,
     /// The schedule the step runs in.
@@ -105,7 +231,14 @@ impl LuaRuntime {
     /// or on an entity given scripts since the last sync (`world.spawn{ script = ... }` in this
     /// frame's step), whose instances the next frame's sync makes.
     pub fn pending_instances(&self) -> usize {
-        self.instances.pending_len()
+        let pending = &self.pending;
+        pending.waiting.load(Ordering::Relaxed) + pending.queued.load(Ordering::Relaxed)
+    }
+
+    /// The counts [`pending_instances`](Self::pending_instances) adds up, which the layers above
+    /// keep (the VM core makes no instances).
+    pub(crate) fn pending(&self) -> &Arc<PendingInstances> {
+        &self.pending
     }
 
     /// Defines `path` (`"name"` or `"module.name"`) in the base every script reads through.
@@ -128,9 +261,12 @@ impl LuaRuntime {
         self.lua.used_memory()
     }
 
+    /// Makes the VM: its core (sandbox, budget, task API, promises, channels), then each of
+    /// `extensions` in the order they were added, then the shared base scripts read through.
     pub(crate) fn new(
         config: &VmConfig,
         schedule: bevy::ecs::intern::Interned<dyn bevy::ecs::schedule::ScheduleLabel>,
+        extensions: &Extensions,
     ) -> crate::Result<Self> {
         // SAFETY: `debug` is opened only so `debug.traceback` can be kept; in safe mode the rest of
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
@@ -256,12 +392,6 @@ impl LuaRuntime {
         let channel = load_channels(&lua, &api, config.select_seed)?;
         let external: Function = channel.get::<Table>("Channel")?.get("_external")?;
         lua.set_app_data(ChannelLua { poll: channel.get("poll")?, external });
-        crate::bridge::install(&lua, &promise)?;
-        api.set("promise", promise)?;
-        let bad: Function = api.get("bad")?;
-        let (vectors, world_functions) = crate::world::install(&lua, &bad)?;
-        api.set("vector", vectors)?;
-        let rust_channels = crate::bridge::messages::install(&lua, &channel.get("Channel")?, &bad)?;
         // What the task inspector (src/inspect.rs) builds on, kept for it to pick up.
         let inspect_deps = lua.create_table()?;
         for name in ["state", "key_of", "track", "set_inspector"] {
@@ -274,10 +404,25 @@ impl LuaRuntime {
             inspect_deps.set("info", debug.get::<Value>("info")?)?;
         }
         lua.set_named_registry_value(scheduler::INSPECT_DEPS, inspect_deps)?;
+        lua.set_app_data(StepHooks::default());
+        let base = Base {
+            lua: &lua,
+            promise: promise.clone(),
+            channel: channel.get("Channel")?,
+            bad: api.get("bad")?,
+            builtins: lua.create_table()?,
+            fields: lua.create_table()?,
+            classes: lua.create_table()?,
+            later: Default::default(),
+        };
+        for install in &extensions.0 {
+            install(&lua, &base)?;
+        }
+        api.set("promise", promise)?;
         api.set("channel", channel)?;
-        api.set("rust_channels", rust_channels)?;
-        api.set("require", crate::modules::install(&lua, &config.module_path)?)?;
-        api.set("stream", crate::stream::install(&lua, &api.get::<Table>("promise")?, &bad)?)?;
+        api.set("builtins", &base.builtins)?;
+        api.set("fields", &base.fields)?;
+        api.set("classes", &base.classes)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
             current: step.get("current")?,
@@ -313,20 +458,20 @@ impl LuaRuntime {
         // Scripts get pattern functions whose work counts against the budget.
         let b = budget.clone();
         let work = move |lua: &Lua, steps| b.work(lua, steps);
-        crate::pattern::install(&lua, work, &globals.get::<Table>("string")?, &bad)?;
+        crate::pattern::install(&lua, work, &globals.get::<Table>("string")?, &base.bad)?;
         let sandbox: Table = lua
             .load(include_str!("lua/sandbox.lua"))
             .set_name("=bevy_lua_coroutines/sandbox.lua")
             .call((api, opts, emit))?;
-        let base: Table = sandbox.get("base")?;
+        let shared: Table = sandbox.get("base")?;
         let new_env: Function = sandbox.get("new_env")?;
         let define: Function = sandbox.get("define")?;
         let on_reload: Function = sandbox.get("on_reload")?;
-        crate::modules::set_env_factory(&lua, new_env.clone());
-        step.get::<Function>("share")?.call::<()>(&base)?;
-        lua.set_globals(base)?;
-        for (path, function) in world_functions {
-            define.call::<()>((path, function))?;
+        lua.set_app_data(EnvFactory(new_env.clone()));
+        step.get::<Function>("share")?.call::<()>(&shared)?;
+        lua.set_globals(shared)?;
+        for (path, value) in base.later.take() {
+            define.call::<()>((path, value))?;
         }
         if let Some(limit) = config.memory_limit {
             lua.set_memory_limit(limit)?;
@@ -337,7 +482,7 @@ impl LuaRuntime {
             on_reload,
             define,
             state,
-            instances: Default::default(),
+            pending: Default::default(),
             setfenv,
             schedule,
             stdout_closed,
@@ -395,8 +540,6 @@ impl LuaRuntime {
     }
 }
 
-/// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
-/// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
 /// Writes one printed line to stdout. A closed stdout (a broken pipe: the reader went away) sets
 /// `closed`, and nothing is written there again; the line, like any that another error loses,
 /// is dropped quietly, so a script never fails because a terminal went away.
@@ -409,6 +552,8 @@ fn print_line(line: &str, closed: &AtomicBool) {
     }
 }
 
+/// Loads `lua/promise.lua` on top of the task API (`api`, `step` from `lua/task.lua`) and returns
+/// its exports: `Promise`, `async`, `await`, `asyncTry` and `tick`.
 fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> mlua::Result<Table> {
     let time: Table = api.get("time")?;
     let deps = lua.create_table()?;
@@ -451,10 +596,8 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
             };
             let thread = lua.create_thread(f)?;
             let start = scheduler::refs(lua).start.clone();
-            let previous = sched(lua).host_instance.replace(id);
-            let started = start.call::<()>(thread);
-            sched(lua).host_instance = previous;
-            started.map(|()| true)
+            let _host = scheduler::host(lua, Some(id));
+            start.call::<()>(thread).map(|()| true)
         })?,
     )?;
     lua.load(include_str!("lua/promise.lua")).set_name("=bevy_lua_coroutines/promise.lua").call(deps)
@@ -553,4 +696,65 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use bevy::ecs::schedule::ScheduleLabel;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            stdlib: StdlibAccess::Safe,
+            instruction_budget: Some(1_000_000),
+            memory_limit: None,
+            print_to_stdout: false,
+            select_seed: 1,
+            max_resumes_per_task: 100,
+            step_time_budget: None,
+            max_tasks_per_instance: None,
+            memory_per_instance: None,
+        }
+    }
+
+    #[test]
+    fn the_core_alone_knows_no_extension() {
+        let runtime = LuaRuntime::new(&config(), Update.intern(), &Extensions::default()).unwrap();
+        let seen: (bool, bool, bool, bool, bool) = runtime
+            .lua()
+            .load("return task ~= nil, Channel.new ~= nil, require == nil, Stream == nil, Vec3 == nil")
+            .eval()
+            .unwrap();
+        assert_eq!(seen, (true, true, true, true, true));
+        runtime.run().unwrap();
+    }
+
+    static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn an_extension_builds_in_names_and_runs_before_every_step() {
+        let mut extensions = Extensions::default();
+        extensions.add(|lua, base| {
+            base.builtin("answer", 42)?;
+            base.builtin_field("Channel", "extra", true)?;
+            base.define("ext.hello", lua.create_function(|_, ()| Ok("hi"))?)?;
+            base.before_step("counting steps", |_| {
+                STEPS.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+            Ok(())
+        });
+        let runtime = LuaRuntime::new(&config(), Update.intern(), &extensions).unwrap();
+        let seen: (i64, bool, String) =
+            runtime.lua().load("return answer, Channel.extra, ext.hello()").eval().unwrap();
+        assert_eq!(seen, (42, true, "hi".to_string()));
+        // Built in: a game cannot replace it; `ext` is a module a game may add to.
+        assert!(runtime.define("answer", 1).is_err());
+        runtime.define("ext.more", 1).unwrap();
+        runtime.run().unwrap();
+        runtime.run().unwrap();
+        assert_eq!(STEPS.load(Ordering::Relaxed), 2);
+    }
 }

@@ -7,6 +7,11 @@
 //! per-task values live in Lua tables, not as one Rust handle each: mlua's handle stack is small on
 //! LuaJIT. Timers carry the registration number Lua gave them; the Lua side wakes a task only if
 //! that number is still its current one, so a stale timer is harmless and is swept lazily.
+//!
+//! Lua code that runs outside any task (an instance's chunk being set up, its tasks being closed,
+//! Rust completions being settled) runs on behalf of the host instance, which only the [`host`]
+//! guard sets (and restores when dropped). What the extensions do each step, and when an
+//! instance's tasks are cancelled, comes in as [`StepHooks`]; the scheduler names none of them.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -130,8 +135,8 @@ pub(crate) struct Scheduler {
     /// When this step began (for the optional time budget of the step).
     pub step_started: Option<std::time::Instant>,
     /// The instance on whose behalf Lua code runs outside any task (its chunk being set up, its
-    /// tasks being closed).
-    pub host_instance: Option<InstanceId>,
+    /// tasks being closed); set only through [`host`].
+    host_instance: Option<InstanceId>,
     instances: HashMap<InstanceId, InstanceRecord>,
     /// The instances on each entity.
     on_entity: HashMap<Entity, Vec<InstanceId>>,
@@ -665,6 +670,28 @@ pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
     sched(lua).instance_of(current)
 }
 
+/// While alive, Lua code that runs outside any task runs on behalf of an instance (see [`host`]);
+/// dropping it restores the host instance that was there before.
+#[must_use = "the host instance is restored when the guard is dropped"]
+pub(crate) struct HostGuard<'a> {
+    lua: &'a Lua,
+    previous: Option<InstanceId>,
+}
+
+/// Makes `instance` the host instance (the one Lua code outside any task runs for: a chunk being
+/// set up, tasks being closed, completions being settled) until the returned guard is dropped,
+/// which restores the previous one, so hosts nest.
+pub(crate) fn host(lua: &Lua, instance: Option<InstanceId>) -> HostGuard<'_> {
+    let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
+    HostGuard { lua, previous }
+}
+
+impl Drop for HostGuard<'_> {
+    fn drop(&mut self) {
+        sched(self.lua).host_instance = self.previous;
+    }
+}
+
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
 /// Fails with the message for the script if the instance is at its live-task quota.
 pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
@@ -760,10 +787,13 @@ fn report_closed(
 /// variables close, in the order the tasks were made.
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let tasks = sched(lua).take_instance_tasks(id, keep);
-    crate::bridge::cancel_instance(lua, id);
-    let previous = sched(lua).host_instance.replace(id);
+    let mut i = 0;
+    while let Some(hook) = step_hook(lua, |h| h.cancel_instance.get(i)) {
+        hook(lua, id);
+        i += 1;
+    }
+    let _host = host(lua, Some(id));
     kill_tasks(lua, &tasks, id);
-    sched(lua).host_instance = previous;
 }
 
 /// Cancels now the instances on `entity`, which a script despawned during the step, so none of
@@ -784,12 +814,37 @@ pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
     }
 }
 
+/// Work an extension does at the start of every step.
+pub(crate) type StepHook = fn(&Lua) -> mlua::Result<()>;
+
+/// Work the extensions (the bridge, say) hook into the step, registered through
+/// [`Base`](crate::runtime::Base) when the VM is made; kept in the VM's app data.
+#[derive(Default)]
+pub(crate) struct StepHooks {
+    /// Called at the start of every step, before the timers that fell due are queued, in the
+    /// order registered: completions coming in (Rust results settling their promises), so what
+    /// they wake runs in this step. An error is logged and the step goes on.
+    pub before_step: Vec<(&'static str, StepHook)>,
+    /// Called when every task of an instance is cancelled (its entity despawned, its script
+    /// removed or reloaded, its memory quota spent): the Rust work it started stops.
+    pub cancel_instance: Vec<fn(&Lua, InstanceId)>,
+}
+
+/// The `i`th of the step hooks `pick` selects, copied out so no borrow is held while it runs.
+fn step_hook<T: Copy>(lua: &Lua, pick: impl Fn(&StepHooks) -> Option<&T>) -> Option<T> {
+    lua.app_data_ref::<StepHooks>().and_then(|hooks| pick(&hooks).copied())
+}
+
 /// Queues the timers that fell due and resumes everything ready.
 pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
-    // Rust work that finished since the last step settles its promises first; what that wakes
-    // runs in this step.
-    if let Err(e) = crate::bridge::drain(lua) {
-        error!("bevy_lua_coroutines: settling Rust results raised {e}");
+    // Completions the extensions bring in first (Rust work that finished since the last step
+    // settles its promises); what they wake runs in this step.
+    let mut i = 0;
+    while let Some((what, hook)) = step_hook(lua, |h| h.before_step.get(i)) {
+        if let Err(e) = hook(lua) {
+            error!("bevy_lua_coroutines: {what} raised {e}");
+        }
+        i += 1;
     }
     let due = sched(lua).due_timers();
     let (wake, run) = {
@@ -814,4 +869,30 @@ pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
         error!("bevy_lua_coroutines: the promise tick raised {e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_guard_restores_the_host_it_replaced() {
+        let lua = Lua::new();
+        lua.set_app_data(Scheduler::default());
+        let host_now = || sched(&lua).instance_of(0);
+        {
+            let _outer = host(&lua, Some(InstanceId(1)));
+            {
+                let _inner = host(&lua, Some(InstanceId(2)));
+                assert_eq!(host_now(), Some(InstanceId(2)));
+            }
+            assert_eq!(host_now(), Some(InstanceId(1)), "the outer host is back, not None");
+            {
+                let _none = host(&lua, None);
+                assert_eq!(host_now(), None);
+            }
+            assert_eq!(host_now(), Some(InstanceId(1)));
+        }
+        assert_eq!(host_now(), None);
+    }
 }

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bridge::{self, Convert, arg, message, script_function};
 use crate::error::{Error, Result};
-use crate::runtime::ChannelLua;
+use crate::runtime::{Base, ChannelLua};
 
 /// Bytes `readFileStream` reads per chunk.
 pub const FILE_CHUNK: usize = 64 * 1024;
@@ -205,7 +205,8 @@ struct StreamLua {
 
 /// Loads `lua/stream.lua` on top of the promise module's `Promise`; returns its exports
 /// (`Stream`, the table scripts see).
-pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Result<Table> {
+pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
+    let (promise, bad) = (base.promise(), base.bad());
     let deps = lua.create_table()?;
     deps.set("Promise", promise.get::<Table>("Promise")?)?;
     deps.set("callable", promise.get::<Function>("callable")?)?;
@@ -213,7 +214,7 @@ pub(crate) fn install(lua: &Lua, promise: &Table, bad: &Function) -> mlua::Resul
     let module: Table =
         lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(&deps)?;
     lua.set_app_data(StreamLua { rust: module.get("rust")?, batched: module.get("batched")?, deps });
-    Ok(module)
+    base.builtin("Stream", module.get::<Table>("Stream")?)
 }
 
 /// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`), for

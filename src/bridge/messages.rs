@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::from_lua;
-use crate::runtime::LuaRuntime;
+use crate::runtime::{Base, LuaRuntime};
 use crate::sets::{LuaCoroutinesSystems, StepRun};
 
 /// Lua functions of `lua/rust_channels.lua` the Rust side calls.
@@ -30,18 +30,19 @@ pub(crate) struct RustChannelsLua {
 
 /// Loads `lua/rust_channels.lua` on top of the channel module's `Channel`; returns the module
 /// (`named` for `Channel.named`, and the `Messages` table scripts see).
-pub(crate) fn install(lua: &Lua, channel: &mlua::Table, bad: &Function) -> mlua::Result<mlua::Table> {
+pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let module: mlua::Table = lua
         .load(include_str!("../lua/rust_channels.lua"))
         .set_name("=bevy_lua_coroutines/rust_channels.lua")
-        .call((channel.clone(), bad.clone()))?;
+        .call((base.channel().clone(), base.bad().clone()))?;
     lua.set_app_data(RustChannelsLua {
         declare: module.get("declare")?,
         deliver: module.get("deliver")?,
         forwarded: module.get("forwarded")?,
         writable: module.get("writable")?,
     });
-    Ok(module)
+    base.builtin_field("Channel", "named", module.get::<Value>("named")?)?;
+    base.builtin("Messages", module.get::<Value>("Messages")?)
 }
 
 /// The Lua functions of the channel and message bridge.

@@ -4,8 +4,9 @@
 //!
 //! An async function's future runs on Bevy's `AsyncComputeTaskPool`, off the main thread. Its
 //! result travels back on a crossbeam channel as a boxed conversion, and the step drains the
-//! channel at its start, on the thread that owns the VM, settling the promise the script holds.
-//! Cancelling that promise, or despawning the instance that made the call, drops the future.
+//! channel at its start (a hook [`install`] registers with the scheduler), on the thread that owns
+//! the VM, settling the promise the script holds. Cancelling that promise, or despawning the
+//! instance that made the call (another hook), drops the future.
 //! Arguments and results convert through mlua's serde support, so a Rust `struct` with
 //! `Serialize`/`Deserialize` is a Lua table.
 
@@ -24,7 +25,8 @@ pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::scheduler::{InstanceId, current_instance, sched};
+use crate::runtime::Base;
+use crate::scheduler::{InstanceId, current_instance, host};
 
 /// Turns a value into a Lua value on the VM's thread (results cross threads as these).
 pub(crate) type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
@@ -128,8 +130,10 @@ pub(crate) fn script_function(
     wrap.call(raw)
 }
 
-/// Installs the bridge in a new VM, on top of the promise module's exports.
-pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
+/// Installs the bridge in a new VM, on top of the promise module's exports: each step starts by
+/// settling the Rust work that finished, and an instance's cancellation drops the work it started.
+pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
+    let promise = base.promise();
     lua.set_app_data(Bridge::default());
     let cancel = lua.create_function(|lua, id: u64| {
         cancel(lua, id);
@@ -145,6 +149,8 @@ pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
         forget: module.get("forget")?,
         wrap: module.get("wrap")?,
     });
+    base.before_step("settling Rust results", drain);
+    base.on_cancel_instance(cancel_instance);
     Ok(())
 }
 
@@ -289,10 +295,8 @@ fn settle_run(
     instance: Option<InstanceId>,
     args: &mut Vec<Value>,
 ) -> mlua::Result<()> {
-    let previous = std::mem::replace(&mut sched(lua).host_instance, instance);
-    let settled = settle.call::<()>(MultiValue::from_vec(std::mem::take(args)));
-    sched(lua).host_instance = previous;
-    settled
+    let _host = host(lua, instance);
+    settle.call::<()>(MultiValue::from_vec(std::mem::take(args)))
 }
 
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:

@@ -185,7 +185,6 @@ else
   if debug then put("debug", { traceback = debug.traceback }) end
 end
 
-put("require", api.require) -- modules from the assets folder, in every mode
 put("task", api.task)
 put("time", api.time)
 put("coroutine", api.coroutine)
@@ -198,16 +197,17 @@ put("asyncTry", api.promise.asyncTry)
 local channel_api = {}
 for k, v in pairs(api.channel.Channel) do channel_api[k] = v end
 channel_api._external = nil -- Rust's alone: an `ext` written in Lua would run outside the budget
-channel_api.named = api.rust_channels.named
+for k, v in pairs(api.fields.Channel or {}) do channel_api[k] = v end -- `named`: typed channels
 put("Channel", channel_api)
-put("Messages", api.rust_channels.Messages)
-put("Stream", api.stream.Stream)
--- Vec2, Vec3, Vec4, Quat: their classes are already read-only (no raw fields, a hidden metatable)
--- and must stay themselves, since `getmetatable(v) == Vec3` names a vector's class. Marked
--- protected, so `rawset` and the table library refuse them and `pairs` lists nothing.
+-- What the extensions built in (`require`, `Messages`, `Stream`: see `Base` in runtime.rs).
+for name, value in pairs(api.builtins) do put(name, value) end
+-- Classes the extensions built in (Vec2, Vec3, Vec4, Quat): already read-only (no raw fields, a
+-- hidden metatable), and they must stay themselves, since `getmetatable(v) == Vec3` names a
+-- vector's class. Marked protected, so `rawset` and the table library refuse them and `pairs`
+-- lists nothing.
 local nothing = view_of({})
 local function no_fields() return next, nothing, nil end
-for name, class in pairs(api.vector) do
+for name, class in pairs(api.classes) do
   protected[class] = no_fields
   store[name] = class
 end

@@ -21,14 +21,16 @@ use crate::asset::LuaScript;
 use crate::bridge::script_function;
 use crate::components::{EntityMethods, LuaEntity, LuaScripts, SyncQueue};
 use crate::error::{lua_type, wrong_type};
+use crate::runtime::Base;
 use access::with_world;
 use convert::Path;
 use path::{CompiledPath, Leaf, Paths, Stop};
 use vector::Kind;
 
-/// Installs the vector classes and the entity methods; returns the classes by name (for the
-/// shared base) and the `world` module's functions, to be defined by name.
-pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'static str, Function)>)> {
+/// Installs the vector classes (built into the shared base), the entity methods and the `world`
+/// module's functions (defined by name, so a game may add to `world`).
+pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
+    let bad = base.bad();
     // Made now: world functions borrow these while they run, and app data cannot be added then.
     lua.set_app_data(convert::Shapes::default());
     lua.set_app_data(Paths::default());
@@ -86,7 +88,14 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'
         ("world.findAll", script_function(lua, |lua, args| find(lua, args, true))?),
         ("world.entity", script_function(lua, entity_of_id)?),
     ];
-    Ok((classes, functions))
+    for pair in classes.pairs::<String, Table>() {
+        let (name, class) = pair?;
+        base.builtin_class(&name, class)?;
+    }
+    for (path, function) in functions {
+        base.define(path, function)?;
+    }
+    Ok(())
 }
 
 /// The entity value scripts see for `entity`.
