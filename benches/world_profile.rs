@@ -13,7 +13,11 @@
 //! get("Transform.translation") + Vec3.new(1, 0, 0))`, `x` the same through
 //! `"Transform.translation.x"`, `query` the `vec` update in a `world.query("Transform", "Name")`
 //! loop, `whole` `get("Transform")` and `set("Transform", { translation =
-//! { x = ... } })`. Inclusive counts of
+//! { x = ... } })`, `wait` the scheduler bench's headline instead (`N` tasks that each
+//! `task.wait()` every frame, no entities) and `raw` its floor (mlua's `Thread::resume` over `N`
+//! threads kept in a Lua table, `FRAMES` rounds). For those two, the difference between the
+//! instruction counts of two runs with different `FRAMES`, over `N` times the extra frames, is the
+//! cost of one resumed task. Inclusive counts of
 //! `world::get` and `world::set` divided by their call counts give the cost of one call; the
 //! whole step (`LuaRuntime::run`) divided by `N` times all frames gives the cost per entity.
 
@@ -29,11 +33,26 @@ fn main() {
     let var =
         |name: &str, default: usize| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let (n, frames) = (var("N", 1_000), var("FRAMES", 3));
+    let variant = std::env::var("VARIANT").unwrap_or_else(|_| "vec".into());
+    if variant == "raw" {
+        return raw_resumes(n, frames);
+    }
     let mut app = new_app();
+    if variant == "wait" {
+        let source =
+            format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end");
+        let handle = add_script(&mut app, "bench/wait_every_frame.lua", &source);
+        app.world_mut().spawn(LuaScripts::new(handle));
+        for _ in 0..3 + frames {
+            app.update();
+        }
+        assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
+        println!("{n} tasks, {frames} frames, variant wait");
+        return;
+    }
     for _ in 0..n {
         app.world_mut().spawn((Name::new("mover"), Transform::default()));
     }
-    let variant = std::env::var("VARIANT").unwrap_or_else(|_| "vec".into());
     let script = match variant.as_str() {
         "whole" => ONE_SCRIPT.to_string(),
         "query" => r#"
@@ -61,6 +80,25 @@ fn main() {
     let per_entity = start.elapsed() / (frames * n).max(1) as u32;
     assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
     println!("{n} entities, {frames} frames, variant {variant}: {per_entity:?} per entity (get + set)");
+}
+
+/// The floor of `wait`: `n` threads that yield in a loop, kept in a Lua table, each resumed by
+/// mlua once per round.
+fn raw_resumes(n: usize, rounds: usize) {
+    use bevy_lua_coroutines::mlua::{Function, Lua, Table, Thread};
+    let lua = Lua::new();
+    let f: Function = lua.load("return function() while true do coroutine.yield() end end").eval().unwrap();
+    let threads: Table = lua.create_table().unwrap();
+    for i in 1..=n {
+        threads.raw_set(i, lua.create_thread(f.clone()).unwrap()).unwrap();
+    }
+    for _ in 0..3 + rounds {
+        for i in 1..=n {
+            let t: Thread = threads.raw_get(i).unwrap();
+            t.resume::<()>(()).unwrap();
+        }
+    }
+    println!("{n} threads, {rounds} rounds, variant raw");
 }
 
 /// A script that does `body` to every entity named `mover` (as `e`) once a frame.

@@ -286,6 +286,7 @@ mod diagnostics;
 mod error;
 #[cfg(test)]
 mod external_channel_tests;
+mod fastpath;
 mod hook;
 mod inspect;
 mod instance;

@@ -296,6 +296,10 @@ impl LuaRuntime {
         core.set("WAIT_FRAMES", kind::WAIT_FRAMES)?;
         core.set("WAIT_REAL", kind::WAIT_REAL)?;
         core.set("PARK", kind::PARK)?;
+        core.set(
+            "fast",
+            crate::fastpath::functions(&lua, scheduler::req().0, kind::WAIT_TIME, kind::WAIT_FRAMES)?,
+        )?;
         core.set("GAME", kind::GAME)?;
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;

@@ -41,22 +41,28 @@ local args = {}                           -- key -> packed arguments for the nex
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
 local owner = {}                          -- key -> instance id
 local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
-local next_reg = 0
+
+-- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
+-- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
+-- want of memory (the step collects garbage after the resume), the last registration number, and
+-- the number of frame waits due next frame.
+local T = { 0, 0, 0, false, 0, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, NEXT_N = 1, 2, 3, 4, 5, 6
+local fast = core.fast -- the C waits and the raw frame loop (nil: the Lua ones)
+local run_frames = fast and fast.run_frames
 
 -- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
 -- being resumed this frame; `task.waitFrames(n > 1)` goes to `later[frame]`, the same layout.
-local next_keys, next_regs, next_since, next_n = {}, {}, {}, 0
+local next_keys, next_regs, next_since = {}, {}, {}
 local now_keys, now_regs, now_since, now_n, now_i = {}, {}, {}, 0, 1
 local later = {}
 -- This step's ready queue: key, reg, value, defer depth (four slots per entry).
 local ready, head, tail = {}, 1, 0
--- The task being resumed (0: none), its defer depth, and a count of resumes.
-local current, depth, serial = 0, 0, 0
 
 local function bump(key)
-  next_reg = next_reg + 1
-  regs[key] = next_reg
-  return next_reg
+  local reg = T[NEXT_REG] + 1
+  T[NEXT_REG], regs[key] = reg, reg
+  return reg
 end
 
 local function push_ready(key, reg, value, d)
@@ -67,8 +73,8 @@ end
 --- Queues task `key` (registration `reg`) to resume `frames` frames from now.
 local function push_frames(frames, key, reg)
   if frames == 1 then
-    local n = next_n + 1
-    next_keys[n], next_regs[n], next_since[n], next_n = key, reg, S.nanos, n
+    local n = T[NEXT_N] + 1
+    next_keys[n], next_regs[n], next_since[n], T[NEXT_N] = key, reg, S.nanos, n
     return
   end
   local at = S.frame + frames
@@ -86,7 +92,7 @@ local function key_for(co)
   local key = keys[co]
   if key == nil then
     local inst
-    key, inst = rust_adopt(co, current)
+    key, inst = rust_adopt(co, T[CURRENT])
     if key == nil then error(inst, 0) end -- the instance is at its live-task quota
     threads[key], keys[co], owner[key] = co, key, inst
   end
@@ -127,9 +133,6 @@ local function close(co)
   if co_close ~= nil and (status == "suspended" or status == "dead") then return co_close(co) end
   return true
 end
-
--- Set when a task failed for want of memory: the step collects garbage after the resume.
-local memory_failed = false
 
 --- `pcall(f, ...)`, but on the main thread (which carries no hook under Lua 5.4, so that the
 --- step's own code runs at full speed) it runs `f` on a thread of its own that carries the budget
@@ -222,7 +225,7 @@ local function fail(key, co, err)
     -- they fail an allocation), and again once the resume that ran it is over (a thread LuaJIT
     -- cannot close is garbage only then).
     collectgarbage("collect")
-    memory_failed = true
+    T[MEMORY_FAILED] = true
   end
   rust_fail(key, message, ok and tb or "")
 end
@@ -257,34 +260,18 @@ local function after_step_resume(key, co, ok, first, kind, arg)
   end
 end
 
---- Resumes task `key` with `value` if `reg` is still its registration.
-local resume_task
-function resume_task(key, reg, value, d)
-  if regs[key] ~= reg then return end
-  local co = threads[key]
-  regs[key] = nil
-  local previous, previous_depth = current, depth
-  current, depth, serial = key, d, serial + 1
-  local ok, first, kind, arg
-  if value ~= ARGS then
-    ok, first, kind, arg = co_resume(co, value)
-  else
-    local packed = args[key]
-    args[key] = nil
-    if packed then
-      ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
-    else
-      ok, first, kind, arg = co_resume(co)
-    end
-  end
-  if memory_failed then
-    memory_failed = false
+--- Finishes a resume of task `key` (made current over `previous` at `previous_depth`) that
+--- returned `ok, first, kind, arg`: collects garbage if a task failed for want of memory, reports
+--- a failure or a spent budget, or registers its wait.
+local function finish_resume(key, co, previous, previous_depth, ok, first, kind, arg)
+  if T[MEMORY_FAILED] then
+    T[MEMORY_FAILED] = false
     collectgarbage("collect")
   end
   if S.spent then
     -- The budget ran out: the task is dead for good, whatever it caught.
     kill_spent(key, co)
-    current, depth = previous, previous_depth
+    T[CURRENT], T[DEPTH] = previous, previous_depth
     return
   end
   if not ok then
@@ -300,27 +287,50 @@ function resume_task(key, reg, value, d)
     else
       fail(key, co, message)
     end
-    current, depth = previous, previous_depth
+    T[CURRENT], T[DEPTH] = previous, previous_depth
     return
   end
-  current, depth = previous, previous_depth
+  T[CURRENT], T[DEPTH] = previous, previous_depth
   if first == REQ and kind == PARK and regs[key] == nil then
     -- A park (a promise or channel wait), inlined: the waker holds the slot.
-    next_reg = next_reg + 1
-    regs[key] = next_reg
-    arg.key, arg.reg = key, next_reg
+    local reg = T[NEXT_REG] + 1
+    T[NEXT_REG], regs[key] = reg, reg
+    arg.key, arg.reg = key, reg
     parked[key] = arg
     return
   end
   if first == REQ and kind == WAIT_TIME and arg == nil and regs[key] == nil then
     -- `task.wait()`, the common case, inlined: due next frame.
-    next_reg = next_reg + 1
-    regs[key] = next_reg
-    local n = next_n + 1
-    next_keys[n], next_regs[n], next_since[n], next_n = key, next_reg, S.nanos, n
+    local reg = T[NEXT_REG] + 1
+    T[NEXT_REG], regs[key] = reg, reg
+    local n = T[NEXT_N] + 1
+    next_keys[n], next_regs[n], next_since[n], T[NEXT_N] = key, reg, S.nanos, n
     return
   end
   after_step_resume(key, co, ok, first, kind, arg)
+end
+
+--- Resumes task `key` with `value` if `reg` is still its registration.
+local resume_task
+function resume_task(key, reg, value, d)
+  if regs[key] ~= reg then return end
+  local co = threads[key]
+  regs[key] = nil
+  local previous, previous_depth = T[CURRENT], T[DEPTH]
+  T[CURRENT], T[DEPTH], T[SERIAL] = key, d, T[SERIAL] + 1
+  local ok, first, kind, arg
+  if value ~= ARGS then
+    ok, first, kind, arg = co_resume(co, value)
+  else
+    local packed = args[key]
+    args[key] = nil
+    if packed then
+      ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
+    else
+      ok, first, kind, arg = co_resume(co)
+    end
+  end
+  return finish_resume(key, co, previous, previous_depth, ok, first, kind, arg)
 end
 
 -- Memory per instance (KiB; nil: off). After a resume, once the VM has grown by half a quota
@@ -521,11 +531,11 @@ function step.run()
         now_keys[n], now_regs[n], now_since[n] = b[i], b[i + 1], b[i + 2]
       end
     end
-    for i = 1, next_n do
+    for i = 1, T[NEXT_N] do
       n = n + 1
       now_keys[n], now_regs[n], now_since[n] = next_keys[i], next_regs[i], next_since[i]
     end
-    now_n, next_n = n, 0
+    now_n, T[NEXT_N] = n, 0
     for i = 1, carry_n, 4 do
       push_ready(carry[i], carry[i + 1], carry[i + 2], carry[i + 3])
     end
@@ -533,6 +543,26 @@ function step.run()
   end
   local now = S.nanos
   local timed = TIMED
+  if run_frames ~= nil and not timed and resume_task == plain_resume then
+    -- The raw loop resumes the frame waits that wait again; what else happens comes back here.
+    local previous, previous_depth = T[CURRENT], T[DEPTH]
+    local memory = MEMORY_QUOTA and next_check
+    while now_i <= now_n do
+      local i, what, key, x, ok, first, kind, arg = run_frames(T, now_keys, now_regs, now_since, regs,
+        threads, next_keys, next_regs, next_since, S, "spent", now_i, now_n, now, memory)
+      if i == nil then break end -- refused its arguments: the Lua loop below does the rest
+      now_i = i
+      if what == 1 then
+        resume_task(key, x, ok, 0) -- x: the registration, ok: the seconds waited
+      elseif what == 2 then
+        finish_resume(key, x, previous, previous_depth, ok, first, kind, arg) -- x: the thread
+        if MEMORY_QUOTA ~= nil then
+          if gcount() > next_check then check_memory() end
+          memory = next_check
+        end
+      end
+    end
+  end
   while now_i <= now_n do
     local i = now_i
     now_i = i + 1
@@ -615,7 +645,7 @@ local function waiting(slot)
 end
 
 --- The task being resumed (0: none) and the number of resumes so far, for Rust.
-function step.current() return current, serial end
+function step.current() return T[CURRENT], T[SERIAL] end
 
 --- Queues a woken task (Rust calls this for timers that fell due).
 function step.wake(key, reg, value)
@@ -633,15 +663,15 @@ end
 --- for ever); inside a task it is charged to that task. Returns what `pcall` returns (just
 --- `true` when the budget ran out: that is reported).
 local function guard(owner, f, ...)
-  if current ~= 0 then return protected(f, ...) end
-  current, serial = -1, serial + 1
+  if T[CURRENT] ~= 0 then return protected(f, ...) end
+  T[CURRENT], T[SERIAL] = -1, T[SERIAL] + 1
   local r = pack(protected(f, ...))
   if S.spent then
     -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
     rust_spent(-1, owner, nil)
     r = { n = 1, true }
   end
-  current = 0
+  T[CURRENT] = 0
   return unpack(r, 1, r.n)
 end
 step.guard = guard
@@ -668,7 +698,7 @@ function step.thread_of(key) return threads[key] end
 function step.state(key)
   local co, reg = threads[key], regs[key]
   if co == nil then return nil end
-  if key == current then return co, reg, "running" end
+  if key == T[CURRENT] then return co, reg, "running" end
   if reg == nil then return co, nil, nil end
   local slot = parked[key]
   if slot ~= nil and slot.reg == reg and slot.key == key then return co, reg, "park", slot end
@@ -678,7 +708,7 @@ function step.state(key)
   for i = now_i, now_n do
     if now_keys[i] == key and now_regs[i] == reg then return co, reg, "ready" end
   end
-  for i = 1, next_n do
+  for i = 1, T[NEXT_N] do
     if next_keys[i] == key and next_regs[i] == reg then return co, reg, "frames", 1 end
   end
   for at, b in pairs(later) do
@@ -787,7 +817,7 @@ local function after_spawn(co, ok, first, ...)
       close(co)
       if msg == "not enough memory" then
         collectgarbage("collect")
-        memory_failed = true
+        T[MEMORY_FAILED] = true
       end
       rust_report(msg, traced and tb or "")
     end
@@ -817,6 +847,7 @@ end
 --- Resumes `f` later in this frame's step, after the running work.
 function task.defer(f, ...)
   local co = to_thread(f, 1, "defer")
+  local depth = T[DEPTH]
   if depth >= MAX_DEFER_DEPTH then
     error(string_format("Maximum re-entrancy depth (%d) exceeded calling task.defer", MAX_DEFER_DEPTH), 2)
   end
@@ -905,6 +936,18 @@ function time.frame() return S.frame end
 --- Real seconds since start (unscaled, unpaused).
 function time.realElapsed() return S.real end
 
+local function sleep(seconds)
+  if seconds ~= nil and type(seconds) ~= "number" then bad(1, "sleep", "number", seconds, 2) end
+  return co_yield(REQ, WAIT_TIME, seconds)
+end
+
+if fast ~= nil then
+  -- The same waits as C functions that yield the same request directly (src/fastpath.rs); they
+  -- raise their `bad argument` errors through `bad`.
+  fast.set_bad(bad)
+  task.wait, task.waitFrames, sleep = fast.wait, fast.waitFrames, fast.sleep
+end
+
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
 coroutine_api.resume = resume
@@ -930,10 +973,7 @@ return {
   task = task,
   time = time,
   coroutine = coroutine_api,
-  sleep = function(seconds)
-    if seconds ~= nil and type(seconds) ~= "number" then bad(1, "sleep", "number", seconds, 2) end
-    return co_yield(REQ, WAIT_TIME, seconds)
-  end,
+  sleep = sleep,
   spawn = function(f, ...)
     local co = spawn_impl("spawn", f, ...)
     return co
