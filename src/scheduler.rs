@@ -402,6 +402,11 @@ impl Scheduler {
 /// The step never calls Rust per resume, so the hook notices a new resume by the serial number
 /// the Lua step counts resumes with (read only when the hook fires, every 1/16 of the budget).
 ///
+/// In the default mode (Lua 5.4) no thread has the hook until the watch's watchdog arms it on a
+/// resume that ran for a slice ([`crate::hook::Watch`]); a hook armed for an earlier resume takes
+/// itself off at its first call. With `exact_instruction_count` (and under LuaJIT and Luau) every
+/// thread has it from its first instruction.
+///
 /// Once a resume has spent its budget it is *spent* until the step has cancelled the task: every
 /// later hook call on any thread stops the running code again at once (the hook of the thread it
 /// fired on, and of the resumed task's thread, then fires on every instruction), so no `pcall`,
