@@ -1,18 +1,26 @@
 //! The few raw calls the instruction budget needs that mlua does not offer: changing how often a
-//! thread's existing hook fires, and asking whether a thread can yield. This is the crate's only
-//! `unsafe` outside the VM's creation.
+//! thread's hook fires, arming and disarming it, asking whether a thread can yield, and (Lua 5.4)
+//! the watchdog that lets scripts run without any hook until one resume runs long. This is the
+//! crate's only `unsafe` outside the VM's creation.
 //!
 //! Invariants: a thread is named by `Thread::to_pointer()`, which for a thread is its
 //! `lua_State*` on every flavour (`lua_topointer` returns the object itself); it is only used
-//! while the thread is alive (the caller holds the `Thread`, or is running on it inside its hook),
-//! and only on the thread that owns the VM. `lua_sethook` may be called at any time, even from
-//! inside a hook (the Lua manual says so); it keeps the hook function mlua installed and changes
-//! only its count.
+//! while the thread is alive (the caller holds the `Thread`, or is running on it inside its hook,
+//! or it is the thread [`Watch`] publishes as running, which a resume holds on its stack), and
+//! only on the thread that owns the VM, except for [`Watch`]'s watchdog, which calls
+//! `lua_sethook` on the running thread from its own OS thread. The Lua manual allows that ("this
+//! function can be called asynchronously"; `lua.c` stops a script on Ctrl-C that way): the hook
+//! takes effect at the next instruction the running code fetches after a jump or a call. While
+//! the watchdog does so, the published thread cannot be unpublished (see [`Watch::running`]), so
+//! it stays alive.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
 
 use mlua::ffi;
+
+#[cfg(not(any(feature = "luajit", feature = "luau")))]
+pub(crate) use lazy::{Watch, close_function, hook_of, resume_function};
 
 /// Makes the hook of thread `state` (if it has one) fire every `count` instructions. Under LuaJIT
 /// the hook is global: every thread changes.
@@ -50,5 +58,281 @@ pub(crate) fn yieldable(state: *const c_void) -> bool {
     {
         // SAFETY: see the module's invariants.
         !state.is_null() && unsafe { ffi::lua_isyieldable(state as *mut ffi::lua_State) != 0 }
+    }
+}
+
+/// LuaJIT and Luau count exactly: the budget never has a watch (see `lazy` for Lua 5.4's).
+#[cfg(any(feature = "luajit", feature = "luau"))]
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// The budget is spent.
+    pub spent: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(any(feature = "luajit", feature = "luau"))]
+impl Watch {
+    pub fn stale(&self) -> bool {
+        false
+    }
+
+    pub fn arm(&self, state: *const c_void, count: i32) {
+        set_count(state, count);
+    }
+
+    pub fn disarm(&self, _state: *const c_void) {}
+}
+
+/// Lua 5.4's hook-free budget: the watchdog, and the resume and close functions that tell it which
+/// thread runs.
+#[cfg(not(any(feature = "luajit", feature = "luau")))]
+mod lazy {
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use mlua::ffi;
+
+    /// `Watch::running` while the watchdog arms the published thread.
+    const ARMING: *mut c_void = std::ptr::dangling_mut::<c_void>();
+
+    /// What the watchdog of one VM (Lua 5.4) sees: which thread runs script code, and since which
+    /// resume. Scripts run with no hook; once one resume of the step has run for a whole slice, the
+    /// watchdog arms the count hook on whatever thread is running, and from then on the budget counts
+    /// as in exact mode.
+    #[derive(Default)]
+    pub(crate) struct Watch {
+        /// The `lua_State*` running script code (null: none). Only the VM's thread publishes, with a
+        /// compare-and-swap that waits while it is [`ARMING`]: so the watchdog, which swaps in `ARMING`
+        /// before touching the thread, never touches a thread that stopped running.
+        running: AtomicPtr<c_void>,
+        /// Resumes the step has started (a resume called from the main thread): each gets a fresh slice.
+        resumes: AtomicU64,
+        /// The resume the hooks now armed belong to: a hook firing in a later one disarms itself.
+        armed_for: AtomicU64,
+        /// The budget is spent: the watchdog arms with a count of 1.
+        pub spent: AtomicBool,
+        /// The main thread (`lua_State*`).
+        main: AtomicPtr<c_void>,
+        /// Instructions between two hook calls.
+        every: AtomicI32,
+        /// mlua's global hook function, which calls the budget's `on_hook`.
+        hook: AtomicUsize,
+        /// Held by whoever changes a thread's hook: the watchdog and the VM's thread.
+        lock: Mutex<()>,
+    }
+
+    impl Watch {
+        /// A watch for the VM whose main thread is `main`, arming `hook` to fire every `every`
+        /// instructions.
+        pub fn new(main: *const c_void, hook: ffi::lua_Hook, every: i32) -> Arc<Watch> {
+            let watch = Watch::default();
+            watch.main.store(main as *mut c_void, Ordering::Relaxed);
+            watch.hook.store(hook as usize, Ordering::Relaxed);
+            watch.every.store(every, Ordering::Relaxed);
+            Arc::new(watch)
+        }
+
+        fn hook(&self) -> ffi::lua_Hook {
+            // SAFETY: `hook` was stored from a `lua_Hook` in `new`.
+            unsafe { std::mem::transmute::<usize, ffi::lua_Hook>(self.hook.load(Ordering::Relaxed)) }
+        }
+
+        /// Publishes `state` as the running thread; returns the one it replaces.
+        fn publish(&self, state: *mut c_void) -> *mut c_void {
+            loop {
+                let current = self.running.load(Ordering::Acquire);
+                if current == ARMING {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if self
+                    .running
+                    .compare_exchange_weak(current, state, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return current;
+                }
+            }
+        }
+
+        /// Whether the hooks armed belong to an earlier resume than the one running.
+        pub fn stale(&self) -> bool {
+            self.armed_for.load(Ordering::Acquire) != self.resumes.load(Ordering::Acquire)
+        }
+
+        /// Gives thread `state` (if it has no hook yet) the budget's hook, firing every `count`
+        /// instructions, on behalf of the running resume. Called on the VM's thread.
+        pub fn arm(&self, state: *const c_void, count: i32) {
+            if state.is_null() {
+                return;
+            }
+            let _guard = self.lock.lock();
+            self.armed_for.store(self.resumes.load(Ordering::Acquire), Ordering::Release);
+            // SAFETY: see the module's invariants.
+            unsafe { sethook(state as *mut ffi::lua_State, Some(self.hook()), count) };
+        }
+
+        /// Removes the hook of thread `state`, running on the VM's thread (inside its hook).
+        pub fn disarm(&self, state: *const c_void) {
+            let _guard = self.lock.lock();
+            // SAFETY: see the module's invariants.
+            unsafe { sethook(state as *mut ffi::lua_State, None, 0) };
+        }
+
+        /// One look of the watchdog: `seen` is the resume it saw last time and `armed` the thread it
+        /// armed for it. Arms the running thread when the same resume is still running.
+        fn tick(&self, seen: &mut u64, armed: &mut *mut c_void) {
+            let resumes = self.resumes.load(Ordering::Acquire);
+            if resumes != *seen {
+                *seen = resumes;
+                *armed = std::ptr::null_mut();
+                return;
+            }
+            let _guard = self.lock.lock();
+            let state = self.running.load(Ordering::Acquire);
+            if state.is_null() || state == ARMING || state == *armed {
+                return;
+            }
+            if self.running.compare_exchange(state, ARMING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                return;
+            }
+            // Published before its resume was counted: it belongs to the resume now running only if
+            // that is still the one seen.
+            if self.resumes.load(Ordering::Acquire) == resumes {
+                let count =
+                    if self.spent.load(Ordering::Acquire) { 1 } else { self.every.load(Ordering::Relaxed) };
+                self.armed_for.store(resumes, Ordering::Release);
+                // SAFETY: `state` is published, so its resume is running and holds it; the VM's thread
+                // waits for `running` to leave `ARMING` before it publishes anything else.
+                unsafe { sethook(state as *mut ffi::lua_State, Some(self.hook()), count) };
+                *armed = state;
+            }
+            self.running.store(state, Ordering::Release);
+        }
+
+        /// Starts the watchdog of this VM: a thread that looks every `slice` and ends with the VM.
+        pub fn start(self: &Arc<Self>, slice: Duration) {
+            let watch = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new().name("lua budget watchdog".into()).spawn(move || {
+                let (mut seen, mut armed) = (u64::MAX, std::ptr::null_mut());
+                loop {
+                    std::thread::sleep(slice);
+                    let Some(watch) = watch.upgrade() else { return };
+                    watch.tick(&mut seen, &mut armed);
+                }
+            });
+            if let Err(e) = spawned {
+                bevy::log::error!("no instruction budget: the watchdog thread did not start ({e})");
+            }
+        }
+    }
+
+    /// Sets the hook of `l` (`None`: removes it), keeping the thread's hook when it has one.
+    ///
+    /// # Safety
+    /// `l` is a live thread of the VM (see the module's invariants).
+    unsafe fn sethook(l: *mut ffi::lua_State, hook: Option<ffi::lua_Hook>, count: i32) {
+        unsafe {
+            let hook = hook.map(|h| ffi::lua_gethook(l).unwrap_or(h));
+            let mask = if hook.is_some() { ffi::LUA_MASKCOUNT } else { 0 };
+            #[allow(clippy::let_unit_value)]
+            let _ = ffi::lua_sethook(l, hook, mask, count);
+        }
+    }
+
+    /// The hook function mlua installed on the main thread (its global hook), if any.
+    pub(crate) fn hook_of(state: *const c_void) -> Option<ffi::lua_Hook> {
+        // SAFETY: see the module's invariants.
+        unsafe { ffi::lua_gethook(state as *mut ffi::lua_State) }
+    }
+
+    /// `coroutine.resume` that publishes the thread it resumes to `watch` (its upvalue) for as long as
+    /// it runs, then the one that was running before. A resume called from the main thread (the step's)
+    /// starts a fresh slice. Same results and errors as `coroutine.resume`.
+    pub(crate) fn resume_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
+        closure(lua, watch, resume)
+    }
+
+    /// `coroutine.close` for a suspended or dead thread (the caller checks), publishing it to `watch`
+    /// while its to-be-closed variables run. Same results as `coroutine.close`.
+    pub(crate) fn close_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
+        closure(lua, watch, close)
+    }
+
+    fn closure(lua: &mlua::Lua, watch: &Arc<Watch>, f: ffi::lua_CFunction) -> mlua::Result<mlua::Function> {
+        let watch = Arc::as_ptr(watch) as *mut c_void;
+        // SAFETY: the closure only pushes onto the stack it is given; the `Watch` it points to is kept
+        // alive by the budget for as long as the VM lives.
+        unsafe {
+            lua.exec_raw::<mlua::Function>((), |l| {
+                ffi::lua_pushlightuserdata(l, watch);
+                ffi::lua_pushcclosure(l, f, 1);
+            })
+        }
+    }
+
+    unsafe extern "C-unwind" fn close(l: *mut ffi::lua_State) -> std::ffi::c_int {
+        // SAFETY: as `resume`; the operations are those of Lua's own `coroutine.close` (`luaB_close`)
+        // once it has found the thread suspended or dead.
+        unsafe {
+            let co = ffi::lua_tothread(l, 1);
+            if co.is_null() {
+                return ffi::luaL_argerror(l, 1, c"coroutine expected".as_ptr());
+            }
+            let watch = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch);
+            let previous = watch.publish(co as *mut c_void);
+            let status = ffi::lua_closethread(co, l);
+            watch.publish(previous);
+            if status == ffi::LUA_OK {
+                ffi::lua_pushboolean(l, 1);
+                1
+            } else {
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_xmove(co, l, 1);
+                2
+            }
+        }
+    }
+
+    unsafe extern "C-unwind" fn resume(l: *mut ffi::lua_State) -> std::ffi::c_int {
+        // SAFETY: called by Lua as a C closure made by `resume_function` (upvalue 1 is a live `Watch`);
+        // the stack operations are those of Lua's own `coroutine.resume` (`luaB_coresume`).
+        unsafe {
+            let co = ffi::lua_tothread(l, 1);
+            if co.is_null() {
+                return ffi::luaL_argerror(l, 1, c"coroutine expected".as_ptr());
+            }
+            let watch = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch);
+            let narg = ffi::lua_gettop(l) - 1;
+            if ffi::lua_checkstack(co, narg) == 0 {
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_pushliteral(l, c"too many arguments to resume");
+                return 2;
+            }
+            ffi::lua_xmove(l, co, narg);
+            if l as *mut c_void == watch.main.load(Ordering::Relaxed) {
+                watch.resumes.fetch_add(1, Ordering::AcqRel);
+            }
+            let previous = watch.publish(co as *mut c_void);
+            let mut nres = 0;
+            let status = ffi::lua_resume(co, l, narg, &mut nres);
+            watch.publish(previous);
+            if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+                if ffi::lua_checkstack(l, nres + 1) == 0 {
+                    ffi::lua_pop(co, nres);
+                    ffi::lua_pushboolean(l, 0);
+                    ffi::lua_pushliteral(l, c"too many results to resume");
+                    return 2;
+                }
+                ffi::lua_pushboolean(l, 1);
+                ffi::lua_xmove(co, l, nres);
+                nres + 1
+            } else {
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_xmove(co, l, 1);
+                2
+            }
+        }
     }
 }

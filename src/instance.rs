@@ -237,9 +237,9 @@ impl<'a> Scripts<'a> {
         // from Rust costs more than the Lua work it would do.
         let started = self.launcher().and_then(|launch| {
             let envs = scheduler::refs(lua).envs.clone();
-            // On a thread mlua makes, which carries the instruction budget's hook: the tasks
-            // `coroutine.create` makes there inherit it (the main thread has none).
-            lua.create_thread(launch)?.resume::<()>((
+            // On a thread mlua makes, which carries the instruction budget's hook (in exact mode):
+            // the tasks `coroutine.create` makes there inherit it (the main thread has none).
+            crate::runtime::script_thread(lua, launch)?.resume::<()>((
                 envs,
                 id.0 as i64,
                 entity_value(lua, entity)?,

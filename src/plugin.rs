@@ -35,6 +35,15 @@ pub struct LuaCoroutinesPlugin {
     /// instruction budget` (default 10,000,000; `None` for no limit). Checked every 1/16 of
     /// the budget. Under LuaJIT a budget turns the JIT off (compiled code runs no hooks).
     pub instruction_budget: Option<u64>,
+    /// Whether the budget counts every instruction of every resume (default false). Off (the
+    /// default, under Lua 5.4), scripts run with no hook at all, at full speed: a watchdog thread
+    /// looks every 5 ms, and only a resume that has run that long has the count hook armed on it,
+    /// after which it may run `instruction_budget` more instructions. Where a runaway is stopped
+    /// then depends on the machine's speed. On, every resume counts from its first instruction
+    /// (the hook slows scripts by 10-60 %) and a task is stopped at the same instruction run
+    /// after run: for replays and tests that need the exact stop point. LuaJIT and Luau always
+    /// count exactly.
+    pub exact_instruction_count: bool,
     /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
     /// fails the Lua call that made it with a memory error.
     pub memory_limit: Option<usize>,
@@ -98,6 +107,7 @@ impl Default for LuaCoroutinesPlugin {
         Self {
             schedule: Update.intern(),
             instruction_budget: Some(10_000_000),
+            exact_instruction_count: false,
             memory_limit: Some(512 * 1024 * 1024),
             stdlib: StdlibAccess::Safe,
             print_to_stdout: true,
@@ -127,6 +137,7 @@ impl Plugin for LuaCoroutinesPlugin {
         let config = VmConfig {
             stdlib: self.stdlib,
             instruction_budget: self.instruction_budget,
+            exact_instruction_count: self.exact_instruction_count,
             memory_limit: self.memory_limit,
             print_to_stdout: self.print_to_stdout,
             select_seed: self.select_seed,

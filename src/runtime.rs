@@ -33,6 +33,9 @@ pub enum StdlibAccess {
 pub(crate) struct VmConfig {
     pub stdlib: StdlibAccess,
     pub instruction_budget: Option<u64>,
+    /// Count every instruction of every resume (the hook always on) instead of only those of a
+    /// resume that ran past [`WATCH_SLICE`].
+    pub exact_instruction_count: bool,
     pub memory_limit: Option<usize>,
     pub print_to_stdout: bool,
     /// Seeds the generator `Channel.select` picks among ready cases with.
@@ -276,7 +279,7 @@ impl LuaRuntime {
         scheduler.task_quota = config.max_tasks_per_instance;
         lua.set_app_data(scheduler);
         let budget = Arc::new(Budget::default());
-        install_budget(&lua, &budget, config.instruction_budget)?;
+        let watch = install_budget(&lua, &budget, config.instruction_budget, config.exact_instruction_count)?;
 
         let globals = lua.globals();
         let setfenv: Option<Function> = globals.get("setfenv")?;
@@ -308,8 +311,14 @@ impl LuaRuntime {
         if cfg!(not(any(feature = "luajit", feature = "luau")))
             && config.instruction_budget.is_some_and(|n| n > 0)
         {
-            // Threads mlua makes carry the budget hook; the main thread does not (see `install_budget`).
-            core.set("thread", lua.create_function(|lua, f: Function| lua.create_thread(f))?)?;
+            // Threads mlua makes carry the budget hook (in the default mode, once the watchdog arms
+            // them); the main thread does not (see `install_budget`).
+            core.set("thread", lua.create_function(|lua, f: Function| script_thread(lua, f))?)?;
+        }
+        #[cfg(not(any(feature = "luajit", feature = "luau")))]
+        if let Some(watch) = &watch {
+            core.set("resume", crate::hook::resume_function(&lua, watch)?)?;
+            core.set("close", crate::hook::close_function(&lua, watch)?)?;
         }
         core.set(
             "env_of",
@@ -598,7 +607,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
             let Some(id) = owner.map(InstanceId).filter(|&id| sched(lua).instance(id).is_some()) else {
                 return Ok(false);
             };
-            let thread = lua.create_thread(f)?;
+            let thread = script_thread(lua, f)?;
             let start = scheduler::refs(lua).start.clone();
             let _host = scheduler::host(lua, Some(id));
             start.call::<()>(thread).map(|()| true)
@@ -633,27 +642,53 @@ fn select_seed_state(seed: u64) -> f64 {
 /// The chunk names of the crate's own Lua code (`=bevy_lua_coroutines/...`), as `short_src` shows them.
 const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
 
-/// Installs the hook that enforces the instruction budget of one resume.
-fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) -> mlua::Result<()> {
+/// How long one resume of the step runs hook-free, in the default mode, before the watchdog arms
+/// the count hook on it (it then has its whole instruction budget still to run).
+pub(crate) const WATCH_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A thread mlua makes for script code: in the default mode it carries no hook until the
+/// watchdog arms it (mlua gives every thread it makes the global hook).
+pub(crate) fn script_thread(lua: &Lua, f: Function) -> mlua::Result<Thread> {
+    let thread = lua.create_thread(f)?;
+    if let Some(budget) = lua.app_data_ref::<Arc<Budget>>() {
+        budget.unhook(&thread);
+    }
+    Ok(thread)
+}
+
+/// Installs the hook that enforces the instruction budget of one resume. Exact mode (and LuaJIT,
+/// Luau): every instruction of every resume is counted. Default mode (Lua 5.4): threads carry no
+/// hook; the returned watch, whose watchdog arms the hook on a resume that ran past
+/// [`WATCH_SLICE`], is what the step resumes through (`core.resume`).
+fn install_budget(
+    lua: &Lua,
+    budget: &Arc<Budget>,
+    instructions: Option<u64>,
+    exact: bool,
+) -> mlua::Result<Option<Arc<crate::hook::Watch>>> {
     let Some(instructions) = instructions.filter(|&n| n > 0) else {
-        return Ok(());
+        return Ok(None);
     };
+    #[cfg(any(feature = "luajit", feature = "luau"))]
+    let _ = exact;
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
     budget.set_main(lua.current_thread().to_pointer());
     let every = (instructions / 16).clamp(1, i32::MAX as u64);
     budget.set_limit(instructions.div_ceil(every), every as i32, every);
-    // Every thread mlua makes, and every coroutine a task makes, carries the hook. Under Lua 5.4 the
-    // main thread, where the step's own loop runs, does not (any hook slows every instruction of
-    // the thread it is on); script code the step calls there (an error's `__tostring`, a
-    // cancelled task's `__close`) runs on a thread of its own that does (`protected` in
-    // `lua/task.lua`). Under LuaJIT a hook is global: it stays.
+    // Exact mode: every thread mlua makes, and every coroutine a task makes, carries the hook.
+    // Under Lua 5.4 the main thread, where the step's own loop runs, does not (any hook slows
+    // every instruction of the thread it is on); script code the step calls there (an error's
+    // `__tostring`, a cancelled task's `__close`) runs on a thread of its own that does
+    // (`protected` in `lua/task.lua`). Under LuaJIT a hook is global: it stays.
     // LuaJIT runs no hook inside compiled code, so a compiled loop would never be stopped: with a
     // budget, the JIT is off.
     #[cfg(feature = "luajit")]
     if let Some(jit) = lua.globals().get::<Option<Table>>("jit")? {
         jit.get::<Function>("off")?.call::<()>(())?;
     }
+    #[allow(unused_mut)]
+    let mut watch = None;
     #[cfg(not(feature = "luau"))]
     {
         let b = budget.clone();
@@ -672,6 +707,15 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
                 )
             },
         )?;
+        // Default mode: no thread has the hook (mlua's global hook function, kept for arming)
+        // until the watchdog arms the one running a resume that ran long.
+        #[cfg(not(feature = "luajit"))]
+        if !exact && let Some(hook) = crate::hook::hook_of(lua.current_thread().to_pointer()) {
+            let w = crate::hook::Watch::new(lua.current_thread().to_pointer(), hook, every as i32);
+            w.start(WATCH_SLICE);
+            budget.set_watch(w.clone());
+            watch = Some(w);
+        }
         #[cfg(not(feature = "luajit"))]
         lua.remove_hook();
     }
@@ -699,7 +743,7 @@ fn install_budget(lua: &Lua, budget: &Arc<Budget>, instructions: Option<u64>) ->
             )
         });
     }
-    Ok(())
+    Ok(watch)
 }
 
 #[cfg(test)]

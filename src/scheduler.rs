@@ -407,6 +407,11 @@ impl Scheduler {
 /// The step never calls Rust per resume, so the hook notices a new resume by the serial number
 /// the Lua step counts resumes with (read only when the hook fires, every 1/16 of the budget).
 ///
+/// In the default mode (Lua 5.4) no thread has the hook until the watch's watchdog arms it on a
+/// resume that ran for a slice ([`crate::hook::Watch`]); a hook armed for an earlier resume takes
+/// itself off at its first call. With `exact_instruction_count` (and under LuaJIT and Luau) every
+/// thread has it from its first instruction.
+///
 /// Once a resume has spent its budget it is *spent* until the step has cancelled the task: every
 /// later hook call on any thread stops the running code again at once (the hook of the thread it
 /// fired on, and of the resumed task's thread, then fires on every instruction), so no `pcall`,
@@ -432,6 +437,8 @@ pub(crate) struct Budget {
     per_call: AtomicU64,
     /// Steps of work outside the VM not charged yet.
     pending: AtomicU64,
+    /// Set in the default mode (Lua 5.4): threads carry no hook until the watchdog arms one.
+    watch: std::sync::OnceLock<Arc<crate::hook::Watch>>,
 }
 
 /// Steps of work outside the VM (pattern matching) charged at once.
@@ -473,6 +480,28 @@ impl Budget {
         self.main.store(main as u64, Ordering::Relaxed);
     }
 
+    /// Selects the default mode: hooks are armed by `watch`, the rest of the time threads have none.
+    pub fn set_watch(&self, watch: Arc<crate::hook::Watch>) {
+        let _ = self.watch.set(watch);
+    }
+
+    /// Makes the hook of `thread` fire every `count` instructions; in the default mode, gives it
+    /// the hook first if it has none.
+    fn arm(&self, thread: *const c_void, count: i32) {
+        match self.watch.get() {
+            Some(watch) => watch.arm(thread, count),
+            None => crate::hook::set_count(thread, count),
+        }
+    }
+
+    /// In the default mode, takes the hook off a thread mlua just made (mlua gives every thread
+    /// it makes the global hook): it runs hook-free until the watchdog arms it.
+    pub fn unhook(&self, thread: &Thread) {
+        if let Some(watch) = self.watch.get() {
+            watch.disarm(thread.to_pointer());
+        }
+    }
+
     /// Sets how many hook calls one resume may take, `every` instructions apart.
     pub fn set_limit(&self, calls: u64, every: i32, per_call: u64) {
         self.limit.store(calls, Ordering::Relaxed);
@@ -503,6 +532,9 @@ impl Budget {
         }
         self.grace.store(0, Ordering::Relaxed);
         self.calls.store(0, Ordering::Relaxed);
+        if let Some(watch) = self.watch.get() {
+            watch.spent.store(false, Ordering::Release);
+        }
     }
 
     /// Called by the VM's hook on thread `thread` (`in_library`: whether the running function is
@@ -515,7 +547,16 @@ impl Budget {
         in_library: impl FnOnce() -> bool,
     ) -> mlua::Result<VmState> {
         let thread = lua.current_thread().to_pointer();
-        if let Some(mut spent) = self.spent() {
+        let spent = self.spent();
+        if let Some(watch) = self.watch.get()
+            && spent.is_none()
+            && watch.stale()
+        {
+            // Armed for a resume that is over: this one runs hook-free until it runs long.
+            watch.disarm(thread);
+            return Ok(VmState::Continue);
+        }
+        if let Some(mut spent) = spent {
             crate::hook::set_count(thread, 1);
             if in_library() {
                 let main = thread as u64 == self.main.load(Ordering::Relaxed);
@@ -571,8 +612,11 @@ impl Budget {
             *slot = Some(spent.clone());
         }
         let _ = state.raw_set("spent", true);
-        crate::hook::set_count(lua.current_thread().to_pointer(), 1);
-        crate::hook::set_count(resumed as *const c_void, 1);
+        if let Some(watch) = self.watch.get() {
+            watch.spent.store(true, Ordering::Release);
+        }
+        self.arm(lua.current_thread().to_pointer(), 1);
+        self.arm(resumed as *const c_void, 1);
         spent
     }
 

@@ -76,6 +76,80 @@ fn a_runaway_loop_in_a_nested_coroutine_stops_the_task_that_resumed_it() {
     assert_eq!(live_tasks(&app), 0);
 }
 
+fn exact_app(instructions: u64) -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(instructions),
+        exact_instruction_count: true,
+        print_to_stdout: false,
+        ..default()
+    })
+}
+
+#[test]
+fn exact_counting_stops_a_finite_loop_just_past_the_budget_at_its_line() {
+    // About four instructions per iteration: 400,000 in all, four times the budget. The default
+    // mode lets a resume this short finish (it counts only once a resume has run for a slice of
+    // wall time); exact counting stops it every run at the same line.
+    for _ in 0..2 {
+        let mut app = exact_app(100_000);
+        spawn_script(
+            &mut app,
+            "scripts/burst.lua",
+            "local s = 0\nfor i = 1, 100000 do s = s + i end\nprint('done')\n",
+        );
+        spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() end print('steady done')");
+        run(&mut app, 5);
+        let errs = errors(&app);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
+        assert_eq!(errs[0].message, "scripts/burst.lua:2: script exceeded its instruction budget");
+        assert_eq!(printed(&app), ["steady done"]);
+        assert_eq!(live_tasks(&app), 0);
+    }
+}
+
+#[test]
+fn exact_counting_stops_runaways_in_pcall_and_nested_coroutines() {
+    let mut app = exact_app(100_000);
+    spawn_script(
+        &mut app,
+        "scripts/sneaky.lua",
+        "local co = coroutine.wrap(function() while true do pcall(function() while true do end end) end end)\n\
+         while true do pcall(co) end\n",
+    );
+    spawn_script(&mut app, "scripts/steady.lua", "for i = 1, 3 do task.wait() end print('steady done')");
+    run(&mut app, 5);
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].message, "scripts/sneaky.lua:1: script exceeded its instruction budget");
+    assert_eq!(printed(&app), ["steady done"]);
+    assert_eq!(live_tasks(&app), 0);
+}
+
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "LuaJIT's hook is global and Luau has no debug.gethook")]
+fn by_default_a_script_runs_with_no_hook_and_exact_counting_hooks_every_thread() {
+    let script = "print(debug.gethook())\n\
+                  local co = coroutine.create(function() print(debug.gethook()) end)\n\
+                  coroutine.resume(co)\n\
+                  task.wait()\n\
+                  print(debug.gethook())\n";
+    for exact in [false, true] {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            instruction_budget: Some(160_000),
+            exact_instruction_count: exact,
+            stdlib: StdlibAccess::All,
+            print_to_stdout: false,
+            ..default()
+        });
+        spawn_script(&mut app, "scripts/hooks.lua", script);
+        run(&mut app, 3);
+        assert_eq!(errors(&app).len(), 0, "{:#?}", errors(&app));
+        let expected = if exact { "external hook\t\t10000" } else { "nil" };
+        assert_eq!(printed(&app), [expected; 3], "exact: {exact}");
+    }
+}
+
 #[test]
 fn hitting_the_memory_limit_fails_the_call_not_the_app() {
     let mut app = create_app_with(LuaCoroutinesPlugin {

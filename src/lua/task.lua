@@ -24,8 +24,11 @@ local rust_adopt, rust_timer, rust_release, rust_fail, rust_report, rust_spent =
   core.adopt, core.timer, core.release, core.fail, core.report, core.spent
 local traceback = core.traceback
 
-local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+-- `core.resume` (Lua 5.4 with the default budget) also tells the budget's watchdog which thread runs.
+local co_create, co_resume, co_yield = coroutine.create, core.resume or coroutine.resume, coroutine.yield
 local co_running, co_status, co_close = coroutine.running, coroutine.status, coroutine.close
+-- `core.close` closes a suspended or dead thread telling the watchdog, like `core.resume`.
+local close_thread = core.close or co_close
 local type, error, select, tostring, getmetatable, setmetatable, pairs, collectgarbage =
   type, error, select, tostring, getmetatable, setmetatable, pairs, collectgarbage
 local unpack = table.unpack or unpack
@@ -130,7 +133,7 @@ end
 --- released); returns `ok, err`.
 local function close(co)
   local status = co_status(co)
-  if co_close ~= nil and (status == "suspended" or status == "dead") then return co_close(co) end
+  if co_close ~= nil and (status == "suspended" or status == "dead") then return close_thread(co) end
   return true
 end
 
@@ -277,7 +280,7 @@ local function finish_resume(key, co, previous, previous_depth, ok, first, kind,
   if not ok then
     if first == "not enough memory" and co_close ~= nil then
       -- Release what the thread holds and collect it before anything here needs memory again.
-      co_close(co)
+      close_thread(co)
       collectgarbage("collect")
     end
     -- Still charged to the task: its error object's `__tostring` runs under its budget.
@@ -793,12 +796,16 @@ end
 
 --- `coroutine.close`: closing a task cancels it (nothing it waited for wakes it later).
 local function close_coroutine(co)
-  if type(co) == "thread" and co_status(co) == "suspended" then
-    local key = keys[co]
-    if key ~= nil then
-      drop(key)
-      core.forget(key)
+  if type(co) == "thread" then
+    local status = co_status(co)
+    if status == "suspended" then
+      local key = keys[co]
+      if key ~= nil then
+        drop(key)
+        core.forget(key)
+      end
     end
+    if status == "suspended" or status == "dead" then return close_thread(co) end
   end
   return co_close(co)
 end
