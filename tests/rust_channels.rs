@@ -444,3 +444,44 @@ fn a_type_that_denies_unknown_fields_still_raises_on_an_extra_key() {
     let rx = app.world().resource::<LuaChannel<Strict>>().receiver();
     assert_eq!(rx.try_iter().map(|s| s.a).collect::<Vec<_>>(), [1, 3]);
 }
+
+/// Serializes as `{ n = ... }`, or fails for `n == 0` (a value the bridge cannot convert).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+struct Flaky {
+    n: u32,
+}
+
+impl Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        if self.n == 0 {
+            return Err(S::Error::custom("flaky zero"));
+        }
+        let mut st = s.serialize_struct("Flaky", 1)?;
+        st.serialize_field("n", &self.n)?;
+        st.end()
+    }
+}
+
+#[test]
+fn a_value_rust_sent_that_does_not_convert_loses_none_of_the_others() {
+    let mut app = create_app();
+    app.add_lua_channel::<Flaky>("flaky", 16);
+    let tx = app.world().resource::<LuaChannel<Flaky>>().sender();
+    for n in [1, 2, 0, 4, 5] {
+        tx.try_send(Flaky { n }).unwrap();
+    }
+    spawn_script(
+        &mut app,
+        "scripts/flaky.lua",
+        r#"
+        local ch = Channel.named("flaky")
+        for _ = 1, 5 do
+          local ok, v = pcall(ch.receive, ch)
+          if ok then print(v.n) else print("error", string.find(tostring(v), "flaky zero", 1, true) ~= nil) end
+        end
+        "#,
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["1", "2", "error\ttrue", "4", "5"]);
+}
