@@ -46,6 +46,37 @@ function Messages.write(name, value)
   if err ~= nil then error("bad argument #2 to 'write' (" .. err .. ")", 2) end
 end
 
+--- The receive queue of a channel Rust fills in batches: `drain(q) -> n` stores every value waiting
+--- now at `q[1..n]` (a failed drain raises and stores nothing the queue reads). Returns
+--- `can_receive()`, `receive() -> value | nil` (nil: nothing waiting), `queued() -> count` and
+--- `clear()`. The queue table is reused across refills and each value is released once received.
+local function receive_queue(drain)
+  local queue, head, tail = {}, 1, 0 -- values not yet received: queue[head..tail]
+  local function refill()
+    tail = drain(queue)
+    head = 1
+    return tail > 0
+  end
+  local function can_receive()
+    return head <= tail or refill()
+  end
+  local function receive()
+    if head > tail and not refill() then return nil end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return v
+  end
+  local function queued()
+    return tail - head + 1
+  end
+  local function clear()
+    for i = head, tail do queue[i] = nil end
+    head, tail = 1, 0
+  end
+  return can_receive, receive, queued, clear
+end
+
 --- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves
 --- every value Rust sent into `q[1..n]`; `flush(leaves...) -> room` takes the leaves of whole values
 --- the check accepted and returns how many more values Rust's end can take; `send(v) -> error
@@ -58,17 +89,11 @@ end
 --- last flush is used up, before a value that needs serde, at `close`, and after each step.
 local function declare(name, rs, per, flatten)
   local drain, flush, rs_send, rs_len, rs_close = rs.drain, rs.flush, rs.send, rs.len, rs.close
-  local queue, head, tail = {}, 1, 0 -- values from Rust not yet received: queue[head..tail]
+  local can_receive, receive, queued = receive_queue(drain)
   local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
   local room = rs.cap()               -- values Rust's end could take at the last flush
   local chunk = per > 0 and math_floor(4000 / per) * per or 0 -- leaves per `flush` call
   local closed = false
-
-  local function refill()
-    tail = drain(queue)
-    head = 1
-    return tail > 0
-  end
 
   local function push()
     if held == 0 then
@@ -102,18 +127,9 @@ local function declare(name, rs, per, flatten)
     if err ~= nil then error("cannot send to channel '" .. name .. "': " .. err, 0) end
     room = room - 1
   end
-  function ext.can_receive()
-    return head <= tail or refill()
-  end
-  function ext.receive()
-    if head > tail and not refill() then return nil end
-    local v = queue[head]
-    queue[head] = nil
-    head = head + 1
-    return v
-  end
+  ext.can_receive, ext.receive = can_receive, receive
   function ext.len()
-    return tail - head + 1 + rs_len()
+    return queued() + rs_len()
   end
   function ext.close()
     push()
@@ -159,6 +175,7 @@ return {
   named = channel_named,
   Messages = Messages,
   declare = declare,
+  receive_queue = receive_queue,
   forwarded = forwarded,
   writable = writable,
   deliver = deliver,
