@@ -138,7 +138,7 @@ pub(crate) fn install(lua: &Lua, promise: &mlua::Table) -> mlua::Result<()> {
     let module: mlua::Table = lua
         .load(include_str!("../lua/bridge.lua"))
         .set_name("=bevy_lua_coroutines/bridge.lua")
-        .call((promise.get::<mlua::Table>("Promise")?, cancel))?;
+        .call((promise.get::<Function>("deferred")?, cancel))?;
     lua.set_app_data(BridgeLua {
         pending: module.get("pending")?,
         settle_many: module.get("settle_many")?,
