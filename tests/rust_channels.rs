@@ -485,3 +485,37 @@ fn a_value_rust_sent_that_does_not_convert_loses_none_of_the_others() {
     run(&mut app, 3);
     assert_eq!(printed(&app), ["1", "2", "error\ttrue", "4", "5"]);
 }
+
+#[test]
+fn strings_cross_unchanged_however_many_were_sent_before() {
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Named {
+        name: String,
+    }
+    let mut app = create_app();
+    app.add_lua_channel::<Named>("names", 1000);
+    spawn_script(
+        &mut app,
+        "scripts/names.lua",
+        r#"
+        local ch = Channel.named("names")
+        local long = string.rep("a", 100)
+        for round = 1, 2 do
+          for i = 1, 300 do ch:send({ name = "n" .. i }) end
+          ch:send({ name = "épée" })
+          ch:send({ name = long })
+          ch:send({ name = "n7" })
+        end
+        "#,
+    );
+    run(&mut app, 2);
+    let rx = app.world().resource::<LuaChannel<Named>>().receiver();
+    let got: Vec<String> = rx.try_iter().map(|n| n.name).collect();
+    let mut want = Vec::new();
+    for _ in 0..2 {
+        want.extend((1..=300).map(|i| format!("n{i}")));
+        want.extend(["épée".to_string(), "a".repeat(100), "n7".to_string()]);
+    }
+    assert_eq!(got, want);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}

@@ -299,7 +299,7 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
     match leaf {
         Leaf::Bool => format!("type({x}) ~= \"boolean\""),
         Leaf::Float => format!("type({x}) ~= \"number\""),
-        Leaf::Str => format!("type({x}) ~= \"string\" or find({x}, NONASCII)"),
+        Leaf::Str => format!("type({x}) ~= \"string\" or not ascii[{x}] and nonascii({x})"),
         Leaf::Int { min, max } if cfg!(feature = "lua54") => {
             let mut s = format!("math_type({x}) ~= \"integer\"");
             if min != i64::MIN {
@@ -361,6 +361,20 @@ fn emit_checks(
     );
 }
 
+/// Lua source of `nonascii(x)` (whether string `x` has a non-ASCII byte) and `ascii`, the short
+/// strings it found ASCII lately: most strings a game sends repeat (kinds, names), and a table
+/// lookup costs far less than `string.find`'s C call. At most 256 strings of at most 64 bytes.
+const ASCII_CACHE: &str = "local ascii, cached = {}, 0
+local function nonascii(x)
+  if find(x, \"[\\128-\\255]\") then return true end
+  if #x <= 64 then
+    if cached >= 256 then ascii, cached = {}, 0 end
+    ascii[x] = true
+    cached = cached + 1
+  end
+  return false
+end";
+
 /// Makes the Lua function `flatten(v, buf, n) -> n'` for `shape`: when `v` surely converts to the
 /// traced type exactly as mlua's serde would convert it (right types, integers in range and
 /// integral, ASCII strings, no metatables; with `count_keys`, no extra keys), it stores `v`'s
@@ -379,7 +393,7 @@ pub(crate) fn flattener(lua: &Lua, shape: &Shape, count_keys: bool) -> mlua::Res
     let values: Vec<String> = (1..=leaves).map(|i| format!("x{i}")).collect();
     let source = format!(
         "local type, getmetatable, next, find, math_type = type, getmetatable, next, string.find, math.type\n\
-         local NONASCII = \"[\\128-\\255]\"\n\
+         {ASCII_CACHE}\n\
          return function(v, b, n)\n{body}  {} = {}\n  return n + {leaves}\nend",
         targets.join(", "),
         values.join(", ")
