@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::flat::{self, Tok};
 use super::from_lua;
+use super::leaves::{self, Leaves};
 use super::messages::rust_channels_lua;
 
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
@@ -286,17 +287,19 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
             })
         })?,
     )?;
-    // Script -> Rust, the values the check accepted: whole values' leaves, in order. Returns how
-    // many more values the Rust end can take.
+    // Script -> Rust, the values the check accepted: `flush(buf, n)` reads the leaves of whole
+    // values at `buf[1..n]`, in order. Returns how many more values the Rust end can take.
     let shape = flat::trace::<T>();
     let per = shape.as_ref().map_or(0, flat::Shape::leaves);
     let channel = name.to_string();
+    let scratch = Mutex::new(Leaves::default());
     rs.set(
         "flush",
-        lua.create_function(move |_, mut leaves: MultiValue| {
-            let leaves = leaves.make_contiguous();
-            for one in leaves.chunks(per.max(1)) {
-                match flat::from_leaves::<T>(one) {
+        lua.create_function(move |lua, (buf, n): (Table, usize)| {
+            let mut scratch = scratch.lock().map_err(|_| mlua::Error::runtime("channel buffer poisoned"))?;
+            leaves::read(lua, &buf, n, &mut scratch)?;
+            for one in scratch.leaves.chunks(per.max(1)) {
+                match flat::from_leaves::<T>(one, &scratch.bytes) {
                     Ok(v) => {
                         if tx.try_send(v).is_err() {
                             error!("bevy_lua_coroutines: channel '{channel}' overflowed; a value was lost");

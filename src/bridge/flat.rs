@@ -13,11 +13,13 @@
 //!   of tables from leaves.
 //! - Script → Rust: [`trace`] learns a type's shape from its `Deserialize` (fed placeholder
 //!   leaves), [`flattener`] makes the Lua check that copies a table's leaves into a buffer, and
-//!   [`from_leaves`] rebuilds the value from them.
+//!   [`from_leaves`] rebuilds the value from them as `super::leaves` read them out of that buffer.
 
 use std::fmt::{self, Display, Write as _};
 
 use mlua::{Function, IntoLua, Lua, Value};
+
+use super::leaves::RawLeaf;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
@@ -401,15 +403,17 @@ pub(crate) fn flattener(lua: &Lua, shape: &Shape, count_keys: bool) -> mlua::Res
     lua.load(source).set_name("=bevy_lua_coroutines/flatten").eval()
 }
 
-/// Rebuilds a `T` from the leaves of one value that its [`flattener`] accepted.
-pub(crate) fn from_leaves<T: DeserializeOwned>(leaves: &[Value]) -> Result<T, Unsupported> {
+/// Rebuilds a `T` from the leaves of one value that its [`flattener`] accepted (`bytes` holds
+/// their strings).
+pub(crate) fn from_leaves<T: DeserializeOwned>(leaves: &[RawLeaf], bytes: &[u8]) -> Result<T, Unsupported> {
     let mut pos = 0;
-    T::deserialize(LeafReader { leaves, pos: &mut pos })
+    T::deserialize(LeafReader { leaves, bytes, pos: &mut pos })
 }
 
 /// A deserializer over a run of leaves, taken in order.
 struct LeafReader<'a, 'p> {
-    leaves: &'a [Value],
+    leaves: &'a [RawLeaf],
+    bytes: &'a [u8],
     pos: &'p mut usize,
 }
 
@@ -421,13 +425,14 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
         let leaf = self.leaves.get(*self.pos).ok_or(Unsupported)?;
         *self.pos += 1;
         match leaf {
-            Value::Boolean(b) => visitor.visit_bool(*b),
-            #[allow(clippy::useless_conversion)]
-            Value::Integer(i) => visitor.visit_i64((*i).into()),
-            #[allow(clippy::useless_conversion)]
-            Value::Number(n) => visitor.visit_f64((*n).into()),
-            Value::String(s) => visitor.visit_str(&s.to_str().map_err(|_| Unsupported)?),
-            _ => Err(Unsupported),
+            RawLeaf::Bool(b) => visitor.visit_bool(*b),
+            RawLeaf::Int(i) => visitor.visit_i64(*i),
+            RawLeaf::Num(n) => visitor.visit_f64(*n),
+            RawLeaf::Str(r) => {
+                let s = self.bytes.get(r.clone()).ok_or(Unsupported)?;
+                visitor.visit_str(std::str::from_utf8(s).map_err(|_| Unsupported)?)
+            }
+            RawLeaf::Other => Err(Unsupported),
         }
     }
 
@@ -445,7 +450,12 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Unsupported> {
-        visitor.visit_seq(LeafFields { leaves: self.leaves, pos: self.pos, left: fields.len() })
+        visitor.visit_seq(LeafFields {
+            leaves: self.leaves,
+            bytes: self.bytes,
+            pos: self.pos,
+            left: fields.len(),
+        })
     }
 
     serde::forward_to_deserialize_any! {
@@ -456,7 +466,8 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
 
 /// The fields of a struct read from leaves.
 struct LeafFields<'a, 'p> {
-    leaves: &'a [Value],
+    leaves: &'a [RawLeaf],
+    bytes: &'a [u8],
     pos: &'p mut usize,
     left: usize,
 }
@@ -472,7 +483,7 @@ impl<'de> de::SeqAccess<'de> for LeafFields<'_, '_> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(LeafReader { leaves: self.leaves, pos: self.pos }).map(Some)
+        seed.deserialize(LeafReader { leaves: self.leaves, bytes: self.bytes, pos: self.pos }).map(Some)
     }
 }
 

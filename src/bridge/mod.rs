@@ -20,6 +20,7 @@ use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
 
 pub mod channels;
 mod flat;
+mod leaves;
 pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

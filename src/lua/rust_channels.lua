@@ -5,8 +5,7 @@
 local Channel, bad = ...
 
 local type, error, setmetatable = type, error, setmetatable
-local math_huge, math_floor = math.huge, math.floor
-local unpack = table.unpack or unpack
+local math_huge = math.huge
 
 local named = {}       -- name -> external Channel
 -- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
@@ -78,8 +77,9 @@ local function receive_queue(drain)
 end
 
 --- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves
---- every value Rust sent into `q[1..n]`; `flush(leaves...) -> room` takes the leaves of whole values
---- the check accepted and returns how many more values Rust's end can take; `send(v) -> error
+--- every value Rust sent into `q[1..n]`; `flush(buf, n) -> room` reads the leaves at `buf[1..n]`
+--- (of whole values the check accepted) and returns how many more values Rust's end can take;
+--- `send(v) -> error
 --- message | nil` converts one value through serde; `len`, `cap`, `close`. `flatten(v, buf, n) ->
 --- n' | nil` (nil when the type is not a flat struct) copies the `per` leaves of a value that
 --- surely converts into `buf`. Returns the function the step calls to hand Rust what was sent.
@@ -92,19 +92,10 @@ local function declare(name, rs, per, flatten)
   local can_receive, receive, queued = receive_queue(drain)
   local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
   local room = rs.cap()               -- values Rust's end could take at the last flush
-  local chunk = per > 0 and math_floor(4000 / per) * per or 0 -- leaves per `flush` call
   local closed = false
 
   local function push()
-    if held == 0 then
-      room = flush()
-      return
-    end
-    for s = 1, leaves, chunk do
-      local e = s + chunk - 1
-      if e > leaves then e = leaves end
-      room = flush(unpack(buf, s, e))
-    end
+    room = flush(buf, leaves)
     leaves, held = 0, 0
   end
 
