@@ -169,6 +169,7 @@ fn drain_into<T: Serialize>(
     let mut current: Option<(Vec<Tok>, Function, usize)> = None;
     let mut run: Vec<T> = Vec::new();
     let mut toks = Vec::new();
+    let mut strings = flat::Strings::default();
     let mut args: Vec<Value> = vec![Value::Table(q.clone()), Value::Nil, Value::Nil];
     // Stores the run through its constructor; on failure the run stays in `run`.
     let construct = |current: &Option<(Vec<Tok>, Function, usize)>,
@@ -195,7 +196,7 @@ fn drain_into<T: Serialize>(
     while let Some(value) = held.pop_front().or_else(|| rx.try_recv().ok()) {
         toks.clear();
         let mark = args.len();
-        let flat = flat::serialize(lua, &value, &mut toks, &mut args).is_ok();
+        let flat = flat::serialize(lua, &value, &mut toks, &mut args, &mut strings).is_ok();
         if flat && current.as_ref().is_some_and(|(t, _, _)| *t == toks) {
             run.push(value);
         } else {

@@ -508,8 +508,43 @@ pub(crate) fn serialize<T: Serialize>(
     value: &T,
     toks: &mut Vec<Tok>,
     leaves: &mut Vec<Value>,
+    strings: &mut Strings,
 ) -> Result<(), Unsupported> {
-    value.serialize(&mut LeafWriter { lua, toks, leaves })
+    value.serialize(&mut LeafWriter { lua, toks, leaves, strings })
+}
+
+/// Most strings [`Strings`] keeps, and the longest it keeps.
+const KEPT_STRINGS: usize = 16;
+const KEPT_STRING_LEN: usize = 64;
+
+/// The Lua strings made lately for one batch, by their text: most strings a game sends repeat
+/// (kinds, names), and another reference to a Lua string costs far less than making it again
+/// (under a memory limit mlua makes each string in a protected call). Keeps at most
+/// [`KEPT_STRINGS`] short strings, the oldest replaced first.
+#[derive(Default)]
+pub(crate) struct Strings {
+    kept: Vec<(Box<str>, mlua::LuaString)>,
+    next: usize,
+}
+
+impl Strings {
+    /// The Lua string `v`.
+    fn get(&mut self, lua: &Lua, v: &str) -> mlua::Result<mlua::LuaString> {
+        if v.len() > KEPT_STRING_LEN {
+            return lua.create_string(v);
+        }
+        if let Some((_, s)) = self.kept.iter().find(|(k, _)| **k == *v) {
+            return Ok(s.clone());
+        }
+        let s = lua.create_string(v)?;
+        if self.kept.len() < KEPT_STRINGS {
+            self.kept.push((v.into(), s.clone()));
+        } else {
+            self.kept[self.next] = (v.into(), s.clone());
+            self.next = (self.next + 1) % KEPT_STRINGS;
+        }
+        Ok(s)
+    }
 }
 
 /// A serializer writing leaves and shape tokens.
@@ -517,6 +552,7 @@ struct LeafWriter<'a> {
     lua: &'a Lua,
     toks: &'a mut Vec<Tok>,
     leaves: &'a mut Vec<Value>,
+    strings: &'a mut Strings,
 }
 
 impl LeafWriter<'_> {
@@ -558,7 +594,7 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
     }
 
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
-        let s = self.lua.create_string(v).map_err(|_| Unsupported)?;
+        let s = self.strings.get(self.lua, v).map_err(|_| Unsupported)?;
         self.leaf(s)
     }
 
