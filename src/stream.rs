@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 
 use bevy::prelude::*;
 use bevy::tasks::IoTaskPool;
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -40,7 +40,7 @@ const PANICKED: &str = "the stream's producer panicked";
 /// entity whose script made it was despawned).
 const CANCELLED: &str = "stream cancelled";
 
-/// Most chunks one refill of a script's queue takes (they cross as the results of one call).
+/// Most chunks one refill of a script's queue takes (one call stores them all in the queue).
 const MAX_REFILL: usize = 4000;
 
 #[derive(Default)]
@@ -196,7 +196,8 @@ impl std::fmt::Debug for StreamSender {
 struct StreamLua {
     /// `rust(channel, err, close) -> Stream`.
     rust: Function,
-    /// `batched(ext) -> ext`: the receiving half of a stream's external channel, over `drain`.
+    /// `batched(ext, receive_queue) -> ext`: the receiving half of a stream's external channel, over
+    /// `drain`.
     batched: Function,
     /// What the module was loaded with: `Promise`, `bad`, `callable`.
     #[cfg_attr(not(feature = "llm"), allow(dead_code))]
@@ -266,7 +267,7 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     let failed: Mutex<Option<mlua::Error>> = Mutex::new(None);
     ext.set(
         "drain",
-        lua.create_function(move |lua, ()| {
+        lua.create_function(move |lua, q: Table| {
             let _ = &reader;
             if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
                 return Err(e);
@@ -284,12 +285,11 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
             if let Some(w) = waker {
                 w.wake();
             }
-            let mut out = MultiValue::with_capacity(chunks.len() + 1);
-            out.push_back(Value::Nil);
-            for convert in chunks {
-                match convert(lua) {
-                    Ok(v) => out.push_back(v),
-                    Err(e) if out.len() == 1 => return Err(e),
+            let mut n = 0;
+            let mut chunks = chunks.into_iter();
+            for convert in chunks.by_ref() {
+                match convert(lua).and_then(|v| q.raw_set(n + 1, v)) {
+                    Ok(()) => n += 1,
                     Err(e) => {
                         if let Ok(mut f) = failed.lock() {
                             *f = Some(e);
@@ -298,8 +298,21 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
                     }
                 }
             }
-            out[0] = Value::Integer((out.len() - 1) as _);
-            Ok(out)
+            // The chunks after one that failed go back, in order, for the refill after its error.
+            let rest: Vec<Convert> = chunks.collect();
+            if !rest.is_empty() {
+                let mut st = s.lock();
+                st.lent -= rest.len();
+                for c in rest.into_iter().rev() {
+                    st.buf.push_front(c);
+                }
+            }
+            if n == 0
+                && let Some(e) = failed.lock().ok().and_then(|mut f| f.take())
+            {
+                return Err(e);
+            }
+            Ok(n)
         })?,
     )?;
     let s = shared.clone();
@@ -331,7 +344,8 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
         let m = lua.app_data_ref::<StreamLua>().expect("the stream module is installed");
         (m.batched.clone(), m.rust.clone())
     };
-    let ext: Table = batched.call(ext)?;
+    let receive_queue = crate::bridge::messages::rust_channels_lua(lua).receive_queue.clone();
+    let ext: Table = batched.call((ext, receive_queue))?;
     let external =
         lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone();
     let channel: Value = external.call((ext, "stream"))?;

@@ -444,3 +444,78 @@ fn a_type_that_denies_unknown_fields_still_raises_on_an_extra_key() {
     let rx = app.world().resource::<LuaChannel<Strict>>().receiver();
     assert_eq!(rx.try_iter().map(|s| s.a).collect::<Vec<_>>(), [1, 3]);
 }
+
+/// Serializes as `{ n = ... }`, or fails for `n == 0` (a value the bridge cannot convert).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+struct Flaky {
+    n: u32,
+}
+
+impl Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        if self.n == 0 {
+            return Err(S::Error::custom("flaky zero"));
+        }
+        let mut st = s.serialize_struct("Flaky", 1)?;
+        st.serialize_field("n", &self.n)?;
+        st.end()
+    }
+}
+
+#[test]
+fn a_value_rust_sent_that_does_not_convert_loses_none_of_the_others() {
+    let mut app = create_app();
+    app.add_lua_channel::<Flaky>("flaky", 16);
+    let tx = app.world().resource::<LuaChannel<Flaky>>().sender();
+    for n in [1, 2, 0, 4, 5] {
+        tx.try_send(Flaky { n }).unwrap();
+    }
+    spawn_script(
+        &mut app,
+        "scripts/flaky.lua",
+        r#"
+        local ch = Channel.named("flaky")
+        for _ = 1, 5 do
+          local ok, v = pcall(ch.receive, ch)
+          if ok then print(v.n) else print("error", string.find(tostring(v), "flaky zero", 1, true) ~= nil) end
+        end
+        "#,
+    );
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["1", "2", "error\ttrue", "4", "5"]);
+}
+
+#[test]
+fn strings_cross_unchanged_however_many_were_sent_before() {
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Named {
+        name: String,
+    }
+    let mut app = create_app();
+    app.add_lua_channel::<Named>("names", 1000);
+    spawn_script(
+        &mut app,
+        "scripts/names.lua",
+        r#"
+        local ch = Channel.named("names")
+        local long = string.rep("a", 100)
+        for round = 1, 2 do
+          for i = 1, 300 do ch:send({ name = "n" .. i }) end
+          ch:send({ name = "épée" })
+          ch:send({ name = long })
+          ch:send({ name = "n7" })
+        end
+        "#,
+    );
+    run(&mut app, 2);
+    let rx = app.world().resource::<LuaChannel<Named>>().receiver();
+    let got: Vec<String> = rx.try_iter().map(|n| n.name).collect();
+    let mut want = Vec::new();
+    for _ in 0..2 {
+        want.extend((1..=300).map(|i| format!("n{i}")));
+        want.extend(["épée".to_string(), "a".repeat(100), "n7".to_string()]);
+    }
+    assert_eq!(got, want);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}

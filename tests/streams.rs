@@ -898,3 +898,43 @@ fn chunks_the_reader_took_in_a_batch_keep_their_room_until_it_comes_back() {
     run(&mut app, 2);
     assert_eq!(printed(&app), ["first\t1", "rest\t2\t3", "more\t4"]);
 }
+
+/// A chunk whose conversion to Lua fails.
+struct Unconvertible;
+
+impl serde::Serialize for Unconvertible {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("unconvertible chunk"))
+    }
+}
+
+#[test]
+fn a_chunk_that_does_not_convert_ends_the_stream_after_the_chunks_before_it() {
+    let mut app = create_app();
+    app.add_lua_stream_function("mixed", 8, |mut tx: StreamSender| {
+        for i in [1, 2] {
+            tx.try_send(i).unwrap();
+        }
+        tx.try_send(Unconvertible).unwrap();
+        for i in [4, 5] {
+            tx.try_send(i).unwrap();
+        }
+        Ok::<_, String>(())
+    });
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        local s = mixed()
+        for _ = 1, 6 do
+          local v, err = s:read()
+          print(v, err)
+        end
+        "#,
+    );
+    run(&mut app, 5);
+    let out = printed(&app);
+    assert_eq!(out[..2], ["1\tnil", "2\tnil"]);
+    assert_eq!(out.len(), 6);
+    assert!(out[2..].iter().all(|l| l.starts_with("nil\tserialize error: unconvertible chunk")), "{out:?}");
+}

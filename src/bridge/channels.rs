@@ -4,6 +4,7 @@
 //! directions are bounded: a full channel makes a script's `send` wait (backpressure), and a
 //! Rust `try_send` to scripts fails (or `send` blocks) until scripts receive.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::flat::{self, Tok};
 use super::from_lua;
+use super::leaves::{self, Leaves};
 use super::messages::rust_channels_lua;
 
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
@@ -127,71 +129,123 @@ impl Constructors {
     }
 }
 
-/// Moves every value waiting in `rx` into the Lua table `q` at `1...` and returns how many: runs of
-/// values of one flat shape through that shape's constructor (one call per batch), anything else
-/// through mlua's `to_value`.
+/// The receiving side's Rust state of a typed channel: the shapes seen and the values taken from
+/// the crossbeam receiver that a failed refill could not hand over (delivered first next time).
+struct Receiving<T> {
+    shapes: Constructors,
+    held: VecDeque<T>,
+}
+
+/// Puts `run` (values taken but not delivered) and then `value` back at the front of `held`, in order.
+fn hold_back<T>(held: &mut VecDeque<T>, run: &mut Vec<T>, value: Option<T>) {
+    if let Some(v) = value {
+        held.push_front(v);
+    }
+    for v in run.drain(..).rev() {
+        held.push_front(v);
+    }
+}
+
+/// Moves every value waiting (those held back first, then `rx`'s) into the Lua table `q` at
+/// `1...` and returns how many: runs of values of one flat shape through that shape's constructor
+/// (one call per batch), anything else through mlua's `to_value`.
+///
+/// Nothing taken is lost. When a constructor call fails (out of memory, say), its values and the
+/// rest go back to the held values: the values stored before it are returned, or, with none, the
+/// error is raised and the next refill tries them again. A value that does not convert on its own
+/// (its `Serialize` fails) is held back the same way until it is the first of a refill; then its
+/// error is raised in its place, and only that value is dropped.
 fn drain_into<T: Serialize>(
     lua: &Lua,
     rx: &Receiver<T>,
     q: &Table,
-    shapes: &Mutex<Constructors>,
+    state: &Mutex<Receiving<T>>,
 ) -> mlua::Result<usize> {
-    let mut shapes = shapes.lock().map_err(|_| mlua::Error::runtime("channel shapes poisoned"))?;
-    let (mut n, mut start, mut m) = (0usize, 0usize, 0usize);
+    let mut state = state.lock().map_err(|_| mlua::Error::runtime("channel state poisoned"))?;
+    let Receiving { shapes, held } = &mut *state;
+    // `n` values are stored; `run` holds the values whose leaves are in `args[3..]`, of the shape
+    // `current`, to be stored at `q[n + 1]...` by its constructor.
+    let mut n = 0usize;
     let mut current: Option<(Vec<Tok>, Function, usize)> = None;
+    let mut run: Vec<T> = Vec::new();
     let mut toks = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    let call =
-        |current: &Option<(Vec<Tok>, Function, usize)>, args: &mut Vec<Value>, start: usize, m: usize| {
-            if m == 0 {
-                return Ok(());
-            }
-            let Some((_, f, _)) = current else { return Ok(()) };
-            args[1] = Value::Integer(start as _);
-            args[2] = Value::Integer(m as _);
-            let call_args = MultiValue::from_vec(std::mem::take(args));
-            let r = f.call::<()>(call_args);
-            args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
-            r
-        };
-    args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
-    while let Ok(value) = rx.try_recv() {
+    let mut strings = flat::Strings::default();
+    let mut args: Vec<Value> = vec![Value::Table(q.clone()), Value::Nil, Value::Nil];
+    // Stores the run through its constructor; on failure the run stays in `run`.
+    let construct = |current: &Option<(Vec<Tok>, Function, usize)>,
+                     args: &mut Vec<Value>,
+                     run: &mut Vec<T>,
+                     n: &mut usize|
+     -> mlua::Result<()> {
+        let Some((_, f, _)) = current else { return Ok(()) };
+        if run.is_empty() {
+            return Ok(());
+        }
+        args[1] = Value::Integer(*n as _);
+        args[2] = Value::Integer(run.len() as _);
+        let r = f.call::<()>(MultiValue::from_vec(std::mem::take(args)));
+        args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
+        if r.is_ok() {
+            *n += run.len();
+            run.clear();
+        }
+        r
+    };
+    // Gives back what was stored, or raises `e` when nothing was (everything taken stays held).
+    let fail = |n: usize, e: mlua::Error| if n > 0 { Ok(n) } else { Err(e) };
+    while let Some(value) = held.pop_front().or_else(|| rx.try_recv().ok()) {
         toks.clear();
         let mark = args.len();
-        let flat = flat::serialize(lua, &value, &mut toks, &mut args).is_ok();
-        let same = flat && current.as_ref().is_some_and(|(t, _, _)| *t == toks);
-        if same {
-            m += 1;
+        let flat = flat::serialize(lua, &value, &mut toks, &mut args, &mut strings).is_ok();
+        if flat && current.as_ref().is_some_and(|(t, _, _)| *t == toks) {
+            run.push(value);
         } else {
             // A new shape (or none): finish the run so far, then start one or convert alone.
             let leaves: Vec<Value> = args.drain(mark..).collect();
-            call(&current, &mut args, start, m)?;
+            if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
+                hold_back(held, &mut run, Some(value));
+                return fail(n, e);
+            }
             args.truncate(3);
-            start = n;
-            m = 0;
             current = None;
             match flat.then(|| shapes.get(lua, &toks)).flatten() {
                 Some((f, batch)) => {
                     current = Some((toks.clone(), f, batch));
                     args.extend(leaves);
-                    m = 1;
+                    run.push(value);
                 }
                 None => {
                     drop(leaves);
-                    q.raw_set(n + 1, lua.to_value(&value)?)?;
-                    start = n + 1;
+                    match lua.to_value(&value) {
+                        Ok(v) => {
+                            if let Err(e) = q.raw_set(n + 1, v) {
+                                hold_back(held, &mut run, Some(value));
+                                return fail(n, e);
+                            }
+                            n += 1;
+                        }
+                        // Raised in its place: at the front of a refill, or by the next one.
+                        Err(e) if n == 0 => return Err(e),
+                        Err(_) => {
+                            hold_back(held, &mut run, Some(value));
+                            return Ok(n);
+                        }
+                    }
                 }
             }
         }
-        n += 1;
-        if current.as_ref().is_some_and(|(_, _, batch)| m == *batch) {
-            call(&current, &mut args, start, m)?;
+        if current.as_ref().is_some_and(|(_, _, batch)| run.len() == *batch) {
+            if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
+                hold_back(held, &mut run, None);
+                return fail(n, e);
+            }
             args.truncate(3);
-            start = n;
-            m = 0;
         }
     }
-    call(&current, &mut args, start, m)?;
+    if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
+        hold_back(held, &mut run, None);
+        return fail(n, e);
+    }
     Ok(n)
 }
 
@@ -207,9 +261,13 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
 ) -> mlua::Result<Function> {
     let rs = lua.create_table()?;
     let r = rx.clone();
-    let shapes = Mutex::new(Constructors::default());
-    rs.set("drain", lua.create_function(move |lua, q: Table| drain_into(lua, &r, &q, &shapes))?)?;
-    rs.set("len", lua.create_function(move |_, ()| Ok(rx.len()))?)?;
+    let state = Arc::new(Mutex::new(Receiving { shapes: Constructors::default(), held: VecDeque::new() }));
+    let st = state.clone();
+    rs.set("drain", lua.create_function(move |lua, q: Table| drain_into(lua, &r, &q, &st))?)?;
+    rs.set(
+        "len",
+        lua.create_function(move |_, ()| Ok(rx.len() + state.lock().map_or(0, |s| s.held.len())))?,
+    )?;
     rs.set("cap", lua.create_function(move |_, ()| Ok(capacity))?)?;
     rs.set(
         "close",
@@ -230,17 +288,19 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
             })
         })?,
     )?;
-    // Script -> Rust, the values the check accepted: whole values' leaves, in order. Returns how
-    // many more values the Rust end can take.
+    // Script -> Rust, the values the check accepted: `flush(buf, n)` reads the leaves of whole
+    // values at `buf[1..n]`, in order. Returns how many more values the Rust end can take.
     let shape = flat::trace::<T>();
     let per = shape.as_ref().map_or(0, flat::Shape::leaves);
     let channel = name.to_string();
+    let scratch = Mutex::new(Leaves::default());
     rs.set(
         "flush",
-        lua.create_function(move |_, mut leaves: MultiValue| {
-            let leaves = leaves.make_contiguous();
-            for one in leaves.chunks(per.max(1)) {
-                match flat::from_leaves::<T>(one) {
+        lua.create_function(move |lua, (buf, n): (Table, usize)| {
+            let mut scratch = scratch.lock().map_err(|_| mlua::Error::runtime("channel buffer poisoned"))?;
+            leaves::read(lua, &buf, n, &mut scratch)?;
+            for one in scratch.leaves.chunks(per.max(1)) {
+                match flat::from_leaves::<T>(one, &scratch.bytes) {
                     Ok(v) => {
                         if tx.try_send(v).is_err() {
                             error!("bevy_lua_coroutines: channel '{channel}' overflowed; a value was lost");

@@ -13,11 +13,13 @@
 //!   of tables from leaves.
 //! - Script → Rust: [`trace`] learns a type's shape from its `Deserialize` (fed placeholder
 //!   leaves), [`flattener`] makes the Lua check that copies a table's leaves into a buffer, and
-//!   [`from_leaves`] rebuilds the value from them.
+//!   [`from_leaves`] rebuilds the value from them as `super::leaves` read them out of that buffer.
 
 use std::fmt::{self, Display, Write as _};
 
 use mlua::{Function, IntoLua, Lua, Value};
+
+use super::leaves::RawLeaf;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
@@ -299,7 +301,7 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
     match leaf {
         Leaf::Bool => format!("type({x}) ~= \"boolean\""),
         Leaf::Float => format!("type({x}) ~= \"number\""),
-        Leaf::Str => format!("type({x}) ~= \"string\" or find({x}, NONASCII)"),
+        Leaf::Str => format!("type({x}) ~= \"string\" or not ascii[{x}] and nonascii({x})"),
         Leaf::Int { min, max } if cfg!(feature = "lua54") => {
             let mut s = format!("math_type({x}) ~= \"integer\"");
             if min != i64::MIN {
@@ -361,6 +363,20 @@ fn emit_checks(
     );
 }
 
+/// Lua source of `nonascii(x)` (whether string `x` has a non-ASCII byte) and `ascii`, the short
+/// strings it found ASCII lately: most strings a game sends repeat (kinds, names), and a table
+/// lookup costs far less than `string.find`'s C call. At most 256 strings of at most 64 bytes.
+const ASCII_CACHE: &str = "local ascii, cached = {}, 0
+local function nonascii(x)
+  if find(x, \"[\\128-\\255]\") then return true end
+  if #x <= 64 then
+    if cached >= 256 then ascii, cached = {}, 0 end
+    ascii[x] = true
+    cached = cached + 1
+  end
+  return false
+end";
+
 /// Makes the Lua function `flatten(v, buf, n) -> n'` for `shape`: when `v` surely converts to the
 /// traced type exactly as mlua's serde would convert it (right types, integers in range and
 /// integral, ASCII strings, no metatables; with `count_keys`, no extra keys), it stores `v`'s
@@ -379,7 +395,7 @@ pub(crate) fn flattener(lua: &Lua, shape: &Shape, count_keys: bool) -> mlua::Res
     let values: Vec<String> = (1..=leaves).map(|i| format!("x{i}")).collect();
     let source = format!(
         "local type, getmetatable, next, find, math_type = type, getmetatable, next, string.find, math.type\n\
-         local NONASCII = \"[\\128-\\255]\"\n\
+         {ASCII_CACHE}\n\
          return function(v, b, n)\n{body}  {} = {}\n  return n + {leaves}\nend",
         targets.join(", "),
         values.join(", ")
@@ -387,15 +403,17 @@ pub(crate) fn flattener(lua: &Lua, shape: &Shape, count_keys: bool) -> mlua::Res
     lua.load(source).set_name("=bevy_lua_coroutines/flatten").eval()
 }
 
-/// Rebuilds a `T` from the leaves of one value that its [`flattener`] accepted.
-pub(crate) fn from_leaves<T: DeserializeOwned>(leaves: &[Value]) -> Result<T, Unsupported> {
+/// Rebuilds a `T` from the leaves of one value that its [`flattener`] accepted (`bytes` holds
+/// their strings).
+pub(crate) fn from_leaves<T: DeserializeOwned>(leaves: &[RawLeaf], bytes: &[u8]) -> Result<T, Unsupported> {
     let mut pos = 0;
-    T::deserialize(LeafReader { leaves, pos: &mut pos })
+    T::deserialize(LeafReader { leaves, bytes, pos: &mut pos })
 }
 
 /// A deserializer over a run of leaves, taken in order.
 struct LeafReader<'a, 'p> {
-    leaves: &'a [Value],
+    leaves: &'a [RawLeaf],
+    bytes: &'a [u8],
     pos: &'p mut usize,
 }
 
@@ -407,13 +425,14 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
         let leaf = self.leaves.get(*self.pos).ok_or(Unsupported)?;
         *self.pos += 1;
         match leaf {
-            Value::Boolean(b) => visitor.visit_bool(*b),
-            #[allow(clippy::useless_conversion)]
-            Value::Integer(i) => visitor.visit_i64((*i).into()),
-            #[allow(clippy::useless_conversion)]
-            Value::Number(n) => visitor.visit_f64((*n).into()),
-            Value::String(s) => visitor.visit_str(&s.to_str().map_err(|_| Unsupported)?),
-            _ => Err(Unsupported),
+            RawLeaf::Bool(b) => visitor.visit_bool(*b),
+            RawLeaf::Int(i) => visitor.visit_i64(*i),
+            RawLeaf::Num(n) => visitor.visit_f64(*n),
+            RawLeaf::Str(r) => {
+                let s = self.bytes.get(r.clone()).ok_or(Unsupported)?;
+                visitor.visit_str(std::str::from_utf8(s).map_err(|_| Unsupported)?)
+            }
+            RawLeaf::Other => Err(Unsupported),
         }
     }
 
@@ -431,7 +450,12 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Unsupported> {
-        visitor.visit_seq(LeafFields { leaves: self.leaves, pos: self.pos, left: fields.len() })
+        visitor.visit_seq(LeafFields {
+            leaves: self.leaves,
+            bytes: self.bytes,
+            pos: self.pos,
+            left: fields.len(),
+        })
     }
 
     serde::forward_to_deserialize_any! {
@@ -442,7 +466,8 @@ impl<'de> de::Deserializer<'de> for LeafReader<'_, '_> {
 
 /// The fields of a struct read from leaves.
 struct LeafFields<'a, 'p> {
-    leaves: &'a [Value],
+    leaves: &'a [RawLeaf],
+    bytes: &'a [u8],
     pos: &'p mut usize,
     left: usize,
 }
@@ -458,7 +483,7 @@ impl<'de> de::SeqAccess<'de> for LeafFields<'_, '_> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(LeafReader { leaves: self.leaves, pos: self.pos }).map(Some)
+        seed.deserialize(LeafReader { leaves: self.leaves, bytes: self.bytes, pos: self.pos }).map(Some)
     }
 }
 
@@ -483,8 +508,43 @@ pub(crate) fn serialize<T: Serialize>(
     value: &T,
     toks: &mut Vec<Tok>,
     leaves: &mut Vec<Value>,
+    strings: &mut Strings,
 ) -> Result<(), Unsupported> {
-    value.serialize(&mut LeafWriter { lua, toks, leaves })
+    value.serialize(&mut LeafWriter { lua, toks, leaves, strings })
+}
+
+/// Most strings [`Strings`] keeps, and the longest it keeps.
+const KEPT_STRINGS: usize = 16;
+const KEPT_STRING_LEN: usize = 64;
+
+/// The Lua strings made lately for one batch, by their text: most strings a game sends repeat
+/// (kinds, names), and another reference to a Lua string costs far less than making it again
+/// (under a memory limit mlua makes each string in a protected call). Keeps at most
+/// [`KEPT_STRINGS`] short strings, the oldest replaced first.
+#[derive(Default)]
+pub(crate) struct Strings {
+    kept: Vec<(Box<str>, mlua::LuaString)>,
+    next: usize,
+}
+
+impl Strings {
+    /// The Lua string `v`.
+    fn get(&mut self, lua: &Lua, v: &str) -> mlua::Result<mlua::LuaString> {
+        if v.len() > KEPT_STRING_LEN {
+            return lua.create_string(v);
+        }
+        if let Some((_, s)) = self.kept.iter().find(|(k, _)| **k == *v) {
+            return Ok(s.clone());
+        }
+        let s = lua.create_string(v)?;
+        if self.kept.len() < KEPT_STRINGS {
+            self.kept.push((v.into(), s.clone()));
+        } else {
+            self.kept[self.next] = (v.into(), s.clone());
+            self.next = (self.next + 1) % KEPT_STRINGS;
+        }
+        Ok(s)
+    }
 }
 
 /// A serializer writing leaves and shape tokens.
@@ -492,6 +552,7 @@ struct LeafWriter<'a> {
     lua: &'a Lua,
     toks: &'a mut Vec<Tok>,
     leaves: &'a mut Vec<Value>,
+    strings: &'a mut Strings,
 }
 
 impl LeafWriter<'_> {
@@ -533,7 +594,7 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
     }
 
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
-        let s = self.lua.create_string(v).map_err(|_| Unsupported)?;
+        let s = self.strings.get(self.lua, v).map_err(|_| Unsupported)?;
         self.leaf(s)
     }
 

@@ -22,6 +22,9 @@ pub(crate) struct RustChannelsLua {
     pub declare: Function,
     /// `deliver(name, value)`: hands a forwarded message to every subscriber.
     pub deliver: Function,
+    /// `receive_queue(drain) -> can_receive, receive, queued, clear`: the receive queue of a
+    /// channel Rust fills in batches (typed channels and streams).
+    pub receive_queue: Function,
     /// `forwarded(name)`: lets scripts subscribe to `name`.
     pub forwarded: Function,
     /// `writable(name, writer)`: lets scripts write `name` through `writer(value)`.
@@ -38,6 +41,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     lua.set_app_data(RustChannelsLua {
         declare: module.get("declare")?,
         deliver: module.get("deliver")?,
+        receive_queue: module.get("receive_queue")?,
         forwarded: module.get("forwarded")?,
         writable: module.get("writable")?,
     });

@@ -1,29 +1,32 @@
 -- Promises that Rust settles: the Lua half of `src/bridge.rs`. A Rust async function (or a
 -- `PromiseHandle`) is known here by an id; Rust settles it with `settle(id, ok, value)` at the start
 -- of a step, and cancelling the promise tells Rust to drop the work (`cancel(id)`).
-local Promise, cancel = ...
+-- `deferred() -> promise, resolve, reject, onCancel` (the promise module's, for the bridge: no
+-- executor thread per promise).
+local deferred, cancel = ...
 
-local slots = {}
+local resolvers, rejecters = {}, {} -- id -> the resolve / reject of its pending promise
 
 --- A promise settled later by `settle(id, ...)`.
 local function pending(id)
-  return Promise.new(function(resolve, reject, onCancel)
-    slots[id] = { resolve, reject }
-    onCancel(function()
-      if slots[id] ~= nil then
-        slots[id] = nil
-        cancel(id)
-      end
-    end)
+  local p, resolve, reject, on_cancel = deferred()
+  resolvers[id], rejecters[id] = resolve, reject
+  on_cancel(function()
+    if resolvers[id] ~= nil then
+      resolvers[id], rejecters[id] = nil, nil
+      cancel(id)
+    end
   end)
+  return p
 end
 
 --- Resolves (`ok`) or rejects promise `id` with `value`.
 local function settle(id, ok, value)
-  local slot = slots[id]
-  if slot == nil then return end
-  slots[id] = nil
-  if ok then slot[1](value) else slot[2](value) end
+  local resolve = resolvers[id]
+  if resolve == nil then return end
+  local reject = rejecters[id]
+  resolvers[id], rejecters[id] = nil, nil
+  if ok then resolve(value) else reject(value) end
 end
 
 --- Settles several promises in order: `settle_many(id1, ok1, value1, id2, ok2, value2, ...)`.
@@ -36,7 +39,7 @@ end
 
 --- Forgets promise `id` without settling it (its instance is gone).
 local function forget(id)
-  slots[id] = nil
+  resolvers[id], rejecters[id] = nil, nil
 end
 
 local error, select = error, select

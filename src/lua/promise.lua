@@ -1764,8 +1764,16 @@ local function tick(gone)
   pending = keep
 end
 
+--- For the Rust bridge: a pending promise with what an executor gets (`resolve`, `reject`,
+--- `onCancel`), without running an executor in a thread of its own.
+local function deferred()
+  local p = new_promise()
+  return p, executor_args(p)
+end
+
 return {
   Promise = Promise,
+  deferred = deferred,
   async = async,
   await = await,
   asyncTry = asyncTry,

@@ -5,8 +5,7 @@
 local Channel, bad = ...
 
 local type, error, setmetatable = type, error, setmetatable
-local math_huge, math_floor = math.huge, math.floor
-local unpack = table.unpack or unpack
+local math_huge = math.huge
 
 local named = {}       -- name -> external Channel
 -- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
@@ -46,9 +45,41 @@ function Messages.write(name, value)
   if err ~= nil then error("bad argument #2 to 'write' (" .. err .. ")", 2) end
 end
 
+--- The receive queue of a channel Rust fills in batches: `drain(q) -> n` stores every value waiting
+--- now at `q[1..n]` (a failed drain raises and stores nothing the queue reads). Returns
+--- `can_receive()`, `receive() -> value | nil` (nil: nothing waiting), `queued() -> count` and
+--- `clear()`. The queue table is reused across refills and each value is released once received.
+local function receive_queue(drain)
+  local queue, head, tail = {}, 1, 0 -- values not yet received: queue[head..tail]
+  local function refill()
+    tail = drain(queue)
+    head = 1
+    return tail > 0
+  end
+  local function can_receive()
+    return head <= tail or refill()
+  end
+  local function receive()
+    if head > tail and not refill() then return nil end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return v
+  end
+  local function queued()
+    return tail - head + 1
+  end
+  local function clear()
+    for i = head, tail do queue[i] = nil end
+    head, tail = 1, 0
+  end
+  return can_receive, receive, queued, clear
+end
+
 --- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves
---- every value Rust sent into `q[1..n]`; `flush(leaves...) -> room` takes the leaves of whole values
---- the check accepted and returns how many more values Rust's end can take; `send(v) -> error
+--- every value Rust sent into `q[1..n]`; `flush(buf, n) -> room` reads the leaves at `buf[1..n]`
+--- (of whole values the check accepted) and returns how many more values Rust's end can take;
+--- `send(v) -> error
 --- message | nil` converts one value through serde; `len`, `cap`, `close`. `flatten(v, buf, n) ->
 --- n' | nil` (nil when the type is not a flat struct) copies the `per` leaves of a value that
 --- surely converts into `buf`. Returns the function the step calls to hand Rust what was sent.
@@ -58,28 +89,13 @@ end
 --- last flush is used up, before a value that needs serde, at `close`, and after each step.
 local function declare(name, rs, per, flatten)
   local drain, flush, rs_send, rs_len, rs_close = rs.drain, rs.flush, rs.send, rs.len, rs.close
-  local queue, head, tail = {}, 1, 0 -- values from Rust not yet received: queue[head..tail]
+  local can_receive, receive, queued = receive_queue(drain)
   local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
   local room = rs.cap()               -- values Rust's end could take at the last flush
-  local chunk = per > 0 and math_floor(4000 / per) * per or 0 -- leaves per `flush` call
   local closed = false
 
-  local function refill()
-    tail = drain(queue)
-    head = 1
-    return tail > 0
-  end
-
   local function push()
-    if held == 0 then
-      room = flush()
-      return
-    end
-    for s = 1, leaves, chunk do
-      local e = s + chunk - 1
-      if e > leaves then e = leaves end
-      room = flush(unpack(buf, s, e))
-    end
+    room = flush(buf, leaves)
     leaves, held = 0, 0
   end
 
@@ -102,18 +118,9 @@ local function declare(name, rs, per, flatten)
     if err ~= nil then error("cannot send to channel '" .. name .. "': " .. err, 0) end
     room = room - 1
   end
-  function ext.can_receive()
-    return head <= tail or refill()
-  end
-  function ext.receive()
-    if head > tail and not refill() then return nil end
-    local v = queue[head]
-    queue[head] = nil
-    head = head + 1
-    return v
-  end
+  ext.can_receive, ext.receive = can_receive, receive
   function ext.len()
-    return tail - head + 1 + rs_len()
+    return queued() + rs_len()
   end
   function ext.close()
     push()
@@ -159,6 +166,7 @@ return {
   named = channel_named,
   Messages = Messages,
   declare = declare,
+  receive_queue = receive_queue,
   forwarded = forwarded,
   writable = writable,
   deliver = deliver,

@@ -206,38 +206,25 @@ function Stream.from(source)
   bad(1, "from", "Channel, table or function", source, 2)
 end
 
---- Rust: completes `ext`, the external channel of a Rust producer, with its receiving half: chunks
---- are read from a queue that one call of `ext.drain() -> n, chunks...` (every chunk buffered now,
---- converted) refills once it is empty, so a chunk costs no call into Rust of its own.
---- `ext.is_closed() -> closed, cancelled` tells whether it reads as closed once the queue is empty.
-local function batched(ext)
-  local drain, rust_len, rust_closed, rust_close = ext.drain, ext.len, ext.is_closed, ext.close
-  local queue, head, tail = {}, 2, 1 -- chunks not yet received: queue[head..tail]
-  local function refill()
-    queue = { drain() }
-    head, tail = 2, queue[1] + 1
-    return tail >= 2
-  end
+--- Rust: completes `ext`, the external channel of a Rust producer, with its receiving half:
+--- `receive_queue(drain)` (from `rust_channels.lua`, shared with typed channels) over `ext.drain(q)
+--- -> n`, which moves every chunk buffered now, converted, into `q[1..n]`, so a chunk costs no call
+--- into Rust of its own. `ext.is_closed() -> closed, cancelled` tells whether it reads as closed
+--- once the queue is empty.
+local function batched(ext, receive_queue)
+  local rust_len, rust_closed, rust_close = ext.len, ext.is_closed, ext.close
+  local can_receive, receive, queued, clear = receive_queue(ext.drain)
   ext.drain = nil
-  function ext.can_receive()
-    return head <= tail or refill()
-  end
-  function ext.receive()
-    if head > tail and not refill() then return nil end
-    local v = queue[head]
-    queue[head] = nil
-    head = head + 1
-    return v
-  end
+  ext.can_receive, ext.receive = can_receive, receive
   function ext.len()
-    return tail - head + 1 + rust_len()
+    return queued() + rust_len()
   end
   function ext.is_closed()
     local closed, cancelled = rust_closed()
-    return closed and (cancelled or head > tail)
+    return closed and (cancelled or queued() == 0)
   end
   function ext.close()
-    queue, head, tail = {}, 2, 1
+    clear()
     return rust_close()
   end
   return ext
