@@ -452,6 +452,8 @@ local function run_queue(p, r1, q)
   end
 end
 
+local settled
+
 local function settle(p, status, ...)
   p._status = status
   local n = select("#", ...)
@@ -460,6 +462,19 @@ local function settle(p, status, ...)
   else
     p._values = { n = n, ... }
   end
+  settled(p, status)
+end
+
+--- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
+local function settle1(p, status, v)
+  p._status = status
+  p._values = { v, n = 1 }
+  settled(p, status)
+end
+
+--- The rest of a settlement, once `_status` and `_values` are set: forget what only a pending
+--- promise needs, remember an unobserved rejection, run the reactions.
+function settled(p, status)
   p._hook, p._ihook, p._thread = nil, nil, nil
   p._nconsumers = nil
   local consumers = p._consumers
@@ -830,7 +845,17 @@ local Promise = {
 }
 
 local function executor_args(p)
-  local function on_resolve(...) resolve(p, ...) end
+  local function on_resolve(...)
+    if select("#", ...) == 1 then
+      local v = ...
+      -- The common case, without another vararg call: one value that is not a thenable.
+      if p._status == STARTED and type(v) ~= "table" then
+        settle1(p, RESOLVED, v)
+        return
+      end
+    end
+    resolve(p, ...)
+  end
   local function on_reject(...) reject(p, ...) end
   local function on_cancel(hook)
     if hook ~= nil then
