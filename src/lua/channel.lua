@@ -190,17 +190,20 @@ end
 --- Wakes the first thread still waiting in `q` and withdraws it from every queue; returns its node
 --- (the caller fills in the slot's result), or nil if no one waits.
 local function take(q)
-  while true do
-    local node = first_live(q)
-    if node == nil then return nil end
+  local node = q.first
+  while node do
     local slot = node.slot
+    -- `wake` is false for a thread that no longer waits (`waiting(slot)` is false): skip it.
     if wake(slot) then
       slot.done, slot.index = true, node.index
       withdraw(slot)
       return node
     end
+    local nxt = node.next
     unlink(node)
+    node = nxt
   end
+  return nil
 end
 
 ---------------------------------------------------------------------------------------------------
