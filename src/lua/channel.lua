@@ -190,17 +190,20 @@ end
 --- Wakes the first thread still waiting in `q` and withdraws it from every queue; returns its node
 --- (the caller fills in the slot's result), or nil if no one waits.
 local function take(q)
-  while true do
-    local node = first_live(q)
-    if node == nil then return nil end
+  local node = q.first
+  while node do
     local slot = node.slot
+    -- `wake` is false for a thread that no longer waits (`waiting(slot)` is false): skip it.
     if wake(slot) then
       slot.done, slot.index = true, node.index
       withdraw(slot)
       return node
     end
+    local nxt = node.next
     unlink(node)
+    node = nxt
   end
+  return nil
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -419,6 +422,26 @@ local function enlist(slot, st, send, v, index)
   end
 end
 
+--- A waiter for one send (`send`, with `v`) or receive on `st`, queued: for a Lua channel one table
+--- is both the slot and its node (`slot.slot == slot.node == slot`), made with every field it gets
+--- so that filling them in never grows it; a waiting send or receive allocates nothing else.
+local function waiter(st, send, v)
+  if st.ext then
+    local slot = {}
+    enlist(slot, st, send, v, 1)
+    return slot
+  end
+  local slot = {
+    key = nil, reg = nil, -- what `park` fills in
+    st = st, send = send, -- for the task inspector
+    slot = nil, node = nil, index = 1, value = v, q = nil, prev = nil, next = nil, -- the node
+    done = nil, ok = nil, err = nil, -- the result
+  }
+  slot.slot, slot.node = slot, slot
+  push_node(send and st.sendq or st.recvq, slot)
+  return slot
+end
+
 --- Raises what the Rust side raised while completing the external operation of fired `slot`.
 local function raise_ext_error(slot)
   local err = slot.err
@@ -430,13 +453,13 @@ local function send_wait(st, v)
   while true do
     local r = send_now(st, v)
     if r then return r end
-    local slot = {}
-    enlist(slot, st, true, v, 1)
+    local slot = waiter(st, true, v)
     park(slot)
     withdraw(slot)
     if slot.done then
-      if slot.err == CLOSED then return CLOSED end
-      raise_ext_error(slot)
+      local err = slot.err
+      if err == CLOSED then return CLOSED end
+      if err then raise_ext_error(slot) end
       return true
     end
     -- Resumed by hand: try again.
@@ -448,12 +471,11 @@ local function receive_wait(st)
   while true do
     local proceeded, v, ok = receive_now(st)
     if proceeded then return v, ok end
-    local slot = {}
-    enlist(slot, st, false, nil, 1)
+    local slot = waiter(st, false, nil)
     park(slot)
     withdraw(slot)
     if slot.done then
-      raise_ext_error(slot)
+      if slot.err then raise_ext_error(slot) end
       return slot.value, slot.ok
     end
   end

@@ -32,7 +32,7 @@ local rawequal = rawequal
 local unpack = table.unpack or unpack
 local table_remove, table_concat, table_insert = table.remove, table.concat, table.insert
 local string_format, string_sub, string_find, string_gsub = string.format, string.sub, string.find, string.gsub
-local co_create, co_status, co_running = coroutine.create, coroutine.status, coroutine.running
+local co_create, co_status, co_running, co_yield = coroutine.create, coroutine.status, coroutine.running, coroutine.yield
 -- This chunk runs with the VM's own globals (before the sandbox), so the whole `debug` library is here.
 local debug_getmetatable = debug and debug.getmetatable
 local debug_getinfo = debug and debug.getinfo
@@ -452,6 +452,8 @@ local function run_queue(p, r1, q)
   end
 end
 
+local settled
+
 local function settle(p, status, ...)
   p._status = status
   local n = select("#", ...)
@@ -460,6 +462,19 @@ local function settle(p, status, ...)
   else
     p._values = { n = n, ... }
   end
+  settled(p, status)
+end
+
+--- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
+local function settle1(p, status, v)
+  p._status = status
+  p._values = { v, n = 1 }
+  settled(p, status)
+end
+
+--- The rest of a settlement, once `_status` and `_values` are set: forget what only a pending
+--- promise needs, remember an unobserved rejection, run the reactions.
+function settled(p, status)
   p._hook, p._ihook, p._thread = nil, nil, nil
   p._nconsumers = nil
   local consumers = p._consumers
@@ -682,6 +697,44 @@ local function run_body(p, body, ...)
   if p._thread == co_running() then p._thread = nil end
 end
 
+-- Threads for executors and handlers, kept for reuse: making a coroutine for every `Promise.new`
+-- and every handler (and collecting it later) was most of their cost. A worker runs one job
+-- `f(a, b, c, d, e)`, goes back to the pool and yields IDLE; `task.spawn` resumes it with the next
+-- job. A job that yields (the executor waits) makes the worker a task of the running instance
+-- until the job ends (the step lets a task go when it yields without a request, as IDLE is);
+-- a job that raises, or whose promise is cancelled while it waits, ends the worker for good.
+local POOL_MAX = 64
+local pool, pool_n = {}, 0
+local IDLE = setmetatable({}, { __tostring = function() return "idle promise worker" end })
+local JOB = {} -- the first value a worker is resumed with: anything else (a script resuming a
+-- pooled thread by hand) leaves it idle
+
+local function worker(tag, f, a, b, c, d, e)
+  while true do
+    if tag == JOB then
+      f(a, b, c, d, e)
+      tag, f, a, b, c, d, e = nil, nil, nil, nil, nil, nil, nil
+      if pool_n >= POOL_MAX then return end
+      pool_n = pool_n + 1
+      pool[pool_n] = co_running()
+    end
+    tag, f, a, b, c, d, e = co_yield(IDLE)
+  end
+end
+
+--- A suspended worker thread from the pool, or a new one.
+local function take_worker()
+  while pool_n > 0 do
+    local n = pool_n
+    local co = pool[n]
+    pool[n] = nil
+    pool_n = n - 1
+    -- A worker whose task was killed (its budget ran out mid-job) is closed: skip it.
+    if co_status(co) == "suspended" then return co end
+  end
+  return co_create(worker)
+end
+
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
 --- the running instance if it yields.
 local function start(p, body, ...)
@@ -705,7 +758,7 @@ end
 
 --- Calls `handler` with `values` in a new thread; its results resolve `child`, its error rejects it.
 local function spawn_handler(child, handler, values)
-  local ok, err = pcall(task_spawn, run_handler, child, handler, values)
+  local ok, err = pcall(task_spawn, take_worker(), JOB, run_handler, child, handler, values)
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
@@ -792,7 +845,17 @@ local Promise = {
 }
 
 local function executor_args(p)
-  local function on_resolve(...) resolve(p, ...) end
+  local function on_resolve(...)
+    if select("#", ...) == 1 then
+      local v = ...
+      -- The common case, without another vararg call: one value that is not a thenable.
+      if p._status == STARTED and type(v) ~= "table" then
+        settle1(p, RESOLVED, v)
+        return
+      end
+    end
+    resolve(p, ...)
+  end
   local function on_reject(...) reject(p, ...) end
   local function on_cancel(hook)
     if hook ~= nil then
@@ -812,10 +875,11 @@ end
 function Promise.new(executor)
   if not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
-  -- `start(p, executor, executor_args(p))`, inlined (one vararg call fewer).
-  local co = co_create(run_body)
+  -- `start(p, executor, executor_args(p))`, inlined (one vararg call fewer), on a pooled thread.
+  local co = take_worker()
   p._thread = co
-  local ok, err = pcall(task_spawn, co, p, executor, executor_args(p))
+  local on_resolve, on_reject, on_cancel = executor_args(p)
+  local ok, err = pcall(task_spawn, co, JOB, run_body, p, executor, on_resolve, on_reject, on_cancel)
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
   return p
 end

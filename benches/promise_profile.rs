@@ -1,0 +1,294 @@
+//! The Lua-side cost of promises and Lua channels, each path beside a bare resume, as a plain
+//! program: wall-clock ratios from interleaved rounds, exact instruction counts under callgrind
+//! (a shared machine blurs the clock; it cannot blur an instruction count), and the Lua heap
+//! before and after 1,000,000 messages.
+//!
+//! ```text
+//! cargo bench --bench promise_profile --no-run
+//! target/release/deps/promise_profile-<hash>                      # every variant, interleaved
+//! VARIANT=round_trip ROUNDS=3 valgrind --tool=callgrind \
+//!   --toggle-collect='promise_profile::measured*' target/release/deps/promise_profile-<hash>
+//! ```
+//!
+//! `VARIANT` (default `all`) picks one of: `raw` (N bare coroutines resumed with mlua's
+//! `Thread::resume`, the floor), `wait` (N tasks that `task.wait()`), `await` (N tasks that
+//! `await(p)` a resolved promise, then `task.wait()`: minus `wait`, the cost of an await),
+//! `round_trip` (N promises resolved by one task, each waking the task that awaits it; the frame
+//! that makes the promises is not measured), `new_then` (`Promise.new` whose executor resolves,
+//! plus an `andThen` handler, N a frame in one task), `ping_pong` (two tasks over unbuffered
+//! channels, 2N messages a frame), `buffered` (`send` then `receive` on a channel of capacity 1,
+//! N a frame in one task), or `memory` (the heap before and after 1,000,000 messages). Under
+//! callgrind only `measured` runs are counted: divide the count by `ROUNDS` and by the
+//! operations per round the program prints. Default plugin: instruction budget and memory limit on.
+
+mod common;
+
+use std::time::Instant;
+
+use bevy::prelude::*;
+use common::{RawCoroutines, median, plugin, resumed, runtime, script_errors, spawn_script, update};
+
+/// One round of a variant: what it runs per measured call, and how many operations that is.
+struct Variant {
+    name: &'static str,
+    app: Option<App>,
+    /// Frames run (untimed) before each measured frame (the round trip's setup frame).
+    setup_frames: usize,
+    ops: usize,
+}
+
+fn var(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn source(name: &str, n: usize) -> String {
+    match name {
+        "wait" => format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end"),
+        "await" => format!(
+            "local p = Promise.resolve(1)
+             for i = 1, {n} do task.spawn(function() while true do await(p) task.wait() end end) end"
+        ),
+        "round_trip" => format!(
+            "local N = {n}
+             local promises, resolvers = {{}}, {{}}
+             local function make(g)
+               local ps, rs = {{}}, {{}}
+               for i = 1, N do ps[i] = Promise.new(function(resolve) rs[i] = resolve end) end
+               promises[g], resolvers[g] = ps, rs
+             end
+             make(1)
+             for i = 1, N do
+               task.spawn(function()
+                 local g = 1
+                 while true do await(promises[g][i]) g = g + 1 end
+               end)
+             end
+             task.spawn(function()
+               local g = 1
+               while true do
+                 task.wait()
+                 make(g + 1)
+                 task.wait()
+                 local rs = resolvers[g]
+                 promises[g], resolvers[g] = nil, nil
+                 for i = 1, N do rs[i](g) end
+                 g = g + 1
+               end
+             end)"
+        ),
+        "new_then" => format!(
+            "local sum = 0
+             local function add(v) sum = sum + v end
+             task.spawn(function()
+               while true do
+                 for i = 1, {n} do Promise.new(function(resolve) resolve(i) end):andThen(add) end
+                 task.wait()
+               end
+             end)"
+        ),
+        "ping_pong" => format!(
+            "local ping, pong = Channel.new(), Channel.new()
+             task.spawn(function() while true do pong:send(ping:receive()) end end)
+             task.spawn(function()
+               while true do
+                 task.wait()
+                 for i = 1, {n} do
+                   ping:send(i)
+                   if pong:receive() ~= i then error('out of order') end
+                 end
+               end
+             end)"
+        ),
+        "buffered" => format!(
+            "local ch = Channel.new(1)
+             task.spawn(function()
+               while true do
+                 for i = 1, {n} do
+                   ch:send(i)
+                   if ch:receive() ~= i then error('out of order') end
+                 end
+                 task.wait()
+               end
+             end)"
+        ),
+        other => panic!("unknown variant {other}"),
+    }
+}
+
+fn variant(name: &'static str, n: usize) -> Variant {
+    if name == "raw" {
+        return Variant { name, app: None, setup_frames: 0, ops: n };
+    }
+    let mut app = common::new_app_with(plugin());
+    update(&mut app, 3);
+    spawn_script(&mut app, &format!("bench/{name}.lua"), &source(name, n));
+    update(&mut app, 6);
+    let (setup_frames, ops) = match name {
+        "round_trip" => {
+            // Line up so that the next frame is a setup frame (the last one woke every consumer).
+            let mut frames = 0;
+            loop {
+                frames += 1;
+                assert!(frames < 20, "the round-trip frame never came");
+                let before = resumed(&app);
+                app.update();
+                if resumed(&app) - before == n as u64 + 1 {
+                    break;
+                }
+            }
+            (1, n)
+        }
+        "ping_pong" => (0, 2 * n),
+        _ => (0, n),
+    };
+    assert_eq!(script_errors(&app), 0, "{name}: the script should not fail");
+    Variant { name, app: Some(app), setup_frames, ops }
+}
+
+/// The measured part (callgrind counts only this, with `--toggle-collect`).
+#[inline(never)]
+fn measured_frame(app: &mut App) {
+    app.update();
+}
+
+#[inline(never)]
+fn measured_raw(raw: &RawCoroutines) {
+    raw.pass();
+}
+
+/// One round: the variant's setup frames untimed, then its measured frame; nanoseconds.
+fn round(v: &mut Variant, raw: &RawCoroutines) -> f64 {
+    match v.app.as_mut() {
+        None => {
+            let start = Instant::now();
+            measured_raw(raw);
+            start.elapsed().as_nanos() as f64
+        }
+        Some(app) => {
+            for _ in 0..v.setup_frames {
+                app.update();
+            }
+            let start = Instant::now();
+            measured_frame(app);
+            start.elapsed().as_nanos() as f64
+        }
+    }
+}
+
+/// The Lua heap after two full collections, in KiB.
+fn heap_kib(app: &App) -> f64 {
+    let lua = runtime(app).lua();
+    lua.gc_collect().expect("collect");
+    lua.gc_collect().expect("collect");
+    lua.used_memory() as f64 / 1024.0
+}
+
+fn memory() {
+    const MESSAGES: usize = 1_000_000;
+    let n = 10_000;
+    for name in ["round_trip", "new_then", "ping_pong", "buffered"] {
+        let mut v = variant(name, n);
+        let before = heap_kib(v.app.as_ref().unwrap());
+        let mut done = 0;
+        let raw = RawCoroutines::new(1);
+        while done < MESSAGES {
+            round(&mut v, &raw);
+            done += v.ops;
+        }
+        let app = v.app.as_ref().unwrap();
+        assert_eq!(script_errors(app), 0, "{name}: the script should not fail");
+        let after = heap_kib(app);
+        println!("memory  {name:<12} {done} messages: Lua heap {before:.0} KiB -> {after:.0} KiB");
+    }
+}
+
+fn main() {
+    let n = var("N", 10_000);
+    let rounds = var("ROUNDS", 15);
+    let which = std::env::var("VARIANT").unwrap_or_else(|_| "all".into());
+    if which == "memory" {
+        memory();
+        return;
+    }
+    let names: Vec<&'static str> =
+        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered"]
+            .into_iter()
+            .filter(|name| which == "all" || which == *name)
+            .collect();
+    assert!(!names.is_empty(), "unknown VARIANT {which}");
+    let raw = RawCoroutines::new(n);
+    let mut variants: Vec<Variant> = names.iter().map(|name| variant(name, n)).collect();
+    for v in &variants {
+        println!("{:<12} {} operations per measured frame", v.name, v.ops);
+    }
+    if which != "all" {
+        for _ in 0..rounds {
+            round(&mut variants[0], &raw);
+        }
+        return;
+    }
+    // Interleaved: in every round each variant's frame, then the floor, back to back.
+    let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let wait_index = variants.iter().position(|v| v.name == "wait");
+    let mut await_ratios = Vec::new();
+    for _ in 0..rounds {
+        let mut times = Vec::new();
+        for (i, v) in variants.iter_mut().enumerate() {
+            let t = round(v, &raw) / v.ops as f64;
+            let floor = round_floor(&raw) / n as f64;
+            per_op[i].push(t);
+            ratios[i].push(t / floor);
+            times.push((t, floor));
+        }
+        if let (Some(w), Some(a)) = (wait_index, variants.iter().position(|v| v.name == "await")) {
+            await_ratios.push((times[a].0 - times[w].0) / times[a].1);
+        }
+    }
+    println!(
+        "\n{:<12} {:>12} {:>16}   (median of {rounds} rounds, N = {n})",
+        "path", "per op", "x bare resume"
+    );
+    for (i, v) in variants.iter().enumerate() {
+        let ratio = median(&ratios[i]);
+        let target =
+            target(v.name).map_or(String::new(), |t| format!("   target <= {t}x: {}", met(ratio <= t)));
+        println!("{:<12} {:>10.0}ns {:>15.2}x{target}", v.name, median(&per_op[i]), ratio);
+    }
+    if !await_ratios.is_empty() {
+        let ratio = median(&await_ratios);
+        println!(
+            "{:<12} {:>12} {:>15.2}x   target <= 1.5x: {} (await minus wait, per await)",
+            "await only",
+            "",
+            ratio,
+            met(ratio <= 1.5)
+        );
+    }
+    for v in &variants {
+        if let Some(app) = &v.app {
+            assert_eq!(script_errors(app), 0, "{}: the script should not fail", v.name);
+        }
+    }
+}
+
+/// The issue's target for a path, as a ratio to a bare resume per operation.
+fn target(name: &str) -> Option<f64> {
+    match name {
+        "round_trip" => Some(4.0),
+        "new_then" => Some(5.0),
+        "ping_pong" => Some(6.0),
+        "buffered" => Some(1.0),
+        _ => None,
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT MET" }
+}
+
+fn round_floor(raw: &RawCoroutines) -> f64 {
+    let start = Instant::now();
+    measured_raw(raw);
+    start.elapsed().as_nanos() as f64
+}
