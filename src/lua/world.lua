@@ -11,7 +11,7 @@ local raw, vectors = ...
 local type, error, setmetatable, getmetatable, tostring =
   type, error, setmetatable, getmetatable, tostring
 local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw.check_self
-local raw_set_transform, next = raw.set_transform, next
+local raw_get_transform, raw_set_transform, next = raw.get_transform, raw.set_transform, next
 local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
 local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
 local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
@@ -40,30 +40,34 @@ local function path_id(path, fname, method, self)
   return id
 end
 
---- Turns a raw result into the value a script sees (`level` is where an error is blamed).
-local function value(tag, a, b, c, d, e, f, g, h, i, j)
+--- A whole `Transform` from its ten numbers.
+local function transform(a, b, c, d, e, f, g, h, i, j)
+  return {
+    translation = setmetatable({ x = a, y = b, z = c }, M3),
+    rotation = setmetatable({ x = d, y = e, z = f, w = g }, MQ),
+    scale = setmetatable({ x = h, y = i, z = j }, M3),
+  }
+end
+
+--- Turns a raw result into the value a script sees (`level` is where an error is blamed);
+--- `self` is the entity a whole `Transform` (tag 7) is read from.
+local function value(tag, a, b, c, d, self)
   if tag == 1 then return a end
-  if tag == 7 then -- a whole `Transform`, as numbers
-    return {
-      translation = setmetatable({ x = a, y = b, z = c }, M3),
-      rotation = setmetatable({ x = d, y = e, z = f, w = g }, MQ),
-      scale = setmetatable({ x = h, y = i, z = j }, M3),
-    }
-  end
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 5 then return setmetatable({ x = a, y = b, z = c, w = d }, MQ) end
   if tag == 2 then return setmetatable({ x = a, y = b }, M2) end
   if tag == 4 then return setmetatable({ x = a, y = b, z = c, w = d }, M4) end
+  if tag == 7 then return transform(raw_get_transform(self)) end
   error(a, 3)
 end
 
 -- `get` and `set` are the hot paths: one Lua function each, the common cases inline (every Lua
 -- call and C call costs several times more under the instruction budget's count hook).
 local function get(self, path)
-  local tag, a, b, c, d, e, f, g, h, i, j = raw_get(self, ids[path] or path_id(path, "get", true, self))
+  local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 1 then return a end
-  local v = value(tag, a, b, c, d, e, f, g, h, i, j)
+  local v = value(tag, a, b, c, d, self)
   return v
 end
 

@@ -42,6 +42,7 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Vec<(&'
         lua.create_function(|lua, (this, id): (Value, usize)| raw_out(lua, get_path(lua, &this, id)))?,
     )?;
     raw.raw_set("set", lua.create_function(|lua, args: RawSet| set_path(lua, Target::Entity, args))?)?;
+    raw.raw_set("get_transform", lua.create_function(get_transform)?)?;
     raw.raw_set("set_transform", lua.create_function(set_transform)?)?;
     raw.raw_set("get_resource", lua.create_function(|lua, id: usize| raw_out(lua, get_resource(lua, id)))?)?;
     raw.raw_set(
@@ -161,33 +162,43 @@ fn alive(world: &World, entity: Entity) -> Result<(), String> {
     }
 }
 
-/// What a raw get hands `lua/world.lua`: a value, a vector's numbers or a whole `Transform`'s
-/// (see [`raw_out`]).
+/// What a raw get hands `lua/world.lua`: a value, or a vector's numbers (see [`raw_out`]); a
+/// whole `Transform` is only tagged, its numbers come from a second call ([`get_transform`]), so
+/// the common results stay five values.
 enum Got {
     Value(Value),
     Vector(Kind, [f64; 4]),
-    Transform([f64; 10]),
+    Transform,
 }
 
-/// The tag of a whole `Transform` in a raw get's results (after the [`Kind`]s).
-const TRANSFORM: i64 = 7;
-
-/// A raw get's results: a tag (`1` a value, `2`..`5` a vector of that [`Kind`], [`TRANSFORM`] a
-/// whole `Transform`, `0` an error), then the value, the numbers or the message.
-type RawGot = (i64, Value, f64, f64, f64, f64, f64, f64, f64, f64, f64);
+/// A raw get's results: a tag (`1` a value, `2`..`5` a vector of that [`Kind`], `7` a whole
+/// `Transform`, `0` an error), then the value, the vector's numbers or the message.
+type RawGot = (i64, Value, f64, f64, f64);
 
 fn raw_out(lua: &Lua, got: Result<Got, String>) -> mlua::Result<RawGot> {
-    let value = |tag, v| (tag, v, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     Ok(match got {
-        Ok(Got::Value(v)) => value(1, v),
-        Ok(Got::Vector(kind, [a, b, c, d])) => {
-            (kind as i64, Value::Number(a), b, c, d, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        }
-        Ok(Got::Transform([a, b, c, d, e, f, g, h, i, j])) => {
-            (TRANSFORM, Value::Number(a), b, c, d, e, f, g, h, i, j)
-        }
-        Err(message) => value(0, Value::String(lua.create_string(message)?)),
+        Ok(Got::Value(v)) => (1, v, 0.0, 0.0, 0.0),
+        Ok(Got::Vector(kind, [a, b, c, d])) => (kind as i64, Value::Number(a), b, c, d),
+        Ok(Got::Transform) => (7, Value::Nil, 0.0, 0.0, 0.0),
+        Err(message) => (0, Value::String(lua.create_string(message)?), 0.0, 0.0, 0.0),
     })
+}
+
+/// The numbers of a whole `Transform` (translation, rotation, scale).
+type RawTransformNumbers = (f64, f64, f64, f64, f64, f64, f64, f64, f64, f64);
+
+/// `get_transform(self) -> numbers`: the entity's `Transform` as ten numbers, after a raw get of
+/// a whole `Transform` said it has one (tag `7`); zeros if it no longer has it (which cannot
+/// happen between the two calls, as no script runs between them).
+fn get_transform(lua: &Lua, this: Value) -> mlua::Result<RawTransformNumbers> {
+    let read = entity_arg(&this, "get").ok().and_then(|entity| {
+        with_world(lua, "get", |world| Typed::Transform.read(world, entity)).ok().flatten()
+    });
+    let [a, b, c, d, e, f, g, h, i, j] = match read {
+        Some(Read::Transform(numbers)) => numbers,
+        _ => [0.0; 10],
+    };
+    Ok((a, b, c, d, e, f, g, h, i, j))
 }
 
 /// `compile(path, function) -> id, whole | false, message`: the number `lua/world.lua` caches
@@ -274,7 +285,7 @@ fn get_path(lua: &Lua, this: &Value, id: usize) -> Result<Got, String> {
                 Some(Read::Missing) => Ok(Got::Value(Value::Nil)),
                 Some(Read::Number(n)) => Ok(Got::Value(Value::Number(n))),
                 Some(Read::Vector(kind, numbers)) => Ok(Got::Vector(kind, numbers)),
-                Some(Read::Transform(numbers)) => Ok(Got::Transform(numbers)),
+                Some(Read::Transform(_)) => Ok(Got::Transform),
             };
         }
         let Some(reflect) = &path.component else {
