@@ -915,3 +915,49 @@ fn whole_components_take_vector_values_and_check_their_class() {
         (Vec3::new(2.0, 2.0, 3.0), Vec3::splat(2.0), Quat::IDENTITY)
     );
 }
+
+#[test]
+fn transform_paths_read_and_write_like_any_other_component() {
+    // `Transform` and its vectors take a typed path; these are the cases around it.
+    let mut app = app();
+    let src = r#"
+        entity:set("Transform", { rotation = Quat.fromAxisAngle(Vec3.Z, math.pi) })
+        print(entity:get("Transform").translation, entity:get("Transform.scale"))
+        print(select(2, pcall(entity.set, entity, "Transform", { translation = Vec3.X, speed = 1 })))
+        entity:set("Transform", { translation = { x = 5 }, scale = Vec3.ONE * 3 })
+        entity:set("Transform.rotation.w", 1)
+        entity:set("Transform.rotation.z", 0)
+        entity:set("Transform.scale.y", 4)
+        print(entity:get("Transform.translation"), entity:get("Transform.scale"), entity:get("Transform.rotation"))
+        print(entity:get("Transform.scale.y"), entity:get("Transform.rotation.w"))
+        entity:set("Transform.translation", Vec3.new(1, 2, 3))
+        entity:set("bevy_transform::components::transform::Transform", { scale = Vec3.ONE })
+        print(entity:get("bevy_transform::components::transform::Transform.translation.z"), entity:get("Transform.scale"))
+        local other = world.spawn({ Name = "bare" })
+        print(other:get("Transform"), other:get("Transform.translation"), other:get("Transform.translation.x"))
+        print(select(2, pcall(other.set, other, "Transform.translation", Vec3.X)))
+        print(select(2, pcall(other.set, other, "Transform.translation.x", 1)))
+        other:set("Transform", { translation = Vec3.new(7, 8, 9) })
+        print(other:get("Transform.translation"), other:get("Transform.scale"))
+        other:despawn()
+        print(select(2, pcall(other.get, other, "Transform.translation")))
+        print(select(2, pcall(other.set, other, "Transform", { translation = Vec3.X })))
+    "#;
+    let e = spawn_with(&mut app, src, Transform::from_xyz(1.0, 2.0, 3.0));
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 11, "{out:#?}");
+    assert_eq!(out[0], "Vec3(1, 2, 3)\tVec3(1, 1, 1)", "a whole table sets only the parts it names");
+    assert!(out[1].ends_with("Transform: Transform has no field 'speed'"), "{}", out[1]);
+    assert_eq!(out[2], "Vec3(5, 2, 3)\tVec3(3, 4, 3)\tQuat(0, 0, 0, 1)", "plain tables patch, numbers write");
+    assert_eq!(out[3], "4\t1");
+    assert_eq!(out[4], "3\tVec3(1, 1, 1)", "the full type path takes the same paths");
+    assert_eq!(out[5], "nil\tnil\tnil", "no Transform reads nil");
+    assert!(out[6].ends_with("Transform.translation: the entity has no Transform"), "{}", out[6]);
+    assert!(out[7].ends_with("Transform.translation.x: the entity has no Transform"), "{}", out[7]);
+    assert_eq!(out[8], "Vec3(7, 8, 9)\tVec3(1, 1, 1)", "a missing Transform is inserted from its default");
+    assert!(out[9].contains("no longer exists"), "{}", out[9]);
+    assert!(out[10].contains("no longer exists"), "{}", out[10]);
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!((t.translation, t.scale, t.rotation), (Vec3::new(1.0, 2.0, 3.0), Vec3::ONE, Quat::IDENTITY));
+}

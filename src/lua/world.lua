@@ -11,6 +11,7 @@ local raw, vectors = ...
 local type, error, setmetatable, getmetatable, tostring =
   type, error, setmetatable, getmetatable, tostring
 local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw.check_self
+local raw_get_transform, raw_set_transform, next = raw.get_transform, raw.set_transform, next
 local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
 local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
 local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
@@ -18,6 +19,7 @@ local KEY = vectors.key -- `v[KEY]` is a vector's class (see lua/vector.lua)
 
 local ids = {} -- path string -> compiled path number (numbers from `max_cached` on are not kept)
 local max_cached = raw.max_cached
+local whole = {} -- compiled path number -> true for a whole `Transform` (see `set_transform`)
 
 --- The number of `path` (compiled on first use), or raises `bad argument #1 to 'fname'` (or
 --- the error for a bad `self`, checked first as Lua checks arguments in order).
@@ -33,17 +35,29 @@ local function path_id(path, fname, method, self)
   if not id then error(message, 3) end
   if id < max_cached then
     ids[path] = id
+    if message == true then whole[id] = true end
   end
   return id
 end
 
---- Turns a raw result into the value a script sees (`level` is where an error is blamed).
-local function value(tag, a, b, c, d)
+--- A whole `Transform` from its ten numbers.
+local function transform(a, b, c, d, e, f, g, h, i, j)
+  return {
+    translation = setmetatable({ x = a, y = b, z = c }, M3),
+    rotation = setmetatable({ x = d, y = e, z = f, w = g }, MQ),
+    scale = setmetatable({ x = h, y = i, z = j }, M3),
+  }
+end
+
+--- Turns a raw result into the value a script sees (`level` is where an error is blamed);
+--- `self` is the entity a whole `Transform` (tag 7) is read from.
+local function value(tag, a, b, c, d, self)
   if tag == 1 then return a end
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 5 then return setmetatable({ x = a, y = b, z = c, w = d }, MQ) end
   if tag == 2 then return setmetatable({ x = a, y = b }, M2) end
   if tag == 4 then return setmetatable({ x = a, y = b, z = c, w = d }, M4) end
+  if tag == 7 then return transform(raw_get_transform(self)) end
   error(a, 3)
 end
 
@@ -53,7 +67,7 @@ local function get(self, path)
   local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 1 then return a end
-  local v = value(tag, a, b, c, d)
+  local v = value(tag, a, b, c, d, self)
   return v
 end
 
@@ -75,11 +89,43 @@ local function put(write, target, id, v)
   return message
 end
 
+--- `entity:set` of a whole `Transform` whose table names only `translation`, `rotation` and
+--- `scale`, each a vector of its class: their numbers cross to Rust in one call (Rust walking the
+--- table would cost a protected call per field); `6` means "not that case: set it the general
+--- way" (as does any other table here).
+local function set_transform(self, id, t)
+  local tr, ro, sc
+  for k, v in next, t do
+    if k == "translation" then tr = v
+    elseif k == "rotation" then ro = v
+    elseif k == "scale" then sc = v
+    else return 6 end
+  end
+  local given, tx, ty, tz, rx, ry, rz, rw, sx, sy, sz = 0
+  if tr ~= nil then
+    if getmetatable(tr) ~= Vec3 then return 6 end
+    given, tx, ty, tz = 1, tr.x, tr.y, tr.z
+  end
+  if ro ~= nil then
+    if getmetatable(ro) ~= Quat then return 6 end
+    given, rx, ry, rz, rw = given + 2, ro.x, ro.y, ro.z, ro.w
+  end
+  if sc ~= nil then
+    if getmetatable(sc) ~= Vec3 then return 6 end
+    given, sx, sy, sz = given + 4, sc.x, sc.y, sc.z
+  end
+  return raw_set_transform(self, id, given, tx, ty, tz, rx, ry, rz, rw, sx, sy, sz)
+end
+
 local function set(self, path, v)
   local id = ids[path] or path_id(path, "set", true, self)
   local message
   if type(v) == "table" and v[KEY] == Vec3 then
     message = raw_set(self, id, 3, v.x, v.y, v.z)
+    if message == nil then return end
+    if message == 6 then message = raw_set(self, id, 1, v) end
+  elseif whole[id] and type(v) == "table" and v[KEY] == nil then
+    message = set_transform(self, id, v)
     if message == nil then return end
     if message == 6 then message = raw_set(self, id, 1, v) end
   else

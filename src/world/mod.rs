@@ -10,6 +10,7 @@
 pub(crate) mod access;
 mod convert;
 mod path;
+mod typed;
 mod vector;
 
 use bevy::ecs::reflect::{ReflectComponent, ReflectResource};
@@ -25,6 +26,7 @@ use crate::runtime::Base;
 use access::with_world;
 use convert::Path;
 use path::{CompiledPath, Leaf, Paths, Stop};
+use typed::{Read, Typed};
 use vector::Kind;
 
 /// Installs the vector classes (built into the shared base), the entity methods and the `world`
@@ -42,6 +44,8 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
         lua.create_function(|lua, (this, id): (Value, usize)| raw_out(lua, get_path(lua, &this, id)))?,
     )?;
     raw.raw_set("set", lua.create_function(|lua, args: RawSet| set_path(lua, Target::Entity, args))?)?;
+    raw.raw_set("get_transform", lua.create_function(get_transform)?)?;
+    raw.raw_set("set_transform", lua.create_function(set_transform)?)?;
     raw.raw_set("get_resource", lua.create_function(|lua, id: usize| raw_out(lua, get_resource(lua, id)))?)?;
     raw.raw_set(
         "set_resource",
@@ -167,26 +171,48 @@ fn alive(world: &World, entity: Entity) -> Result<(), String> {
     }
 }
 
-/// What a raw get hands `lua/world.lua`: a value, or a vector's numbers (see [`raw_out`]).
+/// What a raw get hands `lua/world.lua`: a value, or a vector's numbers (see [`raw_out`]); a
+/// whole `Transform` is only tagged, its numbers come from a second call ([`get_transform`]), so
+/// the common results stay five values.
 enum Got {
     Value(Value),
     Vector(Kind, [f64; 4]),
+    Transform,
 }
 
-/// A raw get's results: a tag (`1` a value, `2`..`5` a vector of that [`Kind`], `0` an error),
-/// then the value, the vector's numbers or the message.
+/// A raw get's results: a tag (`1` a value, `2`..`5` a vector of that [`Kind`], `7` a whole
+/// `Transform`, `0` an error), then the value, the vector's numbers or the message.
 type RawGot = (i64, Value, f64, f64, f64);
 
 fn raw_out(lua: &Lua, got: Result<Got, String>) -> mlua::Result<RawGot> {
     Ok(match got {
         Ok(Got::Value(v)) => (1, v, 0.0, 0.0, 0.0),
         Ok(Got::Vector(kind, [a, b, c, d])) => (kind as i64, Value::Number(a), b, c, d),
+        Ok(Got::Transform) => (7, Value::Nil, 0.0, 0.0, 0.0),
         Err(message) => (0, Value::String(lua.create_string(message)?), 0.0, 0.0, 0.0),
     })
 }
 
-/// `compile(path, function) -> id | false, message`: the number `lua/world.lua` caches `path`
-/// under (compiled on first use), or the error to raise.
+/// The numbers of a whole `Transform` (translation, rotation, scale).
+type RawTransformNumbers = (f64, f64, f64, f64, f64, f64, f64, f64, f64, f64);
+
+/// `get_transform(self) -> numbers`: the entity's `Transform` as ten numbers, after a raw get of
+/// a whole `Transform` said it has one (tag `7`); zeros if it no longer has it (which cannot
+/// happen between the two calls, as no script runs between them).
+fn get_transform(lua: &Lua, this: Value) -> mlua::Result<RawTransformNumbers> {
+    let read = entity_arg(&this, "get").ok().and_then(|entity| {
+        with_world(lua, "get", |world| Typed::Transform.read(world, entity)).ok().flatten()
+    });
+    let [a, b, c, d, e, f, g, h, i, j] = match read {
+        Some(Read::Transform(numbers)) => numbers,
+        _ => [0.0; 10],
+    };
+    Ok((a, b, c, d, e, f, g, h, i, j))
+}
+
+/// `compile(path, function) -> id, whole | false, message`: the number `lua/world.lua` caches
+/// `path` under (compiled on first use) and whether it is a whole `Transform` (which `set` passes
+/// as numbers, see [`set_transform`]), or the error to raise.
 fn compile_path(
     lua: &Lua,
     (text, function): (mlua::LuaString, mlua::LuaString),
@@ -199,15 +225,15 @@ fn compile_path(
         Err(_) => Err(crate::error::bad_argument(1, &function, "the path is not valid UTF-8")),
     };
     Ok(match result {
-        Ok(id) => (Value::Integer(id as mlua::Integer), Value::Nil),
+        Ok((id, whole)) => (Value::Integer(id as mlua::Integer), Value::Boolean(whole)),
         Err(message) => (Value::Boolean(false), Value::String(lua.create_string(message)?)),
     })
 }
 
-fn compile_in(lua: &Lua, world: &mut World, text: &str, function: &str) -> Result<usize, String> {
+fn compile_in(lua: &Lua, world: &mut World, text: &str, function: &str) -> Result<(usize, bool), String> {
     let mut paths = lua.app_data_mut::<Paths>().expect("the world is installed with the VM");
     if let Some(&id) = paths.by_text.get(text) {
-        return Ok(id);
+        return Ok((id, paths.list[id].typed == Some(Typed::Transform)));
     }
     let registry = world.resource::<AppTypeRegistry>().clone();
     let registry = registry.read();
@@ -239,7 +265,8 @@ fn compile_in(lua: &Lua, world: &mut World, text: &str, function: &str) -> Resul
         compiled.component_id = Some(id);
     }
     compiled.component = component;
-    Ok(paths.insert(compiled))
+    let whole = compiled.typed == Some(Typed::Transform);
+    Ok((paths.insert(compiled), whole))
 }
 
 /// The compiled path `id` (an id `lua/world.lua` got from [`compile_path`]).
@@ -261,6 +288,15 @@ fn get_path(lua: &Lua, this: &Value, id: usize) -> Result<Got, String> {
     with_world(lua, "get", |world| {
         let paths = lua.app_data_ref::<Paths>().expect("the world is installed with the VM");
         let path = compiled(&paths, id)?;
+        if let Some(typed) = path.typed {
+            return match typed.read(world, entity) {
+                None => Err(format!("entity {entity} no longer exists")),
+                Some(Read::Missing) => Ok(Got::Value(Value::Nil)),
+                Some(Read::Number(n)) => Ok(Got::Value(Value::Number(n))),
+                Some(Read::Vector(kind, numbers)) => Ok(Got::Vector(kind, numbers)),
+                Some(Read::Transform(_)) => Ok(Got::Transform),
+            };
+        }
         let Some(reflect) = &path.component else {
             return Err(crate::error::bad_argument(
                 1,
@@ -381,6 +417,48 @@ fn set_path(lua: &Lua, target: Target, (this, id, tag, a, b, c, d): RawSet) -> m
     })
 }
 
+/// The arguments of [`set_transform`]: `self`, the path's id, which parts are given (bits 1, 2
+/// and 4: translation, rotation, scale) and their numbers (nil for a part not given).
+type RawTransform = (Value, usize, u8, Value, Value, Value, Value, Value, Value, Value, Value, Value, Value);
+
+/// `entity:set("Transform", t)` when `t` names nothing but `translation`, `rotation` and
+/// `scale`, each a vector of its class (`lua/world.lua` checks that): the given parts written
+/// straight into the entity's `Transform`. Returns `6` ("set it the general way") for anything
+/// else (a part that is not all numbers, a missing entity or `Transform`), so every error and
+/// every other case reads as the general `set` makes it, and nothing is half-applied.
+fn set_transform(
+    lua: &Lua,
+    (this, id, given, a, b, c, d, e, f, g, h, i, j): RawTransform,
+) -> mlua::Result<Value> {
+    let values = [a, b, c, d, e, f, g, h, i, j];
+    let number = |v: &Value| match *v {
+        Value::Number(n) => Some(n),
+        Value::Integer(n) => Some(n as f64),
+        _ => None,
+    };
+    let part = |bit: u8, from: usize, len: usize| -> Option<Option<[f64; 4]>> {
+        if given & bit == 0 {
+            return Some(None);
+        }
+        let mut out = [0.0; 4];
+        for (slot, v) in out.iter_mut().zip(&values[from..from + len]) {
+            *slot = number(v)?;
+        }
+        Some(Some(out))
+    };
+    let (Some(translation), Some(rotation), Some(scale), Ok(entity)) =
+        (part(1, 0, 3), part(2, 3, 4), part(4, 7, 3), entity_arg(&this, "set"))
+    else {
+        return Ok(Value::Integer(6));
+    };
+    let written = with_world(lua, "set", |world| {
+        let paths = lua.app_data_ref::<Paths>().expect("the world is installed with the VM");
+        let whole = paths.list.get(id).is_some_and(|p| p.typed == Some(Typed::Transform));
+        whole && Typed::write_transform(world, entity, [translation, rotation, scale])
+    });
+    Ok(if written == Ok(true) { Value::Nil } else { Value::Integer(6) })
+}
+
 /// Writes `values` (tagged as in [`set_path`]) at the compiled path `id`, on `entity` or (for
 /// `None`) on the path's resource. Numbers and vectors are written straight into their field;
 /// anything else patches a copy of the component, stored only if the whole patch fits.
@@ -395,6 +473,12 @@ fn write(
 ) -> Result<bool, String> {
     let paths = lua.app_data_ref::<Paths>().expect("the world is installed with the VM");
     let path = compiled(&paths, id)?;
+    if let (Some(typed), Some(entity)) = (path.typed, entity)
+        && let Some(numbers) = typed_numbers(typed, tag, &values)
+        && typed.write(world, entity, numbers)
+    {
+        return Ok(true);
+    }
     let name = path.root();
     let target = match entity {
         Some(entity) => {
@@ -478,6 +562,28 @@ fn write(
     let slot = path.walk_mut(updated.as_partial_reflect_mut()).map_err(|stop| stopped(stop, function))?;
     convert::patch(slot, value, &registry, &Path::Root(&path.text))?;
     store(world, &registry, target, reflect, path.mutable, updated, name).map(|()| true)
+}
+
+/// The numbers a typed write of `typed` takes from a raw set's `tag` and values, if they are
+/// what it expects (a vector of its class, or a number); `None` sends the write the general way,
+/// which raises the right error for anything else.
+fn typed_numbers(typed: Typed, tag: i64, values: &[Value; 4]) -> Option<[f64; 4]> {
+    let number = |v: &Value| match *v {
+        Value::Number(n) => Some(n),
+        Value::Integer(n) => Some(n as f64),
+        _ => None,
+    };
+    match typed {
+        Typed::Number(..) if tag == 1 => Some([number(&values[0])?, 0.0, 0.0, 0.0]),
+        Typed::Vector(part) if tag == part.kind() as i64 => {
+            let mut out = [0.0; 4];
+            for (slot, v) in out.iter_mut().zip(&values[..part.kind().len()]) {
+                *slot = number(v)?;
+            }
+            Some(out)
+        }
+        _ => None,
+    }
 }
 
 /// Stores a patched copy of a component: written over the live one, or (for an immutable

@@ -18,6 +18,7 @@ use bevy::ecs::reflect::ReflectComponent;
 use bevy::platform::collections::HashMap;
 use bevy::reflect::{PartialReflect, ReflectMut, ReflectRef, TypeInfo, TypeRegistry};
 
+use super::typed::Typed;
 use super::vector::Kind;
 
 /// Most paths one VM keeps compiled; past this, paths are compiled on every use (scripts that
@@ -75,6 +76,8 @@ pub(crate) struct CompiledPath {
     pub resource: bool,
     /// Whether the root component can be changed in place (else it is replaced whole).
     pub mutable: bool,
+    /// The typed fast path that reads and writes this path without reflection, if any.
+    pub typed: Option<Typed>,
 }
 
 /// Why a walk stopped.
@@ -355,6 +358,7 @@ pub(crate) fn compile(text: &str, root: TypeId, registry: &TypeRegistry) -> Resu
         component_id: None,
         resource: false,
         mutable: true,
+        typed: Typed::of(root, &text[root_name.len()..]),
     })
 }
 
