@@ -5,7 +5,9 @@
 //! finishes it exactly as its own resume does. Everything else talks to Lua through mlua.
 //!
 //! Invariants:
-//! - The functions here are only ever called by Lua, on the VM's own OS thread. `run_frames` is
+//! - The functions here are only ever called by Lua, on the VM's own OS thread. `run_frames`'s
+//!   upvalue is the budget's [`Watch`] (or null), which lives as long as the VM; every resume goes
+//!   through it, so the budget's watchdog sees the thread running. `run_frames` is
 //!   called only by `lua/task.lua`'s step, with the arguments listed on it (it checks their types
 //!   and returns nothing if they are wrong, so the step falls back to its Lua loop).
 //! - A thread is resumed only if it is suspended in a yield (`lua_status == LUA_YIELD`), which is
@@ -23,7 +25,11 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
+use std::sync::Arc;
+
 use mlua::{Function, Lua, Table, ffi};
+
+use crate::hook::Watch;
 
 /// Slot of the shared table: the task being resumed (0: none).
 const CURRENT: ffi::lua_Integer = 1;
@@ -55,6 +61,7 @@ pub(crate) fn functions(
     req: *mut c_void,
     wait_time: i64,
     wait_frames: i64,
+    watch: Option<&Arc<Watch>>,
 ) -> mlua::Result<Table> {
     REQ.store(req, Ordering::Relaxed);
     WAIT_TIME.store(wait_time, Ordering::Relaxed);
@@ -65,8 +72,18 @@ pub(crate) fn functions(
         t.raw_set("wait", lua.create_c_function(wait)?)?;
         t.raw_set("sleep", lua.create_c_function(sleep)?)?;
         t.raw_set("waitFrames", lua.create_c_function(wait_frames_fn)?)?;
-        t.raw_set("run_frames", lua.create_c_function(run_frames)?)?;
     }
+    // `run_frames` resumes through the budget's watch, if it has one (its upvalue; null: none).
+    let watch = watch.map_or(std::ptr::null_mut(), |w| Arc::as_ptr(w) as *mut c_void);
+    // SAFETY: the closure only pushes onto the stack it is given; the `Watch` it points to is kept
+    // alive by the budget for as long as the VM lives.
+    let run: Function = unsafe {
+        lua.exec_raw((), |l| {
+            ffi::lua_pushlightuserdata(l, watch);
+            ffi::lua_pushcclosure(l, run_frames, 1);
+        })?
+    };
+    t.raw_set("run_frames", run)?;
     t.raw_set(
         "set_bad",
         lua.create_function(|lua, f: Function| {
@@ -169,6 +186,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         let now = ffi::lua_tonumber(l, A_NOW);
         let limit = (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY));
         let req = REQ.load(Ordering::Relaxed);
+        let watch = (ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch).as_ref();
         let wait_time = WAIT_TIME.load(Ordering::Relaxed) as ffi::lua_Number;
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
@@ -213,7 +231,10 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
 
             ffi::lua_pushnumber(co, value);
             let mut nres: c_int = 0;
-            let status = ffi::lua_resume(co, l, 1, &mut nres);
+            let status = match watch {
+                Some(watch) => watch.resume(l, co, 1, &mut nres),
+                None => ffi::lua_resume(co, l, 1, &mut nres),
+            };
 
             let again = status == ffi::LUA_YIELD
                 && nres == 3

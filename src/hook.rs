@@ -80,6 +80,21 @@ impl Watch {
     }
 
     pub fn disarm(&self, _state: *const c_void) {}
+
+    /// `lua_resume(co, l, narg, nres)`: nothing to publish.
+    ///
+    /// # Safety
+    /// As `lua_resume`.
+    pub unsafe fn resume(
+        &self,
+        l: *mut ffi::lua_State,
+        co: *mut ffi::lua_State,
+        narg: std::ffi::c_int,
+        nres: &mut std::ffi::c_int,
+    ) -> std::ffi::c_int {
+        // SAFETY: the caller's.
+        unsafe { ffi::lua_resume(co, l, narg, nres) }
+    }
 }
 
 /// Lua 5.4's hook-free budget: the watchdog, and the resume and close functions that tell it which
@@ -154,6 +169,29 @@ mod lazy {
                     return current;
                 }
             }
+        }
+
+        /// `lua_resume(co, l, narg, nres)`, with `co` published as the running thread while it runs
+        /// and the one running before published again after; a resume called from the main thread
+        /// (the step's) starts a fresh slice.
+        ///
+        /// # Safety
+        /// As `lua_resume`; `l` is the running thread, on the VM's own OS thread.
+        pub unsafe fn resume(
+            &self,
+            l: *mut ffi::lua_State,
+            co: *mut ffi::lua_State,
+            narg: std::ffi::c_int,
+            nres: &mut std::ffi::c_int,
+        ) -> std::ffi::c_int {
+            if l as *mut c_void == self.main.load(Ordering::Relaxed) {
+                self.resumes.fetch_add(1, Ordering::AcqRel);
+            }
+            let previous = self.publish(co as *mut c_void);
+            // SAFETY: the caller's.
+            let status = unsafe { ffi::lua_resume(co, l, narg, nres) };
+            self.publish(previous);
+            status
         }
 
         /// Whether the hooks armed belong to an earlier resume than the one running.
@@ -311,13 +349,8 @@ mod lazy {
                 return 2;
             }
             ffi::lua_xmove(l, co, narg);
-            if l as *mut c_void == watch.main.load(Ordering::Relaxed) {
-                watch.resumes.fetch_add(1, Ordering::AcqRel);
-            }
-            let previous = watch.publish(co as *mut c_void);
             let mut nres = 0;
-            let status = ffi::lua_resume(co, l, narg, &mut nres);
-            watch.publish(previous);
+            let status = watch.resume(l, co, narg, &mut nres);
             if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
                 if ffi::lua_checkstack(l, nres + 1) == 0 {
                     ffi::lua_pop(co, nres);

@@ -301,7 +301,13 @@ impl LuaRuntime {
         core.set("PARK", kind::PARK)?;
         core.set(
             "fast",
-            crate::fastpath::functions(&lua, scheduler::req().0, kind::WAIT_TIME, kind::WAIT_FRAMES)?,
+            crate::fastpath::functions(
+                &lua,
+                scheduler::req().0,
+                kind::WAIT_TIME,
+                kind::WAIT_FRAMES,
+                watch.as_ref(),
+            )?,
         )?;
         core.set("GAME", kind::GAME)?;
         core.set("REAL", kind::REAL)?;
@@ -764,6 +770,7 @@ mod tests {
             step_time_budget: None,
             max_tasks_per_instance: None,
             memory_per_instance: None,
+            exact_instruction_count: false,
         }
     }
 

@@ -138,6 +138,22 @@ fn a_looping_close_in_a_task_stopped_by_the_budget() {
 }
 
 #[test]
+fn a_runaway_after_frame_waits_is_stopped() {
+    // After `task.wait()` the task is resumed by the step's raw frame loop (src/fastpath.rs), not
+    // by `coroutine.resume`: the budget must see that resume too.
+    let (out, errs, _) =
+        beside_steady("for i = 1, 3 do task.wait() end print('spinning') while true do end", 10);
+    assert!(out.contains(&"spinning".to_string()), "{out:?}");
+    assert_stopped_by_budget(&errs, &out);
+}
+
+#[test]
+fn a_runaway_after_a_timed_wait_is_stopped() {
+    let (out, errs, _) = beside_steady("task.wait(0.01) local x = 0 while true do x = x + 1 end", 10);
+    assert_stopped_by_budget(&errs, &out);
+}
+
+#[test]
 fn pcall_in_a_script_made_coroutine_cannot_catch_the_budget_for_ever() {
     let (out, errs, live) = beside_steady(
         "coroutine.wrap(function() while true do pcall(function() while true do end end) end end)()",
