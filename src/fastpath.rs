@@ -32,11 +32,11 @@ use mlua::{Function, Lua, Table, ffi};
 use crate::hook::Watch;
 
 /// Slot of the shared table: the task being resumed (0: none).
-const CURRENT: ffi::lua_Integer = 1;
+pub(crate) const CURRENT: ffi::lua_Integer = 1;
 /// Slot: the defer depth of the task being resumed.
 const DEPTH: ffi::lua_Integer = 2;
 /// Slot: the number of resumes so far.
-const SERIAL: ffi::lua_Integer = 3;
+pub(crate) const SERIAL: ffi::lua_Integer = 3;
 /// Slot: set when a task failed for want of memory (the step collects garbage).
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 /// Slot: the last registration number handed out.

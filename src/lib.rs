@@ -301,6 +301,7 @@ mod reload;
 mod runtime;
 mod scheduler;
 mod sets;
+mod step;
 mod stream;
 mod time;
 mod timer;

@@ -12,7 +12,6 @@ use crate::components::{ChangedScripts, LuaScripts, SyncQueue};
 use crate::error::{ScriptError, ScriptPrint};
 use crate::instance::{Instances, Scripts};
 use crate::runtime::{Extensions, LuaRuntime, StdlibAccess, VmConfig};
-use crate::scheduler::sched;
 pub use crate::sets::LuaCoroutinesSystems;
 use crate::sets::StepRun;
 
@@ -264,7 +263,8 @@ fn sync_instances(world: &mut World, wait_for_loads: bool) {
     });
 }
 
-/// Advances the clocks, resumes every ready task, and writes errors and prints as messages.
+/// Runs one frame of scripts ([`crate::step::frame`]) with the rest of the world reachable from
+/// them, and writes their errors and prints as messages.
 fn step_system(world: &mut World) {
     let (game, delta) = {
         let time = world.resource::<Time>();
@@ -272,26 +272,9 @@ fn step_system(world: &mut World) {
     };
     let real = world.get_resource::<Time<Real>>().map_or(game, |t| t.elapsed());
     // The runtime is taken out of the world for the step, so scripts can reach the rest of it.
-    let (errors, prints) = world.resource_scope(|world, runtime: Mut<LuaRuntime>| {
-        let stepped = crate::world::access::scoped(runtime.lua(), world, || {
-            runtime.begin_frame(game, delta, real).and_then(|()| runtime.run())
-        });
-        if let Err(e) = stepped {
-            error!("bevy_lua_coroutines: the step failed: {e}");
-        }
-        let mut s = sched(runtime.lua());
-        let errors = std::mem::take(&mut s.errors);
-        let prints: Vec<ScriptPrint> = std::mem::take(&mut s.prints)
-            .into_iter()
-            .map(|(instance, line)| {
-                let (entity, script) = s
-                    .instance(instance)
-                    .map_or((Entity::PLACEHOLDER, String::new()), |r| (r.entity, r.path.to_string()));
-                ScriptPrint { entity, script, line }
-            })
-            .collect();
-        (errors, prints)
+    let out = world.resource_scope(|world, runtime: Mut<LuaRuntime>| {
+        crate::world::access::scoped(runtime.lua(), world, || crate::step::frame(&runtime, game, delta, real))
     });
-    world.write_message_batch(errors);
-    world.write_message_batch(prints);
+    world.write_message_batch(out.errors);
+    world.write_message_batch(out.prints);
 }

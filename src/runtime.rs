@@ -444,7 +444,7 @@ impl LuaRuntime {
         api.set("classes", &base.classes)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
-            current: step.get("current")?,
+            shared: step.get("shared")?,
             envs: lua.create_table()?,
             run: step.get("run")?,
             wake: step.get("wake")?,
@@ -546,16 +546,6 @@ impl LuaRuntime {
             refs.envs = fresh;
         }
         Ok(())
-    }
-
-    /// Retries operations parked on Rust-backed channels, queues the timers that fell due and
-    /// resumes everything ready.
-    pub(crate) fn run(&self) -> mlua::Result<()> {
-        let poll = self.lua.app_data_ref::<ChannelLua>().map(|c| c.poll.clone());
-        if let Some(Err(e)) = poll.map(|poll| poll.call::<()>(())) {
-            error!("bevy_lua_coroutines: retrying parked channel operations raised {e}");
-        }
-        scheduler::run(&self.lua)
     }
 }
 
@@ -750,66 +740,4 @@ fn install_budget(
         });
     }
     Ok(watch)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicUsize;
-
-    use super::*;
-    use bevy::ecs::schedule::ScheduleLabel;
-
-    fn config() -> VmConfig {
-        VmConfig {
-            stdlib: StdlibAccess::Safe,
-            instruction_budget: Some(1_000_000),
-            memory_limit: None,
-            print_to_stdout: false,
-            select_seed: 1,
-            max_resumes_per_task: 100,
-            step_time_budget: None,
-            max_tasks_per_instance: None,
-            memory_per_instance: None,
-            exact_instruction_count: false,
-        }
-    }
-
-    #[test]
-    fn the_core_alone_knows_no_extension() {
-        let runtime = LuaRuntime::new(&config(), Update.intern(), &Extensions::default()).unwrap();
-        let seen: (bool, bool, bool, bool, bool) = runtime
-            .lua()
-            .load("return task ~= nil, Channel.new ~= nil, require == nil, Stream == nil, Vec3 == nil")
-            .eval()
-            .unwrap();
-        assert_eq!(seen, (true, true, true, true, true));
-        runtime.run().unwrap();
-    }
-
-    static STEPS: AtomicUsize = AtomicUsize::new(0);
-
-    #[test]
-    fn an_extension_builds_in_names_and_runs_before_every_step() {
-        let mut extensions = Extensions::default();
-        extensions.add(|lua, base| {
-            base.builtin("answer", 42)?;
-            base.builtin_field("Channel", "extra", true)?;
-            base.define("ext.hello", lua.create_function(|_, ()| Ok("hi"))?)?;
-            base.before_step("counting steps", |_| {
-                STEPS.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            });
-            Ok(())
-        });
-        let runtime = LuaRuntime::new(&config(), Update.intern(), &extensions).unwrap();
-        let seen: (i64, bool, String) =
-            runtime.lua().load("return answer, Channel.extra, ext.hello()").eval().unwrap();
-        assert_eq!(seen, (42, true, "hi".to_string()));
-        // Built in: a game cannot replace it; `ext` is a module a game may add to.
-        assert!(runtime.define("answer", 1).is_err());
-        runtime.define("ext.more", 1).unwrap();
-        runtime.run().unwrap();
-        runtime.run().unwrap();
-        assert_eq!(STEPS.load(Ordering::Relaxed), 2);
-    }
 }

@@ -146,7 +146,7 @@ pub(crate) struct Scheduler {
     pub prints: Vec<(InstanceId, String)>,
     /// Instances forgotten since the last promise tick (the promise module drops what it kept for
     /// them).
-    gone: Vec<InstanceId>,
+    pub gone: Vec<InstanceId>,
 }
 
 impl Scheduler {
@@ -577,7 +577,7 @@ impl Budget {
         let Some(refs) = lua.app_data_ref::<Refs>() else {
             return Ok(VmState::Continue);
         };
-        let (current, serial) = refs.current.call::<(i64, u64)>(()).unwrap_or((0, 0));
+        let (current, serial) = refs.current();
         if current == 0 {
             return Ok(VmState::Continue);
         }
@@ -665,8 +665,9 @@ impl Budget {
 
 /// Lua values the Rust side uses, created once with the VM.
 pub(crate) struct Refs {
-    /// `step.current() -> key, serial`: the task being resumed and the resumes so far.
-    pub current: Function,
+    /// `step.shared`: the counters the step shares with Rust and its raw loop (slots named in
+    /// `fastpath`), among them the task being resumed; read without calling into Lua.
+    pub shared: Table,
     /// `step.thread_of(key) -> thread`: the thread of a task (read when the budget runs out).
     pub thread_of: Function,
     /// Instance id -> environment table.
@@ -704,8 +705,16 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
 
 /// The task being resumed (0: none) and the number of resumes so far.
 pub(crate) fn current_task(lua: &Lua) -> (i64, u64) {
-    let current = refs(lua).current.clone();
-    current.call::<(i64, u64)>(()).unwrap_or((0, 0))
+    refs(lua).current()
+}
+
+impl Refs {
+    /// The task being resumed (0: none) and the number of resumes so far, read from the step's
+    /// shared table (no call into Lua).
+    pub fn current(&self) -> (i64, u64) {
+        use crate::fastpath::{CURRENT, SERIAL};
+        (self.shared.raw_get(CURRENT).unwrap_or(0), self.shared.raw_get(SERIAL).unwrap_or(0))
+    }
 }
 
 /// The instance Lua code runs for right now.
@@ -875,44 +884,8 @@ pub(crate) struct StepHooks {
 }
 
 /// The `i`th of the step hooks `pick` selects, copied out so no borrow is held while it runs.
-fn step_hook<T: Copy>(lua: &Lua, pick: impl Fn(&StepHooks) -> Option<&T>) -> Option<T> {
+pub(crate) fn step_hook<T: Copy>(lua: &Lua, pick: impl Fn(&StepHooks) -> Option<&T>) -> Option<T> {
     lua.app_data_ref::<StepHooks>().and_then(|hooks| pick(&hooks).copied())
-}
-
-/// Queues the timers that fell due and resumes everything ready.
-pub(crate) fn run(lua: &Lua) -> mlua::Result<()> {
-    // Completions the extensions bring in first (Rust work that finished since the last step
-    // settles its promises); what they wake runs in this step.
-    let mut i = 0;
-    while let Some((what, hook)) = step_hook(lua, |h| h.before_step.get(i)) {
-        if let Err(e) = hook(lua) {
-            error!("bevy_lua_coroutines: {what} raised {e}");
-        }
-        i += 1;
-    }
-    let due = sched(lua).due_timers();
-    let (wake, run) = {
-        let r = refs(lua);
-        (r.wake.clone(), r.run.clone())
-    };
-    for (key, reg, value) in due {
-        wake.call::<()>((key, reg, value))?;
-    }
-    // The Lua step goes on where it stopped if it is called again after an error (one that
-    // escaped a task: memory exhausted while queueing, say), so nothing ready is lost.
-    let mut result = run.call::<()>(());
-    for _ in 0..64 {
-        let Err(e) = &result else { break };
-        error!("bevy_lua_coroutines: the step raised {e}; going on");
-        result = run.call::<()>(());
-    }
-    // Promise bookkeeping once per frame, after the step: unhandled rejections are reported here.
-    let gone: Vec<u64> = std::mem::take(&mut sched(lua).gone).into_iter().map(|id| id.0).collect();
-    let tick = refs(lua).tick.clone();
-    if let Err(e) = tick.call::<()>((!gone.is_empty()).then_some(gone)) {
-        error!("bevy_lua_coroutines: the promise tick raised {e}");
-    }
-    result
 }
 
 #[cfg(test)]

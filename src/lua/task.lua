@@ -649,6 +649,7 @@ end
 
 --- The task being resumed (0: none) and the number of resumes so far, for Rust.
 function step.current() return T[CURRENT], T[SERIAL] end
+step.shared = T -- Rust reads the same two slots without a call (`Refs::current`)
 
 --- Queues a woken task (Rust calls this for timers that fell due).
 function step.wake(key, reg, value)

@@ -1,0 +1,173 @@
+//! One frame of scripts, in the order it happens. The clocks advance; completions come in
+//! (channel operations parked on Rust-backed channels retry, each extension's per-step work runs,
+//! such as Rust async results settling their promises, and the timers that fell due wake their
+//! tasks); everything ready resumes (`step.run` in `lua/task.lua`, whose common case, a task that
+//! waits for the next frame again, is the raw loop in `fastpath`); then what came out goes out:
+//! promise rejections nobody handled are reported, and the frame's errors and prints are handed to
+//! the plugin, which writes them as messages. The plugin's step system calls [`frame`] while the
+//! world is reachable from scripts.
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use mlua::Lua;
+
+use crate::error::{ScriptError, ScriptPrint};
+use crate::runtime::{ChannelLua, LuaRuntime};
+use crate::scheduler::{refs, sched, step_hook};
+
+/// What one frame of scripts produced, for the plugin to write as messages.
+pub(crate) struct Output {
+    /// Script failures, in the order they happened.
+    pub errors: Vec<ScriptError>,
+    /// Lines scripts printed, each with its entity and script.
+    pub prints: Vec<ScriptPrint>,
+}
+
+/// Runs one frame of scripts. `game` and `real` are the elapsed game and real time, `delta` the
+/// game time since the last frame. A failure of the step itself (one no task caught: the VM out of
+/// memory while queueing, say) is logged; nothing ready is lost, the next frame goes on from it.
+pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real: Duration) -> Output {
+    let lua = runtime.lua();
+    if let Err(e) = resume_all(runtime, game, delta, real) {
+        error!("bevy_lua_coroutines: the step failed: {e}");
+    }
+    // Out: unhandled rejections are reported once per frame, after every resume.
+    report_rejections(lua);
+    output(lua)
+}
+
+/// In and resume: the clocks, then every completion that came in, then every task ready.
+fn resume_all(runtime: &LuaRuntime, game: Duration, delta: Duration, real: Duration) -> mlua::Result<()> {
+    let lua = runtime.lua();
+    runtime.begin_frame(game, delta, real)?;
+    // Completions in. Sends and receives parked on Rust-backed channels retry first.
+    let poll = lua.app_data_ref::<ChannelLua>().map(|c| c.poll.clone());
+    if let Some(Err(e)) = poll.map(|poll| poll.call::<()>(())) {
+        error!("bevy_lua_coroutines: retrying parked channel operations raised {e}");
+    }
+    // Then each extension's per-step work (Rust work that finished settles its promises), so what
+    // it wakes runs in this step.
+    let mut i = 0;
+    while let Some((what, hook)) = step_hook(lua, |h| h.before_step.get(i)) {
+        if let Err(e) = hook(lua) {
+            error!("bevy_lua_coroutines: {what} raised {e}");
+        }
+        i += 1;
+    }
+    // Then the timers that fell due.
+    let due = sched(lua).due_timers();
+    let (wake, run) = {
+        let r = refs(lua);
+        (r.wake.clone(), r.run.clone())
+    };
+    for (key, reg, value) in due {
+        wake.call::<()>((key, reg, value))?;
+    }
+    // Resume everything ready. The Lua step goes on where it stopped if it is called again after
+    // an error that escaped a task, so nothing ready is lost.
+    let mut result = run.call::<()>(());
+    for _ in 0..64 {
+        let Err(e) = &result else { break };
+        error!("bevy_lua_coroutines: the step raised {e}; going on");
+        result = run.call::<()>(());
+    }
+    result
+}
+
+/// The promise module's once-a-frame bookkeeping: rejections nobody handled are reported, and
+/// the promises of instances gone this frame are forgotten.
+fn report_rejections(lua: &Lua) {
+    let gone: Vec<u64> = std::mem::take(&mut sched(lua).gone).into_iter().map(|id| id.0).collect();
+    let tick = refs(lua).tick.clone();
+    if let Err(e) = tick.call::<()>((!gone.is_empty()).then_some(gone)) {
+        error!("bevy_lua_coroutines: the promise tick raised {e}");
+    }
+}
+
+/// The frame's errors and prints, each print named by its entity and script.
+fn output(lua: &Lua) -> Output {
+    let mut s = sched(lua);
+    let errors = std::mem::take(&mut s.errors);
+    let prints = std::mem::take(&mut s.prints)
+        .into_iter()
+        .map(|(instance, line)| {
+            let (entity, script) = s
+                .instance(instance)
+                .map_or((Entity::PLACEHOLDER, String::new()), |r| (r.entity, r.path.to_string()));
+            ScriptPrint { entity, script, line }
+        })
+        .collect();
+    Output { errors, prints }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::runtime::{Extensions, StdlibAccess, VmConfig};
+    use bevy::ecs::schedule::ScheduleLabel;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            stdlib: StdlibAccess::Safe,
+            instruction_budget: Some(1_000_000),
+            memory_limit: None,
+            print_to_stdout: false,
+            select_seed: 1,
+            max_resumes_per_task: 100,
+            step_time_budget: None,
+            max_tasks_per_instance: None,
+            memory_per_instance: None,
+            exact_instruction_count: false,
+        }
+    }
+
+    #[test]
+    fn the_core_alone_knows_no_extension() {
+        let runtime = LuaRuntime::new(&config(), Update.intern(), &Extensions::default()).unwrap();
+        let seen: (bool, bool, bool, bool, bool) = runtime
+            .lua()
+            .load("return task ~= nil, Channel.new ~= nil, require == nil, Stream == nil, Vec3 == nil")
+            .eval()
+            .unwrap();
+        assert_eq!(seen, (true, true, true, true, true));
+        step(&runtime);
+    }
+
+    /// One frame of the core alone, at time zero.
+    fn step(runtime: &LuaRuntime) {
+        let out = frame(runtime, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+
+    static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn an_extension_builds_in_names_and_runs_before_every_step() {
+        let mut extensions = Extensions::default();
+        extensions.add(|lua, base| {
+            base.builtin("answer", 42)?;
+            base.builtin_field("Channel", "extra", true)?;
+            base.define("ext.hello", lua.create_function(|_, ()| Ok("hi"))?)?;
+            base.before_step("counting steps", |_| {
+                STEPS.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+            Ok(())
+        });
+        let runtime = LuaRuntime::new(&config(), Update.intern(), &extensions).unwrap();
+        let seen: (i64, bool, String) =
+            runtime.lua().load("return answer, Channel.extra, ext.hello()").eval().unwrap();
+        assert_eq!(seen, (42, true, "hi".to_string()));
+        // Built in: a game cannot replace it; `ext` is a module a game may add to.
+        assert!(runtime.define("answer", 1).is_err());
+        runtime.define("ext.more", 1).unwrap();
+        step(&runtime);
+        step(&runtime);
+        assert_eq!(STEPS.load(Ordering::Relaxed), 2);
+    }
+}
