@@ -29,7 +29,7 @@ use bevy_lua_coroutines::mlua::{Function, Lua, Table, Thread};
 use bevy_lua_coroutines::prelude::*;
 use common::{
     Part, Plan, RawCoroutines, add_script, criterion_group_config, empty_app, interleave, median, median_by,
-    new_app, new_app_with, runtime, script_errors, spread, update, verdict,
+    new_app, new_app_with, plugin, runtime, script_errors, spread, unbudgeted, update, verdict,
 };
 use criterion::{Criterion, Throughput};
 
@@ -201,13 +201,9 @@ struct Summary {
 fn bench_wait_every_frame(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
     let mut empty = empty_app();
     for &n in &WAIT_NS {
-        let (mut app, spawn_frame) =
-            waiting_app(n, LuaCoroutinesPlugin { print_to_stdout: false, ..default() });
+        let (mut app, spawn_frame) = waiting_app(n, plugin());
         // Reference: the same app without the instruction budget (so without the VM's count hook).
-        let (mut unbudgeted, _) = waiting_app(
-            n,
-            LuaCoroutinesPlugin { print_to_stdout: false, instruction_budget: None, ..default() },
-        );
+        let (mut unbudgeted, _) = waiting_app(n, unbudgeted());
         let raw = RawCoroutines::with_hook(n, false);
         let hooked = RawCoroutines::with_hook(n, true);
 

@@ -34,7 +34,7 @@ use crate::hook::Watch;
 /// Slot of the shared table: the task being resumed (0: none).
 pub(crate) const CURRENT: ffi::lua_Integer = 1;
 /// Slot: the defer depth of the task being resumed.
-const DEPTH: ffi::lua_Integer = 2;
+pub(crate) const DEPTH: ffi::lua_Integer = 2;
 /// Slot: the number of resumes so far.
 pub(crate) const SERIAL: ffi::lua_Integer = 3;
 /// Slot: set when a task failed for want of memory (the step collects garbage).
@@ -149,7 +149,8 @@ const A_FROM: c_int = 12;
 const A_TO: c_int = 13;
 const A_NOW: c_int = 14;
 const A_MEMORY: c_int = 15;
-// Saved on entry: the task being resumed and its depth (restored after each fast resume).
+// Saved on entry: the task being resumed and its depth (restored when the loop stops; a raise
+// out of the loop leaves the last task named, which `step.run` and the step clear).
 const S_CURRENT: c_int = 16;
 const S_DEPTH: c_int = 17;
 // Per entry: its key, its registration, the thread.
@@ -191,6 +192,8 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
+        // Whether a task was resumed fast since the current one was last restored.
+        let mut resumed = false;
         while i <= to {
             ffi::lua_settop(l, S_DEPTH);
             ffi::lua_rawgeti(l, A_NOW_KEYS, i);
@@ -209,6 +212,9 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_rawgeti(l, A_THREADS, key);
             let co = ffi::lua_tothread(l, E_THREAD);
             if co.is_null() || ffi::lua_status(co) != ffi::LUA_YIELD || ffi::lua_checkstack(co, 1) == 0 {
+                if resumed {
+                    restore(l);
+                }
                 ffi::lua_pushinteger(l, i);
                 ffi::lua_pushinteger(l, 1);
                 ffi::lua_pushvalue(l, E_KEY);
@@ -246,10 +252,9 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 && quiet(l, key, limit);
             if again {
                 ffi::lua_pop(co, 3);
-                ffi::lua_pushvalue(l, S_CURRENT);
-                ffi::lua_rawseti(l, A_SHARED, CURRENT);
-                ffi::lua_pushvalue(l, S_DEPTH);
-                ffi::lua_rawseti(l, A_SHARED, DEPTH);
+                // The task that was current comes back when the loop stops (`restore`): until
+                // then no Lua runs but the next task, which is made current first.
+                resumed = true;
                 ffi::lua_rawgeti(l, A_SHARED, NEXT_REG);
                 let reg = ffi::lua_tointeger(l, -1) + 1;
                 ffi::lua_pop(l, 1);
@@ -296,8 +301,23 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_xmove(co, l, 1); // the error value
             return 6;
         }
+        if resumed {
+            restore(l);
+        }
         ffi::lua_pushinteger(l, i);
         1
+    }
+}
+
+/// Makes the task that was current when `run_frames` was called (and its defer depth) current
+/// again.
+unsafe fn restore(l: *mut ffi::lua_State) {
+    // SAFETY: as `run_frames`, whose saved slots these are.
+    unsafe {
+        ffi::lua_pushvalue(l, S_CURRENT);
+        ffi::lua_rawseti(l, A_SHARED, CURRENT);
+        ffi::lua_pushvalue(l, S_DEPTH);
+        ffi::lua_rawseti(l, A_SHARED, DEPTH);
     }
 }
 

@@ -187,6 +187,13 @@ mod lazy {
             if l as *mut c_void == self.main.load(Ordering::Relaxed) {
                 self.resumes.fetch_add(1, Ordering::AcqRel);
             }
+            // A thread armed for an earlier resume, or made by one that was (a new thread copies
+            // its maker's hook), runs hook-free again until it runs long itself.
+            // SAFETY: `co` is alive (the caller resumes it); reading its hook mask is a field read.
+            if unsafe { ffi::lua_gethookmask(co) } != 0 && !self.spent.load(Ordering::Acquire) && self.stale()
+            {
+                self.disarm(co as *const c_void);
+            }
             let previous = self.publish(co as *mut c_void);
             // SAFETY: the caller's.
             let status = unsafe { ffi::lua_resume(co, l, narg, nres) };
@@ -262,6 +269,37 @@ mod lazy {
             });
             if let Err(e) = spawned {
                 bevy::log::error!("no instruction budget: the watchdog thread did not start ({e})");
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        unsafe extern "C-unwind" fn no_op(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {}
+
+        #[test]
+        fn a_thread_armed_for_an_earlier_resume_runs_hook_free_when_resumed_again() {
+            let lua = mlua::Lua::new();
+            let co =
+                lua.create_thread(lua.load("coroutine.yield() return 1").into_function().unwrap()).unwrap();
+            let main = lua.current_thread().to_pointer() as *mut ffi::lua_State;
+            let state = co.to_pointer() as *mut ffi::lua_State;
+            let watch = Watch::new(main as *const c_void, no_op, 1000);
+            // The watchdog armed it during the step's first resume (a thread made by an armed
+            // thread carries the same hook).
+            watch.resumes.store(1, Ordering::Release);
+            watch.arm(state as *const c_void, 1000);
+            // SAFETY: `co` is alive and suspended; `main` is the VM's main thread.
+            unsafe {
+                assert_ne!(ffi::lua_gethookmask(state), 0);
+                let mut nres = 0;
+                // The step's next resume (from the main thread) finds the hook stale and removes it.
+                let status = watch.resume(main, state, 0, &mut nres);
+                assert_eq!(status, ffi::LUA_YIELD);
+                ffi::lua_pop(state, nres);
+                assert_eq!(ffi::lua_gethookmask(state), 0, "the stale hook is gone");
             }
         }
     }

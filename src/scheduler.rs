@@ -715,6 +715,13 @@ impl Refs {
         use crate::fastpath::{CURRENT, SERIAL};
         (self.shared.raw_get(CURRENT).unwrap_or(0), self.shared.raw_get(SERIAL).unwrap_or(0))
     }
+
+    /// Records that no task is being resumed (after a step that raised out of a resume).
+    pub fn clear_current(&self) -> mlua::Result<()> {
+        use crate::fastpath::{CURRENT, DEPTH};
+        self.shared.raw_set(CURRENT, 0)?;
+        self.shared.raw_set(DEPTH, 0)
+    }
 }
 
 /// The instance Lua code runs for right now.

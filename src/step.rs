@@ -72,6 +72,10 @@ fn resume_all(runtime: &LuaRuntime, game: Duration, delta: Duration, real: Durat
         error!("bevy_lua_coroutines: the step raised {e}; going on");
         result = run.call::<()>(());
     }
+    if result.is_err() {
+        // The step gave up inside a resume: no task runs now, whatever the shared table says.
+        let _ = refs(lua).clear_current();
+    }
     result
 }
 

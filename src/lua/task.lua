@@ -520,6 +520,8 @@ function step.set_inspector(t) inspector = t end
 --- or the step's bound stops it. If it raises (memory exhausted while queueing, say), calling it
 --- again goes on where it stopped.
 function step.run()
+  -- Rust calls the step with no task running; a step that raised may have left one named.
+  T[CURRENT], T[DEPTH] = 0, 0
   if S.frame ~= last_frame then
     -- A new frame: take the waits due now (after those a time budget left over), and the work
     -- the last step carried.
@@ -527,6 +529,15 @@ function step.run()
     step_no = step_no + 1
     local n = now_n
     local b = later[S.frame]
+    if n == 0 and b == nil then
+      -- The common frame: this frame's waits are exactly the ones queued last frame, so the two
+      -- sets of arrays trade places instead of copying (entries past a count are never read).
+      now_keys, next_keys = next_keys, now_keys
+      now_regs, next_regs = next_regs, now_regs
+      now_since, next_since = next_since, now_since
+      n = T[NEXT_N]
+      T[NEXT_N] = 0
+    end
     if b ~= nil then
       later[S.frame] = nil
       for i = 1, b.n, 3 do
