@@ -273,37 +273,6 @@ mod lazy {
         }
     }
 
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        unsafe extern "C-unwind" fn no_op(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {}
-
-        #[test]
-        fn a_thread_armed_for_an_earlier_resume_runs_hook_free_when_resumed_again() {
-            let lua = mlua::Lua::new();
-            let co =
-                lua.create_thread(lua.load("coroutine.yield() return 1").into_function().unwrap()).unwrap();
-            let main = lua.current_thread().to_pointer() as *mut ffi::lua_State;
-            let state = co.to_pointer() as *mut ffi::lua_State;
-            let watch = Watch::new(main as *const c_void, no_op, 1000);
-            // The watchdog armed it during the step's first resume (a thread made by an armed
-            // thread carries the same hook).
-            watch.resumes.store(1, Ordering::Release);
-            watch.arm(state as *const c_void, 1000);
-            // SAFETY: `co` is alive and suspended; `main` is the VM's main thread.
-            unsafe {
-                assert_ne!(ffi::lua_gethookmask(state), 0);
-                let mut nres = 0;
-                // The step's next resume (from the main thread) finds the hook stale and removes it.
-                let status = watch.resume(main, state, 0, &mut nres);
-                assert_eq!(status, ffi::LUA_YIELD);
-                ffi::lua_pop(state, nres);
-                assert_eq!(ffi::lua_gethookmask(state), 0, "the stale hook is gone");
-            }
-        }
-    }
-
     /// Sets the hook of `l` (`None`: removes it), keeping the thread's hook when it has one.
     ///
     /// # Safety
@@ -403,6 +372,37 @@ mod lazy {
                 ffi::lua_pushboolean(l, 0);
                 ffi::lua_xmove(co, l, 1);
                 2
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        unsafe extern "C-unwind" fn no_op(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {}
+
+        #[test]
+        fn a_thread_armed_for_an_earlier_resume_runs_hook_free_when_resumed_again() {
+            let lua = mlua::Lua::new();
+            let co =
+                lua.create_thread(lua.load("coroutine.yield() return 1").into_function().unwrap()).unwrap();
+            let main = lua.current_thread().to_pointer() as *mut ffi::lua_State;
+            let state = co.to_pointer() as *mut ffi::lua_State;
+            let watch = Watch::new(main as *const c_void, no_op, 1000);
+            // The watchdog armed it during the step's first resume (a thread made by an armed
+            // thread carries the same hook).
+            watch.resumes.store(1, Ordering::Release);
+            watch.arm(state as *const c_void, 1000);
+            // SAFETY: `co` is alive and suspended; `main` is the VM's main thread.
+            unsafe {
+                assert_ne!(ffi::lua_gethookmask(state), 0);
+                let mut nres = 0;
+                // The step's next resume (from the main thread) finds the hook stale and removes it.
+                let status = watch.resume(main, state, 0, &mut nres);
+                assert_eq!(status, ffi::LUA_YIELD);
+                ffi::lua_pop(state, nres);
+                assert_eq!(ffi::lua_gethookmask(state), 0, "the stale hook is gone");
             }
         }
     }
