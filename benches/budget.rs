@@ -27,7 +27,7 @@ const COMPUTE: &str = r#"
         for i = 1, 20000 do
             local v = (i * 7 + s) % 1009
             t[(i % 64) + 1] = v
-            s = s + t[(v % 64) + 1] * 0.5 - i // 3
+            s = s + t[(v % 64) + 1] // 2 - i // 3
         end
         task.wait()
     end

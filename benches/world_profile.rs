@@ -15,7 +15,8 @@
 //! loop, `whole` `get("Transform")` and `set("Transform", { translation =
 //! { x = ... } })`, `wait` the scheduler bench's headline instead (`N` tasks that each
 //! `task.wait()` every frame, no entities) and `raw` its floor (mlua's `Thread::resume` over `N`
-//! threads kept in a Lua table, `FRAMES` rounds). For those two, the difference between the
+//! threads kept in a Lua table, `FRAMES` rounds), `spawn` the scheduler bench's spawn + despawn
+//! row (`FRAMES` cycles of spawning `N` scripted entities, a frame, despawning them, a frame). For those two, the difference between the
 //! instruction counts of two runs with different `FRAMES`, over `N` times the extra frames, is the
 //! cost of one resumed task. Inclusive counts of
 //! `world::get` and `world::set` divided by their call counts give the cost of one call; the
@@ -48,6 +49,26 @@ fn main() {
         }
         assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
         println!("{n} tasks, {frames} frames, variant wait");
+        return;
+    }
+    if variant == "spawn" {
+        // `FRAMES` cycles of: spawn `N` scripted entities (`task.wait(1)`), update, despawn them,
+        // update (the scheduler bench's spawn + despawn row).
+        let handle = add_script(&mut app, "bench/spawn.lua", "task.wait(1)");
+        for _ in 0..3 {
+            app.update();
+        }
+        for _ in 0..frames {
+            let spawned: Vec<Entity> =
+                (0..n).map(|_| app.world_mut().spawn(LuaScripts::new(handle.clone())).id()).collect();
+            app.update();
+            for e in spawned {
+                app.world_mut().despawn(e);
+            }
+            app.update();
+        }
+        assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
+        println!("{n} entities spawned and despawned, {frames} times, variant spawn");
         return;
     }
     for _ in 0..n {

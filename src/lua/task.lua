@@ -169,12 +169,13 @@ local MAX_FRAMES = 22
 
 local function frames_of(co)
   if not getinfo then return nil end
-  local frames, n = {}, 0
-  while n < MAX_FRAMES do
-    local info = getinfo(co, n, "Sl")
+  -- Only the function and its line per frame ("fl": no source names are built); `frames_text`
+  -- asks each function for its source in the rare case that the text is needed.
+  local frames = {}
+  for level = 0, MAX_FRAMES - 1 do
+    local info = getinfo(co, level, "fl")
     if info == nil then break end
-    n = n + 1
-    frames[n] = info
+    frames[2 * level + 1], frames[2 * level + 2] = info.func, info.currentline
   end
   return frames
 end
@@ -183,10 +184,9 @@ end
 local function frames_text(frames)
   if frames == nil then return "" end
   local lines = { "stack traceback:" }
-  for i = 1, #frames do
-    local f = frames[i]
-    local where = f.currentline > 0 and string_format("%s:%d:", f.short_src, f.currentline)
-      or f.short_src .. ":"
+  for i = 1, #frames, 2 do
+    local f, line = getinfo(frames[i], "S"), frames[i + 1]
+    local where = line > 0 and string_format("%s:%d:", f.short_src, line) or f.short_src .. ":"
     local what
     if f.what == "main" then
       what = "main chunk"
