@@ -452,6 +452,35 @@ fn len_cap_and_is_closed_report_the_buffer() {
     );
 }
 
+#[test]
+fn a_buffer_used_in_place_keeps_order_and_hands_a_full_buffer_to_a_waiting_sender() {
+    // `send` and `receive` take a short path while nobody waits; once a sender waits on a full
+    // buffer, a receive refills the buffer from it, in order.
+    let out = output(
+        r#"
+        local c = Channel.new(4)
+        local got, want = {}, 0
+        for round = 1, 300 do
+          for i = 1, round % 4 + 1 do want = want + 1; c:send(want) end
+          while c:len() > round % 2 do got[#got + 1] = c:receive() end
+        end
+        while c:len() > 0 do got[#got + 1] = c:receive() end
+        local inorder = #got == want
+        for i = 1, #got do if got[i] ~= i then inorder = false end end
+        print(want, inorder, c:len())
+        for i = 1, 4 do c:send(i) end
+        task.spawn(function() c:send(5) print("sender done") end)
+        print("buffer full", c:len())
+        local all = {}
+        for i = 1, 5 do all[i] = c:receive() end
+        print(table.concat(all, " "), c:len())
+        "#,
+        3,
+    );
+    // The woken sender runs after the receiving task yields.
+    assert_eq!(out, ["750\ttrue\t0", "buffer full\t4", "1 2 3 4 5\t0", "sender done"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Select
 
