@@ -288,7 +288,7 @@ fn nested_structs_cross_both_ways_unchanged_and_in_order() {
         "#,
     );
     run(&mut app, 3);
-    let int = if cfg!(feature = "lua54") { "integer" } else { "number" };
+    let int = if LUAJIT || LUAU { "number" } else { "integer" };
     assert_eq!(
         printed(&app),
         [
