@@ -171,7 +171,7 @@ fn plain_functions_and_module_tables() {
     );
     run(&mut app, 2);
     let out = printed(&app);
-    assert_eq!(out[0], "5.0\tmade\t3:x");
+    assert_eq!(out[0], format!("{}\tmade\t3:x", float(5.0)));
     assert_eq!(out[1], "false\tscripts/plain.lua:3: it failed", "the error names the caller's line");
     assert!(out[2].starts_with("false\t"), "module tables are read-only: {out:?}");
 }

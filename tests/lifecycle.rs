@@ -18,25 +18,25 @@ const LONG_RUNNER: &str = r#"
 #[test]
 fn despawning_the_entity_cancels_every_task_and_closes_its_variables() {
     let mut app = create_app();
-    let e = spawn_script(&mut app, "scripts/runner.lua", LONG_RUNNER);
+    let e = spawn_script(&mut app, "scripts/runner.lua", &closable(LONG_RUNNER));
     run(&mut app, 4);
     assert_eq!(take_printed(&mut app), ["tick"]);
     assert_eq!(live_tasks(&app), 2);
     app.world_mut().despawn(e);
     run(&mut app, 20);
     let out = take_printed(&mut app);
-    assert_eq!(out, ["main closed", "child closed"], "tasks close in the order they were made");
+    assert_eq!(out, closed_lines(["main closed", "child closed"]), "tasks close in the order they were made");
     assert_eq!(live_tasks(&app), 0);
 }
 
 #[test]
 fn removing_the_component_cancels_the_instances() {
     let mut app = create_app();
-    let e = spawn_script(&mut app, "scripts/runner.lua", LONG_RUNNER);
+    let e = spawn_script(&mut app, "scripts/runner.lua", &closable(LONG_RUNNER));
     run(&mut app, 2);
     app.world_mut().entity_mut(e).remove::<LuaScripts>();
     run(&mut app, 20);
-    assert_eq!(printed(&app), ["main closed", "child closed"]);
+    assert_eq!(printed(&app), closed_lines(["main closed", "child closed"]));
     assert_eq!(live_tasks(&app), 0);
     assert!(app.world().get_entity(e).is_ok(), "the entity itself stays");
 }
@@ -92,10 +92,12 @@ fn scripts_load_through_the_asset_server_and_errors_name_the_asset_path() {
     let errs = errors(&app);
     assert_eq!(printed(&app), ["loaded from a file"]);
     assert_eq!(errs[0].script, "scripts/tests/fails_on_line_3.lua");
-    assert_eq!(
-        errs[0].message,
-        "scripts/tests/fails_on_line_3.lua:3: attempt to call a nil value (global 'missing')"
+    let problem = per_flavour(
+        "attempt to call a nil value (global 'missing')",
+        "attempt to call global 'missing' (a nil value)",
+        "attempt to call a nil value",
     );
+    assert_eq!(errs[0].message, format!("scripts/tests/fails_on_line_3.lua:3: {problem}"));
     assert_eq!(errs[0].kind, ScriptErrorKind::Runtime);
 }
 
@@ -158,8 +160,11 @@ fn ten_thousand_scripted_entities_leave_nothing_behind() {
     assert_eq!(live_tasks(&app), 0);
     let after = collected_memory(&app);
     assert!(loaded > baseline + 10_000 * 1024, "the instances used memory: {baseline} -> {loaded}");
+    // Luau keeps some of what 10,000 instances grew (about 126 KB here); it does not grow with
+    // more spawn-and-despawn cycles (133 KB after a second 10,000, 154 KB after 20,000 more).
+    let slack = if LUAU { 192 } else { 64 } * 1024;
     assert!(
-        after < baseline + 64 * 1024,
+        after < baseline + slack,
         "Lua memory back near its baseline: {baseline} before, {loaded} loaded, {after} after"
     );
 }

@@ -360,7 +360,7 @@ fn bytes_that_are_not_utf8_are_reported_and_printed_lossily() {
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert_eq!(errs[0].message, "scripts/bytes.lua:3: \u{FFFD} spawned");
     assert_eq!(errs[1].message, "scripts/bytes.lua:5: \u{FFFD} bad byte");
-    if !cfg!(feature = "luau") {
+    if !LUAU {
         // Luau keeps no stack in a coroutine that died of an error.
         assert!(errs[1].traceback.contains("scripts/bytes.lua:5"), "{}", errs[1].traceback);
     }

@@ -224,7 +224,8 @@ fn plain_coroutines_keep_their_standard_behaviour() {
 #[test]
 fn cancel_stops_a_task_closes_its_variables_and_marks_it_dead() {
     let out = output(
-        r#"
+        &closable(
+            r#"
         local co = task.spawn(function()
           local guard <close> = setmetatable({}, { __close = function() print("closed", time.frame()) end })
           task.wait(0.05)
@@ -236,9 +237,14 @@ fn cancel_stops_a_task_closes_its_variables_and_marks_it_dead() {
         task.wait(0.2)
         print("done")
         "#,
+        ),
         20,
     );
-    assert_eq!(out, ["closed\t2", "after cancel\tdead", "done"]);
+    // LuaJIT has no `coroutine.close`: a cancelled thread never resumes, but still reads
+    // `suspended`.
+    let status = per_flavour("dead", "suspended", "dead");
+    let after = format!("after cancel\t{status}");
+    assert_eq!(out, closed_lines(["closed\t2", &after, "done"]));
 }
 
 #[test]
@@ -252,7 +258,8 @@ fn cancelling_the_running_thread_raises() {
         "#,
         90,
     );
-    assert_eq!(out, ["false\tcannot cancel the running thread", "dead"]);
+    // LuaJIT has no `coroutine.close`: the cancelled thread never runs, but still reads `suspended`.
+    assert_eq!(out, ["false\tcannot cancel the running thread", per_flavour("dead", "suspended", "dead")]);
 }
 
 #[test]
@@ -270,7 +277,11 @@ fn wait_realtime_ignores_pause() {
         "#,
     );
     run(&mut app, 10);
-    assert_eq!(printed(&app), ["real\t3\ttrue\t0.0"], "paused game time holds task.wait only");
+    assert_eq!(
+        printed(&app),
+        [format!("real\t3\ttrue\t{}", float(0.0))],
+        "paused game time holds task.wait only"
+    );
 }
 
 #[test]
@@ -346,7 +357,10 @@ fn an_error_in_a_spawned_task_is_reported_and_the_spawner_goes_on() {
     let errs = errors(&app);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].message, "scripts/spawner.lua:2: child failed");
-    assert!(errs[0].traceback.contains("scripts/spawner.lua:2"), "traceback: {}", errs[0].traceback);
+    if !LUAU {
+        // Luau keeps no stack in a coroutine that died of an error.
+        assert!(errs[0].traceback.contains("scripts/spawner.lua:2"), "traceback: {}", errs[0].traceback);
+    }
 }
 
 #[test]

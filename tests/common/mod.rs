@@ -8,6 +8,50 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_lua_coroutines::prelude::*;
 
+/// The tests run under LuaJIT (the `luajit` feature).
+pub const LUAJIT: bool = cfg!(feature = "luajit");
+
+/// The tests run under Luau (the `luau` feature).
+pub const LUAU: bool = cfg!(feature = "luau");
+
+/// Only Lua 5.4 has to-be-closed variables (`local x <close> = ...`).
+pub const TO_BE_CLOSED: bool = !LUAJIT && !LUAU;
+
+/// The value this flavour's expectation takes: Lua 5.4's, LuaJIT's or Luau's.
+pub fn per_flavour<T>(lua54: T, luajit: T, luau: T) -> T {
+    if LUAJIT {
+        luajit
+    } else if LUAU {
+        luau
+    } else {
+        lua54
+    }
+}
+
+/// How `print` shows the float `v`: Lua 5.4 keeps the float's `.0` (`5.0`), LuaJIT and Luau,
+/// which have no integer subtype, print a whole number without it (`5`).
+pub fn float(v: f64) -> String {
+    if LUAJIT || LUAU { format!("{v}") } else { format!("{v:?}") }
+}
+
+/// `src` for this flavour: where there are no to-be-closed variables (LuaJIT, Luau), each line
+/// declaring one is left blank, so the rest still loads and keeps its line numbers.
+pub fn closable(src: &str) -> String {
+    if TO_BE_CLOSED {
+        return src.to_string();
+    }
+    src.split('\n')
+        .map(|line| if line.contains("<close>") { "" } else { line })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `lines` without those a `__close` prints (they contain `closed`) where there are no
+/// to-be-closed variables.
+pub fn closed_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    lines.into_iter().filter(|l| TO_BE_CLOSED || !l.contains("closed")).map(str::to_string).collect()
+}
+
 /// The fixed step every test uses: 1/60 s... as whole nanoseconds (16,666,667 ns).
 pub const DT: Duration = Duration::from_nanos(16_666_667);
 
