@@ -481,6 +481,7 @@ impl Budget {
     }
 
     /// Selects the default mode: hooks are armed by `watch`, the rest of the time threads have none.
+    #[cfg_attr(any(feature = "luajit", feature = "luau"), allow(dead_code))]
     pub fn set_watch(&self, watch: Arc<crate::hook::Watch>) {
         let _ = self.watch.set(watch);
     }
