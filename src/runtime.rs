@@ -640,6 +640,7 @@ const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
 
 /// How long one resume of the step runs hook-free, in the default mode, before the watchdog arms
 /// the count hook on it (it then has its whole instruction budget still to run).
+#[cfg(not(any(feature = "luajit", feature = "luau")))]
 pub(crate) const WATCH_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A thread mlua makes for script code: in the default mode it carries no hook until the
