@@ -188,9 +188,18 @@ mod lazy {
                 self.resumes.fetch_add(1, Ordering::AcqRel);
             }
             // A thread armed for an earlier resume, or made by one that was (a new thread copies
-            // its maker's hook), runs hook-free again until it runs long itself.
-            // SAFETY: `co` is alive (the caller resumes it); reading its hook mask is a field read.
-            if unsafe { ffi::lua_gethookmask(co) } != 0 && !self.spent.load(Ordering::Acquire) && self.stale()
+            // its maker's hook), runs hook-free again until it runs long itself. Only the budget's
+            // own hook is removed (a script with the `debug` library may set one of its own), and
+            // never on the running thread (resuming itself fails anyway), which the watchdog may be
+            // arming at this moment.
+            // SAFETY: `co` is alive (the caller resumes it) and, not being `l`, not running: the
+            // watchdog touches only the published running thread, so these reads race with nothing.
+            if co != l
+                && unsafe { ffi::lua_gethookmask(co) } != 0
+                && !self.spent.load(Ordering::Acquire)
+                && self.stale()
+                && unsafe { ffi::lua_gethook(co) }.map(|h| h as usize)
+                    == Some(self.hook.load(Ordering::Relaxed))
             {
                 self.disarm(co as *const c_void);
             }
@@ -381,6 +390,9 @@ mod lazy {
         use super::*;
 
         unsafe extern "C-unwind" fn no_op(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {}
+        unsafe extern "C-unwind" fn other(_: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+            std::hint::black_box(1); // not the same code as `no_op`, so never the same function
+        }
 
         #[test]
         fn a_thread_armed_for_an_earlier_resume_runs_hook_free_when_resumed_again() {
@@ -403,6 +415,13 @@ mod lazy {
                 assert_eq!(status, ffi::LUA_YIELD);
                 ffi::lua_pop(state, nres);
                 assert_eq!(ffi::lua_gethookmask(state), 0, "the stale hook is gone");
+                // A hook that is not the budget's (a script's `debug.sethook`) stays.
+                ffi::lua_sethook(state, Some(other), ffi::LUA_MASKLINE, 0);
+                watch.resumes.store(5, Ordering::Release);
+                let status = watch.resume(main, state, 0, &mut nres);
+                assert_eq!(status, ffi::LUA_OK);
+                ffi::lua_pop(state, nres);
+                assert_ne!(ffi::lua_gethookmask(state), 0, "a script's own hook is kept");
             }
         }
     }
