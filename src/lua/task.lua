@@ -141,10 +141,28 @@ end
 --- step's own code runs at full speed) it runs `f` on a thread of its own that carries the budget
 --- hook: script code the step calls (a `__tostring`, a `__close`) stays under a budget.
 local rust_thread = core.thread
+-- That thread is kept for the next call while each job returns normally (one that raises or
+-- yields leaves it behind): a despawn runs this once per task it cancels.
+local RUN_DONE = {}
+local idle_runner = nil
+local function runner(f, ...)
+  return runner(co_yield(RUN_DONE, f(...)))
+end
+local function finish_protected(co, ok, first, ...)
+  if ok and first == RUN_DONE then
+    idle_runner = co
+    return true, ...
+  end
+  return ok, first, ...
+end
 local function protected(f, ...)
   if rust_thread ~= nil then
     local _, main = co_running()
-    if main == true then return co_resume(rust_thread(f), ...) end
+    if main == true then
+      local co = idle_runner or rust_thread(runner)
+      idle_runner = nil
+      return finish_protected(co, co_resume(co, f, ...))
+    end
   end
   return pcall(f, ...)
 end
