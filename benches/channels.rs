@@ -44,7 +44,7 @@ use bevy_lua_coroutines::prelude::*;
 use common::{
     DEFAULT_BUDGET, Part, Plan, RawCoroutines, criterion_group_config, fmt_time, interleave, median,
     median_by, median_by3, new_app_with, plugin, recorded_median, resumed, runtime, script_errors,
-    spawn_script, spread, unbudgeted, update, update_counting, verdict,
+    spawn_script, spread, unbudgeted, update, update_counting, verdict, wait_every_frame_source,
 };
 use criterion::{Criterion, Throughput};
 use crossbeam_channel::{Receiver, Sender};
@@ -106,8 +106,7 @@ fn empty_app() -> App {
 fn plain_wait_app(n: usize) -> App {
     let mut app = new_app_with(plugin());
     update(&mut app, 3);
-    let source = format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end");
-    spawn_script(&mut app, "bench/plain_wait.lua", &source);
+    spawn_script(&mut app, "bench/plain_wait.lua", &wait_every_frame_source(n));
     update(&mut app, 6);
     assert_eq!(runtime(&app).live_tasks(), n, "every task should be alive and waiting");
     assert_eq!(script_errors(&app), 0, "the script should not fail");

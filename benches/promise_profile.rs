@@ -26,7 +26,10 @@ mod common;
 use std::time::Instant;
 
 use bevy::prelude::*;
-use common::{RawCoroutines, median, plugin, resumed, runtime, script_errors, spawn_script, update};
+use common::{
+    RawCoroutines, median, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script, update,
+    wait_every_frame_source,
+};
 
 /// One round of a variant: what it runs per measured call, and how many operations that is.
 struct Variant {
@@ -43,39 +46,12 @@ fn var(name: &str, default: usize) -> usize {
 
 fn source(name: &str, n: usize) -> String {
     match name {
-        "wait" => format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end"),
+        "wait" => wait_every_frame_source(n),
         "await" => format!(
             "local p = Promise.resolve(1)
              for i = 1, {n} do task.spawn(function() while true do await(p) task.wait() end end) end"
         ),
-        "round_trip" => format!(
-            "local N = {n}
-             local promises, resolvers = {{}}, {{}}
-             local function make(g)
-               local ps, rs = {{}}, {{}}
-               for i = 1, N do ps[i] = Promise.new(function(resolve) rs[i] = resolve end) end
-               promises[g], resolvers[g] = ps, rs
-             end
-             make(1)
-             for i = 1, N do
-               task.spawn(function()
-                 local g = 1
-                 while true do await(promises[g][i]) g = g + 1 end
-               end)
-             end
-             task.spawn(function()
-               local g = 1
-               while true do
-                 task.wait()
-                 make(g + 1)
-                 task.wait()
-                 local rs = resolvers[g]
-                 promises[g], resolvers[g] = nil, nil
-                 for i = 1, N do rs[i](g) end
-                 g = g + 1
-               end
-             end)"
-        ),
+        "round_trip" => round_trip_source(n),
         "new_then" => format!(
             "local sum = 0
              local function add(v) sum = sum + v end

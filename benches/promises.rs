@@ -25,8 +25,8 @@ use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
 use common::{
     Part, Plan, RawCoroutines, criterion_group_config, empty_app, fmt_time, interleave, median, median_by,
-    median_by3, new_app_with, plugin, resumed, runtime, script_errors, spawn_script, spread, unbudgeted,
-    update, update_counting, verdict,
+    median_by3, new_app_with, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script,
+    spread, unbudgeted, update, update_counting, verdict, wait_every_frame_source,
 };
 use criterion::{Criterion, Throughput};
 
@@ -66,11 +66,6 @@ fn looping_app_with(plugin: LuaCoroutinesPlugin, path: &str, source: &str, tasks
     assert_eq!(script_errors(&app), 0, "the script should not fail");
     assert_eq!(update_counting(&mut app), tasks as u64, "one resume per task per frame");
     app
-}
-
-/// `n` tasks that each `task.wait()` every frame (the ordinary resume path, for reference).
-fn plain_wait_source(n: usize) -> String {
-    format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,7 +155,7 @@ fn await_loop_source(n: usize, awaits: usize) -> String {
 
 fn bench_await_resolved(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
     let (await_path, await_src) = ("bench/await_resolved.lua", await_loop_source(N, 1));
-    let (plain_path, plain_src) = ("bench/plain_wait.lua", plain_wait_source(N));
+    let (plain_path, plain_src) = ("bench/plain_wait.lua", wait_every_frame_source(N));
     let mut awaiting = looping_app(await_path, &await_src, N);
     let mut plain = looping_app(plain_path, &plain_src, N);
     let mut multi =
@@ -216,48 +211,6 @@ fn bench_await_resolved(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // 2. A Lua-only resolve -> resume round trip
 // ---------------------------------------------------------------------------------------------
 
-/// `n` consumer tasks, each awaiting its own promise of the current generation and, once woken,
-/// at once awaiting its promise of the next one; a producer task that alternates two frames:
-/// a *setup* frame in which it makes the next generation (`n` `Promise.new`s, their resolvers kept),
-/// and a *round-trip* frame in which it resolves the current generation. So the round-trip frame
-/// holds the producer's one resume and `n` round trips (resolve, wake, the consumer's resume, and
-/// its park on the next promise), and nothing else per task.
-fn round_trip_source(n: usize) -> String {
-    format!(
-        "local N = {n}
-         local promises, resolvers = {{}}, {{}}
-         local function make(g)
-           local ps, rs = {{}}, {{}}
-           for i = 1, N do
-             ps[i] = Promise.new(function(resolve) rs[i] = resolve end)
-           end
-           promises[g], resolvers[g] = ps, rs
-         end
-         make(1)
-         for i = 1, N do
-           task.spawn(function()
-             local g = 1
-             while true do
-               await(promises[g][i])
-               g = g + 1
-             end
-           end)
-         end
-         task.spawn(function()
-           local g = 1
-           while true do
-             task.wait()          -- setup frame: the next generation
-             make(g + 1)
-             task.wait()          -- round-trip frame: settle this one
-             local rs = resolvers[g]
-             promises[g], resolvers[g] = nil, nil
-             for i = 1, N do rs[i](g) end
-             g = g + 1
-           end
-         end)"
-    )
-}
-
 /// One setup frame (untimed), then the round-trip frame, timed; also returns the setup frame's
 /// time.
 fn round_trip_cycle(app: &mut App) -> (Duration, Duration) {
@@ -299,7 +252,7 @@ fn bench_lua_round_trip(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
     let mut app = round_trip_app(plugin());
     let mut app_nb = round_trip_app(unbudgeted());
     let mut empty = empty_app();
-    let mut plain = looping_app("bench/plain_wait.lua", &plain_wait_source(N), N);
+    let mut plain = looping_app("bench/plain_wait.lua", &wait_every_frame_source(N), N);
     let raw = RawCoroutines::new(N);
 
     let mut group = c.benchmark_group(format!("lua_round_trip/{N}"));
@@ -450,7 +403,7 @@ fn bench_rust_async_settle(c: &mut Criterion, plan: &Plan, summary: &mut Summary
     let mut settle = SettleApp::new(plugin());
     let mut settle_nb = SettleApp::new(unbudgeted());
     let mut empty = empty_app();
-    let mut plain = looping_app("bench/plain_wait.lua", &plain_wait_source(N), N);
+    let mut plain = looping_app("bench/plain_wait.lua", &wait_every_frame_source(N), N);
     let raw = RawCoroutines::new(N);
 
     let mut group = c.benchmark_group(format!("rust_async_settle/{N}"));

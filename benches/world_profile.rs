@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
-use common::{ONE_SCRIPT, add_script, new_app};
+use common::{ONE_SCRIPT, add_script, new_app, wait_every_frame_source};
 
 fn main() {
     let var =
@@ -40,9 +40,7 @@ fn main() {
     }
     let mut app = new_app();
     if variant == "wait" {
-        let source =
-            format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end");
-        let handle = add_script(&mut app, "bench/wait_every_frame.lua", &source);
+        let handle = add_script(&mut app, "bench/wait_every_frame.lua", &wait_every_frame_source(n));
         app.world_mut().spawn(LuaScripts::new(handle));
         for _ in 0..3 + frames {
             app.update();

@@ -39,6 +39,54 @@ pub const ONE_SCRIPT: &str = r#"
         end
 "#;
 
+/// `n` tasks that each `task.wait()` every frame: the ordinary resume path.
+pub fn wait_every_frame_source(n: usize) -> String {
+    format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end")
+}
+
+/// The Lua-only resolve -> resume round trip: `n` consumer tasks, each awaiting its own promise of
+/// the current generation and, once woken, at once awaiting its promise of the next one; a producer
+/// task that alternates two frames: a *setup* frame in which it makes the next generation (`n`
+/// `Promise.new`s, their resolvers kept), and a *round-trip* frame in which it resolves the current
+/// generation. So the round-trip frame holds the producer's one resume and `n` round trips
+/// (resolve, wake, the consumer's resume, and its park on the next promise), and nothing else per
+/// task.
+pub fn round_trip_source(n: usize) -> String {
+    format!(
+        "local N = {n}
+         local promises, resolvers = {{}}, {{}}
+         local function make(g)
+           local ps, rs = {{}}, {{}}
+           for i = 1, N do
+             ps[i] = Promise.new(function(resolve) rs[i] = resolve end)
+           end
+           promises[g], resolvers[g] = ps, rs
+         end
+         make(1)
+         for i = 1, N do
+           task.spawn(function()
+             local g = 1
+             while true do
+               await(promises[g][i])
+               g = g + 1
+             end
+           end)
+         end
+         task.spawn(function()
+           local g = 1
+           while true do
+             task.wait()          -- setup frame: the next generation
+             make(g + 1)
+             task.wait()          -- round-trip frame: settle this one
+             local rs = resolvers[g]
+             promises[g], resolvers[g] = nil, nil
+             for i = 1, N do rs[i](g) end
+             g = g + 1
+           end
+         end)"
+    )
+}
+
 /// The plugin's default instruction budget per resume; the raw "with hook" floor mirrors its hook.
 pub const DEFAULT_BUDGET: u64 = 10_000_000;
 
