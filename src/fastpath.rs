@@ -73,16 +73,8 @@ pub(crate) fn functions(
         t.raw_set("sleep", lua.create_c_function(sleep)?)?;
         t.raw_set("waitFrames", lua.create_c_function(wait_frames_fn)?)?;
     }
-    // `run_frames` resumes through the budget's watch, if it has one (its upvalue; null: none).
-    let watch = watch.map_or(std::ptr::null_mut(), |w| Arc::as_ptr(w) as *mut c_void);
-    // SAFETY: the closure only pushes onto the stack it is given; the `Watch` it points to is kept
-    // alive by the budget for as long as the VM lives.
-    let run: Function = unsafe {
-        lua.exec_raw((), |l| {
-            ffi::lua_pushlightuserdata(l, watch);
-            ffi::lua_pushcclosure(l, run_frames, 1);
-        })?
-    };
+    // `run_frames` resumes through the budget's watch, if it has one.
+    let run = crate::hook::watch_closure(lua, watch, run_frames)?;
     t.raw_set("run_frames", run)?;
     t.raw_set(
         "set_bad",
@@ -187,7 +179,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         let now = ffi::lua_tonumber(l, A_NOW);
         let limit = (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY));
         let req = REQ.load(Ordering::Relaxed);
-        let watch = (ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch).as_ref();
+        let watch = crate::hook::upvalue_watch(l);
         let wait_time = WAIT_TIME.load(Ordering::Relaxed) as ffi::lua_Number;
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
@@ -229,11 +221,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_rawseti(l, A_SHARED, CURRENT);
             ffi::lua_pushinteger(l, 0);
             ffi::lua_rawseti(l, A_SHARED, DEPTH);
-            ffi::lua_rawgeti(l, A_SHARED, SERIAL);
-            let serial = ffi::lua_tointeger(l, -1);
-            ffi::lua_pop(l, 1);
-            ffi::lua_pushinteger(l, serial + 1);
-            ffi::lua_rawseti(l, A_SHARED, SERIAL);
+            bump(l, SERIAL);
 
             ffi::lua_pushnumber(co, value);
             let mut nres: c_int = 0;
@@ -255,11 +243,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 // The task that was current comes back when the loop stops (`restore`): until
                 // then no Lua runs but the next task, which is made current first.
                 resumed = true;
-                ffi::lua_rawgeti(l, A_SHARED, NEXT_REG);
-                let reg = ffi::lua_tointeger(l, -1) + 1;
-                ffi::lua_pop(l, 1);
-                ffi::lua_pushinteger(l, reg);
-                ffi::lua_rawseti(l, A_SHARED, NEXT_REG);
+                let reg = bump(l, NEXT_REG);
                 ffi::lua_pushinteger(l, reg);
                 ffi::lua_rawseti(l, A_REGS, key);
                 ffi::lua_rawgeti(l, A_SHARED, NEXT_N);
@@ -306,6 +290,19 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         }
         ffi::lua_pushinteger(l, i);
         1
+    }
+}
+
+/// Adds 1 to the shared table's counter at `slot` and returns the new value.
+unsafe fn bump(l: *mut ffi::lua_State, slot: ffi::lua_Integer) -> ffi::lua_Integer {
+    // SAFETY: as `run_frames`, whose stack this uses (one free slot).
+    unsafe {
+        ffi::lua_rawgeti(l, A_SHARED, slot);
+        let v = ffi::lua_tointeger(l, -1) + 1;
+        ffi::lua_pop(l, 1);
+        ffi::lua_pushinteger(l, v);
+        ffi::lua_rawseti(l, A_SHARED, slot);
+        v
     }
 }
 

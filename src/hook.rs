@@ -61,6 +61,33 @@ pub(crate) fn yieldable(state: *const c_void) -> bool {
     }
 }
 
+/// C closure `f` with the budget's `watch` (null for none) as its upvalue 1, which
+/// [`upvalue_watch`] reads: how the C functions that resume threads reach the watch.
+pub(crate) fn watch_closure(
+    lua: &mlua::Lua,
+    watch: Option<&std::sync::Arc<Watch>>,
+    f: ffi::lua_CFunction,
+) -> mlua::Result<mlua::Function> {
+    let watch = watch.map_or(std::ptr::null_mut(), |w| std::sync::Arc::as_ptr(w) as *mut c_void);
+    // SAFETY: the closure only pushes onto the stack it is given; the `Watch` it points to is kept
+    // alive by the budget for as long as the VM lives.
+    unsafe {
+        lua.exec_raw::<mlua::Function>((), |l| {
+            ffi::lua_pushlightuserdata(l, watch);
+            ffi::lua_pushcclosure(l, f, 1);
+        })
+    }
+}
+
+/// The watch of the C closure running on `l` (made by [`watch_closure`]), if it has one.
+///
+/// # Safety
+/// Only called by a C function made by [`watch_closure`], while it runs.
+pub(crate) unsafe fn upvalue_watch<'a>(l: *mut ffi::lua_State) -> Option<&'a Watch> {
+    // SAFETY: upvalue 1 is a light userdata that is null or points to a live `Watch`.
+    unsafe { (ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch).as_ref() }
+}
+
 /// LuaJIT and Luau count exactly: the budget never has a watch (see `lazy` for Lua 5.4's).
 #[cfg(any(feature = "luajit", feature = "luau"))]
 #[derive(Default)]
@@ -305,25 +332,13 @@ mod lazy {
     /// it runs, then the one that was running before. A resume called from the main thread (the step's)
     /// starts a fresh slice. Same results and errors as `coroutine.resume`.
     pub(crate) fn resume_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
-        closure(lua, watch, resume)
+        super::watch_closure(lua, Some(watch), resume)
     }
 
     /// `coroutine.close` for a suspended or dead thread (the caller checks), publishing it to `watch`
     /// while its to-be-closed variables run. Same results as `coroutine.close`.
     pub(crate) fn close_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
-        closure(lua, watch, close)
-    }
-
-    fn closure(lua: &mlua::Lua, watch: &Arc<Watch>, f: ffi::lua_CFunction) -> mlua::Result<mlua::Function> {
-        let watch = Arc::as_ptr(watch) as *mut c_void;
-        // SAFETY: the closure only pushes onto the stack it is given; the `Watch` it points to is kept
-        // alive by the budget for as long as the VM lives.
-        unsafe {
-            lua.exec_raw::<mlua::Function>((), |l| {
-                ffi::lua_pushlightuserdata(l, watch);
-                ffi::lua_pushcclosure(l, f, 1);
-            })
-        }
+        super::watch_closure(lua, Some(watch), close)
     }
 
     unsafe extern "C-unwind" fn close(l: *mut ffi::lua_State) -> std::ffi::c_int {
@@ -334,7 +349,7 @@ mod lazy {
             if co.is_null() {
                 return ffi::luaL_argerror(l, 1, c"coroutine expected".as_ptr());
             }
-            let watch = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch);
+            let Some(watch) = super::upvalue_watch(l) else { return 0 };
             let previous = watch.publish(co as *mut c_void);
             let status = ffi::lua_closethread(co, l);
             watch.publish(previous);
@@ -357,7 +372,7 @@ mod lazy {
             if co.is_null() {
                 return ffi::luaL_argerror(l, 1, c"coroutine expected".as_ptr());
             }
-            let watch = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Watch);
+            let Some(watch) = super::upvalue_watch(l) else { return 0 };
             let narg = ffi::lua_gettop(l) - 1;
             if ffi::lua_checkstack(co, narg) == 0 {
                 ffi::lua_pushboolean(l, 0);
