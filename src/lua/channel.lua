@@ -507,13 +507,9 @@ end
 function methods.send(self, v)
   -- The common case first, inline: a Lua channel, open, no receiver waiting, room in the buffer.
   local st = state_of[self]
-  if st ~= nil and st.ext == nil and not st.closed and st.recvq.first == nil then
-    local n = st.count
-    if n < st.cap then
-      st.buf[st.head + n] = v
-      st.count = n + 1
-      return true
-    end
+  if st ~= nil and st.ext == nil and not st.closed and st.recvq.first == nil and st.count < st.cap then
+    buf_push(st, v)
+    return true
   end
   st = check_self(self, "send")
   if send_wait(st, v) == CLOSED then error("send on closed channel", 2) end
@@ -523,19 +519,10 @@ end
 --- `ch:receive() -> value, ok`: waits for a value; `nil, false` once closed and drained.
 function methods.receive(self)
   -- The common case first, inline: a Lua channel with a buffered value and no sender waiting to
-  -- refill the buffer (`buf_pop`, without its shrinking of a buffer that grew).
+  -- refill the buffer.
   local st = state_of[self]
-  if st ~= nil and st.ext == nil and st.sendq.first == nil then
-    local n = st.count
-    if n > 1 then
-      local h, buf = st.head, st.buf
-      local v = buf[h]
-      buf[h] = nil
-      st.count, st.head = n - 1, h + 1
-      return v, true
-    elseif n == 1 then
-      return buf_pop(st), true
-    end
+  if st ~= nil and st.ext == nil and st.sendq.first == nil and st.count > 0 then
+    return buf_pop(st), true
   end
   st = check_self(self, "receive")
   return receive_wait(st)
