@@ -13,7 +13,10 @@
 //! get("Transform.translation") + Vec3.new(1, 0, 0))`, `x` the same through
 //! `"Transform.translation.x"`, `query` the `vec` update in a `world.query("Transform", "Name")`
 //! loop, `whole` `get("Transform")` and `set("Transform", { translation =
-//! { x = ... } })`, `wait` the scheduler bench's headline instead (`N` tasks that each
+//! { x = ... } })`, `move` and `move_x` the world bench's headline rows (`N` entities, each running
+//! its own script that does the `vec` or `x` update to itself and waits a frame; like `wait`, the
+//! difference between two `FRAMES` counts over `N` times the extra frames is the cost of one
+//! entity-frame), `wait` the scheduler bench's headline instead (`N` tasks that each
 //! `task.wait()` every frame, no entities) and `raw` its floor (mlua's `Thread::resume` over `N`
 //! threads kept in a Lua table, `FRAMES` rounds), `spawn` the scheduler bench's spawn + despawn
 //! row (`FRAMES` cycles of spawning `N` scripted entities, a frame, despawning them, a frame). For those two, the difference between the
@@ -67,6 +70,32 @@ fn main() {
         }
         assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
         println!("{n} entities spawned and despawned, {frames} times, variant spawn");
+        return;
+    }
+    if variant == "move" || variant == "move_x" {
+        // The world bench's headline rows: every entity runs its own script that moves it and
+        // waits a frame.
+        let body = if variant == "move" {
+            r#"entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.new(1, 0, 0))"#
+        } else {
+            r#"entity:set("Transform.translation.x", entity:get("Transform.translation.x") + 1)"#
+        };
+        let source = format!("while true do\n{body}\ntask.wait()\nend");
+        let handle = add_script(&mut app, "bench/move.lua", &source);
+        for _ in 0..n {
+            app.world_mut().spawn((
+                Name::new("mover"),
+                Transform::default(),
+                LuaScripts::new(handle.clone()),
+            ));
+        }
+        for _ in 0..3 + frames {
+            app.update();
+        }
+        assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
+        let moved = app.world_mut().query::<&Transform>().iter(app.world()).all(|t| t.translation.x >= 1.0);
+        assert!(moved, "every entity moved");
+        println!("{n} scripted entities, {frames} frames, variant {variant}");
         return;
     }
     for _ in 0..n {

@@ -2,13 +2,13 @@
 //! value scripts see, and the queues the plugin's observers fill for the next sync.
 
 use bevy::prelude::*;
-use mlua::{Table, UserData, UserDataFields, UserDataMethods};
+use mlua::{UserData, UserDataFields, UserDataMethods};
 
 use crate::asset::LuaScript;
 
-/// The Lua table entity values index for their methods (app data, set by the world module when
-/// it installs them, read when the metatable of [`LuaEntity`] is made).
-pub(crate) struct EntityMethods(pub Table);
+/// The `__index` of entity values: their methods (`get`, `set`, ...) and `id` (app data, set by
+/// the world module when it installs them, read when the metatable of [`LuaEntity`] is made).
+pub(crate) struct EntityIndex(pub mlua::Function);
 
 /// Attaches Lua scripts to an entity. Each handle becomes one script instance with its own
 /// globals and `state`; its top-level chunk runs as its first task once the asset is loaded.
@@ -53,7 +53,30 @@ impl From<Handle<LuaScript>> for LuaScripts {
 /// An entity as the value scripts see ([`LuaEntity`] userdata). It crosses into Rust (function
 /// arguments, messages, typed channels) as its id, `Entity::to_bits`.
 pub(crate) fn entity_value(lua: &mlua::Lua, entity: Entity) -> mlua::Result<mlua::AnyUserData> {
-    lua.create_ser_userdata(LuaEntity(entity))
+    let value = lua.create_ser_userdata(LuaEntity(entity))?;
+    #[cfg(feature = "lua54")]
+    mark_entity(lua, &value, entity)?;
+    Ok(value)
+}
+
+/// Lua 5.4: sets the first user value of an entity value to its `Entity::to_bits` (as an
+/// integer), which the world's C functions read to know an entity value without calling into
+/// Rust through mlua. mlua leaves that slot empty unless `AnyUserData::set_user_value` puts its
+/// table of user values there (entity values are only made here), and scripts cannot reach it.
+#[cfg(feature = "lua54")]
+#[allow(unsafe_code)]
+fn mark_entity(lua: &mlua::Lua, value: &mlua::AnyUserData, entity: Entity) -> mlua::Result<()> {
+    use mlua::ffi;
+    let bits = entity.to_bits() as ffi::lua_Integer;
+    // SAFETY: the closure finds the value on top of the stack (the argument exec_raw pushed),
+    // writes its first user value (which a full userdata made by mlua has) and pops it.
+    unsafe {
+        lua.exec_raw::<()>(value, |l| {
+            ffi::lua_pushinteger(l, bits);
+            ffi::lua_setiuservalue(l, -2, 1);
+            ffi::lua_pop(l, 1);
+        })
+    }
 }
 
 impl serde::Serialize for LuaEntity {
@@ -69,10 +92,10 @@ pub struct LuaEntity(pub Entity);
 
 impl UserData for LuaEntity {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("id", |_, this| Ok(this.0.to_bits() as i64));
-        // Names that are not fields are looked up in the world methods (`entity:get(...)`).
+        // `id` and the world methods (`entity:get(...)`), in one function the world module
+        // makes, so a method lookup is not a walk through mlua's dispatcher of fields.
         fields.add_meta_field_with("__index", |lua| {
-            lua.app_data_ref::<EntityMethods>()
+            lua.app_data_ref::<EntityIndex>()
                 .map(|m| m.0.clone())
                 .ok_or_else(|| mlua::Error::runtime("the world methods are installed with the VM"))
         });

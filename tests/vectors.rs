@@ -185,6 +185,54 @@ fn arithmetic_on_a_wrong_operand_raises_not_panics() {
     );
 }
 
+#[test]
+fn arithmetic_keeps_lua_number_kinds_and_takes_any_operand_order() {
+    // Integers stay integers (`print` shows `2`, not `2.0`) and `/` makes floats, as the same
+    // arithmetic on plain numbers does.
+    let out = lua(r#"
+        local mtype = math.type or function() return "float" end -- LuaJIT and Luau: all floats
+        local v = Vec3.new(1, 2, 3) + Vec3.new(1, 1, 1)
+        print(mtype(v.x), v.x, (Vec3.new(1, 2, 3) * 2).y, (Vec3.new(1, 2, 3) / 2).x)
+        print(2 - Vec3.new(1, 2, 3), Vec3.new(1, 2, 3) - 2, 6 / Vec2.new(2, 3), Vec4.new(1, 2, 3, 4) * Vec4.ONE)
+        print(Vec3.new(1.5, nil, 2), mtype(Vec3.new(nil, 1).x), Vec3.new(0.5, 1, 2, 99))
+    "#);
+    let kind = if cfg!(feature = "lua54") { "integer" } else { "float" };
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out[0].starts_with(kind) && out[0].ends_with("4	0.5"), "{}", out[0]);
+    assert_eq!(out[1], "Vec3(1, 0, -1)	Vec3(-1, 0, 1)	Vec2(3, 2)	Vec4(1, 2, 3, 4)");
+    assert!(out[2].starts_with("Vec3(1.5, 0, 2)	") && out[2].ends_with("Vec3(0.5, 1, 2)"), "{}", out[2]);
+}
+
+#[test]
+fn a_vector_whose_field_is_not_a_number_fails_like_lua_arithmetic() {
+    let message = lua_error("local v = Vec3.new(1, 2, 3)\nv.y = {}\nlocal w = v + Vec3.X");
+    assert!(message.contains("arithmetic") && message.contains("table"), "{message}");
+    let message = lua_error("local v = Vec3.new(1, 2, 3) * Vec2.new(1, 2)");
+    assert!(
+        message.contains("scripts/test.lua:1")
+            && message.contains("bad argument #2 to '__mul' (Vec3 or number expected, got table)"),
+        "{message}"
+    );
+    let message = lua_error("local v = Vec2.new(1, 2) - Vec3.X");
+    assert!(
+        message.contains("scripts/test.lua:1")
+            && message.contains("bad argument #2 to '__sub' (Vec2 or number expected, got table)"),
+        "{message}"
+    );
+    let message = lua_error("local v = Vec3.new(1, 2, 3) / false");
+    assert!(
+        message.contains("scripts/test.lua:1")
+            && message.contains("bad argument #2 to '__div' (Vec3 or number expected, got boolean)"),
+        "{message}"
+    );
+    let message = lua_error("local v = Vec3.new(1, 2, 3)\nlocal w = Vec3.new(1, v)");
+    assert!(
+        message.contains("scripts/test.lua:2")
+            && message.contains("bad argument #2 to 'new' (number expected, got table)"),
+        "{message}"
+    );
+}
+
 /// Lua memory stays flat while a script does vector arithmetic every frame (the collector keeps
 /// up with the short-lived vectors).
 #[test]

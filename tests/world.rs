@@ -875,6 +875,46 @@ fn bad_paths_raise_naming_the_component_and_the_segment() {
 }
 
 #[test]
+fn cached_transform_paths_fail_the_same_as_on_first_use() {
+    // The second round finds the paths compiled, so it goes through the typed C functions first;
+    // each case here is one they must hand back to the general path.
+    let mut app = app();
+    let src = r#"
+        local other = world.spawn({ Name = "bare" })
+        local gone = world.spawn({ Transform = {} })
+        gone:despawn()
+        for round = 1, 2 do
+            print(select(2, pcall(entity.set, entity, "Transform.rotation", Vec3.X)))
+            print(select(2, pcall(entity.set, entity, "Transform.translation.x", "up")))
+            print(select(2, pcall(entity.set, entity, "Transform.translation", { x = 1, y = "two" })))
+            print(select(2, pcall(entity.get, "nope", "Transform.translation")))
+            print(select(2, pcall(entity.set, {}, "Transform.translation", Vec3.X)))
+            print(select(2, pcall(gone.get, gone, "Transform.translation.x")))
+            print(other:get("Transform.translation"), type(entity.id), entity.nope)
+        end
+    "#;
+    let e = spawn_with(&mut app, src, (Transform::from_xyz(1.0, 2.0, 3.0), Name::new("me")));
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 14, "{out:#?}");
+    assert_eq!(out[..7], out[7..], "both rounds read the same");
+    let want = [
+        "Transform.rotation: Quat expected, got Vec3",
+        "Transform.translation.x: number expected, got string",
+        "Transform.translation.y: number expected, got string",
+        "calling 'get' on bad self (entity expected, got string)",
+        "calling 'set' on bad self (entity expected, got table)",
+        "no longer exists",
+        "nil\tnumber\tnil",
+    ];
+    for (line, want) in out.iter().zip(want) {
+        assert!(line.contains(want), "{line:?} should contain {want:?}");
+    }
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!((t.translation, t.rotation), (Vec3::new(1.0, 2.0, 3.0), Quat::IDENTITY), "nothing half-set");
+}
+
+#[test]
 fn a_path_in_a_loop_is_compiled_once_and_reused() {
     let mut app = app();
     let src = r#"

@@ -76,53 +76,56 @@ setmetatable(statics, { __index = function(_, key)
 end })
 
 --- The operand that is not a vector of this class or a number, as `bad argument` (the caller of
---- the metamethod is the script line that used the operator).
-local function operand(a, b, op)
-  if getmetatable(a) ~= Class and type(a) ~= "number" then bad(1, op, "@NAME or number", a, 3) end
-  bad(2, op, "@NAME or number", b, 3)
+--- the metamethod is the script line that used the operator; `extra` more frames when the
+--- metamethod was called by another function, as the C operators of Lua 5.4 do).
+local function operand(a, b, op, extra)
+  local level = 3 + (extra or 0)
+  if getmetatable(a) ~= Class and type(a) ~= "number" then bad(1, op, "@NAME or number", a, level) end
+  bad(2, op, "@NAME or number", b, level)
 end
 
--- Operators. If one operand is a number, the other has this metamethod, so it is a vector of
+-- Operators (on Lua 5.4, `src/world/vector_ops.rs` puts C functions in front of these and `new`,
+-- which call them for every case they do not do themselves). If one operand is a number, the other has this metamethod, so it is a vector of
 -- this class (the shared metatable is hidden, so nothing else can hold it): only the
 -- vector-with-vector case checks both. Results are made inline, without a call to `new`.
-mt.__add = function(a, b)
+mt.__add = function(a, b, extra)
   local ta, tb = type(a), type(b)
   if tb == "number" then return setmetatable({ {{$ = a.$ + b}} }, mt) end
   if ta == "number" then return setmetatable({ {{$ = a + b.$}} }, mt) end
   if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
     return setmetatable({ {{$ = a.$ + b.$}} }, mt)
   end
-  operand(a, b, "__add")
+  operand(a, b, "__add", extra)
 end
 
-mt.__sub = function(a, b)
+mt.__sub = function(a, b, extra)
   local ta, tb = type(a), type(b)
   if tb == "number" then return setmetatable({ {{$ = a.$ - b}} }, mt) end
   if ta == "number" then return setmetatable({ {{$ = a - b.$}} }, mt) end
   if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
     return setmetatable({ {{$ = a.$ - b.$}} }, mt)
   end
-  operand(a, b, "__sub")
+  operand(a, b, "__sub", extra)
 end
 
-mt.__mul = function(a, b)
+mt.__mul = function(a, b, extra)
   local ta, tb = type(a), type(b)
   if tb == "number" then return setmetatable({ {{$ = a.$ * b}} }, mt) end
   if ta == "number" then return setmetatable({ {{$ = a * b.$}} }, mt) end
   if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
     return setmetatable({ {{$ = a.$ * b.$}} }, mt)
   end
-  operand(a, b, "__mul")
+  operand(a, b, "__mul", extra)
 end
 
-mt.__div = function(a, b)
+mt.__div = function(a, b, extra)
   local ta, tb = type(a), type(b)
   if tb == "number" then return setmetatable({ {{$ = a.$ / b}} }, mt) end
   if ta == "number" then return setmetatable({ {{$ = a / b.$}} }, mt) end
   if ta == "table" and tb == "table" and a[KEY] == Class and b[KEY] == Class then
     return setmetatable({ {{$ = a.$ / b.$}} }, mt)
   end
-  operand(a, b, "__div")
+  operand(a, b, "__div", extra)
 end
 
 mt.__unm = function(a) return new({{-a.$}}) end

@@ -13,6 +13,11 @@ local type, error, setmetatable, getmetatable, tostring =
 local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw.check_self
 local raw_get_transform, raw_set_transform, next = raw.get_transform, raw.set_transform, next
 local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
+-- Lua 5.4: C fast paths for the typed `Transform` paths (`src/world/fast.rs`; nil in the other
+-- flavours): `fast_get(self, path)` returns the value and `true`, `fast_set(self, path, v)`
+-- returns `true`, or either returns nothing and the general way below runs. `typed[path]` is the
+-- fast path's number, for compiled paths that have one.
+local fast_get, fast_set, typed = raw.fast_get, raw.fast_set, raw.typed
 local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
 local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
 local KEY = vectors.key -- `v[KEY]` is a vector's class (see lua/vector.lua)
@@ -31,11 +36,12 @@ local function path_id(path, fname, method, self)
   if type(path) ~= "string" then
     error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(path) .. ")", 3)
   end
-  local id, message = compile(path, fname)
-  if not id then error(message, 3) end
+  local id, code = compile(path, fname)
+  if not id then error(code, 3) end
   if id < max_cached then
     ids[path] = id
-    if message == true then whole[id] = true end
+    if code then typed[path] = code end
+    if code == 1 then whole[id] = true end
   end
   return id
 end
@@ -64,6 +70,10 @@ end
 -- `get` and `set` are the hot paths: one Lua function each, the common cases inline (every Lua
 -- call and C call costs several times more under the instruction budget's count hook).
 local function get(self, path)
+  if fast_get then
+    local fast, ok = fast_get(self, path)
+    if ok then return fast end
+  end
   local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 1 then return a end
@@ -118,6 +128,7 @@ local function set_transform(self, id, t)
 end
 
 local function set(self, path, v)
+  if fast_set and fast_set(self, path, v) then return end
   local id = ids[path] or path_id(path, "set", true, self)
   local message
   if type(v) == "table" and v[KEY] == Vec3 then

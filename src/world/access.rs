@@ -1,5 +1,7 @@
-//! The world as scripts reach it: a pointer to the step's `&mut World`, kept in the VM's app data
+//! The world as scripts reach it: a pointer to the step's `&mut World`, kept in the VM's slot
 //! only while the step runs, so Lua callbacks (`entity:get`, `world.spawn`, ...) can use the world.
+//! The slot is boxed in the VM's app data, so the C functions of `world::fast` can keep its
+//! address ([`slot_ptr`]) and reach the world without looking the app data up.
 //!
 //! This is the crate's one use of `unsafe` for world access. The invariant that makes it sound:
 //!
@@ -8,15 +10,17 @@
 //!   its guard clears the pointer before `scoped` returns (on unwind too), so no pointer outlives
 //!   the borrow it came from, and none survives into the next frame or across a yield that ends
 //!   the step.
-//! - [`with_world`] takes the pointer *out* of the slot while its closure runs and puts it back
-//!   after (on unwind too), so at most one `&mut World` made from it exists at any time: a world
-//!   function reached again while one runs (through a `__gc`, say) finds the slot empty and fails.
+//! - [`with_world`] and [`WorldSlot::with`] take the pointer *out* of the slot while their
+//!   closure runs and put it back after (on unwind too), so at most one `&mut World` made from it
+//!   exists at any time: a world function reached again while one runs (through a `__gc`, say)
+//!   finds the slot empty and fails.
 //! - Only the thread that entered [`scoped`] may take the pointer.
 //! - The `LuaRuntime` resource, which owns the VM, is taken out of the world (`resource_scope`)
 //!   for the step, so the world reached here never aliases the VM that is running.
 
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::thread::ThreadId;
 
@@ -26,72 +30,108 @@ use mlua::Lua;
 /// Where the step's world is while the step runs (empty otherwise).
 #[derive(Default)]
 pub(crate) struct WorldSlot {
-    world: Option<NonNull<World>>,
-    thread: Option<ThreadId>,
+    world: Cell<Option<NonNull<World>>>,
+    thread: Cell<Option<ThreadId>>,
     /// A world function holds the world (its pointer is out of the slot).
-    busy: bool,
+    busy: Cell<bool>,
 }
 
-// SAFETY: the pointer is only dereferenced on the thread recorded beside it (see `with_world`),
-// while the `&mut World` it came from is borrowed by `scoped` on that thread.
-unsafe impl Send for WorldSlot {}
+/// The VM's slot, in its app data: boxed, so its address stays put for the C functions that
+/// keep it (the box is made once, by [`install`], and lives as long as the VM).
+struct Boxed(Box<WorldSlot>);
+
+// SAFETY: the pointer is only dereferenced on the thread recorded beside it (see `with`), while
+// the `&mut World` it came from is borrowed by `scoped` on that thread; the VM that owns the slot
+// is used by one thread at a time.
+unsafe impl Send for Boxed {}
+
+/// Why the world could not be reached.
+pub(crate) enum Unreachable {
+    /// No step is running (or it runs on another thread).
+    NoStep,
+    /// Another world function holds the world.
+    Busy,
+}
+
+/// Makes the VM's slot (empty). Called once, when the world extension is installed.
+pub(crate) fn install(lua: &Lua) {
+    lua.set_app_data(Boxed(Box::default()));
+}
+
+/// The VM's slot, if [`install`] made one.
+fn slot(lua: &Lua) -> Option<&WorldSlot> {
+    let ptr = slot_ptr(lua);
+    // SAFETY: the box lives as long as the VM (nothing removes or replaces the app data).
+    unsafe { ptr.as_ref() }
+}
+
+/// The address of the VM's slot (null without one), for C functions to keep: it stays valid for
+/// as long as the VM lives.
+pub(crate) fn slot_ptr(lua: &Lua) -> *const WorldSlot {
+    lua.app_data_ref::<Boxed>().map_or(std::ptr::null(), |b| &*b.0 as *const WorldSlot)
+}
 
 /// Puts back what a slot held when dropped.
 struct Restore<'a> {
-    lua: &'a Lua,
-    previous: WorldSlot,
+    slot: &'a WorldSlot,
+    world: Option<NonNull<World>>,
+    thread: Option<ThreadId>,
+    busy: bool,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        if let Some(mut slot) = self.lua.app_data_mut::<WorldSlot>() {
-            *slot = std::mem::take(&mut self.previous);
-        }
+        self.slot.world.set(self.world);
+        self.slot.thread.set(self.thread);
+        self.slot.busy.set(self.busy);
     }
 }
 
 /// Runs `f` with the world reachable from Lua callbacks through [`with_world`].
 pub(crate) fn scoped<R>(lua: &Lua, world: &mut World, f: impl FnOnce() -> R) -> R {
-    let entered = WorldSlot {
-        world: Some(NonNull::from(world)),
-        thread: Some(std::thread::current().id()),
-        busy: false,
+    let Some(slot) = slot(lua) else { return f() };
+    let _restore = Restore {
+        slot,
+        world: slot.world.replace(Some(NonNull::from(world))),
+        thread: slot.thread.replace(Some(std::thread::current().id())),
+        busy: slot.busy.replace(false),
     };
-    let previous = match lua.app_data_mut::<WorldSlot>() {
-        Some(mut slot) => std::mem::replace(&mut *slot, entered),
-        None => {
-            lua.set_app_data(entered);
-            WorldSlot::default()
-        }
-    };
-    let _restore = Restore { lua, previous };
     f()
+}
+
+impl WorldSlot {
+    /// Runs `f` with the step's world, unless no step runs on this thread or another world
+    /// function holds the world.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut World) -> R) -> Result<R, Unreachable> {
+        if self.busy.get() {
+            return Err(Unreachable::Busy);
+        }
+        let here = std::thread::current().id();
+        let (Some(mut world), true) = (self.world.get(), self.thread.get() == Some(here)) else {
+            return Err(Unreachable::NoStep);
+        };
+        self.world.set(None);
+        self.busy.set(true);
+        let _restore = Restore { slot: self, world: Some(world), thread: Some(here), busy: false };
+        // SAFETY: `scoped` set this pointer from a `&mut World` it borrows until it restores the
+        // slot, and does not use the world meanwhile; the pointer was taken out of the slot
+        // above, so this is the only `&mut World` made from it until `_restore` puts it back.
+        let world = unsafe { world.as_mut() };
+        Ok(f(world))
+    }
 }
 
 /// Runs `f` with the step's world, or fails (with a message naming `what`) when no step runs,
 /// when called from another thread, or while another world function is running.
 pub(crate) fn with_world<R>(lua: &Lua, what: &str, f: impl FnOnce(&mut World) -> R) -> Result<R, String> {
-    let here = std::thread::current().id();
-    let taken = lua
-        .app_data_mut::<WorldSlot>()
-        .map(|mut slot| {
-            std::mem::replace(&mut *slot, WorldSlot { world: None, thread: Some(here), busy: true })
-        })
-        .unwrap_or_default();
-    let (Some(mut world), true) = (taken.world, taken.thread == Some(here)) else {
-        let busy = taken.busy;
-        let _restore = Restore { lua, previous: taken };
-        if busy {
-            // A finalizer or metamethod that runs while another world function holds the world.
-            return Err(format!("'{what}' cannot reach the world from inside another world function"));
+    match slot(lua).map_or(Err(Unreachable::NoStep), |slot| slot.with(f)) {
+        Ok(r) => Ok(r),
+        // A finalizer or metamethod that runs while another world function holds the world.
+        Err(Unreachable::Busy) => {
+            Err(format!("'{what}' cannot reach the world from inside another world function"))
         }
-        return Err(format!("'{what}' needs the world, which scripts reach only while the step runs them"));
-    };
-    let _restore =
-        Restore { lua, previous: WorldSlot { world: Some(world), thread: Some(here), busy: false } };
-    // SAFETY: `scoped` set this pointer from a `&mut World` it borrows until it clears the slot,
-    // and does not use the world meanwhile; the pointer was taken out of the slot above, so this
-    // is the only `&mut World` made from it until `_restore` puts it back.
-    let world = unsafe { world.as_mut() };
-    Ok(f(world))
+        Err(Unreachable::NoStep) => {
+            Err(format!("'{what}' needs the world, which scripts reach only while the step runs them"))
+        }
+    }
 }

@@ -9,9 +9,12 @@
 
 pub(crate) mod access;
 mod convert;
+mod fast;
 mod path;
 mod typed;
 mod vector;
+#[cfg(feature = "lua54")]
+mod vector_ops;
 
 use bevy::ecs::reflect::{ReflectComponent, ReflectResource};
 use bevy::prelude::*;
@@ -20,7 +23,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::asset::LuaScript;
 use crate::bridge::script_function;
-use crate::components::{EntityMethods, LuaEntity, LuaScripts, SyncQueue};
+use crate::components::{EntityIndex, LuaEntity, LuaScripts, SyncQueue};
 use crate::error::{lua_type, wrong_type};
 use crate::runtime::Base;
 use access::with_world;
@@ -36,8 +39,20 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     // Made now: world functions borrow these while they run, and app data cannot be added then.
     lua.set_app_data(convert::Shapes::default());
     lua.set_app_data(Paths::default());
+    access::install(lua);
     let (classes, vector_modules) = vector::install(lua, bad)?;
     let raw = lua.create_table()?;
+    // The typed paths `lua/world.lua` has compiled, and (Lua 5.4) the C functions that read and
+    // write them (see `fast`).
+    let typed = lua.create_table()?;
+    #[cfg(feature = "lua54")]
+    {
+        let mt = |class: &str| vector_modules.raw_get::<Table>(class)?.raw_get::<Table>("mt");
+        let (fast_get, fast_set) = fast::functions(lua, &typed, &mt("Vec3")?, &mt("Quat")?)?;
+        raw.raw_set("fast_get", fast_get)?;
+        raw.raw_set("fast_set", fast_set)?;
+    }
+    raw.raw_set("typed", typed)?;
     raw.raw_set("compile", lua.create_function(compile_path)?)?;
     raw.raw_set(
         "get",
@@ -81,7 +96,8 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     methods.raw_set("children", paths.raw_get::<Function>("children")?)?;
     methods.raw_set("has", script_function(lua, has)?)?;
     methods.raw_set("despawn", script_function(lua, despawn)?)?;
-    lua.set_app_data(EntityMethods(methods));
+    let id = lua.create_function(|_, this: mlua::UserDataRef<LuaEntity>| Ok(this.0.to_bits() as i64))?;
+    lua.set_app_data(EntityIndex(fast::entity_index(lua, &methods, &id)?));
     let functions = vec![
         ("world.getResource", paths.raw_get::<Function>("get_resource")?),
         ("world.setResource", paths.raw_get::<Function>("set_resource")?),
@@ -210,9 +226,10 @@ fn get_transform(lua: &Lua, this: Value) -> mlua::Result<RawTransformNumbers> {
     Ok((a, b, c, d, e, f, g, h, i, j))
 }
 
-/// `compile(path, function) -> id, whole | false, message`: the number `lua/world.lua` caches
-/// `path` under (compiled on first use) and whether it is a whole `Transform` (which `set` passes
-/// as numbers, see [`set_transform`]), or the error to raise.
+/// `compile(path, function) -> id, typed | false, message`: the number `lua/world.lua` caches
+/// `path` under (compiled on first use) and the [`Typed::code`] of its typed fast path, if it has
+/// one (a whole `Transform` is `1`, which `set` passes as numbers, see [`set_transform`]), or the
+/// error to raise.
 fn compile_path(
     lua: &Lua,
     (text, function): (mlua::LuaString, mlua::LuaString),
@@ -225,15 +242,23 @@ fn compile_path(
         Err(_) => Err(crate::error::bad_argument(1, &function, "the path is not valid UTF-8")),
     };
     Ok(match result {
-        Ok((id, whole)) => (Value::Integer(id as mlua::Integer), Value::Boolean(whole)),
+        Ok((id, typed)) => (
+            Value::Integer(id as mlua::Integer),
+            typed.map_or(Value::Boolean(false), |t| Value::Integer(t.code() as mlua::Integer)),
+        ),
         Err(message) => (Value::Boolean(false), Value::String(lua.create_string(message)?)),
     })
 }
 
-fn compile_in(lua: &Lua, world: &mut World, text: &str, function: &str) -> Result<(usize, bool), String> {
+fn compile_in(
+    lua: &Lua,
+    world: &mut World,
+    text: &str,
+    function: &str,
+) -> Result<(usize, Option<Typed>), String> {
     let mut paths = lua.app_data_mut::<Paths>().expect("the world is installed with the VM");
     if let Some(&id) = paths.by_text.get(text) {
-        return Ok((id, paths.list[id].typed == Some(Typed::Transform)));
+        return Ok((id, paths.list[id].typed));
     }
     let registry = world.resource::<AppTypeRegistry>().clone();
     let registry = registry.read();
@@ -265,8 +290,8 @@ fn compile_in(lua: &Lua, world: &mut World, text: &str, function: &str) -> Resul
         compiled.component_id = Some(id);
     }
     compiled.component = component;
-    let whole = compiled.typed == Some(Typed::Transform);
-    Ok((paths.insert(compiled), whole))
+    let typed = compiled.typed;
+    Ok((paths.insert(compiled), typed))
 }
 
 /// The compiled path `id` (an id `lua/world.lua` got from [`compile_path`]).

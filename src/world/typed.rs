@@ -111,6 +111,30 @@ impl Typed {
         Some(Typed::Number(part, i))
     }
 
+    /// The number `lua/world.lua` keeps for this path, read back by [`Typed::from_code`].
+    pub(crate) fn code(self) -> i64 {
+        let part = |p: Part| [Part::Translation, Part::Rotation, Part::Scale].iter().position(|q| *q == p);
+        match self {
+            Typed::Transform => 1,
+            Typed::Vector(p) => 2 + part(p).unwrap_or(0) as i64,
+            Typed::Number(p, i) => 8 + 4 * part(p).unwrap_or(0) as i64 + i as i64,
+        }
+    }
+
+    /// The path whose [`Typed::code`] is `code`, if any.
+    pub(crate) fn from_code(code: i64) -> Option<Typed> {
+        let parts = [Part::Translation, Part::Rotation, Part::Scale];
+        match code {
+            1 => Some(Typed::Transform),
+            2..=4 => Some(Typed::Vector(parts[(code - 2) as usize])),
+            8..=19 => {
+                let (part, i) = (parts[((code - 8) / 4) as usize], ((code - 8) % 4) as usize);
+                (i < part.kind().len()).then_some(Typed::Number(part, i))
+            }
+            _ => None,
+        }
+    }
+
     /// Reads the path on `entity`; `None` if the entity does not exist.
     pub(crate) fn read(self, world: &World, entity: Entity) -> Option<Read> {
         let entity = world.get_entity(entity).ok()?;
@@ -159,6 +183,18 @@ impl Typed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_read_back_as_the_same_path() {
+        let t = TypeId::of::<Transform>();
+        for rest in ["", ".translation", ".rotation", ".scale", ".translation.z", ".rotation.w", ".scale.x"] {
+            let typed = Typed::of(t, rest).expect("a typed path");
+            assert_eq!(Typed::from_code(typed.code()), Some(typed), "{rest}");
+        }
+        assert_eq!(Typed::from_code(0), None);
+        assert_eq!(Typed::from_code(11), None, "translation has no w");
+        assert_eq!(Typed::from_code(20), None);
+    }
 
     #[test]
     fn only_transform_paths_of_known_fields_are_typed() {

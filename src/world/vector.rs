@@ -205,6 +205,8 @@ pub(crate) fn install(lua: &Lua, bad: &Function) -> mlua::Result<(Table, Table)>
         let source = expand(include_str!("../lua/vector.lua"), name, fields);
         let module: Table =
             lua.load(source).set_name(format!("=bevy_lua_coroutines/{name}")).call((bad, &key))?;
+        #[cfg(feature = "lua54")]
+        super::vector_ops::install(lua, &module, fields.len(), bad)?;
         classes.raw_set(name, module.raw_get::<Table>("class")?)?;
         constructors.push(module.raw_get::<Function>("new")?);
         if name == "Vec3" {

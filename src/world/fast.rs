@@ -1,0 +1,210 @@
+//! The entity methods scripts call most, over Lua's C API: the `__index` of entity values (a
+//! method lookup is one raw table read, not a walk through mlua's dispatcher of fields), and on
+//! Lua 5.4 `entity:get` / `entity:set` of the typed `Transform` paths ([`Typed`]) once
+//! `lua/world.lua` has compiled them. A call `get` and `set` do not cover returns nothing, and
+//! `lua/world.lua` takes its general path, so every error and every other case reads exactly as
+//! it does without them.
+//!
+//! Invariants:
+//! - The functions here are only ever called by Lua, on the thread that runs the VM. Their
+//!   upvalues are fixed when they are made ([`functions`], [`entity_index`]): the tables named
+//!   below, and the address of the VM's world slot, which lives as long as the VM.
+//! - An entity value is recognised by its first user value, its `Entity::to_bits` as an integer
+//!   (set when it is made, see `components::entity_value`; no other value of the VM has an
+//!   integer there); a path by `typed` (path string → [`Typed::code`]), which the Lua side fills
+//!   only for paths it compiled, so the string names the same path for as long as the VM lives.
+//! - The world is reached only through [`WorldSlot::with`], which does nothing outside the step
+//!   and while another world function holds the world (the general path then raises the error).
+//! - A raise `longjmp`s (Lua 5.4) or unwinds through these frames. The only calls that can raise
+//!   are the ones that make the result vector (out of memory) and `__index`'s call of the `id`
+//!   getter; both come after every Rust value with a destructor is gone.
+//! - A C function has `LUA_MINSTACK` (20) free slots; none here pushes more than 6.
+#![allow(unsafe_code)]
+
+use std::ffi::c_int;
+
+use mlua::{Function, Lua, Table, ffi};
+
+#[cfg(feature = "lua54")]
+use {
+    super::access::WorldSlot,
+    super::typed::{Read, Typed},
+    super::vector::Kind,
+    bevy::prelude::Entity,
+    std::ffi::c_void,
+};
+
+// Upvalues of `get` and `set`.
+#[cfg(feature = "lua54")]
+const U_TYPED: c_int = 1;
+#[cfg(feature = "lua54")]
+const U_VEC3: c_int = 2;
+#[cfg(feature = "lua54")]
+const U_QUAT: c_int = 3;
+/// `x`, `y`, `z`, `w`: upvalues 4 to 7.
+#[cfg(feature = "lua54")]
+const U_KEYS: c_int = 4;
+#[cfg(feature = "lua54")]
+const U_SLOT: c_int = 8;
+
+/// `fast_get(self, path) -> value, true` and `fast_set(self, path, value) -> true`, or nothing
+/// when the call is not theirs to make. `typed` is described in the module docs; `vec3` and
+/// `quat` are the metatables of `Vec3` and `Quat` values.
+#[cfg(feature = "lua54")]
+pub(crate) fn functions(
+    lua: &Lua,
+    typed: &Table,
+    vec3: &Table,
+    quat: &Table,
+) -> mlua::Result<(Function, Function)> {
+    let slot = super::access::slot_ptr(lua) as *mut c_void;
+    let make = |f: ffi::lua_CFunction| {
+        let upvalues = (typed, vec3, quat, "x", "y", "z", "w");
+        // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
+        // slot lives as long as the VM.
+        unsafe {
+            lua.exec_raw::<Function>(upvalues, |l| {
+                ffi::lua_pushlightuserdata(l, slot);
+                ffi::lua_pushcclosure(l, f, U_SLOT);
+            })
+        }
+    };
+    Ok((make(get)?, make(set)?))
+}
+
+/// The `__index` of entity values: `methods[key]`, else for `id` what `id(self)` returns.
+pub(crate) fn entity_index(lua: &Lua, methods: &Table, id: &Function) -> mlua::Result<Function> {
+    // SAFETY: `index` reads exactly these three upvalues.
+    unsafe {
+        lua.exec_raw::<Function>((methods, id, "id"), |l| {
+            ffi::lua_pushcclosure(l, index, 3);
+        })
+    }
+}
+
+unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua with (self, key); upvalues as made by `entity_index`.
+    unsafe {
+        ffi::lua_settop(l, 2);
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_rawget(l, ffi::lua_upvalueindex(1));
+        if ffi::lua_type(l, -1) != ffi::LUA_TNIL || ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(3)) == 0 {
+            return 1;
+        }
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_call(l, 1, 1);
+        1
+    }
+}
+
+/// The number at the top of the stack (popped), if it is one.
+#[cfg(feature = "lua54")]
+unsafe fn pop_number(l: *mut ffi::lua_State) -> Option<f64> {
+    // SAFETY: the stack has a value on top.
+    unsafe {
+        let n = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, -1));
+        ffi::lua_pop(l, 1);
+        n
+    }
+}
+
+/// The world slot, the entity of argument 1 and the typed path of argument 2, if both are known.
+#[cfg(feature = "lua54")]
+unsafe fn target<'a>(l: *mut ffi::lua_State) -> Option<(&'a WorldSlot, Entity, Typed)> {
+    // SAFETY: called by `get` or `set`, whose upvalues these are; arguments 1 and 2 exist.
+    unsafe {
+        if ffi::lua_type(l, 1) != ffi::LUA_TUSERDATA {
+            return None; // (a light userdata has no user values either: its type differs)
+        }
+        ffi::lua_getiuservalue(l, 1, 1);
+        let mut integer = 0;
+        let bits = ffi::lua_tointegerx(l, -1, &mut integer);
+        ffi::lua_pop(l, 1);
+        if integer == 0 {
+            return None;
+        }
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
+        let typed = Typed::from_code(pop_number(l)? as i64)?;
+        let slot = (ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_SLOT)) as *const WorldSlot).as_ref()?;
+        Some((slot, Entity::try_from_bits(bits as u64)?, typed))
+    }
+}
+
+#[cfg(feature = "lua54")]
+unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see the module's invariants.
+    unsafe {
+        if ffi::lua_gettop(l) < 2 {
+            return 0;
+        }
+        let Some((slot, entity, typed)) = target(l) else { return 0 };
+        let read = match slot.with(|world| typed.read(world, entity)) {
+            Ok(Some(read)) => read,
+            _ => return 0,
+        };
+        match read {
+            Read::Number(n) => ffi::lua_pushnumber(l, n),
+            Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => {
+                let len = kind.len() as c_int;
+                ffi::lua_createtable(l, 0, len);
+                for (i, n) in numbers.iter().take(len as usize).enumerate() {
+                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
+                    ffi::lua_pushnumber(l, *n);
+                    ffi::lua_rawset(l, -3);
+                }
+                let mt = if kind == Kind::Quat { U_QUAT } else { U_VEC3 };
+                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(mt));
+                ffi::lua_setmetatable(l, -2);
+            }
+            _ => return 0,
+        }
+        ffi::lua_pushboolean(l, 1);
+        2
+    }
+}
+
+#[cfg(feature = "lua54")]
+unsafe extern "C-unwind" fn set(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see the module's invariants.
+    unsafe {
+        if ffi::lua_gettop(l) < 3 {
+            return 0;
+        }
+        let Some((slot, entity, typed)) = target(l) else { return 0 };
+        let mut numbers = [0.0; 4];
+        match typed {
+            Typed::Number(..) => {
+                if ffi::lua_type(l, 3) != ffi::LUA_TNUMBER {
+                    return 0;
+                }
+                numbers[0] = ffi::lua_tonumber(l, 3);
+            }
+            Typed::Vector(part) => {
+                let kind = part.kind();
+                let mt = if kind == Kind::Quat { U_QUAT } else { U_VEC3 };
+                if ffi::lua_getmetatable(l, 3) == 0 {
+                    return 0;
+                }
+                let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(mt)) != 0;
+                ffi::lua_pop(l, 1);
+                if !same {
+                    return 0;
+                }
+                for (i, slot) in numbers.iter_mut().take(kind.len()).enumerate() {
+                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
+                    ffi::lua_rawget(l, 3);
+                    let Some(n) = pop_number(l) else { return 0 };
+                    *slot = n;
+                }
+            }
+            Typed::Transform => return 0,
+        }
+        if !matches!(slot.with(|world| typed.write(world, entity, numbers)), Ok(true)) {
+            return 0;
+        }
+        ffi::lua_pushboolean(l, 1);
+        1
+    }
+}
