@@ -13,8 +13,9 @@
 //! get("Transform.translation") + Vec3.new(1, 0, 0))`, `x` the same through
 //! `"Transform.translation.x"`, `query` the `vec` update in a `world.query("Transform", "Name")`
 //! loop, `whole` `get("Transform")` and `set("Transform", { translation =
-//! { x = ... } })`, `move` and `move_x` the world bench's headline rows (`N` entities, each running
-//! its own script that does the `vec` or `x` update to itself and waits a frame; like `wait`, the
+//! { x = ... } })`, `move`, `move_x` and `move_whole` the world bench's per-entity rows (`N`
+//! entities, each running its own script that does the `vec` or `x` update, or the whole-component
+//! one (`get("Transform")`, change it, `set("Transform", t)`), and waits a frame; like `wait`, the
 //! difference between two `FRAMES` counts over `N` times the extra frames is the cost of one
 //! entity-frame), `wait` the scheduler bench's headline instead (`N` tasks that each
 //! `task.wait()` every frame, no entities) and `raw` its floor (mlua's `Thread::resume` over `N`
@@ -72,14 +73,20 @@ fn main() {
         println!("{n} entities spawned and despawned, {frames} times, variant spawn");
         return;
     }
-    if variant == "move" || variant == "move_x" {
-        // The world bench's headline rows: every entity runs its own script that moves it and
+    if let Some(body) = match variant.as_str() {
+        "move" => Some(
+            r#"entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.new(1, 0, 0))"#,
+        ),
+        "move_x" => {
+            Some(r#"entity:set("Transform.translation.x", entity:get("Transform.translation.x") + 1)"#)
+        }
+        "move_whole" => Some(
+            r#"local t = entity:get("Transform"); t.translation = t.translation + Vec3.new(1, 0, 0); entity:set("Transform", t)"#,
+        ),
+        _ => None,
+    } {
+        // The world bench's per-entity rows: every entity runs its own script that moves it and
         // waits a frame.
-        let body = if variant == "move" {
-            r#"entity:set("Transform.translation", entity:get("Transform.translation") + Vec3.new(1, 0, 0))"#
-        } else {
-            r#"entity:set("Transform.translation.x", entity:get("Transform.translation.x") + 1)"#
-        };
         let source = format!("while true do\n{body}\ntask.wait()\nend");
         let handle = add_script(&mut app, "bench/move.lua", &source);
         for _ in 0..n {

@@ -891,13 +891,18 @@ fn cached_transform_paths_fail_the_same_as_on_first_use() {
             print(select(2, pcall(entity.set, {}, "Transform.translation", Vec3.X)))
             print(select(2, pcall(gone.get, gone, "Transform.translation.x")))
             print(other:get("Transform.translation"), type(entity.id), entity.nope)
+            print(select(2, pcall(entity.set, entity, "Transform", { translation = Vec3.X, speed = 1 })))
+            print(select(2, pcall(entity.set, entity, "Transform", { rotation = Vec3.X })))
+            local t = entity:get("Transform")
+            entity:set("Transform", t)
+            print(t.translation, t.rotation, t.scale, getmetatable(t))
         end
     "#;
     let e = spawn_with(&mut app, src, (Transform::from_xyz(1.0, 2.0, 3.0), Name::new("me")));
     run(&mut app, 2);
     let out = printed(&app);
-    assert_eq!(out.len(), 14, "{out:#?}");
-    assert_eq!(out[..7], out[7..], "both rounds read the same");
+    assert_eq!(out.len(), 20, "{out:#?}");
+    assert_eq!(out[..10], out[10..], "both rounds read the same");
     let want = [
         "Transform.rotation: Quat expected, got Vec3",
         "Transform.translation.x: number expected, got string",
@@ -906,6 +911,9 @@ fn cached_transform_paths_fail_the_same_as_on_first_use() {
         "calling 'set' on bad self (entity expected, got table)",
         "no longer exists",
         "nil\tnumber\tnil",
+        "Transform: Transform has no field 'speed'",
+        "Transform.rotation: Quat expected, got Vec3",
+        "Vec3(1, 2, 3)\tQuat(0, 0, 0, 1)\tVec3(1, 1, 1)\tnil",
     ];
     for (line, want) in out.iter().zip(want) {
         assert!(line.contains(want), "{line:?} should contain {want:?}");

@@ -44,8 +44,11 @@ const U_QUAT: c_int = 3;
 /// `x`, `y`, `z`, `w`: upvalues 4 to 7.
 #[cfg(feature = "lua54")]
 const U_KEYS: c_int = 4;
+/// `translation`, `rotation`, `scale`: upvalues 8 to 10.
 #[cfg(feature = "lua54")]
-const U_SLOT: c_int = 8;
+const U_PARTS: c_int = 8;
+#[cfg(feature = "lua54")]
+const U_SLOT: c_int = 11;
 
 /// `fast_get(self, path) -> value, true` and `fast_set(self, path, value) -> true`, or nothing
 /// when the call is not theirs to make. `typed` is described in the module docs; `vec3` and
@@ -59,7 +62,7 @@ pub(crate) fn functions(
 ) -> mlua::Result<(Function, Function)> {
     let slot = super::access::slot_ptr(lua) as *mut c_void;
     let make = |f: ffi::lua_CFunction| {
-        let upvalues = (typed, vec3, quat, "x", "y", "z", "w");
+        let upvalues = (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale");
         // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
         // slot lives as long as the VM.
         unsafe {
@@ -132,6 +135,77 @@ unsafe fn target<'a>(l: *mut ffi::lua_State) -> Option<(&'a WorldSlot, Entity, T
     }
 }
 
+/// The metatable upvalue of vectors of class `kind` (`Vec3` or `Quat`).
+#[cfg(feature = "lua54")]
+fn class_of(kind: Kind) -> c_int {
+    if kind == Kind::Quat { U_QUAT } else { U_VEC3 }
+}
+
+/// Pushes a new vector of class `kind` (`Vec3` or `Quat`) with `numbers`.
+#[cfg(feature = "lua54")]
+unsafe fn push_vector(l: *mut ffi::lua_State, kind: Kind, numbers: &[f64]) {
+    // SAFETY: called by `get`, with room for three more values; may raise (out of memory).
+    unsafe {
+        let len = kind.len() as c_int;
+        ffi::lua_createtable(l, 0, len);
+        for (i, n) in numbers.iter().take(len as usize).enumerate() {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
+            ffi::lua_pushnumber(l, *n);
+            ffi::lua_rawset(l, -3);
+        }
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(class_of(kind)));
+        ffi::lua_setmetatable(l, -2);
+    }
+}
+
+/// The numbers of the vector at `i` if it is of class `kind` (`Vec3` or `Quat`) and every one of
+/// its fields is a number.
+#[cfg(feature = "lua54")]
+unsafe fn read_vector(l: *mut ffi::lua_State, i: c_int, kind: Kind) -> Option<[f64; 4]> {
+    // SAFETY: called by `set`, with room for two more values; `i` is an absolute index.
+    unsafe {
+        if ffi::lua_getmetatable(l, i) == 0 {
+            return None;
+        }
+        let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(class_of(kind))) != 0;
+        ffi::lua_pop(l, 1);
+        if !same {
+            return None;
+        }
+        let mut numbers = [0.0; 4];
+        for (k, slot) in numbers.iter_mut().take(kind.len()).enumerate() {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + k as c_int));
+            ffi::lua_rawget(l, i);
+            *slot = pop_number(l)?;
+        }
+        Some(numbers)
+    }
+}
+
+/// The parts of a whole `Transform` given as the plain table at `i` (no metatable, no key but
+/// `translation`, `rotation` and `scale`, each a vector of its class with number fields), as
+/// `Typed::write_transform` takes them; `None` for anything else.
+#[cfg(feature = "lua54")]
+unsafe fn read_transform(l: *mut ffi::lua_State, i: c_int) -> Option<[Option<[f64; 4]>; 3]> {
+    // SAFETY: called by `set`, with room for four more values; `i` is an absolute index.
+    unsafe {
+        if ffi::lua_type(l, i) != ffi::LUA_TTABLE || ffi::lua_getmetatable(l, i) != 0 {
+            return None; // (a metatable stays pushed: `set` returns at once)
+        }
+        let mut parts = [None; 3];
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, i) != 0 {
+            let part = (0..3).find(|&p| ffi::lua_rawequal(l, -2, ffi::lua_upvalueindex(U_PARTS + p)) != 0);
+            let Some(p) = part else { return None };
+            let kind = if p == 1 { Kind::Quat } else { Kind::Vec3 };
+            let top = ffi::lua_gettop(l);
+            parts[p as usize] = Some(read_vector(l, top, kind)?);
+            ffi::lua_pop(l, 1);
+        }
+        Some(parts)
+    }
+}
+
 #[cfg(feature = "lua54")]
 unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see the module's invariants.
@@ -146,17 +220,15 @@ unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
         };
         match read {
             Read::Number(n) => ffi::lua_pushnumber(l, n),
-            Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => {
-                let len = kind.len() as c_int;
-                ffi::lua_createtable(l, 0, len);
-                for (i, n) in numbers.iter().take(len as usize).enumerate() {
-                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
-                    ffi::lua_pushnumber(l, *n);
+            Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => push_vector(l, kind, &numbers),
+            Read::Transform(numbers) => {
+                ffi::lua_createtable(l, 0, 3);
+                let parts = [(Kind::Vec3, 0..3), (Kind::Quat, 3..7), (Kind::Vec3, 7..10)];
+                for (p, (kind, range)) in parts.into_iter().enumerate() {
+                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_PARTS + p as c_int));
+                    push_vector(l, kind, &numbers[range]);
                     ffi::lua_rawset(l, -3);
                 }
-                let mt = if kind == Kind::Quat { U_QUAT } else { U_VEC3 };
-                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(mt));
-                ffi::lua_setmetatable(l, -2);
             }
             _ => return 0,
         }
@@ -173,35 +245,24 @@ unsafe extern "C-unwind" fn set(l: *mut ffi::lua_State) -> c_int {
             return 0;
         }
         let Some((slot, entity, typed)) = target(l) else { return 0 };
-        let mut numbers = [0.0; 4];
-        match typed {
+        let written = match typed {
             Typed::Number(..) => {
                 if ffi::lua_type(l, 3) != ffi::LUA_TNUMBER {
                     return 0;
                 }
-                numbers[0] = ffi::lua_tonumber(l, 3);
+                let numbers = [ffi::lua_tonumber(l, 3), 0.0, 0.0, 0.0];
+                slot.with(|world| typed.write(world, entity, numbers))
             }
             Typed::Vector(part) => {
-                let kind = part.kind();
-                let mt = if kind == Kind::Quat { U_QUAT } else { U_VEC3 };
-                if ffi::lua_getmetatable(l, 3) == 0 {
-                    return 0;
-                }
-                let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(mt)) != 0;
-                ffi::lua_pop(l, 1);
-                if !same {
-                    return 0;
-                }
-                for (i, slot) in numbers.iter_mut().take(kind.len()).enumerate() {
-                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
-                    ffi::lua_rawget(l, 3);
-                    let Some(n) = pop_number(l) else { return 0 };
-                    *slot = n;
-                }
+                let Some(numbers) = read_vector(l, 3, part.kind()) else { return 0 };
+                slot.with(|world| typed.write(world, entity, numbers))
             }
-            Typed::Transform => return 0,
-        }
-        if !matches!(slot.with(|world| typed.write(world, entity, numbers)), Ok(true)) {
+            Typed::Transform => {
+                let Some(parts) = read_transform(l, 3) else { return 0 };
+                slot.with(|world| Typed::write_transform(world, entity, parts))
+            }
+        };
+        if !matches!(written, Ok(true)) {
             return 0;
         }
         ffi::lua_pushboolean(l, 1);
