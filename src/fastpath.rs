@@ -1,5 +1,6 @@
 //! The scheduler's hot path over Lua's C API: the common waits (`task.wait`, `sleep`,
-//! `task.waitFrames`) as C functions that yield their request directly, and the loop that resumes
+//! `task.waitFrames`) as C functions that yield their request directly, what a cancellation
+//! keeps of where a task stood (`frames`, Lua 5.4), and the loop that resumes
 //! this frame's frame waits, handling the common outcome (the task asked to wait for the next
 //! frame again) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
 //! finishes it exactly as its own resume does. Everything else talks to Lua through mlua.
@@ -73,6 +74,11 @@ pub(crate) fn functions(
         t.raw_set("sleep", lua.create_c_function(sleep)?)?;
         t.raw_set("waitFrames", lua.create_c_function(wait_frames_fn)?)?;
     }
+    #[cfg(feature = "lua54")]
+    // SAFETY: `frames` follows the module's invariants.
+    unsafe {
+        t.raw_set("frames", lua.create_c_function(frames)?)?;
+    }
     // `run_frames` resumes through the budget's watch, if it has one.
     let run = crate::hook::watch_closure(lua, watch, run_frames)?;
     t.raw_set("run_frames", run)?;
@@ -98,6 +104,36 @@ unsafe extern "C-unwind" fn sleep(l: *mut ffi::lua_State) -> c_int {
 unsafe extern "C-unwind" fn wait_frames_fn(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as a C function.
     unsafe { yield_request(l, WAIT_FRAMES.load(Ordering::Relaxed), c"waitFrames") }
+}
+
+/// `frames(co, n) -> { f1, line1, f2, line2, ... }` (Lua 5.4): the function and current line of
+/// each of the first `n` frames of thread `co`, innermost first, as `debug.getinfo(co, level,
+/// "fl")` gives them; nil if `co` is not a thread. What a cancellation keeps of where a task stood,
+/// in case a `__close` raises (see `lua/task.lua`'s `close_reporting`).
+#[cfg(feature = "lua54")]
+unsafe extern "C-unwind" fn frames(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua; `co` is a thread of this VM that is not running (a task being
+    // cancelled), so its stack may take the one function `lua_getinfo` pushes, moved off at once.
+    unsafe {
+        let co = ffi::lua_tothread(l, 1);
+        if co.is_null() {
+            return 0;
+        }
+        let n = ffi::lua_tointeger(l, 2).clamp(0, 64) as c_int;
+        ffi::lua_createtable(l, 2 * n, 0);
+        let mut ar: ffi::lua_Debug = std::mem::zeroed();
+        for level in 0..n {
+            if ffi::lua_getstack(co, level, &mut ar) == 0 || (co != l && ffi::lua_checkstack(co, 1) == 0) {
+                break;
+            }
+            ffi::lua_getinfo(co, c"fl".as_ptr(), &mut ar);
+            ffi::lua_xmove(co, l, 1);
+            ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(2 * level + 1));
+            ffi::lua_pushinteger(l, ffi::lua_Integer::from(ar.currentline));
+            ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(2 * level + 2));
+        }
+        1
+    }
 }
 
 /// Yields `REQ, kind, arg` where `arg` is the first argument (a number or nil), as the Lua waits

@@ -67,6 +67,9 @@ pub(crate) struct Instances {
     by_entity: HashMap<Entity, Vec<Attached>>,
     pending: Vec<(InstanceId, Entity, Handle<LuaScript>)>,
     compiled: HashMap<AssetId<LuaScript>, Compiled>,
+    /// What the instances of each script are called until it has loaded (its asset path, or its
+    /// id for a script added to `Assets` by hand): made once per script, shared by its instances.
+    names: HashMap<AssetId<LuaScript>, Arc<str>>,
     next: u64,
 }
 
@@ -130,8 +133,14 @@ impl<'a> Scripts<'a> {
     fn attach(&mut self, entity: Entity, handle: Handle<LuaScript>) -> Attached {
         let id = InstanceId(self.instances.next);
         self.instances.next += 1;
-        let path: Arc<str> =
-            handle.path().map_or_else(|| format!("{:?}", handle.id()), |p| p.to_string()).into();
+        let path = self
+            .instances
+            .names
+            .entry(handle.id())
+            .or_insert_with(|| {
+                handle.path().map_or_else(|| format!("{:?}", handle.id()), |p| p.to_string()).into()
+            })
+            .clone();
         sched(self.lua()).add_instance(id, entity, path);
         self.instances.pending.push((id, entity, handle.clone()));
         self.publish_pending();
@@ -152,6 +161,7 @@ impl<'a> Scripts<'a> {
     /// Drops compiled code of an unloaded script, so new instances compile it again.
     pub(crate) fn forget_compiled(&mut self, id: AssetId<LuaScript>) {
         self.instances.compiled.remove(&id);
+        self.instances.names.remove(&id);
     }
 
     /// Blocks until the script of every pending instance has finished loading (or failed),
@@ -237,15 +247,18 @@ impl<'a> Scripts<'a> {
         // from Rust costs more than the Lua work it would do.
         let started = self.launcher().and_then(|launch| {
             let envs = scheduler::refs(lua).envs.clone();
-            // On a thread mlua makes, which carries the instruction budget's hook (in exact mode):
-            // the tasks `coroutine.create` makes there inherit it (the main thread has none).
-            crate::runtime::script_thread(lua, launch)?.resume::<()>((
-                envs,
-                id.0 as i64,
-                entity_value(lua, entity)?,
-                factory,
-                state,
-            ))
+            let args = (envs, id.0 as i64, entity_value(lua, entity)?, factory, state);
+            // `launch` runs no script code (the chunk runs later, as a task), so it is called
+            // where Rust is, except when the budget counts exactly: then on a thread mlua makes,
+            // which carries the budget's hook, so the tasks `coroutine.create` makes there inherit
+            // it (the main thread has none).
+            let exact =
+                lua.app_data_ref::<std::sync::Arc<scheduler::Budget>>().is_some_and(|b| b.counts_exactly());
+            if exact {
+                crate::runtime::script_thread(lua, launch)?.resume::<()>(args)
+            } else {
+                launch.call(args)
+            }
         });
         drop(host);
         if let Err(e) = started {

@@ -503,6 +503,13 @@ impl Budget {
         }
     }
 
+    /// Whether every instruction of script code is counted: a limit is set and no watchdog arms
+    /// hooks lazily (exact mode, LuaJIT, Luau). Code that makes tasks must then run on a thread
+    /// that carries the hook, which the threads it makes inherit.
+    pub fn counts_exactly(&self) -> bool {
+        self.limit.load(Ordering::Relaxed) != 0 && self.watch.get().is_none()
+    }
+
     /// Sets how many hook calls one resume may take, `every` instructions apart.
     pub fn set_limit(&self, calls: u64, every: i32, per_call: u64) {
         self.limit.store(calls, Ordering::Relaxed);

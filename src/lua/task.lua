@@ -184,18 +184,14 @@ end
 -- others never need them.
 local getinfo = _VERSION == "Lua 5.4" and jit == nil and debug and debug.getinfo
 local MAX_FRAMES = 22
+-- (Lua 5.4) `stack_frames(co, n)`: the function and line of each of `co`'s first `n` frames, flat (a C
+-- function, `src/fastpath.rs`: no source names are built, and no table per frame);
+-- `frames_text` asks each function for its source in the rare case that the text is needed.
+local stack_frames = getinfo and fast and fast.frames
 
 local function frames_of(co)
-  if not getinfo then return nil end
-  -- Only the function and its line per frame ("fl": no source names are built); `frames_text`
-  -- asks each function for its source in the rare case that the text is needed.
-  local frames = {}
-  for level = 0, MAX_FRAMES - 1 do
-    local info = getinfo(co, level, "fl")
-    if info == nil then break end
-    frames[2 * level + 1], frames[2 * level + 2] = info.func, info.currentline
-  end
-  return frames
+  if not stack_frames then return nil end
+  return stack_frames(co, MAX_FRAMES)
 end
 
 --- `luaL_traceback`'s text for `frames`, naming each function by where it is defined.

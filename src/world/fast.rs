@@ -196,7 +196,7 @@ unsafe fn read_transform(l: *mut ffi::lua_State, i: c_int) -> Option<[Option<[f6
         ffi::lua_pushnil(l);
         while ffi::lua_next(l, i) != 0 {
             let part = (0..3).find(|&p| ffi::lua_rawequal(l, -2, ffi::lua_upvalueindex(U_PARTS + p)) != 0);
-            let Some(p) = part else { return None };
+            let p = part?;
             let kind = if p == 1 { Kind::Quat } else { Kind::Vec3 };
             let top = ffi::lua_gettop(l);
             parts[p as usize] = Some(read_vector(l, top, kind)?);
