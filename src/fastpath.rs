@@ -40,8 +40,8 @@ pub(crate) const DEPTH: ffi::lua_Integer = 2;
 pub(crate) const SERIAL: ffi::lua_Integer = 3;
 /// Slot: set when a task failed for want of memory (the step collects garbage).
 const MEMORY_FAILED: ffi::lua_Integer = 4;
-/// Slot: the last registration number handed out.
-const NEXT_REG: ffi::lua_Integer = 5;
+// Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
+// registrations this loop makes are negative (see `run_frames`).
 /// Slot: the number of frame waits queued for the next frame.
 const NEXT_N: ffi::lua_Integer = 6;
 
@@ -229,14 +229,13 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             let key = ffi::lua_tointeger(l, E_KEY);
             ffi::lua_rawgeti(l, A_REGS, key);
             let current = ffi::lua_rawequal(l, E_REG, -1) != 0;
-            ffi::lua_pop(l, 1);
             ffi::lua_rawgeti(l, A_NOW_SINCE, i);
             let value = (now - ffi::lua_tonumber(l, -1)) / 1e9;
-            ffi::lua_pop(l, 1);
             i += 1;
             if !current {
                 continue; // cancelled, or woken another way
             }
+            ffi::lua_settop(l, E_REG);
             ffi::lua_rawgeti(l, A_THREADS, key);
             let co = ffi::lua_tothread(l, E_THREAD);
             if co.is_null() || ffi::lua_status(co) != ffi::LUA_YIELD || ffi::lua_checkstack(co, 1) == 0 {
@@ -257,7 +256,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_rawseti(l, A_SHARED, CURRENT);
             ffi::lua_pushinteger(l, 0);
             ffi::lua_rawseti(l, A_SHARED, DEPTH);
-            bump(l, SERIAL);
+            let serial = bump(l, SERIAL);
 
             ffi::lua_pushnumber(co, value);
             let mut nres: c_int = 0;
@@ -273,13 +272,15 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 && ffi::lua_type(co, -2) == ffi::LUA_TNUMBER
                 && ffi::lua_tonumber(co, -2) == wait_time
                 && ffi::lua_type(co, -1) == ffi::LUA_TNIL
-                && quiet(l, key, limit);
+                && quiet(l, key, limit, watch);
             if again {
                 ffi::lua_pop(co, 3);
                 // The task that was current comes back when the loop stops (`restore`): until
                 // then no Lua runs but the next task, which is made current first.
                 resumed = true;
-                let reg = bump(l, NEXT_REG);
+                // The registration is the resume's serial, negated: unique (one per resume, and
+                // `lua/task.lua` hands out positive numbers), with no counter to read back.
+                let reg = -serial;
                 ffi::lua_pushinteger(l, reg);
                 ffi::lua_rawseti(l, A_REGS, key);
                 ffi::lua_rawgeti(l, A_SHARED, NEXT_N);
@@ -357,17 +358,29 @@ unsafe fn restore(l: *mut ffi::lua_State) {
 /// After a resume that asked for the next frame again: whether nothing else needs the Lua step's
 /// attention (nothing registered the task meanwhile, no budget ran out, no task failed for want of
 /// memory, and the VM is under `limit` KiB).
-unsafe fn quiet(l: *mut ffi::lua_State, key: ffi::lua_Integer, limit: Option<f64>) -> bool {
+unsafe fn quiet(
+    l: *mut ffi::lua_State,
+    key: ffi::lua_Integer,
+    limit: Option<f64>,
+    watch: Option<&Watch>,
+) -> bool {
     // SAFETY: as `run_frames`, whose stack this uses (three free slots at most).
     unsafe {
+        let top = ffi::lua_gettop(l);
         ffi::lua_rawgeti(l, A_REGS, key);
         let registered = ffi::lua_type(l, -1) != ffi::LUA_TNIL;
-        ffi::lua_pushvalue(l, A_SPENT);
-        ffi::lua_rawget(l, A_STATE);
-        let spent = ffi::lua_toboolean(l, -1) != 0;
+        // The budget's flag; with a watch, its copy there (set and cleared with it).
+        let spent = match watch {
+            Some(watch) => watch.spent.load(Ordering::Acquire),
+            None => {
+                ffi::lua_pushvalue(l, A_SPENT);
+                ffi::lua_rawget(l, A_STATE);
+                ffi::lua_toboolean(l, -1) != 0
+            }
+        };
         ffi::lua_rawgeti(l, A_SHARED, MEMORY_FAILED);
         let memory_failed = ffi::lua_toboolean(l, -1) != 0;
-        ffi::lua_pop(l, 3);
+        ffi::lua_settop(l, top);
         if registered || spent || memory_failed {
             return false;
         }
