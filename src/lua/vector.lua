@@ -6,8 +6,9 @@
 --
 -- A vector is a plain Lua table `{ x = .., y = .., z = .. }` whose metatable is shared by every
 -- vector of the class (made here once): creating one is one table constructor, and reading `v.x`
--- is a raw field read. Tables, not userdata, because every operator and method runs in Lua: a
--- userdata's fields and metamethods would each be a call into Rust. The metatable's `__metatable`
+-- is a raw field read. Tables, not userdata, because every operator and method runs in Lua (or,
+-- on Lua 5.4, in C over the same tables: `src/world/vector_ops.rs`): a userdata's fields and
+-- metamethods would each be a call into Rust. The metatable's `__metatable`
 -- is the class, so `getmetatable(v) == Vec3` tells a vector's class, and no script can reach the
 -- shared metatable to change it.
 local bad, KEY = ...

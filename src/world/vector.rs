@@ -2,9 +2,12 @@
 //! a template expanded here once per class, and `lua/quat.lua`), and which glam types the world
 //! converts to them.
 //!
-//! A vector is a Lua table with a metatable shared by its class, so arithmetic in a script never
-//! calls into Rust; Rust makes one by passing its numbers to Lua (the entity methods' Lua side, or
-//! the per-type constructors of [`super::convert`]), never field by field.
+//! A vector is a Lua table with a metatable shared by its class, so reading a field is a raw
+//! table read and arithmetic in a script never calls into Rust through mlua (on Lua 5.4 the
+//! operators of `Vec2`/`Vec3`/`Vec4` are C functions over the same tables, see
+//! [`super::vector_ops`]); Rust makes one by passing its numbers to Lua (the entity methods' Lua
+//! side, or the per-type constructors of [`super::convert`]), never field by field, or builds it
+//! with the C API (`super::fast`).
 
 use std::any::TypeId;
 
