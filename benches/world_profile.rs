@@ -42,7 +42,12 @@ fn main() {
     if variant == "raw" {
         return raw_resumes(n, frames);
     }
-    let mut app = new_app();
+    // `BUDGET=none`: no instruction budget, to see what the budget's hook costs a long resume.
+    let mut app = if std::env::var("BUDGET").is_ok_and(|b| b == "none") {
+        common::new_app_with(common::unbudgeted())
+    } else {
+        new_app()
+    };
     if variant == "wait" {
         let handle = add_script(&mut app, "bench/wait_every_frame.lua", &wait_every_frame_source(n));
         app.world_mut().spawn(LuaScripts::new(handle));
