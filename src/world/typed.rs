@@ -121,7 +121,8 @@ impl Typed {
         }
     }
 
-    /// The path whose [`Typed::code`] is `code`, if any.
+    /// The path whose [`Typed::code`] is `code`, if any (read by the C functions of Lua 5.4).
+    #[cfg(feature = "lua54")]
     pub(crate) fn from_code(code: i64) -> Option<Typed> {
         let parts = [Part::Translation, Part::Rotation, Part::Scale];
         match code {
@@ -184,6 +185,7 @@ impl Typed {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "lua54")]
     #[test]
     fn codes_read_back_as_the_same_path() {
         let t = TypeId::of::<Transform>();
