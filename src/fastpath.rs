@@ -13,8 +13,10 @@
 //!   and returns nothing if they are wrong, so the step falls back to its Lua loop).
 //! - A thread is resumed only if it is suspended in a yield (`lua_status == LUA_YIELD`), which is
 //!   what a registered frame wait always is; anything else is handed back to Lua untouched.
-//! - The loop checks that its stack has room for what it pushes (16 slots) on entry, and a task
-//!   thread gets one slot checked with `lua_checkstack` before its resume value is pushed.
+//! - The loop checks that its stack has room for what it pushes (16 slots) on entry; it clears
+//!   its stack back to the saved slots at the start of each entry, so what one entry leaves (at
+//!   most 9 values) never adds up. A task thread gets one slot checked with `lua_checkstack`
+//!   before its resume value is pushed.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
 //!   of memory) and, in the waits, the `bad argument` error itself. A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
@@ -283,9 +285,8 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 let reg = -serial;
                 ffi::lua_pushinteger(l, reg);
                 ffi::lua_rawseti(l, A_REGS, key);
-                ffi::lua_rawgeti(l, A_SHARED, NEXT_N);
+                ffi::lua_rawgeti(l, A_SHARED, NEXT_N); // left on the stack: the next entry clears it
                 let n = ffi::lua_tointeger(l, -1) + 1;
-                ffi::lua_pop(l, 1);
                 ffi::lua_pushinteger(l, key);
                 ffi::lua_rawseti(l, A_NEXT_KEYS, n);
                 ffi::lua_pushinteger(l, reg);
@@ -330,13 +331,13 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// Adds 1 to the shared table's counter at `slot` and returns the new value.
+/// Adds 1 to the shared table's counter at `slot` and returns the new value (the old one stays on
+/// the stack: `run_frames` clears its stack once per entry).
 unsafe fn bump(l: *mut ffi::lua_State, slot: ffi::lua_Integer) -> ffi::lua_Integer {
-    // SAFETY: as `run_frames`, whose stack this uses (one free slot).
+    // SAFETY: as `run_frames`, whose stack this uses (two free slots).
     unsafe {
         ffi::lua_rawgeti(l, A_SHARED, slot);
         let v = ffi::lua_tointeger(l, -1) + 1;
-        ffi::lua_pop(l, 1);
         ffi::lua_pushinteger(l, v);
         ffi::lua_rawseti(l, A_SHARED, slot);
         v
@@ -366,7 +367,6 @@ unsafe fn quiet(
 ) -> bool {
     // SAFETY: as `run_frames`, whose stack this uses (three free slots at most).
     unsafe {
-        let top = ffi::lua_gettop(l);
         ffi::lua_rawgeti(l, A_REGS, key);
         let registered = ffi::lua_type(l, -1) != ffi::LUA_TNIL;
         // The budget's flag; with a watch, its copy there (set and cleared with it).
@@ -379,8 +379,7 @@ unsafe fn quiet(
             }
         };
         ffi::lua_rawgeti(l, A_SHARED, MEMORY_FAILED);
-        let memory_failed = ffi::lua_toboolean(l, -1) != 0;
-        ffi::lua_settop(l, top);
+        let memory_failed = ffi::lua_toboolean(l, -1) != 0; // (what it pushed stays: see `bump`)
         if registered || spent || memory_failed {
             return false;
         }
