@@ -21,7 +21,7 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
-local park, wake, waiting = deps.park, deps.wake, deps.waiting
+local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
 local guard = deps.guard
@@ -735,6 +735,14 @@ local function take_worker()
   return co_create(worker)
 end
 
+--- The job of a pooled worker for `Promise.new`: `run_body(p, executor, on_resolve, on_reject,
+--- on_cancel)` with a fixed arity.
+local function run_executor(p, executor, on_resolve, on_reject, on_cancel)
+  local ok, err = xpcall(executor, capture, on_resolve, on_reject, on_cancel)
+  if not ok then reject_caught(p, err) end
+  if p._thread == co_running() then p._thread = nil end
+end
+
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
 --- the running instance if it yields.
 local function start(p, body, ...)
@@ -753,12 +761,16 @@ local function settle_call(p, ok, ...)
 end
 
 local function run_handler(child, handler, values)
-  settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+  if values.n == 1 then
+    settle_call(child, xpcall(handler, capture, values[1]))
+  else
+    settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+  end
 end
 
 --- Calls `handler` with `values` in a new thread; its results resolve `child`, its error rejects it.
 local function spawn_handler(child, handler, values)
-  local ok, err = pcall(task_spawn, take_worker(), JOB, run_handler, child, handler, values)
+  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, values)
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
@@ -873,13 +885,12 @@ end
 
 --- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
 function Promise.new(executor)
-  if not callable(executor) then bad(1, "new", "function", executor, 2) end
+  if type(executor) ~= "function" and not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
-  -- `start(p, executor, executor_args(p))`, inlined (one vararg call fewer), on a pooled thread.
+  -- `start(p, executor, executor_args(p))`, inlined (no vararg calls), on a pooled thread.
   local co = take_worker()
   p._thread = co
-  local on_resolve, on_reject, on_cancel = executor_args(p)
-  local ok, err = pcall(task_spawn, co, JOB, run_body, p, executor, on_resolve, on_reject, on_cancel)
+  local ok, err = spawn_job(co, JOB, run_executor, p, executor, executor_args(p))
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
   return p
 end
@@ -1357,37 +1368,39 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Methods
 
+--- What `child` of `then_impl` does once its source `s` has settled.
+local function then_react(child, s, on_resolve, on_reject)
+  if child._status ~= STARTED then return end
+  local status, v = s._status, s._values
+  if status == RESOLVED then
+    if on_resolve ~= nil then
+      spawn_handler(child, on_resolve, v)
+    else
+      settle(child, RESOLVED, unpack(v, 1, v.n))
+    end
+  elseif status == REJECTED then
+    if on_reject ~= nil then
+      spawn_handler(child, on_reject, v)
+    else
+      reject_like(child, s)
+    end
+  else
+    cancel(child)
+  end
+end
+
 local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
   local child = internal and internal_promise() or new_promise()
-  if src._status == CANCELLED then
-    child._status, child._values = CANCELLED, { n = 0 }
-    return child
-  end
-  local function reaction(s)
-    if child._status ~= STARTED then return end
-    local status, v = s._status, s._values
-    if status == RESOLVED then
-      if on_resolve ~= nil then
-        spawn_handler(child, on_resolve, v)
-      else
-        settle(child, RESOLVED, unpack(v, 1, v.n))
-      end
-    elseif status == REJECTED then
-      if on_reject ~= nil then
-        spawn_handler(child, on_reject, v)
-      else
-        reject_like(child, s)
-      end
-    else
-      cancel(child)
-    end
-  end
-  if src._status == STARTED then
+  local status = src._status
+  if status == STARTED then
     add_consumer(src, child)
-    enqueue(src, reaction)
+    enqueue(src, function(s) then_react(child, s, on_resolve, on_reject) end)
+  elseif status == CANCELLED then
+    child._status, child._values = CANCELLED, { n = 0 }
   else
-    reaction(src)
+    -- Settled already: no reaction to keep, so no closure.
+    then_react(child, src, on_resolve, on_reject)
   end
   return child
 end
@@ -1395,9 +1408,16 @@ end
 --- `p:andThen(onResolve?, onReject?)`: a promise for what the handler returns (a promise returned
 --- is followed); without a handler, the outcome passes through.
 function promise_methods:andThen(on_resolve, on_reject)
-  check_self(self, "andThen", "Promise", is_promise)
-  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
-  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
+  -- The checks with their common case first (one of ours, functions), as `await` does.
+  if not (debug_getmetatable and debug_getmetatable(self) == PromiseMT) then
+    check_self(self, "andThen", "Promise", is_promise)
+  end
+  if on_resolve ~= nil and type(on_resolve) ~= "function" and not callable(on_resolve) then
+    bad(1, "andThen", "function", on_resolve, 2)
+  end
+  if on_reject ~= nil and type(on_reject) ~= "function" and not callable(on_reject) then
+    bad(2, "andThen", "function", on_reject, 2)
+  end
   return then_impl(self, on_resolve, on_reject)
 end
 promise_methods["then"] = promise_methods.andThen
