@@ -23,7 +23,9 @@ local task = deps.task
 local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
-local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
+local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
+-- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
+local step_slots = deps.slots
 local guard = deps.guard
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
@@ -359,7 +361,7 @@ local cached_key, cached_serial, cached_owner = 0, -1, nil
 
 --- The instance the running code belongs to (its id, or nil): asked of Rust once per resume.
 local function owner()
-  local key, serial = step_current()
+  local key, serial = step_slots[1], step_slots[3]
   if key ~= 0 and key == cached_key and serial == cached_serial then return cached_owner end
   local id = rust_owner()
   if key ~= 0 then cached_key, cached_serial, cached_owner = key, serial, id end
@@ -454,11 +456,16 @@ end
 
 local settled
 
+-- The values of every promise settled with none: `_values` tables are never changed once set.
+local NO_VALUES = { n = 0 }
+
 local function settle(p, status, ...)
   p._status = status
   local n = select("#", ...)
   if n == 1 then
     p._values = { (...), n = 1 } -- sized by the constructor: no resize, as a vararg one needs
+  elseif n == 0 then
+    p._values = NO_VALUES
   else
     p._values = { n = n, ... }
   end
@@ -475,8 +482,8 @@ end
 --- The rest of a settlement, once `_status` and `_values` are set: forget what only a pending
 --- promise needs, remember an unobserved rejection, run the reactions.
 function settled(p, status)
+  -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
   p._hook, p._ihook, p._thread = nil, nil, nil
-  p._nconsumers = nil
   local consumers = p._consumers
   if consumers ~= nil then
     -- Settled: cancelling a consumer no longer reaches this promise.
@@ -495,6 +502,13 @@ function settled(p, status)
   local r1 = p._r1
   if r1 ~= nil then
     local q = p._queue
+    if q == nil and nest < MAX_NEST and type(r1) == "table" then
+      -- One task awaits it, the common case: waking it runs nothing now, so this is `run_queue`
+      -- without its bookkeeping (nothing is queued for later while nothing nests).
+      p._r1 = nil
+      wake(r1)
+      return
+    end
     p._r1, p._queue = nil, nil
     run_queue(p, r1, q)
   end
@@ -709,17 +723,28 @@ local IDLE = setmetatable({}, { __tostring = function() return "idle promise wor
 local JOB = {} -- the first value a worker is resumed with: anything else (a script resuming a
 -- pooled thread by hand) leaves it idle
 
-local function worker(tag, f, a, b, c, d, e)
+--- Runs one job; false if it was not one. The job's values live in this frame only, so an idle
+--- worker holds none of them.
+local function run_job(tag, f, a, b, c, d, e)
+  if tag ~= JOB then return false end
+  f(a, b, c, d, e)
+  return true
+end
+
+local function worker_loop(me, done)
   while true do
-    if tag == JOB then
-      f(a, b, c, d, e)
-      tag, f, a, b, c, d, e = nil, nil, nil, nil, nil, nil, nil
+    if done then
       if pool_n >= POOL_MAX then return end
       pool_n = pool_n + 1
-      pool[pool_n] = co_running()
+      pool[pool_n] = me
     end
-    tag, f, a, b, c, d, e = co_yield(IDLE)
+    done = run_job(co_yield(IDLE))
   end
+end
+
+local function worker(...)
+  -- A tail call: the first job's values go with this frame.
+  return worker_loop(co_running(), run_job(...))
 end
 
 --- A suspended worker thread from the pool, or a new one.
@@ -754,6 +779,10 @@ end
 
 local function settle_call(p, ok, ...)
   if ok then
+    if type((...)) ~= "table" and p._status == STARTED then
+      settle(p, RESOLVED, ...) -- `resolve`'s common case, one call fewer
+      return
+    end
     resolve(p, ...)
   else
     reject_caught(p, (...))
