@@ -370,20 +370,16 @@ end
 
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
--- The nil fields only size the table for the fields a promise usually gets (no rehash as they come).
+-- The nil fields only size the table for the fields a promise usually gets (no rehash as they come):
+-- five fields make room for eight (`_values`, `_thread`, `_r1`, `_handled`, `_nconsumers`...), as
+-- eight would, and each field of a constructor costs a store.
 local function new_promise()
-  return setmetatable({
-    _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil, _handled = nil,
-    _nconsumers = nil, _hook = nil,
-  }, PromiseMT)
+  return setmetatable({ _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
 end
 
 --- A promise the library makes for its own work: never reported as unhandled.
 local function internal_promise()
-  return setmetatable({
-    _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil, _handled = nil,
-    _nconsumers = nil, _hook = nil,
-  }, PromiseMT)
+  return setmetatable({ _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
 end
 
 -- Rejections no handler observed yet, in the order they happened (`tick` reports them).
@@ -765,7 +761,8 @@ end
 local function run_executor(p, executor, on_resolve, on_reject, on_cancel)
   local ok, err = xpcall(executor, capture, on_resolve, on_reject, on_cancel)
   if not ok then reject_caught(p, err) end
-  if p._thread == co_running() then p._thread = nil end
+  local co = p._thread -- nil already if the executor settled `p`
+  if co ~= nil and co == co_running() then p._thread = nil end
 end
 
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
