@@ -362,7 +362,8 @@ local cached_key, cached_serial, cached_owner = 0, -1, nil
 --- The instance the running code belongs to (its id, or nil): asked of Rust once per resume.
 local function owner()
   local key, serial = step_slots[1], step_slots[3]
-  if key ~= 0 and key == cached_key and serial == cached_serial then return cached_owner end
+  -- (`cached_key` is never 0 once set, and `cached_serial` matches nothing before.)
+  if key == cached_key and serial == cached_serial then return cached_owner end
   local id = rust_owner()
   if key ~= 0 then cached_key, cached_serial, cached_owner = key, serial, id end
   return id
@@ -465,13 +466,6 @@ local function settle(p, status, ...)
   else
     p._values = { n = n, ... }
   end
-  settled(p, status)
-end
-
---- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
-local function settle1(p, status, v)
-  p._status = status
-  p._values = { v, n = 1 }
   settled(p, status)
 end
 
@@ -747,8 +741,7 @@ end
 local function take_worker()
   while pool_n > 0 do
     local n = pool_n
-    local co = pool[n]
-    pool[n] = nil
+    local co = pool[n] -- left in the list, to be overwritten (a store over a value is the fast one)
     pool_n = n - 1
     -- A worker whose task was killed (its budget ran out mid-job) is closed: skip it.
     if co_status(co) == "suspended" then return co end
@@ -888,7 +881,10 @@ local function executor_args(p)
       local v = ...
       -- The common case, without another vararg call: one value that is not a thenable.
       if p._status == STARTED and type(v) ~= "table" then
-        settle1(p, RESOLVED, v)
+        -- `settle(p, RESOLVED, v)` without a vararg call or `select`
+        p._status = RESOLVED
+        p._values = { v, n = 1 }
+        settled(p, RESOLVED)
         return
       end
     end
@@ -1419,7 +1415,9 @@ local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
   local child = internal and internal_promise() or new_promise()
   local status = src._status
-  if status == STARTED then
+  if status == RESOLVED and on_resolve ~= nil then
+    spawn_handler(child, on_resolve, src._values) -- `then_react`'s common case, for a settled `src`
+  elseif status == STARTED then
     add_consumer(src, child)
     enqueue(src, function(s) then_react(child, s, on_resolve, on_reject) end)
   elseif status == CANCELLED then
