@@ -460,7 +460,9 @@ local function settle(p, status, ...)
   p._status = status
   local n = select("#", ...)
   if n == 1 then
-    p._values = { (...), n = 1 } -- sized by the constructor: no resize, as a vararg one needs
+    -- Sized by the constructor (no resize, as a vararg one needs), both in the hash part: one
+    -- allocation fewer than an array part of one beside a hash part of one.
+    p._values = { [1] = (...), n = 1 }
   elseif n == 0 then
     p._values = NO_VALUES
   else
@@ -883,7 +885,7 @@ local function executor_args(p)
       if p._status == STARTED and type(v) ~= "table" then
         -- `settle(p, RESOLVED, v)` without a vararg call or `select`
         p._status = RESOLVED
-        p._values = { v, n = 1 }
+        p._values = { [1] = v, n = 1 } -- see `settle`
         settled(p, RESOLVED)
         return
       end
