@@ -570,8 +570,9 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("park", api.get::<Function>("park")?)?;
     deps.set("wake", api.get::<Function>("wake")?)?;
     deps.set("waiting", api.get::<Function>("waiting")?)?;
+    deps.set("spawn_job", api.get::<Function>("spawn_job")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
-    deps.set("current", step.get::<Function>("current")?)?;
+    deps.set("slots", step.get::<Table>("shared")?)?;
     deps.set("guard", step.get::<Function>("guard")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;

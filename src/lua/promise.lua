@@ -21,9 +21,11 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
-local park, wake, waiting = deps.park, deps.wake, deps.waiting
+local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
-local rust_report, rust_owner, step_current, spawn_as = deps.report, deps.owner, deps.current, deps.spawn_as
+local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
+-- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
+local step_slots = deps.slots
 local guard = deps.guard
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
@@ -359,8 +361,9 @@ local cached_key, cached_serial, cached_owner = 0, -1, nil
 
 --- The instance the running code belongs to (its id, or nil): asked of Rust once per resume.
 local function owner()
-  local key, serial = step_current()
-  if key ~= 0 and key == cached_key and serial == cached_serial then return cached_owner end
+  local key, serial = step_slots[1], step_slots[3]
+  -- (`cached_key` is never 0 once set, and `cached_serial` matches nothing before.)
+  if key == cached_key and serial == cached_serial then return cached_owner end
   local id = rust_owner()
   if key ~= 0 then cached_key, cached_serial, cached_owner = key, serial, id end
   return id
@@ -368,20 +371,16 @@ end
 
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
--- The nil fields only size the table for the fields a promise usually gets (no rehash as they come).
+-- The nil fields only size the table for the fields a promise usually gets (no rehash as they come):
+-- five fields make room for eight (`_values`, `_thread`, `_r1`, `_handled`, `_nconsumers`...), as
+-- eight would, and each field of a constructor costs a store.
 local function new_promise()
-  return setmetatable({
-    _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil, _handled = nil,
-    _nconsumers = nil, _hook = nil,
-  }, PromiseMT)
+  return setmetatable({ _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
 end
 
 --- A promise the library makes for its own work: never reported as unhandled.
 local function internal_promise()
-  return setmetatable({
-    _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil, _handled = nil,
-    _nconsumers = nil, _hook = nil,
-  }, PromiseMT)
+  return setmetatable({ _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
 end
 
 -- Rejections no handler observed yet, in the order they happened (`tick` reports them).
@@ -454,29 +453,29 @@ end
 
 local settled
 
+-- The values of every promise settled with none: `_values` tables are never changed once set.
+local NO_VALUES = { n = 0 }
+
 local function settle(p, status, ...)
   p._status = status
   local n = select("#", ...)
   if n == 1 then
-    p._values = { (...), n = 1 } -- sized by the constructor: no resize, as a vararg one needs
+    -- Sized by the constructor (no resize, as a vararg one needs), both in the hash part: one
+    -- allocation fewer than an array part of one beside a hash part of one.
+    p._values = { [1] = (...), n = 1 }
+  elseif n == 0 then
+    p._values = NO_VALUES
   else
     p._values = { n = n, ... }
   end
   settled(p, status)
 end
 
---- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
-local function settle1(p, status, v)
-  p._status = status
-  p._values = { v, n = 1 }
-  settled(p, status)
-end
-
 --- The rest of a settlement, once `_status` and `_values` are set: forget what only a pending
 --- promise needs, remember an unobserved rejection, run the reactions.
 function settled(p, status)
+  -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
   p._hook, p._ihook, p._thread = nil, nil, nil
-  p._nconsumers = nil
   local consumers = p._consumers
   if consumers ~= nil then
     -- Settled: cancelling a consumer no longer reaches this promise.
@@ -495,6 +494,13 @@ function settled(p, status)
   local r1 = p._r1
   if r1 ~= nil then
     local q = p._queue
+    if q == nil and nest < MAX_NEST and type(r1) == "table" then
+      -- One task awaits it, the common case: waking it runs nothing now, so this is `run_queue`
+      -- without its bookkeeping (nothing is queued for later while nothing nests).
+      p._r1 = nil
+      wake(r1)
+      return
+    end
     p._r1, p._queue = nil, nil
     run_queue(p, r1, q)
   end
@@ -709,30 +715,49 @@ local IDLE = setmetatable({}, { __tostring = function() return "idle promise wor
 local JOB = {} -- the first value a worker is resumed with: anything else (a script resuming a
 -- pooled thread by hand) leaves it idle
 
-local function worker(tag, f, a, b, c, d, e)
+--- Runs one job; false if it was not one. The job's values live in this frame only, so an idle
+--- worker holds none of them.
+local function run_job(tag, f, a, b, c, d, e)
+  if tag ~= JOB then return false end
+  f(a, b, c, d, e)
+  return true
+end
+
+local function worker_loop(me, done)
   while true do
-    if tag == JOB then
-      f(a, b, c, d, e)
-      tag, f, a, b, c, d, e = nil, nil, nil, nil, nil, nil, nil
+    if done then
       if pool_n >= POOL_MAX then return end
       pool_n = pool_n + 1
-      pool[pool_n] = co_running()
+      pool[pool_n] = me
     end
-    tag, f, a, b, c, d, e = co_yield(IDLE)
+    done = run_job(co_yield(IDLE))
   end
+end
+
+local function worker(...)
+  -- A tail call: the first job's values go with this frame.
+  return worker_loop(co_running(), run_job(...))
 end
 
 --- A suspended worker thread from the pool, or a new one.
 local function take_worker()
   while pool_n > 0 do
     local n = pool_n
-    local co = pool[n]
-    pool[n] = nil
+    local co = pool[n] -- left in the list, to be overwritten (a store over a value is the fast one)
     pool_n = n - 1
     -- A worker whose task was killed (its budget ran out mid-job) is closed: skip it.
     if co_status(co) == "suspended" then return co end
   end
   return co_create(worker)
+end
+
+--- The job of a pooled worker for `Promise.new`: `run_body(p, executor, on_resolve, on_reject,
+--- on_cancel)` with a fixed arity.
+local function run_executor(p, executor, on_resolve, on_reject, on_cancel)
+  local ok, err = xpcall(executor, capture, on_resolve, on_reject, on_cancel)
+  if not ok then reject_caught(p, err) end
+  local co = p._thread -- nil already if the executor settled `p`
+  if co ~= nil and co == co_running() then p._thread = nil end
 end
 
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
@@ -746,6 +771,10 @@ end
 
 local function settle_call(p, ok, ...)
   if ok then
+    if type((...)) ~= "table" and p._status == STARTED then
+      settle(p, RESOLVED, ...) -- `resolve`'s common case, one call fewer
+      return
+    end
     resolve(p, ...)
   else
     reject_caught(p, (...))
@@ -753,12 +782,16 @@ local function settle_call(p, ok, ...)
 end
 
 local function run_handler(child, handler, values)
-  settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+  if values.n == 1 then
+    settle_call(child, xpcall(handler, capture, values[1]))
+  else
+    settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+  end
 end
 
 --- Calls `handler` with `values` in a new thread; its results resolve `child`, its error rejects it.
 local function spawn_handler(child, handler, values)
-  local ok, err = pcall(task_spawn, take_worker(), JOB, run_handler, child, handler, values)
+  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, values)
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
@@ -850,7 +883,10 @@ local function executor_args(p)
       local v = ...
       -- The common case, without another vararg call: one value that is not a thenable.
       if p._status == STARTED and type(v) ~= "table" then
-        settle1(p, RESOLVED, v)
+        -- `settle(p, RESOLVED, v)` without a vararg call or `select`
+        p._status = RESOLVED
+        p._values = { [1] = v, n = 1 } -- see `settle`
+        settled(p, RESOLVED)
         return
       end
     end
@@ -873,13 +909,12 @@ end
 
 --- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
 function Promise.new(executor)
-  if not callable(executor) then bad(1, "new", "function", executor, 2) end
+  if type(executor) ~= "function" and not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
-  -- `start(p, executor, executor_args(p))`, inlined (one vararg call fewer), on a pooled thread.
+  -- `start(p, executor, executor_args(p))`, inlined (no vararg calls), on a pooled thread.
   local co = take_worker()
   p._thread = co
-  local on_resolve, on_reject, on_cancel = executor_args(p)
-  local ok, err = pcall(task_spawn, co, JOB, run_body, p, executor, on_resolve, on_reject, on_cancel)
+  local ok, err = spawn_job(co, JOB, run_executor, p, executor, executor_args(p))
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
   return p
 end
@@ -1357,37 +1392,41 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Methods
 
+--- What `child` of `then_impl` does once its source `s` has settled.
+local function then_react(child, s, on_resolve, on_reject)
+  if child._status ~= STARTED then return end
+  local status, v = s._status, s._values
+  if status == RESOLVED then
+    if on_resolve ~= nil then
+      spawn_handler(child, on_resolve, v)
+    else
+      settle(child, RESOLVED, unpack(v, 1, v.n))
+    end
+  elseif status == REJECTED then
+    if on_reject ~= nil then
+      spawn_handler(child, on_reject, v)
+    else
+      reject_like(child, s)
+    end
+  else
+    cancel(child)
+  end
+end
+
 local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
   local child = internal and internal_promise() or new_promise()
-  if src._status == CANCELLED then
-    child._status, child._values = CANCELLED, { n = 0 }
-    return child
-  end
-  local function reaction(s)
-    if child._status ~= STARTED then return end
-    local status, v = s._status, s._values
-    if status == RESOLVED then
-      if on_resolve ~= nil then
-        spawn_handler(child, on_resolve, v)
-      else
-        settle(child, RESOLVED, unpack(v, 1, v.n))
-      end
-    elseif status == REJECTED then
-      if on_reject ~= nil then
-        spawn_handler(child, on_reject, v)
-      else
-        reject_like(child, s)
-      end
-    else
-      cancel(child)
-    end
-  end
-  if src._status == STARTED then
+  local status = src._status
+  if status == RESOLVED and on_resolve ~= nil then
+    spawn_handler(child, on_resolve, src._values) -- `then_react`'s common case, for a settled `src`
+  elseif status == STARTED then
     add_consumer(src, child)
-    enqueue(src, reaction)
+    enqueue(src, function(s) then_react(child, s, on_resolve, on_reject) end)
+  elseif status == CANCELLED then
+    child._status, child._values = CANCELLED, { n = 0 }
   else
-    reaction(src)
+    -- Settled already: no reaction to keep, so no closure.
+    then_react(child, src, on_resolve, on_reject)
   end
   return child
 end
@@ -1395,9 +1434,16 @@ end
 --- `p:andThen(onResolve?, onReject?)`: a promise for what the handler returns (a promise returned
 --- is followed); without a handler, the outcome passes through.
 function promise_methods:andThen(on_resolve, on_reject)
-  check_self(self, "andThen", "Promise", is_promise)
-  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
-  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
+  -- The checks with their common case first (one of ours, functions), as `await` does.
+  if not (debug_getmetatable and debug_getmetatable(self) == PromiseMT) then
+    check_self(self, "andThen", "Promise", is_promise)
+  end
+  if on_resolve ~= nil and type(on_resolve) ~= "function" and not callable(on_resolve) then
+    bad(1, "andThen", "function", on_resolve, 2)
+  end
+  if on_reject ~= nil and type(on_reject) ~= "function" and not callable(on_reject) then
+    bad(2, "andThen", "function", on_reject, 2)
+  end
   return then_impl(self, on_resolve, on_reject)
 end
 promise_methods["then"] = promise_methods.andThen
@@ -1674,7 +1720,15 @@ local function await(p)
     p = to_promise(p)
   end
   p._handled = true
-  if p._status == STARTED then wait_settled(p) end
+  if p._status == STARTED then
+    -- `wait_settled(p)`, inlined: one call and two checks fewer on every await that waits.
+    local slot = { key = nil, reg = nil, promise = p }
+    if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
+    p._nconsumers = (p._nconsumers or 0) + 1
+    repeat
+      park(slot)
+    until p._status ~= STARTED
+  end
   if p._status ~= RESOLVED then raise(p) end
   local v = p._values
   if v.n == 1 then return v[1] end

@@ -869,6 +869,18 @@ local function spawn_impl(fname, f, ...)
   return after_spawn(co, co_resume(co, ...))
 end
 
+--- For promises: `pcall(task.spawn, co, a, b, c, d, e, f, g)` for `co`, a suspended thread, with
+--- up to seven values and without the vararg calls and checks, while nothing unusual happens: the
+--- budget is not spent, `co` is not a task, and it finishes or yields without a request (as a
+--- pooled promise worker does). Anything else takes `task.spawn`'s own path; either way the
+--- results are those of that `pcall` (just `true` when it went well).
+local function spawn_job(co, a, b, c, d, e, f, g)
+  if S.spent or keys[co] ~= nil then return pcall(spawn_impl, "spawn", co, a, b, c, d, e, f, g) end
+  local ok, first, kind, arg = co_resume(co, a, b, c, d, e, f, g)
+  if ok and first ~= REQ then return true end
+  return pcall(after_spawn, co, ok, first, kind, arg)
+end
+
 local task = {}
 
 --- Resumes `f` (or a thread) now, until its first yield; returns the thread.
@@ -1016,6 +1028,7 @@ return {
   park = park,
   wake = wake,
   waiting = waiting,
+  spawn_job = spawn_job,
   bad = bad,
   error_text = error_text,
 }
