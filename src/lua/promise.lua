@@ -1720,15 +1720,7 @@ local function await(p)
     p = to_promise(p)
   end
   p._handled = true
-  if p._status == STARTED then
-    -- `wait_settled(p)`, inlined: one call and two checks fewer on every await that waits.
-    local slot = { key = nil, reg = nil, promise = p }
-    if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
-    p._nconsumers = (p._nconsumers or 0) + 1
-    repeat
-      park(slot)
-    until p._status ~= STARTED
-  end
+  if p._status == STARTED then wait_settled(p) end
   if p._status ~= RESOLVED then raise(p) end
   local v = p._values
   if v.n == 1 then return v[1] end
