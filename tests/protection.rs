@@ -412,3 +412,52 @@ fn a_runaway_nested_coroutine_caught_by_pcall_still_stops_its_parent() {
     assert_eq!(errs[0].kind, ScriptErrorKind::Budget);
     assert_eq!(errs[0].message, "scripts/caught.lua:2: script exceeded its instruction budget");
 }
+
+/// A task whose budget runs out while its settlement wakes the tasks awaiting a promise is stopped
+/// and killed inside the promise machinery. That must not stop other instances' promises: before,
+/// each such kill left the settlement depth one higher, and after eight every later settlement in
+/// the VM queued its reactions for good.
+#[test]
+fn a_task_stopped_inside_a_settlement_does_not_stop_other_instances_promises() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(200_000),
+        exact_instruction_count: true,
+        max_tasks_per_instance: None,
+        ..test_plugin()
+    });
+    let hostile = script(
+        &mut app,
+        "scripts/hostile.lua",
+        r#"
+        local resolve
+        local p = Promise.new(function(r) resolve = r end)
+        for _ = 1, 20 do
+            for _ = 1, 500 do task.spawn(function() await(p) end) end
+            task.wait()
+        end
+        resolve(1) -- waking 10,000 tasks takes more than the budget
+        print("resolved")
+        "#,
+    );
+    for _ in 0..9 {
+        app.world_mut().spawn(LuaScripts::new(hostile.clone()));
+    }
+    run(&mut app, 22);
+    let spent = errors(&app).iter().filter(|e| e.kind == ScriptErrorKind::Budget).count();
+    // Eight stopped settlements leave the depth at its limit (a ninth settlement in the same step
+    // only queues its reactions, so it finishes).
+    assert!(spent >= 8, "the resolvers ran out of budget: {:#?}", errors(&app));
+    assert!(
+        errors(&app).iter().all(|e| !e.message.contains("hostile.lua:")),
+        "the budget ran out in the settlement, not the script's own lines: {:#?}",
+        errors(&app)
+    );
+    take_printed(&mut app);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "print('victim got', await(Promise.new(function(r) task.delay(0, r, 42) end)))",
+    );
+    run(&mut app, 5);
+    assert_eq!(printed(&app), ["victim got\t42"]);
+}

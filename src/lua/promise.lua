@@ -418,6 +418,19 @@ local function react(reaction, p)
   end
 end
 
+--- Runs the reactions queued while settlements nested too deep, as the outermost settlement.
+local function drain_later()
+  nest = 1
+  while later_head <= later_tail do
+    local r, lp = later[later_head], later[later_head + 1]
+    later[later_head], later[later_head + 1] = nil, nil
+    later_head = later_head + 2
+    react(r, lp)
+  end
+  later_head, later_tail = 1, 0
+  nest = 0
+end
+
 --- Runs the reactions of `p` (just settled: `r1`, then the list `q` if any), or queues them for the
 --- outermost settlement when reactions already nest too deep.
 local function run_queue(p, r1, q)
@@ -438,17 +451,7 @@ local function run_queue(p, r1, q)
     for i = 1, #q do react(q[i], p) end
   end
   nest = nest - 1
-  if nest == 0 and later_head <= later_tail then
-    nest = 1
-    while later_head <= later_tail do
-      local r, lp = later[later_head], later[later_head + 1]
-      later[later_head], later[later_head + 1] = nil, nil
-      later_head = later_head + 2
-      react(r, lp)
-    end
-    later_head, later_tail = 1, 0
-    nest = 0
-  end
+  if nest == 0 and later_head <= later_tail then drain_later() end
 end
 
 local settled
@@ -1853,6 +1856,13 @@ end
 local function tick(gone)
   if gone ~= nil then
     for i = 1, #gone do callbacks[gone[i]] = nil end
+  end
+  if nest ~= 0 or later_head <= later_tail then
+    -- No settlement runs between steps: a depth left above 0 is a task's that was stopped inside
+    -- one (its budget spent) and killed. Left alone, it would make every later settlement of
+    -- every instance queue its reactions and never run them; what it queued runs now.
+    nest = 0
+    drain_later()
   end
   local n = #pending
   if n == 0 then return end
