@@ -1024,7 +1024,8 @@ return {
     return co
   end,
   step = step,
-  -- For the promise and channel modules: the one wait mechanism, and the one `bad argument` helper.
+  -- For the promise and channel modules: the one wait mechanism, the promise workers' resume
+  -- (`spawn_job`), and the one `bad argument` helper.
   park = park,
   wake = wake,
   waiting = waiting,
