@@ -301,7 +301,8 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
     match leaf {
         Leaf::Bool => format!("type({x}) ~= \"boolean\""),
         Leaf::Float => format!("type({x}) ~= \"number\""),
-        Leaf::Str => format!("type({x}) ~= \"string\" or not ascii[{x}] and nonascii({x})"),
+        // A string `ascii` knows needs no `type` call.
+        Leaf::Str => format!("not ascii[{x}] and (type({x}) ~= \"string\" or nonascii({x}))"),
         Leaf::Int { min, max } if cfg!(feature = "lua54") => {
             let mut s = format!("math_type({x}) ~= \"integer\"");
             if min != i64::MIN {
@@ -537,18 +538,24 @@ impl LeafWriter<'_> {
 
     /// The index of `key` in the keys, added on first sight.
     fn key(&mut self, key: &'static str) -> Result<u32, Unsupported> {
-        let keys = &mut self.out.keys;
-        // The same field is the same `&'static str`: most lookups end at the pointer test.
-        let found =
-            keys.iter().position(|k| std::ptr::eq(*k, key)).or_else(|| keys.iter().position(|k| *k == key));
-        match found {
-            Some(i) => Ok(i as u32),
+        let (keys, guess) = (&mut self.out.keys, self.out.next_key);
+        // The same field is the same `&'static str`, and fields come in the same order value after
+        // value: most lookups end at the guess (the key after the last one found).
+        let found = if keys.get(guess).is_some_and(|k| std::ptr::eq(*k, key)) {
+            Some(guess)
+        } else {
+            keys.iter().position(|k| std::ptr::eq(*k, key)).or_else(|| keys.iter().position(|k| *k == key))
+        };
+        let i = match found {
+            Some(i) => i,
             None if keys.len() < MAX_KEYS => {
                 keys.push(key);
-                Ok((keys.len() - 1) as u32)
+                keys.len() - 1
             }
-            None => Err(Unsupported),
-        }
+            None => return Err(Unsupported),
+        };
+        self.out.next_key = if i + 1 < keys.len() { i + 1 } else { 0 };
+        Ok(i as u32)
     }
 }
 

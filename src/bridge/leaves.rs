@@ -150,6 +150,8 @@ pub(crate) struct Values {
     pub keys: Vec<&'static str>,
     /// The deepest nesting of tables among them.
     pub depth: usize,
+    /// Where the next key is looked up first (see `super::flat`).
+    pub next_key: usize,
 }
 
 impl Values {
@@ -160,6 +162,7 @@ impl Values {
         self.bytes.clear();
         self.keys.clear();
         self.depth = 0;
+        self.next_key = 0;
     }
 }
 
