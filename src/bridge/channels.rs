@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::flat::{self, Tok};
+use super::flat;
 use super::from_lua;
-use super::leaves::{self, Leaves};
+use super::leaves::{self, Leaves, Values};
 use super::messages::rust_channels_lua;
 
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
@@ -105,36 +105,17 @@ fn flush_script_sends(flushes: Res<ChannelFlushes>) {
     }
 }
 
-/// Shapes of values Rust sent, each with the Lua function that builds a batch of their tables.
-#[derive(Default)]
-struct Constructors {
-    known: Vec<(Vec<Tok>, Function, usize)>,
-}
-
-/// Shapes kept per channel (a type whose values vary more than this goes through serde).
-const MAX_SHAPES: usize = 8;
-
-impl Constructors {
-    /// The constructor for `toks`, made on first sight.
-    fn get(&mut self, lua: &Lua, toks: &[Tok]) -> Option<(Function, usize)> {
-        if let Some((_, f, batch)) = self.known.iter().find(|(t, _, _)| t == toks) {
-            return Some((f.clone(), *batch));
-        }
-        if self.known.len() >= MAX_SHAPES {
-            return None;
-        }
-        let (f, batch) = flat::constructor(lua, toks)?;
-        self.known.push((toks.to_vec(), f.clone(), batch));
-        Some((f, batch))
-    }
-}
-
-/// The receiving side's Rust state of a typed channel: the shapes seen and the values taken from
-/// the crossbeam receiver that a failed refill could not hand over (delivered first next time).
+/// The receiving side's Rust state of a typed channel: the values taken from the crossbeam
+/// receiver that a failed refill could not hand over (delivered first next time), and, kept for
+/// reuse, the values of the batch being flattened and their flat form.
 struct Receiving<T> {
-    shapes: Constructors,
     held: VecDeque<T>,
+    run: Vec<T>,
+    values: Values,
 }
+
+/// Most values one protected call builds (bounds the flat form kept between refills).
+const WRITE_BATCH: usize = 1024;
 
 /// Puts `run` (values taken but not delivered) and then `value` back at the front of `held`, in order.
 fn hold_back<T>(held: &mut VecDeque<T>, run: &mut Vec<T>, value: Option<T>) {
@@ -147,11 +128,11 @@ fn hold_back<T>(held: &mut VecDeque<T>, run: &mut Vec<T>, value: Option<T>) {
 }
 
 /// Moves every value waiting (those held back first, then `rx`'s) into the Lua table `q` at
-/// `1...` and returns how many: runs of values of one flat shape through that shape's constructor
-/// (one call per batch), anything else through mlua's `to_value`.
+/// `1...` and returns how many: runs of flat values (see `flat`) built by raw C API writes in one
+/// protected call per [`WRITE_BATCH`], anything else through mlua's `to_value`.
 ///
-/// Nothing taken is lost. When a constructor call fails (out of memory, say), its values and the
-/// rest go back to the held values: the values stored before it are returned, or, with none, the
+/// Nothing taken is lost. When building fails (out of memory, say), the values not stored and the
+/// rest go back to the held values: the values stored before are returned, or, with none, the
 /// error is raised and the next refill tries them again. A value that does not convert on its own
 /// (its `Serialize` fails) is held back the same way until it is the first of a refill; then its
 /// error is raised in its place, and only that value is dropped.
@@ -162,88 +143,59 @@ fn drain_into<T: Serialize>(
     state: &Mutex<Receiving<T>>,
 ) -> mlua::Result<usize> {
     let mut state = state.lock().map_err(|_| mlua::Error::runtime("channel state poisoned"))?;
-    let Receiving { shapes, held } = &mut *state;
-    // `n` values are stored; `run` holds the values whose leaves are in `args[3..]`, of the shape
-    // `current`, to be stored at `q[n + 1]...` by its constructor.
+    let Receiving { held, run, values } = &mut *state;
+    // `n` values are stored; `run` holds the values flattened in `values`, to be stored at
+    // `q[n + 1]...`.
     let mut n = 0usize;
-    let mut current: Option<(Vec<Tok>, Function, usize)> = None;
-    let mut run: Vec<T> = Vec::new();
-    let mut toks = Vec::new();
-    let mut strings = flat::Strings::default();
-    let mut args: Vec<Value> = vec![Value::Table(q.clone()), Value::Nil, Value::Nil];
-    // Stores the run through its constructor; on failure the run stays in `run`.
-    let construct = |current: &Option<(Vec<Tok>, Function, usize)>,
-                     args: &mut Vec<Value>,
-                     run: &mut Vec<T>,
-                     n: &mut usize|
-     -> mlua::Result<()> {
-        let Some((_, f, _)) = current else { return Ok(()) };
+    run.clear();
+    values.clear();
+    // Stores the run; on failure the values not stored stay in `run`.
+    let write = |run: &mut Vec<T>, values: &mut Values, n: &mut usize| -> mlua::Result<()> {
         if run.is_empty() {
             return Ok(());
         }
-        args[1] = Value::Integer(*n as _);
-        args[2] = Value::Integer(run.len() as _);
-        let r = f.call::<()>(MultiValue::from_vec(std::mem::take(args)));
-        args.extend([Value::Table(q.clone()), Value::Nil, Value::Nil]);
-        if r.is_ok() {
-            *n += run.len();
-            run.clear();
-        }
+        let (stored, r) = leaves::write(lua, q, *n, values);
+        *n += stored;
+        run.drain(..stored);
+        values.clear();
         r
     };
     // Gives back what was stored, or raises `e` when nothing was (everything taken stays held).
     let fail = |n: usize, e: mlua::Error| if n > 0 { Ok(n) } else { Err(e) };
     while let Some(value) = held.pop_front().or_else(|| rx.try_recv().ok()) {
-        toks.clear();
-        let mark = args.len();
-        let flat = flat::serialize(lua, &value, &mut toks, &mut args, &mut strings).is_ok();
-        if flat && current.as_ref().is_some_and(|(t, _, _)| *t == toks) {
+        if flat::serialize(lua, &value, values).is_ok() {
             run.push(value);
-        } else {
-            // A new shape (or none): finish the run so far, then start one or convert alone.
-            let leaves: Vec<Value> = args.drain(mark..).collect();
-            if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
-                hold_back(held, &mut run, Some(value));
+            if run.len() == WRITE_BATCH
+                && let Err(e) = write(run, values, &mut n)
+            {
+                hold_back(held, run, None);
                 return fail(n, e);
             }
-            args.truncate(3);
-            current = None;
-            match flat.then(|| shapes.get(lua, &toks)).flatten() {
-                Some((f, batch)) => {
-                    current = Some((toks.clone(), f, batch));
-                    args.extend(leaves);
-                    run.push(value);
-                }
-                None => {
-                    drop(leaves);
-                    match lua.to_value(&value) {
-                        Ok(v) => {
-                            if let Err(e) = q.raw_set(n + 1, v) {
-                                hold_back(held, &mut run, Some(value));
-                                return fail(n, e);
-                            }
-                            n += 1;
-                        }
-                        // Raised in its place: at the front of a refill, or by the next one.
-                        Err(e) if n == 0 => return Err(e),
-                        Err(_) => {
-                            hold_back(held, &mut run, Some(value));
-                            return Ok(n);
-                        }
-                    }
-                }
-            }
+            continue;
         }
-        if current.as_ref().is_some_and(|(_, _, batch)| run.len() == *batch) {
-            if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
-                hold_back(held, &mut run, None);
-                return fail(n, e);
+        // Not flat: store the run so far, then convert this one alone.
+        if let Err(e) = write(run, values, &mut n) {
+            hold_back(held, run, Some(value));
+            return fail(n, e);
+        }
+        match lua.to_value(&value) {
+            Ok(v) => {
+                if let Err(e) = q.raw_set(n + 1, v) {
+                    hold_back(held, run, Some(value));
+                    return fail(n, e);
+                }
+                n += 1;
             }
-            args.truncate(3);
+            // Raised in its place: at the front of a refill, or by the next one.
+            Err(e) if n == 0 => return Err(e),
+            Err(_) => {
+                hold_back(held, run, Some(value));
+                return Ok(n);
+            }
         }
     }
-    if let Err(e) = construct(&current, &mut args, &mut run, &mut n) {
-        hold_back(held, &mut run, None);
+    if let Err(e) = write(run, values, &mut n) {
+        hold_back(held, run, None);
         return fail(n, e);
     }
     Ok(n)
@@ -261,7 +213,8 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
 ) -> mlua::Result<Function> {
     let rs = lua.create_table()?;
     let r = rx.clone();
-    let state = Arc::new(Mutex::new(Receiving { shapes: Constructors::default(), held: VecDeque::new() }));
+    let state =
+        Arc::new(Mutex::new(Receiving { held: VecDeque::new(), run: Vec::new(), values: Values::default() }));
     let st = state.clone();
     rs.set("drain", lua.create_function(move |lua, q: Table| drain_into(lua, &r, &q, &st))?)?;
     rs.set(

@@ -1,16 +1,16 @@
 //! Flat conversion of plain structs for typed channels: a value whose type is a struct (possibly
 //! nested) of numbers, booleans and strings crosses between Rust and Lua as its leaves, in field
-//! order, and a Lua function generated once per shape makes or reads the tables. That moves a batch
-//! of values in one call each way instead of one serde walk (and, under a memory limit, one
-//! protected call per table and field) per value.
+//! order. Rust builds the tables of a batch of values in one protected call of raw C API writes
+//! (`super::leaves::write`), and a Lua function generated once per type checks and flattens what
+//! scripts send. That moves a batch of values in one call each way instead of one serde walk (and,
+//! under a memory limit, one protected call per table and field) per value.
 //!
 //! Both directions give exactly what mlua's serde conversion gives, or are not used: a type whose
 //! shape this module cannot describe, or a value that does not fit the shape a script-side check
 //! can prove, goes through mlua's serde as before (so errors keep their field paths).
 //!
-//! - Rust → script: [`serialize`] writes a value's leaves (converted as mlua's `to_value` converts
-//!   them) and its shape as [`Tok`]s; [`constructor`] makes the Lua function that builds a batch
-//!   of tables from leaves.
+//! - Rust → script: [`serialize`] appends a value's leaves (converted as mlua's `to_value` converts
+//!   them) and how its tables nest to a [`Values`], from which `super::leaves::write` builds them.
 //! - Script → Rust: [`trace`] learns a type's shape from its `Deserialize` (fed placeholder
 //!   leaves), [`flattener`] makes the Lua check that copies a table's leaves into a buffer, and
 //!   [`from_leaves`] rebuilds the value from them as `super::leaves` read them out of that buffer.
@@ -19,11 +19,11 @@ use std::fmt::{self, Display, Write as _};
 
 use mlua::{Function, IntoLua, Lua, Value};
 
-use super::leaves::RawLeaf;
+use super::leaves::{MAX_KEYS, Op, OutLeaf, RawLeaf, Values};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
-/// Most leaves one generated function takes (a Lua function has at most 200 locals).
+/// Most leaves and tables one generated check reads (a Lua function has at most 200 locals).
 const MAX_LEAVES: usize = 180;
 
 /// A leaf of a flat shape.
@@ -301,7 +301,8 @@ fn leaf_misfit(leaf: Leaf, x: &str) -> String {
     match leaf {
         Leaf::Bool => format!("type({x}) ~= \"boolean\""),
         Leaf::Float => format!("type({x}) ~= \"number\""),
-        Leaf::Str => format!("type({x}) ~= \"string\" or not ascii[{x}] and nonascii({x})"),
+        // A string `ascii` knows needs no `type` call.
+        Leaf::Str => format!("not ascii[{x}] and (type({x}) ~= \"string\" or nonascii({x}))"),
         Leaf::Int { min, max } if cfg!(feature = "lua54") => {
             let mut s = format!("math_type({x}) ~= \"integer\"");
             if min != i64::MIN {
@@ -487,79 +488,74 @@ impl<'de> de::SeqAccess<'de> for LeafFields<'_, '_> {
     }
 }
 
+// Rust -> script: leaves and how their tables nest
 // ---------------------------------------------------------------------------------------------
-// Rust -> script: leaves, shape tokens and the constructor
-// ---------------------------------------------------------------------------------------------
 
-/// A token of a serialized value's shape.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Tok {
-    Open,
-    Field(&'static str),
-    Leaf,
-    Close,
-}
-
-/// Serializes `value` as leaves (appended to `leaves`, each as mlua's `to_value` makes it) and its
-/// shape (appended to `toks`). Fails for anything but (nested) structs of numbers, booleans,
-/// strings and chars; what it appended is then meaningless.
-pub(crate) fn serialize<T: Serialize>(
-    lua: &Lua,
-    value: &T,
-    toks: &mut Vec<Tok>,
-    leaves: &mut Vec<Value>,
-    strings: &mut Strings,
-) -> Result<(), Unsupported> {
-    value.serialize(&mut LeafWriter { lua, toks, leaves, strings })
-}
-
-/// Most strings [`Strings`] keeps, and the longest it keeps.
-const KEPT_STRINGS: usize = 16;
-const KEPT_STRING_LEN: usize = 64;
-
-/// The Lua strings made lately for one batch, by their text: most strings a game sends repeat
-/// (kinds, names), and another reference to a Lua string costs far less than making it again
-/// (under a memory limit mlua makes each string in a protected call). Keeps at most
-/// [`KEPT_STRINGS`] short strings, the oldest replaced first.
-#[derive(Default)]
-pub(crate) struct Strings {
-    kept: Vec<(Box<str>, mlua::LuaString)>,
-    next: usize,
-}
-
-impl Strings {
-    /// The Lua string `v`.
-    fn get(&mut self, lua: &Lua, v: &str) -> mlua::Result<mlua::LuaString> {
-        if v.len() > KEPT_STRING_LEN {
-            return lua.create_string(v);
-        }
-        if let Some((_, s)) = self.kept.iter().find(|(k, _)| **k == *v) {
-            return Ok(s.clone());
-        }
-        let s = lua.create_string(v)?;
-        if self.kept.len() < KEPT_STRINGS {
-            self.kept.push((v.into(), s.clone()));
-        } else {
-            self.kept[self.next] = (v.into(), s.clone());
-            self.next = (self.next + 1) % KEPT_STRINGS;
-        }
-        Ok(s)
+/// Appends `value` to `out` (its leaves, each as mlua's `to_value` makes it, and how its tables
+/// nest; `super::leaves::write` builds them). Fails, and leaves `out` as it was, for anything but
+/// (nested) structs of numbers, booleans, strings and chars, or when the keys of `out` would pass
+/// [`MAX_KEYS`].
+pub(crate) fn serialize<T: Serialize>(lua: &Lua, value: &T, out: &mut Values) -> Result<(), Unsupported> {
+    let (ops, leaves, bytes, keys) = (out.ops.len(), out.leaves.len(), out.bytes.len(), out.keys.len());
+    let mut writer = LeafWriter { lua, out, depth: 0 };
+    let r = value.serialize(&mut writer);
+    if r.is_err() {
+        out.ops.truncate(ops);
+        out.leaves.truncate(leaves);
+        out.bytes.truncate(bytes);
+        out.keys.truncate(keys);
     }
+    r
 }
 
-/// A serializer writing leaves and shape tokens.
+/// A serializer appending to [`Values`].
 struct LeafWriter<'a> {
     lua: &'a Lua,
-    toks: &'a mut Vec<Tok>,
-    leaves: &'a mut Vec<Value>,
-    strings: &'a mut Strings,
+    out: &'a mut Values,
+    /// Tables open now.
+    depth: usize,
 }
 
 impl LeafWriter<'_> {
     fn leaf(&mut self, v: impl IntoLua) -> Result<(), Unsupported> {
-        self.toks.push(Tok::Leaf);
-        self.leaves.push(v.into_lua(self.lua).map_err(|_| Unsupported)?);
+        let leaf = match v.into_lua(self.lua).map_err(|_| Unsupported)? {
+            Value::Boolean(b) => OutLeaf::Bool(b),
+            Value::Integer(i) => OutLeaf::Int(i),
+            Value::Number(n) => OutLeaf::Num(n),
+            _ => return Err(Unsupported),
+        };
+        self.out.ops.push(Op::Leaf);
+        self.out.leaves.push(leaf);
         Ok(())
+    }
+
+    fn string(&mut self, v: &str) {
+        let start = self.out.bytes.len();
+        self.out.bytes.extend_from_slice(v.as_bytes());
+        self.out.ops.push(Op::Leaf);
+        self.out.leaves.push(OutLeaf::Str(start..self.out.bytes.len()));
+    }
+
+    /// The index of `key` in the keys, added on first sight.
+    fn key(&mut self, key: &'static str) -> Result<u32, Unsupported> {
+        let (keys, guess) = (&mut self.out.keys, self.out.next_key);
+        // The same field is the same `&'static str`, and fields come in the same order value after
+        // value: most lookups end at the guess (the key after the last one found).
+        let found = if keys.get(guess).is_some_and(|k| std::ptr::eq(*k, key)) {
+            Some(guess)
+        } else {
+            keys.iter().position(|k| std::ptr::eq(*k, key)).or_else(|| keys.iter().position(|k| *k == key))
+        };
+        let i = match found {
+            Some(i) => i,
+            None if keys.len() < MAX_KEYS => {
+                keys.push(key);
+                keys.len() - 1
+            }
+            None => return Err(Unsupported),
+        };
+        self.out.next_key = if i + 1 < keys.len() { i + 1 } else { 0 };
+        Ok(i as u32)
     }
 }
 
@@ -589,13 +585,13 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
     }
 
     fn serialize_char(self, v: char) -> Result<(), Unsupported> {
-        let s = self.lua.create_string(v.encode_utf8(&mut [0; 4])).map_err(|_| Unsupported)?;
-        self.leaf(s)
+        self.string(v.encode_utf8(&mut [0; 4]));
+        Ok(())
     }
 
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
-        let s = self.strings.get(self.lua, v).map_err(|_| Unsupported)?;
-        self.leaf(s)
+        self.string(v);
+        Ok(())
     }
 
     fn serialize_bytes(self, _: &[u8]) -> Result<(), Unsupported> {
@@ -670,8 +666,11 @@ impl<'w, 'a> ser::Serializer for &'w mut LeafWriter<'a> {
         Err(Unsupported)
     }
 
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Unsupported> {
-        self.toks.push(Tok::Open);
+    /// A table presized for `len` fields, as mlua's `to_value` makes it.
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Self, Unsupported> {
+        self.out.ops.push(Op::Open(len.min(u32::MAX as usize) as u32));
+        self.depth += 1;
+        self.out.depth = self.out.depth.max(self.depth);
         Ok(self)
     }
 
@@ -695,66 +694,14 @@ impl ser::SerializeStruct for &mut LeafWriter<'_> {
         key: &'static str,
         v: &T,
     ) -> Result<(), Unsupported> {
-        if !plain_name(key) {
-            return Err(Unsupported);
-        }
-        self.toks.push(Tok::Field(key));
+        let k = self.key(key)?;
+        self.out.ops.push(Op::Key(k));
         v.serialize(&mut **self)
     }
 
     fn end(self) -> Result<(), Unsupported> {
-        self.toks.push(Tok::Close);
+        self.out.ops.push(Op::Close);
+        self.depth -= 1;
         Ok(())
     }
-}
-
-/// A Lua function `make(q, i, m, leaves...)` that builds `m` values of the shape `toks` from their
-/// leaves and stores them at `q[i + 1]...`, and how many values one call takes.
-pub(crate) fn constructor(lua: &Lua, toks: &[Tok]) -> Option<(Function, usize)> {
-    let per = toks.iter().filter(|t| **t == Tok::Leaf).count();
-    if per == 0 || per > MAX_LEAVES {
-        return None;
-    }
-    let batch = (MAX_LEAVES / per).max(1);
-    let params: Vec<String> = (1..=batch * per).map(|i| format!("a{i}")).collect();
-    let mut body = String::new();
-    let mut next = 0;
-    for j in 1..=batch {
-        let mut expr = String::new();
-        let mut after_value = false;
-        for tok in toks {
-            match tok {
-                Tok::Open => {
-                    if after_value {
-                        expr.push_str(", ");
-                    }
-                    expr.push('{');
-                    after_value = false;
-                }
-                Tok::Field(name) => {
-                    if after_value {
-                        expr.push_str(", ");
-                    }
-                    let _ = write!(expr, "[\"{name}\"] = ");
-                    after_value = false;
-                }
-                Tok::Leaf => {
-                    next += 1;
-                    let _ = write!(expr, "a{next}");
-                    after_value = true;
-                }
-                Tok::Close => {
-                    expr.push('}');
-                    after_value = true;
-                }
-            }
-        }
-        let _ = writeln!(body, "  q[i + {j}] = {expr}");
-        if j < batch {
-            let _ = writeln!(body, "  if m == {j} then return end");
-        }
-    }
-    let source = format!("return function(q, i, m, {})\n{body}end", params.join(", "));
-    let f = lua.load(source).set_name("=bevy_lua_coroutines/construct").eval().ok()?;
-    Some((f, batch))
 }

@@ -505,11 +505,20 @@ end
 
 --- `ch:send(v) -> true`: waits until `v` is delivered or buffered; raises on a closed channel.
 function methods.send(self, v)
-  -- The common case first, inline: a Lua channel, open, no receiver waiting, room in the buffer.
+  -- The common cases first, inline: a Lua channel, open, no receiver waiting, room in the buffer;
+  -- an external channel with no operation parked on it whose `put` takes the value at once.
   local st = state_of[self]
-  if st ~= nil and st.ext == nil and not st.closed and st.recvq.first == nil and st.count < st.cap then
-    buf_push(st, v)
-    return true
+  if st ~= nil then
+    local ext = st.ext
+    if ext == nil then
+      if not st.closed and st.recvq.first == nil and st.count < st.cap then
+        buf_push(st, v)
+        return true
+      end
+    elseif st.parked == 0 then
+      local put = ext.put
+      if put ~= nil and put(v) then return true end
+    end
   end
   st = check_self(self, "send")
   if send_wait(st, v) == CLOSED then error("send on closed channel", 2) end
@@ -518,11 +527,20 @@ end
 
 --- `ch:receive() -> value, ok`: waits for a value; `nil, false` once closed and drained.
 function methods.receive(self)
-  -- The common case first, inline: a Lua channel with a buffered value and no sender waiting to
-  -- refill the buffer.
+  -- The common cases first, inline: a Lua channel with a buffered value and no sender waiting to
+  -- refill the buffer; an external channel with no operation parked on it whose `take` has a value.
   local st = state_of[self]
-  if st ~= nil and st.ext == nil and st.sendq.first == nil and st.count > 0 then
-    return buf_pop(st), true
+  if st ~= nil then
+    local ext = st.ext
+    if ext == nil then
+      if st.sendq.first == nil and st.count > 0 then return buf_pop(st), true end
+    elseif st.parked == 0 then
+      local take = ext.take
+      if take ~= nil then
+        local got, v = take()
+        if got then return v, true end
+      end
+    end
   end
   st = check_self(self, "receive")
   return receive_wait(st)
@@ -733,12 +751,17 @@ function Channel.after(seconds)
 end
 
 local EXT_FUNCTIONS = { "can_send", "send", "can_receive", "receive", "len", "cap", "close", "is_closed" }
+local EXT_SHORTCUTS = { "put", "take" }
 
 --- Internal (for the crate's Rust-backed typed channels): `Channel._external(ext, name?) -> channel`
 --- makes a channel whose values live in Rust. `ext` holds the functions `can_send() -> boolean`,
 --- `send(v)` (may raise a conversion error: it reaches the caller), `can_receive() -> boolean`,
 --- `receive() -> v` (called only after `can_receive()` returned true), `len()`, `cap()`, `close()`
---- and `is_closed() -> boolean`. A blocked operation on it is retried by `poll()`.
+--- and `is_closed() -> boolean`. A blocked operation on it is retried by `poll()`. Two optional
+--- functions let `send` and `receive` skip those steps when no operation is parked on the channel:
+--- `put(v) -> boolean` sends `v` when it is open, has room and takes `v` with no conversion error
+--- (false: nothing happened, the full path decides), and `take() -> true, v | false` receives when
+--- a value is there.
 function Channel._external(ext, name)
   if type(ext) ~= "table" then bad(1, "_external", "table", ext, 2) end
   if name ~= nil and type(name) ~= "string" then bad(2, "_external", "string", name, 2) end
@@ -748,6 +771,15 @@ function Channel._external(ext, name)
     local f = ext[key]
     if type(f) ~= "function" then
       bad_msg(1, "_external", string_format("field '%s': function expected, got %s", key, type(f)), 2)
+    end
+    own[key] = f
+  end
+  for i = 1, #EXT_SHORTCUTS do
+    local key = EXT_SHORTCUTS[i]
+    local f = ext[key]
+    if f ~= nil and type(f) ~= "function" then
+      local msg = string_format("field '%s': function or nil expected, got %s", key, type(f))
+      bad_msg(1, "_external", msg, 2)
     end
     own[key] = f
   end

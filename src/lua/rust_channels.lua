@@ -47,8 +47,9 @@ end
 
 --- The receive queue of a channel Rust fills in batches: `drain(q) -> n` stores every value waiting
 --- now at `q[1..n]` (a failed drain raises and stores nothing the queue reads). Returns
---- `can_receive()`, `receive() -> value | nil` (nil: nothing waiting), `queued() -> count` and
---- `clear()`. The queue table is reused across refills and each value is released once received.
+--- `can_receive()`, `receive() -> value | nil` (nil: nothing waiting), `queued() -> count`,
+--- `clear()` and `take() -> true, value | false` (both at once, for `Channel._external`'s `take`).
+--- The queue table is reused across refills and each value is released once received.
 local function receive_queue(drain)
   local queue, head, tail = {}, 1, 0 -- values not yet received: queue[head..tail]
   local function refill()
@@ -66,6 +67,13 @@ local function receive_queue(drain)
     head = head + 1
     return v
   end
+  local function take()
+    if head > tail and not refill() then return false end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return true, v
+  end
   local function queued()
     return tail - head + 1
   end
@@ -73,7 +81,7 @@ local function receive_queue(drain)
     for i = head, tail do queue[i] = nil end
     head, tail = 1, 0
   end
-  return can_receive, receive, queued, clear
+  return can_receive, receive, queued, clear, take
 end
 
 --- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves
@@ -89,7 +97,7 @@ end
 --- last flush is used up, before a value that needs serde, at `close`, and after each step.
 local function declare(name, rs, per, flatten)
   local drain, flush, rs_send, rs_len, rs_close = rs.drain, rs.flush, rs.send, rs.len, rs.close
-  local can_receive, receive, queued = receive_queue(drain)
+  local can_receive, receive, queued, _, take = receive_queue(drain)
   local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
   local room = rs.cap()               -- values Rust's end could take at the last flush
   local closed = false
@@ -118,7 +126,18 @@ local function declare(name, rs, per, flatten)
     if err ~= nil then error("cannot send to channel '" .. name .. "': " .. err, 0) end
     room = room - 1
   end
-  ext.can_receive, ext.receive = can_receive, receive
+  -- The shortcuts `Channel` takes when nothing is parked on the channel: `put` is `can_send` then
+  -- `send` for a value the check accepts with room counted (anything else: the full path decides).
+  if flatten ~= nil then
+    function ext.put(v)
+      if closed or held >= room then return false end
+      local n = flatten(v, buf, leaves)
+      if n == nil then return false end
+      leaves, held = n, held + 1
+      return true
+    end
+  end
+  ext.can_receive, ext.receive, ext.take = can_receive, receive, take
   function ext.len()
     return queued() + rs_len()
   end

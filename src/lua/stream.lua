@@ -213,9 +213,9 @@ end
 --- once the queue is empty.
 local function batched(ext, receive_queue)
   local rust_len, rust_closed, rust_close = ext.len, ext.is_closed, ext.close
-  local can_receive, receive, queued, clear = receive_queue(ext.drain)
+  local can_receive, receive, queued, clear, take = receive_queue(ext.drain)
   ext.drain = nil
-  ext.can_receive, ext.receive = can_receive, receive
+  ext.can_receive, ext.receive, ext.take = can_receive, receive, take
   function ext.len()
     return queued() + rust_len()
   end
