@@ -599,7 +599,13 @@ impl Budget {
         // The thread is alive: the task table holds it.
         drop(refs);
         let at_library = in_library();
-        let spent = self.exhaust(lua, current, location(), at_library);
+        // In the crate's own code, the script line that called into it, if there is one (a stop
+        // in script code later replaces it with its own line).
+        let at = match at_library.then(|| script_location(lua)) {
+            Some(at) if at != "?" => at,
+            _ => location(),
+        };
+        let spent = self.exhaust(lua, current, at, at_library);
         if at_library {
             return Ok(VmState::Continue);
         }

@@ -452,6 +452,11 @@ fn a_task_stopped_inside_a_settlement_does_not_stop_other_instances_promises() {
         "the budget ran out in the settlement, not in the loop that spawns the awaiting tasks: {:#?}",
         errors(&app)
     );
+    assert!(
+        errors(&app).iter().all(|e| e.message.starts_with("scripts/hostile.lua:")),
+        "the error names the script's line, not the crate's: {:#?}",
+        errors(&app)
+    );
     take_printed(&mut app);
     spawn_script(
         &mut app,
