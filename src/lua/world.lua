@@ -24,7 +24,7 @@ local KEY = vectors.key -- `v[KEY]` is a vector's class (see lua/vector.lua)
 
 local ids = {} -- path string -> compiled path number (numbers from `max_cached` on are not kept)
 local max_cached = raw.max_cached
-local whole = {} -- compiled path number -> true for a whole `Transform` (see `set_transform`)
+local WHOLE = 1 -- `typed[path]` of a whole `Transform` (see `set_transform`)
 
 --- The number of `path` (compiled on first use), or raises `bad argument #1 to 'fname'` (or
 --- the error for a bad `self`, checked first as Lua checks arguments in order).
@@ -41,7 +41,6 @@ local function path_id(path, fname, method, self)
   if id < max_cached then
     ids[path] = id
     if code then typed[path] = code end
-    if code == 1 then whole[id] = true end
   end
   return id
 end
@@ -135,7 +134,7 @@ local function set(self, path, v)
     message = raw_set(self, id, 3, v.x, v.y, v.z)
     if message == nil then return end
     if message == 6 then message = raw_set(self, id, 1, v) end
-  elseif whole[id] and type(v) == "table" and v[KEY] == nil then
+  elseif typed[path] == WHOLE and type(v) == "table" and v[KEY] == nil then
     message = set_transform(self, id, v)
     if message == nil then return end
     if message == 6 then message = raw_set(self, id, 1, v) end

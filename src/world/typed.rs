@@ -11,13 +11,16 @@ use bevy::prelude::{Entity, Transform, World};
 
 use super::vector::Kind;
 
-/// A vector field of `Transform`.
+/// A vector field of `Transform` (its number is its place in [`PARTS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Part {
-    Translation,
-    Rotation,
-    Scale,
+    Translation = 0,
+    Rotation = 1,
+    Scale = 2,
 }
+
+/// The vector fields of `Transform`, in the order whole-`Transform` reads and writes take them.
+pub(crate) const PARTS: [Part; 3] = [Part::Translation, Part::Rotation, Part::Scale];
 
 impl Part {
     /// The class of the field's values.
@@ -113,23 +116,21 @@ impl Typed {
 
     /// The number `lua/world.lua` keeps for this path, read back by [`Typed::from_code`].
     pub(crate) fn code(self) -> i64 {
-        let part = |p: Part| [Part::Translation, Part::Rotation, Part::Scale].iter().position(|q| *q == p);
         match self {
             Typed::Transform => 1,
-            Typed::Vector(p) => 2 + part(p).unwrap_or(0) as i64,
-            Typed::Number(p, i) => 8 + 4 * part(p).unwrap_or(0) as i64 + i as i64,
+            Typed::Vector(p) => 2 + p as i64,
+            Typed::Number(p, i) => 8 + 4 * p as i64 + i as i64,
         }
     }
 
     /// The path whose [`Typed::code`] is `code`, if any (read by the C functions of Lua 5.4).
     #[cfg(feature = "lua54")]
     pub(crate) fn from_code(code: i64) -> Option<Typed> {
-        let parts = [Part::Translation, Part::Rotation, Part::Scale];
         match code {
             1 => Some(Typed::Transform),
-            2..=4 => Some(Typed::Vector(parts[(code - 2) as usize])),
+            2..=4 => Some(Typed::Vector(PARTS[(code - 2) as usize])),
             8..=19 => {
-                let (part, i) = (parts[((code - 8) / 4) as usize], ((code - 8) % 4) as usize);
+                let (part, i) = (PARTS[((code - 8) / 4) as usize], ((code - 8) % 4) as usize);
                 (i < part.kind().len()).then_some(Typed::Number(part, i))
             }
             _ => None,
@@ -172,7 +173,7 @@ impl Typed {
     pub(crate) fn write_transform(world: &mut World, entity: Entity, parts: [Option<[f64; 4]>; 3]) -> bool {
         let Ok(mut entity) = world.get_entity_mut(entity) else { return false };
         let Some(mut t) = entity.get_mut::<Transform>() else { return false };
-        for (part, numbers) in [Part::Translation, Part::Rotation, Part::Scale].into_iter().zip(parts) {
+        for (part, numbers) in PARTS.into_iter().zip(parts) {
             if let Some(numbers) = numbers {
                 part.write(&mut t, numbers);
             }
