@@ -25,56 +25,6 @@ use std::ffi::c_int;
 
 use mlua::{Function, Lua, Table, ffi};
 
-#[cfg(feature = "lua54")]
-use {
-    super::access::WorldSlot,
-    super::typed::{Read, Typed},
-    super::vector::Kind,
-    bevy::prelude::Entity,
-    std::ffi::c_void,
-};
-
-// Upvalues of `get` and `set`.
-#[cfg(feature = "lua54")]
-const U_TYPED: c_int = 1;
-#[cfg(feature = "lua54")]
-const U_VEC3: c_int = 2;
-#[cfg(feature = "lua54")]
-const U_QUAT: c_int = 3;
-/// `x`, `y`, `z`, `w`: upvalues 4 to 7.
-#[cfg(feature = "lua54")]
-const U_KEYS: c_int = 4;
-/// `translation`, `rotation`, `scale`: upvalues 8 to 10.
-#[cfg(feature = "lua54")]
-const U_PARTS: c_int = 8;
-#[cfg(feature = "lua54")]
-const U_SLOT: c_int = 11;
-
-/// `fast_get(self, path) -> value, true` and `fast_set(self, path, value) -> true`, or nothing
-/// when the call is not theirs to make. `typed` is described in the module docs; `vec3` and
-/// `quat` are the metatables of `Vec3` and `Quat` values.
-#[cfg(feature = "lua54")]
-pub(crate) fn functions(
-    lua: &Lua,
-    typed: &Table,
-    vec3: &Table,
-    quat: &Table,
-) -> mlua::Result<(Function, Function)> {
-    let slot = super::access::slot_ptr(lua) as *mut c_void;
-    let make = |f: ffi::lua_CFunction| {
-        let upvalues = (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale");
-        // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
-        // slot lives as long as the VM.
-        unsafe {
-            lua.exec_raw::<Function>(upvalues, |l| {
-                ffi::lua_pushlightuserdata(l, slot);
-                ffi::lua_pushcclosure(l, f, U_SLOT);
-            })
-        }
-    };
-    Ok((make(get)?, make(set)?))
-}
-
 /// The `__index` of entity values: `methods[key]`, else for `id` what `id(self)` returns.
 pub(crate) fn entity_index(lua: &Lua, methods: &Table, id: &Function) -> mlua::Result<Function> {
     // SAFETY: `index` reads exactly these three upvalues.
@@ -101,171 +51,216 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// The number at the top of the stack (popped), if it is one.
 #[cfg(feature = "lua54")]
-unsafe fn pop_number(l: *mut ffi::lua_State) -> Option<f64> {
-    // SAFETY: the stack has a value on top.
-    unsafe {
-        let n = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, -1));
-        ffi::lua_pop(l, 1);
-        n
+pub(crate) use paths::functions;
+
+/// Lua 5.4's `get` and `set` of typed paths (see the module docs).
+#[cfg(feature = "lua54")]
+mod paths {
+    use std::ffi::{c_int, c_void};
+
+    use bevy::prelude::Entity;
+    use mlua::{Function, Lua, Table, ffi};
+
+    use super::super::access::{self, WorldSlot};
+    use super::super::typed::{PARTS, Read, Typed};
+    use super::super::vector::Kind;
+
+    // Upvalues of `get` and `set`.
+    const U_TYPED: c_int = 1;
+    const U_VEC3: c_int = 2;
+    const U_QUAT: c_int = 3;
+    /// `x`, `y`, `z`, `w`: upvalues 4 to 7.
+    const U_KEYS: c_int = 4;
+    /// `translation`, `rotation`, `scale`: upvalues 8 to 10.
+    const U_PARTS: c_int = 8;
+    const U_SLOT: c_int = 11;
+
+    /// `fast_get(self, path) -> value, true` and `fast_set(self, path, value) -> true`, or nothing
+    /// when the call is not theirs to make. `typed` is described in the module docs; `vec3` and
+    /// `quat` are the metatables of `Vec3` and `Quat` values.
+    pub(crate) fn functions(
+        lua: &Lua,
+        typed: &Table,
+        vec3: &Table,
+        quat: &Table,
+    ) -> mlua::Result<(Function, Function)> {
+        let slot = access::slot_ptr(lua) as *mut c_void;
+        let make = |f: ffi::lua_CFunction| {
+            let upvalues = (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale");
+            // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
+            // slot lives as long as the VM.
+            unsafe {
+                lua.exec_raw::<Function>(upvalues, |l| {
+                    ffi::lua_pushlightuserdata(l, slot);
+                    ffi::lua_pushcclosure(l, f, U_SLOT);
+                })
+            }
+        };
+        Ok((make(get)?, make(set)?))
     }
-}
 
-/// The world slot, the entity of argument 1 and the typed path of argument 2, if both are known.
-#[cfg(feature = "lua54")]
-unsafe fn target<'a>(l: *mut ffi::lua_State) -> Option<(&'a WorldSlot, Entity, Typed)> {
-    // SAFETY: called by `get` or `set`, whose upvalues these are; arguments 1 and 2 exist.
-    unsafe {
-        if ffi::lua_type(l, 1) != ffi::LUA_TUSERDATA {
-            return None; // (a light userdata has no user values either: its type differs)
-        }
-        ffi::lua_getiuservalue(l, 1, 1);
-        let mut integer = 0;
-        let bits = ffi::lua_tointegerx(l, -1, &mut integer);
-        ffi::lua_pop(l, 1);
-        if integer == 0 {
-            return None;
-        }
-        ffi::lua_pushvalue(l, 2);
-        ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
-        let typed = Typed::from_code(pop_number(l)? as i64)?;
-        let slot = (ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_SLOT)) as *const WorldSlot).as_ref()?;
-        Some((slot, Entity::try_from_bits(bits as u64)?, typed))
-    }
-}
-
-/// The metatable upvalue of vectors of class `kind` (`Vec3` or `Quat`).
-#[cfg(feature = "lua54")]
-fn class_of(kind: Kind) -> c_int {
-    if kind == Kind::Quat { U_QUAT } else { U_VEC3 }
-}
-
-/// Pushes a new vector of class `kind` (`Vec3` or `Quat`) with `numbers`.
-#[cfg(feature = "lua54")]
-unsafe fn push_vector(l: *mut ffi::lua_State, kind: Kind, numbers: &[f64]) {
-    // SAFETY: called by `get`, with room for three more values; may raise (out of memory).
-    unsafe {
-        let len = kind.len() as c_int;
-        ffi::lua_createtable(l, 0, len);
-        for (i, n) in numbers.iter().take(len as usize).enumerate() {
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
-            ffi::lua_pushnumber(l, *n);
-            ffi::lua_rawset(l, -3);
-        }
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(class_of(kind)));
-        ffi::lua_setmetatable(l, -2);
-    }
-}
-
-/// The numbers of the vector at `i` if it is of class `kind` (`Vec3` or `Quat`) and every one of
-/// its fields is a number.
-#[cfg(feature = "lua54")]
-unsafe fn read_vector(l: *mut ffi::lua_State, i: c_int, kind: Kind) -> Option<[f64; 4]> {
-    // SAFETY: called by `set`, with room for two more values; `i` is an absolute index.
-    unsafe {
-        if ffi::lua_getmetatable(l, i) == 0 {
-            return None;
-        }
-        let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(class_of(kind))) != 0;
-        ffi::lua_pop(l, 1);
-        if !same {
-            return None;
-        }
-        let mut numbers = [0.0; 4];
-        for (k, slot) in numbers.iter_mut().take(kind.len()).enumerate() {
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + k as c_int));
-            ffi::lua_rawget(l, i);
-            *slot = pop_number(l)?;
-        }
-        Some(numbers)
-    }
-}
-
-/// The parts of a whole `Transform` given as the plain table at `i` (no metatable, no key but
-/// `translation`, `rotation` and `scale`, each a vector of its class with number fields), as
-/// `Typed::write_transform` takes them; `None` for anything else.
-#[cfg(feature = "lua54")]
-unsafe fn read_transform(l: *mut ffi::lua_State, i: c_int) -> Option<[Option<[f64; 4]>; 3]> {
-    // SAFETY: called by `set`, with room for four more values; `i` is an absolute index.
-    unsafe {
-        if ffi::lua_type(l, i) != ffi::LUA_TTABLE || ffi::lua_getmetatable(l, i) != 0 {
-            return None; // (a metatable stays pushed: `set` returns at once)
-        }
-        let mut parts = [None; 3];
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, i) != 0 {
-            let part = (0..3).find(|&p| ffi::lua_rawequal(l, -2, ffi::lua_upvalueindex(U_PARTS + p)) != 0);
-            let p = part?;
-            let kind = if p == 1 { Kind::Quat } else { Kind::Vec3 };
-            let top = ffi::lua_gettop(l);
-            parts[p as usize] = Some(read_vector(l, top, kind)?);
+    /// The number at the top of the stack (popped), if it is one.
+    unsafe fn pop_number(l: *mut ffi::lua_State) -> Option<f64> {
+        // SAFETY: the stack has a value on top.
+        unsafe {
+            let n = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, -1));
             ffi::lua_pop(l, 1);
+            n
         }
-        Some(parts)
     }
-}
 
-#[cfg(feature = "lua54")]
-unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see the module's invariants.
-    unsafe {
-        if ffi::lua_gettop(l) < 2 {
-            return 0;
-        }
-        let Some((slot, entity, typed)) = target(l) else { return 0 };
-        let read = match slot.with(|world| typed.read(world, entity)) {
-            Ok(Some(read)) => read,
-            _ => return 0,
-        };
-        match read {
-            Read::Number(n) => ffi::lua_pushnumber(l, n),
-            Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => push_vector(l, kind, &numbers),
-            Read::Transform(numbers) => {
-                ffi::lua_createtable(l, 0, 3);
-                let parts = [(Kind::Vec3, 0..3), (Kind::Quat, 3..7), (Kind::Vec3, 7..10)];
-                for (p, (kind, range)) in parts.into_iter().enumerate() {
-                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_PARTS + p as c_int));
-                    push_vector(l, kind, &numbers[range]);
-                    ffi::lua_rawset(l, -3);
-                }
+    /// The world slot, the entity of argument 1 and the typed path of argument 2, if both are known.
+    unsafe fn target<'a>(l: *mut ffi::lua_State) -> Option<(&'a WorldSlot, Entity, Typed)> {
+        // SAFETY: called by `get` or `set`, whose upvalues these are; arguments 1 and 2 exist.
+        unsafe {
+            if ffi::lua_type(l, 1) != ffi::LUA_TUSERDATA {
+                return None; // (a light userdata has no user values either: its type differs)
             }
-            _ => return 0,
+            ffi::lua_getiuservalue(l, 1, 1);
+            let mut integer = 0;
+            let bits = ffi::lua_tointegerx(l, -1, &mut integer);
+            ffi::lua_pop(l, 1);
+            if integer == 0 {
+                return None;
+            }
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
+            let typed = Typed::from_code(pop_number(l)? as i64)?;
+            let slot =
+                (ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_SLOT)) as *const WorldSlot).as_ref()?;
+            Some((slot, Entity::try_from_bits(bits as u64)?, typed))
         }
-        ffi::lua_pushboolean(l, 1);
-        2
     }
-}
 
-#[cfg(feature = "lua54")]
-unsafe extern "C-unwind" fn set(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see the module's invariants.
-    unsafe {
-        if ffi::lua_gettop(l) < 3 {
-            return 0;
+    /// The metatable upvalue of vectors of class `kind` (`Vec3` or `Quat`).
+    fn class_of(kind: Kind) -> c_int {
+        if kind == Kind::Quat { U_QUAT } else { U_VEC3 }
+    }
+
+    /// Pushes a new vector of class `kind` (`Vec3` or `Quat`) with `numbers`.
+    unsafe fn push_vector(l: *mut ffi::lua_State, kind: Kind, numbers: &[f64]) {
+        // SAFETY: called by `get`, with room for three more values; may raise (out of memory).
+        unsafe {
+            let len = kind.len() as c_int;
+            ffi::lua_createtable(l, 0, len);
+            for (i, n) in numbers.iter().take(len as usize).enumerate() {
+                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + i as c_int));
+                ffi::lua_pushnumber(l, *n);
+                ffi::lua_rawset(l, -3);
+            }
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(class_of(kind)));
+            ffi::lua_setmetatable(l, -2);
         }
-        let Some((slot, entity, typed)) = target(l) else { return 0 };
-        let written = match typed {
-            Typed::Number(..) => {
-                if ffi::lua_type(l, 3) != ffi::LUA_TNUMBER {
-                    return 0;
+    }
+
+    /// The numbers of the vector at `i` if it is of class `kind` (`Vec3` or `Quat`) and every one of
+    /// its fields is a number.
+    unsafe fn read_vector(l: *mut ffi::lua_State, i: c_int, kind: Kind) -> Option<[f64; 4]> {
+        // SAFETY: called by `set`, with room for two more values; `i` is an absolute index.
+        unsafe {
+            if ffi::lua_getmetatable(l, i) == 0 {
+                return None;
+            }
+            let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(class_of(kind))) != 0;
+            ffi::lua_pop(l, 1);
+            if !same {
+                return None;
+            }
+            let mut numbers = [0.0; 4];
+            for (k, slot) in numbers.iter_mut().take(kind.len()).enumerate() {
+                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_KEYS + k as c_int));
+                ffi::lua_rawget(l, i);
+                *slot = pop_number(l)?;
+            }
+            Some(numbers)
+        }
+    }
+
+    /// The parts of a whole `Transform` given as the plain table at `i` (no metatable, no key but
+    /// `translation`, `rotation` and `scale`, each a vector of its class with number fields), as
+    /// `Typed::write_transform` takes them; `None` for anything else.
+    unsafe fn read_transform(l: *mut ffi::lua_State, i: c_int) -> Option<[Option<[f64; 4]>; 3]> {
+        // SAFETY: called by `set`, with room for four more values; `i` is an absolute index.
+        unsafe {
+            if ffi::lua_type(l, i) != ffi::LUA_TTABLE || ffi::lua_getmetatable(l, i) != 0 {
+                return None; // (a metatable stays pushed: `set` returns at once)
+            }
+            let mut parts = [None; 3];
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, i) != 0 {
+                let part = PARTS
+                    .into_iter()
+                    .find(|&p| ffi::lua_rawequal(l, -2, ffi::lua_upvalueindex(U_PARTS + p as c_int)) != 0)?;
+                let top = ffi::lua_gettop(l);
+                parts[part as usize] = Some(read_vector(l, top, part.kind())?);
+                ffi::lua_pop(l, 1);
+            }
+            Some(parts)
+        }
+    }
+
+    unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
+        // SAFETY: see the module's invariants.
+        unsafe {
+            if ffi::lua_gettop(l) < 2 {
+                return 0;
+            }
+            let Some((slot, entity, typed)) = target(l) else { return 0 };
+            let read = match slot.with(|world| typed.read(world, entity)) {
+                Ok(Some(read)) => read,
+                _ => return 0,
+            };
+            match read {
+                Read::Number(n) => ffi::lua_pushnumber(l, n),
+                Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => push_vector(l, kind, &numbers),
+                Read::Transform(numbers) => {
+                    ffi::lua_createtable(l, 0, PARTS.len() as c_int);
+                    let mut from = 0;
+                    for part in PARTS {
+                        let kind = part.kind();
+                        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_PARTS + part as c_int));
+                        push_vector(l, kind, &numbers[from..from + kind.len()]);
+                        ffi::lua_rawset(l, -3);
+                        from += kind.len();
+                    }
                 }
-                let numbers = [ffi::lua_tonumber(l, 3), 0.0, 0.0, 0.0];
-                slot.with(|world| typed.write(world, entity, numbers))
+                _ => return 0,
             }
-            Typed::Vector(part) => {
-                let Some(numbers) = read_vector(l, 3, part.kind()) else { return 0 };
-                slot.with(|world| typed.write(world, entity, numbers))
-            }
-            Typed::Transform => {
-                let Some(parts) = read_transform(l, 3) else { return 0 };
-                slot.with(|world| Typed::write_transform(world, entity, parts))
-            }
-        };
-        if !matches!(written, Ok(true)) {
-            return 0;
+            ffi::lua_pushboolean(l, 1);
+            2
         }
-        ffi::lua_pushboolean(l, 1);
-        1
+    }
+
+    unsafe extern "C-unwind" fn set(l: *mut ffi::lua_State) -> c_int {
+        // SAFETY: see the module's invariants.
+        unsafe {
+            if ffi::lua_gettop(l) < 3 {
+                return 0;
+            }
+            let Some((slot, entity, typed)) = target(l) else { return 0 };
+            let written = match typed {
+                Typed::Number(..) => {
+                    if ffi::lua_type(l, 3) != ffi::LUA_TNUMBER {
+                        return 0;
+                    }
+                    let numbers = [ffi::lua_tonumber(l, 3), 0.0, 0.0, 0.0];
+                    slot.with(|world| typed.write(world, entity, numbers))
+                }
+                Typed::Vector(part) => {
+                    let Some(numbers) = read_vector(l, 3, part.kind()) else { return 0 };
+                    slot.with(|world| typed.write(world, entity, numbers))
+                }
+                Typed::Transform => {
+                    let Some(parts) = read_transform(l, 3) else { return 0 };
+                    slot.with(|world| Typed::write_transform(world, entity, parts))
+                }
+            };
+            if !matches!(written, Ok(true)) {
+                return 0;
+            }
+            ffi::lua_pushboolean(l, 1);
+            1
+        }
     }
 }
