@@ -459,14 +459,20 @@ local settled
 -- The values of every promise settled with none: `_values` tables are never changed once set.
 local NO_VALUES = { n = 0 }
 
-local function settle(p, status, ...)
+--- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
+local function settle1(p, status, v)
   p._status = status
+  -- Sized by the constructor (no resize, as a vararg one needs), both in the hash part: one
+  -- allocation fewer than an array part of one beside a hash part of one.
+  p._values = { [1] = v, n = 1 }
+  settled(p, status)
+end
+
+local function settle(p, status, ...)
   local n = select("#", ...)
-  if n == 1 then
-    -- Sized by the constructor (no resize, as a vararg one needs), both in the hash part: one
-    -- allocation fewer than an array part of one beside a hash part of one.
-    p._values = { [1] = (...), n = 1 }
-  elseif n == 0 then
+  if n == 1 then return settle1(p, status, (...)) end
+  p._status = status
+  if n == 0 then
     p._values = NO_VALUES
   else
     p._values = { n = n, ... }
@@ -774,10 +780,6 @@ end
 
 local function settle_call(p, ok, ...)
   if ok then
-    if type((...)) ~= "table" and p._status == STARTED then
-      settle(p, RESOLVED, ...) -- `resolve`'s common case, one call fewer
-      return
-    end
     resolve(p, ...)
   else
     reject_caught(p, (...))
@@ -886,10 +888,7 @@ local function executor_args(p)
       local v = ...
       -- The common case, without another vararg call: one value that is not a thenable.
       if p._status == STARTED and type(v) ~= "table" then
-        -- `settle(p, RESOLVED, v)` without a vararg call or `select`
-        p._status = RESOLVED
-        p._values = { [1] = v, n = 1 } -- see `settle`
-        settled(p, RESOLVED)
+        settle1(p, RESOLVED, v)
         return
       end
     end
@@ -912,7 +911,7 @@ end
 
 --- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
 function Promise.new(executor)
-  if type(executor) ~= "function" and not callable(executor) then bad(1, "new", "function", executor, 2) end
+  if not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
   -- `start(p, executor, executor_args(p))`, inlined (no vararg calls), on a pooled thread.
   local co = take_worker()
@@ -1420,9 +1419,7 @@ local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
   local child = internal and internal_promise() or new_promise()
   local status = src._status
-  if status == RESOLVED and on_resolve ~= nil then
-    spawn_handler(child, on_resolve, src._values) -- `then_react`'s common case, for a settled `src`
-  elseif status == STARTED then
+  if status == STARTED then
     add_consumer(src, child)
     enqueue(src, function(s) then_react(child, s, on_resolve, on_reject) end)
   elseif status == CANCELLED then
@@ -1437,16 +1434,12 @@ end
 --- `p:andThen(onResolve?, onReject?)`: a promise for what the handler returns (a promise returned
 --- is followed); without a handler, the outcome passes through.
 function promise_methods:andThen(on_resolve, on_reject)
-  -- The checks with their common case first (one of ours, functions), as `await` does.
+  -- The check of `self` with its common case first (one of ours), as `await` does.
   if not (debug_getmetatable and debug_getmetatable(self) == PromiseMT) then
     check_self(self, "andThen", "Promise", is_promise)
   end
-  if on_resolve ~= nil and type(on_resolve) ~= "function" and not callable(on_resolve) then
-    bad(1, "andThen", "function", on_resolve, 2)
-  end
-  if on_reject ~= nil and type(on_reject) ~= "function" and not callable(on_reject) then
-    bad(2, "andThen", "function", on_reject, 2)
-  end
+  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
+  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
   return then_impl(self, on_resolve, on_reject)
 end
 promise_methods["then"] = promise_methods.andThen
