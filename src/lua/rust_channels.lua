@@ -60,19 +60,16 @@ local function receive_queue(drain)
   local function can_receive()
     return head <= tail or refill()
   end
-  local function receive()
-    if head > tail and not refill() then return nil end
-    local v = queue[head]
-    queue[head] = nil
-    head = head + 1
-    return v
-  end
   local function take()
     if head > tail and not refill() then return false end
     local v = queue[head]
     queue[head] = nil
     head = head + 1
     return true, v
+  end
+  local function receive()
+    local _, v = take()
+    return v
   end
   local function queued()
     return tail - head + 1

@@ -672,9 +672,9 @@ local function waiting(slot)
   return key ~= nil and regs[key] == slot.reg
 end
 
---- The task being resumed (0: none) and the number of resumes so far, for Rust.
-function step.current() return T[CURRENT], T[SERIAL] end
-step.shared = T -- Rust reads the same two slots without a call (`Refs::current`)
+-- The table of the slots above: Rust reads the task being resumed and the number of resumes so
+-- far from it without a call (`Refs::current`), and the promise module its running task.
+step.shared = T
 
 --- Queues a woken task (Rust calls this for timers that fell due).
 function step.wake(key, reg, value)
