@@ -1,5 +1,6 @@
 //! The scheduler's hot path over Lua's C API: the common waits (`task.wait`, `sleep`,
-//! `task.waitFrames`) as C functions that yield their request directly, what a cancellation
+//! `task.waitFrames`) as C functions that yield their request directly, the frame waits (the
+//! tasks due this frame and next, in Rust memory), what a cancellation
 //! keeps of where a task stood (`frames`, Lua 5.4), and the loop that resumes
 //! this frame's frame waits, handling the common outcome (the task asked to wait for the next
 //! frame again) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
@@ -23,8 +24,13 @@
 //!   every counter the step shares is written back to its table before the next raising call.
 //! - The counters shared with `lua/task.lua` live in one table (`shared`), at the slot numbers
 //!   below, which the Lua file names the same way.
+//! - The frame waits ([`FrameWaits`]) are Rust memory, boxed in the VM's app data (dropped only
+//!   after the VM is closed); the functions that use them keep its address as an upvalue (upvalue
+//!   2 of `run_frames`, 1 of the others). Only those functions touch them, on the VM's thread, and
+//!   none keeps a reference to them across a call into Lua (a resume may queue waits itself).
 #![allow(unsafe_code)]
 
+use std::cell::UnsafeCell;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
@@ -44,8 +50,6 @@ pub(crate) const SERIAL: ffi::lua_Integer = 3;
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
 // registrations this loop makes are negative (see `run_frames`).
-/// Slot: the number of frame waits queued for the next frame.
-const NEXT_N: ffi::lua_Integer = 6;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
 static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
@@ -81,8 +85,29 @@ pub(crate) fn functions(
     unsafe {
         t.raw_set("frames", lua.create_c_function(frames)?)?;
     }
+    // The frame waits live in Rust memory, boxed in the VM's app data (dropped after the VM
+    // closes), so the functions below keep their address.
+    let waits = Box::new(UnsafeCell::new(FrameWaits::default()));
+    let at = waits.get() as *mut c_void;
+    lua.set_app_data(Waits { _owned: waits });
+    for (name, f) in [
+        ("push_next", push_next as ffi::lua_CFunction),
+        ("begin_frame", begin_frame),
+        ("pop_now", pop_now),
+        ("waiting", waiting),
+        ("shrink_waits", shrink_waits),
+    ] {
+        // SAFETY: each reads its one upvalue as the address of the `FrameWaits` above.
+        let f = unsafe {
+            lua.exec_raw::<Function>((), |l| {
+                ffi::lua_pushlightuserdata(l, at);
+                ffi::lua_pushcclosure(l, f, 1);
+            })?
+        };
+        t.raw_set(name, f)?;
+    }
     // `run_frames` resumes through the budget's watch, if it has one.
-    let run = crate::hook::watch_closure(lua, watch, run_frames)?;
+    let run = crate::hook::watch_closure(lua, watch, at, run_frames)?;
     t.raw_set("run_frames", run)?;
     t.raw_set(
         "set_bad",
@@ -121,9 +146,14 @@ unsafe extern "C-unwind" fn frames(l: *mut ffi::lua_State) -> c_int {
         if co.is_null() {
             return 0;
         }
-        let n = ffi::lua_tointeger(l, 2).clamp(0, 64) as c_int;
-        ffi::lua_createtable(l, 2 * n, 0);
         let mut ar: ffi::lua_Debug = std::mem::zeroed();
+        // The table is made for the frames there are (a waiting task has two or three): one
+        // sized for the most asked for was most of a despawn's cost in the allocator.
+        let mut n = 0;
+        while n < ffi::lua_tointeger(l, 2).clamp(0, 64) as c_int && ffi::lua_getstack(co, n, &mut ar) != 0 {
+            n += 1;
+        }
+        ffi::lua_createtable(l, 2 * n, 0);
         for level in 0..n {
             if ffi::lua_getstack(co, level, &mut ar) == 0 || (co != l && ffi::lua_checkstack(co, 1) == 0) {
                 break;
@@ -163,48 +193,171 @@ unsafe fn yield_request(l: *mut ffi::lua_State, kind: i64, name: &CStr) -> c_int
     }
 }
 
+/// One frame wait: the task, its registration, and the game time (nanoseconds) it waited at.
+#[derive(Clone, Copy)]
+struct Wait {
+    key: ffi::lua_Integer,
+    reg: ffi::lua_Integer,
+    since: ffi::lua_Number,
+}
+
+/// The frame waits (`task.wait()`, `task.waitFrames(1)`): this frame's, resumed in order from
+/// `at` on, and the next frame's, in the order queued. `task.waitFrames(n > 1)` waits in
+/// `lua/task.lua`'s `later` buckets until their frame, when [`begin_frame`] takes them.
+///
+/// Reached only through [`waits`], by the C functions here; none holds the reference across a
+/// call into Lua (a resume may queue waits of its own).
+#[derive(Default)]
+struct FrameWaits {
+    now: Vec<Wait>,
+    at: usize,
+    next: Vec<Wait>,
+}
+
+/// Owns the VM's [`FrameWaits`] (in its app data).
+struct Waits {
+    _owned: Box<UnsafeCell<FrameWaits>>,
+}
+
+// SAFETY: the waits are only touched by the C functions here, on the thread that runs the VM,
+// and the VM is used by one thread at a time.
+unsafe impl Send for Waits {}
+
+/// The frame waits of the C function running on `l`, from its upvalue 1.
+///
+/// # Safety
+/// Only called by the functions [`functions`] made, whose upvalue 1 is the address of the VM's
+/// `FrameWaits`; the reference must be dropped before any call into Lua.
+unsafe fn waits<'a>(l: *mut ffi::lua_State) -> &'a mut FrameWaits {
+    // SAFETY: the caller's; the box lives as long as the VM.
+    unsafe { &mut *(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *mut FrameWaits) }
+}
+
+/// `push_next(key, reg, since)`: queues a frame wait for the next frame.
+unsafe extern "C-unwind" fn push_next(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `waits`; nothing here calls Lua.
+    unsafe {
+        let wait = Wait {
+            key: ffi::lua_tointeger(l, 1),
+            reg: ffi::lua_tointeger(l, 2),
+            since: ffi::lua_tonumber(l, 3),
+        };
+        waits(l).next.push(wait);
+        0
+    }
+}
+
+/// `begin_frame(later)`: this frame's waits become, in order, the ones a time budget left over,
+/// then `later` (a bucket of `lua/task.lua`: `key, reg, since` triples, `n` slots; or nil), then
+/// the ones queued for this frame.
+unsafe extern "C-unwind" fn begin_frame(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `waits`; the bucket's reads are raw reads of numbers, which call no Lua.
+    unsafe {
+        let w = waits(l);
+        w.now.drain(..w.at);
+        w.at = 0;
+        if ffi::lua_type(l, 1) == ffi::LUA_TTABLE {
+            ffi::lua_getfield(l, 1, c"n".as_ptr());
+            let n = ffi::lua_tointeger(l, -1);
+            let mut i = 1;
+            while i + 2 <= n {
+                ffi::lua_settop(l, 1);
+                ffi::lua_rawgeti(l, 1, i);
+                ffi::lua_rawgeti(l, 1, i + 1);
+                ffi::lua_rawgeti(l, 1, i + 2);
+                let since = ffi::lua_tonumber(l, 4);
+                w.now.push(Wait { key: ffi::lua_tointeger(l, 2), reg: ffi::lua_tointeger(l, 3), since });
+                i += 3;
+            }
+        }
+        if w.now.is_empty() {
+            // The common frame: the two lists trade places, keeping both allocations.
+            std::mem::swap(&mut w.now, &mut w.next);
+        } else {
+            w.now.append(&mut w.next);
+        }
+        0
+    }
+}
+
+/// `pop_now() -> key, reg, since`: takes this frame's next wait (nothing once all are taken).
+unsafe extern "C-unwind" fn pop_now(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `waits`; nothing here calls Lua.
+    unsafe {
+        let w = waits(l);
+        let Some(&wait) = w.now.get(w.at) else { return 0 };
+        w.at += 1;
+        ffi::lua_pushinteger(l, wait.key);
+        ffi::lua_pushinteger(l, wait.reg);
+        ffi::lua_pushnumber(l, wait.since);
+        3
+    }
+}
+
+/// `waiting(key, reg) -> "ready" | "next" | nil`: whether a frame wait `reg` of task `key` is due
+/// this frame and not resumed yet, or is due next frame (for the inspector).
+unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `waits`; nothing here calls Lua.
+    unsafe {
+        let (key, reg) = (ffi::lua_tointeger(l, 1), ffi::lua_tointeger(l, 2));
+        let w = waits(l);
+        let has = |list: &[Wait]| list.iter().any(|e| e.key == key && e.reg == reg);
+        let found = if has(&w.now[w.at.min(w.now.len())..]) {
+            c"ready"
+        } else if has(&w.next) {
+            c"next"
+        } else {
+            return 0;
+        };
+        ffi::lua_pushstring(l, found.as_ptr());
+        1
+    }
+}
+
+/// `shrink_waits()`: gives back the memory the lists keep beyond what they hold (after a mass
+/// despawn, with the step's other tables).
+unsafe extern "C-unwind" fn shrink_waits(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `waits`; nothing here calls Lua.
+    unsafe {
+        let w = waits(l);
+        w.now.shrink_to_fit();
+        w.next.shrink_to_fit();
+        0
+    }
+}
+
 // `run_frames`'s arguments, by stack index.
 const A_SHARED: c_int = 1;
-const A_NOW_KEYS: c_int = 2;
-const A_NOW_REGS: c_int = 3;
-const A_NOW_SINCE: c_int = 4;
-const A_REGS: c_int = 5;
-const A_THREADS: c_int = 6;
-const A_NEXT_KEYS: c_int = 7;
-const A_NEXT_REGS: c_int = 8;
-const A_NEXT_SINCE: c_int = 9;
-const A_STATE: c_int = 10;
-const A_SPENT: c_int = 11;
-const A_FROM: c_int = 12;
-const A_TO: c_int = 13;
-const A_NOW: c_int = 14;
-const A_MEMORY: c_int = 15;
+const A_REGS: c_int = 2;
+const A_THREADS: c_int = 3;
+const A_STATE: c_int = 4;
+const A_SPENT: c_int = 5;
+const A_NOW: c_int = 6;
+const A_MEMORY: c_int = 7;
 // Saved on entry: the task being resumed and its depth (restored when the loop stops; a raise
 // out of the loop leaves the last task named, which `step.run` and the step clear).
-const S_CURRENT: c_int = 16;
-const S_DEPTH: c_int = 17;
-// Per entry: its key, its registration, the thread.
-const E_KEY: c_int = 18;
-const E_REG: c_int = 19;
-const E_THREAD: c_int = 20;
+const S_CURRENT: c_int = 8;
+const S_DEPTH: c_int = 9;
+// Per entry: the thread.
+const E_THREAD: c_int = 10;
 
-/// `run_frames(shared, now_keys, now_regs, now_since, regs, threads, next_keys, next_regs,
-/// next_since, state, "spent", from, to, now, memory_limit) -> i [, what, ...]`: resumes the frame
-/// waits `from..=to` of this frame (parallel arrays), each with the game seconds since it waited,
-/// as long as each asks to wait for the next frame again; those it queues for the next frame
-/// (`next_*`, counted in the shared table) with a fresh registration. It returns the index of the
-/// first entry not done and, if it stopped early, why:
-/// - `i, 1, key, reg, value`: entry `key` (registration `reg`) is not a thread suspended in a
+/// `run_frames(shared, regs, threads, state, "spent", now, memory_limit) -> [what, ...]`: resumes
+/// this frame's frame waits (see [`FrameWaits`]) in order, each with the game seconds since it
+/// waited, as long as each asks to wait for the next frame again; those it queues for the next
+/// frame with a fresh registration. It returns nothing once every wait is taken (or if its
+/// arguments are wrong: the step's Lua loop then takes the rest), or, if it stopped early, why:
+/// - `1, key, reg, value`: wait `key` (registration `reg`) is not a thread suspended in a
 ///   yield: resume it the Lua way;
-/// - `i, 2, key, thread, ok, first, kind, arg`: entry `key` was resumed and did something else
+/// - `2, key, thread, ok, first, kind, arg`: task `key` was resumed and did something else
 ///   (finished, failed, asked for another wait, spent its budget, or the VM grew past
 ///   `memory_limit` KiB): finish it the Lua way (the shared table still names it as the current
 ///   task).
 unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see the module's invariants: `l` is the running thread, the tables are the step's,
-    // and each thread resumed is suspended in a yield.
+    // and each thread resumed is suspended in a yield. The frame waits are borrowed only between
+    // calls into Lua (a resume may queue waits of its own).
     unsafe {
-        for arg in A_SHARED..=A_STATE {
+        for arg in [A_SHARED, A_REGS, A_THREADS, A_STATE] {
             if ffi::lua_type(l, arg) != ffi::LUA_TTABLE {
                 return 0;
             }
@@ -212,49 +365,48 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         if ffi::lua_checkstack(l, 16) == 0 {
             return 0;
         }
-        let mut i = ffi::lua_tointeger(l, A_FROM);
-        let to = ffi::lua_tointeger(l, A_TO);
         let now = ffi::lua_tonumber(l, A_NOW);
         let limit = (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY));
         let req = REQ.load(Ordering::Relaxed);
         let watch = crate::hook::upvalue_watch(l);
         let wait_time = WAIT_TIME.load(Ordering::Relaxed) as ffi::lua_Number;
+        let frame_waits = ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut FrameWaits;
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
         // Whether a task was resumed fast since the current one was last restored.
         let mut resumed = false;
-        while i <= to {
+        loop {
+            let wait = {
+                let w = &mut *frame_waits;
+                let Some(&wait) = w.now.get(w.at) else { break };
+                w.at += 1;
+                wait
+            };
+            let Wait { key, reg, since } = wait;
             ffi::lua_settop(l, S_DEPTH);
-            ffi::lua_rawgeti(l, A_NOW_KEYS, i);
-            ffi::lua_rawgeti(l, A_NOW_REGS, i);
-            let key = ffi::lua_tointeger(l, E_KEY);
             ffi::lua_rawgeti(l, A_REGS, key);
-            let current = ffi::lua_rawequal(l, E_REG, -1) != 0;
-            ffi::lua_rawgeti(l, A_NOW_SINCE, i);
-            let value = (now - ffi::lua_tonumber(l, -1)) / 1e9;
-            i += 1;
-            if !current {
+            if ffi::lua_type(l, -1) != ffi::LUA_TNUMBER || ffi::lua_tointeger(l, -1) != reg {
                 continue; // cancelled, or woken another way
             }
-            ffi::lua_settop(l, E_REG);
+            let value = (now - since) / 1e9;
+            ffi::lua_settop(l, S_DEPTH);
             ffi::lua_rawgeti(l, A_THREADS, key);
             let co = ffi::lua_tothread(l, E_THREAD);
             if co.is_null() || ffi::lua_status(co) != ffi::LUA_YIELD || ffi::lua_checkstack(co, 1) == 0 {
                 if resumed {
                     restore(l);
                 }
-                ffi::lua_pushinteger(l, i);
                 ffi::lua_pushinteger(l, 1);
-                ffi::lua_pushvalue(l, E_KEY);
-                ffi::lua_pushvalue(l, E_REG);
+                ffi::lua_pushinteger(l, key);
+                ffi::lua_pushinteger(l, reg);
                 ffi::lua_pushnumber(l, value);
-                return 5;
+                return 4;
             }
             // As `resume_task`: the registration is used up, and the task is the current one.
             ffi::lua_pushnil(l);
             ffi::lua_rawseti(l, A_REGS, key);
-            ffi::lua_pushvalue(l, E_KEY);
+            ffi::lua_pushinteger(l, key);
             ffi::lua_rawseti(l, A_SHARED, CURRENT);
             ffi::lua_pushinteger(l, 0);
             ffi::lua_rawseti(l, A_SHARED, DEPTH);
@@ -285,29 +437,19 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 let reg = -serial;
                 ffi::lua_pushinteger(l, reg);
                 ffi::lua_rawseti(l, A_REGS, key);
-                ffi::lua_rawgeti(l, A_SHARED, NEXT_N); // left on the stack: the next entry clears it
-                let n = ffi::lua_tointeger(l, -1) + 1;
-                ffi::lua_pushinteger(l, key);
-                ffi::lua_rawseti(l, A_NEXT_KEYS, n);
-                ffi::lua_pushinteger(l, reg);
-                ffi::lua_rawseti(l, A_NEXT_REGS, n);
-                ffi::lua_pushvalue(l, A_NOW);
-                ffi::lua_rawseti(l, A_NEXT_SINCE, n);
-                ffi::lua_pushinteger(l, n);
-                ffi::lua_rawseti(l, A_SHARED, NEXT_N);
+                (*frame_waits).next.push(Wait { key, reg, since: now });
                 continue;
             }
             // Anything else: hand `ok, first, kind, arg` (as `coroutine.resume` returns them) back.
-            ffi::lua_pushinteger(l, i);
             ffi::lua_pushinteger(l, 2);
-            ffi::lua_pushvalue(l, E_KEY);
+            ffi::lua_pushinteger(l, key);
             ffi::lua_pushvalue(l, E_THREAD);
             if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
                 if ffi::lua_checkstack(l, nres + 3) == 0 {
                     ffi::lua_pop(co, nres);
                     ffi::lua_pushboolean(l, 0);
                     ffi::lua_pushstring(l, c"too many results to resume".as_ptr());
-                    return 6;
+                    return 5;
                 }
                 ffi::lua_pushboolean(l, 1);
                 ffi::lua_xmove(co, l, nres);
@@ -317,17 +459,16 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 for _ in nres..3 {
                     ffi::lua_pushnil(l);
                 }
-                return 8;
+                return 7;
             }
             ffi::lua_pushboolean(l, 0);
             ffi::lua_xmove(co, l, 1); // the error value
-            return 6;
+            return 5;
         }
         if resumed {
             restore(l);
         }
-        ffi::lua_pushinteger(l, i);
-        1
+        0
     }
 }
 

@@ -62,10 +62,12 @@ pub(crate) fn yieldable(state: *const c_void) -> bool {
 }
 
 /// C closure `f` with the budget's `watch` (null for none) as its upvalue 1, which
-/// [`upvalue_watch`] reads: how the C functions that resume threads reach the watch.
+/// [`upvalue_watch`] reads: how the C functions that resume threads reach the watch. Upvalue 2 is
+/// `extra`, a light userdata for `f`'s own use (null if it has none).
 pub(crate) fn watch_closure(
     lua: &mlua::Lua,
     watch: Option<&std::sync::Arc<Watch>>,
+    extra: *mut c_void,
     f: ffi::lua_CFunction,
 ) -> mlua::Result<mlua::Function> {
     let watch = watch.map_or(std::ptr::null_mut(), |w| std::sync::Arc::as_ptr(w) as *mut c_void);
@@ -74,7 +76,8 @@ pub(crate) fn watch_closure(
     unsafe {
         lua.exec_raw::<mlua::Function>((), |l| {
             ffi::lua_pushlightuserdata(l, watch);
-            ffi::lua_pushcclosure(l, f, 1);
+            ffi::lua_pushlightuserdata(l, extra);
+            ffi::lua_pushcclosure(l, f, 2);
         })
     }
 }
@@ -332,13 +335,13 @@ mod lazy {
     /// it runs, then the one that was running before. A resume called from the main thread (the step's)
     /// starts a fresh slice. Same results and errors as `coroutine.resume`.
     pub(crate) fn resume_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
-        super::watch_closure(lua, Some(watch), resume)
+        super::watch_closure(lua, Some(watch), std::ptr::null_mut(), resume)
     }
 
     /// `coroutine.close` for a suspended or dead thread (the caller checks), publishing it to `watch`
     /// while its to-be-closed variables run. Same results as `coroutine.close`.
     pub(crate) fn close_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
-        super::watch_closure(lua, Some(watch), close)
+        super::watch_closure(lua, Some(watch), std::ptr::null_mut(), close)
     }
 
     unsafe extern "C-unwind" fn close(l: *mut ffi::lua_State) -> std::ffi::c_int {

@@ -323,6 +323,29 @@ fn the_step_time_budget_carries_the_rest_to_the_next_frame() {
     assert!(out[0] != out[2], "with no time to spare, one resume per step: {out:?}");
 }
 
+#[test]
+fn frame_waits_a_time_budget_left_over_go_first_next_frame() {
+    // One resume per step: the waits left over run before the ones queued since, so every task
+    // gets its turn in order and none is starved.
+    let out = within("time budget order", || {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            step_time_budget: Some(Duration::ZERO),
+            print_to_stdout: false,
+            hot_reload: false,
+            ..default()
+        });
+        spawn_script(
+            &mut app,
+            "scripts/turns.lua",
+            "for i = 1, 3 do task.spawn(function() task.wait() while true do print(i) task.wait() end end) end",
+        );
+        run(&mut app, 14);
+        printed(&app)
+    });
+    let turns: Vec<&str> = out.iter().map(String::as_str).take(9).collect();
+    assert_eq!(turns, ["1", "2", "3", "1", "2", "3", "1", "2", "3"], "{out:?}");
+}
+
 // Bookkeeping: a task finished, closed or refused by hand leaves nothing counted or kept.
 
 #[test]

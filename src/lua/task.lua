@@ -47,17 +47,17 @@ local parked = {}                         -- key -> the slot it last parked on (
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
 -- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
--- want of memory (the step collects garbage after the resume), the last registration number, and
--- the number of frame waits due next frame.
-local T = { 0, 0, 0, false, 0, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, NEXT_N = 1, 2, 3, 4, 5, 6
-local fast = core.fast -- the C waits and the raw frame loop (nil: the Lua ones)
-local run_frames = fast and fast.run_frames
+-- want of memory (the step collects garbage after the resume), and the last registration number.
+local T = { 0, 0, 0, false, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG = 1, 2, 3, 4, 5
+local fast = core.fast -- the C waits, the frame waits and the raw frame loop (src/fastpath.rs)
+local run_frames = fast.run_frames
 
--- Frame waits due next frame (the common case: `task.wait()`), as parallel arrays, and the ones
--- being resumed this frame; `task.waitFrames(n > 1)` goes to `later[frame]`, the same layout.
-local next_keys, next_regs, next_since = {}, {}, {}
-local now_keys, now_regs, now_since, now_n, now_i = {}, {}, {}, 0, 1
+-- Frame waits due next frame (the common case: `task.wait()`) and this frame's live in Rust
+-- memory (`push_next`, `begin_frame`, `pop_now`); `task.waitFrames(n > 1)` goes to
+-- `later[frame]`: `key, reg, since` triples, `n` slots.
+local push_next, begin_frame, pop_now, frame_waiting =
+  fast.push_next, fast.begin_frame, fast.pop_now, fast.waiting
 local later = {}
 -- This step's ready queue: key, reg, value, defer depth (four slots per entry).
 local ready, head, tail = {}, 1, 0
@@ -76,8 +76,7 @@ end
 --- Queues task `key` (registration `reg`) to resume `frames` frames from now.
 local function push_frames(frames, key, reg)
   if frames == 1 then
-    local n = T[NEXT_N] + 1
-    next_keys[n], next_regs[n], next_since[n], T[NEXT_N] = key, reg, S.nanos, n
+    push_next(key, reg, S.nanos)
     return
   end
   local at = S.frame + frames
@@ -320,8 +319,7 @@ local function finish_resume(key, co, previous, previous_depth, ok, first, kind,
     -- `task.wait()`, the common case, inlined: due next frame.
     local reg = T[NEXT_REG] + 1
     T[NEXT_REG], regs[key] = reg, reg
-    local n = T[NEXT_N] + 1
-    next_keys[n], next_regs[n], next_since[n], T[NEXT_N] = key, reg, S.nanos, n
+    push_next(key, reg, S.nanos)
     return
   end
   after_step_resume(key, co, ok, first, kind, arg)
@@ -541,29 +539,9 @@ function step.run()
     -- the last step carried.
     last_frame = S.frame
     step_no = step_no + 1
-    local n = now_n
     local b = later[S.frame]
-    if n == 0 and b == nil then
-      -- The common frame: this frame's waits are exactly the ones queued last frame, so the two
-      -- sets of arrays trade places instead of copying (entries past a count are never read).
-      now_keys, next_keys = next_keys, now_keys
-      now_regs, next_regs = next_regs, now_regs
-      now_since, next_since = next_since, now_since
-      n = T[NEXT_N]
-      T[NEXT_N] = 0
-    end
-    if b ~= nil then
-      later[S.frame] = nil
-      for i = 1, b.n, 3 do
-        n = n + 1
-        now_keys[n], now_regs[n], now_since[n] = b[i], b[i + 1], b[i + 2]
-      end
-    end
-    for i = 1, T[NEXT_N] do
-      n = n + 1
-      now_keys[n], now_regs[n], now_since[n] = next_keys[i], next_regs[i], next_since[i]
-    end
-    now_n, T[NEXT_N] = n, 0
+    later[S.frame] = nil
+    begin_frame(b)
     for i = 1, carry_n, 4 do
       push_ready(carry[i], carry[i + 1], carry[i + 2], carry[i + 3])
     end
@@ -575,11 +553,9 @@ function step.run()
     -- The raw loop resumes the frame waits that wait again; what else happens comes back here.
     local previous, previous_depth = T[CURRENT], T[DEPTH]
     local memory = MEMORY_QUOTA and next_check
-    while now_i <= now_n do
-      local i, what, key, x, ok, first, kind, arg = run_frames(T, now_keys, now_regs, now_since, regs,
-        threads, next_keys, next_regs, next_since, S, "spent", now_i, now_n, now, memory)
-      if i == nil then break end -- refused its arguments: the Lua loop below does the rest
-      now_i = i
+    while true do
+      local what, key, x, ok, first, kind, arg = run_frames(T, regs, threads, S, "spent", now, memory)
+      if what == nil then break end -- every wait taken (or its arguments refused: the loop below)
       if what == 1 then
         resume_task(key, x, ok, 0) -- x: the registration, ok: the seconds waited
       elseif what == 2 then
@@ -591,24 +567,17 @@ function step.run()
       end
     end
   end
-  while now_i <= now_n do
-    local i = now_i
-    now_i = i + 1
-    resume_task(now_keys[i], now_regs[i], (now - now_since[i]) / 1e9, 0)
+  while true do
+    local key, reg, since = pop_now()
+    if key == nil then break end
+    resume_task(key, reg, (now - since) / 1e9, 0)
     if timed and over_time() then
       -- Out of time: the rest waits for the next step, still first in line.
-      local n = 0
-      for j = now_i, now_n do
-        n = n + 1
-        now_keys[n], now_regs[n], now_since[n] = now_keys[j], now_regs[j], now_since[j]
-      end
-      now_i, now_n = 1, n
       for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
       head, tail = 1, 0
       return
     end
   end
-  now_i, now_n = 1, 0
   local peak = tail
   while head <= tail do
     -- Entries hold only numbers and markers, so consumed slots are left as they are (clearing them
@@ -734,12 +703,9 @@ function step.state(key)
   for i = head, tail, 4 do
     if ready[i] == key and ready[i + 1] == reg then return co, reg, "ready" end
   end
-  for i = now_i, now_n do
-    if now_keys[i] == key and now_regs[i] == reg then return co, reg, "ready" end
-  end
-  for i = 1, T[NEXT_N] do
-    if next_keys[i] == key and next_regs[i] == reg then return co, reg, "frames", 1 end
-  end
+  local frame_wait = frame_waiting(key, reg)
+  if frame_wait == "ready" then return co, reg, "ready" end
+  if frame_wait == "next" then return co, reg, "frames", 1 end
   for at, b in pairs(later) do
     for i = 1, b.n, 3 do
       if b[i] == key and b[i + 1] == reg then return co, reg, "frames", at - S.frame end
@@ -759,6 +725,7 @@ function step.compact()
     return fresh
   end
   threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
+  fast.shrink_waits()
   resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
