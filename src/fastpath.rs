@@ -96,6 +96,7 @@ pub(crate) fn functions(
         ("pop_now", pop_now),
         ("waiting", waiting),
         ("shrink_waits", shrink_waits),
+        ("relax_memory", relax_memory),
     ] {
         // SAFETY: each reads its one upvalue as the address of the `FrameWaits` above.
         let f = unsafe {
@@ -323,6 +324,41 @@ unsafe extern "C-unwind" fn shrink_waits(l: *mut ffi::lua_State) -> c_int {
         w.now.shrink_to_fit();
         w.next.shrink_to_fit();
         0
+    }
+}
+
+/// The memory limit a step raised (see [`relax_memory`]), to restore after the step.
+pub(crate) struct RelaxedLimit(pub usize);
+
+/// `relax_memory()`: raises the VM's memory limit by a quarter (at least 1 MiB) until the end of
+/// the step, once per step. For a task that failed for want of memory where the VM can neither
+/// close the task's thread nor collect before an allocation fails (LuaJIT): what the thread holds
+/// stays reachable until the step lets go of it, and the step needs memory to report the failure
+/// and run the other tasks. The step collects garbage and restores the limit when it ends
+/// ([`restore_memory_limit`]). Allocates nothing itself.
+unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua on the VM's thread, which holds the VM.
+    let lua = unsafe { Lua::get_or_init_from_ptr(l) };
+    if lua.app_data_ref::<RelaxedLimit>().is_some() {
+        return 0;
+    }
+    // `set_memory_limit` returns the limit it replaces: read it by setting it.
+    let Ok(limit) = lua.set_memory_limit(0) else { return 0 };
+    if limit == 0 {
+        let _ = lua.set_memory_limit(0);
+        return 0;
+    }
+    let _ = lua.set_memory_limit(limit.saturating_add((limit / 4).max(1 << 20)));
+    lua.set_app_data(RelaxedLimit(limit));
+    0
+}
+
+/// After a step: if a task made it relax the memory limit ([`relax_memory`]), collects what the
+/// failed thread held and puts the limit back.
+pub(crate) fn restore_memory_limit(lua: &Lua) {
+    if let Some(RelaxedLimit(limit)) = lua.remove_app_data::<RelaxedLimit>() {
+        let _ = lua.gc_collect();
+        let _ = lua.set_memory_limit(limit);
     }
 }
 

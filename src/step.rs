@@ -32,6 +32,7 @@ pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real:
     if let Err(e) = resume_all(runtime, game, delta, real) {
         error!("bevy_lua_coroutines: the step failed: {e}");
     }
+    crate::fastpath::restore_memory_limit(lua);
     // Out: unhandled rejections are reported once per frame, after every resume.
     report_rejections(lua);
     output(lua)

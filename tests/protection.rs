@@ -178,6 +178,12 @@ fn hitting_the_memory_limit_fails_the_call_not_the_app() {
     let errs = errors(&app);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].message.contains("memory"), "{}", errs[0].message);
+    // What the hog held is collected, and the limit is the one configured (a VM that cannot
+    // collect before failing an allocation, LuaJIT, is given headroom for the rest of the step
+    // only).
+    let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
+    assert!(runtime.used_memory() < 8 * 1024 * 1024, "{}", runtime.used_memory());
+    assert_eq!(runtime.lua().set_memory_limit(16 * 1024 * 1024).unwrap(), 16 * 1024 * 1024);
 }
 
 #[test]

@@ -225,6 +225,12 @@ end
 --- Reports that task `key` failed with `err`, and closes it. Protected: under the memory limit
 --- even the traceback may fail to allocate.
 local function fail(key, co, err)
+  if err == "not enough memory" and co_close == nil then
+    -- LuaJIT can neither close `co` nor collect before an allocation fails: what `co` holds stays
+    -- until the step lets go of it, so the step gets headroom to go on (Rust collects and puts
+    -- the limit back after the step).
+    fast.relax_memory()
+  end
   local message = error_text(err)
   drop(key)
   if S.spent then
