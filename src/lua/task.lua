@@ -186,7 +186,7 @@ local MAX_FRAMES = 22
 -- (Lua 5.4) `stack_frames(co, n)`: the function and line of each of `co`'s first `n` frames, flat (a C
 -- function, `src/fastpath.rs`: no source names are built, and no table per frame);
 -- `frames_text` asks each function for its source in the rare case that the text is needed.
-local stack_frames = getinfo and fast and fast.frames
+local stack_frames = getinfo and fast.frames
 
 local function frames_of(co)
   if not stack_frames then return nil end
@@ -885,17 +885,13 @@ function task.delay(seconds, f, ...)
   return co
 end
 
+-- The common waits are C functions (src/fastpath.rs) that yield their request directly; they
+-- raise their `bad argument` errors through `bad`.
+fast.set_bad(bad)
 --- Yields until `seconds` of game time have passed (the next frame for nil, 0, negative or NaN).
-function task.wait(seconds)
-  if seconds ~= nil and type(seconds) ~= "number" then bad(1, "wait", "number", seconds, 2) end
-  return co_yield(REQ, WAIT_TIME, seconds)
-end
-
+task.wait = fast.wait
 --- Yields for `n` frames (default 1); returns the game seconds that passed.
-function task.waitFrames(n)
-  if n ~= nil and type(n) ~= "number" then bad(1, "waitFrames", "number", n, 2) end
-  return co_yield(REQ, WAIT_FRAMES, n)
-end
+task.waitFrames = fast.waitFrames
 
 --- Like `task.wait`, against real (unscaled, unpaused) time.
 function task.waitRealtime(seconds)
@@ -954,17 +950,8 @@ function time.frame() return S.frame end
 --- Real seconds since start (unscaled, unpaused).
 function time.realElapsed() return S.real end
 
-local function sleep(seconds)
-  if seconds ~= nil and type(seconds) ~= "number" then bad(1, "sleep", "number", seconds, 2) end
-  return co_yield(REQ, WAIT_TIME, seconds)
-end
-
-if fast ~= nil then
-  -- The same waits as C functions that yield the same request directly (src/fastpath.rs); they
-  -- raise their `bad argument` errors through `bad`.
-  fast.set_bad(bad)
-  task.wait, task.waitFrames, sleep = fast.wait, fast.waitFrames, fast.sleep
-end
+--- `task.wait` under its global name.
+local sleep = fast.sleep
 
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
