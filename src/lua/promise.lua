@@ -510,7 +510,8 @@ function settled(p, status)
       wake(r1)
       return
     end
-    p._r1, p._queue = nil, nil
+    p._r1 = nil
+    if q ~= nil then p._queue = nil end
     run_queue(p, r1, q)
   end
 end
@@ -911,7 +912,7 @@ end
 
 --- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
 function Promise.new(executor)
-  if not callable(executor) then bad(1, "new", "function", executor, 2) end
+  if type(executor) ~= "function" and not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
   -- `start(p, executor, executor_args(p))`, inlined (no vararg calls), on a pooled thread.
   local co = take_worker()
@@ -1438,8 +1439,13 @@ function promise_methods:andThen(on_resolve, on_reject)
   if not (debug_getmetatable and debug_getmetatable(self) == PromiseMT) then
     check_self(self, "andThen", "Promise", is_promise)
   end
-  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
-  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
+  -- (`callable` asked only of what is not a function, the common case, saving a call.)
+  if on_resolve ~= nil and type(on_resolve) ~= "function" and not callable(on_resolve) then
+    bad(1, "andThen", "function", on_resolve, 2)
+  end
+  if on_reject ~= nil and type(on_reject) ~= "function" and not callable(on_reject) then
+    bad(2, "andThen", "function", on_reject, 2)
+  end
   return then_impl(self, on_resolve, on_reject)
 end
 promise_methods["then"] = promise_methods.andThen
