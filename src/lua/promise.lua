@@ -551,7 +551,8 @@ local function consumer_cancelled(parent, child)
   end
 end
 
---- Cancels `p` if it is pending: its hooks run, its executor's thread closes, its parent is told
+--- Cancels `p` if it is pending: its hooks run (the library's own `_ihook(p)` first, then the
+--- script's `onCancel` hook in a thread of its own), its executor's thread closes, its parent is told
 --- (and cancelled once it has no other consumer), its consumers are cancelled, then its queue runs
 --- (so `finally` handlers see "Cancelled").
 function cancel(p)
@@ -561,7 +562,7 @@ function cancel(p)
   local hook, ihook, co = p._hook, p._ihook, p._thread
   p._hook, p._ihook, p._thread = nil, nil, nil
   if ihook ~= nil then
-    local ok, err = pcall(ihook)
+    local ok, err = pcall(ihook, p)
     if not ok then internal_failure(p, err) end
   end
   if hook ~= nil then run_hook(p, hook) end
@@ -1883,16 +1884,30 @@ local function tick(gone)
   pending = keep
 end
 
---- For the Rust bridge: a pending promise with what an executor gets (`resolve`, `reject`,
---- `onCancel`), without running an executor in a thread of its own.
-local function deferred()
+--- For the Rust bridge: a pending promise without an executor, nor the closures an executor gets;
+--- `on_cancel(p)` runs if it is cancelled while pending, and `settle_deferred` settles it.
+local function deferred(on_cancel)
   local p = new_promise()
-  return p, executor_args(p)
+  p._ihook = on_cancel
+  return p
+end
+
+--- For the Rust bridge: settles `p` with the one value `v`, resolved if `ok` (a thenable is
+--- followed, as an executor's `resolve` does), rejected if not; nothing if it has settled.
+local function settle_deferred(p, ok, v)
+  if not ok then
+    reject(p, v)
+  elseif p._status == STARTED and type(v) ~= "table" then
+    settle1(p, RESOLVED, v)
+  else
+    resolve(p, v)
+  end
 end
 
 return {
   Promise = Promise,
   deferred = deferred,
+  settle_deferred = settle_deferred,
   async = async,
   await = await,
   asyncTry = asyncTry,
