@@ -143,7 +143,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let module: mlua::Table = lua
         .load(include_str!("../lua/bridge.lua"))
         .set_name("=bevy_lua_coroutines/bridge.lua")
-        .call((promise.get::<Function>("deferred")?, cancel))?;
+        .call((promise.get::<Function>("deferred")?, promise.get::<Function>("settle_deferred")?, cancel))?;
     lua.set_app_data(BridgeLua {
         pending: module.get("pending")?,
         settle_many: module.get("settle_many")?,

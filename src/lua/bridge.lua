@@ -1,32 +1,35 @@
 -- Promises that Rust settles: the Lua half of `src/bridge.rs`. A Rust async function (or a
 -- `PromiseHandle`) is known here by an id; Rust settles it with `settle(id, ok, value)` at the start
 -- of a step, and cancelling the promise tells Rust to drop the work (`cancel(id)`).
--- `deferred() -> promise, resolve, reject, onCancel` (the promise module's, for the bridge: no
--- executor thread per promise).
-local deferred, cancel = ...
+-- `deferred(on_cancel) -> promise` and `settle_deferred(promise, ok, value)` are the promise
+-- module's, for the bridge: no executor thread and no closures per promise.
+local deferred, settle_deferred, cancel = ...
 
-local resolvers, rejecters = {}, {} -- id -> the resolve / reject of its pending promise
+local promises = {} -- id -> its pending promise
+local ids = {} -- pending promise -> its id
+
+--- The cancellation of pending promise `p`: Rust drops the work behind it.
+local function cancelled(p)
+  local id = ids[p]
+  if id ~= nil then
+    promises[id], ids[p] = nil, nil
+    cancel(id)
+  end
+end
 
 --- A promise settled later by `settle(id, ...)`.
 local function pending(id)
-  local p, resolve, reject, on_cancel = deferred()
-  resolvers[id], rejecters[id] = resolve, reject
-  on_cancel(function()
-    if resolvers[id] ~= nil then
-      resolvers[id], rejecters[id] = nil, nil
-      cancel(id)
-    end
-  end)
+  local p = deferred(cancelled)
+  promises[id], ids[p] = p, id
   return p
 end
 
 --- Resolves (`ok`) or rejects promise `id` with `value`.
 local function settle(id, ok, value)
-  local resolve = resolvers[id]
-  if resolve == nil then return end
-  local reject = rejecters[id]
-  resolvers[id], rejecters[id] = nil, nil
-  if ok then resolve(value) else reject(value) end
+  local p = promises[id]
+  if p == nil then return end
+  promises[id], ids[p] = nil, nil
+  settle_deferred(p, ok, value)
 end
 
 --- Settles several promises in order: `settle_many(id1, ok1, value1, id2, ok2, value2, ...)`.
@@ -39,7 +42,8 @@ end
 
 --- Forgets promise `id` without settling it (its instance is gone).
 local function forget(id)
-  resolvers[id], rejecters[id] = nil, nil
+  local p = promises[id]
+  if p ~= nil then promises[id], ids[p] = nil, nil end
 end
 
 local error, select = error, select

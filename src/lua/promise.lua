@@ -510,7 +510,8 @@ function settled(p, status)
       wake(r1)
       return
     end
-    p._r1, p._queue = nil, nil
+    p._r1 = nil
+    if q ~= nil then p._queue = nil end
     run_queue(p, r1, q)
   end
 end
@@ -550,7 +551,8 @@ local function consumer_cancelled(parent, child)
   end
 end
 
---- Cancels `p` if it is pending: its hooks run, its executor's thread closes, its parent is told
+--- Cancels `p` if it is pending: its hooks run (the library's own `_ihook(p)` first, then the
+--- script's `onCancel` hook in a thread of its own), its executor's thread closes, its parent is told
 --- (and cancelled once it has no other consumer), its consumers are cancelled, then its queue runs
 --- (so `finally` handlers see "Cancelled").
 function cancel(p)
@@ -560,7 +562,7 @@ function cancel(p)
   local hook, ihook, co = p._hook, p._ihook, p._thread
   p._hook, p._ihook, p._thread = nil, nil, nil
   if ihook ~= nil then
-    local ok, err = pcall(ihook)
+    local ok, err = pcall(ihook, p)
     if not ok then internal_failure(p, err) end
   end
   if hook ~= nil then run_hook(p, hook) end
@@ -911,7 +913,7 @@ end
 
 --- `Promise.new(executor(resolve, reject, onCancel))`: runs the executor now, in its own thread.
 function Promise.new(executor)
-  if not callable(executor) then bad(1, "new", "function", executor, 2) end
+  if type(executor) ~= "function" and not callable(executor) then bad(1, "new", "function", executor, 2) end
   local p = new_promise()
   -- `start(p, executor, executor_args(p))`, inlined (no vararg calls), on a pooled thread.
   local co = take_worker()
@@ -1438,8 +1440,13 @@ function promise_methods:andThen(on_resolve, on_reject)
   if not (debug_getmetatable and debug_getmetatable(self) == PromiseMT) then
     check_self(self, "andThen", "Promise", is_promise)
   end
-  if on_resolve ~= nil and not callable(on_resolve) then bad(1, "andThen", "function", on_resolve, 2) end
-  if on_reject ~= nil and not callable(on_reject) then bad(2, "andThen", "function", on_reject, 2) end
+  -- (`callable` asked only of what is not a function, the common case, saving a call.)
+  if on_resolve ~= nil and type(on_resolve) ~= "function" and not callable(on_resolve) then
+    bad(1, "andThen", "function", on_resolve, 2)
+  end
+  if on_reject ~= nil and type(on_reject) ~= "function" and not callable(on_reject) then
+    bad(2, "andThen", "function", on_reject, 2)
+  end
   return then_impl(self, on_resolve, on_reject)
 end
 promise_methods["then"] = promise_methods.andThen
@@ -1877,16 +1884,30 @@ local function tick(gone)
   pending = keep
 end
 
---- For the Rust bridge: a pending promise with what an executor gets (`resolve`, `reject`,
---- `onCancel`), without running an executor in a thread of its own.
-local function deferred()
+--- For the Rust bridge: a pending promise without an executor, nor the closures an executor gets;
+--- `on_cancel(p)` runs if it is cancelled while pending, and `settle_deferred` settles it.
+local function deferred(on_cancel)
   local p = new_promise()
-  return p, executor_args(p)
+  p._ihook = on_cancel
+  return p
+end
+
+--- For the Rust bridge: settles `p` with the one value `v`, resolved if `ok` (a thenable is
+--- followed, as an executor's `resolve` does), rejected if not; nothing if it has settled.
+local function settle_deferred(p, ok, v)
+  if not ok then
+    reject(p, v)
+  elseif p._status == STARTED and type(v) ~= "table" then
+    settle1(p, RESOLVED, v)
+  else
+    resolve(p, v)
+  end
 end
 
 return {
   Promise = Promise,
   deferred = deferred,
+  settle_deferred = settle_deferred,
   async = async,
   await = await,
   asyncTry = asyncTry,

@@ -344,8 +344,8 @@ function resume_task(key, reg, value, d)
     ok, first, kind, arg = co_resume(co, value)
   else
     local packed = args[key]
-    args[key] = nil
     if packed then
+      args[key] = nil -- (only when there: storing nil under an absent key is the VM's slow path)
       ok, first, kind, arg = co_resume(co, unpack(packed, 1, packed.n))
     else
       ok, first, kind, arg = co_resume(co)
@@ -620,21 +620,21 @@ local function store_args(key, ...)
   args[key] = n > 0 and { n = n, ... } or nil
 end
 
---- Parks the running thread on `slot` (a fresh table) until `wake(slot, ...)`; returns what
---- `wake` passed. This is how promises and channels wait: the slot is their waiter entry.
+--- Parks the running thread on `slot` (a fresh table) until `wake(slot)`; returns nothing. This is
+--- how promises and channels wait: the slot is their waiter entry.
 local function park(slot)
   return co_yield(REQ, PARK, slot)
 end
 
---- Wakes the thread parked on `slot` with `...`, in this step after the running work. Returns
---- false if that thread no longer waits there (cancelled, or woken already).
-local function wake(slot, ...)
+--- Wakes the thread parked on `slot`, in this step after the running work. Returns false if that
+--- thread no longer waits there (cancelled, or woken already). Wakers pass nothing: what they
+--- hand over waits in the slot or the promise, so this takes no varargs.
+local function wake(slot)
   local key, reg = slot.key, slot.reg
   if key == nil or regs[key] ~= reg then return false end
   slot.key = nil
   parked[key] = nil -- what the slot holds is the waker's business again
-  local n = select("#", ...)
-  args[key] = n > 0 and { n = n, ... } or nil
+  if args[key] ~= nil then args[key] = nil end -- stale arguments of a resume that never came
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
   tail = tail + 4
   return true
