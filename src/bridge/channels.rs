@@ -26,7 +26,7 @@ use super::messages::rust_channels_lua;
 use super::gather;
 #[cfg(not(feature = "lua54"))]
 mod gather {
-    use super::{Function, Leaves, Lua, flat};
+    use super::{Function, Leaves, Lua, Table, flat};
 
     /// Never made: there is no C check on this flavour.
     pub(super) enum Gather {}
@@ -37,12 +37,15 @@ mod gather {
         }
     }
 
+    /// Never made either.
+    pub(super) struct Gathered {
+        pub flatten: Function,
+        pub put: Function,
+        pub gather: std::sync::Arc<Gather>,
+    }
+
     /// No C check: scripts' values go through the Lua check.
-    pub(super) fn function(
-        _: &Lua,
-        _: &flat::Shape,
-        _: bool,
-    ) -> mlua::Result<Option<(Function, std::sync::Arc<Gather>)>> {
+    pub(super) fn function(_: &Lua, _: &flat::Shape, _: bool, _: &Table) -> mlua::Result<Option<Gathered>> {
         Ok(None)
     }
 }
@@ -274,11 +277,14 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
     let shape = flat::trace::<T>();
     let per = shape.as_ref().map_or(0, flat::Shape::leaves);
     let count_keys = shape.is_some() && flat::denies_unknown_fields::<T>();
+    // The send side's counts (`lua/rust_channels.lua` names the slots), shared with a C `put`.
+    let acct = lua.create_table_with_capacity(3, 0)?;
+    rs.set("acct", &acct)?;
     let gathered = match &shape {
-        Some(s) => gather::function(lua, s, count_keys)?,
+        Some(s) => gather::function(lua, s, count_keys, &acct)?,
         None => None,
     };
-    let gather = gathered.as_ref().map(|(_, g)| g.clone());
+    let gather = gathered.as_ref().map(|g| g.gather.clone());
     let channel = name.to_string();
     let scratch = Mutex::new(Leaves::default());
     rs.set(
@@ -305,7 +311,10 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
         })?,
     )?;
     let flatten = match (gathered, &shape) {
-        (Some((f, _)), _) => Some(f),
+        (Some(g), _) => {
+            rs.set("put", g.put)?;
+            Some(g.flatten)
+        }
         (None, Some(s)) => Some(flat::flattener(lua, s, count_keys)?),
         (None, None) => None,
     };

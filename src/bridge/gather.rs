@@ -7,10 +7,18 @@
 //! rather than ASCII: mlua's serde reads such a string exactly the same way. Other flavours keep
 //! the Lua check (their number and string C APIs differ).
 //!
+//! Two C functions share the check: `flatten(v, buf, n) -> n'`, the Lua check's stand-in, and
+//! `put(v) -> boolean`, the channel's whole `ext.put` shortcut (`lua/rust_channels.lua`), which
+//! also reads and counts the send side's state in the channel's `acct` table, so that a send the
+//! check accepts runs no Lua of the channel's.
+//!
 //! Invariants:
-//! - The function is only called by Lua, on the VM's thread. Its first upvalue is a light userdata
-//!   pointing to its [`Gather`], which the VM's app data keeps alive until after `lua_close`, so for
-//!   as long as Lua can call the function; the other upvalues are the shape's key strings.
+//! - The functions are only called by Lua, on the VM's thread. Their first upvalue is a light
+//!   userdata pointing to their [`Gather`], which the VM's app data keeps alive until after
+//!   `lua_close`, so for as long as Lua can call them; the second is the channel's `acct` table,
+//!   whose slots [`HELD`], [`ROOM`] and [`CLOSED`] always hold values (its array part is made with
+//!   them, and nothing stores nil there), so `lua_rawseti` into one allocates nothing; the others
+//!   are the shape's key strings.
 //! - No call it makes raises a Lua error: `lua_checkstack` (room for the nesting, a key and value,
 //!   and `lua_next`'s pair) reports failure by its result; `lua_rawget` on a table, `lua_next` from
 //!   nil over a table nobody changes meanwhile, `lua_getmetatable`, and reading a value of a type
@@ -24,14 +32,24 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
-use mlua::{Function, Lua, ffi};
+use mlua::{Function, Lua, Table, ffi};
 
 use super::flat::{Leaf, Shape};
 use super::leaves::{Leaves, RawLeaf};
 
-/// Most distinct field names a shape may have (a C closure has at most 255 upvalues; the first is
-/// the [`Gather`]).
-const MAX_KEYS: usize = 254;
+/// Most distinct field names a shape may have (a C closure has at most 255 upvalues; the first two
+/// are the [`Gather`] and `acct`).
+const MAX_KEYS: usize = 253;
+
+/// The upvalue of the first key string.
+const FIRST_KEY: c_int = 3;
+
+/// Slot of `acct`: values accepted since the last flush (named the same in `lua/rust_channels.lua`).
+const HELD: ffi::lua_Integer = 1;
+/// Slot of `acct`: values Rust's end could take at the last flush.
+const ROOM: ffi::lua_Integer = 2;
+/// Slot of `acct`: a script closed the channel.
+const CLOSED: ffi::lua_Integer = 3;
 
 /// One step of the check, in field order.
 #[derive(Debug, Clone, Copy)]
@@ -77,13 +95,24 @@ impl Gather {
 #[derive(Default)]
 struct Gathers(Vec<Arc<Gather>>);
 
-/// Makes the check for `shape` (`flatten(v, buf, n) -> n'`, `buf` unused: the leaves go to the
-/// returned [`Gather`]'s buffer). `None` when the shape has too many field names for one C closure.
+/// The send-side functions of a channel whose values Lua 5.4's C check takes.
+pub(crate) struct Gathered {
+    /// `flatten(v, buf, n) -> n' | nil`: the check (`buf` unused: the leaves go to `gather`).
+    pub flatten: Function,
+    /// `put(v) -> boolean`: the channel's `ext.put`, counting in `acct`.
+    pub put: Function,
+    /// Where the accepted leaves wait for the flush.
+    pub gather: Arc<Gather>,
+}
+
+/// Makes the check for `shape`, counting in `acct` (see the module); `None` when the shape has too
+/// many field names for one C closure.
 pub(crate) fn function(
     lua: &Lua,
     shape: &Shape,
     count_keys: bool,
-) -> mlua::Result<Option<(Function, Arc<Gather>)>> {
+    acct: &Table,
+) -> mlua::Result<Option<Gathered>> {
     let mut keys: Vec<&'static str> = Vec::new();
     let mut nodes = Vec::new();
     let mut depth = 0;
@@ -96,6 +125,10 @@ pub(crate) fn function(
             None
         }
     };
+    for slot in [HELD, ROOM] {
+        acct.raw_set(slot, 0)?;
+    }
+    acct.raw_set(CLOSED, false)?;
     let gather = Arc::new(Gather {
         nodes,
         root,
@@ -111,19 +144,23 @@ pub(crate) fn function(
         }
     }
     let ptr = Arc::as_ptr(&gather) as *mut c_void;
-    // SAFETY: the closure only pushes onto the stack it is given (room for the keys is checked);
-    // the `Gather` it points to lives as long as the VM (see the module's invariants).
-    let f = unsafe {
-        lua.exec_raw::<Function>((), |l| {
-            ffi::luaL_checkstack(l, keys.len() as c_int + 1, c"typed channel check".as_ptr());
-            ffi::lua_pushlightuserdata(l, ptr);
-            for key in &keys {
-                ffi::lua_pushlstring(l, key.as_ptr().cast(), key.len());
-            }
-            ffi::lua_pushcclosure(l, flatten, keys.len() as c_int + 1);
-        })?
+    let closure = |f: ffi::lua_CFunction| {
+        // SAFETY: the closure only pushes onto the stack it is given (room for the upvalues is
+        // checked); the `Gather` it points to lives as long as the VM (see the module's invariants).
+        unsafe {
+            lua.exec_raw::<Function>(acct, |l| {
+                ffi::luaL_checkstack(l, keys.len() as c_int + 2, c"typed channel check".as_ptr());
+                ffi::lua_pushlightuserdata(l, ptr);
+                ffi::lua_pushvalue(l, 1);
+                for key in &keys {
+                    ffi::lua_pushlstring(l, key.as_ptr().cast(), key.len());
+                }
+                ffi::lua_pushcclosure(l, f, keys.len() as c_int + 2);
+                ffi::lua_replace(l, 1);
+            })
+        }
     };
-    Ok(Some((f, gather)))
+    Ok(Some(Gathered { flatten: closure(flatten)?, put: closure(put)?, gather }))
 }
 
 /// Appends the nodes of a table of `fields` at nesting `level` (its `Close` included), adding new
@@ -145,8 +182,7 @@ fn compile(
             }
             None => return false,
         };
-        // Upvalue 1 is the `Gather`.
-        let key = key as c_int + 2;
+        let key = key as c_int + FIRST_KEY;
         match shape {
             Shape::Leaf(leaf) => nodes.push(Node::Leaf { key, leaf: *leaf }),
             Shape::Struct(inner) => {
@@ -163,14 +199,58 @@ fn compile(
 
 /// `flatten(v, buf, n) -> n + per`, or nothing when `v` does not surely fit (see the module).
 unsafe extern "C-unwind" fn flatten(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as the C closure `function` made (see the module's invariants).
+    // SAFETY: called by Lua as a C closure `function` made (see the module's invariants).
     unsafe {
-        let gather = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Gather);
         let mut isnum = 0;
         let n = ffi::lua_tointegerx(l, 3, &mut isnum);
-        let Ok(mut out) = gather.out.try_lock() else { return 0 };
-        if isnum == 0 || ffi::lua_checkstack(l, gather.depth as c_int + 4) == 0 {
+        if isnum == 0 || !accept(l) {
             return 0;
+        }
+        ffi::lua_pushinteger(l, n.wrapping_add(gather(l).per as ffi::lua_Integer));
+        1
+    }
+}
+
+/// `put(v) -> boolean`: when the channel is open and has room counted, takes `v` if it surely fits
+/// and counts it held (true); otherwise does nothing (false): the full path decides.
+unsafe extern "C-unwind" fn put(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C closure `function` made (see the module's invariants): the
+    // `acct` slots hold values, and there is room for the three pushed and popped here.
+    unsafe {
+        let acct = ffi::lua_upvalueindex(2);
+        ffi::lua_rawgeti(l, acct, CLOSED);
+        ffi::lua_rawgeti(l, acct, HELD);
+        ffi::lua_rawgeti(l, acct, ROOM);
+        let (mut held_ok, mut room_ok) = (0, 0);
+        let closed = ffi::lua_toboolean(l, -3) != 0;
+        let held = ffi::lua_tointegerx(l, -2, &mut held_ok);
+        let room = ffi::lua_tointegerx(l, -1, &mut room_ok);
+        ffi::lua_pop(l, 3);
+        let took = !closed && held_ok != 0 && room_ok != 0 && held < room && accept(l);
+        if took {
+            ffi::lua_pushinteger(l, held + 1);
+            ffi::lua_rawseti(l, acct, HELD);
+        }
+        ffi::lua_pushboolean(l, c_int::from(took));
+        1
+    }
+}
+
+/// The [`Gather`] of the running C closure.
+unsafe fn gather<'a>(l: *mut ffi::lua_State) -> &'a Gather {
+    // SAFETY: the caller is a closure `function` made: upvalue 1 points to a live `Gather`.
+    unsafe { &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Gather) }
+}
+
+/// Whether argument 1 surely fits the shape; if so its leaves are appended to the buffer. Leaves
+/// the stack empty either way.
+unsafe fn accept(l: *mut ffi::lua_State) -> bool {
+    // SAFETY: the caller is a closure `function` made, called by Lua.
+    unsafe {
+        let gather = gather(l);
+        let Ok(mut out) = gather.out.try_lock() else { return false };
+        if ffi::lua_checkstack(l, gather.depth as c_int + 4) == 0 {
+            return false;
         }
         ffi::lua_settop(l, 1);
         let (leaves, bytes) = (out.leaves.len(), out.bytes.len());
@@ -178,14 +258,12 @@ unsafe extern "C-unwind" fn flatten(l: *mut ffi::lua_State) -> c_int {
             Some(leaf) => read_leaf(l, leaf, &mut out),
             None => walk(l, gather, &mut out),
         };
+        ffi::lua_settop(l, 0);
         if !fits {
             out.leaves.truncate(leaves);
             out.bytes.truncate(bytes);
-            return 0;
         }
-        ffi::lua_settop(l, 0);
-        ffi::lua_pushinteger(l, n.wrapping_add(gather.per as ffi::lua_Integer));
-        1
+        fits
     }
 }
 
