@@ -25,6 +25,8 @@ mod flat;
 mod gather;
 mod leaves;
 pub mod messages;
+#[cfg(feature = "lua54")]
+mod take;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
