@@ -37,7 +37,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let module: mlua::Table = lua
         .load(include_str!("../lua/rust_channels.lua"))
         .set_name("=bevy_lua_coroutines/rust_channels.lua")
-        .call((base.channel().clone(), base.bad().clone(), c_take(lua)?))?;
+        .call((base.channel().clone(), base.bad().clone()))?;
     lua.set_app_data(RustChannelsLua {
         declare: module.get("declare")?,
         deliver: module.get("deliver")?,
@@ -47,18 +47,6 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     });
     base.builtin_field("Channel", "named", module.get::<Value>("named")?)?;
     base.builtin("Messages", module.get::<Value>("Messages")?)
-}
-
-/// The receive queues' C `take` maker (`super::take`), Lua 5.4's alone.
-#[cfg(feature = "lua54")]
-fn c_take(lua: &Lua) -> mlua::Result<Option<Function>> {
-    super::take::function(lua).map(Some)
-}
-
-/// The other flavours' receive queues take in Lua.
-#[cfg(not(feature = "lua54"))]
-fn c_take(_: &Lua) -> mlua::Result<Option<Function>> {
-    Ok(None)
 }
 
 /// The Lua functions of the channel and message bridge.

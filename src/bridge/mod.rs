@@ -25,8 +25,6 @@ mod flat;
 mod gather;
 mod leaves;
 pub mod messages;
-#[cfg(feature = "lua54")]
-mod take;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -1,17 +1,14 @@
 -- Rust-backed channels and Bevy messages for scripts: `Channel.named(name)` for typed channels a
 -- game declares, `Messages.subscribe(name) -> channel` for message types Rust forwards, and
 -- `Messages.write(name, value)` for message types scripts may write. The Rust half is
--- `src/bridge/channels.rs` and `src/bridge/messages.rs`; `c_take(queue, pos, take) -> take'`, nil
--- but on Lua 5.4, is `src/bridge/take.rs`.
-local Channel, bad, c_take = ...
+-- `src/bridge/channels.rs` and `src/bridge/messages.rs`.
+local Channel, bad = ...
 
 local type, error, setmetatable = type, error, setmetatable
 local math_huge = math.huge
 
 -- Slots of a typed channel's `acct` (named the same in `src/bridge/gather.rs`).
 local HELD, ROOM, CLOSED = 1, 2, 3
--- Slots of a receive queue's `pos` (named the same in `src/bridge/take.rs`).
-local HEAD, TAIL = 1, 2
 
 local named = {}       -- name -> external Channel
 -- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
@@ -57,38 +54,32 @@ end
 --- `clear()` and `take() -> true, value | false` (both at once, for `Channel._external`'s `take`).
 --- The queue table is reused across refills and each value is released once received.
 local function receive_queue(drain)
-  local queue, pos = {}, { 1, 0 } -- values not yet received: queue[pos[HEAD]..pos[TAIL]]
+  local queue, head, tail = {}, 1, 0 -- values not yet received: queue[head..tail]
   local function refill()
-    pos[TAIL] = drain(queue)
-    pos[HEAD] = 1
-    return pos[TAIL] > 0
+    tail = drain(queue)
+    head = 1
+    return tail > 0
   end
   local function can_receive()
-    return pos[HEAD] <= pos[TAIL] or refill()
+    return head <= tail or refill()
   end
   local function take()
-    local head = pos[HEAD]
-    if head > pos[TAIL] then
-      if not refill() then return false end
-      head = 1
-    end
+    if head > tail and not refill() then return false end
     local v = queue[head]
     queue[head] = nil
-    pos[HEAD] = head + 1
+    head = head + 1
     return true, v
   end
-  -- Rust's C `take` (Lua 5.4) takes a waiting value itself and calls this one to refill.
-  if c_take ~= nil then take = c_take(queue, pos, take) end
   local function receive()
     local _, v = take()
     return v
   end
   local function queued()
-    return pos[TAIL] - pos[HEAD] + 1
+    return tail - head + 1
   end
   local function clear()
-    for i = pos[HEAD], pos[TAIL] do queue[i] = nil end
-    pos[HEAD], pos[TAIL] = 1, 0
+    for i = head, tail do queue[i] = nil end
+    head, tail = 1, 0
   end
   return can_receive, receive, queued, clear, take
 end
