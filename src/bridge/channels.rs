@@ -20,6 +20,36 @@ use super::from_lua;
 use super::leaves::{self, Leaves, Values};
 use super::messages::rust_channels_lua;
 
+/// Lua 5.4 checks what scripts send with a C function (`super::gather`); the other flavours with
+/// the Lua check `flat::flattener` makes, and have no `Gather`.
+#[cfg(feature = "lua54")]
+use super::gather;
+#[cfg(not(feature = "lua54"))]
+mod gather {
+    use super::{Function, Leaves, Lua, Table, flat};
+
+    /// Never made: there is no C check on this flavour.
+    pub(super) enum Gather {}
+
+    impl Gather {
+        pub(super) fn take(&self, _: &mut Leaves) -> mlua::Result<()> {
+            match *self {}
+        }
+    }
+
+    /// Never made either.
+    pub(super) struct Gathered {
+        pub flatten: Function,
+        pub put: Function,
+        pub gather: std::sync::Arc<Gather>,
+    }
+
+    /// No C check: scripts' values go through the Lua check.
+    pub(super) fn function(_: &Lua, _: &flat::Shape, _: bool, _: &Table) -> mlua::Result<Option<Gathered>> {
+        Ok(None)
+    }
+}
+
 /// The Rust ends of the typed channel declared for `T` (a resource, one per type).
 #[derive(Resource)]
 pub struct LuaChannel<T: Send + 'static> {
@@ -242,16 +272,29 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
         })?,
     )?;
     // Script -> Rust, the values the check accepted: `flush(buf, n)` reads the leaves of whole
-    // values at `buf[1..n]`, in order. Returns how many more values the Rust end can take.
+    // values at `buf[1..n]` (or, with Lua 5.4's C check, the leaves it gathered), in order.
+    // Returns how many more values the Rust end can take.
     let shape = flat::trace::<T>();
     let per = shape.as_ref().map_or(0, flat::Shape::leaves);
+    let count_keys = shape.is_some() && flat::denies_unknown_fields::<T>();
+    // The send side's counts (`lua/rust_channels.lua` names the slots), shared with a C `put`.
+    let acct = lua.create_table_with_capacity(3, 0)?;
+    rs.set("acct", &acct)?;
+    let gathered = match &shape {
+        Some(s) => gather::function(lua, s, count_keys, &acct)?,
+        None => None,
+    };
+    let gather = gathered.as_ref().map(|g| g.gather.clone());
     let channel = name.to_string();
     let scratch = Mutex::new(Leaves::default());
     rs.set(
         "flush",
         lua.create_function(move |lua, (buf, n): (Table, usize)| {
             let mut scratch = scratch.lock().map_err(|_| mlua::Error::runtime("channel buffer poisoned"))?;
-            leaves::read(lua, &buf, n, &mut scratch)?;
+            match &gather {
+                Some(gather) => gather.take(&mut scratch)?,
+                None => leaves::read(lua, &buf, n, &mut scratch)?,
+            }
             for one in scratch.leaves.chunks(per.max(1)) {
                 match flat::from_leaves::<T>(one, &scratch.bytes) {
                     Ok(v) => {
@@ -267,9 +310,13 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
             Ok(capacity.saturating_sub(tx.len()))
         })?,
     )?;
-    let flatten = match &shape {
-        Some(s) => Some(flat::flattener(lua, s, flat::denies_unknown_fields::<T>())?),
-        None => None,
+    let flatten = match (gathered, &shape) {
+        (Some(g), _) => {
+            rs.set("put", g.put)?;
+            Some(g.flatten)
+        }
+        (None, Some(s)) => Some(flat::flattener(lua, s, count_keys)?),
+        (None, None) => None,
     };
     let declare = rust_channels_lua(lua).declare.clone();
     declare.call((name, rs, per, flatten))

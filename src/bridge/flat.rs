@@ -12,7 +12,8 @@
 //! - Rust → script: [`serialize`] appends a value's leaves (converted as mlua's `to_value` converts
 //!   them) and how its tables nest to a [`Values`], from which `super::leaves::write` builds them.
 //! - Script → Rust: [`trace`] learns a type's shape from its `Deserialize` (fed placeholder
-//!   leaves), [`flattener`] makes the Lua check that copies a table's leaves into a buffer, and
+//!   leaves), [`flattener`] makes the Lua check that copies a table's leaves into a buffer (Lua
+//!   5.4 runs `super::gather`'s C check of the same shape instead), and
 //!   [`from_leaves`] rebuilds the value from them as `super::leaves` read them out of that buffer.
 
 use std::fmt::{self, Display, Write as _};

@@ -1,7 +1,7 @@
 //! Moves the leaves of typed channel values between Rust and the Lua tables that hold them with raw
 //! C API calls, one protected call per batch each way, instead of one mlua `Value` per leaf (each
 //! string one reference slot taken and released) and, under a memory limit, one protected call per
-//! table and field. This is the bridge's only `unsafe`.
+//! table and field. The bridge's other `unsafe` is Lua 5.4's alone, in `super::gather`.
 //!
 //! - Script → Rust: [`read`] copies the leaves scripts sent out of the Lua send buffer.
 //! - Rust → script: [`write`] builds the tables of the values in a [`Values`] (their leaves and

@@ -21,6 +21,8 @@ use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
 
 pub mod channels;
 mod flat;
+#[cfg(feature = "lua54")]
+mod gather;
 mod leaves;
 pub mod messages;
 use serde::Serialize;

@@ -7,6 +7,9 @@ local Channel, bad = ...
 local type, error, setmetatable = type, error, setmetatable
 local math_huge = math.huge
 
+-- Slots of a typed channel's `acct` (named the same in `src/bridge/gather.rs`).
+local HELD, ROOM, CLOSED = 1, 2, 3
+
 local named = {}       -- name -> external Channel
 -- name -> the channels subscribed, in subscription order (weak values: a dropped subscription goes
 -- away), with `n` the highest index in use
@@ -85,9 +88,11 @@ end
 --- every value Rust sent into `q[1..n]`; `flush(buf, n) -> room` reads the leaves at `buf[1..n]`
 --- (of whole values the check accepted) and returns how many more values Rust's end can take;
 --- `send(v) -> error
---- message | nil` converts one value through serde; `len`, `cap`, `close`. `flatten(v, buf, n) ->
---- n' | nil` (nil when the type is not a flat struct) copies the `per` leaves of a value that
---- surely converts into `buf`. Returns the function the step calls to hand Rust what was sent.
+--- message | nil` converts one value through serde; `len`, `cap`, `close`; `acct`, the table of the
+--- send side's counts; and, optionally, `put`, a Rust `ext.put` that keeps those counts itself.
+--- `flatten(v, buf, n) -> n' | nil` (nil when the type is not a flat struct) copies the `per`
+--- leaves of a value that surely converts into `buf`. Returns the function the step calls to hand
+--- Rust what was sent.
 ---
 --- Both directions batch: a receive takes from a queue refilled by one Rust call when empty, and a
 --- send that passes the check only appends its leaves; they go to Rust when the room counted at the
@@ -95,42 +100,47 @@ end
 local function declare(name, rs, per, flatten)
   local drain, flush, rs_send, rs_len, rs_close = rs.drain, rs.flush, rs.send, rs.len, rs.close
   local can_receive, receive, queued, _, take = receive_queue(drain)
-  local buf, leaves, held = {}, 0, 0 -- leaves (and values) sent but not yet flushed
-  local room = rs.cap()               -- values Rust's end could take at the last flush
-  local closed = false
+  local buf = {} -- the leaves of the values sent but not yet flushed (for a Lua `flatten`)
+  -- The send side's counts, in the table `rs.acct` that a C `put` shares: values sent but not yet
+  -- flushed, values Rust's end could take at the last flush, and whether a script closed it.
+  local acct = rs.acct
+  acct[HELD], acct[ROOM], acct[CLOSED] = 0, rs.cap(), false
 
   local function push()
-    room = flush(buf, leaves)
-    leaves, held = 0, 0
+    acct[ROOM] = flush(buf, acct[HELD] * per)
+    acct[HELD] = 0
   end
 
   local ext = { cap = rs.cap }
   function ext.can_send()
-    if held < room then return true end
+    if acct[HELD] < acct[ROOM] then return true end
     push()
-    return room > 0
+    return acct[ROOM] > 0
   end
   function ext.send(v)
     if flatten ~= nil then
-      local n = flatten(v, buf, leaves)
-      if n ~= nil then
-        leaves, held = n, held + 1
+      local held = acct[HELD]
+      if flatten(v, buf, held * per) ~= nil then
+        acct[HELD] = held + 1
         return
       end
     end
     push()
     local err = rs_send(v)
     if err ~= nil then error("cannot send to channel '" .. name .. "': " .. err, 0) end
-    room = room - 1
+    acct[ROOM] = acct[ROOM] - 1
   end
   -- The shortcuts `Channel` takes when nothing is parked on the channel: `put` is `can_send` then
   -- `send` for a value the check accepts with room counted (anything else: the full path decides).
-  if flatten ~= nil then
+  -- Rust's own (Lua 5.4's C check) when it has one.
+  if rs.put ~= nil then
+    ext.put = rs.put
+  elseif flatten ~= nil then
     function ext.put(v)
-      if closed or held >= room then return false end
-      local n = flatten(v, buf, leaves)
-      if n == nil then return false end
-      leaves, held = n, held + 1
+      local held = acct[HELD]
+      if acct[CLOSED] or held >= acct[ROOM] then return false end
+      if flatten(v, buf, held * per) == nil then return false end
+      acct[HELD] = held + 1
       return true
     end
   end
@@ -140,11 +150,11 @@ local function declare(name, rs, per, flatten)
   end
   function ext.close()
     push()
-    closed = true
+    acct[CLOSED] = true
     rs_close()
   end
   function ext.is_closed()
-    return closed
+    return acct[CLOSED]
   end
   named[name] = Channel._external(ext, name)
   return push
