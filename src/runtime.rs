@@ -275,13 +275,6 @@ impl LuaRuntime {
         // `debug` is removed before any script runs (see `lua/sandbox.lua`).
         #[allow(unsafe_code)]
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
-        // Scripts make short-lived values all the time (vectors, promise results, messages):
-        // the generational collector frees them in minor collections instead of waiting for
-        // the heap to double, which keeps the resident memory per scripted entity about a fifth
-        // lower and makes the move bench a few percent cheaper (README, "This round"). A game
-        // can switch back with `runtime.lua().gc_set_mode(...)`.
-        #[cfg(feature = "lua54")]
-        lua.gc_set_mode(mlua::state::GcMode::Generational(Default::default()));
         let mut scheduler = Scheduler::default();
         scheduler.task_quota = config.max_tasks_per_instance;
         lua.set_app_data(scheduler);

@@ -143,17 +143,6 @@ mod tests {
         step(&runtime);
     }
 
-    /// Scripts' short-lived values (vectors, messages) are freed by minor collections: the VM
-    /// runs the generational collector on Lua 5.4.
-    #[cfg(feature = "lua54")]
-    #[test]
-    fn the_collector_is_generational() {
-        use mlua::state::{GcGenParams, GcMode};
-        let runtime = LuaRuntime::new(&config(), Update.intern(), &Extensions::default()).unwrap();
-        let before = runtime.lua().gc_set_mode(GcMode::Generational(GcGenParams::default()));
-        assert!(matches!(before, GcMode::Generational(_)), "{before:?}");
-    }
-
     /// One frame of the core alone, at time zero.
     fn step(runtime: &LuaRuntime) {
         let out = frame(runtime, Duration::ZERO, Duration::ZERO, Duration::ZERO);
