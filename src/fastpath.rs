@@ -1,6 +1,7 @@
 //! The scheduler's hot path over Lua's C API: the common waits (`task.wait`, `sleep`,
 //! `task.waitFrames`) as C functions that yield their request directly, the frame waits (the
-//! tasks due this frame and next, in Rust memory), what a cancellation
+//! tasks due this frame and next, in Rust memory), the memory headroom a step may need after a
+//! task ran out of memory (`relax_memory`), what a cancellation
 //! keeps of where a task stood (`frames`, Lua 5.4), and the loop that resumes
 //! this frame's frame waits, handling the common outcome (the task asked to wait for the next
 //! frame again) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
@@ -85,6 +86,10 @@ pub(crate) fn functions(
     unsafe {
         t.raw_set("frames", lua.create_c_function(frames)?)?;
     }
+    // SAFETY: `relax_memory` uses no upvalue and calls no Lua.
+    unsafe {
+        t.raw_set("relax_memory", lua.create_c_function(relax_memory)?)?;
+    }
     // The frame waits live in Rust memory, boxed in the VM's app data (dropped after the VM
     // closes), so the functions below keep their address.
     let waits = Box::new(UnsafeCell::new(FrameWaits::default()));
@@ -96,7 +101,6 @@ pub(crate) fn functions(
         ("pop_now", pop_now),
         ("waiting", waiting),
         ("shrink_waits", shrink_waits),
-        ("relax_memory", relax_memory),
     ] {
         // SAFETY: each reads its one upvalue as the address of the `FrameWaits` above.
         let f = unsafe {
@@ -150,8 +154,9 @@ unsafe extern "C-unwind" fn frames(l: *mut ffi::lua_State) -> c_int {
         let mut ar: ffi::lua_Debug = std::mem::zeroed();
         // The table is made for the frames there are (a waiting task has two or three): one
         // sized for the most asked for was most of a despawn's cost in the allocator.
+        let most = ffi::lua_tointeger(l, 2).clamp(0, 64) as c_int;
         let mut n = 0;
-        while n < ffi::lua_tointeger(l, 2).clamp(0, 64) as c_int && ffi::lua_getstack(co, n, &mut ar) != 0 {
+        while n < most && ffi::lua_getstack(co, n, &mut ar) != 0 {
             n += 1;
         }
         ffi::lua_createtable(l, 2 * n, 0);
@@ -303,7 +308,7 @@ unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
         let (key, reg) = (ffi::lua_tointeger(l, 1), ffi::lua_tointeger(l, 2));
         let w = waits(l);
         let has = |list: &[Wait]| list.iter().any(|e| e.key == key && e.reg == reg);
-        let found = if has(&w.now[w.at.min(w.now.len())..]) {
+        let found = if has(&w.now[w.at..]) {
             c"ready"
         } else if has(&w.next) {
             c"next"
@@ -345,8 +350,7 @@ unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
     // `set_memory_limit` returns the limit it replaces: read it by setting it.
     let Ok(limit) = lua.set_memory_limit(0) else { return 0 };
     if limit == 0 {
-        let _ = lua.set_memory_limit(0);
-        return 0;
+        return 0; // there was no limit (and 0 is "none")
     }
     let _ = lua.set_memory_limit(limit.saturating_add((limit / 4).max(1 << 20)));
     lua.set_app_data(RelaxedLimit(limit));

@@ -304,15 +304,20 @@ fn the_resume_cap_carries_work_to_the_next_frame_deterministically() {
     assert_eq!(first, run_once(), "replays are identical");
 }
 
+/// An app whose step has no time to spare: one resume per step.
+fn no_time_to_spare() -> App {
+    create_app_with(LuaCoroutinesPlugin {
+        step_time_budget: Some(Duration::ZERO),
+        print_to_stdout: false,
+        hot_reload: false,
+        ..default()
+    })
+}
+
 #[test]
 fn the_step_time_budget_carries_the_rest_to_the_next_frame() {
     let out = within("time budget", || {
-        let mut app = create_app_with(LuaCoroutinesPlugin {
-            step_time_budget: Some(Duration::ZERO),
-            print_to_stdout: false,
-            hot_reload: false,
-            ..default()
-        });
+        let mut app = no_time_to_spare();
         for i in 0..3 {
             spawn_script(&mut app, &format!("scripts/t{i}.lua"), "task.wait() print(time.frame())");
         }
@@ -328,12 +333,7 @@ fn frame_waits_a_time_budget_left_over_go_first_next_frame() {
     // One resume per step: the waits left over run before the ones queued since, so every task
     // gets its turn in order and none is starved.
     let out = within("time budget order", || {
-        let mut app = create_app_with(LuaCoroutinesPlugin {
-            step_time_budget: Some(Duration::ZERO),
-            print_to_stdout: false,
-            hot_reload: false,
-            ..default()
-        });
+        let mut app = no_time_to_spare();
         spawn_script(
             &mut app,
             "scripts/turns.lua",

@@ -16,9 +16,9 @@
 //! - The functions are only called by Lua, on the VM's thread. Their first upvalue is a light
 //!   userdata pointing to their [`Gather`], which the VM's app data keeps alive until after
 //!   `lua_close`, so for as long as Lua can call them; the second is the channel's `acct` table,
-//!   whose slots [`HELD`], [`ROOM`] and [`CLOSED`] always hold values (its array part is made with
-//!   them, and nothing stores nil there), so `lua_rawseti` into one allocates nothing; the others
-//!   are the shape's key strings.
+//!   whose slots [`HELD`], [`ROOM`] and [`CLOSED`] are in its array part (made with room for them;
+//!   `lua/rust_channels.lua`'s `declare` fills them), so `lua_rawseti` into one allocates nothing,
+//!   and `put` takes nothing while they are not numbers; the others are the shape's key strings.
 //! - No call it makes raises a Lua error: `lua_checkstack` (room for the nesting, a key and value,
 //!   and `lua_next`'s pair) reports failure by its result; `lua_rawget` on a table, `lua_next` from
 //!   nil over a table nobody changes meanwhile, `lua_getmetatable`, and reading a value of a type
@@ -125,10 +125,6 @@ pub(crate) fn function(
             None
         }
     };
-    for slot in [HELD, ROOM] {
-        acct.raw_set(slot, 0)?;
-    }
-    acct.raw_set(CLOSED, false)?;
     let gather = Arc::new(Gather {
         nodes,
         root,
