@@ -29,6 +29,7 @@ mod common;
 use std::time::Instant;
 
 use bevy::prelude::*;
+use bevy_lua_coroutines::prelude::*;
 use common::{
     RawCoroutines, median, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script, update,
     wait_every_frame_source,
@@ -90,6 +91,12 @@ fn source(name: &str, n: usize) -> String {
                end
              end)"
         ),
+        "stream" => "while true do
+               local n = 0
+               for _ in chunks():iter() do n = n + 1 end
+               task.wait()
+             end"
+        .into(),
         other => panic!("unknown variant {other}"),
     }
 }
@@ -100,6 +107,16 @@ fn variant(name: &'static str, n: usize) -> Variant {
     }
     let unbudgeted = std::env::var("BUDGET").is_ok_and(|b| b == "none");
     let mut app = common::new_app_with(if unbudgeted { common::unbudgeted() } else { plugin() });
+    if name == "stream" {
+        // Each call fills a stream with `n` chunks at once, then ends it: a frame reads them all.
+        app.add_lua_stream_function("chunks", n, move |mut tx: StreamSender| {
+            for i in 0..n {
+                bevy::tasks::block_on(tx.send_bytes(vec![b'a' + (i % 26) as u8; 64]))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        });
+    }
     update(&mut app, 3);
     spawn_script(&mut app, &format!("bench/{name}.lua"), &source(name, n));
     update(&mut app, 6);
@@ -191,7 +208,7 @@ fn main() {
         return;
     }
     let names: Vec<&'static str> =
-        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered"]
+        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered", "stream"]
             .into_iter()
             .filter(|name| which == "all" || which == *name)
             .collect();

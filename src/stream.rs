@@ -19,11 +19,13 @@ use std::task::{Poll, Waker};
 
 use bevy::prelude::*;
 use bevy::tasks::IoTaskPool;
-use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
+use mlua::{Function, Lua, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bridge::{self, Convert, arg, message, script_function};
+use crate::bridge::channels::{Outgoing, drain_into};
+use crate::bridge::leaves::Values;
+use crate::bridge::{self, arg, message, script_function};
 use crate::error::{Error, Result};
 use crate::runtime::{Base, ChannelLua};
 
@@ -43,9 +45,45 @@ const CANCELLED: &str = "stream cancelled";
 /// Most chunks one refill of a script's queue takes (one call stores them all in the queue).
 const MAX_REFILL: usize = 4000;
 
+/// Byte chunks up to this size are built into Lua strings with the other flat values of a refill
+/// (copied once more, into the batch); longer ones are made one by one.
+const FLAT_BYTES: usize = 4096;
+
+/// The most bytes a stream keeps for building the strings of its next refill.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// A chunk as the producer sent it; it becomes a Lua value on the VM's thread, when the script's
+/// queue is refilled.
+enum Chunk {
+    /// Raw bytes, read as a Lua string.
+    Bytes(Vec<u8>),
+    /// A `Serialize` value, read as mlua's `to_value` makes it.
+    Value(Box<dyn Outgoing + Send>),
+}
+
+impl Outgoing for Chunk {
+    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool {
+        match self {
+            Chunk::Bytes(b) if b.len() <= FLAT_BYTES => {
+                out.push_str(b);
+                true
+            }
+            Chunk::Bytes(_) => false,
+            Chunk::Value(v) => v.flatten(lua, out),
+        }
+    }
+
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
+        match self {
+            Chunk::Bytes(b) => lua.create_string(b).map(Value::String),
+            Chunk::Value(v) => v.to_lua(lua),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    buf: VecDeque<Convert>,
+    buf: VecDeque<Chunk>,
     /// Chunks handed to the script's queue at its last refill, counted as unread until the next
     /// refill (which comes once they all were read): they still take room in the buffer.
     lent: usize,
@@ -107,12 +145,12 @@ impl StreamSender {
     /// Sends `value`, waiting while the buffer is full. Fails with [`Error::StreamClosed`] once
     /// the script stopped reading: the producer should stop then.
     pub async fn send<T: Serialize + Send + 'static>(&mut self, value: T) -> Result<()> {
-        self.push(Box::new(move |lua: &Lua| lua.to_value(&value))).await
+        self.push(Chunk::Value(Box::new(value))).await
     }
 
     /// Sends raw bytes, which scripts read as a Lua string (not necessarily UTF-8).
     pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<()> {
-        self.push(Box::new(move |lua: &Lua| lua.create_string(&bytes).map(Value::String))).await
+        self.push(Chunk::Bytes(bytes)).await
     }
 
     /// Sends `value` if the buffer has room now.
@@ -124,11 +162,11 @@ impl StreamSender {
         if s.buf.len() + s.lent >= self.shared.capacity {
             return Err(Error::StreamFull);
         }
-        s.buf.push_back(Box::new(move |lua: &Lua| lua.to_value(&value)));
+        s.buf.push_back(Chunk::Value(Box::new(value)));
         Ok(())
     }
 
-    async fn push(&mut self, chunk: Convert) -> Result<()> {
+    async fn push(&mut self, chunk: Chunk) -> Result<()> {
         let mut chunk = Some(chunk);
         poll_fn(|cx| {
             let mut s = self.shared.lock();
@@ -262,57 +300,40 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     // The script's side of the stream holds this: a stream garbage-collected without being closed
     // releases its producer at the next step (its `send` fails).
     let reader = bridge::release_on_drop(lua, id);
-    // A chunk that failed to convert after others in the same refill: raised by the next refill,
-    // where a read one chunk at a time would have raised it.
-    let failed: Mutex<Option<mlua::Error>> = Mutex::new(None);
+    // Kept for reuse between refills (each a few large buffers that would otherwise be made and
+    // freed every refill): the chunks taken, and `drain_into`'s scratch space.
+    let scratch: Mutex<(VecDeque<Chunk>, Vec<Chunk>, Values)> = Mutex::default();
     ext.set(
         "drain",
         lua.create_function(move |lua, q: Table| {
             let _ = &reader;
-            if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
-                return Err(e);
-            }
-            let (chunks, waker) = {
+            let mut scratch = scratch.lock().map_err(|_| mlua::Error::runtime("stream state poisoned"))?;
+            let (taken, run, values) = &mut *scratch;
+            let waker = {
                 let mut st = s.lock();
                 let n = st.buf.len().min(MAX_REFILL);
-                let chunks: Vec<Convert> = st.buf.drain(..n).collect();
+                taken.extend(st.buf.drain(..n));
                 st.lent = n;
                 // Wake a producer waiting for room once half the buffer is free, not per chunk:
                 // it refills in bursts, with one wake-up per half buffer.
-                let waker = if st.buf.len() + n <= s.capacity / 2 { st.waker.take() } else { None };
-                (chunks, waker)
+                if st.buf.len() + n <= s.capacity / 2 { st.waker.take() } else { None }
             };
             if let Some(w) = waker {
                 w.wake();
             }
-            let mut n = 0;
-            let mut chunks = chunks.into_iter();
-            for convert in chunks.by_ref() {
-                match convert(lua).and_then(|v| q.raw_set(n + 1, v)) {
-                    Ok(()) => n += 1,
-                    Err(e) => {
-                        if let Ok(mut f) = failed.lock() {
-                            *f = Some(e);
-                        }
-                        break;
-                    }
-                }
-            }
-            // The chunks after one that failed go back, in order, for the refill after its error.
-            let rest: Vec<Convert> = chunks.collect();
-            if !rest.is_empty() {
+            let stored = drain_into(lua, || None, &q, taken, run, values);
+            // What was not stored (after a chunk that did not convert, or out of memory) goes back,
+            // in order, for the next refill.
+            if !taken.is_empty() {
                 let mut st = s.lock();
-                st.lent -= rest.len();
-                for c in rest.into_iter().rev() {
+                st.lent -= taken.len();
+                for c in taken.drain(..).rev() {
                     st.buf.push_front(c);
                 }
             }
-            if n == 0
-                && let Some(e) = failed.lock().ok().and_then(|mut f| f.take())
-            {
-                return Err(e);
-            }
-            Ok(n)
+            // The bytes of a refill of long chunks are not kept.
+            values.bytes.shrink_to(SCRATCH_BYTES);
+            stored
         })?,
     )?;
     let s = shared.clone();
@@ -348,8 +369,8 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     let ext: Table = batched.call((ext, receive_queue))?;
     let external =
         lua.app_data_ref::<ChannelLua>().expect("the channel module is installed").external.clone();
-    let channel: Value = external.call((ext, "stream"))?;
-    rust.call((channel, err, close))
+    let channel: Value = external.call((&ext, "stream"))?;
+    rust.call((channel, err, close, ext))
 }
 
 /// A Rust function that hands scripts a stream: `Fn(A1, ..., An, StreamSender) -> Result<(), E>`,

@@ -908,8 +908,8 @@ impl serde::Serialize for Unconvertible {
     }
 }
 
-#[test]
-fn a_chunk_that_does_not_convert_ends_the_stream_after_the_chunks_before_it() {
+/// An app with `mixed()`, a Rust stream of 1, 2, a chunk that does not convert, 4 and 5.
+fn mixed_app() -> App {
     let mut app = create_app();
     app.add_lua_stream_function("mixed", 8, |mut tx: StreamSender| {
         for i in [1, 2] {
@@ -921,6 +921,12 @@ fn a_chunk_that_does_not_convert_ends_the_stream_after_the_chunks_before_it() {
         }
         Ok::<_, String>(())
     });
+    app
+}
+
+#[test]
+fn a_chunk_that_does_not_convert_ends_the_stream_after_the_chunks_before_it() {
+    let mut app = mixed_app();
     spawn_script(
         &mut app,
         "scripts/t.lua",
@@ -937,4 +943,82 @@ fn a_chunk_that_does_not_convert_ends_the_stream_after_the_chunks_before_it() {
     assert_eq!(out[..2], ["1\tnil", "2\tnil"]);
     assert_eq!(out.len(), 6);
     assert!(out[2..].iter().all(|l| l.starts_with("nil\tserialize error: unconvertible chunk")), "{out:?}");
+}
+
+/// An app with `chunks()`, a Rust stream of the chunks `list` gives, all sent before the script
+/// reads any (so a refill takes them all into the script's queue at once).
+fn listed_chunks_app(list: &'static [&'static str]) -> App {
+    let mut app = create_app();
+    app.add_lua_stream_function("chunks", 16, move |mut tx: StreamSender| {
+        for chunk in list {
+            tx.try_send(*chunk).unwrap();
+        }
+        Ok::<_, String>(())
+    });
+    app
+}
+
+#[test]
+fn iter_over_a_rust_stream_gets_what_read_line_buffered_first() {
+    let mut app = listed_chunks_app(&["a\nb", "c", "d"]);
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        local s = chunks()
+        print(s:readLine())
+        local got = {}
+        for chunk in s:iter() do got[#got + 1] = chunk end
+        print(table.concat(got, "|"))
+        "#,
+    );
+    run(&mut app, 4);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), ["a", "b|c|d"], "iter handed out queued chunks before the text readLine kept");
+}
+
+#[test]
+fn iter_over_a_rust_stream_stops_at_close_with_chunks_still_queued() {
+    let mut app = listed_chunks_app(&["1", "2", "3", "4", "5"]);
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        local s = chunks()
+        local got = {}
+        for chunk in s:iter() do
+          got[#got + 1] = chunk
+          if chunk == "2" then s:close() end
+        end
+        print(table.concat(got, "|"), s:read())
+        "#,
+    );
+    run(&mut app, 4);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    assert_eq!(printed(&app), ["1|2\tnil"], "iter handed out chunks after the stream was closed");
+}
+
+#[test]
+fn iter_over_a_rust_stream_raises_a_chunk_that_does_not_convert_then_ends() {
+    let mut app = mixed_app();
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        local s = mixed()
+        local got = {}
+        local ok, err = pcall(function()
+          for v in s:iter() do got[#got + 1] = v end
+        end)
+        print(table.concat(got, "|"), ok, err)
+        for v in s:iter() do got[#got + 1] = v end
+        print(#got, s:read())
+        "#,
+    );
+    run(&mut app, 5);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+    let out = printed(&app);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out[0].starts_with("1|2\tfalse\t") && out[0].contains("unconvertible chunk"), "{out:?}");
+    assert_eq!(out[1], "2\tnil", "the stream went on after iter raised: {out:?}");
 }

@@ -157,23 +157,44 @@ fn hold_back<T>(held: &mut VecDeque<T>, run: &mut Vec<T>, value: Option<T>) {
     }
 }
 
-/// Moves every value waiting (those held back first, then `rx`'s) into the Lua table `q` at
-/// `1...` and returns how many: runs of flat values (see `flat`) built by raw C API writes in one
-/// protected call per [`WRITE_BATCH`], anything else through mlua's `to_value`.
+/// A value Rust hands scripts through a receive queue ([`drain_into`]): as flat leaves when it
+/// can be (see `flat`), else as one mlua value. Every `Serialize` type is one; a stream's chunks
+/// are too.
+pub(crate) trait Outgoing {
+    /// Appends the value to `out` and returns true, or leaves `out` as it was and returns false.
+    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool;
+    /// The value as mlua makes it.
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value>;
+}
+
+impl<T: Serialize> Outgoing for T {
+    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool {
+        flat::serialize(lua, self, out).is_ok()
+    }
+
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
+        lua.to_value(self)
+    }
+}
+
+/// Moves every value waiting (those in `held` first, then what `next` gives) into the Lua table
+/// `q` at `1...` and returns how many: runs of flat values built by raw C API writes in one
+/// protected call per [`WRITE_BATCH`], anything else through [`Outgoing::to_lua`]. `run` and
+/// `values` are scratch space, kept by the caller for reuse.
 ///
 /// Nothing taken is lost. When building fails (out of memory, say), the values not stored and the
-/// rest go back to the held values: the values stored before are returned, or, with none, the
-/// error is raised and the next refill tries them again. A value that does not convert on its own
-/// (its `Serialize` fails) is held back the same way until it is the first of a refill; then its
-/// error is raised in its place, and only that value is dropped.
-fn drain_into<T: Serialize>(
+/// rest go back to `held`: the values stored before are returned, or, with none, the error is
+/// raised and the next refill tries them again. A value that does not convert on its own (its
+/// `Serialize` fails) is held back the same way until it is the first of a refill; then its error
+/// is raised in its place, and only that value is dropped.
+pub(crate) fn drain_into<T: Outgoing>(
     lua: &Lua,
-    rx: &Receiver<T>,
+    mut next: impl FnMut() -> Option<T>,
     q: &Table,
-    state: &Mutex<Receiving<T>>,
+    held: &mut VecDeque<T>,
+    run: &mut Vec<T>,
+    values: &mut Values,
 ) -> mlua::Result<usize> {
-    let mut state = state.lock().map_err(|_| mlua::Error::runtime("channel state poisoned"))?;
-    let Receiving { held, run, values } = &mut *state;
     // `n` values are stored; `run` holds the values flattened in `values`, to be stored at
     // `q[n + 1]...`.
     let mut n = 0usize;
@@ -192,8 +213,8 @@ fn drain_into<T: Serialize>(
     };
     // Gives back what was stored, or raises `e` when nothing was (everything taken stays held).
     let fail = |n: usize, e: mlua::Error| if n > 0 { Ok(n) } else { Err(e) };
-    while let Some(value) = held.pop_front().or_else(|| rx.try_recv().ok()) {
-        if flat::serialize(lua, &value, values).is_ok() {
+    while let Some(value) = held.pop_front().or_else(&mut next) {
+        if value.flatten(lua, values) {
             run.push(value);
             if run.len() == WRITE_BATCH
                 && let Err(e) = write(run, values, &mut n)
@@ -208,7 +229,7 @@ fn drain_into<T: Serialize>(
             hold_back(held, run, Some(value));
             return fail(n, e);
         }
-        match lua.to_value(&value) {
+        match value.to_lua(lua) {
             Ok(v) => {
                 if let Err(e) = q.raw_set(n + 1, v) {
                     hold_back(held, run, Some(value));
@@ -246,7 +267,14 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
     let state =
         Arc::new(Mutex::new(Receiving { held: VecDeque::new(), run: Vec::new(), values: Values::default() }));
     let st = state.clone();
-    rs.set("drain", lua.create_function(move |lua, q: Table| drain_into(lua, &r, &q, &st))?)?;
+    rs.set(
+        "drain",
+        lua.create_function(move |lua, q: Table| {
+            let mut state = st.lock().map_err(|_| mlua::Error::runtime("channel state poisoned"))?;
+            let Receiving { held, run, values } = &mut *state;
+            drain_into(lua, || r.try_recv().ok(), &q, held, run, values)
+        })?,
+    )?;
     rs.set(
         "len",
         lua.create_function(move |_, ()| Ok(rx.len() + state.lock().map_or(0, |s| s.held.len())))?,

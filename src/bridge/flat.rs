@@ -531,10 +531,7 @@ impl LeafWriter<'_> {
     }
 
     fn string(&mut self, v: &str) {
-        let start = self.out.bytes.len();
-        self.out.bytes.extend_from_slice(v.as_bytes());
-        self.out.ops.push(Op::Leaf);
-        self.out.leaves.push(OutLeaf::Str(start..self.out.bytes.len()));
+        self.out.push_str(v.as_bytes());
     }
 
     /// The index of `key` in the keys, added on first sight.

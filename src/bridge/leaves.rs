@@ -164,6 +164,14 @@ impl Values {
         self.depth = 0;
         self.next_key = 0;
     }
+
+    /// Appends a string leaf: a value of its own at the top level, else the field just keyed.
+    pub(crate) fn push_str(&mut self, s: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(s);
+        self.ops.push(Op::Leaf);
+        self.leaves.push(OutLeaf::Str(start..self.bytes.len()));
+    }
 }
 
 /// Builds the values in `values` and stores them at `q[first + 1]...`, in order. Returns how many

@@ -23,7 +23,7 @@ pub mod channels;
 mod flat;
 #[cfg(feature = "lua54")]
 mod gather;
-mod leaves;
+pub(crate) mod leaves;
 pub mod messages;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -51,7 +51,8 @@ end
 --- The receive queue of a channel Rust fills in batches: `drain(q) -> n` stores every value waiting
 --- now at `q[1..n]` (a failed drain raises and stores nothing the queue reads). Returns
 --- `can_receive()`, `receive() -> value | nil` (nil: nothing waiting), `queued() -> count`,
---- `clear()` and `take() -> true, value | false` (both at once, for `Channel._external`'s `take`).
+--- `clear()`, `take() -> true, value | false` (both at once, for `Channel._external`'s `take`) and
+--- `take_queued()`, which is `take` without the refill (it never calls Rust, so never raises).
 --- The queue table is reused across refills and each value is released once received.
 local function receive_queue(drain)
   local queue, head, tail = {}, 1, 0 -- values not yet received: queue[head..tail]
@@ -70,6 +71,13 @@ local function receive_queue(drain)
     head = head + 1
     return true, v
   end
+  local function take_queued()
+    if head > tail then return false end
+    local v = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return true, v
+  end
   local function receive()
     local _, v = take()
     return v
@@ -81,7 +89,7 @@ local function receive_queue(drain)
     for i = head, tail do queue[i] = nil end
     head, tail = 1, 0
   end
-  return can_receive, receive, queued, clear, take
+  return can_receive, receive, queued, clear, take, take_queued
 end
 
 --- Rust: declares the typed channel `name`. `rs` holds its Rust functions: `drain(q) -> n` moves

@@ -55,7 +55,7 @@ end
 --- A new stream object over `pull` and `close` (either may be nil: nothing to stop).
 local function new_stream(kind, pull, close)
   local s = setmetatable({}, StreamMT)
-  state_of[s] = { kind = kind, pull = pull, close = close, ended = false, err = nil }
+  state_of[s] = { kind = kind, pull = pull, close = close, ended = false, err = nil, pulls = 0 }
   return s
 end
 
@@ -117,6 +117,7 @@ local function pull_next(st)
     if pulling[co] then
       -- A pull of `iter` in this thread raised out of its loop: the stream ended there.
       pulling[co] = nil
+      st.pulls = st.pulls - 1
       finish(st)
     end
   end
@@ -210,12 +211,12 @@ end
 --- `receive_queue(drain)` (from `rust_channels.lua`, shared with typed channels) over `ext.drain(q)
 --- -> n`, which moves every chunk buffered now, converted, into `q[1..n]`, so a chunk costs no call
 --- into Rust of its own. `ext.is_closed() -> closed, cancelled` tells whether it reads as closed
---- once the queue is empty.
+--- once the queue is empty. `ext.take_queued` is the queue's `take` without a refill, for `iter`.
 local function batched(ext, receive_queue)
   local rust_len, rust_closed, rust_close = ext.len, ext.is_closed, ext.close
-  local can_receive, receive, queued, clear, take = receive_queue(ext.drain)
+  local can_receive, receive, queued, clear, take, take_queued = receive_queue(ext.drain)
   ext.drain = nil
-  ext.can_receive, ext.receive, ext.take = can_receive, receive, take
+  ext.can_receive, ext.receive, ext.take, ext.take_queued = can_receive, receive, take, take_queued
   function ext.len()
     return queued() + rust_len()
   end
@@ -231,9 +232,11 @@ local function batched(ext, receive_queue)
 end
 
 --- Rust: a stream over the external channel `ch` of a Rust producer; `err()` is its failure (or
---- nil) once the channel is closed, `close()` stops it.
-local function rust(ch, err, close)
-  return new_stream("rust", channel_pull(ch, err), close)
+--- nil) once the channel is closed, `close()` stops it; `ext` is what `batched` made of the channel.
+local function rust(ch, err, close, ext)
+  local s = new_stream("rust", channel_pull(ch, err), close)
+  state_of[s].queued = ext.take_queued
+  return s
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -357,23 +360,37 @@ end
 --- few hundred ready chunks would end in `C stack overflow`. What a source raises therefore goes
 --- through as it is; the stream ends then, and its producer is stopped, at its next use in that
 --- thread (or when it is collected).
+---
+--- A stream from Rust hands out the chunks already in its queue without going through its layers
+--- (`st.queued`: no call into Rust, nothing that raises) while no pull of `iter` is under way or
+--- raised out of its loop in any thread (`st.pulls`; a thread cancelled while it waited in a pull
+--- leaves it above zero, and the stream takes the full path from then on), the stream has not
+--- ended, and `readLine` holds nothing.
 function methods.iter(self)
   local st = check_self(self, "iter")
-  local pulling = st.pulling -- thread -> true while a pull of `iter` runs in it
+  local pulling = st.pulling -- thread -> true while a pull of `iter` runs in it (`st.pulls` of them)
   if pulling == nil then
     pulling = setmetatable({}, WEAK_KEYS)
     st.pulling = pulling
   end
+  local queued = st.queued
   return function()
+    if queued ~= nil and st.pulls == 0 and not st.ended and st.parts == nil and st.rest == nil then
+      local got, v = queued()
+      if got and v ~= nil then return v end
+    end
     local co = co_running() or MAIN
     if pulling[co] then
       -- The last pull in this thread raised out of the loop: the stream ended there.
       pulling[co] = nil
+      st.pulls = st.pulls - 1
       finish(st)
     end
     pulling[co] = true
+    st.pulls = st.pulls + 1
     local more, v = pull_raw(st)
     pulling[co] = nil
+    st.pulls = st.pulls - 1
     if more then return v end
     if v ~= nil then error(v, 0) end
     return nil
