@@ -2,23 +2,27 @@
 //! `task.waitFrames`) as C functions that yield their request directly, the frame waits (the
 //! tasks due this frame and next, in Rust memory), the memory headroom a step may need after a
 //! task ran out of memory (`relax_memory`), what a cancellation
-//! keeps of where a task stood (`frames`, Lua 5.4), and the loop that resumes
-//! this frame's frame waits, handling the common outcome (the task asked to wait for the next
-//! frame again) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
+//! keeps of where a task stood (`frames`, Lua 5.4), and the two loops of the step: one resumes
+//! this frame's frame waits (`run_frames`), the other the ready queue (`run_ready`: tasks woken by
+//! a promise or a channel, timers that fell due, work carried over), each handling the common
+//! outcomes (the task asked to wait for the next frame, or parked on a promise's or channel's
+//! slot) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
 //! finishes it exactly as its own resume does. Everything else talks to Lua through mlua.
 //!
 //! Invariants:
-//! - The functions here are only ever called by Lua, on the VM's own OS thread. `run_frames`'s
+//! - The functions here are only ever called by Lua, on the VM's own OS thread. The loops' first
 //!   upvalue is the budget's [`Watch`] (or null), which lives as long as the VM; every resume goes
-//!   through it, so the budget's watchdog sees the thread running. `run_frames` is
-//!   called only by `lua/task.lua`'s step, with the arguments listed on it (it checks their types
-//!   and returns nothing if they are wrong, so the step falls back to its Lua loop).
+//!   through it, so the budget's watchdog sees the thread running. The loops are
+//!   called only by `lua/task.lua`'s step, with the arguments listed on them (they check the
+//!   tables' types and return nothing if they are wrong, so the step falls back to its Lua loop).
 //! - A thread is resumed only if it is suspended in a yield (`lua_status == LUA_YIELD`), which is
 //!   what a registered frame wait always is; anything else is handed back to Lua untouched.
-//! - The loop checks that its stack has room for what it pushes (16 slots) on entry; it clears
-//!   its stack back to the saved slots at the start of each entry, so what one entry leaves (at
-//!   most 9 values) never adds up. A task thread gets one slot checked with `lua_checkstack`
-//!   before its resume value is pushed.
+//! - A loop checks that its stack has room for what it pushes (16 slots, 40 for `run_ready`) on
+//!   entry; it clears its stack back to the saved slots at the start of each entry, so what one
+//!   entry leaves (at most 9 values) never adds up. A task thread gets one slot checked with
+//!   `lua_checkstack` before its resume value is pushed. Values are only ever moved off a resumed
+//!   thread's stack (`lua_xmove`, `lua_pop`): a table it yielded is written on the loop's own
+//!   stack, so an error there is raised in the step, never in the suspended thread.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
 //!   of memory) and, in the waits, the `bad argument` error itself. A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
@@ -50,30 +54,36 @@ pub(crate) const SERIAL: ffi::lua_Integer = 3;
 /// Slot: set when a task failed for want of memory (the step collects garbage).
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
-// registrations this loop makes are negative (see `run_frames`).
+// registrations the loops here make are negative (see `run_frames`).
+/// Slots: the ready queue's first entry and its end (see `run_ready`).
+const HEAD: ffi::lua_Integer = 6;
+const TAIL: ffi::lua_Integer = 7;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
 static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 /// The request kinds the waits yield (see `scheduler::kind`).
 static WAIT_TIME: AtomicI64 = AtomicI64::new(0);
 static WAIT_FRAMES: AtomicI64 = AtomicI64::new(0);
+static PARK: AtomicI64 = AtomicI64::new(0);
 
 /// Where `lua/task.lua`'s `bad` (its `bad argument` error) is kept in the registry.
 const BAD: &CStr = c"bevy_lua_coroutines.task.bad";
 
 /// The C functions for `lua/task.lua`: `wait`, `sleep`, `waitFrames`, `run_frames`, and
 /// `set_bad(f)`, which gives the waits the function that raises their `bad argument` errors.
-/// `req` is the request marker; `wait_time` and `wait_frames` the request kinds.
+/// `req` is the request marker; `wait_time`, `wait_frames` and `park` the request kinds.
 pub(crate) fn functions(
     lua: &Lua,
     req: *mut c_void,
     wait_time: i64,
     wait_frames: i64,
+    park: i64,
     watch: Option<&Arc<Watch>>,
 ) -> mlua::Result<Table> {
     REQ.store(req, Ordering::Relaxed);
     WAIT_TIME.store(wait_time, Ordering::Relaxed);
     WAIT_FRAMES.store(wait_frames, Ordering::Relaxed);
+    PARK.store(park, Ordering::Relaxed);
     let t = lua.create_table()?;
     // SAFETY: each function follows the module's invariants.
     unsafe {
@@ -111,9 +121,9 @@ pub(crate) fn functions(
         };
         t.raw_set(name, f)?;
     }
-    // `run_frames` resumes through the budget's watch, if it has one.
-    let run = crate::hook::watch_closure(lua, watch, at, run_frames)?;
-    t.raw_set("run_frames", run)?;
+    // `run_frames` and `run_ready` resume through the budget's watch, if it has one.
+    t.raw_set("run_frames", crate::hook::watch_closure(lua, watch, at, run_frames)?)?;
+    t.raw_set("run_ready", crate::hook::watch_closure(lua, watch, at, run_ready)?)?;
     t.raw_set(
         "set_bad",
         lua.create_function(|lua, f: Function| {
@@ -397,20 +407,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
     // and each thread resumed is suspended in a yield. The frame waits are borrowed only between
     // calls into Lua (a resume may queue waits of its own).
     unsafe {
-        for arg in [A_SHARED, A_REGS, A_THREADS, A_STATE] {
-            if ffi::lua_type(l, arg) != ffi::LUA_TTABLE {
-                return 0;
-            }
-        }
-        if ffi::lua_checkstack(l, 16) == 0 {
-            return 0;
-        }
-        let now = ffi::lua_tonumber(l, A_NOW);
-        let limit = (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY));
-        let req = REQ.load(Ordering::Relaxed);
-        let watch = crate::hook::upvalue_watch(l);
-        let wait_time = WAIT_TIME.load(Ordering::Relaxed) as ffi::lua_Number;
-        let frame_waits = ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut FrameWaits;
+        let Some(Loop { now, limit, req, watch, frame_waits }) = begin(l, &[], 16) else { return 0 };
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
@@ -435,7 +432,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             let co = ffi::lua_tothread(l, E_THREAD);
             if co.is_null() || ffi::lua_status(co) != ffi::LUA_YIELD || ffi::lua_checkstack(co, 1) == 0 {
                 if resumed {
-                    restore(l);
+                    restore(l, S_CURRENT);
                 }
                 ffi::lua_pushinteger(l, 1);
                 ffi::lua_pushinteger(l, key);
@@ -459,14 +456,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 None => ffi::lua_resume(co, l, 1, &mut nres),
             };
 
-            let again = status == ffi::LUA_YIELD
-                && nres == 3
-                && ffi::lua_type(co, -3) == ffi::LUA_TLIGHTUSERDATA
-                && ffi::lua_touserdata(co, -3) == req
-                && ffi::lua_type(co, -2) == ffi::LUA_TNUMBER
-                && ffi::lua_tonumber(co, -2) == wait_time
-                && ffi::lua_type(co, -1) == ffi::LUA_TNIL
-                && quiet(l, key, limit, watch);
+            let again = outcome(co, status, nres, req) == Outcome::NextFrame && quiet(l, key, limit, watch);
             if again {
                 ffi::lua_pop(co, 3);
                 // The task that was current comes back when the loop stops (`restore`): until
@@ -481,34 +471,320 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 continue;
             }
             // Anything else: hand `ok, first, kind, arg` (as `coroutine.resume` returns them) back.
-            ffi::lua_pushinteger(l, 2);
-            ffi::lua_pushinteger(l, key);
-            ffi::lua_pushvalue(l, E_THREAD);
-            if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
-                if ffi::lua_checkstack(l, nres + 3) == 0 {
-                    ffi::lua_pop(co, nres);
-                    ffi::lua_pushboolean(l, 0);
-                    ffi::lua_pushstring(l, c"too many results to resume".as_ptr());
-                    return 5;
-                }
-                ffi::lua_pushboolean(l, 1);
-                ffi::lua_xmove(co, l, nres);
-                if nres > 3 {
-                    ffi::lua_pop(l, nres - 3);
-                }
-                for _ in nres..3 {
-                    ffi::lua_pushnil(l);
-                }
-                return 7;
-            }
-            ffi::lua_pushboolean(l, 0);
-            ffi::lua_xmove(co, l, 1); // the error value
-            return 5;
+            return hand_back(l, key, E_THREAD, co, status, nres);
         }
         if resumed {
-            restore(l);
+            restore(l, S_CURRENT);
         }
         0
+    }
+}
+
+// `run_ready`'s arguments past those of `run_frames` (1 to 7), by stack index.
+const A_TABLES: c_int = 8;
+const A_STEP: c_int = 9;
+// Copied from `A_TABLES` on entry, in its order.
+const R_READY: c_int = 10;
+const R_PARKED: c_int = 11;
+const R_ARGS: c_int = 12;
+const R_RESUMED_IN: c_int = 13;
+const R_RESUMED_N: c_int = 14;
+const R_OWNER: c_int = 15;
+const R_INST_IN: c_int = 16;
+const R_INST_N: c_int = 17;
+const R_ARGS_MARKER: c_int = 18;
+const R_MAX_RESUMES: c_int = 19;
+const R_MAX_INSTANCE: c_int = 20;
+// Saved on entry, as `S_CURRENT` and `S_DEPTH` are by `run_frames`.
+const R_CURRENT: c_int = 21;
+const R_DEPTH: c_int = 22;
+// Per entry: its value, then its task's thread.
+const R_VALUE: c_int = 23;
+const R_THREAD: c_int = 24;
+
+/// The integer at `t[i]` (`t` at stack index `t`), if it is a number.
+unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> Option<ffi::lua_Integer> {
+    // SAFETY: as the loops, with a free slot; a raw read calls no Lua.
+    unsafe {
+        ffi::lua_rawgeti(l, t, i);
+        let v = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER).then(|| ffi::lua_tointeger(l, -1));
+        ffi::lua_pop(l, 1);
+        v
+    }
+}
+
+/// `t[i] = v` for the table at stack index `t`.
+unsafe fn set_int(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer, v: ffi::lua_Integer) {
+    // SAFETY: as the loops, with a free slot; raises only if `t` must grow and memory is out.
+    unsafe {
+        ffi::lua_pushinteger(l, v);
+        ffi::lua_rawseti(l, t, i);
+    }
+}
+
+/// `run_ready(shared, regs, threads, state, "spent", now, memory_limit, tables, step) -> [what,
+/// ...]`: runs the step's ready queue (the tasks woken, timers that fell due, work carried from the
+/// last step: `key, reg, value, depth` entries in `tables[1]` from the shared table's `HEAD` slot
+/// to its `TAIL` slot, which wakes append to while this runs) as `lua/task.lua`'s loop does: it
+/// counts each resume against the task's and its instance's bound for the step, resumes the task
+/// (with `value`, a number; or, for the arguments marker, with none when it has no stored
+/// arguments) if `reg` is still its registration, and handles the common outcomes without any Lua:
+/// the task asked for the next frame (a frame wait, as `run_frames` queues it), or parked on a
+/// slot (a promise's or channel's wait: registered with the slot and in `parked`, as
+/// `finish_resume` does). `tables` holds `ready, parked, args, resumed_in, resumed_n, owner,
+/// inst_in, inst_n` (the step's tables of those names), the arguments marker and the two bounds;
+/// `step` is the step's number. Returns nothing once the queue is empty (or if its arguments are
+/// wrong: the step's Lua loop then takes the rest), or, having taken an entry off the queue:
+/// - `1, key, reg, value, depth`: counted, but not for this loop to resume (not a thread
+///   suspended in a yield, or stored arguments): resume it the Lua way;
+/// - `2, key, thread, ok, first, kind, arg`: as `run_frames`;
+/// - `3, key, reg, value, depth`: over its bound for this step: carry it (if still registered).
+unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as `run_frames`.
+    unsafe {
+        let Some(Loop { now, limit, req, watch, frame_waits }) = begin(l, &[A_TABLES], 40) else { return 0 };
+        let step = ffi::lua_tointeger(l, A_STEP);
+        ffi::lua_settop(l, A_STEP);
+        for i in 1..=(R_MAX_INSTANCE - R_READY + 1) {
+            ffi::lua_rawgeti(l, A_TABLES, i as ffi::lua_Integer);
+        }
+        for t in R_READY..=R_INST_N {
+            if ffi::lua_type(l, t) != ffi::LUA_TTABLE {
+                return 0;
+            }
+        }
+        let max_resumes = ffi::lua_tointeger(l, R_MAX_RESUMES);
+        let max_instance = ffi::lua_tointeger(l, R_MAX_INSTANCE);
+        ffi::lua_rawgeti(l, A_SHARED, CURRENT);
+        ffi::lua_rawgeti(l, A_SHARED, DEPTH);
+        let mut resumed = false;
+        loop {
+            ffi::lua_settop(l, R_DEPTH);
+            let (Some(head), Some(tail)) = (int_at(l, A_SHARED, HEAD), int_at(l, A_SHARED, TAIL)) else {
+                break;
+            };
+            if head > tail {
+                break;
+            }
+            let key = int_at(l, R_READY, head).unwrap_or(0);
+            let reg = int_at(l, R_READY, head + 1).unwrap_or(0);
+            ffi::lua_rawgeti(l, R_READY, head + 2); // R_VALUE
+            let depth = int_at(l, R_READY, head + 3).unwrap_or(0);
+            // Taken: an empty queue starts over at slot 1 (see `lua/task.lua`).
+            if head + 4 > tail {
+                set_int(l, A_SHARED, HEAD, 1);
+                set_int(l, A_SHARED, TAIL, 0);
+            } else {
+                set_int(l, A_SHARED, HEAD, head + 4);
+            }
+            let count = if int_at(l, R_RESUMED_IN, key) == Some(step) {
+                int_at(l, R_RESUMED_N, key).unwrap_or(0)
+            } else {
+                0
+            };
+            let inst = int_at(l, R_OWNER, key).unwrap_or(0);
+            let inst_count = if int_at(l, R_INST_IN, inst) == Some(step) {
+                int_at(l, R_INST_N, inst).unwrap_or(0)
+            } else {
+                0
+            };
+            let entry = |l: *mut ffi::lua_State, what: ffi::lua_Integer| -> c_int {
+                ffi::lua_pushinteger(l, what);
+                ffi::lua_pushinteger(l, key);
+                ffi::lua_pushinteger(l, reg);
+                ffi::lua_pushvalue(l, R_VALUE);
+                ffi::lua_pushinteger(l, depth);
+                5
+            };
+            if count >= max_resumes || inst_count >= max_instance {
+                if resumed {
+                    restore(l, R_CURRENT);
+                }
+                return entry(l, 3);
+            }
+            set_int(l, R_RESUMED_IN, key, step);
+            set_int(l, R_RESUMED_N, key, count + 1);
+            set_int(l, R_INST_IN, inst, step);
+            set_int(l, R_INST_N, inst, inst_count + 1);
+            // As `resume_task`: nothing to do unless `reg` is still the task's registration.
+            if int_at(l, A_REGS, key) != Some(reg) {
+                continue;
+            }
+            ffi::lua_rawgeti(l, A_THREADS, key); // R_THREAD
+            let co = ffi::lua_tothread(l, R_THREAD);
+            let nargs = match ffi::lua_type(l, R_VALUE) {
+                ffi::LUA_TNUMBER => 1,
+                ffi::LUA_TLIGHTUSERDATA if ffi::lua_rawequal(l, R_VALUE, R_ARGS_MARKER) != 0 => {
+                    ffi::lua_rawgeti(l, R_ARGS, key);
+                    let stored = ffi::lua_type(l, -1) != ffi::LUA_TNIL;
+                    ffi::lua_pop(l, 1);
+                    if stored { -1 } else { 0 }
+                }
+                _ => -1,
+            };
+            if co.is_null()
+                || nargs < 0
+                || ffi::lua_status(co) != ffi::LUA_YIELD
+                || ffi::lua_checkstack(co, 1) == 0
+            {
+                if resumed {
+                    restore(l, R_CURRENT);
+                }
+                return entry(l, 1);
+            }
+            ffi::lua_pushnil(l);
+            ffi::lua_rawseti(l, A_REGS, key);
+            set_int(l, A_SHARED, CURRENT, key);
+            set_int(l, A_SHARED, DEPTH, depth);
+            let serial = bump(l, SERIAL);
+            if nargs == 1 {
+                ffi::lua_pushvalue(l, R_VALUE);
+                ffi::lua_xmove(l, co, 1);
+            }
+            let mut nres: c_int = 0;
+            let status = match watch {
+                Some(watch) => watch.resume(l, co, nargs, &mut nres),
+                None => ffi::lua_resume(co, l, nargs, &mut nres),
+            };
+            match outcome(co, status, nres, req) {
+                Outcome::NextFrame if quiet(l, key, limit, watch) => {
+                    ffi::lua_pop(co, 3);
+                    resumed = true;
+                    set_int(l, A_REGS, key, -serial);
+                    (*frame_waits).next.push(Wait { key, reg: -serial, since: now });
+                }
+                Outcome::Park if quiet(l, key, limit, watch) => {
+                    // As `finish_resume`: the slot learns who waits on it, and `parked` keeps it.
+                    resumed = true;
+                    let reg = -serial;
+                    set_int(l, A_REGS, key, reg);
+                    ffi::lua_xmove(co, l, 1); // the slot
+                    ffi::lua_pop(co, 2);
+                    ffi::lua_pushinteger(l, key);
+                    ffi::lua_setfield(l, -2, c"key".as_ptr());
+                    ffi::lua_pushinteger(l, reg);
+                    ffi::lua_setfield(l, -2, c"reg".as_ptr());
+                    ffi::lua_rawseti(l, R_PARKED, key);
+                }
+                _ => return hand_back(l, key, R_THREAD, co, status, nres),
+            }
+        }
+        if resumed {
+            restore(l, R_CURRENT);
+        }
+        0
+    }
+}
+
+/// What a resume came to, as far as the raw loops are concerned.
+#[derive(PartialEq)]
+enum Outcome {
+    /// The task yielded `REQ, WAIT_TIME, nil`: `task.wait()`, due next frame.
+    NextFrame,
+    /// The task yielded `REQ, PARK, slot` (a table): it waits for `wake(slot)`.
+    Park,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies what `co` returned from a resume with `status` and `nres` results (on its stack).
+unsafe fn outcome(co: *mut ffi::lua_State, status: c_int, nres: c_int, req: *mut c_void) -> Outcome {
+    // SAFETY: `co` was just resumed and holds its `nres` results.
+    unsafe {
+        if status != ffi::LUA_YIELD
+            || nres != 3
+            || ffi::lua_type(co, -3) != ffi::LUA_TLIGHTUSERDATA
+            || ffi::lua_touserdata(co, -3) != req
+            || ffi::lua_type(co, -2) != ffi::LUA_TNUMBER
+        {
+            return Outcome::Other;
+        }
+        let kind = ffi::lua_tonumber(co, -2);
+        let arg = ffi::lua_type(co, -1);
+        if kind == WAIT_TIME.load(Ordering::Relaxed) as ffi::lua_Number && arg == ffi::LUA_TNIL {
+            Outcome::NextFrame
+        } else if kind == PARK.load(Ordering::Relaxed) as ffi::lua_Number && arg == ffi::LUA_TTABLE {
+            Outcome::Park
+        } else {
+            Outcome::Other
+        }
+    }
+}
+
+/// Hands the resume of task `key` (its thread at `thread`, `co`) back to `lua/task.lua`: returns
+/// `2, key, thread, ok, first, kind, arg`, what `coroutine.resume` would have returned (its
+/// first three results), for `finish_resume`.
+unsafe fn hand_back(
+    l: *mut ffi::lua_State,
+    key: ffi::lua_Integer,
+    thread: c_int,
+    co: *mut ffi::lua_State,
+    status: c_int,
+    nres: c_int,
+) -> c_int {
+    // SAFETY: as the loops that call it, which leave room for 4 values on `l`.
+    unsafe {
+        ffi::lua_pushinteger(l, 2);
+        ffi::lua_pushinteger(l, key);
+        ffi::lua_pushvalue(l, thread);
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(l, nres + 3) == 0 {
+                ffi::lua_pop(co, nres);
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_pushstring(l, c"too many results to resume".as_ptr());
+                return 5;
+            }
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_xmove(co, l, nres);
+            if nres > 3 {
+                ffi::lua_pop(l, nres - 3);
+            }
+            for _ in nres..3 {
+                ffi::lua_pushnil(l);
+            }
+            return 7;
+        }
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_xmove(co, l, 1); // the error value
+        5
+    }
+}
+
+/// What both loops read once, on entry.
+struct Loop<'a> {
+    /// The step's game time (`A_NOW`).
+    now: ffi::lua_Number,
+    /// The VM size (KiB) past which a resume goes back to Lua (`A_MEMORY`), if any.
+    limit: Option<f64>,
+    /// The request marker.
+    req: *mut c_void,
+    /// The budget's watch (upvalue 1).
+    watch: Option<&'a Watch>,
+    /// The frame waits (upvalue 2).
+    frame_waits: *mut FrameWaits,
+}
+
+/// Checks a loop's arguments (those of `run_frames`, and the tables at `tables`) and makes room
+/// for `slots` values on its stack; `None` if it cannot run.
+unsafe fn begin<'a>(l: *mut ffi::lua_State, tables: &[c_int], slots: c_int) -> Option<Loop<'a>> {
+    // SAFETY: called first thing by a loop made by `hook::watch_closure`, with the frame waits as
+    // its second upvalue.
+    unsafe {
+        for &arg in [A_SHARED, A_REGS, A_THREADS, A_STATE].iter().chain(tables) {
+            if ffi::lua_type(l, arg) != ffi::LUA_TTABLE {
+                return None;
+            }
+        }
+        if ffi::lua_checkstack(l, slots) == 0 {
+            return None;
+        }
+        Some(Loop {
+            now: ffi::lua_tonumber(l, A_NOW),
+            limit: (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY)),
+            req: REQ.load(Ordering::Relaxed),
+            watch: crate::hook::upvalue_watch(l),
+            frame_waits: ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut FrameWaits,
+        })
     }
 }
 
@@ -525,14 +801,14 @@ unsafe fn bump(l: *mut ffi::lua_State, slot: ffi::lua_Integer) -> ffi::lua_Integ
     }
 }
 
-/// Makes the task that was current when `run_frames` was called (and its defer depth) current
-/// again.
-unsafe fn restore(l: *mut ffi::lua_State) {
-    // SAFETY: as `run_frames`, whose saved slots these are.
+/// Makes the task that was current when a loop was called (saved at `saved`) and its defer depth
+/// (at `saved + 1`) current again.
+unsafe fn restore(l: *mut ffi::lua_State, saved: c_int) {
+    // SAFETY: as the loops, whose saved slots these are.
     unsafe {
-        ffi::lua_pushvalue(l, S_CURRENT);
+        ffi::lua_pushvalue(l, saved);
         ffi::lua_rawseti(l, A_SHARED, CURRENT);
-        ffi::lua_pushvalue(l, S_DEPTH);
+        ffi::lua_pushvalue(l, saved + 1);
         ffi::lua_rawseti(l, A_SHARED, DEPTH);
     }
 }

@@ -306,6 +306,7 @@ impl LuaRuntime {
                 scheduler::req().0,
                 kind::WAIT_TIME,
                 kind::WAIT_FRAMES,
+                kind::PARK,
                 watch.as_ref(),
             )?,
         )?;

@@ -47,11 +47,12 @@ local parked = {}                         -- key -> the slot it last parked on (
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
 -- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
--- want of memory (the step collects garbage after the resume), and the last registration number.
-local T = { 0, 0, 0, false, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG = 1, 2, 3, 4, 5
-local fast = core.fast -- the C waits, the frame waits and the raw frame loop (src/fastpath.rs)
-local run_frames = fast.run_frames
+-- want of memory (the step collects garbage after the resume), the last registration number, and
+-- where the ready queue (below) starts and ends.
+local T = { 0, 0, 0, false, 0, 1, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, HEAD, TAIL = 1, 2, 3, 4, 5, 6, 7
+local fast = core.fast -- the C waits, the frame waits and the raw loops (src/fastpath.rs)
+local run_frames, run_ready = fast.run_frames, fast.run_ready
 
 -- Frame waits due next frame (the common case: `task.wait()`) and this frame's live in Rust
 -- memory (`push_next`, `begin_frame`, `pop_now`); `task.waitFrames(n > 1)` goes to
@@ -59,8 +60,9 @@ local run_frames = fast.run_frames
 local push_next, begin_frame, pop_now, frame_waiting =
   fast.push_next, fast.begin_frame, fast.pop_now, fast.waiting
 local later = {}
--- This step's ready queue: key, reg, value, defer depth (four slots per entry).
-local ready, head, tail = {}, 1, 0
+-- This step's ready queue: key, reg, value, defer depth (four slots per entry), from `T[HEAD]` to
+-- `T[TAIL]` (slots the raw loop reads and writes too).
+local ready = {}
 
 local function bump(key)
   local reg = T[NEXT_REG] + 1
@@ -69,8 +71,9 @@ local function bump(key)
 end
 
 local function push_ready(key, reg, value, d)
+  local tail = T[TAIL]
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, value, d
-  tail = tail + 4
+  T[TAIL] = tail + 4
 end
 
 --- Queues task `key` (registration `reg`) to resume `frames` frames from now.
@@ -515,6 +518,10 @@ local step_no = 0
 local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
 local last_frame = -1
 
+-- What the raw ready loop (`run_ready`) reads: the step's tables (filled in by `step.run`, as some
+-- are replaced at times), the arguments marker and the two bounds.
+local ready_tables = { false, false, false, false, false, false, false, false, ARGS, MAX_RESUMES, MAX_INSTANCE_RESUMES }
+
 local function carry_entry(key, reg, value, d)
   carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
   carry_n = carry_n + 4
@@ -555,10 +562,12 @@ function step.run()
   end
   local now = S.nanos
   local timed = TIMED
-  if run_frames ~= nil and not timed and resume_task == plain_resume then
-    -- The raw loop resumes the frame waits that wait again; what else happens comes back here.
-    local previous, previous_depth = T[CURRENT], T[DEPTH]
-    local memory = MEMORY_QUOTA and next_check
+  -- The raw loops resume the tasks whose outcome is a common one (a frame wait, a park); what else
+  -- happens comes back here. Not while a time budget or the inspector's tracking is on.
+  local raw = run_frames ~= nil and not timed and resume_task == plain_resume
+  local previous, previous_depth = T[CURRENT], T[DEPTH]
+  local memory = MEMORY_QUOTA and next_check
+  if raw then
     while true do
       local what, key, x, ok, first, kind, arg = run_frames(T, regs, threads, S, "spent", now, memory)
       if what == nil then break end -- every wait taken (or its arguments refused: the loop below)
@@ -579,19 +588,43 @@ function step.run()
     resume_task(key, reg, (now - since) / 1e9, 0)
     if timed and over_time() then
       -- Out of time: the rest waits for the next step, still first in line.
-      for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
-      head, tail = 1, 0
+      for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+      T[HEAD], T[TAIL] = 1, 0
       return
     end
   end
-  local peak = tail
-  while head <= tail do
+  if raw and run_ready ~= nil then
+    local tables = ready_tables
+    tables[1], tables[2], tables[3], tables[4], tables[5], tables[6], tables[7], tables[8] =
+      ready, parked, args, resumed_in, resumed_n, owner, inst_in, inst_n
+    while true do
+      local what, key, x, ok, first, kind, arg = run_ready(T, regs, threads, S, "spent", now, memory, tables, step_no)
+      if what == nil then break end -- the queue is empty (or its arguments refused: the loop below)
+      if what == 1 then
+        resume_task(key, x, ok, first) -- x: the registration, ok: the value, first: the depth
+      elseif what == 2 then
+        finish_resume(key, x, previous, previous_depth, ok, first, kind, arg) -- x: the thread
+      elseif regs[key] == x then
+        carry_entry(key, x, ok, first) -- over its bound for this step
+      end
+      if what ~= 3 and MEMORY_QUOTA ~= nil then
+        if what == 2 and gcount() > next_check then check_memory() end
+        memory = next_check
+      end
+    end
+  end
+  while true do
     -- Entries hold only numbers and markers, so consumed slots are left as they are (clearing them
     -- would push the queue into the table's hash part); an empty queue starts over at slot 1, so a
     -- ping-pong between two tasks reuses the same four slots.
+    local head, tail = T[HEAD], T[TAIL]
+    if head > tail then break end
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
-    head = head + 4
-    if head > tail then head, tail = 1, 0 end
+    if head + 4 > tail then
+      T[HEAD], T[TAIL] = 1, 0
+    else
+      T[HEAD] = head + 4
+    end
     local count = resumed_in[key] == step_no and resumed_n[key] or 0
     local inst = owner[key] or 0
     local inst_count = inst_in[inst] == step_no and inst_n[inst] or 0
@@ -601,15 +634,16 @@ function step.run()
       resumed_in[key], resumed_n[key] = step_no, count + 1
       inst_in[inst], inst_n[inst] = step_no, inst_count + 1
       resume_task(key, reg, value, d)
-      if tail > peak then peak = tail end
       if timed and over_time() then
-        for j = head, tail, 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+        for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
         break
       end
     end
   end
-  if peak > 4 * 4096 then ready = {} end -- drained; a big one is dropped so it can shrink
-  head, tail = 1, 0
+  -- Drained: a queue that grew big is dropped, so it can shrink (consumed slots stay filled, so
+  -- its length is the most it held).
+  if #ready > 4 * 4096 then ready = {} end
+  T[HEAD], T[TAIL] = 1, 0
 end
 
 local function pack(...) return { n = select("#", ...), ... } end
@@ -635,8 +669,9 @@ local function wake(slot)
   slot.key = nil
   parked[key] = nil -- what the slot holds is the waker's business again
   if args[key] ~= nil then args[key] = nil end -- stale arguments of a resume that never came
+  local tail = T[TAIL]
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
-  tail = tail + 4
+  T[TAIL] = tail + 4
   return true
 end
 
@@ -706,7 +741,7 @@ function step.state(key)
   if reg == nil then return co, nil, nil end
   local slot = parked[key]
   if slot ~= nil and slot.reg == reg and slot.key == key then return co, reg, "park", slot end
-  for i = head, tail, 4 do
+  for i = T[HEAD], T[TAIL], 4 do
     if ready[i] == key and ready[i + 1] == reg then return co, reg, "ready" end
   end
   local frame_wait = frame_waiting(key, reg)
