@@ -17,7 +17,11 @@
 //! that makes the promises is not measured), `new_then` (`Promise.new` whose executor resolves,
 //! plus an `andThen` handler, N a frame in one task), `ping_pong` (two tasks over unbuffered
 //! channels, 2N messages a frame), `buffered` (`send` then `receive` on a channel of capacity 1,
-//! N a frame in one task), or `memory` (the heap before and after 1,000,000 messages). Under
+//! N a frame in one task), `stream` (a Rust stream function whose call fills its buffer with N
+//! chunks of 64 bytes at once, read in one task with `for _ in s:iter()`, N a frame), `settle`
+//! (N tasks each awaiting a Rust async function whose future finished: the frame that settles
+//! them, after the frame that made the calls and the wait for the futures, neither measured), or
+//! `memory` (the heap before and after 1,000,000 messages). Under
 //! callgrind only `measured` runs are counted: divide the count by `ROUNDS` and by the
 //! operations per round the program prints. Default plugin: instruction budget and memory limit on;
 //! `BUDGET=none` leaves the budget out: a long resume (most of a measured frame is one) then never
@@ -26,6 +30,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bevy::prelude::*;
@@ -34,6 +39,19 @@ use common::{
     RawCoroutines, median, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script, update,
     wait_every_frame_source,
 };
+
+/// Calls of the `settle` variant's async function, and its futures that finished.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+static DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until every future the `settle` variant started has finished and sent its result.
+fn wait_for_calls() {
+    while DONE.load(Ordering::Acquire) < CALLS.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    // The future still sends its completion after counting itself.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+}
 
 /// One round of a variant: what it runs per measured call, and how many operations that is.
 struct Variant {
@@ -91,6 +109,11 @@ fn source(name: &str, n: usize) -> String {
                end
              end)"
         ),
+        "settle" => {
+            format!(
+                "for i = 1, {n} do task.spawn(function() while true do await(rustOne()) task.wait() end end) end"
+            )
+        }
         "stream" => "while true do
                local n = 0
                for _ in chunks():iter() do n = n + 1 end
@@ -107,6 +130,16 @@ fn variant(name: &'static str, n: usize) -> Variant {
     }
     let unbudgeted = std::env::var("BUDGET").is_ok_and(|b| b == "none");
     let mut app = common::new_app_with(if unbudgeted { common::unbudgeted() } else { plugin() });
+    if name == "settle" {
+        // Each call starts a future on the pool that finishes at once.
+        app.add_lua_async_function("rustOne", || {
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            async {
+                DONE.fetch_add(1, Ordering::Release);
+                Ok::<_, String>(1)
+            }
+        });
+    }
     if name == "stream" {
         // Each call fills a stream with `n` chunks at once, then ends it: a frame reads them all.
         app.add_lua_stream_function("chunks", n, move |mut tx: StreamSender| {
@@ -136,6 +169,21 @@ fn variant(name: &'static str, n: usize) -> Variant {
             (1, n)
         }
         "ping_pong" => (0, 2 * n),
+        "settle" => {
+            // Line up so that the next frame is a calls frame (the last one settled every call).
+            let mut frames = 0;
+            loop {
+                frames += 1;
+                assert!(frames < 20, "the settle frame never came");
+                let before = CALLS.load(Ordering::Relaxed);
+                app.update();
+                wait_for_calls();
+                if CALLS.load(Ordering::Relaxed) == before {
+                    break;
+                }
+            }
+            (1, n)
+        }
         _ => (0, n),
     };
     assert_eq!(script_errors(&app), 0, "{name}: the script should not fail");
@@ -164,6 +212,9 @@ fn round(v: &mut Variant, raw: &RawCoroutines) -> f64 {
         Some(app) => {
             for _ in 0..v.setup_frames {
                 app.update();
+            }
+            if v.name == "settle" {
+                wait_for_calls();
             }
             let start = Instant::now();
             measured_frame(app);
@@ -208,7 +259,7 @@ fn main() {
         return;
     }
     let names: Vec<&'static str> =
-        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered", "stream"]
+        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered", "stream", "settle"]
             .into_iter()
             .filter(|name| which == "all" || which == *name)
             .collect();
