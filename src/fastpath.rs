@@ -55,9 +55,11 @@ pub(crate) const SERIAL: ffi::lua_Integer = 3;
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
 // registrations the loops here make are negative (see `run_frames`).
-/// Slots: the ready queue's first entry and its end (see `run_ready`).
+/// Slots: the ready queue's first entry, its end, and the furthest end it had in this step (see
+/// `run_ready`).
 const HEAD: ffi::lua_Integer = 6;
 const TAIL: ffi::lua_Integer = 7;
+const PEAK: ffi::lua_Integer = 8;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
 static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
@@ -525,7 +527,8 @@ unsafe fn set_int(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer, v: ffi:
 /// `run_ready(shared, regs, threads, state, "spent", now, memory_limit, tables, step) -> [what,
 /// ...]`: runs the step's ready queue (the tasks woken, timers that fell due, work carried from the
 /// last step: `key, reg, value, depth` entries in `tables[1]` from the shared table's `HEAD` slot
-/// to its `TAIL` slot, which wakes append to while this runs) as `lua/task.lua`'s loop does: it
+/// to its `TAIL` slot, which wakes append to while this runs; the furthest `TAIL` is kept in its
+/// `PEAK` slot) as `lua/task.lua`'s loop does: it
 /// counts each resume against the task's and its instance's bound for the step, resumes the task
 /// (with `value`, a number; or, for the arguments marker, with none when it has no stored
 /// arguments) if `reg` is still its registration, and handles the common outcomes without any Lua:
@@ -558,6 +561,7 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
         let mut resumed = false;
+        let mut peak = int_at(l, A_SHARED, PEAK).unwrap_or(0);
         loop {
             ffi::lua_settop(l, R_DEPTH);
             let (Some(head), Some(tail)) = (int_at(l, A_SHARED, HEAD), int_at(l, A_SHARED, TAIL)) else {
@@ -565,6 +569,10 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             };
             if head > tail {
                 break;
+            }
+            if tail > peak {
+                peak = tail;
+                set_int(l, A_SHARED, PEAK, peak);
             }
             let key = int_at(l, R_READY, head).unwrap_or(0);
             let reg = int_at(l, R_READY, head + 1).unwrap_or(0);

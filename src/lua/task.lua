@@ -47,10 +47,10 @@ local parked = {}                         -- key -> the slot it last parked on (
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
 -- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
--- want of memory (the step collects garbage after the resume), the last registration number, and
--- where the ready queue (below) starts and ends.
-local T = { 0, 0, 0, false, 0, 1, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, HEAD, TAIL = 1, 2, 3, 4, 5, 6, 7
+-- want of memory (the step collects garbage after the resume), the last registration number,
+-- where the ready queue (below) starts and ends, and the most slots it used in this step.
+local T = { 0, 0, 0, false, 0, 1, 0, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, HEAD, TAIL, PEAK = 1, 2, 3, 4, 5, 6, 7, 8
 local fast = core.fast -- the C waits, the frame waits and the raw loops (src/fastpath.rs)
 local run_frames, run_ready = fast.run_frames, fast.run_ready
 
@@ -619,6 +619,7 @@ function step.run()
     -- ping-pong between two tasks reuses the same four slots.
     local head, tail = T[HEAD], T[TAIL]
     if head > tail then break end
+    if tail > T[PEAK] then T[PEAK] = tail end
     local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
     if head + 4 > tail then
       T[HEAD], T[TAIL] = 1, 0
@@ -640,10 +641,12 @@ function step.run()
       end
     end
   end
-  -- Drained: a queue that grew big is dropped, so it can shrink (consumed slots stay filled, so
-  -- its length is the most it held).
-  if #ready > 4 * 4096 then ready = {} end
-  T[HEAD], T[TAIL] = 1, 0
+  -- Drained. A big queue table this step used less than a quarter of is dropped, so it can shrink
+  -- (consumed slots stay filled, so its length is the most it ever held); one this step filled is
+  -- kept, or a game that wakes thousands of tasks every frame would grow it anew every frame.
+  local size = #ready
+  if size > 4 * 4096 and T[PEAK] < size / 4 then ready = {} end
+  T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
 end
 
 local function pack(...) return { n = select("#", ...), ... } end
