@@ -19,19 +19,21 @@
 //!   what a registered frame wait always is; anything else is handed back to Lua untouched.
 //! - A loop checks that its stack has room for what it pushes (16 slots, 40 for `run_ready`) on
 //!   entry; it clears its stack back to the saved slots at the start of each entry, so what one
-//!   entry leaves (at most 9 values) never adds up. A task thread gets one slot checked with
+//!   entry leaves (at most 9 values above them) never adds up. A task thread gets one slot checked with
 //!   `lua_checkstack` before its resume value is pushed. Values are only ever moved off a resumed
 //!   thread's stack (`lua_xmove`, `lua_pop`): a table it yielded is written on the loop's own
 //!   stack, so an error there is raised in the step, never in the suspended thread.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
-//!   of memory) and, in the waits, the `bad argument` error itself. A raise unwinds (LuaJIT, Luau)
+//!   of memory) and, in the waits, the `bad argument` error itself. (`run_ready`'s one non-raw
+//!   write, `lua_setfield` on a park slot, calls no metamethod: the slots `lua/promise.lua` and
+//!   `lua/channel.lua` park on are plain tables.) A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
 //!   every counter the step shares is written back to its table before the next raising call.
 //! - The counters shared with `lua/task.lua` live in one table (`shared`), at the slot numbers
 //!   below, which the Lua file names the same way.
 //! - The frame waits ([`FrameWaits`]) are Rust memory, boxed in the VM's app data (dropped only
 //!   after the VM is closed); the functions that use them keep its address as an upvalue (upvalue
-//!   2 of `run_frames`, 1 of the others). Only those functions touch them, on the VM's thread, and
+//!   2 of the loops, 1 of the others). Only those functions touch them, on the VM's thread, and
 //!   none keeps a reference to them across a call into Lua (a resume may queue waits itself).
 #![allow(unsafe_code)]
 
@@ -71,8 +73,10 @@ static PARK: AtomicI64 = AtomicI64::new(0);
 /// Where `lua/task.lua`'s `bad` (its `bad argument` error) is kept in the registry.
 const BAD: &CStr = c"bevy_lua_coroutines.task.bad";
 
-/// The C functions for `lua/task.lua`: `wait`, `sleep`, `waitFrames`, `run_frames`, and
-/// `set_bad(f)`, which gives the waits the function that raises their `bad argument` errors.
+/// The C functions for `lua/task.lua`: `wait`, `sleep`, `waitFrames`, the frame waits' `push_next`,
+/// `begin_frame`, `pop_now`, `waiting` and `shrink_waits`, the loops `run_frames` and `run_ready`,
+/// `relax_memory`, `frames` (Lua 5.4), and `set_bad(f)`, which gives the waits the function that
+/// raises their `bad argument` errors.
 /// `req` is the request marker; `wait_time`, `wait_frames` and `park` the request kinds.
 pub(crate) fn functions(
     lua: &Lua,
@@ -539,7 +543,8 @@ unsafe fn set_int(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer, v: ffi:
 /// `step` is the step's number. Returns nothing once the queue is empty (or if its arguments are
 /// wrong: the step's Lua loop then takes the rest), or, having taken an entry off the queue:
 /// - `1, key, reg, value, depth`: counted, but not for this loop to resume (not a thread
-///   suspended in a yield, or stored arguments): resume it the Lua way;
+///   suspended in a yield, stored arguments, a value that is neither a number nor the marker, or
+///   no room on the thread's stack): resume it the Lua way;
 /// - `2, key, thread, ok, first, kind, arg`: as `run_frames`;
 /// - `3, key, reg, value, depth`: over its bound for this step: carry it (if still registered).
 unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
@@ -821,7 +826,7 @@ unsafe fn restore(l: *mut ffi::lua_State, saved: c_int) {
     }
 }
 
-/// After a resume that asked for the next frame again: whether nothing else needs the Lua step's
+/// After a resume that asked for the next frame or parked: whether nothing else needs the Lua step's
 /// attention (nothing registered the task meanwhile, no budget ran out, no task failed for want of
 /// memory, and the VM is under `limit` KiB).
 unsafe fn quiet(

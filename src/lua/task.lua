@@ -575,11 +575,9 @@ function step.run()
         resume_task(key, x, ok, 0) -- x: the registration, ok: the seconds waited
       elseif what == 2 then
         finish_resume(key, x, previous, previous_depth, ok, first, kind, arg) -- x: the thread
-        if MEMORY_QUOTA ~= nil then
-          if gcount() > next_check then check_memory() end
-          memory = next_check
-        end
+        if MEMORY_QUOTA ~= nil and gcount() > next_check then check_memory() end
       end
+      memory = MEMORY_QUOTA and next_check -- a check moves it
     end
   end
   while true do
@@ -589,11 +587,12 @@ function step.run()
     if timed and over_time() then
       -- Out of time: the rest waits for the next step, still first in line.
       for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
-      T[HEAD], T[TAIL] = 1, 0
+      T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
       return
     end
   end
   if raw and run_ready ~= nil then
+    memory = MEMORY_QUOTA and next_check -- the frame waits' resumes may have moved it
     local tables = ready_tables
     tables[1], tables[2], tables[3], tables[4], tables[5], tables[6], tables[7], tables[8] =
       ready, parked, args, resumed_in, resumed_n, owner, inst_in, inst_n
@@ -607,10 +606,8 @@ function step.run()
       elseif regs[key] == x then
         carry_entry(key, x, ok, first) -- over its bound for this step
       end
-      if what ~= 3 and MEMORY_QUOTA ~= nil then
-        if what == 2 and gcount() > next_check then check_memory() end
-        memory = next_check
-      end
+      if what == 2 and MEMORY_QUOTA ~= nil and gcount() > next_check then check_memory() end
+      memory = MEMORY_QUOTA and next_check
     end
   end
   while true do
@@ -645,7 +642,10 @@ function step.run()
   -- (consumed slots stay filled, so its length is the most it ever held); one this step filled is
   -- kept, or a game that wakes thousands of tasks every frame would grow it anew every frame.
   local size = #ready
-  if size > 4 * 4096 and T[PEAK] < size / 4 then ready = {} end
+  if size > 4 * 4096 and T[PEAK] < size / 4 then
+    ready = {}
+    ready_tables[1] = ready -- (not holding the old one until the next step)
+  end
   T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
 end
 
