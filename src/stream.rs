@@ -23,9 +23,9 @@ use mlua::{Function, Lua, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bridge::channels::{Outgoing, drain_into};
+use crate::bridge::channels::drain_into;
 use crate::bridge::leaves::Values;
-use crate::bridge::{self, arg, message, script_function};
+use crate::bridge::{self, Outgoing, arg, message, script_function};
 use crate::error::{Error, Result};
 use crate::runtime::{Base, ChannelLua};
 
@@ -232,7 +232,7 @@ impl std::fmt::Debug for StreamSender {
 
 /// Lua functions of `lua/stream.lua` the Rust side calls.
 struct StreamLua {
-    /// `rust(channel, err, close) -> Stream`.
+    /// `rust(channel, err, close, ext) -> Stream`.
     rust: Function,
     /// `batched(ext, receive_queue) -> ext`: the receiving half of a stream's external channel, over
     /// `drain`.
@@ -301,14 +301,16 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
     // releases its producer at the next step (its `send` fails).
     let reader = bridge::release_on_drop(lua, id);
     // Kept for reuse between refills (each a few large buffers that would otherwise be made and
-    // freed every refill): the chunks taken, and `drain_into`'s scratch space.
+    // freed every refill): the chunks taken, and `drain_into`'s scratch space. Taken out while a
+    // refill runs, so no lock is held while Lua allocates (a finalizer that reads this stream
+    // then refills with fresh buffers).
     let scratch: Mutex<(VecDeque<Chunk>, Vec<Chunk>, Values)> = Mutex::default();
     ext.set(
         "drain",
         lua.create_function(move |lua, q: Table| {
             let _ = &reader;
-            let mut scratch = scratch.lock().map_err(|_| mlua::Error::runtime("stream state poisoned"))?;
-            let (taken, run, values) = &mut *scratch;
+            let mut kept = std::mem::take(&mut *scratch.lock().unwrap_or_else(|e| e.into_inner()));
+            let (taken, run, values) = &mut kept;
             let waker = {
                 let mut st = s.lock();
                 let n = st.buf.len().min(MAX_REFILL);
@@ -333,6 +335,7 @@ fn make_stream(lua: &Lua, shared: Arc<Shared>, work: Option<Box<dyn Send>>) -> m
             }
             // The bytes of a refill of long chunks are not kept.
             values.bytes.shrink_to(SCRATCH_BYTES);
+            *scratch.lock().unwrap_or_else(|e| e.into_inner()) = kept;
             stored
         })?,
     )?;

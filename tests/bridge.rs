@@ -298,3 +298,72 @@ fn a_handle_dropped_without_settling_rejects_the_promise() {
     assert!(out[0].starts_with("false\t"), "{out:?}");
     assert!(out[0].contains("dropped without settling"), "{out:?}");
 }
+
+/// A value whose conversion to Lua fails.
+struct Unconvertible;
+
+impl Serialize for Unconvertible {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("no Lua form"))
+    }
+}
+
+#[test]
+fn one_step_settles_results_of_every_shape_in_order() {
+    let mut app = create_app();
+    let questions = Questions::default();
+    let q = questions.clone();
+    app.add_lua_promise_function("ask", move |question: String, reply: PromiseHandle| {
+        q.0.lock().unwrap().push((question, reply));
+    });
+    // Eight tasks ask; the answers all arrive before one step, so one batch settles them all.
+    spawn_script(
+        &mut app,
+        "scripts/shapes.lua",
+        r#"
+        local function show(v)
+          if type(v) ~= "table" then return type(v) .. ":" .. tostring(v) end
+          if v.name then return "row:" .. v.id .. ":" .. v.name end
+          return "list:" .. table.concat(v, ",")
+        end
+        local kinds = { "row", "list", "text", "int", "float", "bad", "fails", "row2" }
+        local results = {}
+        for i, kind in ipairs(kinds) do
+          task.spawn(function()
+            local ok, v = pcall(await, ask(kind))
+            results[i] = kind .. "=" .. (ok and show(v) or "error:" .. tostring(v))
+            if #results == #kinds then print(table.concat(results, " ")) end
+          end)
+        end
+        "#,
+    );
+    run(&mut app, 3);
+    let asked = std::mem::take(&mut *questions.0.lock().unwrap());
+    assert_eq!(asked.len(), 8);
+    for (question, reply) in asked {
+        match question.as_str() {
+            "row" => reply.resolve(Row { id: 7, name: "seven".into() }),
+            "list" => reply.resolve(vec![1, 2, 3]),
+            "text" => reply.resolve("hello"),
+            "int" => reply.resolve(42),
+            "float" => reply.resolve(1.5),
+            "bad" => reply.resolve(Unconvertible),
+            "fails" => reply.reject("nope"),
+            _ => reply.resolve(Row { id: 8, name: "eight".into() }),
+        }
+    }
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let fields: Vec<&str> = out[0].split(' ').collect();
+    assert_eq!(
+        fields[..5],
+        ["row=row:7:seven", "list=list:1,2,3", "text=string:hello", "int=number:42", "float=number:1.5"]
+    );
+    assert!(
+        fields[5].starts_with("bad=error:") && out[0].contains("could not convert the result"),
+        "{out:?}"
+    );
+    assert!(out[0].contains("fails=error:nope"), "{out:?}");
+    assert!(out[0].ends_with("row2=row:8:eight"), "{out:?}");
+}

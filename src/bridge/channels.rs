@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
-use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
+use mlua::{Function, Lua, Table, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Outgoing;
 use super::flat;
 use super::from_lua;
 use super::leaves::{self, Leaves, Values};
@@ -154,26 +155,6 @@ fn hold_back<T>(held: &mut VecDeque<T>, run: &mut Vec<T>, value: Option<T>) {
     }
     for v in run.drain(..).rev() {
         held.push_front(v);
-    }
-}
-
-/// A value Rust hands scripts through a receive queue ([`drain_into`]): as flat leaves when it
-/// can be (see `flat`), else as one mlua value. Every `Serialize` type is one; a stream's chunks
-/// are too.
-pub(crate) trait Outgoing {
-    /// Appends the value to `out` and returns true, or leaves `out` as it was and returns false.
-    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool;
-    /// The value as mlua makes it.
-    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value>;
-}
-
-impl<T: Serialize> Outgoing for T {
-    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool {
-        flat::serialize(lua, self, out).is_ok()
-    }
-
-    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
-        lua.to_value(self)
     }
 }
 

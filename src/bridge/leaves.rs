@@ -169,8 +169,35 @@ impl Values {
     pub(crate) fn push_str(&mut self, s: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(s);
+        self.push(OutLeaf::Str(start..self.bytes.len()));
+    }
+
+    /// Appends an integer leaf, as [`push_str`](Self::push_str) a string.
+    pub(crate) fn push_int(&mut self, i: i64) {
+        self.push(OutLeaf::Int(i));
+    }
+
+    /// Appends a boolean leaf, as [`push_str`](Self::push_str) a string.
+    pub(crate) fn push_bool(&mut self, b: bool) {
+        self.push(OutLeaf::Bool(b));
+    }
+
+    /// Appends a leaf.
+    pub(crate) fn push(&mut self, leaf: OutLeaf) {
         self.ops.push(Op::Leaf);
-        self.leaves.push(OutLeaf::Str(start..self.bytes.len()));
+        self.leaves.push(leaf);
+    }
+
+    /// Where the values end now, for [`truncate`](Self::truncate).
+    pub(crate) fn mark(&self) -> (usize, usize, usize) {
+        (self.ops.len(), self.leaves.len(), self.bytes.len())
+    }
+
+    /// Forgets what was appended since `mark` (keys stay: they are only looked up).
+    pub(crate) fn truncate(&mut self, (ops, leaves, bytes): (usize, usize, usize)) {
+        self.ops.truncate(ops);
+        self.leaves.truncate(leaves);
+        self.bytes.truncate(bytes);
     }
 }
 

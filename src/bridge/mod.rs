@@ -17,7 +17,7 @@ use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
 use crossbeam_channel::{Receiver, Sender};
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Value};
+use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 
 pub mod channels;
 mod flat;
@@ -30,14 +30,34 @@ use serde::de::DeserializeOwned;
 
 use crate::runtime::Base;
 use crate::scheduler::{InstanceId, current_instance, host};
+use leaves::Values;
 
-/// Turns a value into a Lua value on the VM's thread (results cross threads as these).
-pub(crate) type Convert = Box<dyn FnOnce(&Lua) -> mlua::Result<Value> + Send>;
+/// A value Rust hands scripts, made into Lua values on the VM's thread: as flat leaves when it
+/// can be (see `flat`; `leaves::write` builds a batch of them in one protected call), else as one
+/// mlua value. Every `Serialize` type is one; a stream's chunks are too. Results of Rust work,
+/// typed channels' values and stream chunks all cross this way.
+pub(crate) trait Outgoing {
+    /// Appends the value to `out` and returns true, or leaves `out` as it was and returns false.
+    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool;
+    /// The value as mlua's `to_value` makes it.
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value>;
+}
 
-/// A finished piece of Rust work: the id of its promise and how it settles.
+impl<T: Serialize> Outgoing for T {
+    fn flatten(&self, lua: &Lua, out: &mut Values) -> bool {
+        flat::serialize(lua, self, out).is_ok()
+    }
+
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
+        lua.to_value(self)
+    }
+}
+
+/// A finished piece of Rust work: the id of its promise and how it settles (the value it resolves
+/// with, or the message it rejects with).
 struct Completion {
     id: u64,
-    outcome: Result<Convert, String>,
+    outcome: Result<Box<dyn Outgoing + Send>, String>,
 }
 
 struct Pending {
@@ -80,8 +100,7 @@ impl PromiseHandle {
     /// Resolves the promise with `value` (converted to Lua through serde).
     pub fn resolve<T: Serialize + Send + 'static>(mut self, value: T) {
         self.settled = true;
-        let convert: Convert = Box::new(move |lua: &Lua| lua.to_value(&value));
-        let _ = self.tx.send(Completion { id: self.id, outcome: Ok(convert) });
+        let _ = self.tx.send(Completion { id: self.id, outcome: Ok(Box::new(value)) });
     }
 
     /// Rejects the promise with `error`'s message.
@@ -110,8 +129,11 @@ impl std::fmt::Debug for PromiseHandle {
 pub(crate) struct BridgeLua {
     /// `pending(id) -> promise`: a promise settled by `settle(id, ...)`.
     pub pending: Function,
-    /// `settle_many(id1, ok1, value1, ...)`: settles several promises, in order.
+    /// `settle_many(q, n)`: settles the promises of the triples `id, ok, value` at `q[1..n]`, in
+    /// order, clearing them.
     pub settle_many: Function,
+    /// The table `drain` hands `settle_many` (kept for reuse).
+    pub queue: Table,
     /// `forget(id)`: drops a promise without settling it (its instance is gone).
     pub forget: Function,
     /// `wrap(raw) -> function`: raises the errors `raw` returns as `false, message`.
@@ -149,6 +171,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     lua.set_app_data(BridgeLua {
         pending: module.get("pending")?,
         settle_many: module.get("settle_many")?,
+        queue: lua.create_table()?,
         forget: module.get("forget")?,
         wrap: module.get("wrap")?,
     });
@@ -218,10 +241,8 @@ where
     let tx = bridge(lua).tx.clone();
     let id = next_id(lua);
     let task = AsyncComputeTaskPool::get().spawn(async move {
-        let outcome = future
-            .await
-            .map(|r| Box::new(move |lua: &Lua| lua.to_value(&r)) as Convert)
-            .map_err(|e| e.to_string());
+        let outcome =
+            future.await.map(|r| Box::new(r) as Box<dyn Outgoing + Send>).map_err(|e| e.to_string());
         let _ = tx.send(Completion { id, outcome });
     });
     pending_promise(lua, id, Some(task))
@@ -250,17 +271,84 @@ pub(crate) fn cancel_instance(lua: &Lua, instance: InstanceId) {
     }
 }
 
-/// Most promises one call into Lua settles (three arguments each: within every flavour's limit on
-/// the values a call takes).
+/// Most promises one call into Lua settles.
 const SETTLE_BATCH: usize = 1000;
 
+/// The results of finished Rust work on their way into `settle_many`'s table: `id, ok, value`
+/// triples, the run of flat ones in `values` (built at `q[n + 1]...` when the run is flushed).
+#[derive(Default)]
+struct Settlements {
+    values: Values,
+    /// Slots of the table filled so far.
+    n: usize,
+    /// Completions in this batch.
+    count: usize,
+}
+
+impl Settlements {
+    /// Adds the settlement of promise `id`: resolved with the value, or rejected with the message
+    /// (also when the value does not convert).
+    fn add(
+        &mut self,
+        lua: &Lua,
+        q: &Table,
+        id: u64,
+        outcome: Result<Box<dyn Outgoing + Send>, String>,
+    ) -> mlua::Result<()> {
+        self.count += 1;
+        let id = id as mlua::Integer;
+        let value = match outcome {
+            Err(message) => {
+                self.values.push_int(id);
+                self.values.push_bool(false);
+                self.values.push_str(message.as_bytes());
+                return Ok(());
+            }
+            Ok(value) => value,
+        };
+        let mark = self.values.mark();
+        self.values.push_int(id);
+        self.values.push_bool(true);
+        if value.flatten(lua, &mut self.values) {
+            return Ok(());
+        }
+        // Not flat: the run so far is built, then this one through mlua.
+        self.values.truncate(mark);
+        self.flush(lua, q)?;
+        let (ok, v) = match value.to_lua(lua) {
+            Ok(v) => (true, v),
+            Err(e) => {
+                (false, Value::String(lua.create_string(format!("could not convert the result: {e}"))?))
+            }
+        };
+        q.raw_set(self.n + 1, id)?;
+        q.raw_set(self.n + 2, ok)?;
+        q.raw_set(self.n + 3, v)?;
+        self.n += 3;
+        Ok(())
+    }
+
+    /// Builds the run of flat values into `q`.
+    fn flush(&mut self, lua: &Lua, q: &Table) -> mlua::Result<()> {
+        if self.values.ops.is_empty() {
+            return Ok(());
+        }
+        let (stored, r) = leaves::write(lua, q, self.n, &self.values);
+        self.n += stored;
+        self.values.clear();
+        r
+    }
+}
+
 /// Settles the promises whose Rust work finished since the last step: runs of completions made by
-/// the same instance settle in one call into Lua.
+/// the same instance settle in one call into Lua, their values built into one table (flat values
+/// by raw C API writes, one protected call per run).
 pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
-    let Some(settle) = lua.app_data_ref::<BridgeLua>().map(|b| b.settle_many.clone()) else {
+    let Some((settle, q)) = lua.app_data_ref::<BridgeLua>().map(|b| (b.settle_many.clone(), b.queue.clone()))
+    else {
         return Ok(());
     };
-    let mut args: Vec<Value> = Vec::new();
+    let mut batch = Settlements::default();
     let mut run_instance = None;
     loop {
         let completion = {
@@ -271,35 +359,33 @@ pub(crate) fn drain(lua: &Lua) -> mlua::Result<()> {
         let Some(pending) = bridge(lua).pending.remove(&id) else {
             continue; // cancelled meanwhile
         };
-        if !args.is_empty() && (pending.instance != run_instance || args.len() >= 3 * SETTLE_BATCH) {
-            settle_run(lua, &settle, run_instance, &mut args)?;
+        if batch.count > 0 && (pending.instance != run_instance || batch.count >= SETTLE_BATCH) {
+            settle_run(lua, &settle, &q, run_instance, &mut batch)?;
         }
         run_instance = pending.instance;
-        let (ok, value) = match outcome.map(|convert| convert(lua)) {
-            Ok(Ok(value)) => (true, value),
-            Ok(Err(e)) => {
-                (false, Value::String(lua.create_string(format!("could not convert the result: {e}"))?))
-            }
-            Err(message) => (false, Value::String(lua.create_string(message)?)),
-        };
-        args.extend([Value::Integer(id as mlua::Integer), Value::Boolean(ok), value]);
+        batch.add(lua, &q, id, outcome)?;
     }
-    if !args.is_empty() {
-        settle_run(lua, &settle, run_instance, &mut args)?;
+    if batch.count > 0 {
+        settle_run(lua, &settle, &q, run_instance, &mut batch)?;
     }
     Ok(())
 }
 
-/// Settles the completions in `args` (triples), all made by `instance`: handlers the settlement
-/// starts become tasks of that instance.
+/// Settles the completions in `batch`, all made by `instance`: handlers the settlement starts
+/// become tasks of that instance.
 fn settle_run(
     lua: &Lua,
     settle: &Function,
+    q: &Table,
     instance: Option<InstanceId>,
-    args: &mut Vec<Value>,
+    batch: &mut Settlements,
 ) -> mlua::Result<()> {
+    let built = batch.flush(lua, q);
+    let n = std::mem::take(&mut batch.n);
+    batch.count = 0;
+    built?;
     let _host = host(lua, instance);
-    settle.call::<()>(MultiValue::from_vec(std::mem::take(args)))
+    settle.call::<()>((q, n))
 }
 
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:

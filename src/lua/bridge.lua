@@ -32,11 +32,13 @@ local function settle(id, ok, value)
   settle_deferred(p, ok, value)
 end
 
---- Settles several promises in order: `settle_many(id1, ok1, value1, id2, ok2, value2, ...)`.
-local function settle_many(...)
-  local args, n = { ... }, select("#", ...)
+--- Settles several promises in order: `settle_many(q, n)` with `id, ok, value` triples at
+--- `q[1..n]`, which it clears (the table is Rust's, reused for the next batch).
+local function settle_many(q, n)
   for i = 1, n, 3 do
-    settle(args[i], args[i + 1], args[i + 2])
+    local id, ok, value = q[i], q[i + 1], q[i + 2]
+    q[i], q[i + 1], q[i + 2] = nil, nil, nil
+    settle(id, ok, value)
   end
 end
 
