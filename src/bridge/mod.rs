@@ -1,14 +1,16 @@
 //! The bridge between Rust and scripts: Rust functions and async functions registered under Lua
 //! names, promises that Rust settles later from any thread, and Bevy messages both ways
-//! ([`messages`]). Every value crosses through serde, by [`from_lua`] and mlua's `to_value`.
+//! ([`messages`]). Values cross through serde: into Rust by [`from_lua`], out to scripts as
+//! [`Outgoing`] values, which a batch builds by raw C API writes when they are flat (numbers,
+//! strings, booleans, plain structs of them; see `flat` and `leaves`) and through mlua's
+//! `to_value` otherwise, giving the same Lua values either way.
 //!
 //! An async function's future runs on Bevy's `AsyncComputeTaskPool`, off the main thread. Its
-//! result travels back on a crossbeam channel as a boxed conversion, and the step drains the
-//! channel at its start (a hook [`install`] registers with the scheduler), on the thread that owns
-//! the VM, settling the promise the script holds. Cancelling that promise, or despawning the
-//! instance that made the call (another hook), drops the future.
-//! Arguments and results convert through mlua's serde support, so a Rust `struct` with
-//! `Serialize`/`Deserialize` is a Lua table.
+//! result travels back on a crossbeam channel, and the step drains the channel at its start (a
+//! hook [`install`] registers with the scheduler), on the thread that owns the VM, settling the
+//! promises the scripts hold: the results of a batch are built into one table and settled by one
+//! call into Lua. Cancelling that promise, or despawning the instance that made the call (another
+//! hook), drops the future. A Rust `struct` with `Serialize`/`Deserialize` is a Lua table.
 
 use std::fmt::Display;
 use std::future::Future;
