@@ -428,13 +428,11 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
             };
             let Wait { key, reg, since } = wait;
             ffi::lua_settop(l, S_DEPTH);
-            ffi::lua_rawgeti(l, A_REGS, key);
-            if ffi::lua_type(l, -1) != ffi::LUA_TNUMBER || ffi::lua_tointeger(l, -1) != reg {
+            if int_at(l, A_REGS, key) != Some(reg) {
                 continue; // cancelled, or woken another way
             }
             let value = (now - since) / 1e9;
-            ffi::lua_settop(l, S_DEPTH);
-            ffi::lua_rawgeti(l, A_THREADS, key);
+            ffi::lua_rawgeti(l, A_THREADS, key); // E_THREAD
             let co = ffi::lua_tothread(l, E_THREAD);
             if co.is_null() || ffi::lua_status(co) != ffi::LUA_YIELD || ffi::lua_checkstack(co, 1) == 0 {
                 if resumed {
@@ -446,34 +444,15 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 ffi::lua_pushnumber(l, value);
                 return 4;
             }
-            // As `resume_task`: the registration is used up, and the task is the current one.
-            ffi::lua_pushnil(l);
-            ffi::lua_rawseti(l, A_REGS, key);
-            ffi::lua_pushinteger(l, key);
-            ffi::lua_rawseti(l, A_SHARED, CURRENT);
-            ffi::lua_pushinteger(l, 0);
-            ffi::lua_rawseti(l, A_SHARED, DEPTH);
-            let serial = bump(l, SERIAL);
-
+            let serial = make_current(l, key, 0);
             ffi::lua_pushnumber(co, value);
             let mut nres: c_int = 0;
-            let status = match watch {
-                Some(watch) => watch.resume(l, co, 1, &mut nres),
-                None => ffi::lua_resume(co, l, 1, &mut nres),
-            };
-
-            let again = outcome(co, status, nres, req) == Outcome::NextFrame && quiet(l, key, limit, watch);
-            if again {
-                ffi::lua_pop(co, 3);
+            let status = resume(l, co, 1, watch, &mut nres);
+            if outcome(co, status, nres, req) == Outcome::NextFrame && quiet(l, key, limit, watch) {
                 // The task that was current comes back when the loop stops (`restore`): until
                 // then no Lua runs but the next task, which is made current first.
                 resumed = true;
-                // The registration is the resume's serial, negated: unique (one per resume, and
-                // `lua/task.lua` hands out positive numbers), with no counter to read back.
-                let reg = -serial;
-                ffi::lua_pushinteger(l, reg);
-                ffi::lua_rawseti(l, A_REGS, key);
-                (*frame_waits).next.push(Wait { key, reg, since: now });
+                wait_next(l, co, key, serial, now, frame_waits);
                 continue;
             }
             // Anything else: hand `ok, first, kind, arg` (as `coroutine.resume` returns them) back.
@@ -525,6 +504,59 @@ unsafe fn set_int(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer, v: ffi:
     unsafe {
         ffi::lua_pushinteger(l, v);
         ffi::lua_rawseti(l, t, i);
+    }
+}
+
+/// As `resume_task`: task `key`'s registration is used up, and it becomes the current task, at
+/// defer depth `depth`; the count of resumes goes up. Returns the new count, the resume's serial.
+unsafe fn make_current(
+    l: *mut ffi::lua_State,
+    key: ffi::lua_Integer,
+    depth: ffi::lua_Integer,
+) -> ffi::lua_Integer {
+    // SAFETY: as the loops, with two free slots.
+    unsafe {
+        ffi::lua_pushnil(l);
+        ffi::lua_rawseti(l, A_REGS, key);
+        set_int(l, A_SHARED, CURRENT, key);
+        set_int(l, A_SHARED, DEPTH, depth);
+        bump(l, SERIAL)
+    }
+}
+
+/// `lua_resume(co, l, nargs, nres)`, through the budget's watch when there is one.
+unsafe fn resume(
+    l: *mut ffi::lua_State,
+    co: *mut ffi::lua_State,
+    nargs: c_int,
+    watch: Option<&Watch>,
+    nres: &mut c_int,
+) -> c_int {
+    // SAFETY: the caller's, as `lua_resume`'s.
+    unsafe {
+        match watch {
+            Some(watch) => watch.resume(l, co, nargs, nres),
+            None => ffi::lua_resume(co, l, nargs, nres),
+        }
+    }
+}
+
+/// After resume number `serial` of task `key` asked for the next frame (its three results still
+/// on `co`): queues it there. Its registration is the serial, negated: unique (one per resume,
+/// and `lua/task.lua` hands out positive numbers), with no counter to read back.
+unsafe fn wait_next(
+    l: *mut ffi::lua_State,
+    co: *mut ffi::lua_State,
+    key: ffi::lua_Integer,
+    serial: ffi::lua_Integer,
+    now: ffi::lua_Number,
+    frame_waits: *mut FrameWaits,
+) {
+    // SAFETY: as the loops: `frame_waits` is not borrowed elsewhere while no Lua runs.
+    unsafe {
+        ffi::lua_pop(co, 3);
+        set_int(l, A_REGS, key, -serial);
+        (*frame_waits).next.push(Wait { key, reg: -serial, since: now });
     }
 }
 
@@ -645,29 +677,21 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
                 }
                 return entry(l, 1);
             }
-            ffi::lua_pushnil(l);
-            ffi::lua_rawseti(l, A_REGS, key);
-            set_int(l, A_SHARED, CURRENT, key);
-            set_int(l, A_SHARED, DEPTH, depth);
-            let serial = bump(l, SERIAL);
+            let serial = make_current(l, key, depth);
             if nargs == 1 {
                 ffi::lua_pushvalue(l, R_VALUE);
                 ffi::lua_xmove(l, co, 1);
             }
             let mut nres: c_int = 0;
-            let status = match watch {
-                Some(watch) => watch.resume(l, co, nargs, &mut nres),
-                None => ffi::lua_resume(co, l, nargs, &mut nres),
-            };
+            let status = resume(l, co, nargs, watch, &mut nres);
             match outcome(co, status, nres, req) {
                 Outcome::NextFrame if quiet(l, key, limit, watch) => {
-                    ffi::lua_pop(co, 3);
                     resumed = true;
-                    set_int(l, A_REGS, key, -serial);
-                    (*frame_waits).next.push(Wait { key, reg: -serial, since: now });
+                    wait_next(l, co, key, serial, now, frame_waits);
                 }
                 Outcome::Park if quiet(l, key, limit, watch) => {
-                    // As `finish_resume`: the slot learns who waits on it, and `parked` keeps it.
+                    // As `finish_resume`: the slot learns who waits on it, and `parked` keeps it
+                    // (registered as `wait_next` registers).
                     resumed = true;
                     let reg = -serial;
                     set_int(l, A_REGS, key, reg);

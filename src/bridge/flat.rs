@@ -525,8 +525,7 @@ impl LeafWriter<'_> {
             Value::Number(n) => OutLeaf::Num(n),
             _ => return Err(Unsupported),
         };
-        self.out.ops.push(Op::Leaf);
-        self.out.leaves.push(leaf);
+        self.out.push(leaf);
         Ok(())
     }
 
