@@ -36,8 +36,8 @@ use std::time::Instant;
 use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
 use common::{
-    RawCoroutines, median, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script, update,
-    wait_every_frame_source,
+    RawCoroutines, median, plugin, resumed, round_trip_source, runtime, rust_async_source, script_errors,
+    spawn_script, update, wait_every_frame_source, wait_for_futures,
 };
 
 /// Calls of the `settle` variant's async function, and its futures that finished.
@@ -46,11 +46,7 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 
 /// Waits until every future the `settle` variant started has finished and sent its result.
 fn wait_for_calls() {
-    while DONE.load(Ordering::Acquire) < CALLS.load(Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    // The future still sends its completion after counting itself.
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    wait_for_futures(&DONE, CALLS.load(Ordering::Relaxed), std::time::Duration::from_millis(5));
 }
 
 /// One round of a variant: what it runs per measured call, and how many operations that is.
@@ -109,11 +105,7 @@ fn source(name: &str, n: usize) -> String {
                end
              end)"
         ),
-        "settle" => {
-            format!(
-                "for i = 1, {n} do task.spawn(function() while true do await(rustOne()) task.wait() end end) end"
-            )
-        }
+        "settle" => rust_async_source(n),
         "stream" => "while true do
                local n = 0
                for _ in chunks():iter() do n = n + 1 end

@@ -25,8 +25,9 @@ use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
 use common::{
     Part, Plan, RawCoroutines, criterion_group_config, empty_app, fmt_time, interleave, median, median_by,
-    median_by3, new_app_with, plugin, resumed, round_trip_source, runtime, script_errors, spawn_script,
-    spread, unbudgeted, update, update_counting, verdict, wait_every_frame_source,
+    median_by3, new_app_with, plugin, resumed, round_trip_source, runtime, rust_async_source, script_errors,
+    spawn_script, spread, unbudgeted, update, update_counting, verdict, wait_every_frame_source,
+    wait_for_futures,
 };
 use criterion::{Criterion, Throughput};
 
@@ -38,8 +39,6 @@ use criterion::{Criterion, Throughput};
 const N: usize = 10_000;
 /// Awaits per loop iteration in the amplified reference variant of section 1.
 const AWAITS_PER_ITERATION: usize = 10;
-/// How long section 3 waits for the pool to finish every future before giving up.
-const FUTURES_TIMEOUT: Duration = Duration::from_secs(30);
 /// Slack after the last future counted itself: it still has to send its completion on the
 /// bridge's channel (a few instructions after the increment); the settle frame is checked anyway.
 const SEND_GRACE: Duration = Duration::from_millis(2);
@@ -308,27 +307,6 @@ fn bench_lua_round_trip(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // 3. Tasks awaiting a Rust async function, all settled in one frame
 // ---------------------------------------------------------------------------------------------
 
-/// `n` tasks (of one script) that each call `rustOne()`, await its promise, then wait a frame.
-fn rust_async_source(n: usize) -> String {
-    format!("for i = 1, {n} do task.spawn(function() while true do await(rustOne()) task.wait() end end) end")
-}
-
-/// Waits (sleeping, outside any timed region) until `target` futures have finished.
-fn wait_for_futures(target: usize) -> Duration {
-    let start = Instant::now();
-    while FUTURES_DONE.load(Ordering::Acquire) < target {
-        assert!(
-            start.elapsed() < FUTURES_TIMEOUT,
-            "only {} of {target} futures finished within {FUTURES_TIMEOUT:?}",
-            FUTURES_DONE.load(Ordering::Acquire)
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let waited = start.elapsed();
-    std::thread::sleep(SEND_GRACE);
-    waited
-}
-
 /// The app of section 3: the async function and the script entity.
 struct SettleApp {
     app: App,
@@ -369,7 +347,7 @@ impl SettleApp {
         let target = FUTURES_DONE.load(Ordering::Acquire) + N;
         self.app.update();
         assert_eq!(runtime(&self.app).live_tasks(), N, "every task should await its call");
-        wait_for_futures(target);
+        wait_for_futures(&FUTURES_DONE, target, SEND_GRACE);
     }
 
     /// With every task awaiting a finished future: times the frame that settles them all; then
@@ -393,7 +371,7 @@ impl SettleApp {
             let calls_resumed = update_counting(&mut self.app);
             let calls = start.elapsed();
             assert_eq!(calls_resumed, N as u64, "every task should call again");
-            let waited = wait_for_futures(target);
+            let waited = wait_for_futures(&FUTURES_DONE, target, SEND_GRACE);
             return (settle, calls, waited);
         }
     }

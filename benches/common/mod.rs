@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
@@ -42,6 +43,33 @@ pub const ONE_SCRIPT: &str = r#"
 /// `n` tasks that each `task.wait()` every frame: the ordinary resume path.
 pub fn wait_every_frame_source(n: usize) -> String {
     format!("for i = 1, {n} do task.spawn(function() while true do task.wait() end end) end")
+}
+
+/// `n` tasks (of one script) that each call `rustOne()` (a Rust async function the bench
+/// registers), await its promise, then wait a frame.
+pub fn rust_async_source(n: usize) -> String {
+    format!("for i = 1, {n} do task.spawn(function() while true do await(rustOne()) task.wait() end end) end")
+}
+
+/// How long [`wait_for_futures`] waits before it gives up.
+const FUTURES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits (sleeping, outside any timed region) until `done`, the count of futures that finished
+/// (each counts itself as it completes), reaches `target`, then `grace` more: a future still sends
+/// its result after counting itself. Returns the wait before the grace.
+pub fn wait_for_futures(done: &AtomicUsize, target: usize, grace: Duration) -> Duration {
+    let start = Instant::now();
+    while done.load(Ordering::Acquire) < target {
+        assert!(
+            start.elapsed() < FUTURES_TIMEOUT,
+            "only {} of {target} futures finished within {FUTURES_TIMEOUT:?}",
+            done.load(Ordering::Acquire)
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let waited = start.elapsed();
+    std::thread::sleep(grace);
+    waited
 }
 
 /// The Lua-only resolve -> resume round trip: `n` consumer tasks, each awaiting its own promise of
