@@ -222,6 +222,38 @@ fn argument_errors_read_like_lua() {
 }
 
 #[test]
+fn path_errors_name_the_line_that_called() {
+    // Each way `get` and `set` can raise (a path that does not compile, a value that does not
+    // read, a value that does not fit, a cached typed path handed back by the fast path) blames
+    // the script's line, not a frame inside the crate. (No call is a tail call: one would leave
+    // no script frame to blame in the flavours where `get` is a Lua function.)
+    let mut app = app();
+    let src = r#"
+        print(select(2, pcall(function() local v = entity:get("Transform.tranlation"); return v end)))
+        print(select(2, pcall(function() local v = entity:get("Brain.mode.Chase"); return v end)))
+        print(select(2, pcall(function() entity:set("Transform.translation.x", "up") end)))
+        print(select(2, pcall(function() entity:set("Transform.translation", "up") end)))
+        print(select(2, pcall(function() local v = entity:get({}); return v end)))
+        print(select(2, pcall(function() local v = world.getResource("Nope"); return v end)))
+    "#;
+    spawn_with(&mut app, src, (Transform::default(), Brain::default()));
+    run(&mut app, 2);
+    let out = printed(&app);
+    let want = [
+        ("scripts/test.lua:2:", "no field 'tranlation')"),
+        ("scripts/test.lua:3:", "the variant is 'Idle', not 'Chase'"),
+        ("scripts/test.lua:4:", "Transform.translation.x: number expected, got string"),
+        ("scripts/test.lua:5:", "Transform.translation: table expected, got string"),
+        ("scripts/test.lua:6:", "bad argument #1 to 'get' (string expected, got table)"),
+        ("scripts/test.lua:7:", "'Nope'"),
+    ];
+    assert_eq!(out.len(), want.len(), "{out:#?}");
+    for (line, (at, what)) in out.iter().zip(want) {
+        assert!(line.starts_with(at) && line.contains(what), "{line:?} should be {at} ... {what}");
+    }
+}
+
+#[test]
 fn other_shapes_round_trip() {
     let mut app = app();
     let src = r#"

@@ -13,11 +13,12 @@ local type, error, setmetatable, getmetatable, tostring =
 local compile, raw_get, raw_set, check_self = raw.compile, raw.get, raw.set, raw.check_self
 local raw_get_transform, raw_set_transform, next = raw.get_transform, raw.set_transform, next
 local raw_get_resource, raw_set_resource = raw.get_resource, raw.set_resource
--- Lua 5.4: C fast paths for the typed `Transform` paths (`src/world/fast.rs`; nil in the other
--- flavours): `fast_get(self, path)` returns the value and `true`, `fast_set(self, path, v)`
--- returns `true`, or either returns nothing and the general way below runs. `typed[path]` is the
--- fast path's number, for compiled paths that have one.
-local fast_get, fast_set, typed = raw.fast_get, raw.fast_set, raw.typed
+-- Lua 5.4: `entity:get` / `entity:set` are C functions (`src/world/fast.rs`) that do the typed
+-- `Transform` paths themselves and call the `get` and `set` below for everything else, so these
+-- raise one level further from the script (`VIA_C`). `typed[path]` is the C functions' number for
+-- compiled paths that have one. In the other flavours `get` and `set` are the methods.
+local typed = raw.typed
+local VIA_C = raw.via_c and 1 or 0
 local Vec2, Vec3, Vec4, Quat = vectors.Vec2.class, vectors.Vec3.class, vectors.Vec4.class, vectors.Quat.class
 local M2, M3, M4, MQ = vectors.Vec2.mt, vectors.Vec3.mt, vectors.Vec4.mt, vectors.Quat.mt
 local KEY = vectors.key -- `v[KEY]` is a vector's class (see lua/vector.lua)
@@ -29,15 +30,17 @@ local WHOLE = 1 -- `typed[path]` of a whole `Transform` (see `set_transform`)
 --- The number of `path` (compiled on first use), or raises `bad argument #1 to 'fname'` (or
 --- the error for a bad `self`, checked first as Lua checks arguments in order).
 local function path_id(path, fname, method, self)
+  local level = 3
   if method then
+    level = 3 + VIA_C
     local message = check_self(self, fname)
-    if message then error(message, 3) end
+    if message then error(message, level) end
   end
   if type(path) ~= "string" then
-    error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(path) .. ")", 3)
+    error("bad argument #1 to '" .. fname .. "' (string expected, got " .. type(path) .. ")", level)
   end
   local id, code = compile(path, fname)
-  if not id then error(code, 3) end
+  if not id then error(code, level) end
   if id < max_cached then
     ids[path] = id
     if code then typed[path] = code end
@@ -54,29 +57,25 @@ local function transform(a, b, c, d, e, f, g, h, i, j)
   }
 end
 
---- Turns a raw result into the value a script sees (`level` is where an error is blamed);
---- `self` is the entity a whole `Transform` (tag 7) is read from.
-local function value(tag, a, b, c, d, self)
+--- Turns a raw result into the value a script sees (`level`: where an error is blamed, counted
+--- from the caller of `value`); `self` is the entity a whole `Transform` (tag 7) is read from.
+local function value(level, tag, a, b, c, d, self)
   if tag == 1 then return a end
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 5 then return setmetatable({ x = a, y = b, z = c, w = d }, MQ) end
   if tag == 2 then return setmetatable({ x = a, y = b }, M2) end
   if tag == 4 then return setmetatable({ x = a, y = b, z = c, w = d }, M4) end
   if tag == 7 then return transform(raw_get_transform(self)) end
-  error(a, 3)
+  error(a, level + 1)
 end
 
 -- `get` and `set` are the hot paths: one Lua function each, the common cases inline (every Lua
 -- call and C call costs several times more under the instruction budget's count hook).
 local function get(self, path)
-  if fast_get then
-    local fast, ok = fast_get(self, path)
-    if ok then return fast end
-  end
   local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end
   if tag == 1 then return a end
-  local v = value(tag, a, b, c, d, self)
+  local v = value(2 + VIA_C, tag, a, b, c, d, self)
   return v
 end
 
@@ -127,7 +126,6 @@ local function set_transform(self, id, t)
 end
 
 local function set(self, path, v)
-  if fast_set and fast_set(self, path, v) then return end
   local id = ids[path] or path_id(path, "set", true, self)
   local message
   if type(v) == "table" and v[KEY] == Vec3 then
@@ -141,11 +139,11 @@ local function set(self, path, v)
   else
     message = put(raw_set, self, id, v)
   end
-  if message ~= nil then error(message, 2) end
+  if message ~= nil then error(message, 2 + VIA_C) end
 end
 
 local function get_resource(path)
-  local v = value(raw_get_resource(ids[path] or path_id(path, "getResource")))
+  local v = value(2, raw_get_resource(ids[path] or path_id(path, "getResource")))
   return v
 end
 

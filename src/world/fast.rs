@@ -1,9 +1,10 @@
 //! The entity methods scripts call most, over Lua's C API: the `__index` of entity values (a
 //! method lookup is one raw table read, not a walk through mlua's dispatcher of fields), and on
-//! Lua 5.4 `entity:get` / `entity:set` of the typed `Transform` paths ([`Typed`]) once
-//! `lua/world.lua` has compiled them. A call `get` and `set` do not cover returns nothing, and
-//! `lua/world.lua` takes its general path, so every error and every other case reads exactly as
-//! it does without them.
+//! Lua 5.4 the methods `entity:get` / `entity:set` themselves, which do the typed `Transform`
+//! paths ([`Typed`]) once `lua/world.lua` has compiled them and hand every other call, with its
+//! arguments untouched, to `lua/world.lua`'s general `get` and `set`, so every error and every
+//! other case reads exactly as it does without them (those raise one level further up, past
+//! the C frame).
 //!
 //! Invariants:
 //! - The functions here are only ever called by Lua, on the thread that runs the VM. Their
@@ -16,8 +17,9 @@
 //! - The world is reached only through [`WorldSlot::with`], which does nothing outside the step
 //!   and while another world function holds the world (the general path then raises the error).
 //! - A raise `longjmp`s (Lua 5.4) or unwinds through these frames. The only calls that can raise
-//!   are the ones that make the result vector (out of memory) and `__index`'s call of the `id`
-//!   getter; both come after every Rust value with a destructor is gone.
+//!   are the ones that make the result vector (out of memory), `__index`'s call of the `id`
+//!   getter and the call of the general `get` or `set`; all come after every Rust value with a
+//!   destructor is gone.
 //! - A C function has `LUA_MINSTACK` (20) free slots; none here pushes more than 6.
 #![allow(unsafe_code)]
 
@@ -74,20 +76,25 @@ mod paths {
     const U_KEYS: c_int = 4;
     /// `translation`, `rotation`, `scale`: upvalues 8 to 10.
     const U_PARTS: c_int = 8;
-    const U_SLOT: c_int = 11;
+    /// The general `get` or `set` of `lua/world.lua`.
+    const U_GENERAL: c_int = 11;
+    const U_SLOT: c_int = 12;
 
-    /// `fast_get(self, path) -> value, true` and `fast_set(self, path, value) -> true`, or nothing
-    /// when the call is not theirs to make. `typed` is described in the module docs; `vec3` and
-    /// `quat` are the metatables of `Vec3` and `Quat` values.
+    /// The methods `get(self, path) -> value` and `set(self, path, value)`: the typed paths here,
+    /// any other call by `general_get` / `general_set`. `typed` is described in the module docs;
+    /// `vec3` and `quat` are the metatables of `Vec3` and `Quat` values.
     pub(crate) fn functions(
         lua: &Lua,
         typed: &Table,
         vec3: &Table,
         quat: &Table,
+        general_get: &Function,
+        general_set: &Function,
     ) -> mlua::Result<(Function, Function)> {
         let slot = access::slot_ptr(lua) as *mut c_void;
-        let make = |f: ffi::lua_CFunction| {
-            let upvalues = (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale");
+        let make = |f: ffi::lua_CFunction, general: &Function| {
+            let upvalues =
+                (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale", general);
             // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
             // slot lives as long as the VM.
             unsafe {
@@ -97,7 +104,21 @@ mod paths {
                 })
             }
         };
-        Ok((make(get)?, make(set)?))
+        Ok((make(get, general_get)?, make(set, general_set)?))
+    }
+
+    /// Calls the general function (upvalue `U_GENERAL`) with the call's `n` arguments and returns
+    /// what it returns.
+    unsafe fn general(l: *mut ffi::lua_State, n: c_int) -> c_int {
+        // SAFETY: called by `get` or `set` with their arguments at 1..=n and nothing above them
+        // that matters; may raise (the general function's errors).
+        unsafe {
+            ffi::lua_settop(l, n);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_GENERAL));
+            ffi::lua_rotate(l, 1, 1);
+            ffi::lua_call(l, n, ffi::LUA_MULTRET);
+            ffi::lua_gettop(l)
+        }
     }
 
     /// The number at the top of the stack (popped), if it is one.
@@ -203,13 +224,14 @@ mod paths {
     unsafe extern "C-unwind" fn get(l: *mut ffi::lua_State) -> c_int {
         // SAFETY: see the module's invariants.
         unsafe {
-            if ffi::lua_gettop(l) < 2 {
-                return 0;
+            let n = ffi::lua_gettop(l);
+            if n < 2 {
+                return general(l, n);
             }
-            let Some((slot, entity, typed)) = target(l) else { return 0 };
+            let Some((slot, entity, typed)) = target(l) else { return general(l, n) };
             let read = match slot.with(|world| typed.read(world, entity)) {
                 Ok(Some(read)) => read,
-                _ => return 0,
+                _ => return general(l, n),
             };
             match read {
                 Read::Number(n) => ffi::lua_pushnumber(l, n),
@@ -225,42 +247,41 @@ mod paths {
                         from += kind.len();
                     }
                 }
-                _ => return 0,
+                _ => return general(l, n),
             }
-            ffi::lua_pushboolean(l, 1);
-            2
+            1
         }
     }
 
     unsafe extern "C-unwind" fn set(l: *mut ffi::lua_State) -> c_int {
         // SAFETY: see the module's invariants.
         unsafe {
-            if ffi::lua_gettop(l) < 3 {
-                return 0;
+            let n = ffi::lua_gettop(l);
+            if n < 3 {
+                return general(l, n);
             }
-            let Some((slot, entity, typed)) = target(l) else { return 0 };
+            let Some((slot, entity, typed)) = target(l) else { return general(l, n) };
             let written = match typed {
                 Typed::Number(..) => {
                     if ffi::lua_type(l, 3) != ffi::LUA_TNUMBER {
-                        return 0;
+                        return general(l, n);
                     }
                     let numbers = [ffi::lua_tonumber(l, 3), 0.0, 0.0, 0.0];
                     slot.with(|world| typed.write(world, entity, numbers))
                 }
                 Typed::Vector(part) => {
-                    let Some(numbers) = read_vector(l, 3, part.kind()) else { return 0 };
+                    let Some(numbers) = read_vector(l, 3, part.kind()) else { return general(l, n) };
                     slot.with(|world| typed.write(world, entity, numbers))
                 }
                 Typed::Transform => {
-                    let Some(parts) = read_transform(l, 3) else { return 0 };
+                    let Some(parts) = read_transform(l, 3) else { return general(l, n) };
                     slot.with(|world| Typed::write_transform(world, entity, parts))
                 }
             };
             if !matches!(written, Ok(true)) {
-                return 0;
+                return general(l, n);
             }
-            ffi::lua_pushboolean(l, 1);
-            1
+            0
         }
     }
 }

@@ -46,13 +46,8 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     // write them (see `fast`).
     let typed = lua.create_table()?;
     #[cfg(feature = "lua54")]
-    {
-        let mt = |class: &str| vector_modules.raw_get::<Table>(class)?.raw_get::<Table>("mt");
-        let (fast_get, fast_set) = fast::functions(lua, &typed, &mt("Vec3")?, &mt("Quat")?)?;
-        raw.raw_set("fast_get", fast_get)?;
-        raw.raw_set("fast_set", fast_set)?;
-    }
-    raw.raw_set("typed", typed)?;
+    raw.raw_set("via_c", true)?;
+    raw.raw_set("typed", &typed)?;
     raw.raw_set("compile", lua.create_function(compile_path)?)?;
     raw.raw_set(
         "get",
@@ -88,10 +83,18 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let paths: Table = lua
         .load(include_str!("../lua/world.lua"))
         .set_name("=bevy_lua_coroutines/world.lua")
-        .call((raw, vector_modules))?;
+        .call((raw, &vector_modules))?;
+    let (get, set) = (paths.raw_get::<Function>("get")?, paths.raw_get::<Function>("set")?);
+    #[cfg(feature = "lua54")]
+    let (get, set) = {
+        let mt = |class: &str| vector_modules.raw_get::<Table>(class)?.raw_get::<Table>("mt");
+        fast::functions(lua, &typed, &mt("Vec3")?, &mt("Quat")?, &get, &set)?
+    };
+    #[cfg(not(feature = "lua54"))]
+    let _ = typed;
     let methods = lua.create_table()?;
-    methods.raw_set("get", paths.raw_get::<Function>("get")?)?;
-    methods.raw_set("set", paths.raw_get::<Function>("set")?)?;
+    methods.raw_set("get", get)?;
+    methods.raw_set("set", set)?;
     methods.raw_set("parent", paths.raw_get::<Function>("parent")?)?;
     methods.raw_set("children", paths.raw_get::<Function>("children")?)?;
     methods.raw_set("has", script_function(lua, has)?)?;
