@@ -222,6 +222,28 @@ fn argument_errors_read_like_lua() {
 }
 
 #[test]
+fn typed_paths_used_in_turn_each_read_and_write_their_own_field() {
+    // After the first round every path here is compiled, so `get` and `set` take the typed C
+    // path, whose one-entry cache of the last path must follow each change of path.
+    let mut app = app();
+    let src = r#"
+        for i = 1, 3 do
+            entity:set("Transform.translation.x", i)
+            entity:set("Transform.translation.y", 10 * i)
+            entity:set("Transform.translation.y", 20 * i)
+            entity:set("Transform.scale.z", 100 * i)
+            print(entity:get("Transform.translation.x"), entity:get("Transform.translation.y"),
+                entity:get("Transform.translation.y"), entity:get("Transform.scale.z"),
+                entity:get("Transform.scale.z"), entity:get("Transform.translation.x"))
+        end
+    "#;
+    let e = run_clean(&mut app, src, Transform::default());
+    assert_eq!(printed(&app), ["1\t20\t20\t100\t100\t1", "2\t40\t40\t200\t200\t2", "3\t60\t60\t300\t300\t3"]);
+    let t = app.world().get::<Transform>(e).unwrap();
+    assert_eq!((t.translation, t.scale), (Vec3::new(3.0, 60.0, 0.0), Vec3::new(1.0, 1.0, 300.0)));
+}
+
+#[test]
 fn path_errors_name_the_line_that_called() {
     // Each way `get` and `set` can raise (a path that does not compile, a value that does not
     // read, a value that does not fit, a cached typed path handed back by the fast path) blames

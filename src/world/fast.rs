@@ -9,7 +9,8 @@
 //! Invariants:
 //! - The functions here are only ever called by Lua, on the thread that runs the VM. Their
 //!   upvalues are fixed when they are made ([`functions`], [`entity_index`]): the tables named
-//!   below, and the address of the VM's world slot, which lives as long as the VM.
+//!   below, and the address of the VM's world slot, which lives as long as the VM; except the
+//!   one-entry cache of `get` and `set`, which only ever holds a path `typed` maps and its code.
 //! - An entity value is recognised by its first user value, its `Entity::to_bits` as an integer
 //!   (set when it is made, see `components::entity_value`; no other value of the VM has an
 //!   integer there); a path by `typed` (path string → [`Typed::code`]), which the Lua side fills
@@ -79,6 +80,10 @@ mod paths {
     /// The general `get` or `set` of `lua/world.lua`.
     const U_GENERAL: c_int = 11;
     const U_SLOT: c_int = 12;
+    /// The path string this function's last typed call named, and its code (a one-entry cache
+    /// in front of `typed`: a script calls `get` or `set` in a loop with the same path).
+    const U_LAST_PATH: c_int = 13;
+    const U_LAST_CODE: c_int = 14;
 
     /// The methods `get(self, path) -> value` and `set(self, path, value)`: the typed paths here,
     /// any other call by `general_get` / `general_set`. `typed` is described in the module docs;
@@ -100,7 +105,9 @@ mod paths {
             unsafe {
                 lua.exec_raw::<Function>(upvalues, |l| {
                     ffi::lua_pushlightuserdata(l, slot);
-                    ffi::lua_pushcclosure(l, f, U_SLOT);
+                    ffi::lua_pushnil(l);
+                    ffi::lua_pushinteger(l, 0);
+                    ffi::lua_pushcclosure(l, f, U_LAST_CODE);
                 })
             }
         };
@@ -145,9 +152,19 @@ mod paths {
             if integer == 0 {
                 return None;
             }
-            ffi::lua_pushvalue(l, 2);
-            ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
-            let typed = Typed::from_code(pop_number(l)? as i64)?;
+            let code = if ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(U_LAST_PATH)) != 0 {
+                ffi::lua_tointegerx(l, ffi::lua_upvalueindex(U_LAST_CODE), std::ptr::null_mut())
+            } else {
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
+                let code = pop_number(l)? as i64;
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_replace(l, ffi::lua_upvalueindex(U_LAST_PATH));
+                ffi::lua_pushinteger(l, code);
+                ffi::lua_replace(l, ffi::lua_upvalueindex(U_LAST_CODE));
+                code
+            };
+            let typed = Typed::from_code(code)?;
             let slot =
                 (ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_SLOT)) as *const WorldSlot).as_ref()?;
             Some((slot, Entity::try_from_bits(bits as u64)?, typed))
