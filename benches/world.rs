@@ -195,8 +195,9 @@ fn main() {
     let plan = Plan::from_args();
     let mut c = Criterion::default().without_plots().configure_from_args();
 
-    // Resident memory first, while the process holds nothing else: movers without scripts, then
-    // the same with the move script, per entity.
+    // Resident memory first, while the process holds nothing else: what an app of movers without
+    // scripts adds, then what a second app of the same movers, each running the move script, adds
+    // (its entities included), per entity.
     let base = rss();
     let plain = checked(rust_app(), "rust (memory)", true);
     let with_entities = rss();
@@ -280,8 +281,8 @@ fn main() {
     println!("  vec_math (10,000 Vec3 ops a frame): {}", shown(memory_over_frames(&mut vec_math)));
     println!("  move_vec (10,000 scripted movers):  {}", shown(memory_over_frames(&mut move_vec)));
     println!(
-        "Resident memory per entity: {:.2} KB for a mover without a script, {:.2} KB more with the \
-         move_vec script (target ≤ 3 KB)",
+        "Resident memory per entity: {:.2} KB for a mover without a script, {:.2} KB for a mover \
+         running the move_vec script, its entity included (target ≤ 3 KB)",
         entities_rss / 1024.0,
         per_entity_rss / 1024.0
     );

@@ -649,8 +649,6 @@ function step.run()
   T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
 end
 
-local function pack(...) return { n = select("#", ...), ... } end
-
 --- Stores the arguments a task gets when it next resumes.
 local function store_args(key, ...)
   local n = select("#", ...)
@@ -704,17 +702,20 @@ end
 --- it gets a budget of its own (script code it runs, a `__close` or a `__tostring`, cannot loop
 --- for ever); inside a task it is charged to that task. Returns what `pcall` returns (just
 --- `true` when the budget ran out: that is reported).
-local function guard(owner, f, ...)
-  if T[CURRENT] ~= 0 then return protected(f, ...) end
-  T[CURRENT], T[SERIAL] = -1, T[SERIAL] + 1
-  local r = pack(protected(f, ...))
+local function guarded(owner, ...)
   if S.spent then
     -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
     rust_spent(-1, owner, nil)
-    r = { n = 1, true }
+    T[CURRENT] = 0
+    return true
   end
   T[CURRENT] = 0
-  return unpack(r, 1, r.n)
+  return ...
+end
+local function guard(owner, f, ...)
+  if T[CURRENT] ~= 0 then return protected(f, ...) end
+  T[CURRENT], T[SERIAL] = -1, T[SERIAL] + 1
+  return guarded(owner, protected(f, ...))
 end
 step.guard = guard
 
