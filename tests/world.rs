@@ -244,6 +244,29 @@ fn typed_paths_used_in_turn_each_read_and_write_their_own_field() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "Lua 5.4: the C methods hand this call to the Lua one")]
+fn a_value_whose_index_waits_can_be_set() {
+    // `set` looks the value up for its vector class; a script table's `__index` may wait there,
+    // as anywhere a metamethod runs in Lua 5.4, also when the C method hands the call on.
+    let mut app = app();
+    let src = r#"
+        local waits = 0
+        local v = setmetatable({ x = 1, y = 2, z = 3 }, {
+            __index = function()
+                if waits == 0 then waits = 1; task.wait() end -- (Rust's own reads must not wait)
+                return nil
+            end,
+        })
+        entity:set("Transform.translation", v)
+        print(waits > 0, entity:get("Transform.translation.y"))
+    "#;
+    spawn_with(&mut app, src, Transform::default());
+    run(&mut app, 10);
+    assert_no_errors(&app);
+    assert_eq!(printed(&app), ["true\t2"]);
+}
+
+#[test]
 fn path_errors_name_the_line_that_called() {
     // Each way `get` and `set` can raise (a path that does not compile, a value that does not
     // read, a value that does not fit, a cached typed path handed back by the fast path) blames

@@ -224,8 +224,8 @@ local env_mt = { __index = store, __metatable = false }
 --- A fresh environment: its own globals over the shared store. An instance's (`entity` given)
 --- has `entity` and `state` (`state` kept from before a reload, or new); a module's has neither.
 local function new_env(entity, state)
-  -- Made with room for the four fields it may get, so filling them does not grow it three times
-  -- (a field left nil is absent, as if never made).
+  -- Made with room for the four fields an instance's environment gets, so filling them does not
+  -- grow it three times (a field left nil is absent to scripts, as if never made).
   local env = setmetatable({ _G = false, state = false, entity = false, load = false }, env_mt)
   env._G = env
   if entity ~= nil then

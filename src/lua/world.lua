@@ -69,8 +69,8 @@ local function value(level, tag, a, b, c, d, self)
   error(a, level + 1)
 end
 
--- `get` and `set` are the hot paths: one Lua function each, the common cases inline (every Lua
--- call and C call costs several times more under the instruction budget's count hook).
+-- `get` and `set`: the methods in LuaJIT and Luau, where they are the hot paths (one Lua function
+-- each, the common cases inline); on Lua 5.4 what the C methods hand every other call to.
 local function get(self, path)
   local tag, a, b, c, d = raw_get(self, ids[path] or path_id(path, "get", true, self))
   if tag == 3 then return setmetatable({ x = a, y = b, z = c }, M3) end

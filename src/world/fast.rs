@@ -105,7 +105,8 @@ mod paths {
             unsafe {
                 lua.exec_raw::<Function>(upvalues, |l| {
                     ffi::lua_pushlightuserdata(l, slot);
-                    ffi::lua_pushnil(l);
+                    // An empty cache holds a table no script can reach: it equals no path.
+                    ffi::lua_newtable(l);
                     ffi::lua_pushinteger(l, 0);
                     ffi::lua_pushcclosure(l, f, U_LAST_CODE);
                 })
@@ -115,17 +116,25 @@ mod paths {
     }
 
     /// Calls the general function (upvalue `U_GENERAL`) with the call's `n` arguments and returns
-    /// what it returns.
+    /// what it returns. The call may yield (a script table's `__index` that waits, read while
+    /// checking a value), as it could when the general function was the method itself.
     unsafe fn general(l: *mut ffi::lua_State, n: c_int) -> c_int {
         // SAFETY: called by `get` or `set` with their arguments at 1..=n and nothing above them
-        // that matters; may raise (the general function's errors).
+        // that matters, holding nothing that needs dropping; may raise (the general function's
+        // errors) or yield (then `returned` finishes the call when the thread is resumed).
         unsafe {
             ffi::lua_settop(l, n);
             ffi::lua_pushvalue(l, ffi::lua_upvalueindex(U_GENERAL));
             ffi::lua_rotate(l, 1, 1);
-            ffi::lua_call(l, n, ffi::LUA_MULTRET);
+            ffi::lua_callk(l, n, ffi::LUA_MULTRET, 0, Some(returned));
             ffi::lua_gettop(l)
         }
+    }
+
+    /// The continuation of `general`'s call: its results are the call's.
+    unsafe extern "C-unwind" fn returned(l: *mut ffi::lua_State, _: c_int, _: ffi::lua_KContext) -> c_int {
+        // SAFETY: called by Lua with the results of the general function on the stack.
+        unsafe { ffi::lua_gettop(l) }
     }
 
     /// The number at the top of the stack (popped), if it is one.

@@ -42,8 +42,9 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     access::install(lua);
     let (classes, vector_modules) = vector::install(lua, bad)?;
     let raw = lua.create_table()?;
-    // The typed paths `lua/world.lua` has compiled, and (Lua 5.4) the C functions that read and
-    // write them (see `fast`).
+    // The typed paths `lua/world.lua` has compiled, which (Lua 5.4) the C methods made below
+    // read and write themselves (see `fast`); `via_c` tells `lua/world.lua` they call its `get`
+    // and `set`.
     let typed = lua.create_table()?;
     #[cfg(feature = "lua54")]
     raw.raw_set("via_c", true)?;
