@@ -511,8 +511,10 @@ function methods.send(self, v)
   if st ~= nil then
     local ext = st.ext
     if ext == nil then
-      if not st.closed and st.recvq.first == nil and st.count < st.cap then
-        buf_push(st, v)
+      local n = st.count
+      if n < st.cap and not st.closed and st.recvq.first == nil then
+        st.buf[st.head + n] = v -- `buf_push`, inline: the call would cost more than its work
+        st.count = n + 1
         return true
       end
     elseif st.parked == 0 then
@@ -533,7 +535,20 @@ function methods.receive(self)
   if st ~= nil then
     local ext = st.ext
     if ext == nil then
-      if st.sendq.first == nil and st.count > 0 then return buf_pop(st), true end
+      local n = st.count
+      if n > 0 and st.sendq.first == nil then
+        -- `buf_pop`, inline: the call would cost more than its work
+        local h, buf = st.head, st.buf
+        local v = buf[h]
+        buf[h] = nil
+        if n > 1 then
+          st.count, st.head = n - 1, h + 1
+        else
+          st.count, st.head = 0, 1
+          if h > 64 then st.buf = {} end
+        end
+        return v, true
+      end
     elseif st.parked == 0 then
       local take = ext.take
       if take ~= nil then
