@@ -482,6 +482,29 @@ fn a_buffer_used_in_place_keeps_order_and_hands_a_full_buffer_to_a_waiting_sende
 }
 
 #[test]
+fn a_finished_wait_keeps_nothing_it_carried_alive() {
+    // A finished wait's waiter is kept for the next wait; the value it carried (a waiting
+    // sender's, or what a waiting receiver got) must not stay reachable through it.
+    let out = output(
+        r#"
+        local c = Channel.new()
+        local weak = setmetatable({}, { __mode = "v" })
+        task.spawn(function() local t = {}; weak[1] = t; c:send(t) end) -- waits with t
+        local got = c:receive()
+        task.spawn(function() local t = c:receive(); weak[2] = t end) -- waits, then gets one
+        c:send({})
+        got = nil
+        task.wait()
+        collectgarbage()
+        collectgarbage()
+        print(weak[1] == nil, weak[2] == nil)
+        "#,
+        5,
+    );
+    assert_eq!(out, ["true\ttrue"]);
+}
+
+#[test]
 fn a_buffer_drained_from_far_along_starts_over_in_order() {
     // Draining a buffer whose head went past 64 gives it a fresh table; values sent after that
     // still come out in order, and the length reads right throughout.

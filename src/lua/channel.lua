@@ -422,24 +422,50 @@ local function enlist(slot, st, send, v, index)
   end
 end
 
+-- Waiters of finished sends and receives on Lua channels, kept for the next wait: a waiter is the
+-- biggest table a wait makes. Only a waiter whose operation completed comes here (see `recycle`).
+local spare, spare_n = {}, 0
+local MAX_SPARE = 64
+
 --- A waiter for one send (`send`, with `v`) or receive on `st`, queued: for a Lua channel one table
 --- is both the slot and its node (`slot.slot == slot.node == slot`), made with every field it gets
---- so that filling them in never grows it; a waiting send or receive allocates nothing else.
+--- so that filling them in never grows it (or a spare one); a waiting send or receive allocates
+--- nothing else.
 local function waiter(st, send, v)
   if st.ext then
     local slot = {}
     enlist(slot, st, send, v, 1)
     return slot
   end
-  local slot = {
-    key = nil, reg = nil, -- what `park` fills in
-    st = st, send = send, -- for the task inspector
-    slot = nil, node = nil, index = 1, value = v, q = nil, prev = nil, next = nil, -- the node
-    done = nil, ok = nil, err = nil, -- the result
-  }
-  slot.slot, slot.node = slot, slot
+  local slot
+  if spare_n > 0 then
+    slot = spare[spare_n]
+    spare[spare_n] = nil
+    spare_n = spare_n - 1
+    slot.st, slot.send, slot.value = st, send, v
+  else
+    slot = {
+      key = nil, reg = nil, -- what `park` fills in
+      st = st, send = send, -- for the task inspector
+      slot = nil, node = nil, index = 1, value = v, q = nil, prev = nil, next = nil, -- the node
+      done = nil, ok = nil, err = nil, -- the result
+    }
+    slot.slot, slot.node = slot, slot
+  end
   push_node(send and st.sendq or st.recvq, slot)
   return slot
+end
+
+--- Keeps `slot`, a Lua channel's waiter (made by `waiter`) whose operation completed, for the next
+--- wait. Nothing else refers to it then: its waker took it out of its queue (`take`), and `wake`
+--- cleared its task's `parked` entry and its `key`, so a stale look at it finds it not waiting;
+--- whoever parks on it next gives it a new task and registration.
+local function recycle(slot)
+  if slot.node ~= slot or spare_n >= MAX_SPARE then return end
+  slot.key, slot.reg, slot.st, slot.value, slot.index = nil, nil, nil, nil, 1
+  slot.done, slot.ok, slot.err = nil, nil, nil
+  spare_n = spare_n + 1
+  spare[spare_n] = slot
 end
 
 --- Raises what the Rust side raised while completing the external operation of fired `slot`.
@@ -460,6 +486,7 @@ local function send_wait(st, v)
       local err = slot.err
       if err == CLOSED then return CLOSED end
       if err then raise_ext_error(slot) end
+      recycle(slot)
       return true
     end
     -- Resumed by hand: try again.
@@ -476,7 +503,9 @@ local function receive_wait(st)
     withdraw(slot)
     if slot.done then
       if slot.err then raise_ext_error(slot) end
-      return slot.value, slot.ok
+      local value, ok = slot.value, slot.ok
+      recycle(slot)
+      return value, ok
     end
   end
 end
