@@ -9,38 +9,6 @@ use bevy_lua_coroutines::prelude::*;
 use common::*;
 
 // ---------------------------------------------------------------------------------------------
-// Awaiting
-
-#[test]
-#[cfg_attr(
-    feature = "luau",
-    ignore = "under Luau the first value outlives the collection, held elsewhere than the await \
-              slot (the second, awaited the same way, is collected)"
-)]
-fn a_finished_await_keeps_nothing_it_waited_for_alive() {
-    // The slot an await parks on is kept for the next await; the promise it waited on, and so the
-    // values it settled with, must not stay reachable through it.
-    let out = output(
-        r##"
-        local weak, made = setmetatable({}, { __mode = "v" }), 0
-        local function later()
-          return Promise.new(function(resolve) task.wait(); local t = {}; made = made + 1; weak[made] = t; resolve(t) end)
-        end
-        local got = await(later())
-        local ok, also = later():await()
-        print(type(got), ok, type(also))
-        got, also = nil, nil
-        task.wait()
-        collectgarbage()
-        collectgarbage()
-        print(made, weak[1] == nil, weak[2] == nil)
-        "##,
-        6,
-    );
-    assert_eq!(out, ["table\ttrue\ttable", "2\ttrue\ttrue"]);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Constructors
 
 #[test]

@@ -802,36 +802,17 @@ local function spawn_handler(child, handler, values)
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
--- Slots of finished awaits, kept for the next one (see `wait_settled`).
-local spare_slots, spare_n = {}, 0
-local MAX_SPARE = 64
-
 --- Waits (parking the running thread) until `p` settles; returns at once if it has. The waiting task
 --- counts as a consumer, so `p` is not cancelled from below while someone awaits it.
 local function wait_settled(p)
   p._handled = true
   if p._status ~= STARTED then return end
-  local slot
-  if spare_n > 0 then
-    slot = spare_slots[spare_n]
-    spare_slots[spare_n] = nil
-    spare_n = spare_n - 1
-    slot.promise = p
-  else
-    slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
-  end
+  local slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
   if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
   p._nconsumers = (p._nconsumers or 0) + 1
   repeat
     park(slot)
   until p._status ~= STARTED
-  -- Woken by the settlement (`wake` cleared `key`), not resumed by hand before it: `p` let go of
-  -- the slot when it ran its queue, so it is kept, emptied, for the next await.
-  if slot.key == nil and spare_n < MAX_SPARE then
-    slot.reg, slot.promise = nil, nil
-    spare_n = spare_n + 1
-    spare_slots[spare_n] = slot
-  end
 end
 
 --- Waits (parking the running thread, a promise's own) until `p` settles, and goes on at once
