@@ -264,14 +264,21 @@ fn despawning_the_owner_drops_the_future_and_nothing_resumes() {
 #[derive(Resource, Clone, Default)]
 struct Questions(Arc<Mutex<Vec<(String, PromiseHandle)>>>);
 
-#[test]
-fn a_system_settles_a_promise_through_its_handle_from_another_thread() {
+/// An app whose scripts can `ask(question)`: each question and its handle wait in the
+/// `Questions` returned, for the test to answer.
+fn asking_app() -> (App, Questions) {
     let mut app = create_app();
     let questions = Questions::default();
     let q = questions.clone();
     app.add_lua_promise_function("ask", move |question: String, reply: PromiseHandle| {
         q.0.lock().unwrap().push((question, reply));
     });
+    (app, questions)
+}
+
+#[test]
+fn a_system_settles_a_promise_through_its_handle_from_another_thread() {
+    let (mut app, questions) = asking_app();
     spawn_script(&mut app, "scripts/ask.lua", "print('answer', await(ask('meaning')))");
     run(&mut app, 3);
     let (question, reply) = questions.0.lock().unwrap().pop().expect("the script asked");
@@ -310,12 +317,7 @@ impl Serialize for Unconvertible {
 
 #[test]
 fn one_step_settles_results_of_every_shape_in_order() {
-    let mut app = create_app();
-    let questions = Questions::default();
-    let q = questions.clone();
-    app.add_lua_promise_function("ask", move |question: String, reply: PromiseHandle| {
-        q.0.lock().unwrap().push((question, reply));
-    });
+    let (mut app, questions) = asking_app();
     // Eight tasks ask; the answers all arrive before one step, so one batch settles them all.
     spawn_script(
         &mut app,

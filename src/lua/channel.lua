@@ -110,6 +110,8 @@ local function check_self(self, name)
   return st
 end
 
+-- `methods.send` and `methods.receive` do `buf_push` and `buf_pop` inline on their fast paths
+-- (a call costs more than the work): a change here goes there too.
 local function buf_push(st, v)
   local n = st.count
   st.buf[st.head + n] = v
@@ -117,17 +119,14 @@ local function buf_push(st, v)
 end
 
 local function buf_pop(st)
-  local h = st.head
-  local buf = st.buf
+  local n, h, buf = st.count, st.head, st.buf
   local v = buf[h]
   buf[h] = nil
-  local n = st.count - 1
-  st.count = n
-  if n == 0 then
-    st.head = 1
-    if h > 64 then st.buf = {} end -- drained: a table that grew can shrink
+  if n > 1 then
+    st.count, st.head = n - 1, h + 1
   else
-    st.head = h + 1
+    st.count, st.head = 0, 1
+    if h > 64 then st.buf = {} end -- drained: a table that grew can shrink
   end
   return v
 end
@@ -542,7 +541,7 @@ function methods.send(self, v)
     if ext == nil then
       local n = st.count
       if n < st.cap and not st.closed and st.recvq.first == nil then
-        st.buf[st.head + n] = v -- `buf_push`, inline: the call would cost more than its work
+        st.buf[st.head + n] = v -- `buf_push`, inline
         st.count = n + 1
         return true
       end
@@ -566,7 +565,7 @@ function methods.receive(self)
     if ext == nil then
       local n = st.count
       if n > 0 and st.sendq.first == nil then
-        -- `buf_pop`, inline: the call would cost more than its work
+        -- `buf_pop`, inline
         local h, buf = st.head, st.buf
         local v = buf[h]
         buf[h] = nil

@@ -234,13 +234,12 @@ local function new_env(entity, state)
   else
     env.state, env.entity = nil, nil
   end
-  env.load = nil
-  if raw_load then
-    if opts.all then
-      env.load = function(chunk, name, mode, e) return raw_load(chunk, name, mode, e or env) end
-    else
-      env.load = function(chunk, name, _, e) return raw_load(chunk, name, "t", e or env) end
-    end
+  if not raw_load then
+    env.load = nil
+  elseif opts.all then
+    env.load = function(chunk, name, mode, e) return raw_load(chunk, name, mode, e or env) end
+  else
+    env.load = function(chunk, name, _, e) return raw_load(chunk, name, "t", e or env) end
   end
   return env
 end

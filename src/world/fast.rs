@@ -260,7 +260,7 @@ mod paths {
                 _ => return general(l, n),
             };
             match read {
-                Read::Number(n) => ffi::lua_pushnumber(l, n),
+                Read::Number(x) => ffi::lua_pushnumber(l, x),
                 Read::Vector(kind @ (Kind::Vec3 | Kind::Quat), numbers) => push_vector(l, kind, &numbers),
                 Read::Transform(numbers) => {
                     ffi::lua_createtable(l, 0, PARTS.len() as c_int);
