@@ -42,13 +42,13 @@ use bevy_lua_coroutines::mlua::{Function, Lua, LuaSerdeExt, Value};
 use bevy_lua_coroutines::mlua::{HookTriggers, VmState};
 use bevy_lua_coroutines::prelude::*;
 use common::{
-    DEFAULT_BUDGET, Part, Plan, RawCoroutines, criterion_group_config, fmt_time, interleave, median,
-    median_by, median_by3, new_app_with, plugin, recorded_median, resumed, runtime, script_errors,
-    spawn_script, spread, unbudgeted, update, update_counting, verdict, wait_every_frame_source,
+    DEFAULT_BUDGET, DRAIN_RECEIVE, Hit, Part, Plan, RawCoroutines, SEND_BATCH, criterion_group_config,
+    fmt_time, hit, interleave, median, median_by, median_by3, new_app_with, plugin, recorded_median, resumed,
+    runtime, script_errors, spawn_script, spread, unbudgeted, update, update_counting, verdict,
+    wait_every_frame_source,
 };
 use criterion::{Criterion, Throughput};
 use crossbeam_channel::{Receiver, Sender};
-use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -69,20 +69,6 @@ const TARGET_MESSAGES_PER_SEC: f64 = 2e6;
 const CHANNEL: &str = "hits";
 /// Messages each path of the memory section carries between its two heap measurements.
 const MEMORY_MESSAGES: usize = 1_000_000;
-
-/// The struct sent through the typed channel: three numbers and a short string.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Hit {
-    target: u32,
-    amount: f32,
-    time: f64,
-    kind: String,
-}
-
-/// The `i`-th value of a batch (`amount` and `time` are exact for every `i < BATCH`).
-fn hit(i: usize) -> Hit {
-    Hit { target: i as u32, amount: i as f32 * 0.5, time: i as f64 * 0.25, kind: String::from("fire") }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Apps
@@ -567,19 +553,6 @@ fn bench_ping_pong(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // 2. Rust -> script through a typed channel, batched in one frame
 // ---------------------------------------------------------------------------------------------
 
-/// One task that receives with `receive` until the channel is empty, then parks in `receive`
-/// until the next step's poll finds values again: one resume per frame drains the batch. Each
-/// value's fields are read, and its order checked.
-const DRAIN_RECEIVE: &str = "
-local ch = Channel.named('hits')
-local expected = 0
-while true do
-  local h = ch:receive()
-  if h.target ~= expected then error('out of order: ' .. tostring(h.target) .. ' ~= ' .. expected) end
-  expected = (expected + 1) % BATCH
-  local _ = h.amount
-end";
-
 /// The same drain with `tryReceive` until it comes back empty, then `task.wait()`.
 const DRAIN_TRY_RECEIVE: &str = "
 local ch = Channel.named('hits')
@@ -732,22 +705,6 @@ fn bench_rust_to_script(c: &mut Criterion, plan: &Plan, summary: &mut Summary) {
 // ---------------------------------------------------------------------------------------------
 // 3. Script -> Rust through a typed channel, batched in one frame
 // ---------------------------------------------------------------------------------------------
-
-/// Tasks that each `task.wait()`, then send their share of `BATCH` fresh tables through the typed
-/// channel (in order: the first task's share first), every frame.
-const SEND_BATCH: &str = "
-local ch = Channel.named('hits')
-local share = math.floor(BATCH / SENDERS)
-for part = 0, SENDERS - 1 do
-  task.spawn(function()
-    while true do
-      task.wait() -- first: the spawning resume would run every task's first share itself
-      for i = part * share, part * share + share - 1 do
-        ch:send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' })
-      end
-    end
-  end)
-end";
 
 /// Sending tasks in the script -> Rust section. One resume runs at most the default instruction
 /// budget (10,000,000 VM instructions), and a checked send of `Hit` costs about 110 of them, so

@@ -20,7 +20,10 @@
 //! N a frame in one task), `stream` (a Rust stream function whose call fills its buffer with N
 //! chunks of 64 bytes at once, read in one task with `for _ in s:iter()`, N a frame), `settle`
 //! (N tasks each awaiting a Rust async function whose future finished: the frame that settles
-//! them, after the frame that made the calls and the wait for the futures, neither measured), or
+//! them, after the frame that made the calls and the wait for the futures, neither measured),
+//! `typed_in` (Rust fills a typed channel of `Hit { target, amount, time, kind }` with N values,
+//! untimed, and one task drains them with `receive` in the measured frame), `typed_out` (one task
+//! sends N fresh `Hit` tables through a typed channel each frame; Rust drains them, untimed), or
 //! `memory` (the heap before and after 1,000,000 messages). Under
 //! callgrind only `measured` runs are counted: divide the count by `ROUNDS` and by the
 //! operations per round the program prints. Default plugin: instruction budget and memory limit on;
@@ -36,8 +39,8 @@ use std::time::Instant;
 use bevy::prelude::*;
 use bevy_lua_coroutines::prelude::*;
 use common::{
-    RawCoroutines, median, plugin, resumed, round_trip_source, runtime, rust_async_source, script_errors,
-    spawn_script, update, wait_every_frame_source, wait_for_futures,
+    DRAIN_RECEIVE, Hit, RawCoroutines, SEND_BATCH, hit, median, plugin, resumed, round_trip_source, runtime,
+    rust_async_source, script_errors, spawn_script, update, wait_every_frame_source, wait_for_futures,
 };
 
 /// Calls of the `settle` variant's async function, and its futures that finished.
@@ -55,6 +58,9 @@ struct Variant {
     app: Option<App>,
     /// Frames run (untimed) before each measured frame (the round trip's setup frame).
     setup_frames: usize,
+    /// Untimed work after the setup frames, before the measured frame: Rust filling or draining
+    /// a typed channel, or waiting for the futures a settle frame settles.
+    prepare: Option<Box<dyn FnMut()>>,
     ops: usize,
 }
 
@@ -106,6 +112,8 @@ fn source(name: &str, n: usize) -> String {
              end)"
         ),
         "settle" => rust_async_source(n),
+        "typed_in" => DRAIN_RECEIVE.replace("BATCH", &n.to_string()),
+        "typed_out" => SEND_BATCH.replace("SENDERS", "1").replace("BATCH", &n.to_string()),
         "stream" => "while true do
                local n = 0
                for _ in chunks():iter() do n = n + 1 end
@@ -118,7 +126,7 @@ fn source(name: &str, n: usize) -> String {
 
 fn variant(name: &'static str, n: usize) -> Variant {
     if name == "raw" {
-        return Variant { name, app: None, setup_frames: 0, ops: n };
+        return Variant { name, app: None, setup_frames: 0, prepare: None, ops: n };
     }
     let unbudgeted = std::env::var("BUDGET").is_ok_and(|b| b == "none");
     let mut app = common::new_app_with(if unbudgeted { common::unbudgeted() } else { plugin() });
@@ -141,6 +149,29 @@ fn variant(name: &'static str, n: usize) -> Variant {
             }
             Ok::<_, String>(())
         });
+    }
+    let mut prepare: Option<Box<dyn FnMut()>> = None;
+    if name == "typed_in" {
+        // Rust fills the channel with `n` values before each measured frame, which drains them.
+        app.add_lua_channel::<Hit>("hits", n);
+        let tx = app.world().resource::<LuaChannel<Hit>>().sender();
+        prepare = Some(Box::new(move || {
+            for i in 0..n {
+                tx.try_send(hit(i)).expect("the channel should have room for the batch");
+            }
+        }));
+    }
+    if name == "typed_out" {
+        // The script sends `n` values each frame; Rust drains the last frame's before the next.
+        app.add_lua_channel::<Hit>("hits", n);
+        let rx = app.world().resource::<LuaChannel<Hit>>().receiver();
+        prepare = Some(Box::new(move || {
+            let got = rx.try_iter().count();
+            assert!(got == n || got == 0, "a frame should send the whole batch, not {got}");
+        }));
+    }
+    if name == "settle" {
+        prepare = Some(Box::new(wait_for_calls));
     }
     update(&mut app, 3);
     spawn_script(&mut app, &format!("bench/{name}.lua"), &source(name, n));
@@ -179,7 +210,7 @@ fn variant(name: &'static str, n: usize) -> Variant {
         _ => (0, n),
     };
     assert_eq!(script_errors(&app), 0, "{name}: the script should not fail");
-    Variant { name, app: Some(app), setup_frames, ops }
+    Variant { name, app: Some(app), setup_frames, prepare, ops }
 }
 
 /// The measured part (callgrind counts only this, with `--toggle-collect`).
@@ -205,8 +236,8 @@ fn round(v: &mut Variant, raw: &RawCoroutines) -> f64 {
             for _ in 0..v.setup_frames {
                 app.update();
             }
-            if v.name == "settle" {
-                wait_for_calls();
+            if let Some(prepare) = v.prepare.as_mut() {
+                prepare();
             }
             let start = Instant::now();
             measured_frame(app);
@@ -250,11 +281,22 @@ fn main() {
         memory();
         return;
     }
-    let names: Vec<&'static str> =
-        ["raw", "wait", "await", "round_trip", "new_then", "ping_pong", "buffered", "stream", "settle"]
-            .into_iter()
-            .filter(|name| which == "all" || which == *name)
-            .collect();
+    let names: Vec<&'static str> = [
+        "raw",
+        "wait",
+        "await",
+        "round_trip",
+        "new_then",
+        "ping_pong",
+        "buffered",
+        "stream",
+        "settle",
+        "typed_in",
+        "typed_out",
+    ]
+    .into_iter()
+    .filter(|name| which == "all" || which == *name)
+    .collect();
     assert!(!names.is_empty(), "unknown VARIANT {which}");
     let raw = RawCoroutines::new(n);
     let mut variants: Vec<Variant> = names.iter().map(|name| variant(name, n)).collect();

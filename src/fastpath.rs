@@ -364,11 +364,11 @@ unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
         return 0;
     }
     // `set_memory_limit` returns the limit it replaces: read it by setting it.
-    let Ok(limit) = lua.set_memory_limit(0) else { return 0 };
+    let Ok(limit) = crate::heap::set_memory_limit(lua, 0) else { return 0 };
     if limit == 0 {
         return 0; // there was no limit (and 0 is "none")
     }
-    let _ = lua.set_memory_limit(limit.saturating_add((limit / 4).max(1 << 20)));
+    let _ = crate::heap::set_memory_limit(lua, limit.saturating_add((limit / 4).max(1 << 20)));
     lua.set_app_data(RelaxedLimit(limit));
     0
 }
@@ -378,7 +378,7 @@ unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
 pub(crate) fn restore_memory_limit(lua: &Lua) {
     if let Some(RelaxedLimit(limit)) = lua.remove_app_data::<RelaxedLimit>() {
         let _ = lua.gc_collect();
-        let _ = lua.set_memory_limit(limit);
+        let _ = crate::heap::set_memory_limit(lua, limit);
     }
 }
 

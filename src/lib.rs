@@ -287,6 +287,7 @@ mod error;
 #[cfg(test)]
 mod external_channel_tests;
 mod fastpath;
+mod heap;
 mod hook;
 mod inspect;
 mod instance;

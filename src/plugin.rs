@@ -44,7 +44,8 @@ pub struct LuaCoroutinesPlugin {
     /// count exactly.
     pub exact_instruction_count: bool,
     /// The VM's memory limit in bytes (default 512 MiB; `None` for no limit). An allocation past it
-    /// fails the Lua call that made it with a memory error.
+    /// fails the Lua call that made it with a memory error. Change it at run time with
+    /// [`LuaRuntime::set_memory_limit`](crate::LuaRuntime::set_memory_limit).
     pub memory_limit: Option<usize>,
     /// The standard libraries scripts get (default [`StdlibAccess::Safe`]).
     pub stdlib: StdlibAccess,

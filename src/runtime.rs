@@ -212,6 +212,13 @@ pub struct LuaRuntime {
     stdout_closed: Arc<AtomicBool>,
 }
 
+impl Drop for LuaRuntime {
+    /// Hands the VM back to mlua's allocator (see `heap`), so it outlives the runtime safely.
+    fn drop(&mut self) {
+        crate::heap::uninstall(&self.lua);
+    }
+}
+
 impl LuaRuntime {
     /// The VM, for registering functions and values scripts can use.
     pub fn lua(&self) -> &Lua {
@@ -262,6 +269,15 @@ impl LuaRuntime {
     /// Bytes of memory the VM uses.
     pub fn used_memory(&self) -> usize {
         self.lua.used_memory()
+    }
+
+    /// Sets the VM's memory limit in bytes (0: none; the plugin's
+    /// [`memory_limit`](crate::LuaCoroutinesPlugin::memory_limit) sets the first one) and returns
+    /// the limit it replaces. Use this rather than `lua().set_memory_limit`: on Lua 5.4 the VM
+    /// allocates through the crate's allocator, whose limit mlua cannot reach (it returns
+    /// `MemoryControlNotAvailable` there).
+    pub fn set_memory_limit(&self, limit: usize) -> crate::Result<usize> {
+        Ok(crate::heap::set_memory_limit(&self.lua, limit)?)
     }
 
     /// Makes the VM: its core (sandbox, budget, task API, promises, channels), then each of
@@ -493,9 +509,7 @@ impl LuaRuntime {
         for (path, value) in base.later.take() {
             define.call::<()>((path, value))?;
         }
-        if let Some(limit) = config.memory_limit {
-            lua.set_memory_limit(limit)?;
-        }
+        crate::heap::install(&lua, config.memory_limit)?;
         Ok(Self {
             lua,
             new_env,

@@ -183,7 +183,7 @@ fn hitting_the_memory_limit_fails_the_call_not_the_app() {
     // only).
     let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
     assert!(runtime.used_memory() < 8 * 1024 * 1024, "{}", runtime.used_memory());
-    assert_eq!(runtime.lua().set_memory_limit(16 * 1024 * 1024).unwrap(), 16 * 1024 * 1024);
+    assert_eq!(runtime.set_memory_limit(16 * 1024 * 1024).unwrap(), 16 * 1024 * 1024);
 }
 
 #[test]

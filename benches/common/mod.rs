@@ -501,3 +501,51 @@ pub fn fmt_time(ns: f64) -> String {
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "MET" } else { "NOT MET" }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Typed channels (`benches/channels.rs`, `benches/promise_profile.rs`)
+// ---------------------------------------------------------------------------------------------
+
+/// The struct sent through the typed channel benchmarks: three numbers and a short string.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub target: u32,
+    pub amount: f32,
+    pub time: f64,
+    pub kind: String,
+}
+
+/// The `i`-th value of a batch (`amount` and `time` are exact for every `i < 2^24`).
+pub fn hit(i: usize) -> Hit {
+    Hit { target: i as u32, amount: i as f32 * 0.5, time: i as f64 * 0.25, kind: String::from("fire") }
+}
+
+/// One task that receives from the typed channel `hits` with `receive` until it is empty, then
+/// parks in `receive` until the next step's poll finds values again: one resume per frame drains
+/// the batch. Each value's fields are read, and its order checked (`target` counts up modulo
+/// `BATCH`).
+pub const DRAIN_RECEIVE: &str = "
+local ch = Channel.named('hits')
+local expected = 0
+while true do
+  local h = ch:receive()
+  if h.target ~= expected then error('out of order: ' .. tostring(h.target) .. ' ~= ' .. expected) end
+  expected = (expected + 1) % BATCH
+  local _ = h.amount
+end";
+
+/// `SENDERS` tasks that each `task.wait()`, then send their share of `BATCH` fresh tables through
+/// the typed channel `hits` (in order: the first task's share first), every frame.
+pub const SEND_BATCH: &str = "
+local ch = Channel.named('hits')
+local share = math.floor(BATCH / SENDERS)
+for part = 0, SENDERS - 1 do
+  task.spawn(function()
+    while true do
+      task.wait() -- first: the spawning resume would run every task's first share itself
+      for i = part * share, part * share + share - 1 do
+        ch:send({ target = i, amount = i * 0.5, time = i * 0.25, kind = 'fire' })
+      end
+    end
+  end)
+end";

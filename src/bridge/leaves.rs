@@ -103,8 +103,7 @@ unsafe fn number(state: *mut ffi::lua_State) -> RawLeaf {
     let n = unsafe { ffi::lua_tonumber(state, -1) };
     let i = n as i64;
     if n.fract() == 0.0
-        && n >= -9_223_372_036_854_775_808.0
-        && n < 9_223_372_036_854_775_808.0
+        && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&n)
         && n.to_bits() == (i as f64).to_bits()
     {
         RawLeaf::Int(i)

@@ -1,0 +1,325 @@
+//! The VM's memory: its limit, and on Lua 5.4 the allocator Lua calls, which keeps small freed
+//! blocks for the next allocation of the same size.
+//!
+//! Scripts make and drop small objects at a high rate (a `Vec3` is a table and its fields, a
+//! channel message a table, every closure and coroutine a few blocks), and the collector frees
+//! them in bursts: past the C allocator's small per-size caches, each `malloc` and `free` walks
+//! its bins (about 250 instructions per pair, on top of mlua's accounting). On Lua 5.4 the VM's
+//! allocator is [`install`]ed in front of mlua's: a freed block of at most `pool::MAX_POOLED` bytes goes
+//! on a free list for its exact size (while the lists hold no more bytes than Lua holds live, or 1 MiB),
+//! and an allocation of that size takes it back, a few instructions each way. Everything else,
+//! and every block the lists are refilled with, goes to mlua's allocator unchanged.
+//!
+//! The memory limit moves here with it: mlua keeps its limit in its own allocator's state, which
+//! it no longer reaches once another allocator is installed, so [`set_memory_limit`] is the one
+//! way to change it (`LuaRuntime::set_memory_limit` for users); in the other flavours it is
+//! mlua's.
+//!
+//! Invariants (Lua 5.4):
+//! - Every block Lua holds was allocated by mlua's allocator with exactly its size, whichever of
+//!   the two allocators Lua was calling then; the lists hold only such blocks, under their
+//!   exact size. So either allocator may free or resize any block, and installing, swapping and
+//!   removing [`Heap`] at any time is sound.
+//! - The [`Heap`] is the allocator's `ud`, made in [`install`] and freed in [`uninstall`] after
+//!   mlua's allocator is back and the lists are emptied into it; Lua calls the allocator only on
+//!   the thread that holds the VM (mlua's lock), so nothing else touches it meanwhile.
+//! - mlua skips the protected call around its own allocations when it believes allocation cannot
+//!   fail (its own limit is 0). With a limit here, mlua's own limit is set to the largest value,
+//!   never reached, so it keeps protecting them.
+//! - A free block's first word links it to the next of its size; no block smaller than a pointer
+//!   is kept.
+#![allow(unsafe_code)]
+
+use mlua::Lua;
+
+/// Sets the VM's memory limit in bytes (0: none) and returns the one it replaces.
+pub(crate) fn set_memory_limit(lua: &Lua, limit: usize) -> mlua::Result<usize> {
+    #[cfg(feature = "lua54")]
+    if let Some(heap) = pool::installed(lua) {
+        return pool::set_limit(lua, heap, limit);
+    }
+    lua.set_memory_limit(limit)
+}
+
+/// Makes the VM's allocator this module's (Lua 5.4), with `limit` (elsewhere: sets mlua's limit).
+/// The runtime calls it once, when the VM is otherwise ready, and [`uninstall`] before it drops.
+pub(crate) fn install(lua: &Lua, limit: Option<usize>) -> mlua::Result<()> {
+    #[cfg(feature = "lua54")]
+    pool::install(lua)?;
+    if let Some(limit) = limit {
+        set_memory_limit(lua, limit)?;
+    }
+    Ok(())
+}
+
+/// Puts mlua's allocator back and hands it the kept blocks (Lua 5.4; elsewhere nothing).
+pub(crate) fn uninstall(lua: &Lua) {
+    #[cfg(feature = "lua54")]
+    pool::uninstall(lua);
+    #[cfg(not(feature = "lua54"))]
+    let _ = lua;
+}
+
+#[cfg(feature = "lua54")]
+mod pool {
+    use std::ffi::c_void;
+    use std::ptr;
+
+    use mlua::{Lua, ffi};
+
+    /// The largest block kept for reuse (bytes). Lua's tables (56), their small hash parts,
+    /// strings, closures, upvalues and small userdata are below it.
+    const MAX_POOLED: usize = 256;
+    /// The free lists hold at most as many bytes as Lua holds, or this many when Lua holds fewer; a
+    /// block freed beyond that goes back to mlua's allocator. A collection cycle frees up to about
+    /// what the heap held live (the collector runs again once the heap doubles), in bursts while
+    /// it sweeps, so a cap well below the live heap would send most of each burst back to the
+    /// C allocator and take it from there again in the next cycle.
+    const POOL_FLOOR: usize = 1024 * 1024;
+
+    /// The allocator's state (the module docs have its invariants).
+    pub(super) struct Heap {
+        /// Bytes of the blocks Lua holds, as Lua counts them; what the limit is checked against.
+        used: usize,
+        /// Bytes Lua may hold (0: no limit).
+        limit: usize,
+        /// Bytes on the free lists.
+        pooled: usize,
+        /// `free[size]`: the first free block of exactly `size` bytes, linked through first words.
+        free: [*mut c_void; MAX_POOLED + 1],
+        /// mlua's allocator and its state, which back every block.
+        backing: ffi::lua_Alloc,
+        backing_ud: *mut c_void,
+    }
+
+    /// The `lua_Alloc` of a VM with a [`Heap`] (`ud`).
+    unsafe extern "C" fn allocate(
+        ud: *mut c_void,
+        block: *mut c_void,
+        osize: usize,
+        nsize: usize,
+    ) -> *mut c_void {
+        // SAFETY: `ud` is the `Heap` `install` made, alive while this is the VM's allocator, and
+        // only the thread holding the VM calls it (module invariants). `block`, when not null, is
+        // a block of exactly `osize` bytes that mlua's allocator made.
+        unsafe {
+            let heap = &mut *(ud as *mut Heap);
+            if block.is_null() {
+                // (`osize` is the kind of object here, not a size.)
+                if nsize == 0 {
+                    return ptr::null_mut();
+                }
+                if heap.limit != 0 && heap.used.saturating_add(nsize) > heap.limit {
+                    return ptr::null_mut(); // Lua collects and tries again, then raises
+                }
+                if nsize <= MAX_POOLED {
+                    let head = heap.free[nsize];
+                    if !head.is_null() {
+                        heap.free[nsize] = *(head as *mut *mut c_void);
+                        heap.pooled -= nsize;
+                        heap.used += nsize;
+                        return head;
+                    }
+                }
+                let fresh = (heap.backing)(heap.backing_ud, block, osize, nsize);
+                if !fresh.is_null() {
+                    heap.used += nsize;
+                }
+                return fresh;
+            }
+            if nsize == 0 {
+                heap.used = heap.used.saturating_sub(osize);
+                if (size_of::<*mut c_void>()..=MAX_POOLED).contains(&osize)
+                    && heap.pooled + osize <= heap.used.max(POOL_FLOOR)
+                {
+                    *(block as *mut *mut c_void) = heap.free[osize];
+                    heap.free[osize] = block;
+                    heap.pooled += osize;
+                    return ptr::null_mut();
+                }
+                return (heap.backing)(heap.backing_ud, block, osize, 0);
+            }
+            if nsize > osize && heap.limit != 0 && heap.used.saturating_add(nsize - osize) > heap.limit {
+                return ptr::null_mut();
+            }
+            let moved = (heap.backing)(heap.backing_ud, block, osize, nsize);
+            if !moved.is_null() {
+                heap.used = heap.used.saturating_sub(osize) + nsize;
+            }
+            moved
+        }
+    }
+
+    /// Runs `f` with the VM's main state, in mlua's protected frame.
+    fn with_state<R: Default>(lua: &Lua, f: impl FnOnce(*mut ffi::lua_State) -> R) -> R {
+        let mut out = R::default();
+        // SAFETY: the closure only reads and swaps the VM's allocator (see its callers).
+        let _ = unsafe { lua.exec_raw::<()>((), |l| out = f(l)) };
+        out
+    }
+
+    /// The VM's [`Heap`], if its allocator is this module's.
+    pub(super) fn installed(lua: &Lua) -> Option<*mut Heap> {
+        with_state(lua, |l| {
+            let mut ud = ptr::null_mut();
+            // SAFETY: reads the VM's allocator.
+            let f = unsafe { ffi::lua_getallocf(l, &mut ud) };
+            ptr::fn_addr_eq(f, allocate as ffi::lua_Alloc).then_some(ud as *mut Heap)
+        })
+    }
+
+    /// The bytes `heap` counts Lua as holding.
+    ///
+    /// # Safety
+    /// `heap` is the VM's installed `Heap` and no call into the VM is running.
+    #[cfg(test)]
+    pub(super) unsafe fn used(heap: *mut Heap) -> usize {
+        // SAFETY: as the caller promises.
+        unsafe { (*heap).used }
+    }
+
+    /// The bytes Lua holds, as the collector counts them.
+    unsafe fn lua_bytes(l: *mut ffi::lua_State) -> usize {
+        // SAFETY: `l` is a state of the VM; counting allocates nothing.
+        unsafe {
+            let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;
+            kib * 1024 + ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0).max(0) as usize
+        }
+    }
+
+    pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
+        if installed(lua).is_some() {
+            return Ok(());
+        }
+        with_state(lua, |l| {
+            let mut backing_ud = ptr::null_mut();
+            // SAFETY: swaps the allocator between two allocations, with a `Heap` that lives until
+            // `uninstall` (module invariants); Lua's count of its bytes seeds `used`.
+            unsafe {
+                let backing = ffi::lua_getallocf(l, &mut backing_ud);
+                let heap = Box::new(Heap {
+                    used: lua_bytes(l),
+                    limit: 0,
+                    pooled: 0,
+                    free: [ptr::null_mut(); MAX_POOLED + 1],
+                    backing,
+                    backing_ud,
+                });
+                ffi::lua_setallocf(l, allocate, Box::into_raw(heap) as *mut c_void);
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets the limit `heap` checks; mlua's own limit becomes the largest value (or 0 with none)
+    /// so that it protects its allocations exactly when one can fail (module invariants).
+    pub(super) fn set_limit(lua: &Lua, heap: *mut Heap, limit: usize) -> mlua::Result<usize> {
+        // mlua reaches its limit only while its own allocator is the VM's: swap it in for the call.
+        // SAFETY: `heap` is the installed `Heap`; the swaps keep every block mlua's (invariants).
+        let swap = |to_heap: bool| {
+            with_state(lua, |l| unsafe {
+                if to_heap {
+                    (*heap).used = lua_bytes(l);
+                    ffi::lua_setallocf(l, allocate, heap as *mut c_void);
+                } else {
+                    ffi::lua_setallocf(l, (*heap).backing, (*heap).backing_ud);
+                }
+            })
+        };
+        swap(false);
+        let set = lua.set_memory_limit(if limit == 0 { 0 } else { usize::MAX });
+        swap(true);
+        set?;
+        // SAFETY: as above; nothing else holds the `Heap` now.
+        Ok(std::mem::replace(unsafe { &mut (*heap).limit }, limit))
+    }
+
+    pub(super) fn uninstall(lua: &Lua) {
+        let Some(heap) = installed(lua) else { return };
+        with_state(lua, |l| {
+            // SAFETY: mlua's allocator goes back first, then the kept blocks go to it at their
+            // exact sizes, then the `Heap` is freed: nothing calls `allocate` any more.
+            unsafe {
+                let heap = Box::from_raw(heap);
+                ffi::lua_setallocf(l, heap.backing, heap.backing_ud);
+                for (size, &head) in heap.free.iter().enumerate() {
+                    let mut block = head;
+                    while !block.is_null() {
+                        let next = *(block as *mut *mut c_void);
+                        (heap.backing)(heap.backing_ud, block, size, 0);
+                        block = next;
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(all(test, feature = "lua54"))]
+mod tests {
+    use mlua::{Lua, Table};
+
+    use super::pool;
+
+    /// Lua's own count of its bytes, and the count the allocator checks the limit against.
+    fn counts(lua: &Lua) -> (usize, usize) {
+        let heap = pool::installed(lua).expect("the heap is installed");
+        // SAFETY: read between calls into the VM, on the thread that holds it.
+        (lua.used_memory(), unsafe { pool::used(heap) })
+    }
+
+    /// Makes `n` tables with a short string each, and lets them go.
+    fn churn(lua: &Lua, n: usize) {
+        lua.load(format!(
+            "local t = {{}} for i = 1, {n} do t[i] = {{ x = i, s = 'k' .. i % 50 }} end t = nil"
+        ))
+        .exec()
+        .unwrap();
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+    }
+
+    #[test]
+    fn reused_blocks_keep_the_count_the_limit_is_checked_against() {
+        let lua = Lua::new();
+        super::install(&lua, None).unwrap();
+        churn(&lua, 20_000);
+        let (lua_count, heap_count) = counts(&lua);
+        assert_eq!(heap_count, lua_count, "the allocator's count drifted from Lua's");
+        churn(&lua, 20_000); // this time from the free lists
+        let (lua_count2, heap_count2) = counts(&lua);
+        assert_eq!(heap_count2, lua_count2);
+        assert!(lua_count2 < lua_count + 64 * 1024, "{lua_count} -> {lua_count2}: churn kept memory");
+        super::uninstall(&lua);
+        assert!(pool::installed(&lua).is_none());
+        // mlua's allocator is back, with its limit: the VM goes on and is dropped cleanly.
+        lua.set_memory_limit(64 * 1024 * 1024).unwrap();
+        churn(&lua, 1_000);
+    }
+
+    #[test]
+    fn the_limit_counts_live_bytes_and_can_be_changed() {
+        let lua = Lua::new();
+        super::install(&lua, Some(64 * 1024 * 1024)).unwrap();
+        churn(&lua, 50_000); // fills the free lists
+        let base = lua.used_memory();
+        assert_eq!(super::set_memory_limit(&lua, base + 512 * 1024).unwrap(), 64 * 1024 * 1024);
+        // Live memory past the limit (fresh blocks, a list: nothing grows in place) fails as
+        // Lua's memory error, caught by `pcall`...
+        let caught: (bool, String) = lua
+            .load("local head return pcall(function() for i = 1, 1e7 do head = { head } end end)")
+            .eval()
+            .unwrap();
+        assert!(!caught.0 && caught.1.contains("memory"), "{caught:?}");
+        lua.gc_collect().unwrap();
+        // ... and garbage in the free lists does not count: the same work fits again.
+        let held: Table =
+            lua.load("local t = {} for i = 1, 1000 do t[i] = { i } end return t").eval().unwrap();
+        assert_eq!(held.raw_len(), 1000);
+        assert_eq!(super::set_memory_limit(&lua, 0).unwrap(), base + 512 * 1024);
+        let big: Table =
+            lua.load("local t = {} for i = 1, 200000 do t[i] = { i } end return t").eval().unwrap();
+        assert_eq!(big.raw_len(), 200_000);
+        super::uninstall(&lua);
+    }
+}
