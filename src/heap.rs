@@ -5,10 +5,12 @@
 //! channel message a table, every closure and coroutine a few blocks), and the collector frees
 //! them in bursts: past the C allocator's small per-size caches, each `malloc` and `free` walks
 //! its bins (about 250 instructions per pair, on top of mlua's accounting). On Lua 5.4 the VM's
-//! allocator is [`install`]ed in front of mlua's: a freed block of at most `pool::MAX_POOLED` bytes goes
-//! on a free list for its exact size (while the lists hold no more bytes than Lua holds live, or 1 MiB),
-//! and an allocation of that size takes it back, a few instructions each way. Everything else,
-//! and every block the lists are refilled with, goes to mlua's allocator unchanged.
+//! allocator is [`install`]ed in front of mlua's: a freed block of at most `pool::MAX_POOLED`
+//! bytes goes on a free list for its exact size, and an allocation of that size takes it back,
+//! a few instructions each way. Everything else, and every block the lists are refilled with,
+//! goes to mlua's allocator unchanged. The lists keep at most as many bytes as Lua holds live (at
+//! least 1 MiB); [`trim`], after every step, hands back what is over that when the live heap has
+//! shrunk. Kept blocks count neither against the limit nor in `Lua::used_memory`.
 //!
 //! The memory limit moves here with it: mlua keeps its limit in its own allocator's state, which
 //! it no longer reaches once another allocator is installed, so [`set_memory_limit`] is the one
@@ -19,13 +21,16 @@
 //! - Every block Lua holds was allocated by mlua's allocator with exactly its size, whichever of
 //!   the two allocators Lua was calling then; the lists hold only such blocks, under their
 //!   exact size. So either allocator may free or resize any block, and installing, swapping and
-//!   removing [`Heap`] at any time is sound.
-//! - The [`Heap`] is the allocator's `ud`, made in [`install`] and freed in [`uninstall`] after
-//!   mlua's allocator is back and the lists are emptied into it; Lua calls the allocator only on
-//!   the thread that holds the VM (mlua's lock), so nothing else touches it meanwhile.
+//!   removing [`Heap`](pool) at any time is sound.
+//! - The `Heap` is the allocator's `ud`, made in [`install`] and freed in [`uninstall`] after
+//!   mlua's allocator is back and the lists are emptied into it. Lua calls the allocator only
+//!   while a thread holds mlua's lock on the VM, and every function here reads, swaps or changes
+//!   the `Heap` only inside one hold of that lock (`Lua::exec_raw_lua`, which takes it without a
+//!   protected call: nothing done inside allocates, raises or pushes onto a stack), finding the
+//!   `Heap` anew from the VM's allocator each time.
 //! - mlua skips the protected call around its own allocations when it believes allocation cannot
 //!   fail (its own limit is 0). With a limit here, mlua's own limit is set to the largest value,
-//!   never reached, so it keeps protecting them.
+//!   never reached, so it keeps protecting them; [`uninstall`] gives mlua the limit back.
 //! - A free block's first word links it to the next of its size; no block smaller than a pointer
 //!   is kept.
 #![allow(unsafe_code)]
@@ -35,8 +40,8 @@ use mlua::Lua;
 /// Sets the VM's memory limit in bytes (0: none) and returns the one it replaces.
 pub(crate) fn set_memory_limit(lua: &Lua, limit: usize) -> mlua::Result<usize> {
     #[cfg(feature = "lua54")]
-    if let Some(heap) = pool::installed(lua) {
-        return pool::set_limit(lua, heap, limit);
+    if let Some(previous) = pool::set_limit(lua, limit) {
+        return previous;
     }
     lua.set_memory_limit(limit)
 }
@@ -45,17 +50,30 @@ pub(crate) fn set_memory_limit(lua: &Lua, limit: usize) -> mlua::Result<usize> {
 /// The runtime calls it once, when the VM is otherwise ready, and [`uninstall`] before it drops.
 pub(crate) fn install(lua: &Lua, limit: Option<usize>) -> mlua::Result<()> {
     #[cfg(feature = "lua54")]
-    pool::install(lua)?;
-    if let Some(limit) = limit {
-        set_memory_limit(lua, limit)?;
+    pool::install(lua);
+    if let Some(limit) = limit
+        && let Err(e) = set_memory_limit(lua, limit)
+    {
+        uninstall(lua);
+        return Err(e);
     }
     Ok(())
 }
 
-/// Puts mlua's allocator back and hands it the kept blocks (Lua 5.4; elsewhere nothing).
+/// Puts mlua's allocator back, with the limit, and hands it the kept blocks (Lua 5.4; elsewhere
+/// nothing).
 pub(crate) fn uninstall(lua: &Lua) {
     #[cfg(feature = "lua54")]
     pool::uninstall(lua);
+    #[cfg(not(feature = "lua54"))]
+    let _ = lua;
+}
+
+/// After a step: hands mlua's allocator the kept blocks beyond the cap, if the live heap shrank
+/// below what the lists hold (Lua 5.4; elsewhere nothing).
+pub(crate) fn trim(lua: &Lua) {
+    #[cfg(feature = "lua54")]
+    pool::trim(lua);
     #[cfg(not(feature = "lua54"))]
     let _ = lua;
 }
@@ -90,6 +108,13 @@ mod pool {
         /// mlua's allocator and its state, which back every block.
         backing: ffi::lua_Alloc,
         backing_ud: *mut c_void,
+    }
+
+    impl Heap {
+        /// The most bytes the lists keep now.
+        fn cap(&self) -> usize {
+            self.used.max(POOL_FLOOR)
+        }
     }
 
     /// The `lua_Alloc` of a VM with a [`Heap`] (`ud`).
@@ -130,7 +155,7 @@ mod pool {
             if nsize == 0 {
                 heap.used = heap.used.saturating_sub(osize);
                 if (size_of::<*mut c_void>()..=MAX_POOLED).contains(&osize)
-                    && heap.pooled + osize <= heap.used.max(POOL_FLOOR)
+                    && heap.pooled + osize <= heap.cap()
                 {
                     *(block as *mut *mut c_void) = heap.free[osize];
                     heap.free[osize] = block;
@@ -150,55 +175,61 @@ mod pool {
         }
     }
 
-    /// Runs `f` with the VM's main state, in mlua's protected frame.
-    fn with_state<R: Default>(lua: &Lua, f: impl FnOnce(*mut ffi::lua_State) -> R) -> R {
-        let mut out = R::default();
-        // SAFETY: the closure only reads and swaps the VM's allocator (see its callers).
-        let _ = unsafe { lua.exec_raw::<()>((), |l| out = f(l)) };
-        out
-    }
-
-    /// The VM's [`Heap`], if its allocator is this module's.
-    pub(super) fn installed(lua: &Lua) -> Option<*mut Heap> {
-        with_state(lua, |l| {
+    /// Runs `f` with a state of the VM and its [`Heap`] (if its allocator is this module's), in
+    /// one hold of mlua's lock and without a protected call (module invariants).
+    fn locked<R>(lua: &Lua, f: impl FnOnce(*mut ffi::lua_State, Option<*mut Heap>) -> R) -> R {
+        lua.exec_raw_lua(|raw| {
+            let l = raw.state();
             let mut ud = ptr::null_mut();
-            // SAFETY: reads the VM's allocator.
-            let f = unsafe { ffi::lua_getallocf(l, &mut ud) };
-            ptr::fn_addr_eq(f, allocate as ffi::lua_Alloc).then_some(ud as *mut Heap)
+            // SAFETY: reads the VM's allocator; allocates nothing.
+            let current = unsafe { ffi::lua_getallocf(l, &mut ud) };
+            f(l, ptr::fn_addr_eq(current, allocate as ffi::lua_Alloc).then_some(ud as *mut Heap))
         })
     }
 
-    /// The bytes `heap` counts Lua as holding.
-    ///
-    /// # Safety
-    /// `heap` is the VM's installed `Heap` and no call into the VM is running.
-    #[cfg(test)]
-    pub(super) unsafe fn used(heap: *mut Heap) -> usize {
-        // SAFETY: as the caller promises.
-        unsafe { (*heap).used }
-    }
-
-    /// The bytes Lua holds, as the collector counts them.
-    unsafe fn lua_bytes(l: *mut ffi::lua_State) -> usize {
+    /// The bytes Lua holds, as the collector counts them; `None` while the collector runs a
+    /// finalizer (Lua does not count then).
+    unsafe fn lua_bytes(l: *mut ffi::lua_State) -> Option<usize> {
         // SAFETY: `l` is a state of the VM; counting allocates nothing.
         unsafe {
-            let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;
-            kib * 1024 + ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0).max(0) as usize
+            let kib = usize::try_from(ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0)).ok()?;
+            let rest = usize::try_from(ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0)).ok()?;
+            Some(kib * 1024 + rest)
         }
     }
 
-    pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
-        if installed(lua).is_some() {
-            return Ok(());
+    /// Hands the blocks of `heap`'s lists to its backing allocator until they hold at most
+    /// `keep` bytes.
+    unsafe fn release(heap: &mut Heap, keep: usize) {
+        // SAFETY: the caller holds the VM; every block on a list is mlua's, of its list's size.
+        unsafe {
+            for size in (0..=MAX_POOLED).rev() {
+                while heap.pooled > keep {
+                    let block = heap.free[size];
+                    if block.is_null() {
+                        break;
+                    }
+                    heap.free[size] = *(block as *mut *mut c_void);
+                    heap.pooled -= size;
+                    (heap.backing)(heap.backing_ud, block, size, 0);
+                }
+            }
         }
-        with_state(lua, |l| {
+    }
+
+    pub(super) fn install(lua: &Lua) {
+        locked(lua, |l, installed| {
+            if installed.is_some() {
+                return;
+            }
             let mut backing_ud = ptr::null_mut();
             // SAFETY: swaps the allocator between two allocations, with a `Heap` that lives until
-            // `uninstall` (module invariants); Lua's count of its bytes seeds `used`.
+            // `uninstall` (module invariants); Lua's count of its bytes seeds `used` (Lua is not
+            // running a finalizer here: the VM was just made).
             unsafe {
                 let backing = ffi::lua_getallocf(l, &mut backing_ud);
                 let heap = Box::new(Heap {
-                    used: lua_bytes(l),
+                    used: lua_bytes(l).unwrap_or(0),
                     limit: 0,
                     pooled: 0,
                     free: [ptr::null_mut(); MAX_POOLED + 1],
@@ -207,51 +238,62 @@ mod pool {
                 });
                 ffi::lua_setallocf(l, allocate, Box::into_raw(heap) as *mut c_void);
             }
-        });
-        Ok(())
+        })
     }
 
-    /// Sets the limit `heap` checks; mlua's own limit becomes the largest value (or 0 with none)
-    /// so that it protects its allocations exactly when one can fail (module invariants).
-    pub(super) fn set_limit(lua: &Lua, heap: *mut Heap, limit: usize) -> mlua::Result<usize> {
-        // mlua reaches its limit only while its own allocator is the VM's: swap it in for the call.
-        // SAFETY: `heap` is the installed `Heap`; the swaps keep every block mlua's (invariants).
-        let swap = |to_heap: bool| {
-            with_state(lua, |l| unsafe {
-                if to_heap {
-                    (*heap).used = lua_bytes(l);
-                    ffi::lua_setallocf(l, allocate, heap as *mut c_void);
-                } else {
-                    ffi::lua_setallocf(l, (*heap).backing, (*heap).backing_ud);
+    /// Sets the limit the installed `Heap` checks and returns the one it replaces; `None` when
+    /// this module's allocator is not the VM's. mlua's own limit becomes the largest value (or 0
+    /// with none) so that mlua protects its allocations exactly when one can fail.
+    pub(super) fn set_limit(lua: &Lua, limit: usize) -> Option<mlua::Result<usize>> {
+        locked(lua, |l, installed| {
+            let heap = installed?;
+            // SAFETY: inside the lock (module invariants). mlua reaches its limit only while its own
+            // allocator is the VM's: it is swapped in for the call, which calls no Lua, and back.
+            unsafe {
+                ffi::lua_setallocf(l, (*heap).backing, (*heap).backing_ud);
+                let set = lua.set_memory_limit(if limit == 0 { 0 } else { usize::MAX });
+                ffi::lua_setallocf(l, allocate, heap as *mut c_void);
+                if let Some(used) = lua_bytes(l) {
+                    (*heap).used = used;
                 }
-            })
-        };
-        swap(false);
-        let set = lua.set_memory_limit(if limit == 0 { 0 } else { usize::MAX });
-        swap(true);
-        set?;
-        // SAFETY: as above; nothing else holds the `Heap` now.
-        Ok(std::mem::replace(unsafe { &mut (*heap).limit }, limit))
+                Some(set.map(|_| std::mem::replace(&mut (*heap).limit, limit)))
+            }
+        })
+    }
+
+    pub(super) fn trim(lua: &Lua) {
+        locked(lua, |_, installed| {
+            let Some(heap) = installed else { return };
+            // SAFETY: inside the lock (module invariants).
+            unsafe {
+                let heap = &mut *heap;
+                if heap.pooled > heap.cap() {
+                    release(heap, heap.cap());
+                }
+            }
+        })
     }
 
     pub(super) fn uninstall(lua: &Lua) {
-        let Some(heap) = installed(lua) else { return };
-        with_state(lua, |l| {
-            // SAFETY: mlua's allocator goes back first, then the kept blocks go to it at their
-            // exact sizes, then the `Heap` is freed: nothing calls `allocate` any more.
+        locked(lua, |l, installed| {
+            let Some(heap) = installed else { return };
+            // SAFETY: inside the lock. mlua's allocator goes back first, then the kept blocks go to
+            // it at their exact sizes, then the `Heap` is freed: nothing calls `allocate` any more.
+            // mlua's count is the live bytes by then, so the limit means what it meant here.
             unsafe {
-                let heap = Box::from_raw(heap);
+                let mut heap = Box::from_raw(heap);
                 ffi::lua_setallocf(l, heap.backing, heap.backing_ud);
-                for (size, &head) in heap.free.iter().enumerate() {
-                    let mut block = head;
-                    while !block.is_null() {
-                        let next = *(block as *mut *mut c_void);
-                        (heap.backing)(heap.backing_ud, block, size, 0);
-                        block = next;
-                    }
-                }
+                release(&mut heap, 0);
+                let _ = lua.set_memory_limit(heap.limit);
             }
-        });
+        })
+    }
+
+    /// The bytes the VM's `Heap` counts Lua as holding, and the bytes on its lists.
+    #[cfg(test)]
+    pub(super) fn counts(lua: &Lua) -> Option<(usize, usize)> {
+        // SAFETY: inside the lock (module invariants).
+        locked(lua, |_, installed| installed.map(|heap| unsafe { ((*heap).used, (*heap).pooled) }))
     }
 }
 
@@ -263,9 +305,8 @@ mod tests {
 
     /// Lua's own count of its bytes, and the count the allocator checks the limit against.
     fn counts(lua: &Lua) -> (usize, usize) {
-        let heap = pool::installed(lua).expect("the heap is installed");
-        // SAFETY: read between calls into the VM, on the thread that holds it.
-        (lua.used_memory(), unsafe { pool::used(heap) })
+        let (used, _) = pool::counts(lua).expect("the heap is installed");
+        (lua.used_memory(), used)
     }
 
     /// Makes `n` tables with a short string each, and lets them go.
@@ -277,6 +318,13 @@ mod tests {
         .unwrap();
         lua.gc_collect().unwrap();
         lua.gc_collect().unwrap();
+    }
+
+    /// Whether `source` fails with Lua's memory error (caught by `pcall` in the script).
+    fn runs_out(lua: &Lua, source: &str) -> bool {
+        let (ok, err): (bool, String) =
+            lua.load(format!("return pcall(function() {source} end)")).eval().unwrap();
+        !ok && err.contains("memory")
     }
 
     #[test]
@@ -291,10 +339,13 @@ mod tests {
         assert_eq!(heap_count2, lua_count2);
         assert!(lua_count2 < lua_count + 64 * 1024, "{lua_count} -> {lua_count2}: churn kept memory");
         super::uninstall(&lua);
-        assert!(pool::installed(&lua).is_none());
-        // mlua's allocator is back, with its limit: the VM goes on and is dropped cleanly.
-        lua.set_memory_limit(64 * 1024 * 1024).unwrap();
+        assert!(pool::counts(&lua).is_none());
+        // mlua's allocator is back, counting what Lua holds: the VM goes on and drops cleanly.
+        lua.gc_collect().unwrap();
+        let raw = lua.used_memory();
+        assert_eq!(lua.set_memory_limit(64 * 1024 * 1024).unwrap(), 0);
         churn(&lua, 1_000);
+        assert!(lua.used_memory() < raw + 64 * 1024, "mlua's count after the hand-back is off");
     }
 
     #[test]
@@ -304,15 +355,15 @@ mod tests {
         churn(&lua, 50_000); // fills the free lists
         let base = lua.used_memory();
         assert_eq!(super::set_memory_limit(&lua, base + 512 * 1024).unwrap(), 64 * 1024 * 1024);
-        // Live memory past the limit (fresh blocks, a list: nothing grows in place) fails as
-        // Lua's memory error, caught by `pcall`...
-        let caught: (bool, String) = lua
-            .load("local head return pcall(function() for i = 1, 1e7 do head = { head } end end)")
-            .eval()
-            .unwrap();
-        assert!(!caught.0 && caught.1.contains("memory"), "{caught:?}");
+        // Live memory past the limit fails as Lua's memory error, caught by `pcall`: fresh
+        // blocks (a list: nothing grows in place)...
+        assert!(runs_out(&lua, "local head for i = 1, 1e7 do head = { head } end"));
+        // ... and a block that grows (an array part, reallocated).
+        assert!(runs_out(&lua, "local t = {} for i = 1, 1e8 do t[i] = i end"));
         lua.gc_collect().unwrap();
-        // ... and garbage in the free lists does not count: the same work fits again.
+        let (lua_count, heap_count) = counts(&lua);
+        assert_eq!(heap_count, lua_count, "the count drifted across the failures");
+        // Garbage in the free lists does not count: the same work fits again.
         let held: Table =
             lua.load("local t = {} for i = 1, 1000 do t[i] = { i } end return t").eval().unwrap();
         assert_eq!(held.raw_len(), 1000);
@@ -320,6 +371,30 @@ mod tests {
         let big: Table =
             lua.load("local t = {} for i = 1, 200000 do t[i] = { i } end return t").eval().unwrap();
         assert_eq!(big.raw_len(), 200_000);
+        // Handed back, mlua's allocator keeps the limit.
+        assert_eq!(super::set_memory_limit(&lua, 8 * 1024 * 1024).unwrap(), 0);
+        drop(big);
+        super::uninstall(&lua);
+        assert_eq!(lua.set_memory_limit(16 * 1024 * 1024).unwrap(), 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_lists_shrink_back_when_the_live_heap_does() {
+        let lua = Lua::new();
+        super::install(&lua, None).unwrap();
+        // A burst of garbage far larger than what stays live.
+        let keep: Table =
+            lua.load("local t = {} for i = 1, 300000 do t[i] = { i } end return t").eval().unwrap();
+        drop(keep);
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        let (used, pooled) = pool::counts(&lua).unwrap();
+        assert!(pooled > 4 * 1024 * 1024, "the burst should fill the lists ({pooled} B kept)");
+        super::trim(&lua);
+        let (used_after, pooled_after) = pool::counts(&lua).unwrap();
+        assert_eq!(used_after, used);
+        assert!(pooled_after <= used.max(1024 * 1024), "{pooled_after} B kept for {used} B live");
+        churn(&lua, 10_000); // and the VM goes on
         super::uninstall(&lua);
     }
 }

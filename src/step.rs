@@ -33,6 +33,7 @@ pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real:
         error!("bevy_lua_coroutines: the step failed: {e}");
     }
     crate::fastpath::restore_memory_limit(lua);
+    crate::heap::trim(lua);
     // Out: unhandled rejections are reported once per frame, after every resume.
     report_rejections(lua);
     output(lua)
