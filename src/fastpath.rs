@@ -348,6 +348,50 @@ unsafe extern "C-unwind" fn shrink_waits(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// The registry key the step's shared table is kept under (the address of this static), for
+/// [`current`].
+static SHARED: u8 = 0;
+
+fn shared_key() -> *const c_void {
+    std::ptr::from_ref(&SHARED).cast()
+}
+
+/// Keeps the step's `shared` table where [`current`] reads it (once, when the VM is made).
+pub(crate) fn keep_shared(lua: &Lua, shared: &Table) -> mlua::Result<()> {
+    // SAFETY: stores the argument exec_raw pushed in the registry, under a key only this module
+    // uses; the registry is not reachable from scripts.
+    unsafe { lua.exec_raw::<()>(shared, |l| ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, shared_key())) }
+}
+
+/// The task being resumed (0: none) and the number of resumes so far: two raw reads of the
+/// shared table in one hold of mlua's lock, without the protected call and value handles of
+/// mlua's `Table::raw_get` (about 150 instructions instead of 900; Rust asks on every `print`,
+/// every Rust function call that makes a promise and every budget check). `None` when the
+/// stack has no room (the caller reads the table through mlua then).
+pub(crate) fn current(lua: &Lua) -> Option<(i64, u64)> {
+    lua.exec_raw_lua(|raw| {
+        let l = raw.state();
+        // SAFETY: `l` is a state of the VM, held; three slots are checked, the reads raise
+        // nothing and call no metamethod, and the stack is put back as it was.
+        unsafe {
+            if ffi::lua_checkstack(l, 3) == 0 {
+                return None;
+            }
+            let top = ffi::lua_gettop(l);
+            if ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, shared_key()) != ffi::LUA_TTABLE {
+                ffi::lua_settop(l, top);
+                return None;
+            }
+            ffi::lua_rawgeti(l, -1, CURRENT);
+            let current = ffi::lua_tointegerx(l, -1, std::ptr::null_mut());
+            ffi::lua_rawgeti(l, -2, SERIAL);
+            let serial = ffi::lua_tointegerx(l, -1, std::ptr::null_mut());
+            ffi::lua_settop(l, top);
+            Some((current, serial as u64))
+        }
+    })
+}
+
 /// The memory limit a step raised (see [`relax_memory`]), to restore after the step.
 pub(crate) struct RelaxedLimit(pub usize);
 

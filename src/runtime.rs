@@ -459,9 +459,11 @@ impl LuaRuntime {
         api.set("builtins", &base.builtins)?;
         api.set("fields", &base.fields)?;
         api.set("classes", &base.classes)?;
+        let shared: Table = step.get("shared")?;
+        crate::fastpath::keep_shared(&lua, &shared)?;
         lua.set_app_data(Refs {
             thread_of: step.get("thread_of")?,
-            shared: step.get("shared")?,
+            shared,
             envs: lua.create_table()?,
             run: step.get("run")?,
             wake: step.get("wake")?,

@@ -582,10 +582,10 @@ impl Budget {
         }
         let every = self.every.load(Ordering::Relaxed).max(1);
         crate::hook::set_count(thread, every);
-        let Some(refs) = lua.app_data_ref::<Refs>() else {
+        // (Before the step's tables exist, while the VM is being made, nothing is a task.)
+        let Some((current, serial)) = try_current_task(lua) else {
             return Ok(VmState::Continue);
         };
-        let (current, serial) = refs.current();
         if current == 0 {
             return Ok(VmState::Continue);
         }
@@ -596,8 +596,6 @@ impl Budget {
         if calls <= self.limit() {
             return Ok(VmState::Continue);
         }
-        // The thread is alive: the task table holds it.
-        drop(refs);
         let at_library = in_library();
         // In the crate's own code, the script line that called into it, if there is one (a stop
         // in script code later replaces it with its own line).
@@ -719,7 +717,12 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
 
 /// The task being resumed (0: none) and the number of resumes so far.
 pub(crate) fn current_task(lua: &Lua) -> (i64, u64) {
-    refs(lua).current()
+    crate::fastpath::current(lua).unwrap_or_else(|| refs(lua).current())
+}
+
+/// [`current_task`], or `None` before the VM's step tables exist.
+fn try_current_task(lua: &Lua) -> Option<(i64, u64)> {
+    crate::fastpath::current(lua).or_else(|| lua.app_data_ref::<Refs>().map(|refs| refs.current()))
 }
 
 impl Refs {
