@@ -17,9 +17,9 @@ use std::future::Future;
 
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
-use bevy::tasks::{AsyncComputeTaskPool, Task};
+use bevy::tasks::AsyncComputeTaskPool;
 use crossbeam_channel::{Receiver, Sender};
-use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
+use mlua::{Function, IntoLua, Lua, LuaSerdeExt, MultiValue, Table, Value};
 
 pub mod channels;
 mod flat;
@@ -129,8 +129,6 @@ impl std::fmt::Debug for PromiseHandle {
 
 /// Lua functions of the promise module the bridge calls.
 pub(crate) struct BridgeLua {
-    /// `pending(id) -> promise`: a promise settled by `settle(id, ...)`.
-    pub pending: Function,
     /// `settle_many(q, n)`: settles the promises of the triples `id, ok, value` at `q[1..n]`, in
     /// order, clearing them.
     pub settle_many: Function,
@@ -140,6 +138,9 @@ pub(crate) struct BridgeLua {
     pub forget: Function,
     /// `wrap(raw) -> function`: raises the errors `raw` returns as `false, message`.
     pub wrap: Function,
+    /// `wrap_pending(raw) -> function`: the same for a `raw` that returns `true, id`; the call
+    /// returns `pending(id)`.
+    pub wrap_pending: Function,
 }
 
 /// Makes a script-facing function of `call`, which returns its value or the message to raise.
@@ -147,14 +148,33 @@ pub(crate) fn script_function(
     lua: &Lua,
     call: impl Fn(&Lua, MultiValue) -> Result<Value, String> + Send + Sync + 'static,
 ) -> mlua::Result<Function> {
+    let wrap = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").wrap.clone();
+    wrapped(lua, &wrap, call)
+}
+
+/// Makes a script-facing function of `call`, which holds the work behind a new promise and
+/// returns its id (or the message to raise); the script gets the pending promise.
+fn promise_function(
+    lua: &Lua,
+    call: impl Fn(&Lua, MultiValue) -> Result<u64, String> + Send + Sync + 'static,
+) -> mlua::Result<Function> {
+    let wrap = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").wrap_pending.clone();
+    wrapped(lua, &wrap, call)
+}
+
+/// `wrapper(raw)`, where `raw` calls `call` and returns `true, value` or `false, message`.
+fn wrapped<V: IntoLua>(
+    lua: &Lua,
+    wrapper: &Function,
+    call: impl Fn(&Lua, MultiValue) -> Result<V, String> + Send + Sync + 'static,
+) -> mlua::Result<Function> {
     let raw = lua.create_function(move |lua, args: MultiValue| {
         Ok(match call(lua, args) {
-            Ok(value) => (true, value),
+            Ok(value) => (true, value.into_lua(lua)?),
             Err(message) => (false, Value::String(lua.create_string(message)?)),
         })
     })?;
-    let wrap = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").wrap.clone();
-    wrap.call(raw)
+    wrapper.call(raw)
 }
 
 /// Installs the bridge in a new VM, on top of the promise module's exports: each step starts by
@@ -171,11 +191,11 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
         .set_name("=bevy_lua_coroutines/bridge.lua")
         .call((promise.get::<Function>("deferred")?, promise.get::<Function>("settle_deferred")?, cancel))?;
     lua.set_app_data(BridgeLua {
-        pending: module.get("pending")?,
         settle_many: module.get("settle_many")?,
         queue: lua.create_table()?,
         forget: module.get("forget")?,
         wrap: module.get("wrap")?,
+        wrap_pending: module.get("wrap_pending")?,
     });
     base.before_step("settling Rust results", drain);
     base.on_cancel_instance(cancel_instance);
@@ -187,13 +207,6 @@ fn next_id(lua: &Lua) -> u64 {
     let mut b = bridge(lua);
     b.next_id += 1;
     b.next_id
-}
-
-/// Makes the promise `id` for the running script, with the work behind it.
-fn pending_promise(lua: &Lua, id: u64, task: Option<Task<()>>) -> mlua::Result<Value> {
-    hold(lua, id, task.map(|t| Box::new(t) as Box<dyn Send>));
-    let pending = lua.app_data_ref::<BridgeLua>().expect("the bridge is installed").pending.clone();
-    pending.call::<Value>(id)
 }
 
 /// Holds `work` for the running script under `id` until [`cancel`] (or the end of the script's
@@ -230,12 +243,10 @@ pub(crate) fn release_on_drop(lua: &Lua, id: u64) -> ReleaseOnDrop {
     ReleaseOnDrop { id, tx: bridge(lua).tx.clone() }
 }
 
-/// Runs `future` on the `AsyncComputeTaskPool` and returns the promise its result settles: `Ok`
-/// resolves it (converted on the VM's thread), `Err` rejects it with the message.
-pub(crate) fn spawn_promise<R, E>(
-    lua: &Lua,
-    future: impl Future<Output = Result<R, E>> + Send + 'static,
-) -> mlua::Result<Value>
+/// Runs `future` on the `AsyncComputeTaskPool`, held for the running script, and returns the id
+/// of the promise its result settles (made by `wrap_pending`): `Ok` resolves it (converted on the
+/// VM's thread), `Err` rejects it with the message.
+fn spawn_promise<R, E>(lua: &Lua, future: impl Future<Output = Result<R, E>> + Send + 'static) -> u64
 where
     R: Serialize + Send + 'static,
     E: Display + Send + 'static,
@@ -247,7 +258,8 @@ where
             future.await.map(|r| Box::new(r) as Box<dyn Outgoing + Send>).map_err(|e| e.to_string());
         let _ = tx.send(Completion { id, outcome });
     });
-    pending_promise(lua, id, Some(task))
+    hold(lua, id, Some(Box::new(task)));
+    id
 }
 
 /// Drops the work behind promise `id` (the script cancelled it).
@@ -487,10 +499,10 @@ macro_rules! impl_lua_functions {
         {
             #[allow(non_snake_case, unused_variables, unused_mut)]
             fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function> {
-                script_function(lua, move |lua, args| {
+                promise_function(lua, move |lua, args| {
                     let mut args = args.into_iter();
                     $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
-                    spawn_promise(lua, self($($a),*)).map_err(message)
+                    Ok(spawn_promise(lua, self($($a),*)))
                 })
             }
         }
@@ -506,14 +518,14 @@ macro_rules! impl_lua_promise_functions {
         {
             #[allow(non_snake_case, unused_variables, unused_mut)]
             fn into_lua_function(self, lua: &Lua, name: String) -> mlua::Result<Function> {
-                script_function(lua, move |lua, args| {
+                promise_function(lua, move |lua, args| {
                     let mut args = args.into_iter();
                     $(let $a: $a = arg(lua, &mut args, $n, &name)?;)*
                     let id = next_id(lua);
-                    let promise = pending_promise(lua, id, None).map_err(message)?;
+                    hold(lua, id, None);
                     let tx = bridge(lua).tx.clone();
                     self($($a,)* PromiseHandle { id, tx, settled: false });
-                    Ok(promise)
+                    Ok(id)
                 })
             }
         }

@@ -60,4 +60,21 @@ local function wrap(raw)
   end
 end
 
-return { pending = pending, settle = settle, settle_many = settle_many, forget = forget, wrap = wrap }
+--- Wraps a registered Rust function `raw` that hands scripts a promise Rust settles: `raw` returns
+--- `true, id` (its work held under `id`) or `false, message`; the call returns the pending promise
+--- `id`, made here so that Rust does not call back into Lua for it.
+local function wrap_pending(raw)
+  return function(...)
+    local ok, value = raw(...)
+    if not ok then error(value, 2) end
+    return pending(value)
+  end
+end
+
+return {
+  settle = settle,
+  settle_many = settle_many,
+  forget = forget,
+  wrap = wrap,
+  wrap_pending = wrap_pending,
+}
