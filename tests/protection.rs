@@ -187,6 +187,39 @@ fn hitting_the_memory_limit_fails_the_call_not_the_app() {
 }
 
 #[test]
+fn the_memory_limit_can_be_changed_while_the_game_runs() {
+    // Lua 5.4 only. LuaJIT does not collect before it fails an allocation, so the garbage of the
+    // frame before fails the script's next `print` instead; under Luau a limit this close to the
+    // live heap can fail a stack check inside mlua, which panics (see the README's Lua flavours).
+    if LUAJIT || LUAU {
+        return;
+    }
+    let mut app = create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() });
+    // Each frame, about 8 MiB of tables (dropped at once) inside `pcall`: do they fit?
+    let grow = "while true do
+        local ok, err = pcall(function() local t = {} for i = 1, 100000 do t[i] = { i, i } end end)
+        print(ok and 'fits' or tostring(err):match('memory') and 'out of memory' or err)
+        task.wait()
+    end";
+    spawn_script(&mut app, "scripts/grow.lua", grow);
+    run(&mut app, 2);
+    let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
+    runtime.lua().gc_collect().unwrap();
+    let tight = runtime.used_memory() + 4 * 1024 * 1024;
+    assert_eq!(runtime.set_memory_limit(tight).unwrap(), 512 * 1024 * 1024, "the plugin's default first");
+    run(&mut app, 2);
+    let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
+    assert_eq!(runtime.set_memory_limit(0).unwrap(), tight);
+    run(&mut app, 2);
+    let lines = printed(&app);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(&lines[..2], ["fits", "fits"], "{lines:?}");
+    assert!(lines[2..4].iter().all(|l| l == "out of memory"), "{lines:?}");
+    assert_eq!(&lines[4..], ["fits", "fits"], "{lines:?}");
+    assert_eq!(errors(&app).len(), 0, "{:#?}", errors(&app));
+}
+
+#[test]
 fn safe_standard_libraries_by_default() {
     let mut app = create_app();
     spawn_script(
