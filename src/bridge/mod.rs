@@ -139,7 +139,7 @@ pub(crate) struct BridgeLua {
     /// `wrap(raw) -> function`: raises the errors `raw` returns as `false, message`.
     pub wrap: Function,
     /// `wrap_pending(raw) -> function`: the same for a `raw` that returns `true, id`; the call
-    /// returns `pending(id)`.
+    /// makes a pending promise before `raw` runs and returns it, filed under `id`.
     pub wrap_pending: Function,
 }
 

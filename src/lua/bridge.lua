@@ -17,13 +17,6 @@ local function cancelled(p)
   end
 end
 
---- A promise settled later by `settle(id, ...)`.
-local function pending(id)
-  local p = deferred(cancelled)
-  promises[id], ids[p] = p, id
-  return p
-end
-
 --- Resolves (`ok`) or rejects promise `id` with `value`.
 local function settle(id, ok, value)
   local p = promises[id]
@@ -62,12 +55,17 @@ end
 
 --- Wraps a registered Rust function `raw` that hands scripts a promise Rust settles: `raw` returns
 --- `true, id` (its work held under `id`) or `false, message`; the call returns the pending promise
---- `id`, made here so that Rust does not call back into Lua for it.
+--- `id`, made here so that Rust does not call back into Lua for it. The promise is made before
+--- `raw` runs, so a script out of memory fails the call before any Rust work starts (a
+--- `PromiseHandle` function may act at once); only the two stores that file it under `id` come
+--- after.
 local function wrap_pending(raw)
   return function(...)
+    local p = deferred(cancelled)
     local ok, value = raw(...)
     if not ok then error(value, 2) end
-    return pending(value)
+    promises[value], ids[p] = p, value
+    return p
   end
 end
 
