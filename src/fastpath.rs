@@ -365,7 +365,7 @@ pub(crate) fn keep_shared(lua: &Lua, shared: &Table) -> mlua::Result<()> {
 
 /// The task being resumed (0: none) and the number of resumes so far: two raw reads of the
 /// shared table in one hold of mlua's lock, without the protected call and value handles of
-/// mlua's `Table::raw_get` (about 150 instructions instead of 900; Rust asks on every `print`,
+/// mlua's `Table::raw_get` (about 400 instructions instead of 900; Rust asks on every `print`,
 /// every Rust function call that makes a promise and every budget check). `None` when the
 /// stack has no room (the caller reads the table through mlua then).
 pub(crate) fn current(lua: &Lua) -> Option<(i64, u64)> {

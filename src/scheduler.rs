@@ -717,7 +717,7 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
 
 /// The task being resumed (0: none) and the number of resumes so far.
 pub(crate) fn current_task(lua: &Lua) -> (i64, u64) {
-    crate::fastpath::current(lua).unwrap_or_else(|| refs(lua).current())
+    try_current_task(lua).unwrap_or_else(|| refs(lua).current())
 }
 
 /// [`current_task`], or `None` before the VM's step tables exist.
