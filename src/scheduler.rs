@@ -554,7 +554,7 @@ impl Budget {
         location: impl FnOnce() -> String,
         in_library: impl FnOnce() -> bool,
     ) -> mlua::Result<VmState> {
-        let thread = lua.current_thread().to_pointer();
+        let thread = running_thread(lua);
         let spent = self.spent();
         if let Some(watch) = self.watch.get()
             && spent.is_none()
@@ -627,7 +627,7 @@ impl Budget {
         if let Some(watch) = self.watch.get() {
             watch.spent.store(true, Ordering::Release);
         }
-        self.arm(lua.current_thread().to_pointer(), 1);
+        self.arm(running_thread(lua), 1);
         self.arm(resumed as *const c_void, 1);
         spent
     }
@@ -718,6 +718,14 @@ pub(crate) fn sched(lua: &Lua) -> mlua::AppDataRefMut<'_, Scheduler> {
 /// The task being resumed (0: none) and the number of resumes so far.
 pub(crate) fn current_task(lua: &Lua) -> (i64, u64) {
     try_current_task(lua).unwrap_or_else(|| refs(lua).current())
+}
+
+/// The thread running now, named as `Thread::to_pointer` names it (its `lua_State`). Read
+/// without touching the thread's stack: the budget's hook asks for it at any instruction, also
+/// when the VM is out of memory, and under Luau `Lua::current_thread` then panics (it asserts
+/// that the stack can grow by one slot, which fails when growing it cannot allocate).
+fn running_thread(lua: &Lua) -> *const c_void {
+    lua.state() as *const c_void
 }
 
 /// [`current_task`], or `None` before the VM's step tables exist.
