@@ -22,7 +22,6 @@
 
 use std::cell::Cell;
 use std::ptr::NonNull;
-use std::thread::ThreadId;
 
 use bevy::prelude::World;
 use mlua::Lua;
@@ -31,7 +30,7 @@ use mlua::Lua;
 #[derive(Default)]
 pub(crate) struct WorldSlot {
     world: Cell<Option<NonNull<World>>>,
-    thread: Cell<Option<ThreadId>>,
+    thread: Cell<Option<ThreadMark>>,
     /// A world function holds the world (its pointer is out of the slot).
     busy: Cell<bool>,
 }
@@ -44,6 +43,20 @@ struct Boxed(Box<WorldSlot>);
 // the `&mut World` it came from is borrowed by `scoped` on that thread; the VM that owns the slot
 // is used by one thread at a time.
 unsafe impl Send for Boxed {}
+
+/// Names the thread that runs the step: the address of a thread-local, unique among the threads
+/// alive at once, which is all the slot needs (the thread that set it is alive until it restores
+/// it). Cheaper than `std::thread::current().id()`, which clones and drops an `Arc` (two atomic
+/// operations) on every world call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ThreadMark(usize);
+
+impl ThreadMark {
+    fn here() -> Self {
+        thread_local! { static MARK: u8 = const { 0 }; }
+        MARK.with(|mark| ThreadMark(mark as *const u8 as usize))
+    }
+}
 
 /// Why the world could not be reached.
 pub(crate) enum Unreachable {
@@ -75,7 +88,7 @@ pub(crate) fn slot_ptr(lua: &Lua) -> *const WorldSlot {
 struct Restore<'a> {
     slot: &'a WorldSlot,
     world: Option<NonNull<World>>,
-    thread: Option<ThreadId>,
+    thread: Option<ThreadMark>,
     busy: bool,
 }
 
@@ -93,7 +106,7 @@ pub(crate) fn scoped<R>(lua: &Lua, world: &mut World, f: impl FnOnce() -> R) -> 
     let _restore = Restore {
         slot,
         world: slot.world.replace(Some(NonNull::from(world))),
-        thread: slot.thread.replace(Some(std::thread::current().id())),
+        thread: slot.thread.replace(Some(ThreadMark::here())),
         busy: slot.busy.replace(false),
     };
     f()
@@ -106,7 +119,7 @@ impl WorldSlot {
         if self.busy.get() {
             return Err(Unreachable::Busy);
         }
-        let here = std::thread::current().id();
+        let here = ThreadMark::here();
         let (Some(mut world), true) = (self.world.get(), self.thread.get() == Some(here)) else {
             return Err(Unreachable::NoStep);
         };
@@ -133,5 +146,34 @@ pub(crate) fn with_world<R>(lua: &Lua, what: &str, f: impl FnOnce(&mut World) ->
         Err(Unreachable::NoStep) => {
             Err(format!("'{what}' needs the world, which scripts reach only while the step runs them"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_thread_that_runs_the_step_reaches_the_world() {
+        let lua = Lua::new();
+        install(&lua);
+        let mut world = World::new();
+        let (mine, other) = std::thread::scope(|s| {
+            // Both threads alive at once: their marks differ.
+            let other = s.spawn(|| (ThreadMark::here(), ThreadMark::here()));
+            (ThreadMark::here(), other.join().unwrap())
+        });
+        assert_eq!(other.0, other.1, "a thread's mark stays the same");
+        assert_ne!(mine, other.0);
+        let slot = slot(&lua).unwrap();
+        assert!(matches!(slot.with(|_| ()), Err(Unreachable::NoStep)), "no step runs");
+        scoped(&lua, &mut world, || {
+            assert!(slot.with(|_| ()).is_ok());
+            slot.thread.set(Some(other.0));
+            assert!(matches!(slot.with(|_| ()), Err(Unreachable::NoStep)), "another thread's step");
+            slot.thread.set(Some(mine));
+            assert!(matches!(slot.with(|_| slot.with(|_| ()).is_err()), Ok(true)), "busy inside");
+        });
+        assert!(matches!(slot.with(|_| ()), Err(Unreachable::NoStep)), "the step is over");
     }
 }

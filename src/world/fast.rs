@@ -39,9 +39,10 @@ pub(crate) fn entity_index(lua: &Lua, methods: &Table, id: &Function) -> mlua::R
 }
 
 unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua with (self, key); upvalues as made by `entity_index`.
+    // SAFETY: called by Lua with (self, key); upvalues as made by `entity_index`. Whatever else
+    // is on the stack stays below what is pushed here (an index past the top reads nil), and the
+    // result is always the top value.
     unsafe {
-        ffi::lua_settop(l, 2);
         ffi::lua_pushvalue(l, 2);
         ffi::lua_rawget(l, ffi::lua_upvalueindex(1));
         if ffi::lua_type(l, -1) != ffi::LUA_TNIL || ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(3)) == 0 {
