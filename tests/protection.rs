@@ -238,7 +238,20 @@ fn a_memory_limit_lowered_under_running_scripts_never_stops_the_game() {
     run(&mut app, 4);
     let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
     runtime.set_memory_limit(0).unwrap();
-    runtime.lua().gc_collect().unwrap();
+    let before = printed(&app).len();
+    run(&mut app, 2);
+    let lines = printed(&app);
+    let goes_on = lines[before..] == ["fits", "fits"];
+    let reported = errors(&app).iter().any(|e| e.script == "scripts/grow.lua");
+    if LUAJIT {
+        // LuaJIT does not collect before it fails an allocation: the script's next `print` fails
+        // outside its `pcall`, and the task is reported failed.
+        assert!(reported && !goes_on, "{lines:?} {:#?}", errors(&app));
+    } else if !LUAU {
+        // Lua 5.4 collects before it fails an allocation: the task only ever saw its `pcall` fail.
+        assert!(goes_on && !reported, "{lines:?} {:#?}", errors(&app));
+    }
+    // (Under Luau the task is lost without a report: a known gap, see the README's Lua flavours.)
     // The game goes on: a script started now runs.
     spawn_script(&mut app, "scripts/after.lua", "print('still running')");
     run(&mut app, 2);
