@@ -287,7 +287,7 @@ pub fn empty_app() -> App {
 // ---------------------------------------------------------------------------------------------
 
 /// The raw floor of a resume: `n` bare coroutines resumed one after another from Rust, taken from
-/// a Rust `Vec` ([`RawCoroutines::pass`]) or, as the scheduler issue defines its floor, from a Lua
+/// a Rust `Vec` ([`RawCoroutines::pass`]) or, as the scheduler target defines its floor, from a Lua
 /// table ([`RawCoroutines::pass_table`]).
 pub struct RawCoroutines {
     _lua: Lua,
@@ -339,7 +339,7 @@ impl RawCoroutines {
     }
 
     /// Resumes every coroutine once, each read from a Lua table first: mlua's `Thread::resume`
-    /// loop over threads kept in a Lua table, the floor the scheduler issue measures its headline
+    /// loop over threads kept in a Lua table, the floor the scheduler target measures its headline
     /// against (the crate too finds each task's thread in a Lua table).
     #[inline(never)]
     pub fn pass_table(&self) {
