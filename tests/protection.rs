@@ -186,16 +186,11 @@ fn hitting_the_memory_limit_fails_the_call_not_the_app() {
     assert_eq!(runtime.set_memory_limit(16 * 1024 * 1024).unwrap(), 16 * 1024 * 1024);
 }
 
-#[test]
-fn the_memory_limit_can_be_changed_while_the_game_runs() {
-    // Lua 5.4 only. LuaJIT and Luau do not collect before they fail an allocation, so the
-    // garbage the `pcall` left fails the script's next `print` instead (under Luau the task is
-    // then lost without a report; see the README's Lua flavours). For them, the test below.
-    if LUAJIT || LUAU {
-        return;
-    }
+/// A game whose script makes about 8 MiB of tables (dropped at once) inside `pcall` every frame
+/// and prints whether they fit, run two frames; then its memory limit lowered to 4 MiB above the
+/// live heap. Returns the app, that limit, and the limit it replaced.
+fn growing_under_a_tight_limit() -> (App, usize, usize) {
     let mut app = create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() });
-    // Each frame, about 8 MiB of tables (dropped at once) inside `pcall`: do they fit?
     let grow = "while true do
         local ok, err = pcall(function() local t = {} for i = 1, 100000 do t[i] = { i, i } end end)
         print(ok and 'fits' or tostring(err):match('memory') and 'out of memory' or err)
@@ -206,7 +201,20 @@ fn the_memory_limit_can_be_changed_while_the_game_runs() {
     let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
     runtime.lua().gc_collect().unwrap();
     let tight = runtime.used_memory() + 4 * 1024 * 1024;
-    assert_eq!(runtime.set_memory_limit(tight).unwrap(), 512 * 1024 * 1024, "the plugin's default first");
+    let replaced = runtime.set_memory_limit(tight).unwrap();
+    (app, tight, replaced)
+}
+
+#[test]
+fn the_memory_limit_can_be_changed_while_the_game_runs() {
+    // Lua 5.4 only. LuaJIT and Luau do not collect before they fail an allocation, so the
+    // garbage the `pcall` left fails the script's next `print` instead (under Luau the task is
+    // then lost without a report; see the README's Lua flavours). For them, the test below.
+    if LUAJIT || LUAU {
+        return;
+    }
+    let (mut app, tight, replaced) = growing_under_a_tight_limit();
+    assert_eq!(replaced, 512 * 1024 * 1024, "the plugin's default first");
     run(&mut app, 2);
     let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
     assert_eq!(runtime.set_memory_limit(0).unwrap(), tight);
@@ -223,18 +231,7 @@ fn the_memory_limit_can_be_changed_while_the_game_runs() {
 fn a_memory_limit_lowered_under_running_scripts_never_stops_the_game() {
     // Every flavour. Under Luau the budget's hook once asked mlua for the running thread, which
     // panics when the thread's stack cannot grow for want of memory: the game crashed.
-    let mut app = create_app_with(LuaCoroutinesPlugin { print_to_stdout: false, ..default() });
-    let grow = "while true do
-        local ok, err = pcall(function() local t = {} for i = 1, 100000 do t[i] = { i, i } end end)
-        print(ok and 'fits' or tostring(err):match('memory') and 'out of memory' or err)
-        task.wait()
-    end";
-    spawn_script(&mut app, "scripts/grow.lua", grow);
-    run(&mut app, 2);
-    let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
-    runtime.lua().gc_collect().unwrap();
-    let tight = runtime.used_memory() + 4 * 1024 * 1024;
-    runtime.set_memory_limit(tight).unwrap();
+    let (mut app, _, _) = growing_under_a_tight_limit();
     run(&mut app, 4);
     let runtime = app.world().resource::<bevy_lua_coroutines::LuaRuntime>();
     runtime.set_memory_limit(0).unwrap();
