@@ -9,8 +9,9 @@
 //! Invariants:
 //! - The functions here are only ever called by Lua, on the thread that runs the VM. Their
 //!   upvalues are fixed when they are made ([`functions`], [`entity_index`]): the tables named
-//!   below, and the address of the VM's world slot, which lives as long as the VM; except the
-//!   one-entry cache of `get` and `set`, which only ever holds a path `typed` maps and its code.
+//!   below, and a block holding the address of the VM's world slot, which lives as long as the
+//!   VM; except the one-entry cache of `get` and `set` (that block's other fields and the string
+//!   they name), which only ever holds a path `typed` maps and its code.
 //! - An entity value is recognised by its first user value, its `Entity::to_bits` as an integer
 //!   (set when it is made, see `components::entity_value`; no other value of the VM has an
 //!   integer there); a path by `typed` (path string → [`Typed::code`]), which the Lua side fills
@@ -44,8 +45,9 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
     // result is always the top value.
     unsafe {
         ffi::lua_pushvalue(l, 2);
-        ffi::lua_rawget(l, ffi::lua_upvalueindex(1));
-        if ffi::lua_type(l, -1) != ffi::LUA_TNIL || ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(3)) == 0 {
+        if ffi::lua_rawget(l, ffi::lua_upvalueindex(1)) != ffi::LUA_TNIL
+            || ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(3)) == 0
+        {
             return 1;
         }
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
@@ -80,11 +82,24 @@ mod paths {
     const U_PARTS: c_int = 8;
     /// The general `get` or `set` of `lua/world.lua`.
     const U_GENERAL: c_int = 11;
-    const U_SLOT: c_int = 12;
-    /// The path string this function's last typed call named, and its code (a one-entry cache
-    /// in front of `typed`: a script calls `get` or `set` in a loop with the same path).
+    /// The function's [`Cache`] (a full userdata no script can reach).
+    const U_CACHE: c_int = 12;
+    /// The path string this function's last typed call named, kept alive for `Cache::path`.
     const U_LAST_PATH: c_int = 13;
-    const U_LAST_CODE: c_int = 14;
+
+    /// What `get` and `set` keep between calls, in a block of the VM's memory (no destructor):
+    /// the world slot, and a one-entry cache in front of `typed` (a script calls `get` or `set`
+    /// in a loop with the same path). `path` is the address of the string in `U_LAST_PATH`
+    /// (null before the first typed call), which no other live value has while that upvalue
+    /// holds the string: comparing addresses is one load, where `lua_rawequal` on an upvalue
+    /// is some sixty instructions. (Equal long strings may have different addresses; those
+    /// miss the cache and are looked up in `typed`.)
+    #[repr(C)]
+    struct Cache {
+        slot: *const WorldSlot,
+        path: *const c_void,
+        code: i64,
+    }
 
     /// The methods `get(self, path) -> value` and `set(self, path, value)`: the typed paths here,
     /// any other call by `general_get` / `general_set`. `typed` is described in the module docs;
@@ -97,19 +112,18 @@ mod paths {
         general_get: &Function,
         general_set: &Function,
     ) -> mlua::Result<(Function, Function)> {
-        let slot = access::slot_ptr(lua) as *mut c_void;
+        let slot = access::slot_ptr(lua);
         let make = |f: ffi::lua_CFunction, general: &Function| {
             let upvalues =
                 (typed, vec3, quat, "x", "y", "z", "w", "translation", "rotation", "scale", general);
             // SAFETY: the upvalues pushed are the ones the functions read (module invariants); the
-            // slot lives as long as the VM.
+            // slot lives as long as the VM; a userdata block is aligned for any Rust value.
             unsafe {
                 lua.exec_raw::<Function>(upvalues, |l| {
-                    ffi::lua_pushlightuserdata(l, slot);
-                    // An empty cache holds a table no script can reach: it equals no path.
-                    ffi::lua_newtable(l);
-                    ffi::lua_pushinteger(l, 0);
-                    ffi::lua_pushcclosure(l, f, U_LAST_CODE);
+                    let cache = ffi::lua_newuserdatauv(l, std::mem::size_of::<Cache>(), 0) as *mut Cache;
+                    cache.write(Cache { slot, path: std::ptr::null(), code: 0 });
+                    ffi::lua_pushnil(l);
+                    ffi::lua_pushcclosure(l, f, U_LAST_PATH);
                 })
             }
         };
@@ -162,22 +176,21 @@ mod paths {
             if integer == 0 {
                 return None;
             }
-            let code = if ffi::lua_rawequal(l, 2, ffi::lua_upvalueindex(U_LAST_PATH)) != 0 {
-                ffi::lua_tointegerx(l, ffi::lua_upvalueindex(U_LAST_CODE), std::ptr::null_mut())
-            } else {
+            let cache = &mut *(ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_CACHE)) as *mut Cache);
+            if ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+                return None;
+            }
+            let path = ffi::lua_topointer(l, 2);
+            if path != cache.path {
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_rawget(l, ffi::lua_upvalueindex(U_TYPED));
                 let code = pop_number(l)? as i64;
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_replace(l, ffi::lua_upvalueindex(U_LAST_PATH));
-                ffi::lua_pushinteger(l, code);
-                ffi::lua_replace(l, ffi::lua_upvalueindex(U_LAST_CODE));
-                code
-            };
-            let typed = Typed::from_code(code)?;
-            let slot =
-                (ffi::lua_touserdata(l, ffi::lua_upvalueindex(U_SLOT)) as *const WorldSlot).as_ref()?;
-            Some((slot, Entity::try_from_bits(bits as u64)?, typed))
+                (cache.path, cache.code) = (path, code);
+            }
+            let typed = Typed::from_code(cache.code)?;
+            Some((cache.slot.as_ref()?, Entity::try_from_bits(bits as u64)?, typed))
         }
     }
 
