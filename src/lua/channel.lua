@@ -535,19 +535,21 @@ end
 function methods.send(self, v)
   -- The common cases first, inline: a Lua channel, open, no receiver waiting, room in the buffer;
   -- an external channel with no operation parked on it whose `put` takes the value at once.
+  -- (`not x` rather than `x == nil` where `x` is never `false`: a test, where comparing with
+  -- nil is a call into the VM's equality.)
   local st = state_of[self]
-  if st ~= nil then
+  if st then
     local ext = st.ext
-    if ext == nil then
+    if not ext then
       local n = st.count
-      if n < st.cap and not st.closed and st.recvq.first == nil then
+      if n < st.cap and not st.closed and not st.recvq.first then
         st.buf[st.head + n] = v -- `buf_push`, inline
         st.count = n + 1
         return true
       end
     elseif st.parked == 0 then
       local put = ext.put
-      if put ~= nil and put(v) then return true end
+      if put and put(v) then return true end
     end
   end
   st = check_self(self, "send")
@@ -560,11 +562,11 @@ function methods.receive(self)
   -- The common cases first, inline: a Lua channel with a buffered value and no sender waiting to
   -- refill the buffer; an external channel with no operation parked on it whose `take` has a value.
   local st = state_of[self]
-  if st ~= nil then
+  if st then
     local ext = st.ext
-    if ext == nil then
+    if not ext then
       local n = st.count
-      if n > 0 and st.sendq.first == nil then
+      if n > 0 and not st.sendq.first then
         -- `buf_pop`, inline
         local h, buf = st.head, st.buf
         local v = buf[h]
@@ -579,7 +581,7 @@ function methods.receive(self)
       end
     elseif st.parked == 0 then
       local take = ext.take
-      if take ~= nil then
+      if take then
         local got, v = take()
         if got then return v, true end
       end

@@ -375,7 +375,9 @@ function methods.iter(self)
   end
   local queued = st.queued
   return function()
-    if queued ~= nil and st.pulls == 0 and not st.ended and st.parts == nil and st.rest == nil then
+    -- (`not x` rather than `x == nil` for these, never `false`: a test, not a call. A chunk may
+    -- be `false`.)
+    if queued and st.pulls == 0 and not st.ended and not st.parts and not st.rest then
       local got, v = queued()
       if got and v ~= nil then return v end
     end
