@@ -399,22 +399,33 @@ pub(crate) struct RelaxedLimit(pub usize);
 /// the step, once per step. For a task that failed for want of memory where the VM can neither
 /// close the task's thread nor collect before an allocation fails (LuaJIT): what the thread holds
 /// stays reachable until the step lets go of it, and the step needs memory to report the failure
-/// and run the other tasks. The step collects garbage and restores the limit when it ends
-/// ([`restore_memory_limit`]). Allocates nothing itself.
+/// and run the other tasks. (Under Luau the raw loops do the same, through [`relax`], for a
+/// resume that failed near the limit.) The step collects garbage and restores the limit when it
+/// ends ([`restore_memory_limit`]). Allocates nothing itself.
 unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua on the VM's thread, which holds the VM.
-    let lua = unsafe { Lua::get_or_init_from_ptr(l) };
+    relax(unsafe { Lua::get_or_init_from_ptr(l) }, false);
+    0
+}
+
+/// Raises the VM's memory limit for the rest of the step, as [`relax_memory`] says; with
+/// `only_near`, only if the VM holds within half that raise of its limit.
+fn relax(lua: &Lua, only_near: bool) {
     if lua.app_data_ref::<RelaxedLimit>().is_some() {
-        return 0;
+        return;
     }
     // `set_memory_limit` returns the limit it replaces: read it by setting it.
-    let Ok(limit) = crate::heap::set_memory_limit(lua, 0) else { return 0 };
+    let Ok(limit) = crate::heap::set_memory_limit(lua, 0) else { return };
     if limit == 0 {
-        return 0; // there was no limit (and 0 is "none")
+        return; // there was no limit (and 0 is "none")
     }
-    let _ = crate::heap::set_memory_limit(lua, limit.saturating_add((limit / 4).max(1 << 20)));
+    let raise = (limit / 4).max(1 << 20);
+    if only_near && lua.used_memory().saturating_add(raise / 2) < limit {
+        let _ = crate::heap::set_memory_limit(lua, limit);
+        return;
+    }
+    let _ = crate::heap::set_memory_limit(lua, limit.saturating_add(raise));
     lua.set_app_data(RelaxedLimit(limit));
-    0
 }
 
 /// After a step: if a task made it relax the memory limit ([`relax_memory`]), collects what the
@@ -827,6 +838,11 @@ unsafe fn hand_back(
         }
         ffi::lua_pushboolean(l, 0);
         ffi::lua_xmove(co, l, 1); // the error value
+        // Luau collects nothing before it fails an allocation: a task that failed near the
+        // limit leaves the step no memory to grow its stack by, to report it and go on, until
+        // the step ends (Lua 5.4 collects first; LuaJIT's step relaxes the limit in `fail`).
+        #[cfg(feature = "luau")]
+        relax(Lua::get_or_init_from_ptr(l), true);
         5
     }
 }
