@@ -22,6 +22,9 @@ use mlua::ffi;
 #[cfg(not(any(feature = "luajit", feature = "luau")))]
 pub(crate) use lazy::{Watch, close_function, hook_of, resume_function};
 
+#[cfg(feature = "luau")]
+pub(crate) use interrupt::{frame_at, remove_interrupt, set_interrupt};
+
 /// Makes the hook of thread `state` (if it has one) fire every `count` instructions. Under LuaJIT
 /// the hook is global: every thread changes.
 #[cfg(not(feature = "luau"))]
@@ -441,6 +444,187 @@ mod lazy {
                 ffi::lua_pop(state, nres);
                 assert_ne!(ffi::lua_gethookmask(state), 0, "a script's own hook is kept");
             }
+        }
+    }
+}
+
+/// Luau's interrupt, installed without mlua's wrapper, and gated: Luau calls it at every call and
+/// loop edge, so it counts those itself and calls the budget's callback only once every `batch`
+/// of them (every time while an `always` flag is set), charging it the whole batch. Through
+/// mlua's wrapper (a protected Rust call with an error slot set aside each time) and a full
+/// check at each interrupt, the budget made a compute-bound script 1.9x slower under Luau.
+/// The wrapper also needs a free stack slot at each call, which fails once a thread's stack
+/// cannot grow for want of memory; this touches the stack only to raise.
+///
+/// Luau hands an interrupt nothing of ours (mlua keeps the callbacks' user data), so each VM's
+/// gate is kept in a registry under the address of its callbacks (one per VM, stable while it
+/// lives); each OS thread remembers the last one it looked up, checked against a generation that
+/// every change of the registry moves on. Invariants: an entry is replaced or removed only while
+/// no Lua code of its VM runs ([`set_interrupt`] when the runtime is made, [`remove_interrupt`]
+/// when it is dropped), so a remembered pointer whose generation is current points into a live
+/// entry; the interrupts of one VM run on one OS thread at a time, so the count needs no atomic
+/// read-modify-write; the callback and every value it made are dropped before the interrupt
+/// raises.
+#[cfg(feature = "luau")]
+mod interrupt {
+    use std::cell::Cell;
+    use std::ffi::c_int;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use mlua::{Lua, VmState, ffi};
+
+    /// What an interrupt calls, with the interrupted thread and how many interrupts it stands
+    /// for: continue, yield (where it can) or raise. mlua's view of the running thread
+    /// (`Lua::state`, `Lua::inspect_stack`) is not the interrupted thread here (mlua sets it only
+    /// inside its own callbacks): use the one given.
+    type Callback = dyn Fn(&Lua, *mut ffi::lua_State, u64) -> mlua::Result<VmState> + Send + Sync;
+
+    /// One VM's interrupt.
+    struct Gate {
+        /// The address of the VM's callbacks.
+        key: usize,
+        /// Interrupts per call of `callback` (1: every one).
+        batch: u64,
+        /// Interrupts since the last call.
+        ticks: AtomicU64,
+        /// Call `callback` at every interrupt while set.
+        always: Arc<AtomicBool>,
+        callback: Box<Callback>,
+    }
+
+    /// The gate of each VM that has one.
+    static REGISTRY: Mutex<Vec<Arc<Gate>>> = Mutex::new(Vec::new());
+    /// Moves on at every change of the registry.
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+    thread_local! {
+        /// The last lookup on this thread: key, generation, gate.
+        static LAST: Cell<Option<(usize, u64, *const Gate)>> = const { Cell::new(None) };
+    }
+
+    /// The registry's key of the VM `l` belongs to.
+    fn key(l: *mut ffi::lua_State) -> usize {
+        // SAFETY: `l` is a live state; this takes the address of its VM's callbacks, nothing more.
+        unsafe { ffi::lua_callbacks(l) as usize }
+    }
+
+    /// The VM's key, read through mlua.
+    fn key_of(lua: &Lua) -> mlua::Result<usize> {
+        let mut k = 0;
+        // SAFETY: the closure only reads the state's address of its callbacks.
+        unsafe { lua.exec_raw::<()>((), |l| k = key(l))? };
+        Ok(k)
+    }
+
+    /// Makes `callback` the VM's interrupt (replacing any), called once every `batch` interrupts,
+    /// or at every one while `always` is set.
+    pub(crate) fn set_interrupt(
+        lua: &Lua,
+        batch: u64,
+        always: Arc<AtomicBool>,
+        callback: impl Fn(&Lua, *mut ffi::lua_State, u64) -> mlua::Result<VmState> + Send + Sync + 'static,
+    ) -> mlua::Result<()> {
+        let key = key_of(lua)?;
+        let gate =
+            Gate { key, batch: batch.max(1), ticks: AtomicU64::new(0), always, callback: Box::new(callback) };
+        {
+            let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            registry.retain(|g| g.key != key);
+            registry.push(Arc::new(gate));
+            GENERATION.fetch_add(1, Ordering::AcqRel);
+        }
+        // SAFETY: sets the VM's interrupt to `proc_`, which finds the gate just registered.
+        unsafe { lua.exec_raw::<()>((), |l| (*ffi::lua_callbacks(l)).interrupt = Some(proc_)) }
+    }
+
+    /// Takes the VM's interrupt away (before the runtime that set it goes).
+    pub(crate) fn remove_interrupt(lua: &Lua) {
+        let Ok(key) = key_of(lua) else { return };
+        // SAFETY: clears the VM's interrupt; nothing of ours is called after this.
+        let _ = unsafe { lua.exec_raw::<()>((), |l| (*ffi::lua_callbacks(l)).interrupt = None) };
+        let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        registry.retain(|g| g.key != key);
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The gate registered for key `k`, remembered for the next interrupt on this thread.
+    fn lookup(k: usize) -> Option<*const Gate> {
+        let generation = GENERATION.load(Ordering::Acquire);
+        if let Some((key, g, gate)) = LAST.get()
+            && key == k
+            && g == generation
+        {
+            return Some(gate);
+        }
+        let registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let gate = Arc::as_ptr(registry.iter().find(|g| g.key == k)?);
+        LAST.set(Some((k, GENERATION.load(Ordering::Acquire), gate)));
+        Some(gate)
+    }
+
+    /// The source (`short_src`) and current line of the function `level` calls below the top
+    /// of thread `l` (0: the running function), if there is one.
+    pub(crate) fn frame_at(l: *mut ffi::lua_State, level: c_int) -> Option<(String, Option<i32>)> {
+        // SAFETY: `l` is the interrupted thread, alive while its interrupt runs; `lua_getinfo`
+        // fills `ar` and allocates nothing; the strings it points to live while the frame does,
+        // and are copied before this returns.
+        unsafe {
+            let mut ar: ffi::lua_Debug = std::mem::zeroed();
+            if ffi::lua_getinfo(l, level, c"sl".as_ptr(), &mut ar) == 0 {
+                return None;
+            }
+            let src = if ar.short_src.is_null() {
+                "?".to_string()
+            } else {
+                std::ffi::CStr::from_ptr(ar.short_src).to_string_lossy().into_owned()
+            };
+            Some((src, (ar.currentline >= 0).then_some(ar.currentline)))
+        }
+    }
+
+    unsafe extern "C-unwind" fn proc_(l: *mut ffi::lua_State, gc: c_int) {
+        if gc >= 0 {
+            return; // a collection step, not a call or a loop edge
+        }
+        let Some(gate) = lookup(key(l)) else { return };
+        // SAFETY: `gate` points into a live entry (module invariants).
+        let gate = unsafe { &*gate };
+        let weight = if gate.batch > 1 && !gate.always.load(Ordering::Relaxed) {
+            // Only this VM's thread counts (module invariants): a load and a store suffice.
+            let ticks = gate.ticks.load(Ordering::Relaxed) + 1;
+            if ticks < gate.batch {
+                gate.ticks.store(ticks, Ordering::Relaxed);
+                return;
+            }
+            gate.ticks.store(0, Ordering::Relaxed);
+            gate.batch
+        } else {
+            1
+        };
+        // SAFETY: mlua made the VM, so the `Lua` it returns for `l` is the VM's own.
+        let result = unsafe { (gate.callback)(Lua::get_or_init_from_ptr(l), l, weight) };
+        let message = match result {
+            Ok(VmState::Yield) => {
+                // SAFETY: yielding from an interrupt is how Luau stops a thread that can yield.
+                unsafe {
+                    if ffi::lua_isyieldable(l) != 0 {
+                        ffi::lua_yield(l, 0);
+                    }
+                }
+                return;
+            }
+            Ok(_) => return, // continue
+            Err(mlua::Error::RuntimeError(message)) => message,
+            Err(e) => e.to_string(),
+        };
+        // SAFETY: one slot is pushed (an interrupt runs where the VM has its minimum stack free;
+        // if the string cannot be made, Luau raises its memory error instead), and nothing with a
+        // destructor is alive past `lua_pushlstring` but `message`, dropped first.
+        unsafe {
+            ffi::lua_pushlstring(l, message.as_ptr() as *const _, message.len());
+            drop(message);
+            ffi::lua_error(l);
         }
     }
 }

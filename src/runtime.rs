@@ -213,9 +213,12 @@ pub struct LuaRuntime {
 }
 
 impl Drop for LuaRuntime {
-    /// Hands the VM back to mlua's allocator (see `heap`), so it outlives the runtime safely.
+    /// Hands the VM back to mlua's allocator (see `heap`) and, under Luau, takes the budget's
+    /// interrupt away (see `hook`), so the VM outlives the runtime safely.
     fn drop(&mut self) {
         crate::heap::uninstall(&self.lua);
+        #[cfg(feature = "luau")]
+        crate::hook::remove_interrupt(&self.lua);
     }
 }
 
@@ -684,7 +687,7 @@ fn install_budget(
     let Some(instructions) = instructions.filter(|&n| n > 0) else {
         return Ok(None);
     };
-    #[cfg(any(feature = "luajit", feature = "luau"))]
+    #[cfg(feature = "luajit")]
     let _ = exact;
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
@@ -739,24 +742,30 @@ fn install_budget(
         let b = budget.clone();
         // Luau calls the interrupt at calls and loop back-edges, not every n instructions.
         budget.set_limit(instructions.div_ceil(8).max(1), 1, 8);
-        lua.set_interrupt(move |lua| {
+        // A check once every 64 interrupts, and at least 16 times within the budget, as the count
+        // hook elsewhere; at every interrupt when counting exactly.
+        let batch = if exact { 1 } else { (instructions / 8 / 16).clamp(1, 64) };
+        crate::hook::set_interrupt(lua, batch, budget.stopping(), move |lua, l, weight| {
+            let line = |line: Option<i32>| line.map_or_else(|| "?".into(), |l| l.to_string());
             // The innermost Lua function (the interrupt itself is no frame of its own).
-            let short = || {
-                (0..4).find_map(|level| {
-                    lua.inspect_stack(level, |d| {
-                        let src = d.source().short_src.as_deref().unwrap_or("?").to_string();
-                        let line = d.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                        (src != "[C]").then_some((src, line))
-                    })
-                    .flatten()
-                })
+            let short =
+                || (0..4).find_map(|level| crate::hook::frame_at(l, level).filter(|(src, _)| src != "[C]"));
+            // The innermost script function, past the crate's own code.
+            let script = || {
+                (0..64)
+                    .map_while(|level| crate::hook::frame_at(l, level))
+                    .find(|(src, _)| !src.starts_with(LIBRARY_SOURCE) && src != "[C]")
+                    .map_or_else(|| "?".into(), |(src, at)| format!("{src}:{}", line(at)))
             };
-            b.on_hook(
+            b.on_thread_hook(
                 lua,
-                || short().map_or_else(|| "?".into(), |(src, line)| format!("{src}:{line}")),
+                l as *const std::ffi::c_void,
+                weight,
+                || short().map_or_else(|| "?".into(), |(src, at)| format!("{src}:{}", line(at))),
                 || short().is_some_and(|(src, _)| src.starts_with(LIBRARY_SOURCE)),
+                script,
             )
-        });
+        })?;
     }
     Ok(watch)
 }

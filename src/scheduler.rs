@@ -439,6 +439,9 @@ pub(crate) struct Budget {
     pending: AtomicU64,
     /// Set in the default mode (Lua 5.4): threads carry no hook until the watchdog arms one.
     watch: std::sync::OnceLock<Arc<crate::hook::Watch>>,
+    /// Set from when the budget runs out until [`Budget::reset`]: Luau's interrupt then calls
+    /// the budget at every call and loop edge, not once a batch (see `hook`).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Steps of work outside the VM (pattern matching) charged at once.
@@ -517,6 +520,12 @@ impl Budget {
         self.per_call.store(per_call, Ordering::Relaxed);
     }
 
+    /// The flag set while the budget is spent (for Luau's interrupt, see `hook`).
+    #[cfg(feature = "luau")]
+    pub fn stopping(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stopping.clone()
+    }
+
     fn limit(&self) -> u64 {
         match self.limit.load(Ordering::Relaxed) {
             0 => u64::MAX,
@@ -540,21 +549,38 @@ impl Budget {
         }
         self.grace.store(0, Ordering::Relaxed);
         self.calls.store(0, Ordering::Relaxed);
+        self.stopping.store(false, Ordering::Relaxed);
         if let Some(watch) = self.watch.get() {
             watch.spent.store(false, Ordering::Release);
         }
     }
 
-    /// Called by the VM's hook on thread `thread` (`in_library`: whether the running function is
-    /// the crate's own Lua code): counts one call against the current resume and decides whether
-    /// the running code must stop.
+    /// Called by the VM's hook on the running thread (`in_library`: whether the running function
+    /// is the crate's own Lua code): counts one call against the current resume and decides
+    /// whether the running code must stop.
+    #[cfg(not(feature = "luau"))]
     pub fn on_hook(
         &self,
         lua: &Lua,
         location: impl FnOnce() -> String,
         in_library: impl FnOnce() -> bool,
     ) -> mlua::Result<VmState> {
-        let thread = running_thread(lua);
+        self.on_thread_hook(lua, running_thread(lua), 1, location, in_library, || script_location(lua))
+    }
+
+    /// [`Budget::on_hook`] for a hook that names the running thread `thread` itself, and finds
+    /// the innermost script function's `file:line` with `script_at` (Luau's interrupt, which
+    /// runs outside mlua's callbacks: there mlua's view of the running thread is not `thread`),
+    /// counting `weight` calls at once.
+    pub fn on_thread_hook(
+        &self,
+        lua: &Lua,
+        thread: *const c_void,
+        weight: u64,
+        location: impl FnOnce() -> String,
+        in_library: impl FnOnce() -> bool,
+        script_at: impl FnOnce() -> String,
+    ) -> mlua::Result<VmState> {
         let spent = self.spent();
         if let Some(watch) = self.watch.get()
             && spent.is_none()
@@ -592,18 +618,18 @@ impl Budget {
         if self.serial.swap(serial, Ordering::Relaxed) != serial {
             self.calls.store(0, Ordering::Relaxed);
         }
-        let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let calls = self.calls.fetch_add(weight, Ordering::Relaxed) + weight;
         if calls <= self.limit() {
             return Ok(VmState::Continue);
         }
         let at_library = in_library();
         // In the crate's own code, the script line that called into it, if there is one (a stop
         // in script code later replaces it with its own line).
-        let at = match at_library.then(|| script_location(lua)) {
+        let at = match at_library.then(script_at) {
             Some(at) if at != "?" => at,
             _ => location(),
         };
-        let spent = self.exhaust(lua, current, at, at_library);
+        let spent = self.exhaust(lua, thread, current, at, at_library);
         if at_library {
             return Ok(VmState::Continue);
         }
@@ -611,8 +637,15 @@ impl Budget {
     }
 
     /// Marks the budget of the resume of task `current` spent at `at`: from now on the running
-    /// thread and the task's own thread stop at every instruction.
-    fn exhaust(&self, lua: &Lua, current: i64, at: String, at_library: bool) -> Spent {
+    /// thread `running` and the task's own thread stop at every instruction.
+    fn exhaust(
+        &self,
+        lua: &Lua,
+        running: *const c_void,
+        current: i64,
+        at: String,
+        at_library: bool,
+    ) -> Spent {
         let (resumed, state) = {
             let refs = refs(lua);
             // The thread is alive: the task table holds it.
@@ -623,11 +656,12 @@ impl Budget {
         if let Ok(mut slot) = self.spent.lock() {
             *slot = Some(spent.clone());
         }
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = state.raw_set("spent", true);
         if let Some(watch) = self.watch.get() {
             watch.spent.store(true, Ordering::Release);
         }
-        self.arm(running_thread(lua), 1);
+        self.arm(running, 1);
         self.arm(resumed as *const c_void, 1);
         spent
     }
@@ -661,7 +695,7 @@ impl Budget {
             return Ok(());
         }
         let at = script_location(lua);
-        let spent = self.exhaust(lua, current, at, false);
+        let spent = self.exhaust(lua, running_thread(lua), current, at, false);
         Err(format!("{}: script exceeded its instruction budget", spent.at))
     }
 
