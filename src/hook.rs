@@ -627,4 +627,51 @@ mod interrupt {
             ffi::lua_error(l);
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Runs a loop of `n` iterations and returns (calls of the callback, interrupts charged).
+        fn run_loop(lua: &Lua, n: u32, seen: &(AtomicU64, AtomicU64)) -> (u64, u64) {
+            let before = (seen.0.load(Ordering::Relaxed), seen.1.load(Ordering::Relaxed));
+            lua.load(format!("local s = 0 for i = 1, {n} do s = s + i end")).exec().unwrap();
+            (seen.0.load(Ordering::Relaxed) - before.0, seen.1.load(Ordering::Relaxed) - before.1)
+        }
+
+        #[test]
+        fn the_gate_calls_once_a_batch_every_time_when_told_and_never_once_removed() {
+            let lua = Lua::new();
+            let seen = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+            let always = Arc::new(AtomicBool::new(false));
+            let s = seen.clone();
+            set_interrupt(&lua, 16, always.clone(), move |_, l, weight| {
+                assert!(!l.is_null());
+                s.0.fetch_add(1, Ordering::Relaxed);
+                s.1.fetch_add(weight, Ordering::Relaxed);
+                Ok(VmState::Continue)
+            })
+            .unwrap();
+            // Luau interrupts at each loop edge (and call): at least 10,000 here.
+            let (calls, charged) = run_loop(&lua, 10_000, &seen);
+            assert!(charged >= 9_984 && calls * 16 == charged, "{calls} calls charged {charged}");
+            always.store(true, Ordering::Relaxed);
+            let (calls, charged) = run_loop(&lua, 1_000, &seen);
+            assert!(calls >= 1_000 && calls == charged, "{calls} calls charged {charged}");
+            remove_interrupt(&lua);
+            assert_eq!(run_loop(&lua, 1_000, &seen), (0, 0));
+        }
+
+        #[test]
+        fn a_callback_error_raises_its_message_where_the_script_runs() {
+            let lua = Lua::new();
+            set_interrupt(&lua, 1, Arc::new(AtomicBool::new(false)), |_, _, _| {
+                Err(mlua::Error::runtime("stopped here"))
+            })
+            .unwrap();
+            let err = lua.load("local s = 0 for i = 1, 10 do s = s + i end").exec().unwrap_err();
+            assert!(err.to_string().contains("stopped here"), "{err}");
+            remove_interrupt(&lua);
+        }
+    }
 }
