@@ -15,7 +15,7 @@ use bevy::prelude::*;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use crate::error::ScriptErrorKind;
-use crate::scheduler::{self, Budget, InstanceId, Refs, Scheduler, StepHooks, kind, sched};
+use crate::scheduler::{self, Budget, InstanceId, LIBRARY_SOURCE, Refs, Scheduler, StepHooks, kind, sched};
 
 /// Which standard libraries scripts get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -656,9 +656,6 @@ fn select_seed_state(seed: u64) -> f64 {
     (z >> 11) as f64
 }
 
-/// The chunk names of the crate's own Lua code (`=bevy_lua_coroutines/...`), as `short_src` shows them.
-const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
-
 /// How long one resume of the step runs hook-free, in the default mode, before the watchdog arms
 /// the count hook on it (it then has its whole instruction budget still to run).
 #[cfg(not(any(feature = "luajit", feature = "luau")))]
@@ -717,10 +714,7 @@ fn install_budget(
                 let short = src.short_src.as_deref().unwrap_or("?");
                 b.on_hook(
                     lua,
-                    || {
-                        let line = debug.current_line().map_or_else(|| "?".into(), |l| l.to_string());
-                        format!("{short}:{line}")
-                    },
+                    || scheduler::file_line(short, debug.current_line().map(|l| l as i32)),
                     || short.starts_with(LIBRARY_SOURCE),
                 )
             },
@@ -746,22 +740,17 @@ fn install_budget(
         // hook elsewhere; at every interrupt when counting exactly.
         let batch = if exact { 1 } else { (instructions / 8 / 16).clamp(1, 64) };
         crate::hook::set_interrupt(lua, batch, budget.stopping(), move |lua, l, weight| {
-            let line = |line: Option<i32>| line.map_or_else(|| "?".into(), |l| l.to_string());
             // The innermost Lua function (the interrupt itself is no frame of its own).
             let short =
                 || (0..4).find_map(|level| crate::hook::frame_at(l, level).filter(|(src, _)| src != "[C]"));
             // The innermost script function, past the crate's own code.
-            let script = || {
-                (0..64)
-                    .map_while(|level| crate::hook::frame_at(l, level))
-                    .find(|(src, _)| !src.starts_with(LIBRARY_SOURCE) && src != "[C]")
-                    .map_or_else(|| "?".into(), |(src, at)| format!("{src}:{}", line(at)))
-            };
+            let script =
+                || scheduler::script_frame(0, |level| crate::hook::frame_at(l, level as std::ffi::c_int));
             b.on_thread_hook(
                 lua,
                 l as *const std::ffi::c_void,
                 weight,
-                || short().map_or_else(|| "?".into(), |(src, at)| format!("{src}:{}", line(at))),
+                || short().map_or_else(|| "?".into(), |(src, line)| scheduler::file_line(&src, line)),
                 || short().is_some_and(|(src, _)| src.starts_with(LIBRARY_SOURCE)),
                 script,
             )

@@ -447,19 +447,30 @@ pub(crate) struct Budget {
 /// Steps of work outside the VM (pattern matching) charged at once.
 const WORK_BATCH: u64 = 4096;
 
-/// `file:line` of the innermost script function on the stack (not the crate's own code).
+/// The chunk names of the crate's own Lua code (`=bevy_lua_coroutines/...`), as `short_src` shows them.
+pub(crate) const LIBRARY_SOURCE: &str = "bevy_lua_coroutines/";
+
+/// `file:line` of the innermost script function (not the crate's own code) among the frames
+/// `frame(level)` describes (its `short_src` and current line), from level `from` outwards.
+pub(crate) fn script_frame(from: usize, frame: impl FnMut(usize) -> Option<(String, Option<i32>)>) -> String {
+    (from..64)
+        .map_while(frame)
+        .find(|(src, _)| !src.starts_with(LIBRARY_SOURCE) && src != "[C]")
+        .map_or_else(|| "?".into(), |(src, line)| file_line(&src, line))
+}
+
+/// `src:line`, or `src:?` without a line: how a budget stop names where it happened.
+pub(crate) fn file_line(src: &str, line: Option<i32>) -> String {
+    format!("{src}:{}", line.map_or_else(|| "?".into(), |l| l.to_string()))
+}
+
+/// `file:line` of the innermost script function on the running thread's stack, as mlua sees it.
 fn script_location(lua: &Lua) -> String {
-    for level in 1..64 {
-        let Some((src, line)) = lua.inspect_stack(level, |d| {
-            (d.source().short_src.as_deref().unwrap_or("?").to_string(), d.current_line())
-        }) else {
-            break;
-        };
-        if !src.starts_with("bevy_lua_coroutines/") && src != "[C]" {
-            return format!("{src}:{}", line.map_or_else(|| "?".into(), |l| l.to_string()));
-        }
-    }
-    "?".into()
+    script_frame(1, |level| {
+        lua.inspect_stack(level, |d| {
+            (d.source().short_src.as_deref().unwrap_or("?").to_string(), d.current_line().map(|l| l as i32))
+        })
+    })
 }
 
 /// Where a budget ran out, and the thread of the task whose resume it was.
