@@ -44,6 +44,99 @@ fn new_runs_the_executor_now_and_resolves_with_every_value() {
 }
 
 #[test]
+fn every_shape_of_settled_values_reads_back_through_every_reader() {
+    // One value that is not a table is kept as itself, anything else in a table: each reader
+    // must see the same values either way, settled now or later, resolved or rejected.
+    let out = output(
+        r##"
+        local t = { "t" }
+        local function show(...)
+          local parts = { tostring(select("#", ...)) }
+          for i = 1, select("#", ...) do
+            local v = select(i, ...)
+            parts[#parts + 1] = v == t and "t" or tostring(v)
+          end
+          return table.concat(parts, " ")
+        end
+        local shapes = {
+          { "nil", function(r) r(nil) end },
+          { "false", function(r) r(false) end },
+          { "zero", function(r) r(0) end },
+          { "string", function(r) r("s") end },
+          { "table", function(r) r(t) end },
+          { "none", function(r) r() end },
+          { "two", function(r) r(1, nil) end },
+        }
+        for _, shape in ipairs(shapes) do
+          local name, settle = shape[1], shape[2]
+          local later
+          local now = Promise.new(function(resolve) settle(resolve) end)
+          local pending = Promise.new(function(resolve) later = resolve end)
+          local rejected = Promise.new(function(_, reject) settle(reject) end)
+          local seen = {}
+          pending:andThen(function(...) seen[#seen + 1] = "then " .. show(...) end)
+          rejected:catch(function(...) seen[#seen + 1] = "catch " .. show(...) end)
+          task.spawn(function()
+            local got = show(await(pending)) -- (before `#seen` is read: it yields)
+            seen[#seen + 1] = "await " .. got
+          end)
+          settle(later)
+          task.wait()
+          print(name, show(await(now)), show(now:await()), show(now:awaitStatus()), show(now:expect()),
+            show(rejected:await()), show(Promise.all({ now }):expect()[1]),
+            show(Promise.race({ pending }):expect()), table.concat(seen, ", "))
+        end
+        "##,
+        20,
+    );
+    assert_eq!(
+        out,
+        [
+            "nil\t1 nil\t2 true nil\t2 Resolved nil\t1 nil\t2 false nil\t1 nil\t1 nil\tcatch 1 nil, then 1 nil, await 1 nil",
+            "false\t1 false\t2 true false\t2 Resolved false\t1 false\t2 false false\t1 false\t1 false\tcatch 1 false, then 1 false, await 1 false",
+            "zero\t1 0\t2 true 0\t2 Resolved 0\t1 0\t2 false 0\t1 0\t1 0\tcatch 1 0, then 1 0, await 1 0",
+            "string\t1 s\t2 true s\t2 Resolved s\t1 s\t2 false s\t1 s\t1 s\tcatch 1 s, then 1 s, await 1 s",
+            "table\t1 t\t2 true t\t2 Resolved t\t1 t\t2 false t\t1 t\t1 t\tcatch 1 t, then 1 t, await 1 t",
+            "none\t0\t1 true\t1 Resolved\t0\t1 false\t1 nil\t0\tcatch 0, then 0, await 0",
+            "two\t2 1 nil\t3 true 1 nil\t3 Resolved 1 nil\t2 1 nil\t3 false 1 nil\t1 1\t2 1 nil\tcatch 2 1 nil, then 2 1 nil, await 2 1 nil",
+        ],
+        "the values of a settlement, as each reader hands them on"
+    );
+}
+
+#[test]
+fn a_task_awaiting_one_promise_after_another_wakes_only_for_the_one_it_awaits() {
+    // The slot a finished await parked on is kept for the next await (of any task): each await
+    // must still end when, and only when, its own promise settles.
+    let out = output(
+        r#"
+        local rs, ps = {}, {}
+        for i = 1, 5 do ps[i] = Promise.new(function(resolve) rs[i] = resolve end) end
+        task.spawn(function()
+          print("a got", await(ps[1]), time.frame())
+          print("a got", await(ps[2]), time.frame())
+        end)
+        task.spawn(function()
+          print("b got", await(ps[4]), time.frame())
+        end)
+        task.wait() rs[1]("one")
+        task.wait()
+        task.spawn(function() print("c got", await(ps[3]), time.frame()) end)
+        rs[2]("two")
+        task.wait() rs[1]("again") rs[5]("five")
+        task.wait() rs[3]("three")
+        task.wait() rs[4]("four")
+        "#,
+        8,
+    );
+    assert_eq!(
+        out,
+        ["a got\tone\t2", "a got\ttwo\t3", "c got\tthree\t5", "b got\tfour\t6"],
+        "each await ends when, and only when, its own promise settles"
+    );
+}
+
+#[test]
 fn a_promise_settles_once_and_its_executor_may_yield() {
     let out = output(
         r#"

@@ -372,7 +372,7 @@ end
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
 -- The nil fields only size the table for the fields a promise usually gets (no rehash as they come):
--- five fields make room for eight (`_values`, `_thread`, `_r1`, `_handled`, `_nconsumers`...), as
+-- five fields make room for eight (`_values`, `_v`, `_thread`, `_r1`, `_handled`, `_nconsumers`...), as
 -- eight would, and each field of a constructor costs a store.
 local function new_promise()
   return setmetatable({ _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
@@ -456,15 +456,31 @@ end
 
 local settled
 
--- The values of every promise settled with none: `_values` tables are never changed once set.
+-- What a promise settled with: `_values` is a table of the values with their count `n`, never
+-- changed once set; or, for exactly one value (the common case), `ONE`, the value being `_v`: no
+-- table per settlement. `first_value` and `all_values` read either.
+local ONE = { n = 1 }
+-- The values of every promise settled with none.
 local NO_VALUES = { n = 0 }
+
+--- The first value settled promise `p` settled with.
+local function first_value(p)
+  local v = p._values
+  if v == ONE then return p._v end
+  return v[1]
+end
+
+--- Every value settled promise `p` settled with.
+local function all_values(p)
+  local v = p._values
+  if v == ONE then return p._v end
+  return unpack(v, 1, v.n)
+end
 
 --- `settle(p, status, v)` for exactly one value, without a vararg call or `select`.
 local function settle1(p, status, v)
   p._status = status
-  -- Sized by the constructor (no resize, as a vararg one needs), both in the hash part: one
-  -- allocation fewer than an array part of one beside a hash part of one.
-  p._values = { [1] = v, n = 1 }
+  p._values, p._v = ONE, v
   settled(p, status)
 end
 
@@ -620,18 +636,17 @@ end
 local function reject_like(p, src)
   if p._status ~= STARTED then return end
   p._stack = src._stack
-  local v = src._values
-  settle(p, REJECTED, unpack(v, 1, v.n))
+  settle(p, REJECTED, all_values(src))
 end
 
 --- `p` takes the outcome of `src` (settled). `chained`: a rejection from an error becomes a new
 --- error saying so, with the original as its parent (as when a handler returns a failed promise).
 local function follow(p, src, chained)
-  local status, v = src._status, src._values
+  local status = src._status
   if status == RESOLVED then
-    settle(p, RESOLVED, unpack(v, 1, v.n))
+    settle(p, RESOLVED, all_values(src))
   elseif status == REJECTED then
-    local first = v[1]
+    local first = first_value(src)
     p._stack = src._stack
     if chained and is_error(first) and first.kind == EXECUTION_ERROR then
       settle(p, REJECTED, new_error({
@@ -641,7 +656,7 @@ local function follow(p, src, chained)
         context = "Rejected because it was chained to the following Promise, which encountered an error:",
       }, first))
     else
-      settle(p, REJECTED, unpack(v, 1, v.n))
+      settle(p, REJECTED, all_values(src))
     end
   else
     cancel(p)
@@ -788,31 +803,52 @@ local function settle_call(p, ok, ...)
   end
 end
 
-local function run_handler(child, handler, values)
-  if values.n == 1 then
-    settle_call(child, xpcall(handler, capture, values[1]))
+local function run_handler(child, handler, src)
+  local v = src._values
+  if v == ONE then
+    settle_call(child, xpcall(handler, capture, src._v))
   else
-    settle_call(child, xpcall(handler, capture, unpack(values, 1, values.n)))
+    settle_call(child, xpcall(handler, capture, unpack(v, 1, v.n)))
   end
 end
 
---- Calls `handler` with `values` in a new thread; its results resolve `child`, its error rejects it.
-local function spawn_handler(child, handler, values)
-  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, values)
+--- Calls `handler` with the values of `src` (settled) in a new thread; its results resolve `child`, its error rejects it.
+local function spawn_handler(child, handler, src)
+  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
 --- Waits (parking the running thread) until `p` settles; returns at once if it has. The waiting task
 --- counts as a consumer, so `p` is not cancelled from below while someone awaits it.
+-- Slots of awaits that are over, kept for the next (see `wait_settled`).
+local spare_slots, spare_slots_n = {}, 0
+local MAX_SPARE_SLOTS = 64
+
 local function wait_settled(p)
   p._handled = true
   if p._status ~= STARTED then return end
-  local slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
+  local slot
+  local n = spare_slots_n
+  if n > 0 then
+    slot = spare_slots[n] -- left in the list, to be overwritten
+    spare_slots_n = n - 1
+    slot.promise = p
+  else
+    slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
+  end
   if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
   p._nconsumers = (p._nconsumers or 0) + 1
   repeat
     park(slot)
   until p._status ~= STARTED
+  -- Woken after its last park (`wake` sets `key` to false), so nothing refers to the slot any
+  -- more: the settlement took it out of the promise's queue before it woke it, and `wake`
+  -- cleared its task's `parked` entry. (Left any other way, it may still be queued: not kept.)
+  if slot.key == false and spare_slots_n < MAX_SPARE_SLOTS then
+    slot.promise = false
+    spare_slots_n = spare_slots_n + 1
+    spare_slots[spare_slots_n] = slot
+  end
 end
 
 --- Waits (parking the running thread, a promise's own) until `p` settles, and goes on at once
@@ -1028,7 +1064,7 @@ local function gather(list, n, amount, mode)
       if done then return end
       if src._status == RESOLVED then
         resolved_n = resolved_n + 1
-        values[mode == "all" and i or resolved_n] = src._values[1]
+        values[mode == "all" and i or resolved_n] = first_value(src)
         if resolved_n >= amount then
           done = true
           drop_all(links)
@@ -1117,9 +1153,8 @@ local function race(ps, n)
       done = true
       drop_all(links) -- the losers first, as roblox-lua-promise does
       if out._status == STARTED then
-        local v = src._values
         out._stack = src._stack
-        settle(out, src._status, unpack(v, 1, v.n))
+        settle(out, src._status, all_values(src))
       end
     end)
   end
@@ -1173,7 +1208,7 @@ local function each_body(out, list, predicate)
         fail_like(out, v, string_format("The Promise at index %d passed to Promise.each was cancelled.", i))
         return
       end
-      v = v._values[1]
+      v = first_value(v)
     end
     if cancelled then return end
     local r = predicate(v, i)
@@ -1186,7 +1221,7 @@ local function each_body(out, list, predicate)
         fail_like(out, r, string_format("The Promise the predicate returned for index %d was cancelled.", i))
         return
       end
-      results[i] = r._values[1]
+      results[i] = first_value(r)
     else
       results[i] = r
     end
@@ -1217,7 +1252,7 @@ local function fold_body(out, list, reducer, acc)
         fail_like(out, current, string_format("The Promise at index %d passed to Promise.fold was cancelled.", i))
         return
       end
-      v, current = current._values[1], nil
+      v, current = first_value(current), nil
     end
     local r = reducer(acc, v, i)
     if is_thenable(r) then
@@ -1231,7 +1266,7 @@ local function fold_body(out, list, reducer, acc)
         fail_like(out, current, "")
         return
       end
-      acc, current = current._values[1], nil
+      acc, current = first_value(current), nil
     else
       acc = r
     end
@@ -1268,9 +1303,9 @@ local function retry_body(out, callback, times, seconds, args)
     out._current = a
     wait_settled(a)
     out._current = nil
-    local status, v = a._status, a._values
+    local status = a._status
     if status == RESOLVED then
-      resolve(out, unpack(v, 1, v.n))
+      resolve(out, all_values(a))
       return
     elseif status == CANCELLED then
       cancel(out)
@@ -1399,16 +1434,16 @@ end
 --- What `child` of `then_impl` does once its source `s` has settled.
 local function then_react(child, s, on_resolve, on_reject)
   if child._status ~= STARTED then return end
-  local status, v = s._status, s._values
+  local status = s._status
   if status == RESOLVED then
     if on_resolve ~= nil then
-      spawn_handler(child, on_resolve, v)
+      spawn_handler(child, on_resolve, s)
     else
-      settle(child, RESOLVED, unpack(v, 1, v.n))
+      settle(child, RESOLVED, all_values(s))
     end
   elseif status == REJECTED then
     if on_reject ~= nil then
-      spawn_handler(child, on_reject, v)
+      spawn_handler(child, on_reject, s)
     else
       reject_like(child, s)
     end
@@ -1650,7 +1685,7 @@ local function raise(p)
     error(e, 0)
   end
   local stack = p._stack and concat_frames(p._stack, frames) or frames
-  local first = p._values[1]
+  local first = first_value(p)
   if first == nil then first = "Expected Promise rejected with no value." end
   if is_error(first) then
     local chain = chain_of(first)
@@ -1668,17 +1703,16 @@ end
 function promise_methods:await()
   check_self(self, "await", "Promise", is_promise)
   wait_settled(self)
-  local status, v = self._status, self._values
+  local status = self._status
   if status == CANCELLED then return false end
-  return status == RESOLVED, unpack(v, 1, v.n)
+  return status == RESOLVED, all_values(self)
 end
 
 --- `p:awaitStatus() -> status, ...`: yields until `p` settles.
 function promise_methods:awaitStatus()
   check_self(self, "awaitStatus", "Promise", is_promise)
   wait_settled(self)
-  local v = self._values
-  return self._status, unpack(v, 1, v.n)
+  return self._status, all_values(self)
 end
 
 --- `p:expect() -> ...`: yields until `p` settles; its values, or raises its rejection.
@@ -1686,8 +1720,7 @@ function promise_methods:expect()
   check_self(self, "expect", "Promise", is_promise)
   wait_settled(self)
   if self._status ~= RESOLVED then raise(self) end
-  local v = self._values
-  return unpack(v, 1, v.n)
+  return all_values(self)
 end
 
 function PromiseMT.__tostring(p)
@@ -1726,7 +1759,7 @@ local function await(p)
   if p._status == STARTED then wait_settled(p) end
   if p._status ~= RESOLVED then raise(p) end
   local v = p._values
-  if v.n == 1 then return v[1] end
+  if v == ONE then return p._v end -- `all_values(p)`, inlined
   return unpack(v, 1, v.n)
 end
 
@@ -1815,7 +1848,7 @@ end
 --- The report of an unhandled rejection: a one-line message and the traceback of where it arose
 --- (the error's own trace, or where the promise was made).
 local function describe(p)
-  local first = p._values[1]
+  local first = first_value(p)
   local text, trace
   if is_error(first) then
     local chain = chain_of(first)
@@ -1844,10 +1877,9 @@ local function report_unhandled(p)
   if key == nil then key = NOBODY end
   local list = callbacks[key]
   if list == nil then return end
-  local v = p._values
   for i = 1, #list do
     local fn = list[i][1]
-    spawn_as(p._owner, function() fn(p, unpack(v, 1, v.n)) end)
+    spawn_as(p._owner, function() fn(p, all_values(p)) end)
   end
 end
 

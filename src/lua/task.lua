@@ -666,10 +666,11 @@ end
 --- hand over waits in the slot or the promise, so this takes no varargs.
 local function wake(slot)
   local key, reg = slot.key, slot.reg
-  if key == nil or regs[key] ~= reg then return false end
-  slot.key = nil
+  if not key or regs[key] ~= reg then return false end
+  slot.key = false -- not waiting, and woken: a store over a value (the fast one), and what
+  -- `lua/promise.lua` reads to know that it may keep the slot for another wait
   parked[key] = nil -- what the slot holds is the waker's business again
-  if args[key] ~= nil then args[key] = nil end -- stale arguments of a resume that never came
+  if args[key] then args[key] = nil end -- stale arguments of a resume that never came
   local tail = T[TAIL]
   ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
   T[TAIL] = tail + 4
@@ -680,7 +681,8 @@ end
 --- asks before it takes a waiter's value or decides a select case can proceed.
 local function waiting(slot)
   local key = slot.key
-  return key ~= nil and regs[key] == slot.reg
+  if not key then return false end
+  return regs[key] == slot.reg
 end
 
 -- The table of the slots above: Rust reads the task being resumed and the number of resumes so
