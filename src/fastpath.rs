@@ -24,9 +24,10 @@
 //!   thread's stack (`lua_xmove`, `lua_pop`): a table it yielded is written on the loop's own
 //!   stack, so an error there is raised in the step, never in the suspended thread.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
-//!   of memory) and, in the waits, the `bad argument` error itself. (`run_ready`'s one non-raw
-//!   write, `lua_setfield` on a park slot, calls no metamethod: the slots `lua/promise.lua` and
-//!   `lua/channel.lua` park on are plain tables.) A raise unwinds (LuaJIT, Luau)
+//!   of memory), `run_ready`'s two field names pushed on entry, before it takes anything off its
+//!   queue (out of memory), and, in the waits, the `bad argument` error itself. (Every write is raw: the
+//!   slots `lua/promise.lua` and `lua/channel.lua` park on are plain tables, and only they can
+//!   be yielded with the request marker.) A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
 //!   every counter the step shares is written back to its table before the next raising call.
 //! - The counters shared with `lua/task.lua` live in one table (`shared`), at the slot numbers
@@ -535,19 +536,22 @@ const R_INST_N: c_int = 17;
 const R_ARGS_MARKER: c_int = 18;
 const R_MAX_RESUMES: c_int = 19;
 const R_MAX_INSTANCE: c_int = 20;
-// Saved on entry, as `S_CURRENT` and `S_DEPTH` are by `run_frames`.
+// Saved on entry, as `S_CURRENT` and `S_DEPTH` are by `run_frames`: the current task, then its
+// defer depth in the slot above (22).
 const R_CURRENT: c_int = 21;
-const R_DEPTH: c_int = 22;
+// The names of the fields a park slot gets, pushed on entry: interned once per call, not per park
+// (`lua_setfield` looks its C string up in the VM's string cache each time).
+const R_KEY_NAME: c_int = 23;
+const R_REG_NAME: c_int = 24;
 // Per entry: its value, then its task's thread.
-const R_VALUE: c_int = 23;
-const R_THREAD: c_int = 24;
+const R_VALUE: c_int = 25;
+const R_THREAD: c_int = 26;
 
 /// The integer at `t[i]` (`t` at stack index `t`), if it is a number.
 unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> Option<ffi::lua_Integer> {
     // SAFETY: as the loops, with a free slot; a raw read calls no Lua.
     unsafe {
-        ffi::lua_rawgeti(l, t, i);
-        let v = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER).then(|| ffi::lua_tointeger(l, -1));
+        let v = (ffi::lua_rawgeti(l, t, i) == ffi::LUA_TNUMBER).then(|| ffi::lua_tointeger(l, -1));
         ffi::lua_pop(l, 1);
         v
     }
@@ -652,10 +656,12 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
         let max_instance = ffi::lua_tointeger(l, R_MAX_INSTANCE);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
+        ffi::lua_pushstring(l, c"key".as_ptr());
+        ffi::lua_pushstring(l, c"reg".as_ptr());
         let mut resumed = false;
         let mut peak = int_at(l, A_SHARED, PEAK).unwrap_or(0);
         loop {
-            ffi::lua_settop(l, R_DEPTH);
+            ffi::lua_settop(l, R_REG_NAME);
             let (Some(head), Some(tail)) = (int_at(l, A_SHARED, HEAD), int_at(l, A_SHARED, TAIL)) else {
                 break;
             };
@@ -752,10 +758,12 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
                     set_int(l, A_REGS, key, reg);
                     ffi::lua_xmove(co, l, 1); // the slot
                     ffi::lua_pop(co, 2);
+                    ffi::lua_pushvalue(l, R_KEY_NAME);
                     ffi::lua_pushinteger(l, key);
-                    ffi::lua_setfield(l, -2, c"key".as_ptr());
+                    ffi::lua_rawset(l, -3);
+                    ffi::lua_pushvalue(l, R_REG_NAME);
                     ffi::lua_pushinteger(l, reg);
-                    ffi::lua_setfield(l, -2, c"reg".as_ptr());
+                    ffi::lua_rawset(l, -3);
                     ffi::lua_rawseti(l, R_PARKED, key);
                 }
                 _ => return hand_back(l, key, R_THREAD, co, status, nres),
