@@ -176,7 +176,7 @@ fn variant(name: &'static str, n: usize) -> Variant {
     update(&mut app, 3);
     #[cfg(not(feature = "luau"))]
     if std::env::var("LINES").is_ok() {
-        lines::install(&app);
+        common::lines::install(runtime(&app).lua());
     }
     spawn_script(&mut app, &format!("bench/{name}.lua"), &source(name, n));
     update(&mut app, 6);
@@ -221,61 +221,10 @@ fn variant(name: &'static str, n: usize) -> Variant {
 #[inline(never)]
 fn measured_frame(app: &mut App) {
     #[cfg(not(feature = "luau"))]
-    lines::counting(true);
+    common::lines::counting(true);
     app.update();
     #[cfg(not(feature = "luau"))]
-    lines::counting(false);
-}
-
-/// `LINES=1`: Lua VM instructions per source line in the measured frames, from a count hook at
-/// every instruction that every thread made after it inherits (Lua 5.4 and LuaJIT copy a
-/// thread's hook to the threads it makes). Run with `BUDGET=none` (the budget sets hooks of its
-/// own), one variant and a small `N`; divide by `ROUNDS` and the operations per round.
-#[cfg(not(feature = "luau"))]
-mod lines {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use bevy::prelude::*;
-    use bevy_lua_coroutines::mlua::{HookTriggers, VmState};
-
-    static ON: AtomicBool = AtomicBool::new(false);
-    static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
-
-    pub fn install(app: &App) {
-        let lua = super::runtime(app).lua();
-        let triggers = HookTriggers::new().every_nth_instruction(1);
-        lua.set_global_hook(triggers, |_, debug| {
-            if ON.load(Ordering::Relaxed) {
-                let source = debug.source();
-                let at = format!(
-                    "{}:{}",
-                    source.short_src.as_deref().unwrap_or("?"),
-                    debug.current_line().map_or(-1, |l| l as i64)
-                );
-                *COUNTS.lock().unwrap().get_or_insert_with(HashMap::new).entry(at).or_default() += 1;
-            }
-            Ok(VmState::Continue)
-        })
-        .expect("set the counting hook");
-    }
-
-    pub fn counting(on: bool) {
-        ON.store(on, Ordering::Relaxed);
-    }
-
-    /// Prints the counts, most first, and their total.
-    pub fn report() {
-        let Some(counts) = COUNTS.lock().unwrap().take() else { return };
-        let mut rows: Vec<_> = counts.into_iter().collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let total: u64 = rows.iter().map(|r| r.1).sum();
-        println!("VM instructions in the measured frames: {total}");
-        for (at, n) in rows {
-            println!("{n:>10}  {at}");
-        }
-    }
+    common::lines::counting(false);
 }
 
 #[inline(never)]
@@ -367,7 +316,7 @@ fn main() {
             round(&mut variants[0], &raw);
         }
         #[cfg(not(feature = "luau"))]
-        lines::report();
+        common::lines::report();
         return;
     }
     // Interleaved: in every round each variant's frame, then the floor, back to back.

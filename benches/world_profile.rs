@@ -22,7 +22,9 @@
 //! threads kept in a Lua table, `FRAMES` rounds), `spawn` the scheduler bench's spawn + despawn
 //! row (`FRAMES` cycles of spawning `N` scripted entities, a frame, despawning them, a frame). For those two, the difference between the
 //! instruction counts of two runs with different `FRAMES`, over `N` times the extra frames, is the
-//! cost of one resumed task. Inclusive counts of
+//! cost of one resumed task. `LINES=1` (Lua 5.4 and LuaJIT; with `BUDGET=none`) prints the Lua VM
+//! instructions per source line over the frames after the warm-up, for `wait`, `spawn` and the
+//! per-entity rows. Inclusive counts of
 //! `world::get` and `world::set` divided by their call counts give the cost of one call; the
 //! whole step (`LuaRuntime::run`) divided by `N` times all frames gives the cost per entity.
 
@@ -48,12 +50,26 @@ fn main() {
     } else {
         new_app()
     };
+    // `LINES=1`: Lua VM instructions per source line over the frames after the warm-up.
+    #[cfg(not(feature = "luau"))]
+    let lines = std::env::var("LINES").is_ok();
+    #[cfg(not(feature = "luau"))]
+    if lines {
+        common::lines::install(app.world().resource::<LuaRuntime>().lua());
+    }
     if variant == "wait" {
         let handle = add_script(&mut app, "bench/wait_every_frame.lua", &wait_every_frame_source(n));
         app.world_mut().spawn(LuaScripts::new(handle));
-        for _ in 0..3 + frames {
+        for _ in 0..3 {
             app.update();
         }
+        #[cfg(not(feature = "luau"))]
+        common::lines::counting(lines);
+        for _ in 0..frames {
+            app.update();
+        }
+        #[cfg(not(feature = "luau"))]
+        common::lines::report();
         assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
         println!("{n} tasks, {frames} frames, variant wait");
         return;
@@ -65,6 +81,8 @@ fn main() {
         for _ in 0..3 {
             app.update();
         }
+        #[cfg(not(feature = "luau"))]
+        common::lines::counting(lines);
         for _ in 0..frames {
             let spawned: Vec<Entity> =
                 (0..n).map(|_| app.world_mut().spawn(LuaScripts::new(handle.clone())).id()).collect();
@@ -74,6 +92,8 @@ fn main() {
             }
             app.update();
         }
+        #[cfg(not(feature = "luau"))]
+        common::lines::report();
         assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
         println!("{n} entities spawned and despawned, {frames} times, variant spawn");
         return;
@@ -101,9 +121,16 @@ fn main() {
                 LuaScripts::new(handle.clone()),
             ));
         }
-        for _ in 0..3 + frames {
+        for _ in 0..3 {
             app.update();
         }
+        #[cfg(not(feature = "luau"))]
+        common::lines::counting(lines);
+        for _ in 0..frames {
+            app.update();
+        }
+        #[cfg(not(feature = "luau"))]
+        common::lines::report();
         assert_eq!(app.world().resource::<common::ErrorCount>().0, 0, "no script error");
         let moved = app.world_mut().query::<&Transform>().iter(app.world()).all(|t| t.translation.x >= 1.0);
         assert!(moved, "every entity moved");

@@ -568,3 +568,58 @@ for part = 0, SENDERS - 1 do
     end
   end)
 end";
+
+// ---------------------------------------------------------------------------------------------
+// Lua VM instructions per source line
+// ---------------------------------------------------------------------------------------------
+
+/// `LINES=1` of the profile programs: Lua VM instructions per source line while counting is on,
+/// from a count hook at every instruction that every thread made after it inherits (Lua 5.4 and
+/// LuaJIT copy a thread's hook to the threads it makes). Run with `BUDGET=none` (the budget sets hooks of its
+/// own), one variant and a small `N`, and divide by the operations counted.
+#[cfg(not(feature = "luau"))]
+pub mod lines {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bevy_lua_coroutines::mlua::{HookTriggers, Lua, VmState};
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+    /// Installs the hook (before the scripts start, so that their threads inherit it).
+    pub fn install(lua: &Lua) {
+        let triggers = HookTriggers::new().every_nth_instruction(1);
+        lua.set_global_hook(triggers, |_, debug| {
+            if ON.load(Ordering::Relaxed) {
+                let source = debug.source();
+                let at = format!(
+                    "{}:{}",
+                    source.short_src.as_deref().unwrap_or("?"),
+                    debug.current_line().map_or(-1, |l| l as i64)
+                );
+                *COUNTS.lock().unwrap().get_or_insert_with(HashMap::new).entry(at).or_default() += 1;
+            }
+            Ok(VmState::Continue)
+        })
+        .expect("set the counting hook");
+    }
+
+    /// Counts from now on (`true`) or no longer.
+    pub fn counting(on: bool) {
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// Prints the counts, most first, and their total.
+    pub fn report() {
+        let Some(counts) = COUNTS.lock().unwrap().take() else { return };
+        let mut rows: Vec<_> = counts.into_iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total: u64 = rows.iter().map(|r| r.1).sum();
+        println!("VM instructions in the measured frames: {total}");
+        for (at, n) in rows {
+            println!("{n:>10}  {at}");
+        }
+    }
+}
