@@ -480,7 +480,7 @@ local function send_wait(st, v)
     if r then return r end
     local slot = waiter(st, true, v)
     park(slot)
-    withdraw(slot)
+    -- Done: whoever completed it (`take`, `attempt`) withdrew it from every queue.
     if slot.done then
       local err = slot.err
       if err == CLOSED then return CLOSED end
@@ -488,7 +488,8 @@ local function send_wait(st, v)
       recycle(slot)
       return true
     end
-    -- Resumed by hand: try again.
+    -- Resumed by hand: out of the queues, and try again.
+    withdraw(slot)
   end
 end
 
@@ -499,13 +500,13 @@ local function receive_wait(st)
     if proceeded then return v, ok end
     local slot = waiter(st, false, nil)
     park(slot)
-    withdraw(slot)
-    if slot.done then
+    if slot.done then -- (withdrawn by whoever completed it, as in `send_wait`)
       if slot.err then raise_ext_error(slot) end
       local value, ok = slot.value, slot.ok
       recycle(slot)
       return value, ok
     end
+    withdraw(slot)
   end
 end
 
@@ -534,7 +535,8 @@ end
 --- `ch:send(v) -> true`: waits until `v` is delivered or buffered; raises on a closed channel.
 function methods.send(self, v)
   -- The common cases first, inline: a Lua channel, open, no receiver waiting, room in the buffer;
-  -- an external channel with no operation parked on it whose `put` takes the value at once.
+  -- or a receiver waiting, which takes the value; an external channel with no operation parked
+  -- on it whose `put` takes the value at once.
   -- (`not x` rather than `x == nil` where `x` is never `false`: a test, where comparing with
   -- nil is a call into the VM's equality.)
   local st = state_of[self]
@@ -546,21 +548,29 @@ function methods.send(self, v)
         st.buf[st.head + n] = v -- `buf_push`, inline
         st.count = n + 1
         return true
+      elseif not st.closed and st.recvq.first then
+        -- A receiver waits: `send_now`'s hand-over, inline.
+        local node = take(st.recvq)
+        if node then
+          local slot = node.slot
+          slot.value, slot.ok = v, true
+          return true
+        end
       end
     elseif st.parked == 0 then
       local put = ext.put
       if put and put(v) then return true end
     end
   end
-  st = check_self(self, "send")
-  if send_wait(st, v) == CLOSED then error("send on closed channel", 2) end
+  if send_wait(st or check_self(self, "send"), v) == CLOSED then error("send on closed channel", 2) end
   return true
 end
 
 --- `ch:receive() -> value, ok`: waits for a value; `nil, false` once closed and drained.
 function methods.receive(self)
   -- The common cases first, inline: a Lua channel with a buffered value and no sender waiting to
-  -- refill the buffer; an external channel with no operation parked on it whose `take` has a value.
+  -- refill the buffer, or an empty one with a sender waiting; an external channel with no
+  -- operation parked on it whose `take` has a value.
   local st = state_of[self]
   if st then
     local ext = st.ext
@@ -578,6 +588,10 @@ function methods.receive(self)
           if h > 64 then st.buf = {} end
         end
         return v, true
+      elseif n == 0 and st.sendq.first then
+        -- A sender waits: `receive_now`'s hand-over, inline.
+        local node = take(st.sendq)
+        if node then return node.value, true end
       end
     elseif st.parked == 0 then
       local take = ext.take
@@ -587,8 +601,7 @@ function methods.receive(self)
       end
     end
   end
-  st = check_self(self, "receive")
-  return receive_wait(st)
+  return receive_wait(st or check_self(self, "receive"))
 end
 
 --- `ch:trySend(v) -> boolean`: sends only if that needs no waiting; raises on a closed channel.
@@ -770,15 +783,15 @@ function Channel.select(cases)
       park_external(entry)
     end
     park(slot)
-    withdraw(slot)
-    if slot.done then
+    if slot.done then -- (withdrawn from every queue by whoever completed it, as in `send_wait`)
       if slot.err == CLOSED then error("send on closed channel", 2) end
       raise_ext_error(slot)
       local i = slot.index
       if sends[i] then return i end
       return i, slot.value, slot.ok
     end
-    -- Resumed by hand: look at the cases again.
+    -- Resumed by hand: out of the queues, and look at the cases again.
+    withdraw(slot)
   end
 end
 
