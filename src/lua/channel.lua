@@ -144,11 +144,13 @@ end
 
 local function unlink(node)
   local q = node.q
-  if q == nil then return end
+  if not q then return end
   local prev, nxt = node.prev, node.next
   if prev then prev.next = nxt else q.first = nxt end
   if nxt then nxt.prev = prev else q.last = prev end
-  node.q, node.prev, node.next = nil, nil, nil
+  -- `false`, not nil: a store over a value is the VM's fast one, and the next `push_node` stores
+  -- over these again (links and queue ends are only ever tested for truth).
+  node.q, node.prev, node.next = false, false, false
 end
 
 --- Forgets an external entry (it is skipped and dropped by the next retry).
@@ -443,11 +445,14 @@ local function waiter(st, send, v)
     spare_n = spare_n - 1
     slot.st, slot.send, slot.value = st, send, v
   else
+    -- Every field it gets, `false` until it has a value (a store over a value is the fast
+    -- one; the fields are only ever tested for truth): sixteen, the size of its hash part.
     slot = {
-      key = nil, reg = nil, -- what `park` fills in
+      key = false, reg = false, -- what `park` fills in
       st = st, send = send, -- for the task inspector
-      slot = nil, node = nil, index = 1, value = v, q = nil, prev = nil, next = nil, -- the node
-      done = nil, ok = nil, err = nil, -- the result
+      slot = false, node = false, index = 1, value = v, q = false, prev = false, next = false, -- the node
+      done = false, ok = false, err = false, -- the result
+      nodes = false, entry = false, -- what a select's and an external channel's waiters have
     }
     slot.slot, slot.node = slot, slot
   end
@@ -461,8 +466,8 @@ end
 --- whoever parks on it next gives it a new task and registration.
 local function recycle(slot)
   if slot.node ~= slot or spare_n >= MAX_SPARE then return end
-  slot.key, slot.reg, slot.st, slot.value, slot.index = nil, nil, nil, nil, 1
-  slot.done, slot.ok, slot.err = nil, nil, nil
+  slot.key, slot.reg, slot.st, slot.value, slot.index = false, false, false, false, 1
+  slot.done, slot.ok, slot.err = false, false, false
   spare_n = spare_n + 1
   spare[spare_n] = slot
 end
@@ -876,7 +881,7 @@ end
 --- `kind, channel text, forever` for a slot a channel operation parked on (nil otherwise):
 --- `"send"` / `"receive"` with the channel, or `"select"` with its channels.
 local function describe(slot)
-  if slot.nodes ~= nil then
+  if slot.nodes then
     local names, forever = {}, true
     local function add(st)
       local text, hopeless = channel_label(st)
@@ -886,7 +891,7 @@ local function describe(slot)
     for i = 1, #slot.nodes do
       local node = slot.nodes[i]
       local q = node.q
-      if q ~= nil then
+      if q then
         for _, st in pairs(state_of) do
           if st.recvq == q or st.sendq == q then
             add(st)
@@ -901,7 +906,7 @@ local function describe(slot)
     return "select", table.concat(names, ", "), forever
   end
   local st = slot.st
-  if st == nil then return nil end
+  if not st then return nil end
   local text, forever = channel_label(st)
   return slot.send and "send" or "receive", text, forever
 end
