@@ -393,12 +393,14 @@ end
 --- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake. The first
 --- one is kept in a field of its own (most promises have one reaction), the rest in a list.
 local function enqueue(p, reaction)
-  if p._r1 == nil then
+  -- (`not x` where `x` is never `false`, here and in the settlement's hot paths: a test, where
+  -- comparing with nil calls the VM's equality.)
+  if not p._r1 then
     p._r1 = reaction
     return
   end
   local q = p._queue
-  if q == nil then
+  if not q then
     p._queue = { reaction }
   else
     q[#q + 1] = reaction
@@ -437,7 +439,7 @@ local function run_queue(p, r1, q)
   if nest >= MAX_NEST then
     later[later_tail + 1], later[later_tail + 2] = r1, p
     later_tail = later_tail + 2
-    if q ~= nil then
+    if q then
       for i = 1, #q do
         later[later_tail + 1], later[later_tail + 2] = q[i], p
         later_tail = later_tail + 2
@@ -447,7 +449,7 @@ local function run_queue(p, r1, q)
   end
   nest = nest + 1
   if type(r1) == "table" then wake(r1) else react(r1, p) end
-  if q ~= nil then
+  if q then
     for i = 1, #q do react(q[i], p) end
   end
   nest = nest - 1
@@ -502,7 +504,7 @@ function settled(p, status)
   -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
   p._hook, p._ihook, p._thread = nil, nil, nil
   local consumers = p._consumers
-  if consumers ~= nil then
+  if consumers then
     -- Settled: cancelling a consumer no longer reaches this promise.
     p._consumers = nil
     for i = 1, #consumers do
@@ -517,9 +519,9 @@ function settled(p, status)
     pending[#pending + 1] = p
   end
   local r1 = p._r1
-  if r1 ~= nil then
+  if r1 then
     local q = p._queue
-    if q == nil and nest < MAX_NEST and type(r1) == "table" then
+    if not q and nest < MAX_NEST and type(r1) == "table" then
       -- One task awaits it, the common case: waking it runs nothing now, so this is `run_queue`
       -- without its bookkeeping (nothing is queued for later while nothing nests).
       p._r1 = nil
@@ -527,7 +529,7 @@ function settled(p, status)
       return
     end
     p._r1 = nil
-    if q ~= nil then p._queue = nil end
+    if q then p._queue = nil end
     run_queue(p, r1, q)
   end
 end
@@ -537,7 +539,7 @@ local function add_consumer(parent, child)
   child._parent = parent
   -- `_nconsumers` also counts awaiting tasks, which are not in the list.
   local list = parent._consumers
-  if list == nil then
+  if not list then
     parent._consumers = { child }
   else
     list[#list + 1] = child
@@ -836,7 +838,7 @@ local function wait_settled(p)
   else
     slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
   end
-  if p._r1 == nil then p._r1 = slot else enqueue(p, slot) end
+  if not p._r1 then p._r1 = slot else enqueue(p, slot) end
   p._nconsumers = (p._nconsumers or 0) + 1
   repeat
     park(slot)

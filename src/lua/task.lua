@@ -889,7 +889,7 @@ end
 --- pooled promise worker does). Anything else takes `task.spawn`'s own path; either way the
 --- results are those of that `pcall` (just `true` when it went well).
 local function spawn_job(co, a, b, c, d, e, f, g)
-  if S.spent or keys[co] ~= nil then return pcall(spawn_impl, "spawn", co, a, b, c, d, e, f, g) end
+  if S.spent or keys[co] then return pcall(spawn_impl, "spawn", co, a, b, c, d, e, f, g) end
   local ok, first, kind, arg = co_resume(co, a, b, c, d, e, f, g)
   if ok and first ~= REQ then return true end
   return pcall(after_spawn, co, ok, first, kind, arg)
