@@ -478,11 +478,16 @@ local function raise_ext_error(slot)
   if err and err ~= CLOSED then error(err[1], 0) end
 end
 
---- Sends `v`, waiting until it is delivered or buffered. Returns true, or CLOSED.
-local function send_wait(st, v)
+--- Sends `v`, waiting until it is delivered or buffered. Returns true, or CLOSED. `full`: the
+--- caller just found that the send cannot proceed (a Lua channel, open, with no receiver and no
+--- room), so the first try is skipped.
+local function send_wait(st, v, full)
   while true do
-    local r = send_now(st, v)
-    if r then return r end
+    if not full then
+      local r = send_now(st, v)
+      if r then return r end
+    end
+    full = false
     local slot = waiter(st, true, v)
     park(slot)
     -- Done: whoever completed it (`take`, `attempt`) withdrew it from every queue.
@@ -499,10 +504,15 @@ local function send_wait(st, v)
 end
 
 --- Receives, waiting until a value arrives or the channel is closed and drained: `value, ok`.
-local function receive_wait(st)
+--- `empty`: the caller just found nothing to receive (a Lua channel, open, with no value and no
+--- sender), so the first try is skipped.
+local function receive_wait(st, empty)
   while true do
-    local proceeded, v, ok = receive_now(st)
-    if proceeded then return v, ok end
+    if not empty then
+      local proceeded, v, ok = receive_now(st)
+      if proceeded then return v, ok end
+    end
+    empty = false
     local slot = waiter(st, false, nil)
     park(slot)
     if slot.done then -- (withdrawn by whoever completed it, as in `send_wait`)
@@ -553,12 +563,18 @@ function methods.send(self, v)
         st.buf[st.head + n] = v -- `buf_push`, inline
         st.count = n + 1
         return true
-      elseif not st.closed and st.recvq.first then
-        -- A receiver waits: `send_now`'s hand-over, inline.
-        local node = take(st.recvq)
-        if node then
-          local slot = node.slot
-          slot.value, slot.ok = v, true
+      elseif not st.closed then
+        if st.recvq.first then
+          -- A receiver waits: `send_now`'s hand-over, inline.
+          local node = take(st.recvq)
+          if node then
+            local slot = node.slot
+            slot.value, slot.ok = v, true
+            return true
+          end
+        else
+          -- No receiver, no room: wait at once.
+          if send_wait(st, v, true) == CLOSED then error("send on closed channel", 2) end
           return true
         end
       end
@@ -593,10 +609,14 @@ function methods.receive(self)
           if h > 64 then st.buf = {} end
         end
         return v, true
-      elseif n == 0 and st.sendq.first then
-        -- A sender waits: `receive_now`'s hand-over, inline.
-        local node = take(st.sendq)
-        if node then return node.value, true end
+      elseif n == 0 then
+        if st.sendq.first then
+          -- A sender waits: `receive_now`'s hand-over, inline.
+          local node = take(st.sendq)
+          if node then return node.value, true end
+        elseif not st.closed then
+          return receive_wait(st, true) -- nothing to receive: wait at once
+        end
       end
     elseif st.parked == 0 then
       local take = ext.take
