@@ -565,13 +565,8 @@ function methods.send(self, v)
         return true
       elseif not st.closed then
         if st.recvq.first then
-          -- A receiver waits: `send_now`'s hand-over, inline.
-          local node = take(st.recvq)
-          if node then
-            local slot = node.slot
-            slot.value, slot.ok = v, true
-            return true
-          end
+          -- A receiver waits: hand `v` over (or, if every waiter is gone, what `send_now` does).
+          if send_now(st, v) then return true end
         else
           -- No receiver, no room: wait at once.
           if send_wait(st, v, true) == CLOSED then error("send on closed channel", 2) end
@@ -611,9 +606,9 @@ function methods.receive(self)
         return v, true
       elseif n == 0 then
         if st.sendq.first then
-          -- A sender waits: `receive_now`'s hand-over, inline.
-          local node = take(st.sendq)
-          if node then return node.value, true end
+          -- A sender waits: take its value (or, if every waiter is gone, what `receive_now` does).
+          local proceeded, v, ok = receive_now(st)
+          if proceeded then return v, ok end
         elseif not st.closed then
           return receive_wait(st, true) -- nothing to receive: wait at once
         end

@@ -806,12 +806,7 @@ local function settle_call(p, ok, ...)
 end
 
 local function run_handler(child, handler, src)
-  local v = src._values
-  if v == ONE then
-    settle_call(child, xpcall(handler, capture, src._v))
-  else
-    settle_call(child, xpcall(handler, capture, unpack(v, 1, v.n)))
-  end
+  settle_call(child, xpcall(handler, capture, all_values(src)))
 end
 
 --- Calls `handler` with the values of `src` (settled) in a new thread; its results resolve `child`, its error rejects it.
