@@ -7,14 +7,18 @@
 //! a promise or a channel, timers that fell due, work carried over), each handling the common
 //! outcomes (the task asked to wait for the next frame, or parked on a promise's or channel's
 //! slot) without running any Lua. Every other outcome goes back to `lua/task.lua`, which
-//! finishes it exactly as its own resume does. Everything else talks to Lua through mlua.
+//! finishes it exactly as its own resume does. One more loop serves `lua/promise.lua`'s batch
+//! settlement of Rust completions (`settle_resolved`): the common entry (a promise resolved with
+//! a plain value, one task or nobody awaiting it) is settled and its task woken as the Lua does
+//! it; any other entry goes back to the Lua. Everything else talks to Lua through mlua.
 //!
 //! Invariants:
 //! - The functions here are only ever called by Lua, on the VM's own OS thread. The loops' first
 //!   upvalue is the budget's [`Watch`] (or null), which lives as long as the VM; every resume goes
 //!   through it, so the budget's watchdog sees the thread running. The loops are
 //!   called only by `lua/task.lua`'s step, with the arguments listed on them (they check the
-//!   tables' types and return nothing if they are wrong, so the step falls back to its Lua loop).
+//!   tables' types and return nothing if they are wrong, so the step falls back to its Lua loop);
+//!   `settle_resolved` only by `lua/promise.lua`'s `settle_batch`, likewise checked.
 //! - A thread is resumed only if it is suspended in a yield (`lua_status == LUA_YIELD`), which is
 //!   what a registered frame wait always is; anything else is handed back to Lua untouched.
 //! - A loop checks that its stack has room for what it pushes (16 slots, 40 for `run_ready`) on
@@ -131,6 +135,10 @@ pub(crate) fn functions(
     // `run_frames` and `run_ready` resume through the budget's watch, if it has one.
     t.raw_set("run_frames", crate::hook::watch_closure(lua, watch, at, run_frames)?)?;
     t.raw_set("run_ready", crate::hook::watch_closure(lua, watch, at, run_ready)?)?;
+    // SAFETY: `settle_resolved` uses no upvalue; its arguments are checked as it reads them.
+    unsafe {
+        t.raw_set("settle_resolved", lua.create_c_function(settle_resolved)?)?;
+    }
     t.raw_set(
         "set_bad",
         lua.create_function(|lua, f: Function| {
@@ -773,6 +781,207 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             restore(l, R_CURRENT);
         }
         0
+    }
+}
+
+// `settle_resolved`'s arguments, by stack index.
+const SR_Q: c_int = 1;
+const SR_I: c_int = 2;
+const SR_N: c_int = 3;
+const SR_PROMISES: c_int = 4;
+const SR_IDS: c_int = 5;
+const SR_STARTED: c_int = 6;
+const SR_RESOLVED: c_int = 7;
+const SR_ONE: c_int = 8;
+const SR_SHARED: c_int = 9;
+const SR_REGS: c_int = 10;
+const SR_PARKED: c_int = 11;
+const SR_ARGS: c_int = 12;
+const SR_READY: c_int = 13;
+const SR_MARKER: c_int = 14;
+// The field names it reads and writes, pushed on entry, in this order.
+const SR_NAMES: [&CStr; 11] = [
+    c"_status",
+    c"_consumers",
+    c"_queue",
+    c"_r1",
+    c"_values",
+    c"_v",
+    c"_hook",
+    c"_ihook",
+    c"_thread",
+    c"key",
+    c"reg",
+];
+const SR_STATUS: c_int = 15;
+const SR_CONSUMERS: c_int = 16;
+const SR_QUEUE: c_int = 17;
+const SR_R1: c_int = 18;
+const SR_VALUES: c_int = 19;
+const SR_V: c_int = 20;
+const SR_HOOK: c_int = 21;
+const SR_THREAD: c_int = 23;
+const SR_KEY: c_int = 24;
+const SR_REG: c_int = 25;
+// Per entry: its id, ok and value, the promise, then what the checks read (the slot at `SR_SLOT`).
+const SR_ID: c_int = 26;
+const SR_OK: c_int = 27;
+const SR_VALUE: c_int = 28;
+const SR_P: c_int = 29;
+const SR_SLOT: c_int = 33;
+
+/// `settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, shared, regs, parked, args,
+/// ready, ARGS) -> i'`: the common case of `lua/promise.lua`'s `settle_batch` (Rust completions
+/// settling the promises they were filed under) without running any Lua. From entry `i` of the
+/// `id, ok, value` triples at `q[i..n]`, it takes each entry whose promise is gone
+/// (`promises[id]` nil: the entry is only cleared) or is pending, resolved (`ok` true) with a
+/// value that is not a table, with no consumers, no reaction queue and at most one reaction, a
+/// park slot: as `settle_deferred` → `settle1` → `settled` → `wake` do, the entry is cleared,
+/// the promise forgotten (`promises`, `ids`), resolved with the one value, its pending-only fields
+/// cleared, and the task parked on the slot queued in the ready queue (`task.lua`'s `wake`: the
+/// step's `shared` slots, `regs`, `parked`, `args`, `ready` and the arguments marker `ARGS`).
+/// It stops at the first entry of any other kind, and returns its index (past `n` when it took
+/// them all): `settle_batch` settles that one in Lua, then calls again. The caller makes sure
+/// that a settlement may wake a task at once (reactions do not nest too deep), as `settled`
+/// checks. Raises only as the Lua would: a table that must grow, out of memory.
+unsafe extern "C-unwind" fn settle_resolved(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua with its arguments (checked below: anything unexpected takes
+    // nothing, and `settle_batch` settles in Lua); every read and write is raw, so no Lua runs.
+    unsafe {
+        let mut i = ffi::lua_tointeger(l, SR_I);
+        let n = ffi::lua_tointeger(l, SR_N);
+        ffi::lua_settop(l, SR_MARKER);
+        let tables = [SR_Q, SR_PROMISES, SR_IDS, SR_SHARED, SR_REGS, SR_PARKED, SR_ARGS, SR_READY];
+        if tables.iter().any(|&t| ffi::lua_type(l, t) != ffi::LUA_TTABLE) || ffi::lua_checkstack(l, 32) == 0 {
+            ffi::lua_pushinteger(l, i);
+            return 1;
+        }
+        for name in SR_NAMES {
+            ffi::lua_pushstring(l, name.as_ptr());
+        }
+        // `t[name] = nil` for the promise at `SR_P` where the field is there (a raw store of nil
+        // under a new key is nothing in Lua 5.4, but would take a slot elsewhere).
+        let clear = |l: *mut ffi::lua_State, name: c_int| {
+            ffi::lua_pushvalue(l, name);
+            if ffi::lua_rawget(l, SR_P) != ffi::LUA_TNIL {
+                ffi::lua_pushvalue(l, name);
+                ffi::lua_pushnil(l);
+                ffi::lua_rawset(l, SR_P);
+            }
+            ffi::lua_pop(l, 1);
+        };
+        while i <= n {
+            ffi::lua_settop(l, SR_REG);
+            ffi::lua_rawgeti(l, SR_Q, i); // SR_ID
+            ffi::lua_rawgeti(l, SR_Q, i + 1); // SR_OK
+            ffi::lua_rawgeti(l, SR_Q, i + 2); // SR_VALUE
+            ffi::lua_pushvalue(l, SR_ID);
+            let p = ffi::lua_rawget(l, SR_PROMISES); // SR_P
+            if p != ffi::LUA_TNIL {
+                let common = p == ffi::LUA_TTABLE
+                    && ffi::lua_type(l, SR_OK) == ffi::LUA_TBOOLEAN
+                    && ffi::lua_toboolean(l, SR_OK) != 0
+                    && ffi::lua_type(l, SR_VALUE) != ffi::LUA_TTABLE
+                    && {
+                        ffi::lua_pushvalue(l, SR_STATUS);
+                        ffi::lua_rawget(l, SR_P);
+                        ffi::lua_rawequal(l, -1, SR_STARTED) != 0
+                    }
+                    && {
+                        ffi::lua_pushvalue(l, SR_CONSUMERS);
+                        ffi::lua_rawget(l, SR_P);
+                        ffi::lua_toboolean(l, -1) == 0
+                    }
+                    && {
+                        ffi::lua_pushvalue(l, SR_QUEUE);
+                        ffi::lua_rawget(l, SR_P);
+                        ffi::lua_toboolean(l, -1) == 0
+                    }
+                    && {
+                        ffi::lua_pushvalue(l, SR_R1);
+                        ffi::lua_rawget(l, SR_P); // SR_SLOT
+                        ffi::lua_toboolean(l, -1) == 0 || ffi::lua_type(l, -1) == ffi::LUA_TTABLE
+                    };
+                if !common {
+                    break;
+                }
+            }
+            for k in 0..3 {
+                ffi::lua_pushnil(l);
+                ffi::lua_rawseti(l, SR_Q, i + k);
+            }
+            i += 3;
+            if p == ffi::LUA_TNIL {
+                continue;
+            }
+            // `settle`: forgotten by id and by promise.
+            ffi::lua_pushvalue(l, SR_ID);
+            ffi::lua_pushnil(l);
+            ffi::lua_rawset(l, SR_PROMISES);
+            ffi::lua_pushvalue(l, SR_P);
+            ffi::lua_pushnil(l);
+            ffi::lua_rawset(l, SR_IDS);
+            // `settle1(p, RESOLVED, value)`.
+            for (name, value) in [(SR_STATUS, SR_RESOLVED), (SR_VALUES, SR_ONE), (SR_V, SR_VALUE)] {
+                ffi::lua_pushvalue(l, name);
+                ffi::lua_pushvalue(l, value);
+                ffi::lua_rawset(l, SR_P);
+            }
+            // `settled`: what only a pending promise needs goes; its one waiter is woken.
+            for name in SR_HOOK..=SR_THREAD {
+                clear(l, name);
+            }
+            if ffi::lua_type(l, SR_SLOT) == ffi::LUA_TTABLE {
+                clear(l, SR_R1);
+                wake_slot(l, SR_SLOT);
+            }
+        }
+        ffi::lua_pushinteger(l, i);
+        1
+    }
+}
+
+/// `lua/task.lua`'s `wake(slot)` for `settle_resolved` (its stack, the slot at `slot`): if the
+/// task parked on the slot still waits there, the slot is marked woken (`key = false`), the task
+/// forgets it and any stale arguments, and it goes on the ready queue, to be resumed with no
+/// values.
+unsafe fn wake_slot(l: *mut ffi::lua_State, slot: c_int) {
+    // SAFETY: called by `settle_resolved`, with room for six more values; raw reads and writes.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, SR_KEY);
+        ffi::lua_rawget(l, slot);
+        let mut integer = 0;
+        let key = ffi::lua_tointegerx(l, -1, &mut integer);
+        ffi::lua_pushvalue(l, SR_REG);
+        ffi::lua_rawget(l, slot);
+        let reg = ffi::lua_gettop(l);
+        ffi::lua_rawgeti(l, SR_REGS, key);
+        if integer == 0 || ffi::lua_rawequal(l, -1, reg) == 0 {
+            ffi::lua_settop(l, top);
+            return; // not waiting there (cancelled, or woken already)
+        }
+        ffi::lua_pushvalue(l, SR_KEY);
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_rawset(l, slot);
+        for t in [SR_PARKED, SR_ARGS] {
+            if ffi::lua_rawgeti(l, t, key) != ffi::LUA_TNIL {
+                ffi::lua_pushnil(l);
+                ffi::lua_rawseti(l, t, key);
+            }
+            ffi::lua_pop(l, 1);
+        }
+        let tail = int_at(l, SR_SHARED, TAIL).unwrap_or(0);
+        ffi::lua_pushinteger(l, key);
+        ffi::lua_rawseti(l, SR_READY, tail + 1);
+        ffi::lua_pushvalue(l, reg);
+        ffi::lua_rawseti(l, SR_READY, tail + 2);
+        ffi::lua_pushvalue(l, SR_MARKER);
+        ffi::lua_rawseti(l, SR_READY, tail + 3);
+        ffi::lua_pushinteger(l, 0);
+        ffi::lua_rawseti(l, SR_READY, tail + 4);
+        set_int(l, SR_SHARED, TAIL, tail + 4);
+        ffi::lua_settop(l, top);
     }
 }
 

@@ -369,3 +369,51 @@ fn one_step_settles_results_of_every_shape_in_order() {
     assert!(out[0].contains("fails=error:nope"), "{out:?}");
     assert!(out[0].ends_with("row2=row:8:eight"), "{out:?}");
 }
+
+#[test]
+fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came() {
+    let (mut app, questions) = asking_app();
+    // Results of one batch alternate between the common case (one task, or nobody, awaits a
+    // promise resolved with a plain value) and the others (a table value, two awaiting tasks, a
+    // handler, a rejection, an awaiting task cancelled): each must settle as it would alone, and
+    // the tasks must resume in the order the results came.
+    spawn_script(
+        &mut app,
+        "scripts/batch.lua",
+        r#"
+        local order = {}
+        local function note(s) order[#order + 1] = s end
+        task.spawn(function() note("a=" .. await(ask("a"))) end)
+        task.spawn(function() note("b=" .. await(ask("b"))[1]) end)
+        task.spawn(function() note("c=" .. await(ask("c"))) end)
+        local shared = ask("d")
+        task.spawn(function() note("d1=" .. await(shared)) end)
+        task.spawn(function() note("d2=" .. await(shared)) end)
+        local later = ask("e")
+        ask("f"):andThen(function(v) note("f=" .. v) end)
+        task.spawn(function() note("g=" .. tostring(pcall(await, ask("g")))) end)
+        local gone = task.spawn(function() await(ask("h")) note("h woke") end)
+        task.spawn(function() note("i=" .. await(ask("i"))) end)
+        task.cancel(gone)
+        task.spawn(function()
+          task.wait() task.wait() task.wait()
+          note("e=" .. await(later))
+          print(table.concat(order, " "))
+        end)
+        "#,
+    );
+    run(&mut app, 2);
+    let asked = std::mem::take(&mut *questions.0.lock().unwrap());
+    assert_eq!(asked.len(), 9);
+    for (question, reply) in asked {
+        match question.as_str() {
+            "b" => reply.resolve(vec![2]),
+            "g" => reply.reject("no"),
+            q => reply.resolve(q.bytes().next().unwrap() - b'a' + 1),
+        }
+    }
+    run(&mut app, 4);
+    // The handler runs as its promise settles; the tasks when the step resumes them, in order.
+    assert_eq!(printed(&app), ["f=6 a=1 b=2 c=3 d1=4 d2=4 g=false i=9 e=5"]);
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}

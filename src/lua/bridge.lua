@@ -1,9 +1,10 @@
 -- Promises that Rust settles: the Lua half of `src/bridge.rs`. A Rust async function (or a
 -- `PromiseHandle`) is known here by an id; Rust settles it with `settle(id, ok, value)` at the start
 -- of a step, and cancelling the promise tells Rust to drop the work (`cancel(id)`).
--- `deferred(on_cancel) -> promise` and `settle_deferred(promise, ok, value)` are the promise
--- module's, for the bridge: no executor thread and no closures per promise.
-local deferred, settle_deferred, cancel = ...
+-- `deferred(on_cancel) -> promise`, `settle_deferred(promise, ok, value)` and
+-- `settle_batch(q, n, promises, ids)` (the batch `settle_many` hands on) are the promise module's,
+-- for the bridge: no executor thread and no closures per promise.
+local deferred, settle_deferred, settle_batch, cancel = ...
 
 local promises = {} -- id -> its pending promise
 local ids = {} -- pending promise -> its id
@@ -28,11 +29,7 @@ end
 --- Settles several promises in order: `settle_many(q, n)` with `id, ok, value` triples at
 --- `q[1..n]`, which it clears (the table is Rust's, reused for the next batch).
 local function settle_many(q, n)
-  for i = 1, n, 3 do
-    local id, ok, value = q[i], q[i + 1], q[i + 2]
-    q[i], q[i + 1], q[i + 2] = nil, nil, nil
-    settle(id, ok, value)
-  end
+  settle_batch(q, n, promises, ids)
 end
 
 --- Forgets promise `id` without settling it (its instance is gone).

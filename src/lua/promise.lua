@@ -1927,9 +1927,39 @@ local function settle_deferred(p, ok, v)
   if not ok then
     reject(p, v)
   elseif p._status == STARTED and type(v) ~= "table" then
-    settle1(p, RESOLVED, v)
+    -- `settle1(p, RESOLVED, v)`, inline: this runs once per Rust completion.
+    p._status = RESOLVED
+    p._values, p._v = ONE, v
+    settled(p, RESOLVED)
   else
     resolve(p, v)
+  end
+end
+
+local wake_tables, settle_resolved = deps.wake_tables, deps.settle_resolved
+
+--- For the Rust bridge: settles the `id, ok, value` triples at `q[1..n]`, clearing them, each
+--- with `settle_deferred` on `promises[id]` if it is still there (forgotten from `promises` and
+--- `ids` first; gone, the entry is only cleared). The common entry (resolved with a value that
+--- is not a table; nobody, or one task, awaiting) goes through the C loop `settle_resolved`
+--- (src/fastpath.rs), which does what the Lua does without running any: it stops at the first
+--- entry of another kind, settled here, and the loop goes on after it.
+local function settle_batch(q, n, promises, ids)
+  local i = 1
+  while i <= n do
+    -- (`settled` wakes a task at once only while reactions do not nest too deep.)
+    if settle_resolved and nest < MAX_NEST then
+      i = settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, wake_tables())
+      if i > n then return end
+    end
+    local id, ok, value = q[i], q[i + 1], q[i + 2]
+    q[i], q[i + 1], q[i + 2] = nil, nil, nil
+    local p = promises[id]
+    if p then
+      promises[id], ids[p] = nil, nil
+      settle_deferred(p, ok, value)
+    end
+    i = i + 3
   end
 end
 
@@ -1937,6 +1967,7 @@ return {
   Promise = Promise,
   deferred = deferred,
   settle_deferred = settle_deferred,
+  settle_batch = settle_batch,
   async = async,
   await = await,
   asyncTry = asyncTry,

@@ -63,6 +63,9 @@ local later = {}
 -- This step's ready queue: key, reg, value, defer depth (four slots per entry), from `T[HEAD]` to
 -- `T[TAIL]` (slots the raw loop reads and writes too).
 local ready = {}
+-- Steps in a row that used under a quarter of a big `ready` table, and how many drop it (about a
+-- second at 60 frames a second).
+local small_steps, SHRINK_AFTER = 0, 64
 
 local function bump(key)
   local reg = T[NEXT_REG] + 1
@@ -638,13 +641,20 @@ function step.run()
       end
     end
   end
-  -- Drained. A big queue table this step used less than a quarter of is dropped, so it can shrink
-  -- (consumed slots stay filled, so its length is the most it ever held); one this step filled is
-  -- kept, or a game that wakes thousands of tasks every frame would grow it anew every frame.
+  -- Drained. A big queue table that steps used less than a quarter of, `SHRINK_AFTER` steps in a
+  -- row, is dropped, so it can shrink (consumed slots stay filled, so its length is the most it
+  -- ever held). One a step filled is kept: a game that wakes thousands of tasks every frame, or
+  -- every other frame, would otherwise grow it anew, a rehash at each doubling, every time.
   local size = #ready
   if size > 4 * 4096 and T[PEAK] < size / 4 then
-    ready = {}
-    ready_tables[1] = ready -- (not holding the old one until the next step)
+    small_steps = small_steps + 1
+    if small_steps >= SHRINK_AFTER then
+      small_steps = 0
+      ready = {}
+      ready_tables[1] = ready -- (not holding the old one until the next step)
+    end
+  else
+    small_steps = 0
   end
   T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
 end
@@ -774,6 +784,12 @@ function step.compact()
   threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
   fast.shrink_waits()
   resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
+  -- The ready queue is empty between steps (what a step could not run was carried): a big one
+  -- goes now rather than after `SHRINK_AFTER` quiet steps.
+  if #ready > 4 * 4096 then
+    ready, small_steps = {}, 0
+    ready_tables[1] = ready
+  end
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
@@ -1030,6 +1046,11 @@ return {
   park = park,
   wake = wake,
   waiting = waiting,
+  -- For `lua/promise.lua`'s batch settlement: what `wake` reads and writes, for the C loop that
+  -- wakes as it does (`fast.settle_resolved`). The tables are fetched per batch: `step.compact`
+  -- replaces them.
+  wake_tables = function() return T, regs, parked, args, ready, ARGS end,
+  settle_resolved = fast.settle_resolved,
   spawn_job = spawn_job,
   bad = bad,
   error_text = error_text,
