@@ -784,23 +784,9 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-// `settle_resolved`'s arguments, by stack index.
-const SR_Q: c_int = 1;
-const SR_I: c_int = 2;
-const SR_N: c_int = 3;
-const SR_PROMISES: c_int = 4;
-const SR_IDS: c_int = 5;
-const SR_STARTED: c_int = 6;
-const SR_RESOLVED: c_int = 7;
-const SR_ONE: c_int = 8;
-const SR_SHARED: c_int = 9;
-const SR_REGS: c_int = 10;
-const SR_PARKED: c_int = 11;
-const SR_ARGS: c_int = 12;
-const SR_READY: c_int = 13;
-const SR_MARKER: c_int = 14;
-// The field names it reads and writes, pushed on entry, in this order.
-const SR_NAMES: [&CStr; 11] = [
+// The field names a settlement reads and writes, in this order (pushed on entry by
+// `settle_resolved`).
+const NAMES: [&CStr; 11] = [
     c"_status",
     c"_consumers",
     c"_queue",
@@ -813,98 +799,234 @@ const SR_NAMES: [&CStr; 11] = [
     c"key",
     c"reg",
 ];
-const SR_STATUS: c_int = 15;
-const SR_CONSUMERS: c_int = 16;
-const SR_QUEUE: c_int = 17;
-const SR_R1: c_int = 18;
-const SR_VALUES: c_int = 19;
-const SR_V: c_int = 20;
-const SR_HOOK: c_int = 21;
-const SR_THREAD: c_int = 23;
-const SR_KEY: c_int = 24;
-const SR_REG: c_int = 25;
-// Per entry: its id, ok and value, the promise, then what the checks read (the slot at `SR_SLOT`).
-const SR_ID: c_int = 26;
-const SR_OK: c_int = 27;
-const SR_VALUE: c_int = 28;
-const SR_P: c_int = 29;
-const SR_SLOT: c_int = 33;
+const N_STATUS: usize = 0;
+const N_CONSUMERS: usize = 1;
+const N_QUEUE: usize = 2;
+const N_R1: usize = 3;
+const N_VALUES: usize = 4;
+const N_V: usize = 5;
+const N_HOOK: usize = 6;
+const N_THREAD: usize = 8;
+const N_KEY: usize = 9;
+const N_REG: usize = 10;
 
-/// `settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, shared, regs, parked, args,
-/// ready, ARGS) -> i'`: the common case of `lua/promise.lua`'s `settle_batch` (Rust completions
-/// settling the promises they were filed under) without running any Lua. From entry `i` of the
-/// `id, ok, value` triples at `q[i..n]`, it takes each entry whose promise is gone
-/// (`promises[id]` nil: the entry is only cleared) or is pending, resolved (`ok` true) with a
-/// value that is not a table, with no consumers, no reaction queue and at most one reaction, a
-/// park slot: as `settle_deferred` → `settle1` → `settled` → `wake` do, the entry is cleared,
-/// the promise forgotten (`promises`, `ids`), resolved with the one value, its pending-only fields
-/// cleared, and the task parked on the slot queued in the ready queue (`task.lua`'s `wake`: the
-/// step's `shared` slots, `regs`, `parked`, `args`, `ready` and the arguments marker `ARGS`).
-/// It stops at the first entry of any other kind, and returns its index (past `n` when it took
-/// them all): `settle_batch` settles that one in Lua, then calls again. The caller makes sure
-/// that a settlement may wake a task at once (reactions do not nest too deep), as `settled`
-/// checks. Raises only as the Lua would: a table that must grow, out of memory.
+/// Where a settlement finds what it reads (stack or upvalue indices): the field names, the
+/// promise constants `STARTED`, `RESOLVED` and `ONE`, and `lua/task.lua`'s wake tables (its
+/// `wake_ctx`: the step's shared slots, `regs`, `parked`, `args`, `ready`, the arguments marker).
+struct Settling {
+    names: [c_int; 11],
+    started: c_int,
+    resolved: c_int,
+    one: c_int,
+    shared: c_int,
+    regs: c_int,
+    parked: c_int,
+    args: c_int,
+    ready: c_int,
+    marker: c_int,
+}
+
+impl Settling {
+    /// Pushes `wake_ctx`'s six values (the context table at `ctx`) and returns where they are.
+    unsafe fn wake_tables(l: *mut ffi::lua_State, ctx: c_int) -> Option<[c_int; 6]> {
+        // SAFETY: the caller has room for six more values; raw reads.
+        unsafe {
+            let first = ffi::lua_gettop(l) + 1;
+            for k in 1..=6 {
+                ffi::lua_rawgeti(l, ctx, k);
+            }
+            let at = [first, first + 1, first + 2, first + 3, first + 4, first + 5];
+            at[..5].iter().all(|&t| ffi::lua_type(l, t) == ffi::LUA_TTABLE).then_some(at)
+        }
+    }
+
+    /// Whether promise `p` (a table) is settled by [`Self::resolve`] as `settled` would settle
+    /// it: pending, no consumers, no reaction queue, and no reaction or one park slot. Pushes four
+    /// values, the last the slot (or a false value).
+    unsafe fn common(&self, l: *mut ffi::lua_State, p: c_int) -> bool {
+        // SAFETY: the caller has room for four more values; raw reads.
+        unsafe {
+            let field = |name: usize| {
+                ffi::lua_pushvalue(l, self.names[name]);
+                ffi::lua_rawget(l, p)
+            };
+            field(N_STATUS);
+            if ffi::lua_rawequal(l, -1, self.started) == 0 {
+                return false;
+            }
+            field(N_CONSUMERS);
+            if ffi::lua_toboolean(l, -1) != 0 {
+                return false;
+            }
+            field(N_QUEUE);
+            if ffi::lua_toboolean(l, -1) != 0 {
+                return false;
+            }
+            let r1 = field(N_R1);
+            ffi::lua_toboolean(l, -1) == 0 || r1 == ffi::LUA_TTABLE
+        }
+    }
+
+    /// `settle1(p, RESOLVED, value)` and the rest of `settled` for a promise [`Self::common`]
+    /// accepted, `slot` its one reaction (a park slot, or a false value): its pending-only fields
+    /// go, and the task parked on the slot is woken.
+    unsafe fn resolve(&self, l: *mut ffi::lua_State, p: c_int, value: c_int, slot: c_int) {
+        // SAFETY: the caller has room for eight more values; raw writes, which raise only out of
+        // memory (`_values` and `_v` are new keys), as the Lua's do.
+        unsafe {
+            for (name, v) in [(N_STATUS, self.resolved), (N_VALUES, self.one), (N_V, value)] {
+                ffi::lua_pushvalue(l, self.names[name]);
+                ffi::lua_pushvalue(l, v);
+                ffi::lua_rawset(l, p);
+            }
+            for name in N_HOOK..=N_THREAD {
+                self.clear(l, p, name);
+            }
+            if ffi::lua_type(l, slot) == ffi::LUA_TTABLE {
+                self.clear(l, p, N_R1);
+                self.wake(l, slot);
+            }
+        }
+    }
+
+    /// `t[name] = nil` where the field is there (a raw store of nil under a new key is nothing in
+    /// Lua 5.4, but would take a slot elsewhere).
+    unsafe fn clear(&self, l: *mut ffi::lua_State, t: c_int, name: usize) {
+        // SAFETY: the caller has room for three more values; raw reads and writes.
+        unsafe {
+            ffi::lua_pushvalue(l, self.names[name]);
+            if ffi::lua_rawget(l, t) != ffi::LUA_TNIL {
+                ffi::lua_pushvalue(l, self.names[name]);
+                ffi::lua_pushnil(l);
+                ffi::lua_rawset(l, t);
+            }
+            ffi::lua_pop(l, 1);
+        }
+    }
+
+    /// `lua/task.lua`'s `wake(slot)`: if the task parked on the slot still waits there, the slot
+    /// is marked woken (`key = false`), the task forgets it and any stale arguments, and it goes
+    /// on the ready queue, to be resumed with no values.
+    unsafe fn wake(&self, l: *mut ffi::lua_State, slot: c_int) {
+        // SAFETY: the caller has room for six more values; raw reads and writes.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            ffi::lua_pushvalue(l, self.names[N_KEY]);
+            ffi::lua_rawget(l, slot);
+            let mut integer = 0;
+            let key = ffi::lua_tointegerx(l, -1, &mut integer);
+            ffi::lua_pushvalue(l, self.names[N_REG]);
+            ffi::lua_rawget(l, slot);
+            let reg = ffi::lua_gettop(l);
+            ffi::lua_rawgeti(l, self.regs, key);
+            if integer == 0 || ffi::lua_rawequal(l, -1, reg) == 0 {
+                ffi::lua_settop(l, top);
+                return; // not waiting there (cancelled, or woken already)
+            }
+            ffi::lua_pushvalue(l, self.names[N_KEY]);
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_rawset(l, slot);
+            for t in [self.parked, self.args] {
+                if ffi::lua_rawgeti(l, t, key) != ffi::LUA_TNIL {
+                    ffi::lua_pushnil(l);
+                    ffi::lua_rawseti(l, t, key);
+                }
+                ffi::lua_pop(l, 1);
+            }
+            let tail = int_at(l, self.shared, TAIL).unwrap_or(0);
+            ffi::lua_pushinteger(l, key);
+            ffi::lua_rawseti(l, self.ready, tail + 1);
+            ffi::lua_pushvalue(l, reg);
+            ffi::lua_rawseti(l, self.ready, tail + 2);
+            ffi::lua_pushvalue(l, self.marker);
+            ffi::lua_rawseti(l, self.ready, tail + 3);
+            ffi::lua_pushinteger(l, 0);
+            ffi::lua_rawseti(l, self.ready, tail + 4);
+            set_int(l, self.shared, TAIL, tail + 4);
+            ffi::lua_settop(l, top);
+        }
+    }
+}
+
+// `settle_resolved`'s arguments, by stack index; then `wake_ctx`'s values, the names, and per
+// entry its id, ok and value, the promise, and what `Settling::common` pushes.
+const SR_Q: c_int = 1;
+const SR_I: c_int = 2;
+const SR_N: c_int = 3;
+const SR_PROMISES: c_int = 4;
+const SR_IDS: c_int = 5;
+const SR_STARTED: c_int = 6;
+const SR_RESOLVED: c_int = 7;
+const SR_ONE: c_int = 8;
+const SR_CTX: c_int = 9;
+const SR_NAMES: c_int = 16;
+const SR_ID: c_int = 27;
+const SR_OK: c_int = 28;
+const SR_VALUE: c_int = 29;
+const SR_P: c_int = 30;
+const SR_SLOT: c_int = 34;
+
+/// `settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, wake_ctx) -> i'`: the common
+/// case of `lua/promise.lua`'s `settle_batch` (Rust completions settling the promises they were
+/// filed under) without running any Lua. From entry `i` of the `id, ok, value` triples at
+/// `q[i..n]`, it takes each entry whose promise is gone (`promises[id]` nil: the entry is only
+/// cleared) or is resolved (`ok` true) with a value that is not a table and is one
+/// [`Settling::common`] accepts: as `settle_deferred` → `settle1` → `settled` → `wake` do, the
+/// entry is cleared, the promise forgotten (`promises`, `ids`) and resolved with the one value,
+/// and its waiting task woken. It stops at the first entry of any other kind and returns its index
+/// (past `n` when it took them all): `settle_batch` settles that one in Lua, then calls again.
+/// The caller makes sure that a settlement may wake a task at once (reactions do not nest too
+/// deep), as `settled` checks. Raises only as the Lua would: a table that must grow, out of
+/// memory.
 unsafe extern "C-unwind" fn settle_resolved(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua with its arguments (checked below: anything unexpected takes
     // nothing, and `settle_batch` settles in Lua); every read and write is raw, so no Lua runs.
     unsafe {
         let mut i = ffi::lua_tointeger(l, SR_I);
         let n = ffi::lua_tointeger(l, SR_N);
-        ffi::lua_settop(l, SR_MARKER);
-        let tables = [SR_Q, SR_PROMISES, SR_IDS, SR_SHARED, SR_REGS, SR_PARKED, SR_ARGS, SR_READY];
-        if tables.iter().any(|&t| ffi::lua_type(l, t) != ffi::LUA_TTABLE) || ffi::lua_checkstack(l, 32) == 0 {
+        ffi::lua_settop(l, SR_CTX);
+        let tables = [SR_Q, SR_PROMISES, SR_IDS, SR_CTX];
+        let wake = if tables.iter().all(|&t| ffi::lua_type(l, t) == ffi::LUA_TTABLE)
+            && ffi::lua_checkstack(l, 40) != 0
+        {
+            Settling::wake_tables(l, SR_CTX)
+        } else {
+            None
+        };
+        let Some([shared, regs, parked, args, ready, marker]) = wake else {
             ffi::lua_pushinteger(l, i);
             return 1;
-        }
-        for name in SR_NAMES {
+        };
+        for name in NAMES {
             ffi::lua_pushstring(l, name.as_ptr());
         }
-        // `t[name] = nil` for the promise at `SR_P` where the field is there (a raw store of nil
-        // under a new key is nothing in Lua 5.4, but would take a slot elsewhere).
-        let clear = |l: *mut ffi::lua_State, name: c_int| {
-            ffi::lua_pushvalue(l, name);
-            if ffi::lua_rawget(l, SR_P) != ffi::LUA_TNIL {
-                ffi::lua_pushvalue(l, name);
-                ffi::lua_pushnil(l);
-                ffi::lua_rawset(l, SR_P);
-            }
-            ffi::lua_pop(l, 1);
+        let s = Settling {
+            names: std::array::from_fn(|k| SR_NAMES + k as c_int),
+            started: SR_STARTED,
+            resolved: SR_RESOLVED,
+            one: SR_ONE,
+            shared,
+            regs,
+            parked,
+            args,
+            ready,
+            marker,
         };
         while i <= n {
-            ffi::lua_settop(l, SR_REG);
+            ffi::lua_settop(l, SR_ID - 1);
             ffi::lua_rawgeti(l, SR_Q, i); // SR_ID
             ffi::lua_rawgeti(l, SR_Q, i + 1); // SR_OK
             ffi::lua_rawgeti(l, SR_Q, i + 2); // SR_VALUE
             ffi::lua_pushvalue(l, SR_ID);
             let p = ffi::lua_rawget(l, SR_PROMISES); // SR_P
-            if p != ffi::LUA_TNIL {
-                let common = p == ffi::LUA_TTABLE
+            let common = p == ffi::LUA_TNIL
+                || (p == ffi::LUA_TTABLE
                     && ffi::lua_type(l, SR_OK) == ffi::LUA_TBOOLEAN
                     && ffi::lua_toboolean(l, SR_OK) != 0
                     && ffi::lua_type(l, SR_VALUE) != ffi::LUA_TTABLE
-                    && {
-                        ffi::lua_pushvalue(l, SR_STATUS);
-                        ffi::lua_rawget(l, SR_P);
-                        ffi::lua_rawequal(l, -1, SR_STARTED) != 0
-                    }
-                    && {
-                        ffi::lua_pushvalue(l, SR_CONSUMERS);
-                        ffi::lua_rawget(l, SR_P);
-                        ffi::lua_toboolean(l, -1) == 0
-                    }
-                    && {
-                        ffi::lua_pushvalue(l, SR_QUEUE);
-                        ffi::lua_rawget(l, SR_P);
-                        ffi::lua_toboolean(l, -1) == 0
-                    }
-                    && {
-                        ffi::lua_pushvalue(l, SR_R1);
-                        ffi::lua_rawget(l, SR_P); // SR_SLOT
-                        ffi::lua_toboolean(l, -1) == 0 || ffi::lua_type(l, -1) == ffi::LUA_TTABLE
-                    };
-                if !common {
-                    break;
-                }
+                    && s.common(l, SR_P));
+            if !common {
+                break;
             }
             for k in 0..3 {
                 ffi::lua_pushnil(l);
@@ -921,67 +1043,10 @@ unsafe extern "C-unwind" fn settle_resolved(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_pushvalue(l, SR_P);
             ffi::lua_pushnil(l);
             ffi::lua_rawset(l, SR_IDS);
-            // `settle1(p, RESOLVED, value)`.
-            for (name, value) in [(SR_STATUS, SR_RESOLVED), (SR_VALUES, SR_ONE), (SR_V, SR_VALUE)] {
-                ffi::lua_pushvalue(l, name);
-                ffi::lua_pushvalue(l, value);
-                ffi::lua_rawset(l, SR_P);
-            }
-            // `settled`: what only a pending promise needs goes; its one waiter is woken.
-            for name in SR_HOOK..=SR_THREAD {
-                clear(l, name);
-            }
-            if ffi::lua_type(l, SR_SLOT) == ffi::LUA_TTABLE {
-                clear(l, SR_R1);
-                wake_slot(l, SR_SLOT);
-            }
+            s.resolve(l, SR_P, SR_VALUE, SR_SLOT);
         }
         ffi::lua_pushinteger(l, i);
         1
-    }
-}
-
-/// `lua/task.lua`'s `wake(slot)` for `settle_resolved` (its stack, the slot at `slot`): if the
-/// task parked on the slot still waits there, the slot is marked woken (`key = false`), the task
-/// forgets it and any stale arguments, and it goes on the ready queue, to be resumed with no
-/// values.
-unsafe fn wake_slot(l: *mut ffi::lua_State, slot: c_int) {
-    // SAFETY: called by `settle_resolved`, with room for six more values; raw reads and writes.
-    unsafe {
-        let top = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, SR_KEY);
-        ffi::lua_rawget(l, slot);
-        let mut integer = 0;
-        let key = ffi::lua_tointegerx(l, -1, &mut integer);
-        ffi::lua_pushvalue(l, SR_REG);
-        ffi::lua_rawget(l, slot);
-        let reg = ffi::lua_gettop(l);
-        ffi::lua_rawgeti(l, SR_REGS, key);
-        if integer == 0 || ffi::lua_rawequal(l, -1, reg) == 0 {
-            ffi::lua_settop(l, top);
-            return; // not waiting there (cancelled, or woken already)
-        }
-        ffi::lua_pushvalue(l, SR_KEY);
-        ffi::lua_pushboolean(l, 0);
-        ffi::lua_rawset(l, slot);
-        for t in [SR_PARKED, SR_ARGS] {
-            if ffi::lua_rawgeti(l, t, key) != ffi::LUA_TNIL {
-                ffi::lua_pushnil(l);
-                ffi::lua_rawseti(l, t, key);
-            }
-            ffi::lua_pop(l, 1);
-        }
-        let tail = int_at(l, SR_SHARED, TAIL).unwrap_or(0);
-        ffi::lua_pushinteger(l, key);
-        ffi::lua_rawseti(l, SR_READY, tail + 1);
-        ffi::lua_pushvalue(l, reg);
-        ffi::lua_rawseti(l, SR_READY, tail + 2);
-        ffi::lua_pushvalue(l, SR_MARKER);
-        ffi::lua_rawseti(l, SR_READY, tail + 3);
-        ffi::lua_pushinteger(l, 0);
-        ffi::lua_rawseti(l, SR_READY, tail + 4);
-        set_int(l, SR_SHARED, TAIL, tail + 4);
-        ffi::lua_settop(l, top);
     }
 }
 

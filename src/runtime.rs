@@ -591,7 +591,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("wake", api.get::<Function>("wake")?)?;
     deps.set("waiting", api.get::<Function>("waiting")?)?;
     deps.set("spawn_job", api.get::<Function>("spawn_job")?)?;
-    deps.set("wake_tables", api.get::<Function>("wake_tables")?)?;
+    deps.set("wake_ctx", api.get::<Table>("wake_ctx")?)?;
     deps.set("settle_resolved", api.get::<Function>("settle_resolved")?)?;
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("slots", step.get::<Table>("shared")?)?;

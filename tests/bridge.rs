@@ -417,3 +417,25 @@ fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came()
     assert_eq!(printed(&app), ["f=6 a=1 b=2 c=3 d1=4 d2=4 g=false i=9 e=5"]);
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
 }
+
+#[test]
+fn a_result_wakes_its_task_after_a_mass_despawn_rebuilt_the_task_tables() {
+    let (mut app, questions) = asking_app();
+    // Thousands of instances come and go: the step copies its task tables to let them shrink, and
+    // a settlement afterwards must wake the task in the new ones.
+    let sleeper = script(&mut app, "scripts/sleeper.lua", "task.wait(1000)");
+    let many: Vec<Entity> =
+        (0..5_000).map(|_| app.world_mut().spawn(LuaScripts::new(sleeper.clone())).id()).collect();
+    run(&mut app, 2);
+    for e in many {
+        app.world_mut().despawn(e);
+    }
+    run(&mut app, 2);
+    spawn_script(&mut app, "scripts/ask.lua", "print('answer', await(ask('after')))");
+    run(&mut app, 2);
+    let (question, reply) = questions.0.lock().unwrap().pop().expect("the script asked");
+    assert_eq!(question, "after");
+    reply.resolve(7);
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["answer\t7"]);
+}

@@ -462,6 +462,9 @@ local settled
 -- changed once set; or, for exactly one value (the common case), `ONE`, the value being `_v`: no
 -- table per settlement. `first_value` and `all_values` read either.
 local ONE = { n = 1 }
+-- The bridge's batch settlement in C (src/fastpath.rs; see `settle_batch`), with what it needs
+-- of task.lua to wake as `wake` does.
+local wake_ctx, settle_resolved = deps.wake_ctx, deps.settle_resolved
 -- The values of every promise settled with none.
 local NO_VALUES = { n = 0 }
 
@@ -1936,7 +1939,6 @@ local function settle_deferred(p, ok, v)
   end
 end
 
-local wake_tables, settle_resolved = deps.wake_tables, deps.settle_resolved
 
 --- For the Rust bridge: settles the `id, ok, value` triples at `q[1..n]`, clearing them, each
 --- with `settle_deferred` on `promises[id]` if it is still there (forgotten from `promises` and
@@ -1949,7 +1951,7 @@ local function settle_batch(q, n, promises, ids)
   while i <= n do
     -- (`settled` wakes a task at once only while reactions do not nest too deep.)
     if settle_resolved and nest < MAX_NEST then
-      i = settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, wake_tables())
+      i = settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, wake_ctx)
       if i > n then return end
     end
     local id, ok, value = q[i], q[i + 1], q[i + 2]

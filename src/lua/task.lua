@@ -66,6 +66,9 @@ local ready = {}
 -- Steps in a row that used under a quarter of a big `ready` table, and how many drop it (about a
 -- second at 60 frames a second).
 local small_steps, SHRINK_AFTER = 0, 64
+-- What `wake` reads and writes, for the C code that wakes as it does (src/fastpath.rs): kept
+-- current wherever one of these tables is replaced.
+local wake_ctx = { T, regs, parked, args, ready, ARGS }
 
 local function bump(key)
   local reg = T[NEXT_REG] + 1
@@ -651,7 +654,7 @@ function step.run()
     if small_steps >= SHRINK_AFTER then
       small_steps = 0
       ready = {}
-      ready_tables[1] = ready -- (not holding the old one until the next step)
+      ready_tables[1], wake_ctx[5] = ready, ready -- (not holding the old one until the next step)
     end
   else
     small_steps = 0
@@ -790,6 +793,7 @@ function step.compact()
     ready, small_steps = {}, 0
     ready_tables[1] = ready
   end
+  wake_ctx[2], wake_ctx[3], wake_ctx[4], wake_ctx[5] = regs, parked, args, ready
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
@@ -1046,10 +1050,9 @@ return {
   park = park,
   wake = wake,
   waiting = waiting,
-  -- For `lua/promise.lua`'s batch settlement: what `wake` reads and writes, for the C loop that
-  -- wakes as it does (`fast.settle_resolved`). The tables are fetched per batch: `step.compact`
-  -- replaces them.
-  wake_tables = function() return T, regs, parked, args, ready, ARGS end,
+  -- For `lua/promise.lua`'s batch settlement in C (`fast.settle_resolved`), which wakes as `wake`
+  -- does: the tables it reads and writes.
+  wake_ctx = wake_ctx,
   settle_resolved = fast.settle_resolved,
   spawn_job = spawn_job,
   bad = bad,
