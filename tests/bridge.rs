@@ -374,9 +374,9 @@ fn one_step_settles_results_of_every_shape_in_order() {
 fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came() {
     let (mut app, questions) = asking_app();
     // Results of one batch alternate between the common case (one task, or nobody, awaits a
-    // promise resolved with a plain value) and the others (a table value, two awaiting tasks, a
-    // handler, a rejection, an awaiting task cancelled): each must settle as it would alone, and
-    // the tasks must resume in the order the results came.
+    // promise resolved with a plain value: a number, a string, false, a userdata) and the others (a
+    // table value, two awaiting tasks, a handler, a rejection, an awaiting task cancelled): each
+    // must settle as it would alone, and the tasks must resume in the order the results came.
     spawn_script(
         &mut app,
         "scripts/batch.lua",
@@ -394,6 +394,9 @@ fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came()
         task.spawn(function() note("g=" .. tostring(pcall(await, ask("g")))) end)
         local gone = task.spawn(function() await(ask("h")) note("h woke") end)
         task.spawn(function() note("i=" .. await(ask("i"))) end)
+        task.spawn(function() note("j=" .. tostring(await(ask("j")))) end)
+        task.spawn(function() note("k=" .. type(await(ask("k")))) end)
+        task.spawn(function() note("l=" .. await(ask("l"))) end)
         task.cancel(gone)
         task.spawn(function()
           task.wait() task.wait() task.wait()
@@ -403,18 +406,26 @@ fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came()
         "#,
     );
     run(&mut app, 2);
-    let asked = std::mem::take(&mut *questions.0.lock().unwrap());
-    assert_eq!(asked.len(), 9);
+    let mut asked = std::mem::take(&mut *questions.0.lock().unwrap());
+    assert_eq!(asked.len(), 12);
+    // Answered in another order than asked: the results come in this order.
+    asked.sort_by_key(|(q, _)| {
+        ["l", "c", "a", "j", "d", "b", "i", "k", "f", "g", "h", "e"].iter().position(|x| x == q)
+    });
     for (question, reply) in asked {
         match question.as_str() {
             "b" => reply.resolve(vec![2]),
             "g" => reply.reject("no"),
+            "j" => reply.resolve(false),
+            "k" => reply.resolve(()), // Lua sees mlua's null, a light userdata
+            "l" => reply.resolve("text"),
             q => reply.resolve(q.bytes().next().unwrap() - b'a' + 1),
         }
     }
     run(&mut app, 4);
-    // The handler runs as its promise settles; the tasks when the step resumes them, in order.
-    assert_eq!(printed(&app), ["f=6 a=1 b=2 c=3 d1=4 d2=4 g=false i=9 e=5"]);
+    // The handler runs as its promise settles; the tasks when the step resumes them, in the order
+    // their results came.
+    assert_eq!(printed(&app), ["f=6 l=text c=3 a=1 j=false d1=4 d2=4 b=2 i=9 k=userdata g=false e=5"]);
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
 }
 

@@ -191,3 +191,21 @@ fn a_burst_of_wakes_lets_its_queue_go_after_a_second_of_quiet_steps() {
     let after = collected_memory(&app);
     assert!(after + 256 * 1024 < kept, "the queue's slots were not given back: {kept} -> {after}");
 }
+
+#[test]
+fn a_script_spawned_in_the_frame_of_a_mass_despawn_starts() {
+    let mut app = create_app();
+    // A level change: thousands of scripted entities go and a new one comes in the same frame.
+    // Its first task waits in the ready queue while the step's tables are rebuilt to shrink.
+    let sleeper = script(&mut app, "scripts/sleeper.lua", "task.wait(1000)");
+    let many: Vec<Entity> =
+        (0..5_000).map(|_| app.world_mut().spawn(LuaScripts::new(sleeper.clone())).id()).collect();
+    run(&mut app, 2);
+    for e in many {
+        app.world_mut().despawn(e);
+    }
+    spawn_script(&mut app, "scripts/next_level.lua", "print('hello')");
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["hello"]);
+    assert_eq!(live_tasks(&app), 0);
+}

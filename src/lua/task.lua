@@ -785,15 +785,15 @@ function step.compact()
     return fresh
   end
   threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
+  wake_ctx[2], wake_ctx[3], wake_ctx[4] = regs, parked, args -- (before anything here can raise)
   fast.shrink_waits()
   resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
-  -- The ready queue is empty between steps (what a step could not run was carried): a big one
-  -- goes now rather than after `SHRINK_AFTER` quiet steps.
-  if #ready > 4 * 4096 then
+  -- A big ready queue goes now rather than after `SHRINK_AFTER` quiet steps, if it is empty: the
+  -- instances started since the last step (before this runs) have their first tasks on it.
+  if #ready > 4 * 4096 and T[HEAD] > T[TAIL] then
     ready, small_steps = {}, 0
-    ready_tables[1] = ready
+    ready_tables[1], wake_ctx[5] = ready, ready
   end
-  wake_ctx[2], wake_ctx[3], wake_ctx[4], wake_ctx[5] = regs, parked, args, ready
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
