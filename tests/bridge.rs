@@ -434,13 +434,7 @@ fn a_result_wakes_its_task_after_a_mass_despawn_rebuilt_the_task_tables() {
     let (mut app, questions) = asking_app();
     // Thousands of instances come and go: the step copies its task tables to let them shrink, and
     // a settlement afterwards must wake the task in the new ones.
-    let sleeper = script(&mut app, "scripts/sleeper.lua", "task.wait(1000)");
-    let many: Vec<Entity> =
-        (0..5_000).map(|_| app.world_mut().spawn(LuaScripts::new(sleeper.clone())).id()).collect();
-    run(&mut app, 2);
-    for e in many {
-        app.world_mut().despawn(e);
-    }
+    come_and_go(&mut app, 5_000);
     run(&mut app, 2);
     spawn_script(&mut app, "scripts/ask.lua", "print('answer', await(ask('after')))");
     run(&mut app, 2);

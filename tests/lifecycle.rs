@@ -197,13 +197,7 @@ fn a_script_spawned_in_the_frame_of_a_mass_despawn_starts() {
     let mut app = create_app();
     // A level change: thousands of scripted entities go and a new one comes in the same frame.
     // Its first task waits in the ready queue while the step's tables are rebuilt to shrink.
-    let sleeper = script(&mut app, "scripts/sleeper.lua", "task.wait(1000)");
-    let many: Vec<Entity> =
-        (0..5_000).map(|_| app.world_mut().spawn(LuaScripts::new(sleeper.clone())).id()).collect();
-    run(&mut app, 2);
-    for e in many {
-        app.world_mut().despawn(e);
-    }
+    come_and_go(&mut app, 5_000);
     spawn_script(&mut app, "scripts/next_level.lua", "print('hello')");
     run(&mut app, 2);
     assert_eq!(printed(&app), ["hello"]);

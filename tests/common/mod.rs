@@ -190,3 +190,15 @@ pub fn run_until_printed(app: &mut App, lines: usize) {
     }
     panic!("scripts printed {:?}, errors {:?}", printed(app), errors(app));
 }
+
+/// Spawns `n` entities whose script sleeps, runs two frames, and despawns them all: afterwards the
+/// step rebuilds its task tables to let them shrink (a mass despawn, as a level change makes).
+pub fn come_and_go(app: &mut App, n: usize) {
+    let sleeper = script(app, "scripts/sleeper.lua", "task.wait(1000)");
+    let many: Vec<Entity> =
+        (0..n).map(|_| app.world_mut().spawn(LuaScripts::new(sleeper.clone())).id()).collect();
+    run(app, 2);
+    for e in many {
+        app.world_mut().despawn(e);
+    }
+}
