@@ -918,8 +918,19 @@ impl Settling {
             ffi::lua_pushvalue(l, self.names[N_REG]);
             ffi::lua_rawget(l, slot);
             let reg = ffi::lua_gettop(l);
+            // A task key is a small positive integer and a registration a number. The slot is a
+            // table scripts can reach (a promise's fields are plain), so anything else is refused,
+            // the key before it is used as an index (LuaJIT's and Luau's `lua_rawgeti` take an
+            // `int`), as `wake` refuses a slot with no registration.
+            if integer == 0
+                || !(1..=ffi::lua_Integer::from(c_int::MAX)).contains(&key)
+                || ffi::lua_type(l, reg) != ffi::LUA_TNUMBER
+            {
+                ffi::lua_settop(l, top);
+                return;
+            }
             ffi::lua_rawgeti(l, self.regs, key);
-            if integer == 0 || ffi::lua_rawequal(l, -1, reg) == 0 {
+            if ffi::lua_rawequal(l, -1, reg) == 0 {
                 ffi::lua_settop(l, top);
                 return; // not waiting there (cancelled, or woken already)
             }

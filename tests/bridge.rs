@@ -444,3 +444,33 @@ fn a_result_wakes_its_task_after_a_mass_despawn_rebuilt_the_task_tables() {
     run(&mut app, 2);
     assert_eq!(printed(&app), ["answer\t7"]);
 }
+
+#[test]
+fn a_forged_waiter_on_a_promise_wakes_nothing_and_breaks_nothing() {
+    let (mut app, questions) = asking_app();
+    // A promise's fields are plain: a script can put a waiter of its own making on one, with a
+    // task key no task has (past what an `int` holds, or not a number) or no registration.
+    spawn_script(
+        &mut app,
+        "scripts/forger.lua",
+        r#"
+        local big, odd, none = ask("big"), ask("odd"), ask("none")
+        big._r1 = { key = 2^40, reg = 1 }
+        odd._r1 = { key = "x", reg = 1 }
+        none._r1 = { key = 2^40 }
+        -- The same through a promise a script resolves.
+        local resolve
+        local mine = Promise.new(function(r) resolve = r end)
+        mine._r1 = { key = 2^40 }
+        resolve(5)
+        task.wait() task.wait() task.wait()
+        print(await(big), await(odd), await(none), await(mine))
+        "#,
+    );
+    run(&mut app, 2);
+    for (question, reply) in std::mem::take(&mut *questions.0.lock().unwrap()) {
+        reply.resolve(question.len());
+    }
+    run(&mut app, 4);
+    assert_eq!(printed(&app), ["3\t3\t4\t5"]);
+}

@@ -679,7 +679,9 @@ end
 --- hand over waits in the slot or the promise, so this takes no varargs.
 local function wake(slot)
   local key, reg = slot.key, slot.reg
-  if not key or regs[key] ~= reg then return false end
+  -- (`not reg`: a slot is a table scripts can reach through a promise's fields, and one with no
+  -- registration would match any key that has none.)
+  if not key or not reg or regs[key] ~= reg then return false end
   slot.key = false -- not waiting, and woken: a store over a value (the fast one), and what
   -- `lua/promise.lua` reads to know that it may keep the slot for another wait
   parked[key] = nil -- what the slot holds is the waker's business again
@@ -693,9 +695,9 @@ end
 --- Whether the thread parked on `slot` still waits there: `wake(slot)` would wake it. A channel
 --- asks before it takes a waiter's value or decides a select case can proceed.
 local function waiting(slot)
-  local key = slot.key
-  if not key then return false end
-  return regs[key] == slot.reg
+  local key, reg = slot.key, slot.reg
+  if not key or not reg then return false end
+  return regs[key] == reg
 end
 
 -- The table of the slots above: Rust reads the task being resumed and the number of resumes so
