@@ -474,3 +474,29 @@ fn a_forged_waiter_on_a_promise_wakes_nothing_and_breaks_nothing() {
     run(&mut app, 4);
     assert_eq!(printed(&app), ["3\t3\t4\t5"]);
 }
+
+#[test]
+fn settled_promises_are_let_go() {
+    let (mut app, questions) = asking_app();
+    // 100 tasks ask and await, again and again; every question is answered in the next frame.
+    // Once settled, a promise must be forgotten by id (it stays only as long as scripts hold it).
+    spawn_script(
+        &mut app,
+        "scripts/asker.lua",
+        "for i = 1, 100 do task.spawn(function() while true do await(ask('q')) end end) end",
+    );
+    let answer_frames = |app: &mut App, frames: usize| {
+        for _ in 0..frames {
+            app.update();
+            for (_, reply) in std::mem::take(&mut *questions.0.lock().unwrap()) {
+                reply.resolve(1);
+            }
+        }
+    };
+    answer_frames(&mut app, 10);
+    let before = collected_memory(&app);
+    answer_frames(&mut app, 60); // 6,000 more promises
+    let after = collected_memory(&app);
+    assert!(after < before + 64 * 1024, "Lua memory grew with the promises settled: {before} -> {after}");
+    assert!(errors(&app).is_empty(), "{:?}", errors(&app));
+}
