@@ -186,13 +186,10 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
         cancel(lua, id);
         Ok(())
     })?;
-    let module: mlua::Table =
-        lua.load(include_str!("../lua/bridge.lua")).set_name("=bevy_lua_coroutines/bridge.lua").call((
-            promise.get::<Function>("deferred")?,
-            promise.get::<Function>("settle_deferred")?,
-            promise.get::<Function>("settle_batch")?,
-            cancel,
-        ))?;
+    let module: mlua::Table = lua
+        .load(include_str!("../lua/bridge.lua"))
+        .set_name("=bevy_lua_coroutines/bridge.lua")
+        .call((promise.get::<Function>("deferred")?, promise.get::<Function>("settle_batch")?, cancel))?;
     lua.set_app_data(BridgeLua {
         settle_many: module.get("settle_many")?,
         queue: lua.create_table()?,

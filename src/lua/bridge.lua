@@ -1,10 +1,10 @@
 -- Promises that Rust settles: the Lua half of `src/bridge.rs`. A Rust async function (or a
--- `PromiseHandle`) is known here by an id; Rust settles it with `settle(id, ok, value)` at the start
--- of a step, and cancelling the promise tells Rust to drop the work (`cancel(id)`).
--- `deferred(on_cancel) -> promise`, `settle_deferred(promise, ok, value)` and
--- `settle_batch(q, n, promises, ids)` (the batch `settle_many` hands on) are the promise module's,
--- for the bridge: no executor thread and no closures per promise.
-local deferred, settle_deferred, settle_batch, cancel = ...
+-- `PromiseHandle`) is known here by an id; Rust settles a batch of them with `settle_many` at the
+-- start of a step, and cancelling the promise tells Rust to drop the work (`cancel(id)`).
+-- `deferred(on_cancel) -> promise` and `settle_batch(q, n, promises, ids)` (the batch `settle_many`
+-- hands on) are the promise module's, for the bridge: no executor thread and no closures per
+-- promise.
+local deferred, settle_batch, cancel = ...
 
 local promises = {} -- id -> its pending promise
 local ids = {} -- pending promise -> its id
@@ -16,14 +16,6 @@ local function cancelled(p)
     promises[id], ids[p] = nil, nil
     cancel(id)
   end
-end
-
---- Resolves (`ok`) or rejects promise `id` with `value`.
-local function settle(id, ok, value)
-  local p = promises[id]
-  if p == nil then return end
-  promises[id], ids[p] = nil, nil
-  settle_deferred(p, ok, value)
 end
 
 --- Settles several promises in order: `settle_many(q, n)` with `id, ok, value` triples at
@@ -67,7 +59,6 @@ local function wrap_pending(raw)
 end
 
 return {
-  settle = settle,
   settle_many = settle_many,
   forget = forget,
   wrap = wrap,

@@ -1930,15 +1930,11 @@ local function settle_deferred(p, ok, v)
   if not ok then
     reject(p, v)
   elseif p._status == STARTED and type(v) ~= "table" then
-    -- `settle1(p, RESOLVED, v)`, inline: this runs once per Rust completion.
-    p._status = RESOLVED
-    p._values, p._v = ONE, v
-    settled(p, RESOLVED)
+    settle1(p, RESOLVED, v)
   else
     resolve(p, v)
   end
 end
-
 
 --- For the Rust bridge: settles the `id, ok, value` triples at `q[1..n]`, clearing them, each
 --- with `settle_deferred` on `promises[id]` if it is still there (forgotten from `promises` and
@@ -1968,7 +1964,6 @@ end
 return {
   Promise = Promise,
   deferred = deferred,
-  settle_deferred = settle_deferred,
   settle_batch = settle_batch,
   async = async,
   await = await,
