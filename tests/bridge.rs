@@ -264,6 +264,13 @@ fn despawning_the_owner_drops_the_future_and_nothing_resumes() {
 #[derive(Resource, Clone, Default)]
 struct Questions(Arc<Mutex<Vec<(String, PromiseHandle)>>>);
 
+impl Questions {
+    /// The questions asked so far, in order, with their handles; none stay waiting here.
+    fn take(&self) -> Vec<(String, PromiseHandle)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
 /// An app whose scripts can `ask(question)`: each question and its handle wait in the
 /// `Questions` returned, for the test to answer.
 fn asking_app() -> (App, Questions) {
@@ -340,7 +347,7 @@ fn one_step_settles_results_of_every_shape_in_order() {
         "#,
     );
     run(&mut app, 3);
-    let asked = std::mem::take(&mut *questions.0.lock().unwrap());
+    let asked = questions.take();
     assert_eq!(asked.len(), 8);
     for (question, reply) in asked {
         match question.as_str() {
@@ -406,7 +413,7 @@ fn a_batch_of_results_wakes_every_kind_of_waiter_in_the_order_the_results_came()
         "#,
     );
     run(&mut app, 2);
-    let mut asked = std::mem::take(&mut *questions.0.lock().unwrap());
+    let mut asked = questions.take();
     assert_eq!(asked.len(), 12);
     // Answered in another order than asked: the results come in this order.
     asked.sort_by_key(|(q, _)| {
@@ -468,7 +475,7 @@ fn a_forged_waiter_on_a_promise_wakes_nothing_and_breaks_nothing() {
         "#,
     );
     run(&mut app, 2);
-    for (question, reply) in std::mem::take(&mut *questions.0.lock().unwrap()) {
+    for (question, reply) in questions.take() {
         reply.resolve(question.len());
     }
     run(&mut app, 4);
@@ -488,7 +495,7 @@ fn settled_promises_are_let_go() {
     let answer_frames = |app: &mut App, frames: usize| {
         for _ in 0..frames {
             app.update();
-            for (_, reply) in std::mem::take(&mut *questions.0.lock().unwrap()) {
+            for (_, reply) in questions.take() {
                 reply.resolve(1);
             }
         }
