@@ -1,6 +1,7 @@
 //! The scheduler's hot path over Lua's C API: the common waits (`task.wait`, `sleep`,
 //! `task.waitFrames`) as C functions that yield their request directly, the frame waits (the
-//! tasks due this frame and next, in Rust memory), the memory headroom a step may need after a
+//! tasks due this frame and next, in Rust memory), the step's count of resumes against its
+//! bounds (in Rust memory too), the memory headroom a step may need after a
 //! task ran out of memory (`relax_memory`), what a cancellation
 //! keeps of where a task stood (`frames`, Lua 5.4), and the two loops of the step: one resumes
 //! this frame's frame waits (`run_frames`), the other the ready queue (`run_ready`: tasks woken by
@@ -36,14 +37,17 @@
 //!   every counter the step shares is written back to its table before the next raising call.
 //! - The counters shared with `lua/task.lua` live in one table (`shared`), at the slot numbers
 //!   below, which the Lua file names the same way.
-//! - The frame waits ([`FrameWaits`]) are Rust memory, boxed in the VM's app data (dropped only
-//!   after the VM is closed); the functions that use them keep its address as an upvalue (upvalue
-//!   2 of the loops, 1 of the others). Only those functions touch them, on the VM's thread, and
-//!   none keeps a reference to them across a call into Lua (a resume may queue waits itself).
+//! - The frame waits ([`FrameWaits`]) and the step's resume counts ([`Resumes`]) are Rust memory
+//!   ([`StepMemory`]), boxed in the VM's app data (dropped only after the VM is closed); the
+//!   functions that use them keep its address as an upvalue (upvalue 2 of the loops, 1 of the
+//!   others). Only those functions touch it, on the VM's thread, and none keeps a reference to it
+//!   across a call into Lua (a resume may queue waits itself).
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
+use std::collections::HashMap;
 use std::ffi::{CStr, c_int, c_void};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
 use std::sync::Arc;
@@ -111,19 +115,20 @@ pub(crate) fn functions(
     unsafe {
         t.raw_set("relax_memory", lua.create_c_function(relax_memory)?)?;
     }
-    // The frame waits live in Rust memory, boxed in the VM's app data (dropped after the VM
-    // closes), so the functions below keep their address.
-    let waits = Box::new(UnsafeCell::new(FrameWaits::default()));
-    let at = waits.get() as *mut c_void;
-    lua.set_app_data(Waits { _owned: waits });
+    // The frame waits and the resume counts live in Rust memory, boxed in the VM's app data
+    // (dropped after the VM closes), so the functions below keep its address.
+    let memory = Box::new(UnsafeCell::new(StepMemory::default()));
+    let at = memory.get() as *mut c_void;
+    lua.set_app_data(Waits { _owned: memory });
     for (name, f) in [
         ("push_next", push_next as ffi::lua_CFunction),
         ("begin_frame", begin_frame),
         ("pop_now", pop_now),
         ("waiting", waiting),
         ("shrink_waits", shrink_waits),
+        ("count_resume", count_resume),
     ] {
-        // SAFETY: each reads its one upvalue as the address of the `FrameWaits` above.
+        // SAFETY: each reads its one upvalue as the address of the `StepMemory` above.
         let f = unsafe {
             lua.exec_raw::<Function>((), |l| {
                 ffi::lua_pushlightuserdata(l, at);
@@ -235,9 +240,6 @@ struct Wait {
 /// The frame waits (`task.wait()`, `task.waitFrames(1)`): this frame's, resumed in order from
 /// `at` on, and the next frame's, in the order queued. `task.waitFrames(n > 1)` waits in
 /// `lua/task.lua`'s `later` buckets until their frame, when [`begin_frame`] takes them.
-///
-/// Reached only through [`waits`], by the C functions here; none holds the reference across a
-/// call into Lua (a resume may queue waits of its own).
 #[derive(Default)]
 struct FrameWaits {
     now: Vec<Wait>,
@@ -245,23 +247,106 @@ struct FrameWaits {
     next: Vec<Wait>,
 }
 
-/// Owns the VM's [`FrameWaits`] (in its app data).
-struct Waits {
-    _owned: Box<UnsafeCell<FrameWaits>>,
+/// How many times each task, and the tasks of each instance together, were resumed from the
+/// ready queue in the current step, against the step's bounds (`lua/task.lua`'s `MAX_RESUMES`
+/// and `MAX_INSTANCE_RESUMES`). Counts of one step only: the first count of a new step forgets
+/// the last step's. (Two Lua tables per count once, read and written through the C API on every
+/// resume: about 28 calls, 900 instructions; a lookup here costs a few dozen.)
+#[derive(Default)]
+struct Resumes {
+    step: ffi::lua_Integer,
+    tasks: HashMap<ffi::lua_Integer, ffi::lua_Integer, BuildHasherDefault<KeyHasher>>,
+    instances: HashMap<ffi::lua_Integer, ffi::lua_Integer, BuildHasherDefault<KeyHasher>>,
 }
 
-// SAFETY: the waits are only touched by the C functions here, on the thread that runs the VM,
+impl Resumes {
+    /// Counts a resume of task `key`, of instance `inst`, in step `step`, unless the task has had
+    /// `max` resumes in this step or its instance's tasks `max_instance`: returns whether it
+    /// counted it (if not, the resume waits for the next step).
+    fn count(
+        &mut self,
+        key: ffi::lua_Integer,
+        inst: ffi::lua_Integer,
+        step: ffi::lua_Integer,
+        max: ffi::lua_Integer,
+        max_instance: ffi::lua_Integer,
+    ) -> bool {
+        if step != self.step {
+            self.step = step;
+            self.tasks.clear();
+            self.instances.clear();
+        }
+        let task = self.tasks.entry(key).or_insert(0);
+        if *task >= max {
+            return false;
+        }
+        let instance = self.instances.entry(inst).or_insert(0);
+        if *instance >= max_instance {
+            return false;
+        }
+        *task += 1;
+        *instance += 1;
+        true
+    }
+}
+
+/// Hashes the integer keys of [`Resumes`] (task keys and instance ids, which Rust hands out, so
+/// no script chooses them) with one multiplication: the table's bucket takes the low bits, which
+/// follow the key's, and its tag the high ones, which mix them all.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// What the step keeps in Rust memory: the frame waits and the resume counts. Reached only
+/// through [`memory`] and the loops' [`Loop::memory`], by the C functions here; none holds a
+/// reference across a call into Lua (a resume may queue waits of its own).
+#[derive(Default)]
+struct StepMemory {
+    waits: FrameWaits,
+    resumes: Resumes,
+}
+
+/// Owns the VM's [`StepMemory`] (in its app data).
+struct Waits {
+    _owned: Box<UnsafeCell<StepMemory>>,
+}
+
+// SAFETY: the memory is only touched by the C functions here, on the thread that runs the VM,
 // and the VM is used by one thread at a time.
 unsafe impl Send for Waits {}
 
-/// The frame waits of the C function running on `l`, from its upvalue 1.
+/// The step memory of the C function running on `l`, from its upvalue 1.
 ///
 /// # Safety
-/// Only called by the functions [`functions`] made, whose upvalue 1 is the address of the VM's
-/// `FrameWaits`; the reference must be dropped before any call into Lua.
-unsafe fn waits<'a>(l: *mut ffi::lua_State) -> &'a mut FrameWaits {
+/// Only called by the functions [`functions`] made with the address of the VM's `StepMemory` as
+/// upvalue 1; the reference must be dropped before any call into Lua.
+unsafe fn memory<'a>(l: *mut ffi::lua_State) -> &'a mut StepMemory {
     // SAFETY: the caller's; the box lives as long as the VM.
-    unsafe { &mut *(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *mut FrameWaits) }
+    unsafe { &mut *(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *mut StepMemory) }
+}
+
+/// The frame waits of the C function running on `l` (see [`memory`]).
+///
+/// # Safety
+/// As [`memory`].
+unsafe fn waits<'a>(l: *mut ffi::lua_State) -> &'a mut FrameWaits {
+    // SAFETY: the caller's.
+    unsafe { &mut memory(l).waits }
 }
 
 /// `push_next(key, reg, since)`: queues a frame wait for the next frame.
@@ -345,15 +430,28 @@ unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `shrink_waits()`: gives back the memory the lists keep beyond what they hold (after a mass
-/// despawn, with the step's other tables).
+/// `shrink_waits()`: gives back the memory the lists keep beyond what they hold, and forgets the
+/// resume counts (after a mass despawn, with the step's other tables).
 unsafe extern "C-unwind" fn shrink_waits(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see `waits`; nothing here calls Lua.
+    // SAFETY: see `memory`; nothing here calls Lua.
     unsafe {
-        let w = waits(l);
-        w.now.shrink_to_fit();
-        w.next.shrink_to_fit();
+        let m = memory(l);
+        m.waits.now.shrink_to_fit();
+        m.waits.next.shrink_to_fit();
+        m.resumes = Resumes::default();
         0
+    }
+}
+
+/// `count_resume(key, inst, step, max, max_instance) -> boolean`: [`Resumes::count`], for the
+/// step's Lua loop (`run_ready` counts its own resumes the same way).
+unsafe extern "C-unwind" fn count_resume(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `memory`; nothing here calls Lua.
+    unsafe {
+        let [key, inst, step, max, max_instance] = [1, 2, 3, 4, 5].map(|i| ffi::lua_tointeger(l, i));
+        let counted = memory(l).resumes.count(key, inst, step, max, max_instance);
+        ffi::lua_pushboolean(l, counted as c_int);
+        1
     }
 }
 
@@ -477,7 +575,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
     // and each thread resumed is suspended in a yield. The frame waits are borrowed only between
     // calls into Lua (a resume may queue waits of its own).
     unsafe {
-        let Some(Loop { now, limit, req, watch, frame_waits }) = begin(l, &[], 16) else { return 0 };
+        let Some(Loop { now, limit, req, watch, memory }) = begin(l, &[], 16) else { return 0 };
         ffi::lua_settop(l, A_MEMORY);
         ffi::lua_rawgeti(l, A_SHARED, CURRENT);
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
@@ -485,7 +583,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         let mut resumed = false;
         loop {
             let wait = {
-                let w = &mut *frame_waits;
+                let w = &mut (*memory).waits;
                 let Some(&wait) = w.now.get(w.at) else { break };
                 w.at += 1;
                 wait
@@ -516,7 +614,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
                 // The task that was current comes back when the loop stops (`restore`): until
                 // then no Lua runs but the next task, which is made current first.
                 resumed = true;
-                wait_next(l, co, key, serial, now, frame_waits);
+                wait_next(l, co, key, serial, now, memory);
                 continue;
             }
             // Anything else: hand `ok, first, kind, arg` (as `coroutine.resume` returns them) back.
@@ -536,24 +634,20 @@ const A_STEP: c_int = 9;
 const R_READY: c_int = 10;
 const R_PARKED: c_int = 11;
 const R_ARGS: c_int = 12;
-const R_RESUMED_IN: c_int = 13;
-const R_RESUMED_N: c_int = 14;
-const R_OWNER: c_int = 15;
-const R_INST_IN: c_int = 16;
-const R_INST_N: c_int = 17;
-const R_ARGS_MARKER: c_int = 18;
-const R_MAX_RESUMES: c_int = 19;
-const R_MAX_INSTANCE: c_int = 20;
+const R_OWNER: c_int = 13;
+const R_ARGS_MARKER: c_int = 14;
+const R_MAX_RESUMES: c_int = 15;
+const R_MAX_INSTANCE: c_int = 16;
 // Saved on entry, as `S_CURRENT` and `S_DEPTH` are by `run_frames`: the current task, then its
-// defer depth in the slot above (22).
-const R_CURRENT: c_int = 21;
+// defer depth in the slot above (18).
+const R_CURRENT: c_int = 17;
 // The names of the fields a park slot gets, pushed on entry: interned once per call, not per park
 // (`lua_setfield` looks its C string up in the VM's string cache each time).
-const R_KEY_NAME: c_int = 23;
-const R_REG_NAME: c_int = 24;
+const R_KEY_NAME: c_int = 19;
+const R_REG_NAME: c_int = 20;
 // Per entry: its value, then its task's thread.
-const R_VALUE: c_int = 25;
-const R_THREAD: c_int = 26;
+const R_VALUE: c_int = 21;
+const R_THREAD: c_int = 22;
 
 /// The integer at `t[i]` (`t` at stack index `t`), if it is a number.
 unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> Option<ffi::lua_Integer> {
@@ -617,13 +711,13 @@ unsafe fn wait_next(
     key: ffi::lua_Integer,
     serial: ffi::lua_Integer,
     now: ffi::lua_Number,
-    frame_waits: *mut FrameWaits,
+    memory: *mut StepMemory,
 ) {
-    // SAFETY: as the loops: `frame_waits` is not borrowed elsewhere while no Lua runs.
+    // SAFETY: as the loops: `memory` is not borrowed elsewhere while no Lua runs.
     unsafe {
         ffi::lua_pop(co, 3);
         set_int(l, A_REGS, key, -serial);
-        (*frame_waits).next.push(Wait { key, reg: -serial, since: now });
+        (*memory).waits.next.push(Wait { key, reg: -serial, since: now });
     }
 }
 
@@ -632,13 +726,14 @@ unsafe fn wait_next(
 /// last step: `key, reg, value, depth` entries in `tables[1]` from the shared table's `HEAD` slot
 /// to its `TAIL` slot, which wakes append to while this runs; the furthest `TAIL` is kept in its
 /// `PEAK` slot) as `lua/task.lua`'s loop does: it
-/// counts each resume against the task's and its instance's bound for the step, resumes the task
+/// counts each resume against the task's and its instance's bound for the step ([`Resumes`]),
+/// resumes the task
 /// (with `value`, a number; or, for the arguments marker, with none when it has no stored
 /// arguments) if `reg` is still its registration, and handles the common outcomes without any Lua:
 /// the task asked for the next frame (a frame wait, as `run_frames` queues it), or parked on a
 /// slot (a promise's or channel's wait: registered with the slot and in `parked`, as
-/// `finish_resume` does). `tables` holds `ready, parked, args, resumed_in, resumed_n, owner,
-/// inst_in, inst_n` (the step's tables of those names), the arguments marker and the two bounds;
+/// `finish_resume` does). `tables` holds `ready, parked, args, owner` (the step's tables of
+/// those names), the arguments marker and the two bounds;
 /// `step` is the step's number. Returns nothing once the queue is empty (or if its arguments are
 /// wrong: the step's Lua loop then takes the rest), or, having taken an entry off the queue:
 /// - `1, key, reg, value, depth`: counted, but not for this loop to resume (not a thread
@@ -649,13 +744,13 @@ unsafe fn wait_next(
 unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: as `run_frames`.
     unsafe {
-        let Some(Loop { now, limit, req, watch, frame_waits }) = begin(l, &[A_TABLES], 40) else { return 0 };
+        let Some(Loop { now, limit, req, watch, memory }) = begin(l, &[A_TABLES], 40) else { return 0 };
         let step = ffi::lua_tointeger(l, A_STEP);
         ffi::lua_settop(l, A_STEP);
         for i in 1..=(R_MAX_INSTANCE - R_READY + 1) {
             ffi::lua_rawgeti(l, A_TABLES, i as ffi::lua_Integer);
         }
-        for t in R_READY..=R_INST_N {
+        for t in R_READY..=R_OWNER {
             if ffi::lua_type(l, t) != ffi::LUA_TTABLE {
                 return 0;
             }
@@ -691,17 +786,7 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             } else {
                 set_int(l, A_SHARED, HEAD, head + 4);
             }
-            let count = if int_at(l, R_RESUMED_IN, key) == Some(step) {
-                int_at(l, R_RESUMED_N, key).unwrap_or(0)
-            } else {
-                0
-            };
             let inst = int_at(l, R_OWNER, key).unwrap_or(0);
-            let inst_count = if int_at(l, R_INST_IN, inst) == Some(step) {
-                int_at(l, R_INST_N, inst).unwrap_or(0)
-            } else {
-                0
-            };
             let entry = |l: *mut ffi::lua_State, what: ffi::lua_Integer| -> c_int {
                 ffi::lua_pushinteger(l, what);
                 ffi::lua_pushinteger(l, key);
@@ -710,16 +795,12 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
                 ffi::lua_pushinteger(l, depth);
                 5
             };
-            if count >= max_resumes || inst_count >= max_instance {
+            if !(*memory).resumes.count(key, inst, step, max_resumes, max_instance) {
                 if resumed {
                     restore(l, R_CURRENT);
                 }
                 return entry(l, 3);
             }
-            set_int(l, R_RESUMED_IN, key, step);
-            set_int(l, R_RESUMED_N, key, count + 1);
-            set_int(l, R_INST_IN, inst, step);
-            set_int(l, R_INST_N, inst, inst_count + 1);
             // As `resume_task`: nothing to do unless `reg` is still the task's registration.
             if int_at(l, A_REGS, key) != Some(reg) {
                 continue;
@@ -756,7 +837,7 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             match outcome(co, status, nres, req) {
                 Outcome::NextFrame if quiet(l, key, limit, watch) => {
                     resumed = true;
-                    wait_next(l, co, key, serial, now, frame_waits);
+                    wait_next(l, co, key, serial, now, memory);
                 }
                 Outcome::Park if quiet(l, key, limit, watch) => {
                     // As `finish_resume`: the slot learns who waits on it, and `parked` keeps it
@@ -1150,15 +1231,15 @@ struct Loop<'a> {
     req: *mut c_void,
     /// The budget's watch (upvalue 1).
     watch: Option<&'a Watch>,
-    /// The frame waits (upvalue 2).
-    frame_waits: *mut FrameWaits,
+    /// The step's Rust memory (upvalue 2).
+    memory: *mut StepMemory,
 }
 
 /// Checks a loop's arguments (those of `run_frames`, and the tables at `tables`) and makes room
 /// for `slots` values on its stack; `None` if it cannot run.
 unsafe fn begin<'a>(l: *mut ffi::lua_State, tables: &[c_int], slots: c_int) -> Option<Loop<'a>> {
-    // SAFETY: called first thing by a loop made by `hook::watch_closure`, with the frame waits as
-    // its second upvalue.
+    // SAFETY: called first thing by a loop made by `hook::watch_closure`, with the step's memory
+    // as its second upvalue.
     unsafe {
         for &arg in [A_SHARED, A_REGS, A_THREADS, A_STATE].iter().chain(tables) {
             if ffi::lua_type(l, arg) != ffi::LUA_TTABLE {
@@ -1173,7 +1254,7 @@ unsafe fn begin<'a>(l: *mut ffi::lua_State, tables: &[c_int], slots: c_int) -> O
             limit: (ffi::lua_type(l, A_MEMORY) == ffi::LUA_TNUMBER).then(|| ffi::lua_tonumber(l, A_MEMORY)),
             req: REQ.load(Ordering::Relaxed),
             watch: crate::hook::upvalue_watch(l),
-            frame_waits: ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut FrameWaits,
+            memory: ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut StepMemory,
         })
     }
 }

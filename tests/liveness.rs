@@ -606,3 +606,46 @@ fn pattern_functions_keep_lua_semantics() {
         ]
     );
 }
+
+/// Thirty tasks of one instance woken in one step by one promise, with `max_resumes_per_task: 2`:
+/// the instance's tasks together resume at most 20 times in a step, so ten are carried to the
+/// next frame, still in the order they were woken; with the inspector's tracking on (the step's
+/// Lua loop, not its raw one) the same.
+#[test]
+fn an_instance_s_tasks_share_the_step_s_resume_cap() {
+    for tracking in [false, true] {
+        let out = within("instance cap", move || {
+            let mut app = create_app_with(LuaCoroutinesPlugin {
+                max_resumes_per_task: 2,
+                print_to_stdout: false,
+                hot_reload: false,
+                ..default()
+            });
+            app.world().resource::<LuaRuntime>().set_tracking(tracking);
+            spawn_script(
+                &mut app,
+                "scripts/crowd.lua",
+                r#"
+                local resolve
+                local p = Promise.new(function(r) resolve = r end)
+                for i = 1, 30 do task.spawn(function() await(p); print(time.frame(), i) end) end
+                task.spawn(function() task.wait(); resolve() end)
+                "#,
+            );
+            run(&mut app, 5);
+            (printed(&app), errors(&app))
+        });
+        let (lines, errs) = out;
+        assert!(errs.is_empty(), "{errs:#?}");
+        let frames: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap()).collect();
+        let order: Vec<usize> =
+            lines.iter().map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
+        assert_eq!(order, (1..=30).collect::<Vec<_>>(), "tracking {tracking}: {lines:?}");
+        let first = frames[0];
+        assert_eq!(frames.iter().filter(|f| **f == first).count(), 20, "tracking {tracking}: {lines:?}");
+        assert!(
+            frames[20..].iter().all(|f| *f != first && *f == frames[20]),
+            "tracking {tracking}: {lines:?}"
+        );
+    }
+}

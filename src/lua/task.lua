@@ -518,15 +518,17 @@ local MAX_RESUMES, TIMED, over_time = core.MAX_RESUMES, core.TIMED, core.over_ti
 -- The tasks of one instance together resume at most this many times from the ready queue in one
 -- step (tasks made during the step, a promise executor each, say, are new tasks each time).
 local MAX_INSTANCE_RESUMES = 10 * MAX_RESUMES
-local resumed_in, resumed_n = {}, {} -- key -> step number of its last count, resumes in that step
-local inst_in, inst_n = {}, {} -- instance id -> the same
+-- Counts resumes against both bounds, in Rust memory (src/fastpath.rs's `Resumes`):
+-- `count_resume(key, inst, step_no, max, max_instance)` is false (and counts nothing) when either
+-- is reached, the raw loop counts the same way.
+local count_resume = fast.count_resume
 local step_no = 0
 local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
 local last_frame = -1
 
 -- What the raw ready loop (`run_ready`) reads: the step's tables (filled in by `step.run`, as some
 -- are replaced at times), the arguments marker and the two bounds.
-local ready_tables = { false, false, false, false, false, false, false, false, ARGS, MAX_RESUMES, MAX_INSTANCE_RESUMES }
+local ready_tables = { false, false, false, false, ARGS, MAX_RESUMES, MAX_INSTANCE_RESUMES }
 
 local function carry_entry(key, reg, value, d)
   carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
@@ -600,8 +602,7 @@ function step.run()
   if raw and run_ready ~= nil then
     memory = MEMORY_QUOTA and next_check -- the frame waits' resumes may have moved it
     local tables = ready_tables
-    tables[1], tables[2], tables[3], tables[4], tables[5], tables[6], tables[7], tables[8] =
-      ready, parked, args, resumed_in, resumed_n, owner, inst_in, inst_n
+    tables[1], tables[2], tables[3], tables[4] = ready, parked, args, owner
     while true do
       local what, key, x, ok, first, kind, arg = run_ready(T, regs, threads, S, "spent", now, memory, tables, step_no)
       if what == nil then break end -- the queue is empty (or its arguments refused: the loop below)
@@ -629,14 +630,9 @@ function step.run()
     else
       T[HEAD] = head + 4
     end
-    local count = resumed_in[key] == step_no and resumed_n[key] or 0
-    local inst = owner[key] or 0
-    local inst_count = inst_in[inst] == step_no and inst_n[inst] or 0
-    if count >= MAX_RESUMES or inst_count >= MAX_INSTANCE_RESUMES then
+    if not count_resume(key, owner[key] or 0, step_no, MAX_RESUMES, MAX_INSTANCE_RESUMES) then
       if regs[key] == reg then carry_entry(key, reg, value, d) end
     else
-      resumed_in[key], resumed_n[key] = step_no, count + 1
-      inst_in[inst], inst_n[inst] = step_no, inst_count + 1
       resume_task(key, reg, value, d)
       if timed and over_time() then
         for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
@@ -788,8 +784,7 @@ function step.compact()
   end
   threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
   wake_ctx[2], wake_ctx[3], wake_ctx[4] = regs, parked, args -- (before anything here can raise)
-  fast.shrink_waits()
-  resumed_in, resumed_n, inst_in, inst_n = {}, {}, {}, {} -- counts of past steps only
+  fast.shrink_waits() -- (and the resume counts)
   -- A big ready queue goes now rather than after `SHRINK_AFTER` quiet steps, if it is empty: the
   -- instances started since the last step (before this runs) have their first tasks on it.
   if #ready > 4 * 4096 and T[HEAD] > T[TAIL] then
