@@ -30,7 +30,8 @@
 //!   stack, so an error there is raised in the step, never in the suspended thread.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
 //!   of memory), `run_ready`'s two field names pushed on entry, before it takes anything off its
-//!   queue (out of memory), and, in the waits, the `bad argument` error itself. (Every write is raw: the
+//!   queue (out of memory), in the waits, the `bad argument` error itself, and in `push_ready` and
+//!   `carry_ready`, a value that is not one a ready entry holds (before the queue is touched). (Every write is raw: the
 //!   slots `lua/promise.lua` and `lua/channel.lua` park on are plain tables, and only they can
 //!   be yielded with the request marker.) A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
@@ -45,9 +46,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
-use std::collections::HashMap;
 use std::ffi::{CStr, c_int, c_void};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
 use std::sync::Arc;
@@ -55,6 +54,7 @@ use std::sync::Arc;
 use mlua::{Function, Lua, Table, ffi};
 
 use crate::hook::Watch;
+use crate::step_memory::{FrameWaits, Ready, Resume, StepMemory, Wait};
 
 /// Slot of the shared table: the task being resumed (0: none).
 pub(crate) const CURRENT: ffi::lua_Integer = 1;
@@ -66,11 +66,6 @@ pub(crate) const SERIAL: ffi::lua_Integer = 3;
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
 // registrations the loops here make are negative (see `run_frames`).
-/// Slots: the ready queue's first entry, its end, and the furthest end it had in this step (see
-/// `run_ready`).
-const HEAD: ffi::lua_Integer = 6;
-const TAIL: ffi::lua_Integer = 7;
-const PEAK: ffi::lua_Integer = 8;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
 static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
@@ -78,24 +73,32 @@ static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 static WAIT_TIME: AtomicI64 = AtomicI64::new(0);
 static WAIT_FRAMES: AtomicI64 = AtomicI64::new(0);
 static PARK: AtomicI64 = AtomicI64::new(0);
+/// The arguments marker (a light userdata; see `scheduler::args_marker`): a ready entry that
+/// resumes its task with the arguments it stored, if any.
+static ARGS: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Where `lua/task.lua`'s `bad` (its `bad argument` error) is kept in the registry.
 const BAD: &CStr = c"bevy_lua_coroutines.task.bad";
 
 /// The C functions for `lua/task.lua`: `wait`, `sleep`, `waitFrames`, the frame waits' `push_next`,
-/// `begin_frame`, `pop_now`, `waiting` and `shrink_waits`, the loops `run_frames` and `run_ready`,
-/// `relax_memory`, `frames` (Lua 5.4), and `set_bad(f)`, which gives the waits the function that
-/// raises their `bad argument` errors.
-/// `req` is the request marker; `wait_time`, `wait_frames` and `park` the request kinds.
+/// `begin_frame`, `pop_now`, `waiting` and `shrink_waits`, the ready queue's `push_ready`,
+/// `pop_ready`, `carry_ready`, `carry_rest` and `end_ready`, `count_resume`, the loops
+/// `run_frames` and `run_ready`, `settle_resolved` (for `lua/promise.lua`), `relax_memory`,
+/// `frames` (Lua 5.4), and `set_bad(f)`, which gives the waits the function that raises their
+/// `bad argument` errors.
+/// `req` is the request marker; `wait_time`, `wait_frames` and `park` the request kinds; `args`
+/// the arguments marker.
 pub(crate) fn functions(
     lua: &Lua,
     req: *mut c_void,
     wait_time: i64,
     wait_frames: i64,
     park: i64,
+    args: *mut c_void,
     watch: Option<&Arc<Watch>>,
 ) -> mlua::Result<Table> {
     REQ.store(req, Ordering::Relaxed);
+    ARGS.store(args, Ordering::Relaxed);
     WAIT_TIME.store(wait_time, Ordering::Relaxed);
     WAIT_FRAMES.store(wait_frames, Ordering::Relaxed);
     PARK.store(park, Ordering::Relaxed);
@@ -127,6 +130,12 @@ pub(crate) fn functions(
         ("waiting", waiting),
         ("shrink_waits", shrink_waits),
         ("count_resume", count_resume),
+        ("push_ready", push_ready),
+        ("pop_ready", pop_ready),
+        ("carry_ready", carry_ready),
+        ("carry_rest", carry_rest),
+        ("end_ready", end_ready),
+        ("settle_resolved", settle_resolved),
     ] {
         // SAFETY: each reads its one upvalue as the address of the `StepMemory` above.
         let f = unsafe {
@@ -140,10 +149,6 @@ pub(crate) fn functions(
     // `run_frames` and `run_ready` resume through the budget's watch, if it has one.
     t.raw_set("run_frames", crate::hook::watch_closure(lua, watch, at, run_frames)?)?;
     t.raw_set("run_ready", crate::hook::watch_closure(lua, watch, at, run_ready)?)?;
-    // SAFETY: `settle_resolved` uses no upvalue; its arguments are checked as it reads them.
-    unsafe {
-        t.raw_set("settle_resolved", lua.create_c_function(settle_resolved)?)?;
-    }
     t.raw_set(
         "set_bad",
         lua.create_function(|lua, f: Function| {
@@ -229,98 +234,6 @@ unsafe fn yield_request(l: *mut ffi::lua_State, kind: i64, name: &CStr) -> c_int
     }
 }
 
-/// One frame wait: the task, its registration, and the game time (nanoseconds) it waited at.
-#[derive(Clone, Copy)]
-struct Wait {
-    key: ffi::lua_Integer,
-    reg: ffi::lua_Integer,
-    since: ffi::lua_Number,
-}
-
-/// The frame waits (`task.wait()`, `task.waitFrames(1)`): this frame's, resumed in order from
-/// `at` on, and the next frame's, in the order queued. `task.waitFrames(n > 1)` waits in
-/// `lua/task.lua`'s `later` buckets until their frame, when [`begin_frame`] takes them.
-#[derive(Default)]
-struct FrameWaits {
-    now: Vec<Wait>,
-    at: usize,
-    next: Vec<Wait>,
-}
-
-/// How many times each task, and the tasks of each instance together, were resumed from the
-/// ready queue in the current step, against the step's bounds (`lua/task.lua`'s `MAX_RESUMES`
-/// and `MAX_INSTANCE_RESUMES`). Counts of one step only: the first count of a new step forgets
-/// the last step's. (Two Lua tables per count once, read and written through the C API on every
-/// resume: about 28 calls, 900 instructions; a lookup here costs a few dozen.)
-#[derive(Default)]
-struct Resumes {
-    step: ffi::lua_Integer,
-    tasks: HashMap<ffi::lua_Integer, ffi::lua_Integer, BuildHasherDefault<KeyHasher>>,
-    instances: HashMap<ffi::lua_Integer, ffi::lua_Integer, BuildHasherDefault<KeyHasher>>,
-}
-
-impl Resumes {
-    /// Counts a resume of task `key`, of instance `inst`, in step `step`, unless the task has had
-    /// `max` resumes in this step or its instance's tasks `max_instance`: returns whether it
-    /// counted it (if not, the resume waits for the next step).
-    fn count(
-        &mut self,
-        key: ffi::lua_Integer,
-        inst: ffi::lua_Integer,
-        step: ffi::lua_Integer,
-        max: ffi::lua_Integer,
-        max_instance: ffi::lua_Integer,
-    ) -> bool {
-        if step != self.step {
-            self.step = step;
-            self.tasks.clear();
-            self.instances.clear();
-        }
-        let task = self.tasks.entry(key).or_insert(0);
-        if *task >= max {
-            return false;
-        }
-        let instance = self.instances.entry(inst).or_insert(0);
-        if *instance >= max_instance {
-            return false;
-        }
-        *task += 1;
-        *instance += 1;
-        true
-    }
-}
-
-/// Hashes the integer keys of [`Resumes`] (task keys and instance ids, which Rust hands out, so
-/// no script chooses them) with one multiplication: the table's bucket takes the low bits, which
-/// follow the key's, and its tag the high ones, which mix them all.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// What the step keeps in Rust memory: the frame waits and the resume counts. Reached only
-/// through [`memory`] and the loops' [`Loop::memory`], by the C functions here; none holds a
-/// reference across a call into Lua (a resume may queue waits of its own).
-#[derive(Default)]
-struct StepMemory {
-    waits: FrameWaits,
-    resumes: Resumes,
-}
-
 /// Owns the VM's [`StepMemory`] (in its app data).
 struct Waits {
     _owned: Box<UnsafeCell<StepMemory>>,
@@ -329,6 +242,14 @@ struct Waits {
 // SAFETY: the memory is only touched by the C functions here, on the thread that runs the VM,
 // and the VM is used by one thread at a time.
 unsafe impl Send for Waits {}
+
+/// The room the ready queue keeps, in entries (for the crate's tests), read between steps.
+#[cfg(test)]
+pub(crate) fn ready_room(lua: &Lua) -> usize {
+    let waits = lua.app_data_ref::<Waits>().expect("the step's memory");
+    // SAFETY: read on the VM's thread while no C function here runs (no Lua runs now).
+    unsafe { (*waits._owned.get()).ready.room() }
+}
 
 /// The step memory of the C function running on `l`, from its upvalue 1.
 ///
@@ -365,11 +286,13 @@ unsafe extern "C-unwind" fn push_next(l: *mut ffi::lua_State) -> c_int {
 
 /// `begin_frame(later)`: this frame's waits become, in order, the ones a time budget left over,
 /// then `later` (a bucket of `lua/task.lua`: `key, reg, since` triples, `n` slots; or nil), then
-/// the ones queued for this frame.
+/// the ones queued for this frame; the work the last step carried joins the ready queue.
 unsafe extern "C-unwind" fn begin_frame(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see `waits`; the bucket's reads are raw reads of numbers, which call no Lua.
+    // SAFETY: see `memory`; the bucket's reads are raw reads of numbers, which call no Lua.
     unsafe {
-        let w = waits(l);
+        let m = memory(l);
+        m.ready.begin_step();
+        let w = &mut m.waits;
         w.now.drain(..w.at);
         w.at = 0;
         if ffi::lua_type(l, 1) == ffi::LUA_TTABLE {
@@ -410,17 +333,17 @@ unsafe extern "C-unwind" fn pop_now(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `waiting(key, reg) -> "ready" | "next" | nil`: whether a frame wait `reg` of task `key` is due
-/// this frame and not resumed yet, or is due next frame (for the inspector).
+/// `waiting(key, reg) -> "ready" | "next" | nil`: whether task `key` under registration `reg` is
+/// on the ready queue or has a frame wait due this frame and not resumed yet, or has one due next
+/// frame (for the inspector).
 unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see `waits`; nothing here calls Lua.
+    // SAFETY: see `memory`; nothing here calls Lua.
     unsafe {
         let (key, reg) = (ffi::lua_tointeger(l, 1), ffi::lua_tointeger(l, 2));
-        let w = waits(l);
-        let has = |list: &[Wait]| list.iter().any(|e| e.key == key && e.reg == reg);
-        let found = if has(&w.now[w.at..]) {
+        let m = memory(l);
+        let found = if m.ready.contains(key, reg) || m.waits.due_now(key, reg) {
             c"ready"
-        } else if has(&w.next) {
+        } else if m.waits.due_next(key, reg) {
             c"next"
         } else {
             return 0;
@@ -430,15 +353,11 @@ unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `shrink_waits()`: gives back the memory the lists keep beyond what they hold, and forgets the
-/// resume counts (after a mass despawn, with the step's other tables).
+/// `shrink_waits()`: [`StepMemory::shrink`] (after a mass despawn, with the step's tables).
 unsafe extern "C-unwind" fn shrink_waits(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see `memory`; nothing here calls Lua.
     unsafe {
-        let m = memory(l);
-        m.waits.now.shrink_to_fit();
-        m.waits.next.shrink_to_fit();
-        m.resumes = Resumes::default();
+        memory(l).shrink();
         0
     }
 }
@@ -452,6 +371,106 @@ unsafe extern "C-unwind" fn count_resume(l: *mut ffi::lua_State) -> c_int {
         let counted = memory(l).resumes.count(key, inst, step, max, max_instance);
         ffi::lua_pushboolean(l, counted as c_int);
         1
+    }
+}
+
+/// The ready entry `key, reg, value, depth` at stack indices `at` to `at + 3`. The value is the
+/// arguments marker or a number; anything else raises (`lua/task.lua` queues nothing else). A
+/// registration that is not an integer matches no task's (they all are).
+unsafe fn ready_entry(l: *mut ffi::lua_State, at: c_int) -> Ready {
+    // SAFETY: called by the C functions below with their arguments; `lua_error` raises as a C
+    // function may.
+    unsafe {
+        let value = match ffi::lua_type(l, at + 2) {
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, at + 2) != 0 => {
+                Resume::Int(ffi::lua_tointeger(l, at + 2))
+            }
+            ffi::LUA_TNUMBER => Resume::Num(ffi::lua_tonumber(l, at + 2)),
+            ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, at + 2) == ARGS.load(Ordering::Relaxed) => {
+                Resume::Args
+            }
+            _ => {
+                ffi::lua_pushstring(
+                    l,
+                    c"bevy_lua_coroutines: a ready entry's value is not a number".as_ptr(),
+                );
+                ffi::lua_error(l);
+            }
+        };
+        let mut integer = 0;
+        let reg = ffi::lua_tointegerx(l, at + 1, &mut integer);
+        Ready {
+            key: ffi::lua_tointeger(l, at),
+            reg: if integer != 0 { reg } else { 0 },
+            value,
+            depth: ffi::lua_tointeger(l, at + 3),
+        }
+    }
+}
+
+/// Pushes what a ready entry resumes its task with.
+unsafe fn push_resume(l: *mut ffi::lua_State, value: Resume) {
+    // SAFETY: the caller has room for one value.
+    unsafe {
+        match value {
+            Resume::Args => ffi::lua_pushlightuserdata(l, ARGS.load(Ordering::Relaxed)),
+            Resume::Int(v) => ffi::lua_pushinteger(l, v),
+            Resume::Num(v) => ffi::lua_pushnumber(l, v),
+        }
+    }
+}
+
+/// `push_ready(key, reg, value, depth)`: queues task `key` to resume with `value` (the arguments
+/// marker or a number) at defer depth `depth`, if `reg` is still its registration then.
+unsafe extern "C-unwind" fn push_ready(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `memory`; `ready_entry` may raise before the memory is borrowed.
+    unsafe {
+        let entry = ready_entry(l, 1);
+        memory(l).ready.push(entry);
+        0
+    }
+}
+
+/// `pop_ready() -> key, reg, value, depth`: takes the ready queue's first entry (nothing once it
+/// is empty).
+unsafe extern "C-unwind" fn pop_ready(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `memory`; a C function has room for 20 values (`LUA_MINSTACK`).
+    unsafe {
+        let Some(Ready { key, reg, value, depth }) = memory(l).ready.pop() else { return 0 };
+        ffi::lua_pushinteger(l, key);
+        ffi::lua_pushinteger(l, reg);
+        push_resume(l, value);
+        ffi::lua_pushinteger(l, depth);
+        4
+    }
+}
+
+/// `carry_ready(key, reg, value, depth)`: carries the entry to the next step.
+unsafe extern "C-unwind" fn carry_ready(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as `push_ready`.
+    unsafe {
+        let entry = ready_entry(l, 1);
+        memory(l).ready.carry(entry);
+        0
+    }
+}
+
+/// `carry_rest()`: carries everything still on the ready queue to the next step (a time budget
+/// ran out).
+unsafe extern "C-unwind" fn carry_rest(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `memory`; nothing here calls Lua.
+    unsafe {
+        memory(l).ready.carry_rest();
+        0
+    }
+}
+
+/// `end_ready()`: the step is over (see `ReadyQueue::end_step`).
+unsafe extern "C-unwind" fn end_ready(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: see `memory`; nothing here calls Lua.
+    unsafe {
+        memory(l).ready.end_step();
+        0
     }
 }
 
@@ -631,23 +650,20 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
 const A_TABLES: c_int = 8;
 const A_STEP: c_int = 9;
 // Copied from `A_TABLES` on entry, in its order.
-const R_READY: c_int = 10;
-const R_PARKED: c_int = 11;
-const R_ARGS: c_int = 12;
-const R_OWNER: c_int = 13;
-const R_ARGS_MARKER: c_int = 14;
-const R_MAX_RESUMES: c_int = 15;
-const R_MAX_INSTANCE: c_int = 16;
+const R_PARKED: c_int = 10;
+const R_ARGS: c_int = 11;
+const R_OWNER: c_int = 12;
+const R_MAX_RESUMES: c_int = 13;
+const R_MAX_INSTANCE: c_int = 14;
 // Saved on entry, as `S_CURRENT` and `S_DEPTH` are by `run_frames`: the current task, then its
-// defer depth in the slot above (18).
-const R_CURRENT: c_int = 17;
+// defer depth in the slot above (16).
+const R_CURRENT: c_int = 15;
 // The names of the fields a park slot gets, pushed on entry: interned once per call, not per park
 // (`lua_setfield` looks its C string up in the VM's string cache each time).
-const R_KEY_NAME: c_int = 19;
-const R_REG_NAME: c_int = 20;
-// Per entry: its value, then its task's thread.
-const R_VALUE: c_int = 21;
-const R_THREAD: c_int = 22;
+const R_KEY_NAME: c_int = 17;
+const R_REG_NAME: c_int = 18;
+// Per entry: its task's thread.
+const R_THREAD: c_int = 19;
 
 /// The integer at `t[i]` (`t` at stack index `t`), if it is a number.
 unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> Option<ffi::lua_Integer> {
@@ -723,34 +739,31 @@ unsafe fn wait_next(
 
 /// `run_ready(shared, regs, threads, state, "spent", now, memory_limit, tables, step) -> [what,
 /// ...]`: runs the step's ready queue (the tasks woken, timers that fell due, work carried from the
-/// last step: `key, reg, value, depth` entries in `tables[1]` from the shared table's `HEAD` slot
-/// to its `TAIL` slot, which wakes append to while this runs; the furthest `TAIL` is kept in its
-/// `PEAK` slot) as `lua/task.lua`'s loop does: it
-/// counts each resume against the task's and its instance's bound for the step ([`Resumes`]),
-/// resumes the task
-/// (with `value`, a number; or, for the arguments marker, with none when it has no stored
-/// arguments) if `reg` is still its registration, and handles the common outcomes without any Lua:
-/// the task asked for the next frame (a frame wait, as `run_frames` queues it), or parked on a
-/// slot (a promise's or channel's wait: registered with the slot and in `parked`, as
-/// `finish_resume` does). `tables` holds `ready, parked, args, owner` (the step's tables of
-/// those names), the arguments marker and the two bounds;
-/// `step` is the step's number. Returns nothing once the queue is empty (or if its arguments are
-/// wrong: the step's Lua loop then takes the rest), or, having taken an entry off the queue:
+/// last step: [`StepMemory`]'s, which wakes append to while this runs) as `lua/task.lua`'s loop
+/// does: it counts each resume against the task's and its instance's bound for the step
+/// ([`Resumes`](crate::step_memory::Resumes)), carrying an entry over its bound to the next step
+/// (if still registered); resumes the task (with the entry's number, or with the arguments marker,
+/// with none when it has no stored arguments) if `reg` is still its registration; and handles the
+/// common outcomes without any Lua: the task asked for the next frame (a frame wait, as
+/// `run_frames` queues it), or parked on a slot (a promise's or channel's wait: registered with the
+/// slot and in `parked`, as `finish_resume` does). `tables` holds `parked, args, owner` (the step's
+/// tables of those names) and the two bounds; `step` is the step's number. Returns nothing once
+/// the queue is empty (or if its arguments are wrong: the step's Lua loop then takes the rest), or,
+/// having taken an entry off the queue:
 /// - `1, key, reg, value, depth`: counted, but not for this loop to resume (not a thread
-///   suspended in a yield, stored arguments, a value that is neither a number nor the marker, or
-///   no room on the thread's stack): resume it the Lua way;
-/// - `2, key, thread, ok, first, kind, arg`: as `run_frames`;
-/// - `3, key, reg, value, depth`: over its bound for this step: carry it (if still registered).
+///   suspended in a yield, stored arguments, or no room on the thread's stack): resume it the Lua
+///   way;
+/// - `2, key, thread, ok, first, kind, arg`: as `run_frames`.
 unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: as `run_frames`.
     unsafe {
         let Some(Loop { now, limit, req, watch, memory }) = begin(l, &[A_TABLES], 40) else { return 0 };
         let step = ffi::lua_tointeger(l, A_STEP);
         ffi::lua_settop(l, A_STEP);
-        for i in 1..=(R_MAX_INSTANCE - R_READY + 1) {
+        for i in 1..=(R_MAX_INSTANCE - R_PARKED + 1) {
             ffi::lua_rawgeti(l, A_TABLES, i as ffi::lua_Integer);
         }
-        for t in R_READY..=R_OWNER {
+        for t in R_PARKED..=R_OWNER {
             if ffi::lua_type(l, t) != ffi::LUA_TTABLE {
                 return 0;
             }
@@ -762,44 +775,16 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushstring(l, c"key".as_ptr());
         ffi::lua_pushstring(l, c"reg".as_ptr());
         let mut resumed = false;
-        let mut peak = int_at(l, A_SHARED, PEAK).unwrap_or(0);
         loop {
             ffi::lua_settop(l, R_REG_NAME);
-            let (Some(head), Some(tail)) = (int_at(l, A_SHARED, HEAD), int_at(l, A_SHARED, TAIL)) else {
-                break;
-            };
-            if head > tail {
-                break;
-            }
-            if tail > peak {
-                peak = tail;
-                set_int(l, A_SHARED, PEAK, peak);
-            }
-            let key = int_at(l, R_READY, head).unwrap_or(0);
-            let reg = int_at(l, R_READY, head + 1).unwrap_or(0);
-            ffi::lua_rawgeti(l, R_READY, head + 2); // R_VALUE
-            let depth = int_at(l, R_READY, head + 3).unwrap_or(0);
-            // Taken: an empty queue starts over at slot 1 (see `lua/task.lua`).
-            if head + 4 > tail {
-                set_int(l, A_SHARED, HEAD, 1);
-                set_int(l, A_SHARED, TAIL, 0);
-            } else {
-                set_int(l, A_SHARED, HEAD, head + 4);
-            }
+            let Some(entry) = (*memory).ready.pop() else { break };
+            let Ready { key, reg, value, depth } = entry;
             let inst = int_at(l, R_OWNER, key).unwrap_or(0);
-            let entry = |l: *mut ffi::lua_State, what: ffi::lua_Integer| -> c_int {
-                ffi::lua_pushinteger(l, what);
-                ffi::lua_pushinteger(l, key);
-                ffi::lua_pushinteger(l, reg);
-                ffi::lua_pushvalue(l, R_VALUE);
-                ffi::lua_pushinteger(l, depth);
-                5
-            };
             if !(*memory).resumes.count(key, inst, step, max_resumes, max_instance) {
-                if resumed {
-                    restore(l, R_CURRENT);
+                if int_at(l, A_REGS, key) == Some(reg) {
+                    (*memory).ready.carry(entry);
                 }
-                return entry(l, 3);
+                continue;
             }
             // As `resume_task`: nothing to do unless `reg` is still the task's registration.
             if int_at(l, A_REGS, key) != Some(reg) {
@@ -807,31 +792,30 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             }
             ffi::lua_rawgeti(l, A_THREADS, key); // R_THREAD
             let co = ffi::lua_tothread(l, R_THREAD);
-            let nargs = match ffi::lua_type(l, R_VALUE) {
-                ffi::LUA_TNUMBER => 1,
-                ffi::LUA_TLIGHTUSERDATA if ffi::lua_rawequal(l, R_VALUE, R_ARGS_MARKER) != 0 => {
-                    ffi::lua_rawgeti(l, R_ARGS, key);
-                    let stored = ffi::lua_type(l, -1) != ffi::LUA_TNIL;
-                    ffi::lua_pop(l, 1);
-                    if stored { -1 } else { 0 }
-                }
-                _ => -1,
-            };
+            let stored = value == Resume::Args && ffi::lua_rawgeti(l, R_ARGS, key) != ffi::LUA_TNIL;
             if co.is_null()
-                || nargs < 0
+                || stored
                 || ffi::lua_status(co) != ffi::LUA_YIELD
                 || ffi::lua_checkstack(co, 1) == 0
             {
                 if resumed {
                     restore(l, R_CURRENT);
                 }
-                return entry(l, 1);
+                ffi::lua_settop(l, R_THREAD);
+                ffi::lua_pushinteger(l, 1);
+                ffi::lua_pushinteger(l, key);
+                ffi::lua_pushinteger(l, reg);
+                push_resume(l, value);
+                ffi::lua_pushinteger(l, depth);
+                return 5;
             }
             let serial = make_current(l, key, depth);
-            if nargs == 1 {
-                ffi::lua_pushvalue(l, R_VALUE);
-                ffi::lua_xmove(l, co, 1);
-            }
+            let nargs = if value == Resume::Args {
+                0
+            } else {
+                push_resume(co, value);
+                1
+            };
             let mut nres: c_int = 0;
             let status = resume(l, co, nargs, watch, &mut nres);
             match outcome(co, status, nres, req) {
@@ -891,33 +875,32 @@ const N_THREAD: usize = 8;
 const N_KEY: usize = 9;
 const N_REG: usize = 10;
 
-/// Where a settlement finds what it reads (stack or upvalue indices): the field names, the
-/// promise constants `STARTED`, `RESOLVED` and `ONE`, and `lua/task.lua`'s wake tables (its
-/// `wake_ctx`: the step's shared slots, `regs`, `parked`, `args`, `ready`, the arguments marker).
+/// Where a settlement finds what it reads (stack indices): the field names, the promise constants
+/// `STARTED`, `RESOLVED` and `ONE`, and `lua/task.lua`'s wake tables (its `wake_ctx`: `regs`,
+/// `parked`, `args`); and the step's Rust memory (`settle_resolved`'s upvalue).
 struct Settling {
     names: [c_int; 11],
     started: c_int,
     resolved: c_int,
     one: c_int,
-    shared: c_int,
     regs: c_int,
     parked: c_int,
     args: c_int,
-    ready: c_int,
-    marker: c_int,
+    /// The step's Rust memory, whose ready queue a wake appends to.
+    memory: *mut StepMemory,
 }
 
 impl Settling {
-    /// Pushes `wake_ctx`'s six values (the context table at `ctx`) and returns where they are.
-    unsafe fn wake_tables(l: *mut ffi::lua_State, ctx: c_int) -> Option<[c_int; 6]> {
-        // SAFETY: the caller has room for six more values; raw reads.
+    /// Pushes `wake_ctx`'s three tables (the context table at `ctx`) and returns where they are.
+    unsafe fn wake_tables(l: *mut ffi::lua_State, ctx: c_int) -> Option<[c_int; 3]> {
+        // SAFETY: the caller has room for three more values; raw reads.
         unsafe {
             let first = ffi::lua_gettop(l) + 1;
-            for k in 1..=6 {
+            for k in 1..=3 {
                 ffi::lua_rawgeti(l, ctx, k);
             }
-            let at = [first, first + 1, first + 2, first + 3, first + 4, first + 5];
-            at[..5].iter().all(|&t| ffi::lua_type(l, t) == ffi::LUA_TTABLE).then_some(at)
+            let at = [first, first + 1, first + 2];
+            at.iter().all(|&t| ffi::lua_type(l, t) == ffi::LUA_TTABLE).then_some(at)
         }
     }
 
@@ -999,14 +982,13 @@ impl Settling {
             ffi::lua_pushvalue(l, self.names[N_REG]);
             ffi::lua_rawget(l, slot);
             let reg = ffi::lua_gettop(l);
+            let mut reg_integer = 0;
+            let reg_value = ffi::lua_tointegerx(l, reg, &mut reg_integer);
             // A task key is a small positive integer and a registration a number. The slot is a
             // table scripts can reach (a promise's fields are plain), so anything else is refused,
             // the key before it is used as an index (LuaJIT's and Luau's `lua_rawgeti` take an
             // `int`), as `wake` refuses a slot with no registration.
-            if integer == 0
-                || !(1..=ffi::lua_Integer::from(c_int::MAX)).contains(&key)
-                || ffi::lua_type(l, reg) != ffi::LUA_TNUMBER
-            {
+            if integer == 0 || !(1..=ffi::lua_Integer::from(c_int::MAX)).contains(&key) || reg_integer == 0 {
                 ffi::lua_settop(l, top);
                 return;
             }
@@ -1025,23 +1007,14 @@ impl Settling {
                 }
                 ffi::lua_pop(l, 1);
             }
-            let tail = int_at(l, self.shared, TAIL).unwrap_or(0);
-            ffi::lua_pushinteger(l, key);
-            ffi::lua_rawseti(l, self.ready, tail + 1);
-            ffi::lua_pushvalue(l, reg);
-            ffi::lua_rawseti(l, self.ready, tail + 2);
-            ffi::lua_pushvalue(l, self.marker);
-            ffi::lua_rawseti(l, self.ready, tail + 3);
-            ffi::lua_pushinteger(l, 0);
-            ffi::lua_rawseti(l, self.ready, tail + 4);
-            set_int(l, self.shared, TAIL, tail + 4);
+            (*self.memory).ready.push(Ready { key, reg: reg_value, value: Resume::Args, depth: 0 });
             ffi::lua_settop(l, top);
         }
     }
 }
 
-// `settle_resolved`'s arguments, by stack index; then `wake_ctx`'s values, the names, and per
-// entry its id, ok and value, the promise, and what `Settling::common` pushes.
+// `settle_resolved`'s arguments, by stack index; then `wake_ctx`'s three tables, the 11 names, and
+// per entry its id, ok and value, the promise, and what `Settling::common` pushes (the slot last).
 const SR_Q: c_int = 1;
 const SR_I: c_int = 2;
 const SR_N: c_int = 3;
@@ -1051,12 +1024,12 @@ const SR_STARTED: c_int = 6;
 const SR_RESOLVED: c_int = 7;
 const SR_ONE: c_int = 8;
 const SR_CTX: c_int = 9;
-const SR_NAMES: c_int = 16;
-const SR_ID: c_int = 27;
-const SR_OK: c_int = 28;
-const SR_VALUE: c_int = 29;
-const SR_P: c_int = 30;
-const SR_SLOT: c_int = 34;
+const SR_NAMES: c_int = 13;
+const SR_ID: c_int = 24;
+const SR_OK: c_int = 25;
+const SR_VALUE: c_int = 26;
+const SR_P: c_int = 27;
+const SR_SLOT: c_int = 31;
 
 /// `settle_resolved(q, i, n, promises, ids, STARTED, RESOLVED, ONE, wake_ctx) -> i'`: the common
 /// case of `lua/promise.lua`'s `settle_batch` (Rust completions settling the promises they were
@@ -1085,7 +1058,7 @@ unsafe extern "C-unwind" fn settle_resolved(l: *mut ffi::lua_State) -> c_int {
         } else {
             None
         };
-        let Some([shared, regs, parked, args, ready, marker]) = wake else {
+        let Some([regs, parked, args]) = wake else {
             ffi::lua_pushinteger(l, i);
             return 1;
         };
@@ -1097,12 +1070,10 @@ unsafe extern "C-unwind" fn settle_resolved(l: *mut ffi::lua_State) -> c_int {
             started: SR_STARTED,
             resolved: SR_RESOLVED,
             one: SR_ONE,
-            shared,
             regs,
             parked,
             args,
-            ready,
-            marker,
+            memory: ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *mut StepMemory,
         };
         while i <= n {
             ffi::lua_settop(l, SR_ID - 1);

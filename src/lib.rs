@@ -303,6 +303,7 @@ mod runtime;
 mod scheduler;
 mod sets;
 mod step;
+mod step_memory;
 mod stream;
 mod time;
 mod timer;

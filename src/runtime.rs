@@ -326,6 +326,7 @@ impl LuaRuntime {
                 kind::WAIT_TIME,
                 kind::WAIT_FRAMES,
                 kind::PARK,
+                scheduler::args_marker().0,
                 watch.as_ref(),
             )?,
         )?;

@@ -176,4 +176,37 @@ mod tests {
         step(&runtime);
         assert_eq!(STEPS.load(Ordering::Relaxed), 2);
     }
+
+    /// 5,000 tasks woken in one step, then asleep: the ready queue keeps its room through 63 quiet
+    /// steps (a burst may come again) and gives it back at the 64th.
+    #[test]
+    fn a_burst_s_ready_queue_lets_its_room_go_after_sixty_four_quiet_steps() {
+        use bevy::time::TimeUpdateStrategy;
+        let mut app = App::new();
+        app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+            .add_plugins(crate::LuaCoroutinesPlugin {
+                print_to_stdout: false,
+                hot_reload: false,
+                ..default()
+            })
+            .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(16)));
+        let script = crate::LuaScript::new(
+            "scripts/burst.lua",
+            "local resolve
+             local p = Promise.new(function(r) resolve = r end)
+             for i = 1, 5000 do task.spawn(function() await(p) task.wait(1000) end) end
+             task.spawn(function() task.wait() resolve(1) end)",
+        );
+        let handle = app.world_mut().resource_mut::<Assets<crate::LuaScript>>().add(script);
+        app.world_mut().spawn(crate::LuaScripts::new(handle));
+        let room = |app: &App| crate::fastpath::ready_room(app.world().resource::<LuaRuntime>().lua());
+        let run = |app: &mut App, n: usize| (0..n).for_each(|_| app.update());
+        run(&mut app, 4);
+        let burst = room(&app);
+        assert!(burst >= 5000, "the burst's room: {burst}");
+        run(&mut app, 60);
+        assert_eq!(room(&app), burst, "kept while quiet");
+        run(&mut app, 10);
+        assert_eq!(room(&app), 0, "given back");
+    }
 }

@@ -170,29 +170,6 @@ fn ten_thousand_scripted_entities_leave_nothing_behind() {
 }
 
 #[test]
-fn a_burst_of_wakes_lets_its_queue_go_after_a_second_of_quiet_steps() {
-    let mut app = create_app();
-    // 5,000 tasks woken in one step (a ready queue of 20,000 slots, kept while bursts may come
-    // again), then asleep: no despawn shrinks the task tables, so the queue's own rule must.
-    spawn_script(
-        &mut app,
-        "scripts/burst.lua",
-        r#"
-        local resolve
-        local p = Promise.new(function(r) resolve = r end)
-        for i = 1, 5000 do task.spawn(function() await(p) task.wait(1000) end) end
-        task.spawn(function() task.wait() resolve(1) end)
-        "#,
-    );
-    run(&mut app, 4);
-    assert_eq!(live_tasks(&app), 5_000, "the woken tasks sleep");
-    let kept = collected_memory(&app);
-    run(&mut app, 70);
-    let after = collected_memory(&app);
-    assert!(after + 256 * 1024 < kept, "the queue's slots were not given back: {kept} -> {after}");
-}
-
-#[test]
 fn a_script_spawned_in_the_frame_of_a_mass_despawn_starts() {
     let mut app = create_app();
     // A level change: thousands of scripted entities go and a new one comes in the same frame.

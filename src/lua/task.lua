@@ -12,8 +12,10 @@
 -- never woken twice, and a task no one can wake is in no list at all.
 --
 -- Rust owns what is not per-frame: task ownership (which instance), the timer queues, error
--- reports and the instruction budget. Nothing here crosses into Rust on the common path (a task
--- that resumes and waits for a later frame).
+-- reports and the instruction budget. The per-frame lists (the frame waits, the ready queue, the
+-- step's resume counts) are Rust memory too, behind C functions (src/fastpath.rs) that call back
+-- into nothing, so the common path (a task that resumes and waits for a later frame, or is woken
+-- by a promise or a channel) costs a C call at most.
 local core = ...
 
 local REQ, ARGS = core.REQ, core.ARGS
@@ -47,10 +49,9 @@ local parked = {}                         -- key -> the slot it last parked on (
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
 -- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
--- want of memory (the step collects garbage after the resume), the last registration number,
--- where the ready queue (below) starts and ends, and the most slots it used in this step.
-local T = { 0, 0, 0, false, 0, 1, 0, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, HEAD, TAIL, PEAK = 1, 2, 3, 4, 5, 6, 7, 8
+-- want of memory (the step collects garbage after the resume), the last registration number.
+local T = { 0, 0, 0, false, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG = 1, 2, 3, 4, 5
 local fast = core.fast -- the C waits, the frame waits and the raw loops (src/fastpath.rs)
 local run_frames, run_ready = fast.run_frames, fast.run_ready
 
@@ -60,26 +61,22 @@ local run_frames, run_ready = fast.run_frames, fast.run_ready
 local push_next, begin_frame, pop_now, frame_waiting =
   fast.push_next, fast.begin_frame, fast.pop_now, fast.waiting
 local later = {}
--- This step's ready queue: key, reg, value, defer depth (four slots per entry), from `T[HEAD]` to
--- `T[TAIL]` (slots the raw loop reads and writes too).
-local ready = {}
--- Steps in a row that used under a quarter of a big `ready` table, and how many drop it (about a
--- second at 60 frames a second).
-local small_steps, SHRINK_AFTER = 0, 64
+-- This step's ready queue lives in Rust memory too: `push_ready(key, reg, value, d)` queues task
+-- `key` to resume with `value` (the arguments marker `ARGS`, or a number) at defer depth `d` if
+-- `reg` is still its registration then; `pop_ready()` takes the first entry; `carry_ready(...)`
+-- and `carry_rest()` carry one entry, or all, to the next step, which `begin_frame` queues after
+-- what was queued before it; `end_ready()` ends the step (a big queue gives its room back after
+-- quiet steps).
+local push_ready, pop_ready, carry_ready, carry_rest, end_ready =
+  fast.push_ready, fast.pop_ready, fast.carry_ready, fast.carry_rest, fast.end_ready
 -- What `wake` reads and writes, for the C code that wakes as it does (src/fastpath.rs): kept
 -- current wherever one of these tables is replaced.
-local wake_ctx = { T, regs, parked, args, ready, ARGS }
+local wake_ctx = { regs, parked, args }
 
 local function bump(key)
   local reg = T[NEXT_REG] + 1
   T[NEXT_REG], regs[key] = reg, reg
   return reg
-end
-
-local function push_ready(key, reg, value, d)
-  local tail = T[TAIL]
-  ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, value, d
-  T[TAIL] = tail + 4
 end
 
 --- Queues task `key` (registration `reg`) to resume `frames` frames from now.
@@ -518,22 +515,16 @@ local MAX_RESUMES, TIMED, over_time = core.MAX_RESUMES, core.TIMED, core.over_ti
 -- The tasks of one instance together resume at most this many times from the ready queue in one
 -- step (tasks made during the step, a promise executor each, say, are new tasks each time).
 local MAX_INSTANCE_RESUMES = 10 * MAX_RESUMES
--- Counts resumes against both bounds, in Rust memory (src/fastpath.rs's `Resumes`):
+-- Counts resumes against both bounds, in Rust memory (src/step_memory.rs's `Resumes`):
 -- `count_resume(key, inst, step_no, max, max_instance)` is false (and counts nothing) when either
--- is reached, the raw loop counts the same way.
+-- is reached; the raw loop counts the same way.
 local count_resume = fast.count_resume
 local step_no = 0
-local carry, carry_n = {}, 0 -- ready entries for the next step, four slots each
 local last_frame = -1
 
 -- What the raw ready loop (`run_ready`) reads: the step's tables (filled in by `step.run`, as some
--- are replaced at times), the arguments marker and the two bounds.
-local ready_tables = { false, false, false, false, ARGS, MAX_RESUMES, MAX_INSTANCE_RESUMES }
-
-local function carry_entry(key, reg, value, d)
-  carry[carry_n + 1], carry[carry_n + 2], carry[carry_n + 3], carry[carry_n + 4] = key, reg, value, d
-  carry_n = carry_n + 4
-end
+-- are replaced at times) and the two bounds.
+local ready_tables = { false, false, false, MAX_RESUMES, MAX_INSTANCE_RESUMES }
 
 --- Turns per-resume accounting on (with the Rust functions that open and close a resume) or off
 --- (no arguments).
@@ -563,10 +554,6 @@ function step.run()
     local b = later[S.frame]
     later[S.frame] = nil
     begin_frame(b)
-    for i = 1, carry_n, 4 do
-      push_ready(carry[i], carry[i + 1], carry[i + 2], carry[i + 3])
-    end
-    carry, carry_n = {}, 0
   end
   local now = S.nanos
   local timed = TIMED
@@ -594,68 +581,41 @@ function step.run()
     resume_task(key, reg, (now - since) / 1e9, 0)
     if timed and over_time() then
       -- Out of time: the rest waits for the next step, still first in line.
-      for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
-      T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
+      carry_rest()
+      end_ready()
       return
     end
   end
   if raw and run_ready ~= nil then
     memory = MEMORY_QUOTA and next_check -- the frame waits' resumes may have moved it
     local tables = ready_tables
-    tables[1], tables[2], tables[3], tables[4] = ready, parked, args, owner
+    tables[1], tables[2], tables[3] = parked, args, owner
     while true do
       local what, key, x, ok, first, kind, arg = run_ready(T, regs, threads, S, "spent", now, memory, tables, step_no)
       if what == nil then break end -- the queue is empty (or its arguments refused: the loop below)
       if what == 1 then
         resume_task(key, x, ok, first) -- x: the registration, ok: the value, first: the depth
-      elseif what == 2 then
+      else
         finish_resume(key, x, previous, previous_depth, ok, first, kind, arg) -- x: the thread
-      elseif regs[key] == x then
-        carry_entry(key, x, ok, first) -- over its bound for this step
+        if MEMORY_QUOTA ~= nil and gcount() > next_check then check_memory() end
       end
-      if what == 2 and MEMORY_QUOTA ~= nil and gcount() > next_check then check_memory() end
       memory = MEMORY_QUOTA and next_check
     end
   end
   while true do
-    -- Entries hold only numbers and markers, so consumed slots are left as they are (clearing them
-    -- would push the queue into the table's hash part); an empty queue starts over at slot 1, so a
-    -- ping-pong between two tasks reuses the same four slots.
-    local head, tail = T[HEAD], T[TAIL]
-    if head > tail then break end
-    if tail > T[PEAK] then T[PEAK] = tail end
-    local key, reg, value, d = ready[head], ready[head + 1], ready[head + 2], ready[head + 3]
-    if head + 4 > tail then
-      T[HEAD], T[TAIL] = 1, 0
-    else
-      T[HEAD] = head + 4
-    end
+    local key, reg, value, d = pop_ready()
+    if key == nil then break end
     if not count_resume(key, owner[key] or 0, step_no, MAX_RESUMES, MAX_INSTANCE_RESUMES) then
-      if regs[key] == reg then carry_entry(key, reg, value, d) end
+      if regs[key] == reg then carry_ready(key, reg, value, d) end
     else
       resume_task(key, reg, value, d)
       if timed and over_time() then
-        for j = T[HEAD], T[TAIL], 4 do carry_entry(ready[j], ready[j + 1], ready[j + 2], ready[j + 3]) end
+        carry_rest()
         break
       end
     end
   end
-  -- Drained. A big queue table that steps used less than a quarter of, `SHRINK_AFTER` steps in a
-  -- row, is dropped, so it can shrink (consumed slots stay filled, so its length is the most it
-  -- ever held). One a step filled is kept: a game that wakes thousands of tasks every frame, or
-  -- every other frame, would otherwise grow it anew, a rehash at each doubling, every time.
-  local size = #ready
-  if size > 4 * 4096 and T[PEAK] < size / 4 then
-    small_steps = small_steps + 1
-    if small_steps >= SHRINK_AFTER then
-      small_steps = 0
-      ready = {}
-      ready_tables[1], wake_ctx[5] = ready, ready -- (not holding the old one until the next step)
-    end
-  else
-    small_steps = 0
-  end
-  T[HEAD], T[TAIL], T[PEAK] = 1, 0, 0
+  end_ready()
 end
 
 --- Stores the arguments a task gets when it next resumes.
@@ -682,9 +642,7 @@ local function wake(slot)
   -- `lua/promise.lua` reads to know that it may keep the slot for another wait
   parked[key] = nil -- what the slot holds is the waker's business again
   if args[key] then args[key] = nil end -- stale arguments of a resume that never came
-  local tail = T[TAIL]
-  ready[tail + 1], ready[tail + 2], ready[tail + 3], ready[tail + 4] = key, reg, ARGS, 0
-  T[TAIL] = tail + 4
+  push_ready(key, reg, ARGS, 0)
   return true
 end
 
@@ -758,9 +716,6 @@ function step.state(key)
   if reg == nil then return co, nil, nil end
   local slot = parked[key]
   if slot ~= nil and slot.reg == reg and slot.key == key then return co, reg, "park", slot end
-  for i = T[HEAD], T[TAIL], 4 do
-    if ready[i] == key and ready[i + 1] == reg then return co, reg, "ready" end
-  end
   local frame_wait = frame_waiting(key, reg)
   if frame_wait == "ready" then return co, reg, "ready" end
   if frame_wait == "next" then return co, reg, "frames", 1 end
@@ -783,14 +738,10 @@ function step.compact()
     return fresh
   end
   threads, regs, args, owner, parked = copy(threads), copy(regs), copy(args), copy(owner), copy(parked)
-  wake_ctx[2], wake_ctx[3], wake_ctx[4] = regs, parked, args -- (before anything here can raise)
-  fast.shrink_waits() -- (and the resume counts)
-  -- A big ready queue goes now rather than after `SHRINK_AFTER` quiet steps, if it is empty: the
-  -- instances started since the last step (before this runs) have their first tasks on it.
-  if #ready > 4 * 4096 and T[HEAD] > T[TAIL] then
-    ready, small_steps = {}, 0
-    ready_tables[1], wake_ctx[5] = ready, ready
-  end
+  wake_ctx[1], wake_ctx[2], wake_ctx[3] = regs, parked, args -- (before anything here can raise)
+  -- The frame waits' and the ready queue's room (the queue's only if it is empty: the instances
+  -- started since the last step, before this runs, have their first tasks on it), and the counts.
+  fast.shrink_waits()
   local fresh = setmetatable({}, { __mode = "k" })
   for k, v in pairs(keys) do fresh[k] = v end
   keys = fresh
