@@ -30,16 +30,19 @@
 //!   stack, so an error there is raised in the step, never in the suspended thread.
 //! - The only calls here that can raise a Lua error are table writes that must grow a table (out
 //!   of memory), `run_ready`'s two field names pushed on entry, before it takes anything off its
-//!   queue (out of memory), in the waits, the `bad argument` error itself, and in `push_ready` and
-//!   `carry_ready`, a value that is not one a ready entry holds (before the queue is touched). (Every write is raw: the
+//!   queue (out of memory), in the waits, the `bad argument` error itself, in `push_ready` and
+//!   `carry_ready`, a value that is not one a ready entry holds, and in `push_ready` and
+//!   `push_next`, `make_room`'s `not enough memory` (each before its list is touched). (Every write is raw: the
 //!   slots `lua/promise.lua` and `lua/channel.lua` park on are plain tables, and only they can
 //!   be yielded with the request marker.) A raise unwinds (LuaJIT, Luau)
 //!   or `longjmp`s (Lua 5.4) through these frames, so they hold nothing that needs dropping, and
 //!   every counter the step shares is written back to its table before the next raising call.
 //! - The counters shared with `lua/task.lua` live in one table (`shared`), at the slot numbers
 //!   below, which the Lua file names the same way.
-//! - The frame waits ([`FrameWaits`]) and the step's resume counts ([`Resumes`]) are Rust memory
-//!   ([`StepMemory`]), boxed in the VM's app data (dropped only after the VM is closed); the
+//! - The frame waits ([`FrameWaits`]), the ready queue
+//!   ([`ReadyQueue`](crate::step_memory::ReadyQueue)) and the step's resume counts
+//!   ([`Resumes`](crate::step_memory::Resumes)) are Rust memory ([`StepMemory`]), boxed in the
+//!   VM's app data (dropped only after the VM is closed); the
 //!   functions that use them keep its address as an upvalue (upvalue 2 of the loops, 1 of the
 //!   others). Only those functions touch it, on the VM's thread, and none keeps a reference to it
 //!   across a call into Lua (a resume may queue waits itself).
@@ -54,7 +57,7 @@ use std::sync::Arc;
 use mlua::{Function, Lua, Table, ffi};
 
 use crate::hook::Watch;
-use crate::step_memory::{FrameWaits, Ready, Resume, StepMemory, Wait};
+use crate::step_memory::{FrameWaits, List, Ready, Resume, StepMemory, Wait, growth};
 
 /// Slot of the shared table: the task being resumed (0: none).
 pub(crate) const CURRENT: ffi::lua_Integer = 1;
@@ -81,7 +84,7 @@ static ARGS: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 const BAD: &CStr = c"bevy_lua_coroutines.task.bad";
 
 /// The C functions for `lua/task.lua`: `wait`, `sleep`, `waitFrames`, the frame waits' `push_next`,
-/// `begin_frame`, `pop_now`, `waiting` and `shrink_waits`, the ready queue's `push_ready`,
+/// `begin_frame`, `pop_now`, `entry_at` and `shrink_waits`, the ready queue's `push_ready`,
 /// `pop_ready`, `carry_ready`, `carry_rest` and `end_ready`, `count_resume`, the loops
 /// `run_frames` and `run_ready`, `settle_resolved` (for `lua/promise.lua`), `relax_memory`,
 /// `frames` (Lua 5.4), and `set_bad(f)`, which gives the waits the function that raises their
@@ -127,7 +130,7 @@ pub(crate) fn functions(
         ("push_next", push_next as ffi::lua_CFunction),
         ("begin_frame", begin_frame),
         ("pop_now", pop_now),
-        ("waiting", waiting),
+        ("entry_at", entry_at),
         ("shrink_waits", shrink_waits),
         ("count_resume", count_resume),
         ("push_ready", push_ready),
@@ -270,17 +273,41 @@ unsafe fn waits<'a>(l: *mut ffi::lua_State) -> &'a mut FrameWaits {
     unsafe { &mut memory(l).waits }
 }
 
-/// `push_next(key, reg, since)`: queues a frame wait for the next frame.
+/// `push_next(key, reg, since)`: queues a frame wait for the next frame (raising `not enough
+/// memory` if the list must grow past the VM's memory limit; see [`make_room`]).
 unsafe extern "C-unwind" fn push_next(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see `waits`; nothing here calls Lua.
+    // SAFETY: see `waits`; `make_room` may raise before the list is touched.
     unsafe {
         let wait = Wait {
             key: ffi::lua_tointeger(l, 1),
             reg: ffi::lua_tointeger(l, 2),
             since: ffi::lua_tonumber(l, 3),
         };
+        make_room(l, growth(&waits(l).next));
         waits(l).next.push(wait);
         0
+    }
+}
+
+/// Before a list of the step's memory that scripts can lengthen without end (a `task.defer` of
+/// one coroutine in a loop, a coroutine resumed by hand that waits a frame each time) grows by
+/// `more` bytes: raises Lua's `not enough memory` if the lists' room would then pass what the VM
+/// may still allocate under its memory limit. The lists count against the limit when they grow,
+/// as the Lua tables they replaced did, so such a loop meets the limit, not the host's memory.
+/// Reads the limit only when a list must grow (its room doubles each time).
+unsafe fn make_room(l: *mut ffi::lua_State, more: usize) {
+    if more == 0 {
+        return;
+    }
+    // SAFETY: called by Lua on the VM's thread, by the functions `memory` serves; the reference to
+    // the memory is dropped before the raise.
+    unsafe {
+        let bytes = memory(l).bytes() + more;
+        let room = crate::heap::headroom(Lua::get_or_init_from_ptr(l));
+        if room.is_some_and(|room| bytes > room) {
+            ffi::lua_pushstring(l, c"not enough memory".as_ptr());
+            ffi::lua_error(l);
+        }
     }
 }
 
@@ -333,23 +360,23 @@ unsafe extern "C-unwind" fn pop_now(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `waiting(key, reg) -> "ready" | "next" | nil`: whether task `key` under registration `reg` is
-/// on the ready queue or has a frame wait due this frame and not resumed yet, or has one due next
-/// frame (for the inspector).
-unsafe extern "C-unwind" fn waiting(l: *mut ffi::lua_State) -> c_int {
+/// `entry_at(list, i) -> key, reg`: entry `i` (1: the first) of `list` (0: the ready queue, 1:
+/// this frame's frame waits not taken yet, 2: the next frame's), nothing past the end. For the
+/// inspector, which scans the lists in Lua, one entry a call: so the instruction budget counts a
+/// scan as the script work it is (scripts can make the lists long at little cost).
+unsafe extern "C-unwind" fn entry_at(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see `memory`; nothing here calls Lua.
     unsafe {
-        let (key, reg) = (ffi::lua_tointeger(l, 1), ffi::lua_tointeger(l, 2));
-        let m = memory(l);
-        let found = if m.ready.contains(key, reg) || m.waits.due_now(key, reg) {
-            c"ready"
-        } else if m.waits.due_next(key, reg) {
-            c"next"
-        } else {
-            return 0;
+        let list = match ffi::lua_tointeger(l, 1) {
+            0 => List::Ready,
+            1 => List::Now,
+            _ => List::Next,
         };
-        ffi::lua_pushstring(l, found.as_ptr());
-        1
+        let Ok(i) = usize::try_from(ffi::lua_tointeger(l, 2) - 1) else { return 0 };
+        let Some((key, reg)) = memory(l).entry(list, i) else { return 0 };
+        ffi::lua_pushinteger(l, key);
+        ffi::lua_pushinteger(l, reg);
+        2
     }
 }
 
@@ -421,11 +448,13 @@ unsafe fn push_resume(l: *mut ffi::lua_State, value: Resume) {
 }
 
 /// `push_ready(key, reg, value, depth)`: queues task `key` to resume with `value` (the arguments
-/// marker or a number) at defer depth `depth`, if `reg` is still its registration then.
+/// marker or a number) at defer depth `depth`, if `reg` is still its registration then (raising
+/// `not enough memory` if the queue must grow past the VM's memory limit; see [`make_room`]).
 unsafe extern "C-unwind" fn push_ready(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: see `memory`; `ready_entry` may raise before the memory is borrowed.
+    // SAFETY: see `memory`; `ready_entry` and `make_room` may raise before the queue is touched.
     unsafe {
         let entry = ready_entry(l, 1);
+        make_room(l, memory(l).ready.push_growth());
         memory(l).ready.push(entry);
         0
     }

@@ -46,6 +46,20 @@ pub(crate) fn set_memory_limit(lua: &Lua, limit: usize) -> mlua::Result<usize> {
     lua.set_memory_limit(limit)
 }
 
+/// The bytes the VM may still allocate under its memory limit (`None`: it has none). For memory
+/// the crate keeps for the VM outside Lua's heap (the step's lists), which is checked against the
+/// limit when it grows, as the Lua tables it replaced were.
+pub(crate) fn headroom(lua: &Lua) -> Option<usize> {
+    #[cfg(feature = "lua54")]
+    if let Some(room) = pool::headroom(lua) {
+        return room;
+    }
+    // mlua has no getter: the limit is read by setting it.
+    let limit = lua.set_memory_limit(0).ok()?;
+    let _ = lua.set_memory_limit(limit);
+    (limit != 0).then(|| limit.saturating_sub(lua.used_memory()))
+}
+
 /// Makes the VM's allocator this module's (Lua 5.4), with `limit` (elsewhere: sets mlua's limit).
 /// The runtime calls it once, when the VM is otherwise ready, and [`uninstall`] before it drops.
 pub(crate) fn install(lua: &Lua, limit: Option<usize>) -> mlua::Result<()> {
@@ -286,6 +300,18 @@ mod pool {
                 release(&mut heap, 0);
                 let _ = lua.set_memory_limit(heap.limit);
             }
+        })
+    }
+
+    /// The bytes the installed `Heap` lets Lua still allocate (`Some(None)`: no limit); `None`
+    /// when this module's allocator is not the VM's.
+    pub(super) fn headroom(lua: &Lua) -> Option<Option<usize>> {
+        // SAFETY: inside the lock (module invariants); reads two counts.
+        locked(lua, |_, installed| {
+            installed.map(|heap| unsafe {
+                let heap = &*heap;
+                (heap.limit != 0).then(|| heap.limit.saturating_sub(heap.used))
+            })
         })
     }
 

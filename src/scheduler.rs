@@ -1,7 +1,8 @@
 //! The scheduler's Rust half: which instance owns each task, the timer queues, failure reports
-//! and the instruction budget. The per-frame half (the ready queue, frame waits and the loop that
-//! resumes tasks) is Lua code in `lua/task.lua`, so a task that resumes and waits again never
-//! crosses between Rust and Lua.
+//! and the instruction budget. The per-frame half is the step's loop that resumes tasks, Lua code in
+//! `lua/task.lua`, over the ready queue and frame waits that `step_memory` keeps behind the C
+//! functions of `fastpath`, so a task that resumes and waits again never crosses between Rust and
+//! Lua through mlua.
 //!
 //! Tasks are named by integer keys (a slot here, an index into Lua tables there). Threads and
 //! per-task values live in Lua tables, not as one Rust handle each: mlua's handle stack is small on

@@ -21,6 +21,20 @@ pub(crate) struct StepMemory {
 }
 
 impl StepMemory {
+    /// The bytes the lists keep (their room, used or not).
+    pub fn bytes(&self) -> usize {
+        room(&self.waits.now) + room(&self.waits.next) + room(&self.ready.entries) + room(&self.ready.carried)
+    }
+
+    /// Entry `i` (0: the first) of list `which` (see [`List`]): its task and registration.
+    pub fn entry(&self, which: List, i: usize) -> Option<(Int, Int)> {
+        match which {
+            List::Ready => self.ready.entries.get(self.ready.head + i).map(|e| (e.key, e.reg)),
+            List::Now => self.waits.now.get(self.waits.at + i).map(|w| (w.key, w.reg)),
+            List::Next => self.waits.next.get(i).map(|w| (w.key, w.reg)),
+        }
+    }
+
     /// Gives back the room the lists keep beyond what they hold, and forgets the resume counts
     /// (after a mass despawn, with the step's Lua tables).
     pub fn shrink(&mut self) {
@@ -29,6 +43,26 @@ impl StepMemory {
         self.ready.shrink();
         self.resumes = Resumes::default();
     }
+}
+
+/// The bytes `v` keeps.
+fn room<T>(v: &Vec<T>) -> usize {
+    v.capacity() * size_of::<T>()
+}
+
+/// The bytes a push onto `v` adds to its room (0 while it has room): `Vec` doubles its room, and
+/// starts at four entries of this size.
+pub(crate) fn growth<T>(v: &Vec<T>) -> usize {
+    if v.len() < v.capacity() { 0 } else { v.capacity().max(4) * size_of::<T>() }
+}
+
+/// The lists an inspector may read entry by entry ([`StepMemory::entry`]): the ready queue, this
+/// frame's frame waits not taken yet, and the next frame's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum List {
+    Ready,
+    Now,
+    Next,
 }
 
 /// One frame wait: the task, its registration, and the game time (nanoseconds) it waited at.
@@ -47,18 +81,6 @@ pub(crate) struct FrameWaits {
     pub now: Vec<Wait>,
     pub at: usize,
     pub next: Vec<Wait>,
-}
-
-impl FrameWaits {
-    /// Whether wait `reg` of task `key` is due this frame and not taken yet.
-    pub fn due_now(&self, key: Int, reg: Int) -> bool {
-        self.now[self.at..].iter().any(|w| w.key == key && w.reg == reg)
-    }
-
-    /// Whether wait `reg` of task `key` is due next frame.
-    pub fn due_next(&self, key: Int, reg: Int) -> bool {
-        self.next.iter().any(|w| w.key == key && w.reg == reg)
-    }
 }
 
 /// What a ready entry resumes its task with: the arguments the task has stored, if any (the
@@ -128,9 +150,9 @@ impl ReadyQueue {
         self.head = 0;
     }
 
-    /// Whether the queue holds an entry for wait `reg` of task `key`.
-    pub fn contains(&self, key: Int, reg: Int) -> bool {
-        self.entries[self.head..].iter().any(|e| e.key == key && e.reg == reg)
+    /// The bytes a push adds to the queue's room (see [`growth`]).
+    pub fn push_growth(&self) -> usize {
+        growth(&self.entries)
     }
 
     /// Carries `entry` to the next step.
@@ -144,9 +166,15 @@ impl ReadyQueue {
         self.start_over();
     }
 
-    /// A new step: what the last one carried goes after what is queued now.
+    /// A new step: what the last one carried goes after what is queued now. A big carried list
+    /// (a burst over a bound, or left by a time budget) gives its room back once emptied.
     pub fn begin_step(&mut self) {
-        self.entries.append(&mut self.carried);
+        if self.carried.capacity() > BIG {
+            let carried = std::mem::take(&mut self.carried);
+            self.entries.extend(carried);
+        } else {
+            self.entries.append(&mut self.carried);
+        }
     }
 
     /// The end of a step (the queue drained or carried): a big queue this step used less than a
@@ -261,7 +289,6 @@ mod tests {
         assert_eq!(q.pop().map(|e| e.key), Some(1));
         q.carry(entry(9));
         q.push(entry(4)); // a wake while the step runs
-        assert!(q.contains(4, 40) && !q.contains(1, 10) && !q.contains(4, 41));
         assert_eq!(q.pop().map(|e| e.key), Some(2));
         q.carry_rest(); // a time budget ran out
         assert_eq!(q.pop(), None);
@@ -297,6 +324,48 @@ mod tests {
         assert_eq!(q.room(), room);
         q.end_step();
         assert_eq!(q.room(), 0, "given back after the 64th");
+    }
+
+    #[test]
+    fn a_carried_burst_s_room_is_given_back_once_it_is_queued_again() {
+        let mut q = ReadyQueue::default();
+        for k in 0..100_000 {
+            q.push(entry(k));
+        }
+        q.pop();
+        q.carry_rest();
+        q.end_step();
+        q.begin_step();
+        assert_eq!(q.carried.capacity(), 0);
+        assert_eq!(drain(&mut q).len(), 99_999);
+    }
+
+    #[test]
+    fn an_inspector_reads_each_list_in_order_from_its_first_entry_not_taken() {
+        let mut m = StepMemory::default();
+        for k in 1..=3 {
+            m.ready.push(entry(k));
+            m.waits.now.push(Wait { key: k, reg: k * 10, since: 0.0 });
+        }
+        m.waits.next.push(Wait { key: 7, reg: 70, since: 0.0 });
+        m.ready.pop();
+        m.waits.at = 2;
+        assert_eq!([0, 1, 2].map(|i| m.entry(List::Ready, i)), [Some((2, 20)), Some((3, 30)), None]);
+        assert_eq!([0, 1].map(|i| m.entry(List::Now, i)), [Some((3, 30)), None]);
+        assert_eq!([0, 1].map(|i| m.entry(List::Next, i)), [Some((7, 70)), None]);
+        assert_eq!(m.bytes(), 8 * size_of::<Wait>() + 4 * size_of::<Ready>());
+    }
+
+    #[test]
+    fn a_push_grows_a_full_list_by_doubling_its_room() {
+        let mut v: Vec<Ready> = Vec::new();
+        assert_eq!(growth(&v), 4 * size_of::<Ready>());
+        for k in 0..4 {
+            v.push(entry(k));
+        }
+        assert_eq!((v.capacity(), growth(&v)), (4, 4 * size_of::<Ready>()));
+        v.push(entry(5));
+        assert_eq!((v.capacity(), growth(&v)), (8, 0));
     }
 
     #[test]

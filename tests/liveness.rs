@@ -649,3 +649,47 @@ fn an_instance_s_tasks_share_the_step_s_resume_cap() {
         );
     }
 }
+
+/// A task fills the step's lists with stale entries at little cost (`task.defer` of one coroutine
+/// queues an entry each time; a coroutine resumed by hand that waits a frame queues a frame wait
+/// each time), then asks `task.info` about a sleeping task again and again: each lookup scans the
+/// lists. The scans are script work, so the instruction budget stops the task (exact counting, so
+/// the stop does not depend on the clock).
+#[test]
+fn inspecting_tasks_over_long_step_lists_is_charged_to_the_budget() {
+    for fill in [
+        "local co = coroutine.create(function() end) for i = 1, 100000 do task.defer(co) end",
+        "local co = coroutine.create(function() while true do task.wait() end end)
+         for i = 1, 100000 do coroutine.resume(co) end",
+    ] {
+        let (lines, errs) = within("inspector scans", move || {
+            let mut app = create_app_with(LuaCoroutinesPlugin {
+                print_to_stdout: false,
+                hot_reload: false,
+                instruction_budget: Some(10_000_000),
+                exact_instruction_count: true,
+                ..default()
+            });
+            spawn_script(
+                &mut app,
+                "scripts/scan.lua",
+                &format!(
+                    "local sleeper = task.spawn(function() task.wait(1000) end)
+                     task.wait()
+                     {fill}
+                     for i = 1, 2000 do task.info(sleeper) end
+                     print('done')"
+                ),
+            );
+            run(&mut app, 3);
+            (printed(&app), errors(&app))
+        });
+        assert!(lines.is_empty(), "{fill}: {lines:?}");
+        assert!(
+            errs.len() == 1
+                && errs[0].kind == ScriptErrorKind::Budget
+                && errs[0].script == "scripts/scan.lua",
+            "{fill}: {errs:#?}"
+        );
+    }
+}

@@ -544,3 +544,34 @@ fn a_task_stopped_inside_a_settlement_does_not_stop_other_instances_promises() {
     run(&mut app, 5);
     assert_eq!(printed(&app), ["victim got\t42"]);
 }
+
+/// Entries that hold no Lua memory queued without end under a memory limit and no instruction
+/// budget (`task.defer` of one coroutine; a coroutine resumed by hand that waits a frame): the
+/// step's lists, kept in Rust memory, count against the limit when they grow, so the script's
+/// `pcall` catches `not enough memory` and the game goes on.
+#[test]
+fn the_step_s_lists_grow_only_within_the_memory_limit() {
+    for fill in [
+        "local co = coroutine.create(function() end) for i = 1, 2000000 do task.defer(co) end",
+        "local co = coroutine.create(function() while true do task.wait() end end)
+         for i = 1, 2000000 do coroutine.resume(co) end",
+    ] {
+        let mut app = create_app_with(LuaCoroutinesPlugin {
+            print_to_stdout: false,
+            hot_reload: false,
+            instruction_budget: None,
+            memory_limit: Some(16 * 1024 * 1024),
+            ..default()
+        });
+        spawn_script(
+            &mut app,
+            "scripts/grow.lua",
+            &format!("task.wait() print(pcall(function() {fill} end)) task.wait() print('goes on')"),
+        );
+        run(&mut app, 4);
+        let lines = printed(&app);
+        assert_eq!(lines.len(), 2, "{fill}: {lines:?} {:#?}", errors(&app));
+        assert!(lines[0].starts_with("false") && lines[0].contains("not enough memory"), "{fill}: {lines:?}");
+        assert_eq!(lines[1], "goes on");
+    }
+}

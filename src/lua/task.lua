@@ -1,5 +1,6 @@
--- The Lua half of the scheduler: the ready queue, frame waits, the step that resumes tasks, and the
--- script API on top (`task`, `sleep`, `spawn`, `time`, the `coroutine` wrappers).
+-- The Lua half of the scheduler: the step that resumes tasks (over the ready queue and frame waits
+-- it keeps in Rust memory), and the script API on top (`task`, `sleep`, `spawn`, `time`, the
+-- `coroutine` wrappers).
 --
 -- A thread that waits yields a *request* `(REQ, kind, arg)` to whoever resumed it. When that is the
 -- step, the step registers it; when it is script code (`coroutine.resume`, `coroutine.wrap`,
@@ -58,8 +59,7 @@ local run_frames, run_ready = fast.run_frames, fast.run_ready
 -- Frame waits due next frame (the common case: `task.wait()`) and this frame's live in Rust
 -- memory (`push_next`, `begin_frame`, `pop_now`); `task.waitFrames(n > 1)` goes to
 -- `later[frame]`: `key, reg, since` triples, `n` slots.
-local push_next, begin_frame, pop_now, frame_waiting =
-  fast.push_next, fast.begin_frame, fast.pop_now, fast.waiting
+local push_next, begin_frame, pop_now = fast.push_next, fast.begin_frame, fast.pop_now
 local later = {}
 -- This step's ready queue lives in Rust memory too: `push_ready(key, reg, value, d)` queues task
 -- `key` to resume with `value` (the arguments marker `ARGS`, or a number) at defer depth `d` if
@@ -580,7 +580,8 @@ function step.run()
     if key == nil then break end
     resume_task(key, reg, (now - since) / 1e9, 0)
     if timed and over_time() then
-      -- Out of time: the rest waits for the next step, still first in line.
+      -- Out of time: the rest waits for the next step (the frame waits left go before that
+      -- frame's own; the woken tasks after the completions and timers that fall due by then).
       carry_rest()
       end_ready()
       return
@@ -705,6 +706,22 @@ end
 --- The thread of task `key`.
 function step.thread_of(key) return threads[key] end
 
+-- The lists of the step's Rust memory, as `fast.entry_at` numbers them.
+local READY_LIST, NOW_LIST, NEXT_LIST, entry_at = 0, 1, 2, fast.entry_at
+
+--- Whether wait `reg` of task `key` is in list `which` of the step's Rust memory. A loop here, in
+--- Lua, one entry a call, so that the instruction budget counts the scan as any script's work:
+--- scripts can make the lists long at little cost (`task.defer` of one coroutine in a loop).
+local function listed(which, key, reg)
+  local i = 1
+  while true do
+    local k, r = entry_at(which, i)
+    if k == nil then return false end
+    if k == key and r == reg then return true end
+    i = i + 1
+  end
+end
+
 --- What the step knows of task `key`, for the inspector (`lua/inspect.lua`); never called by the
 --- step itself. Returns the thread, its registration (nil: none), how it waits as far as the Lua
 --- half knows (`"running"`, `"ready"`, `"park"` with the slot, `"frames"` with the frames left,
@@ -716,9 +733,8 @@ function step.state(key)
   if reg == nil then return co, nil, nil end
   local slot = parked[key]
   if slot ~= nil and slot.reg == reg and slot.key == key then return co, reg, "park", slot end
-  local frame_wait = frame_waiting(key, reg)
-  if frame_wait == "ready" then return co, reg, "ready" end
-  if frame_wait == "next" then return co, reg, "frames", 1 end
+  if listed(READY_LIST, key, reg) or listed(NOW_LIST, key, reg) then return co, reg, "ready" end
+  if listed(NEXT_LIST, key, reg) then return co, reg, "frames", 1 end
   for at, b in pairs(later) do
     for i = 1, b.n, 3 do
       if b[i] == key and b[i + 1] == reg then return co, reg, "frames", at - S.frame end
