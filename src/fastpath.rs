@@ -1022,9 +1022,11 @@ impl Settling {
                 return;
             }
             ffi::lua_rawgeti(l, self.regs, key);
-            if ffi::lua_rawequal(l, -1, reg) == 0 {
+            ffi::lua_rawgeti(l, self.parked, key);
+            if ffi::lua_rawequal(l, -2, reg) == 0 || ffi::lua_rawequal(l, -1, slot) == 0 {
+                // Not waiting there (cancelled, or woken already), or a forged slot: as `wake`.
                 ffi::lua_settop(l, top);
-                return; // not waiting there (cancelled, or woken already)
+                return;
             }
             ffi::lua_pushvalue(l, self.names[N_KEY]);
             ffi::lua_pushboolean(l, 0);

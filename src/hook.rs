@@ -399,8 +399,11 @@ mod lazy {
                 ffi::lua_xmove(co, l, nres);
                 nres + 1
             } else {
-                ffi::lua_pushboolean(l, 0);
+                // The message, then `false` under it (as `luaB_coresume`): when `co` is the running
+                // thread itself, `lua_resume` left the message on this very stack already.
                 ffi::lua_xmove(co, l, 1);
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_insert(l, -2);
                 2
             }
         }

@@ -575,3 +575,41 @@ fn the_step_s_lists_grow_only_within_the_memory_limit() {
         assert_eq!(lines[1], "goes on");
     }
 }
+
+/// A promise's fields are plain, so a script can put a slot of its own making in `_r1`, with a
+/// task key and a registration it guessed (keys are small, registrations count up, and its own
+/// slots show where the count stands). Settling such promises, from Lua or from Rust (the C
+/// settlement), must not wake another instance's task: only the slot a task parked on wakes it.
+#[test]
+fn a_forged_waiter_slot_cannot_wake_another_instance_s_task() {
+    let mut app = create_app();
+    app.add_lua_async_function("later", || async move { Ok::<_, String>(7) });
+    spawn_script(&mut app, "scripts/victim.lua", "local t = task.wait(30) print('victim woke', t)");
+    run(&mut app, 2);
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local p = Promise.new(function() end)
+        task.spawn(function() await(p) end)
+        local top = p._r1.reg
+        local n = 0
+        for key = 1, 20 do
+          for reg = top - 60, top + 5 do
+            local resolve
+            local q = Promise.new(function(res) resolve = res end)
+            q._r1 = { key = key, reg = reg }
+            resolve(1)
+            local r = later()
+            r._r1 = { key = key, reg = reg }
+            n = n + 1
+          end
+        end
+        print('tried', n)
+        "#,
+    );
+    run(&mut app, 6);
+    let lines = printed(&app);
+    assert!(lines.contains(&"tried\t1320".to_string()), "{lines:?} {:#?}", errors(&app));
+    assert!(!lines.iter().any(|l| l.starts_with("victim woke")), "{lines:?}");
+}

@@ -396,3 +396,27 @@ fn resuming_a_waiting_task_by_hand_ends_its_wait() {
     );
     assert_eq!(out, ["resumed with\tby hand", "status\tdead"], "the timer must not resume it again");
 }
+
+/// Resuming the running coroutine fails as Lua's own `coroutine.resume` does: `false` first, then
+/// the message; `coroutine.wrap` raises it.
+#[test]
+fn resuming_the_running_coroutine_returns_false_then_the_message() {
+    let out = output(
+        r#"
+        local co
+        co = coroutine.create(function()
+          local ok, err = coroutine.resume(co)
+          print(type(ok), ok, err)
+        end)
+        coroutine.resume(co)
+        local w
+        w = coroutine.wrap(function() print("wrap", pcall(w)) end)
+        w()
+        "#,
+        2,
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    // (LuaJIT words it "cannot resume running coroutine".)
+    assert!(out[0].starts_with("boolean\tfalse\tcannot resume "), "{out:?}");
+    assert!(out[1].starts_with("wrap\tfalse\t") && out[1].contains("cannot resume "), "{out:?}");
+}

@@ -636,9 +636,10 @@ end
 --- hand over waits in the slot or the promise, so this takes no varargs.
 local function wake(slot)
   local key, reg = slot.key, slot.reg
-  -- (`not reg`: a slot is a table scripts can reach through a promise's fields, and one with no
-  -- registration would match any key that has none.)
-  if not key or not reg or regs[key] ~= reg then return false end
+  -- A slot is a table scripts can reach through a promise's fields, so it may be forged: one with
+  -- no registration would match any key that has none, and keys and registrations can be guessed
+  -- (a script of one instance could wake another's task). Only the slot the task parked on counts.
+  if not key or not reg or regs[key] ~= reg or parked[key] ~= slot then return false end
   slot.key = false -- not waiting, and woken: a store over a value (the fast one), and what
   -- `lua/promise.lua` reads to know that it may keep the slot for another wait
   parked[key] = nil -- what the slot holds is the waker's business again
@@ -652,7 +653,7 @@ end
 local function waiting(slot)
   local key, reg = slot.key, slot.reg
   if not key or not reg then return false end
-  return regs[key] == reg
+  return regs[key] == reg and parked[key] == slot
 end
 
 -- The table of the slots above: Rust reads the task being resumed and the number of resumes so

@@ -522,7 +522,7 @@ pub(crate) fn patch(
                 .get_represented_list_info()
                 .map(|info| info.item_ty().id())
                 .ok_or_else(|| path.error("the list's item type is unknown"))?;
-            let len = t.raw_len();
+            let len = list_len(t, path)?;
             let mut items = Vec::with_capacity(len);
             for i in 1..=len {
                 let v: Value = t.raw_get(i).map_err(|e| lua_error(path, e))?;
@@ -646,6 +646,26 @@ fn table_of<'v>(value: &'v Value, path: &Path) -> Result<&'v Table, String> {
         Value::Table(t) => Ok(t),
         other => Err(path.expected("table", other)),
     }
+}
+
+/// The length of the list in `t`: `#t`, refused when most of the positions it claims are empty. A
+/// table with holes may report any border as its length (Lua 5.4 says 2^40 for one of 41 values
+/// at 1 to 5 and the powers of two), and a list that long would be made before a value is read.
+fn list_len(t: &Table, path: &Path) -> Result<usize, String> {
+    const SLACK: usize = 16;
+    let len = t.raw_len();
+    if len <= SLACK {
+        return Ok(len);
+    }
+    let mut count = 0usize;
+    for pair in t.pairs::<Value, Value>() {
+        pair.map_err(|e| lua_error(path, e))?;
+        count += 1;
+        if 2 * count + SLACK >= len {
+            return Ok(len);
+        }
+    }
+    Err(path.error(format_args!("not a list: its length reads {len} but it holds {count} values")))
 }
 
 /// Patches positions `1..=len` of an array-like value with what `value` (a table) holds there.
