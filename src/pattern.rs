@@ -462,7 +462,7 @@ pub(crate) fn gsub(
     };
     let max = max.unwrap_or(src.len() as i64 + 1);
     let mut m = new_matcher(src, pat, charge);
-    let mut out = Vec::with_capacity(src.len());
+    let mut out = Output { bytes: Vec::with_capacity(src.len()), check_at: 1 << 20 };
     let (mut s, mut n, mut last) = (0usize, 0i64, None);
     while n < max {
         m.level = 0;
@@ -470,13 +470,12 @@ pub(crate) fn gsub(
         match m.do_match(s, 0)? {
             Some(e) if Some(e) != last => {
                 n += 1;
-                add_replacement(lua, &m, &mut out, repl, s, e)?;
-                m.tick(repl.len() as u64 / 16)?;
+                add_replacement(lua, &mut m, &mut out, repl, s, e)?;
                 s = e;
                 last = Some(e);
             }
             _ if s < src.len() => {
-                out.push(src[s]);
+                out.bytes.push(src[s]);
                 s += 1;
             }
             _ => break,
@@ -485,36 +484,68 @@ pub(crate) fn gsub(
             break;
         }
     }
-    out.extend_from_slice(&src[s..]);
-    Ok((out, n))
+    out.bytes.extend_from_slice(&src[s..]);
+    Ok((out.bytes, n))
 }
 
-fn add_replacement(lua: &Lua, m: &Matcher, out: &mut Vec<u8>, repl: &[u8], s: usize, e: usize) -> Res<()> {
+/// `gsub`'s result, built here, outside Lua's heap.
+struct Output {
+    bytes: Vec<u8>,
+    /// Its length at the next check against the memory limit.
+    check_at: usize,
+}
+
+impl Output {
+    /// Appends `piece` (a match or capture a replacement copies, which a short replacement such
+    /// as `%0%0%0` can make huge): charged a step for every 16 bytes, and past each doubling from
+    /// 1 MiB checked against what the VM may still allocate under its memory limit, as Lua's own
+    /// buffer would be.
+    fn copy(&mut self, lua: &Lua, m: &mut Matcher, piece: &[u8]) -> Res<()> {
+        m.tick(piece.len() as u64 / 16)?;
+        self.bytes.extend_from_slice(piece);
+        self.check(lua)
+    }
+
+    /// The check against the memory limit, once the result has doubled since the last one.
+    fn check(&mut self, lua: &Lua) -> Res<()> {
+        if self.bytes.len() >= self.check_at {
+            if crate::heap::headroom(lua).is_some_and(|room| self.bytes.len() > room) {
+                return Err("not enough memory".into());
+            }
+            self.check_at = self.bytes.len().saturating_mul(2);
+        }
+        Ok(())
+    }
+}
+
+fn add_replacement(lua: &Lua, m: &mut Matcher, out: &mut Output, repl: &[u8], s: usize, e: usize) -> Res<()> {
     let mut i = 0;
     while i < repl.len() {
         let c = repl[i];
         i += 1;
         if c != ESC {
-            out.push(c);
+            out.bytes.push(c);
             continue;
         }
         let d = repl.get(i).copied().unwrap_or(0);
         i += 1;
         if d == ESC {
-            out.push(ESC);
+            out.bytes.push(ESC);
         } else if d == b'0' {
-            out.extend_from_slice(&m.src[s..e]);
+            let src = m.src;
+            out.copy(lua, m, &src[s..e])?;
         } else if d.is_ascii_digit() {
             match m.capture_value(lua, (d - b'1') as usize, s, e)? {
-                Value::Integer(pos) => out.extend_from_slice(pos.to_string().as_bytes()),
-                Value::String(text) => out.extend_from_slice(&text.as_bytes()),
+                Value::Integer(pos) => out.bytes.extend_from_slice(pos.to_string().as_bytes()),
+                Value::String(text) => out.copy(lua, m, &text.as_bytes())?,
                 _ => {}
             }
         } else {
             return Err("invalid use of '%' in replacement string".into());
         }
     }
-    Ok(())
+    m.tick(repl.len() as u64 / 16)?;
+    out.check(lua)
 }
 
 /// The light userdata the Rust half returns first when the call must raise the message after it.

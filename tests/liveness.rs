@@ -693,3 +693,52 @@ fn inspecting_tasks_over_long_step_lists_is_charged_to_the_budget() {
         );
     }
 }
+
+/// Rust settles its results outside any task, and a promise's fields are plain: a script can put
+/// a reaction of its own in one (`_r1`), or a table whose metamethod loops where the settlement
+/// reads (`_consumers`). That code runs under a budget of its own, charged to the promise's
+/// instance, so the frame ends; and another instance's result in the same batch still arrives.
+#[test]
+fn script_code_a_rust_settlement_runs_is_under_the_budget() {
+    for forged in [
+        "p._r1 = function() while true do end end",
+        "p._consumers = { setmetatable({}, { __index = function() while true do end end }) }",
+    ] {
+        let (lines, errs) = within(forged, move || {
+            let mut app = budget_app(100_000);
+            app.add_lua_async_function("later", || async move { Ok::<_, String>(7) });
+            spawn_script(
+                &mut app,
+                "scripts/hostile.lua",
+                &format!(
+                    "local p = later() {forged} for i = 1, 3 do task.wait() end print('hostile goes on')"
+                ),
+            );
+            spawn_script(&mut app, "scripts/victim.lua", "print('victim got', await(later()))");
+            let mut frames = 0;
+            while printed(&app).len() < 2 && frames < 2000 {
+                app.update();
+                frames += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (printed(&app), errors(&app))
+        });
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["hostile goes on", "victim got\t7"], "{forged}: {errs:#?}");
+        // (A forged reaction is also reported as a failure of the promise's internals.)
+        assert!(errs.iter().any(|e| e.kind == ScriptErrorKind::Budget), "{forged}: {errs:#?}");
+        assert!(errs.iter().all(|e| e.script == "scripts/hostile.lua"), "{forged}: {errs:#?}");
+    }
+}
+
+/// `string.gsub` with a replacement that copies the match many times (`%0` 32,768 times over a
+/// 64 KiB match would be 2 GiB): every byte a replacement writes is charged, so the budget stops
+/// it long before.
+#[test]
+fn a_gsub_whose_replacement_multiplies_the_match_is_stopped_by_the_budget() {
+    let (out, errs, _) =
+        beside_steady("print(pcall(string.gsub, string.rep('a', 65536), '^.*', string.rep('%0', 32768)))", 5);
+    assert!(out.iter().all(|l| !l.starts_with("true")), "{out:?}");
+    assert_stopped_by_budget(&errs, &out);
+}

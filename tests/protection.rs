@@ -613,3 +613,33 @@ fn a_forged_waiter_slot_cannot_wake_another_instance_s_task() {
     assert!(lines.contains(&"tried\t1320".to_string()), "{lines:?} {:#?}", errors(&app));
     assert!(!lines.iter().any(|l| l.starts_with("victim woke")), "{lines:?}");
 }
+
+/// `string.gsub` builds its result outside Lua's heap: with no instruction budget, a replacement
+/// that copies its match many times (32 GiB here, which the host could not allocate: the process
+/// aborted), or a long one at every position, meets the memory limit (`not enough memory`, caught
+/// by the script's `pcall`) instead of the host's memory.
+#[test]
+fn a_gsub_result_grows_only_within_the_memory_limit() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        print_to_stdout: false,
+        hot_reload: false,
+        instruction_budget: None,
+        memory_limit: Some(64 * 1024 * 1024),
+        ..default()
+    });
+    spawn_script(
+        &mut app,
+        "scripts/grow.lua",
+        "print(pcall(string.gsub, string.rep('a', 1048576), '^.*', string.rep('%0', 32768)))
+         print(pcall(string.gsub, string.rep('a', 65536), '', string.rep('x', 4096)))
+         print((string.gsub('hello', 'l', '%0%0')))",
+    );
+    run(&mut app, 2);
+    let lines = printed(&app);
+    assert_eq!(lines.len(), 3, "{lines:?} {:#?}", errors(&app));
+    assert!(
+        lines[..2].iter().all(|l| l.starts_with("false") && l.contains("not enough memory")),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "hellllo");
+}

@@ -1955,7 +1955,12 @@ local function settle_batch(q, n, promises, ids)
     local p = promises[id]
     if p then
       promises[id], ids[p] = nil, nil
-      settle_deferred(p, ok, value)
+      -- Rust settles outside any task, and a settlement that is not the common one may run
+      -- script code: a reaction or a metamethod a script put in the promise's plain fields. So
+      -- it runs with a budget of its own (`guard`), charged to the promise's instance: a runaway
+      -- there stops that settlement alone, and the rest of the batch still settles. (`_owner` is a
+      -- plain field too: a script that rewrites it has its runaway reported in another's name.)
+      guard(p._owner, settle_deferred, p, ok, value)
     end
     i = i + 3
   end
