@@ -742,3 +742,18 @@ fn a_gsub_whose_replacement_multiplies_the_match_is_stopped_by_the_budget() {
     assert!(out.iter().all(|l| !l.starts_with("true")), "{out:?}");
     assert_stopped_by_budget(&errs, &out);
 }
+
+/// A message handler runs where the error was raised; the error the budget raises from its hook
+/// where the code cannot yield (under Lua 5.4, in a handler called by `xpcall` itself) came with
+/// hooks off, so a handler that loops ran for ever. Once the budget is spent, the handler is not
+/// called: the frame ends and the budget error is reported. Handlers still run otherwise.
+#[test]
+fn an_xpcall_handler_that_loops_cannot_outlive_the_budget() {
+    let (out, errs, _) = beside_steady(
+        "print(xpcall(error, function(e) return 'handled ' .. tostring(e) end, 'oops'))
+         print(xpcall(error, function() while true do end end))",
+        5,
+    );
+    assert_eq!(out.first().map(String::as_str), Some("false\thandled oops"), "{out:?}");
+    assert_stopped_by_budget(&errs, &out);
+}

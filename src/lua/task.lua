@@ -979,6 +979,19 @@ function time.realElapsed() return S.real end
 --- `task.wait` under its global name.
 local sleep = fast.sleep
 
+--- `xpcall` for scripts. A message handler runs where the error was raised, and the error the
+--- instruction budget raises from its hook where the code cannot yield (Lua 5.4) is raised with
+--- hooks off: a handler that looped there would run for ever. So once the budget is spent the
+--- handler is not called, and the error passes as it is.
+local raw_xpcall = xpcall
+local function script_xpcall(f, handler, ...)
+  if handler == nil then return raw_xpcall(f, handler, ...) end -- its own `bad argument`
+  return raw_xpcall(f, function(e)
+    if S.spent then return e end
+    return handler(e)
+  end, ...)
+end
+
 local coroutine_api = {}
 for k, v in pairs(coroutine) do coroutine_api[k] = v end
 coroutine_api.resume = resume
@@ -1004,6 +1017,7 @@ return {
   task = task,
   time = time,
   coroutine = coroutine_api,
+  xpcall = script_xpcall,
   sleep = sleep,
   spawn = function(f, ...)
     local co = spawn_impl("spawn", f, ...)
