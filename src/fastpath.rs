@@ -1,7 +1,7 @@
 //! The scheduler's hot path over Lua's C API: the common waits (`task.wait`, `sleep`,
-//! `task.waitFrames`) as C functions that yield their request directly, the frame waits (the
-//! tasks due this frame and next, in Rust memory), the step's count of resumes against its
-//! bounds (in Rust memory too), the memory headroom a step may need after a
+//! `task.waitFrames`) as C functions that yield their request directly, the step's lists in Rust
+//! memory (`step_memory`: the frame waits due this frame and next, the ready queue, the count of
+//! resumes against the step's bounds) reached from Lua, the memory headroom a step may need after a
 //! task ran out of memory (`relax_memory`), what a cancellation
 //! keeps of where a task stood (`frames`, Lua 5.4), and the two loops of the step: one resumes
 //! this frame's frame waits (`run_frames`), the other the ready queue (`run_ready`: tasks woken by
@@ -121,8 +121,8 @@ pub(crate) fn functions(
     unsafe {
         t.raw_set("relax_memory", lua.create_c_function(relax_memory)?)?;
     }
-    // The frame waits and the resume counts live in Rust memory, boxed in the VM's app data
-    // (dropped after the VM closes), so the functions below keep its address.
+    // The step's lists live in Rust memory, boxed in the VM's app data (dropped after the VM
+    // closes), so the functions below keep its address.
     let memory = Box::new(UnsafeCell::new(StepMemory::default()));
     let at = memory.get() as *mut c_void;
     lua.set_app_data(Waits { _owned: memory });
@@ -350,9 +350,7 @@ unsafe extern "C-unwind" fn begin_frame(l: *mut ffi::lua_State) -> c_int {
 unsafe extern "C-unwind" fn pop_now(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see `waits`; nothing here calls Lua.
     unsafe {
-        let w = waits(l);
-        let Some(&wait) = w.now.get(w.at) else { return 0 };
-        w.at += 1;
+        let Some(wait) = waits(l).take_now() else { return 0 };
         ffi::lua_pushinteger(l, wait.key);
         ffi::lua_pushinteger(l, wait.reg);
         ffi::lua_pushnumber(l, wait.since);
@@ -629,14 +627,7 @@ unsafe extern "C-unwind" fn run_frames(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_rawgeti(l, A_SHARED, DEPTH);
         // Whether a task was resumed fast since the current one was last restored.
         let mut resumed = false;
-        loop {
-            let wait = {
-                let w = &mut (*memory).waits;
-                let Some(&wait) = w.now.get(w.at) else { break };
-                w.at += 1;
-                wait
-            };
-            let Wait { key, reg, since } = wait;
+        while let Some(Wait { key, reg, since }) = (*memory).waits.take_now() {
             ffi::lua_settop(l, S_DEPTH);
             if int_at(l, A_REGS, key) != Some(reg) {
                 continue; // cancelled, or woken another way
@@ -809,14 +800,15 @@ unsafe extern "C-unwind" fn run_ready(l: *mut ffi::lua_State) -> c_int {
             let Some(entry) = (*memory).ready.pop() else { break };
             let Ready { key, reg, value, depth } = entry;
             let inst = int_at(l, R_OWNER, key).unwrap_or(0);
+            let registered = int_at(l, A_REGS, key) == Some(reg);
             if !(*memory).resumes.count(key, inst, step, max_resumes, max_instance) {
-                if int_at(l, A_REGS, key) == Some(reg) {
+                if registered {
                     (*memory).ready.carry(entry);
                 }
                 continue;
             }
             // As `resume_task`: nothing to do unless `reg` is still the task's registration.
-            if int_at(l, A_REGS, key) != Some(reg) {
+            if !registered {
                 continue;
             }
             ffi::lua_rawgeti(l, A_THREADS, key); // R_THREAD

@@ -83,6 +83,15 @@ pub(crate) struct FrameWaits {
     pub next: Vec<Wait>,
 }
 
+impl FrameWaits {
+    /// Takes this frame's next wait.
+    pub fn take_now(&mut self) -> Option<Wait> {
+        let wait = *self.now.get(self.at)?;
+        self.at += 1;
+        Some(wait)
+    }
+}
+
 /// What a ready entry resumes its task with: the arguments the task has stored, if any (the
 /// arguments marker: a task started, spawned or deferred, or woken by a promise or a channel, whose
 /// results wait elsewhere), or one number (the seconds a timer waited).
