@@ -291,6 +291,7 @@ mod heap;
 mod hook;
 mod inspect;
 mod instance;
+mod lists;
 #[cfg(feature = "llm")]
 mod llm;
 mod modules;

@@ -153,6 +153,49 @@ fn arguments_that_do_not_fit_raise_bad_argument() {
     assert_eq!(out[0], "false\tbad argument #1 to 'queryDatabase' (invalid type: map, expected a string)");
 }
 
+/// serde reads a sequence up to the length `#t` gives, on through `nil`s when the element may be
+/// absent, and a table with holes may give any border (2^40 on Lua 5.4 for this one): such a
+/// table is refused as a list before serde reads it, with where it sits, rather than read for
+/// hours outside any budget. A list with a few holes still converts.
+#[test]
+fn a_table_whose_length_claims_far_more_than_it_holds_is_not_read_as_a_list() {
+    let mut app = create_app();
+    app.add_lua_function("count", |items: Vec<Option<f64>>| {
+        Ok::<_, String>(items.iter().filter(|v| v.is_some()).count())
+    });
+    app.add_lua_function("countNested", |row: std::collections::HashMap<String, Vec<Option<f64>>>| {
+        Ok::<_, String>(row.values().map(Vec::len).sum::<usize>())
+    });
+    let powers: String = (3..=40).map(|k| format!(", [{}] = 1", 1u64 << k)).collect();
+    spawn_script(
+        &mut app,
+        "scripts/sparse.lua",
+        &format!(
+            r#"
+        local t = {{ 1, 2, 3, 4, [5] = 5{powers} }}
+        print(pcall(count, t))
+        print(pcall(countNested, {{ slots = t }}))
+        print(count({{ 1, nil, 3, nil, 5 }}))
+        "#
+        ),
+    );
+    run(&mut app, 2);
+    let out = printed(&app);
+    assert_eq!(out.len(), 3, "{out:?}");
+    if !LUAJIT && !LUAU {
+        // (LuaJIT and Luau report a small border for this table.)
+        assert_eq!(
+            out[0],
+            "false\tbad argument #1 to 'count' (not a list: its length reads 1099511627776 but it holds 43 values)"
+        );
+        assert!(
+            out[1].starts_with("false\tbad argument #1 to 'countNested' (at slots: not a list"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(out[2], "3");
+}
+
 #[test]
 fn plain_functions_and_module_tables() {
     let mut app = create_app();

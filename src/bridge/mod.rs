@@ -405,6 +405,7 @@ fn settle_run(
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:
 /// string "x", expected f32`).
 pub(crate) fn from_lua<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    crate::lists::check_tree(&value)?;
     let deserializer = mlua::serde::Deserializer::new(value);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();

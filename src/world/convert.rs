@@ -648,24 +648,9 @@ fn table_of<'v>(value: &'v Value, path: &Path) -> Result<&'v Table, String> {
     }
 }
 
-/// The length of the list in `t`: `#t`, refused when most of the positions it claims are empty. A
-/// table with holes may report any border as its length (Lua 5.4 says 2^40 for one of 41 values
-/// at 1 to 5 and the powers of two), and a list that long would be made before a value is read.
+/// The length of the list in `t`, by the crate's one list rule (`crate::lists`).
 fn list_len(t: &Table, path: &Path) -> Result<usize, String> {
-    const SLACK: usize = 16;
-    let len = t.raw_len();
-    if len <= SLACK {
-        return Ok(len);
-    }
-    let mut count = 0usize;
-    for pair in t.pairs::<Value, Value>() {
-        pair.map_err(|e| lua_error(path, e))?;
-        count += 1;
-        if 2 * count + SLACK >= len {
-            return Ok(len);
-        }
-    }
-    Err(path.error(format_args!("not a list: its length reads {len} but it holds {count} values")))
+    crate::lists::list_len(t).map_err(|e| lua_error(path, e))?.map_err(|not_a_list| path.error(not_a_list))
 }
 
 /// Patches positions `1..=len` of an array-like value with what `value` (a table) holds there.
@@ -759,6 +744,7 @@ fn patch_opaque(
                 "{type_name} cannot be written from Lua (it is reflected opaquely, without Deserialize)"
             ))
         })?;
+    crate::lists::check_tree(&value).map_err(|e| path.error(e))?;
     let made =
         deserialize.deserialize(mlua::serde::Deserializer::new(value)).map_err(|e| lua_error(path, e))?;
     target.try_apply(made.as_partial_reflect()).map_err(|e| path.error(e))
