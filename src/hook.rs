@@ -20,7 +20,7 @@ use std::ffi::c_void;
 use mlua::ffi;
 
 #[cfg(not(any(feature = "luajit", feature = "luau")))]
-pub(crate) use lazy::{Watch, close_function, hook_of, resume_function};
+pub(crate) use lazy::{Watch, close_function, hook_of, raise_next, resume_function};
 
 #[cfg(feature = "luau")]
 pub(crate) use interrupt::{frame_at, remove_interrupt, set_interrupt};
@@ -342,9 +342,71 @@ mod lazy {
     }
 
     /// `coroutine.close` for a suspended or dead thread (the caller checks), publishing it to `watch`
-    /// while its to-be-closed variables run. Same results as `coroutine.close`.
-    pub(crate) fn close_function(lua: &mlua::Lua, watch: &Arc<Watch>) -> mlua::Result<mlua::Function> {
-        super::watch_closure(lua, Some(watch), std::ptr::null_mut(), close)
+    /// (if there is one) while its to-be-closed variables run. Same results as `coroutine.close`,
+    /// but a thread the budget stopped with an error that left it (see [`raise_next`]) is not
+    /// closed: `false` and the budget's message.
+    pub(crate) fn close_function(
+        lua: &mlua::Lua,
+        watch: Option<&Arc<Watch>>,
+    ) -> mlua::Result<mlua::Function> {
+        super::watch_closure(lua, watch, std::ptr::null_mut(), close)
+    }
+
+    /// Registry field holding the message [`raise_hook`] raises.
+    const RAISE_MESSAGE: &std::ffi::CStr = c"bevy_lua_coroutines.budget_raise";
+
+    /// Makes the running thread `state`, inside the budget's hook, raise `message` at its next
+    /// instruction, from [`raise_hook`], a hook of the crate's own, which stays on the thread.
+    ///
+    /// Why not raise from the budget's hook itself: mlua's hook wrapper, on an error, first cuts
+    /// the stack down to its frame's base, and inside a hook that frame is the running Lua
+    /// function's, so its pending `__close` handlers run right there, inside the hook, where Lua
+    /// calls no hook: a `__close` that loops froze the game. `raise_hook` pushes the message
+    /// and calls `lua_error` (as `lua.c` stops a script on Ctrl-C), which closes nothing.
+    ///
+    /// An error raised in a hook that leaves the thread (no `pcall` in it catches it) leaves
+    /// the thread with hooks off for good (Lua restores its `allowhook` flag only where a
+    /// `pcall` catches). Closing that thread would run its `__close` handlers with no budget, so
+    /// [`close_function`] does not close a dead thread that still carries `raise_hook`: its
+    /// to-be-closed variables never run.
+    pub(crate) fn raise_next(
+        lua: &mlua::Lua,
+        watch: Option<&Watch>,
+        state: *const c_void,
+        message: &str,
+    ) -> mlua::Result<()> {
+        lua.set_named_registry_value(RAISE_MESSAGE.to_str().unwrap_or_default(), message)?;
+        let _guard = watch.map(|w| w.lock.lock());
+        // SAFETY: see the module's invariants: `state` is the running thread, on the VM's thread,
+        // and the watchdog, which may arm the same thread, waits for the lock.
+        unsafe {
+            #[allow(clippy::let_unit_value)]
+            let _ = ffi::lua_sethook(state as *mut ffi::lua_State, Some(raise_hook), ffi::LUA_MASKCOUNT, 1);
+        }
+        Ok(())
+    }
+
+    /// Raises the message [`raise_next`] left in the registry.
+    unsafe extern "C-unwind" fn raise_hook(l: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+        // SAFETY: a hook has `LUA_MINSTACK` free slots; raising from a hook is allowed.
+        unsafe {
+            ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, RAISE_MESSAGE.as_ptr());
+            ffi::lua_error(l);
+        }
+    }
+
+    /// Whether thread `co` died of an error [`raise_hook`] raised (see [`raise_next`]).
+    ///
+    /// # Safety
+    /// `co` is a live thread of the VM that is not running.
+    unsafe fn stopped_for_good(co: *mut ffi::lua_State) -> bool {
+        // SAFETY: the caller's.
+        unsafe {
+            let status = ffi::lua_status(co);
+            status != ffi::LUA_OK
+                && status != ffi::LUA_YIELD
+                && ffi::lua_gethook(co).map(|h| h as usize) == Some(raise_hook as ffi::lua_Hook as usize)
+        }
     }
 
     unsafe extern "C-unwind" fn close(l: *mut ffi::lua_State) -> std::ffi::c_int {
@@ -355,10 +417,17 @@ mod lazy {
             if co.is_null() {
                 return ffi::luaL_argerror(l, 1, c"coroutine expected".as_ptr());
             }
-            let Some(watch) = super::upvalue_watch(l) else { return 0 };
-            let previous = watch.publish(co as *mut c_void);
+            if stopped_for_good(co) {
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, RAISE_MESSAGE.as_ptr());
+                return 2;
+            }
+            let watch = super::upvalue_watch(l);
+            let previous = watch.map(|w| w.publish(co as *mut c_void));
             let status = ffi::lua_closethread(co, l);
-            watch.publish(previous);
+            if let (Some(watch), Some(previous)) = (watch, previous) {
+                watch.publish(previous);
+            }
             if status == ffi::LUA_OK {
                 ffi::lua_pushboolean(l, 1);
                 1

@@ -343,9 +343,13 @@ impl LuaRuntime {
             core.set("thread", lua.create_function(|lua, f: Function| script_thread(lua, f))?)?;
         }
         #[cfg(not(any(feature = "luajit", feature = "luau")))]
-        if let Some(watch) = &watch {
-            core.set("resume", crate::hook::resume_function(&lua, watch)?)?;
-            core.set("close", crate::hook::close_function(&lua, watch)?)?;
+        {
+            if let Some(watch) = &watch {
+                core.set("resume", crate::hook::resume_function(&lua, watch)?)?;
+            }
+            if config.instruction_budget.is_some_and(|n| n > 0) {
+                core.set("close", crate::hook::close_function(&lua, watch.as_ref())?)?;
+            }
         }
         core.set(
             "env_of",

@@ -616,7 +616,7 @@ impl Budget {
                     *slot = Some(spent.clone());
                 }
             }
-            return Self::stop(thread, &spent);
+            return self.stop(lua, thread, &spent);
         }
         let every = self.every.load(Ordering::Relaxed).max(1);
         crate::hook::set_count(thread, every);
@@ -645,7 +645,7 @@ impl Budget {
         if at_library {
             return Ok(VmState::Continue);
         }
-        Self::stop(thread, &spent)
+        self.stop(lua, thread, &spent)
     }
 
     /// Marks the budget of the resume of task `current` spent at `at`: from now on the running
@@ -712,12 +712,23 @@ impl Budget {
     }
 
     /// Stops the code running on `thread`: the resumed task itself yields where it can (which
-    /// stops it even inside `pcall`); anything else raises.
-    fn stop(thread: *const c_void, spent: &Spent) -> mlua::Result<VmState> {
+    /// stops it even inside `pcall`); anything else raises (under Lua 5.4 at the next
+    /// instruction, from a hook of the crate's own: see `hook::raise_next`).
+    fn stop(&self, lua: &Lua, thread: *const c_void, spent: &Spent) -> mlua::Result<VmState> {
         if thread as usize == spent.resumed && crate::hook::yieldable(thread) {
             return Ok(VmState::Yield);
         }
-        Err(mlua::Error::runtime(format!("{}: script exceeded its instruction budget", spent.at)))
+        let message = format!("{}: script exceeded its instruction budget", spent.at);
+        #[cfg(not(any(feature = "luajit", feature = "luau")))]
+        {
+            crate::hook::raise_next(lua, self.watch.get().map(|w| &**w), thread, &message)?;
+            Ok(VmState::Continue)
+        }
+        #[cfg(any(feature = "luajit", feature = "luau"))]
+        {
+            let _ = (self, lua);
+            Err(mlua::Error::runtime(message))
+        }
     }
 }
 

@@ -137,6 +137,21 @@ fn a_looping_close_in_a_task_stopped_by_the_budget() {
     assert_eq!(live, 0);
 }
 
+/// The same where the task cannot yield when its budget runs out (in a sort comparator): the
+/// error leaves the task with hooks off for good, so its `__close` is never run (it froze the
+/// game when the step closed the task).
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_a_task_stopped_where_it_cannot_yield() {
+    let (out, errs, live) = beside_steady(
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\n\
+         table.sort({3, 2, 1, 5, 4}, function() while true do end end)",
+        5,
+    );
+    assert_stopped_by_budget(&errs, &out);
+    assert_eq!(live, 0);
+}
+
 #[test]
 fn a_runaway_after_frame_waits_is_stopped() {
     // After `task.wait()` the task is resumed by the step's raw frame loop (src/fastpath.rs), not
@@ -756,4 +771,55 @@ fn an_xpcall_handler_that_loops_cannot_outlive_the_budget() {
     );
     assert_eq!(out.first().map(String::as_str), Some("false\thandled oops"), "{out:?}");
     assert_stopped_by_budget(&errs, &out);
+}
+
+/// A coroutine a script made, stopped by the budget where it cannot yield (a sort comparator) or
+/// where it is not the task (it raises then), with a `__close` that loops pending: the raise
+/// runs no `__close` inside the budget's hook, and the dead coroutine is not closed later, when
+/// hooks are off on it for good, by another task of the instance that holds it. (Either froze
+/// the game: the raise cut the stack inside the hook, and a later close ran the `__close` with
+/// no budget.) Under the default watchdog and the exact count alike.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_looping_close_in_a_script_made_coroutine_the_budget_stopped_never_runs_unbudgeted() {
+    const HOSTILE: &str = "\
+        local which = ...\n\
+        local function looping() return setmetatable({}, { __close = function() while true do end end }) end\n\
+        local stopped = {}\n\
+        task.spawn(function()\n\
+          task.wait() task.wait()\n\
+          print(coroutine.status(stopped[which]), coroutine.close(stopped[which]))\n\
+          print('closer goes on')\n\
+        end)\n\
+        stopped[1] = coroutine.create(function() local x <close> = looping() while true do end end)\n\
+        stopped[2] = coroutine.create(function()\n\
+          local x <close> = looping()\n\
+          table.sort({3, 2, 1, 5, 4}, function() while true do end end)\n\
+        end)\n\
+        print(coroutine.resume(stopped[which]))\n\
+        print('never')";
+    for exact in [false, true] {
+        for which in [1, 2] {
+            let (out, errs) = within("a looping close", move || {
+                let mut app = create_app_with(LuaCoroutinesPlugin {
+                    instruction_budget: Some(100_000),
+                    exact_instruction_count: exact,
+                    print_to_stdout: false,
+                    hot_reload: false,
+                    ..default()
+                });
+                let src = HOSTILE.replace("local which = ...", &format!("local which = {which}"));
+                spawn_script(&mut app, "scripts/hostile.lua", &src);
+                run(&mut app, 6);
+                (printed(&app), errors(&app))
+            });
+            let case = format!("exact {exact}, coroutine {which}");
+            assert_eq!(errs.len(), 1, "{case}: {errs:#?}");
+            assert_eq!(errs[0].kind, ScriptErrorKind::Budget, "{case}: {errs:#?}");
+            assert!(!out.contains(&"never".to_string()), "{case}: the task is dead for good: {out:?}");
+            assert_eq!(out.last().map(String::as_str), Some("closer goes on"), "{case}: {out:?}");
+            assert!(out[0].starts_with("dead\tfalse\t"), "{case}: {out:?}");
+            assert!(out[0].ends_with("script exceeded its instruction budget"), "{case}: {out:?}");
+        }
+    }
 }
