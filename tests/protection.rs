@@ -614,6 +614,43 @@ fn a_forged_waiter_slot_cannot_wake_another_instance_s_task() {
     assert!(!lines.iter().any(|l| l.starts_with("victim woke")), "{lines:?}");
 }
 
+/// A promise's fields are plain, so a script could write another instance's id (ids count up)
+/// where a promise once kept its owner. The owner decides whose `onUnhandledRejection` callbacks
+/// see a rejection and whose error it is reported as: a forged one reached no other instance's
+/// callback only because an id that is no instance made the frame's reporting raise, which
+/// silenced every instance's unhandled rejections. The owner is kept where scripts cannot write:
+/// the attacker's rejections are reported as its own, and the victim's callback sees none.
+#[test]
+fn a_forged_promise_owner_reaches_no_other_instance() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "Promise.onUnhandledRejection(function(p, v) print('victim saw', tostring(v)) end) task.wait(30)",
+    );
+    run(&mut app, 2);
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local n = 0
+        for id = 0, 64 do
+          local p = Promise.reject("forged " .. id)
+          p._owner = id -- where the owner was once kept (ids count up from 0)
+          n = n + 1
+        end
+        print('tried', n)
+        "#,
+    );
+    run(&mut app, 6);
+    let lines = printed(&app);
+    assert!(lines.contains(&"tried\t65".to_string()), "{lines:?} {:#?}", errors(&app));
+    assert!(!lines.iter().any(|l| l.starts_with("victim saw")), "{lines:?}");
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 65, "{errs:#?}");
+    assert!(errs.iter().all(|e| e.script == "scripts/attacker.lua"), "{errs:#?}");
+}
+
 /// `string.gsub` builds its result outside Lua's heap: with no instruction budget, a replacement
 /// that copies its match many times (32 GiB here, which the host could not allocate: the process
 /// aborted), or a long one at every position, meets the memory limit (`not enough memory`, caught

@@ -369,13 +369,21 @@ local function owner()
   return id
 end
 
+--- The instance each promise was made for, by promise, where scripts cannot write: a promise's
+--- own fields are plain, and an owner written there by a script would send its rejections to
+--- another instance's `onUnhandledRejection` callbacks, or report them in another's name.
+local owner_of = setmetatable({}, { __mode = "k" })
+
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
 -- The nil fields only size the table for the fields a promise usually gets (no rehash as they come):
 -- five fields make room for eight (`_values`, `_v`, `_thread`, `_r1`, `_handled`, `_nconsumers`...), as
 -- eight would, and each field of a constructor costs a store.
 local function new_promise()
-  return setmetatable({ _status = STARTED, _owner = owner(), _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
+  local p = setmetatable({ _status = STARTED, _values = nil, _v = nil, _thread = nil, _r1 = nil }, PromiseMT)
+  local id = owner()
+  if id ~= nil then owner_of[p] = id end
+  return p
 end
 
 --- A promise the library makes for its own work: never reported as unhandled.
@@ -387,7 +395,7 @@ end
 local pending = {}
 
 local function internal_failure(p, err)
-  rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", p._owner)
+  rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", owner_of[p])
 end
 
 --- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake. The first
@@ -1872,14 +1880,14 @@ end
 
 local function report_unhandled(p)
   local message, tb = describe(p)
-  rust_report(message, tb, p._owner)
-  local key = p._owner
+  rust_report(message, tb, owner_of[p])
+  local key = owner_of[p]
   if key == nil then key = NOBODY end
   local list = callbacks[key]
   if list == nil then return end
   for i = 1, #list do
     local fn = list[i][1]
-    spawn_as(p._owner, function() fn(p, all_values(p)) end)
+    spawn_as(owner_of[p], function() fn(p, all_values(p)) end)
   end
 end
 
@@ -1905,7 +1913,7 @@ local function tick(gone)
     if not p._handled then
       if now > p._rejected_at then
         -- Under a budget of its own: the value's `__tostring` is script code.
-        local ok, err = guard(p._owner, report_unhandled, p)
+        local ok, err = guard(owner_of[p], report_unhandled, p)
         if not ok then internal_failure(p, err) end
       else
         k = k + 1
@@ -1958,9 +1966,8 @@ local function settle_batch(q, n, promises, ids)
       -- Rust settles outside any task, and a settlement that is not the common one may run
       -- script code: a reaction or a metamethod a script put in the promise's plain fields. So
       -- it runs with a budget of its own (`guard`), charged to the promise's instance: a runaway
-      -- there stops that settlement alone, and the rest of the batch still settles. (`_owner` is a
-      -- plain field too: a script that rewrites it has its runaway reported in another's name.)
-      guard(p._owner, settle_deferred, p, ok, value)
+      -- there stops that settlement alone, and the rest of the batch still settles.
+      guard(owner_of[p], settle_deferred, p, ok, value)
     end
     i = i + 3
   end
