@@ -177,13 +177,14 @@ fn a_table_whose_length_claims_far_more_than_it_holds_is_not_read_as_a_list() {
         print(pcall(countNested, {{ slots = t }}))
         local holes = {{ 1, 2, 3, 4, 5 }}
         holes[2], holes[4] = nil, nil
-        print(count(holes))
+        print(pcall(count, holes))
+        print(count({{ 1, 2, 3 }}))
         "#
         ),
     );
     run(&mut app, 2);
     let out = printed(&app);
-    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out.len(), 4, "{out:?}");
     if !LUAJIT && !LUAU {
         // (LuaJIT and Luau report a small border for this table.)
         assert_eq!(
@@ -195,7 +196,12 @@ fn a_table_whose_length_claims_far_more_than_it_holds_is_not_read_as_a_list() {
             "{out:?}"
         );
     }
-    assert_eq!(out[2], "3");
+    // A list with holes converts (how far depends on the border the flavour reports: LuaJIT's is 1).
+    assert!(out[2].starts_with("true\t"), "{out:?}");
+    if !LUAJIT {
+        assert_eq!(out[2], "true\t3");
+    }
+    assert_eq!(out[3], "3");
 }
 
 #[test]
@@ -546,8 +552,8 @@ fn settled_promises_are_let_go() {
         }
     };
     // (The warm-up also lets the table of the promises' owners, weak-keyed, reach the size the
-    // garbage between two collections needs.)
-    answer_frames(&mut app, 60);
+    // garbage between two collections needs: Luau's takes over 60 frames.)
+    answer_frames(&mut app, 180);
     let before = collected_memory(&app);
     answer_frames(&mut app, 120); // 12,000 more promises
     let after = collected_memory(&app);
