@@ -20,7 +20,7 @@ use std::ffi::c_void;
 use mlua::ffi;
 
 #[cfg(not(any(feature = "luajit", feature = "luau")))]
-pub(crate) use lazy::{Watch, close_function, hook_of, raise_next, resume_function};
+pub(crate) use lazy::{Raiser, Watch, close_function, hook_of, install_raiser, raise_next, resume_function};
 
 #[cfg(feature = "luau")]
 pub(crate) use interrupt::{frame_at, remove_interrupt, set_interrupt};
@@ -344,7 +344,8 @@ mod lazy {
     /// `coroutine.close` for a suspended or dead thread (the caller checks), publishing it to `watch`
     /// (if there is one) while its to-be-closed variables run. Same results as `coroutine.close`,
     /// but a thread the budget stopped with an error that left it (see [`raise_next`]) is not
-    /// closed: `false` and the budget's message.
+    /// closed: `false` and `script exceeded its instruction budget` (where is reported once, for
+    /// the task whose budget it was).
     pub(crate) fn close_function(
         lua: &mlua::Lua,
         watch: Option<&Arc<Watch>>,
@@ -352,45 +353,123 @@ mod lazy {
         super::watch_closure(lua, watch, std::ptr::null_mut(), close)
     }
 
-    /// Registry field holding the message [`raise_hook`] raises.
-    const RAISE_MESSAGE: &std::ffi::CStr = c"bevy_lua_coroutines.budget_raise";
+    /// What [`raise_hook`] raises, kept in Rust memory so that nothing on the way to the raise
+    /// allocates from Lua (past the memory limit that failed, and the budget's hook raised the
+    /// old way). The budget owns it; the VM's registry holds its address for as long as the VM
+    /// lives ([`install_raiser`]).
+    #[derive(Default)]
+    pub(crate) struct Raiser {
+        /// The message while the budget is spent; `None` once the step has reset it.
+        message: Mutex<Option<String>>,
+        /// The chunk-name prefix of the crate's own Lua code, which is let finish for a while.
+        library: std::sync::OnceLock<&'static str>,
+        /// Hook calls let through in the crate's own code since the budget was spent.
+        grace: AtomicU64,
+    }
 
-    /// Makes the running thread `state`, inside the budget's hook, raise `message` at its next
-    /// instruction, from [`raise_hook`], a hook of the crate's own, which stays on the thread.
+    /// Hook calls the crate's own Lua code may take on a thread [`raise_next`] marked.
+    const GRACE: u64 = 100_000;
+
+    impl Raiser {
+        /// Sets the message raised from now on, or (`None`) lets marked threads run on.
+        pub fn set(&self, message: Option<String>) {
+            if let Ok(mut slot) = self.message.lock() {
+                *slot = message;
+            }
+            self.grace.store(0, Ordering::Relaxed);
+        }
+
+        /// Copies the message (at most `buf.len()` bytes) into `buf`; returns its length, or
+        /// `None` when nothing is spent.
+        fn copy_message(&self, buf: &mut [u8]) -> Option<usize> {
+            let slot = self.message.lock().ok()?;
+            let message = slot.as_ref()?.as_bytes();
+            let n = message.len().min(buf.len());
+            buf[..n].copy_from_slice(&message[..n]);
+            Some(n)
+        }
+    }
+
+    /// The registry key of the [`Raiser`]'s address (a light userdata).
+    static RAISER_KEY: u8 = 0;
+
+    /// Puts `raiser`'s address in the VM's registry, for [`raise_hook`]; `library` is the
+    /// chunk-name prefix of the crate's own Lua code. `raiser` lives as long as the VM.
+    pub(crate) fn install_raiser(
+        lua: &mlua::Lua,
+        raiser: &Raiser,
+        library: &'static str,
+    ) -> mlua::Result<()> {
+        let _ = raiser.library.set(library);
+        let address = raiser as *const Raiser as *mut c_void;
+        // SAFETY: one push and a raw store of a light userdata under a light-userdata key.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                ffi::lua_pushlightuserdata(l, address);
+                ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, &RAISER_KEY as *const u8 as *const c_void);
+            })
+        }
+    }
+
+    /// Makes the running thread `state`, inside the budget's hook, raise the [`Raiser`]'s message
+    /// at its next instruction or call, from [`raise_hook`], a hook of the crate's own, which
+    /// stays on the thread. Allocates nothing.
     ///
     /// Why not raise from the budget's hook itself: mlua's hook wrapper, on an error, first cuts
     /// the stack down to its frame's base, and inside a hook that frame is the running Lua
     /// function's, so its pending `__close` handlers run right there, inside the hook, where Lua
     /// calls no hook: a `__close` that loops froze the game. `raise_hook` pushes the message
-    /// and calls `lua_error` (as `lua.c` stops a script on Ctrl-C), which closes nothing.
+    /// and calls `lua_error` (as `lua.c` stops a script on Ctrl-C), which closes nothing. It also
+    /// fires on calls: the instruction that was about to run when the budget's hook fired still
+    /// runs, and were it a call to `coroutine.yield`, the thread would be left suspended.
     ///
     /// An error raised in a hook that leaves the thread (no `pcall` in it catches it) leaves
     /// the thread with hooks off for good (Lua restores its `allowhook` flag only where a
     /// `pcall` catches). Closing that thread would run its `__close` handlers with no budget, so
     /// [`close_function`] does not close a dead thread that still carries `raise_hook`: its
     /// to-be-closed variables never run.
-    pub(crate) fn raise_next(
-        lua: &mlua::Lua,
-        watch: Option<&Watch>,
-        state: *const c_void,
-        message: &str,
-    ) -> mlua::Result<()> {
-        lua.set_named_registry_value(RAISE_MESSAGE.to_str().unwrap_or_default(), message)?;
+    pub(crate) fn raise_next(watch: Option<&Watch>, state: *const c_void) {
         let _guard = watch.map(|w| w.lock.lock());
         // SAFETY: see the module's invariants: `state` is the running thread, on the VM's thread,
         // and the watchdog, which may arm the same thread, waits for the lock.
         unsafe {
             #[allow(clippy::let_unit_value)]
-            let _ = ffi::lua_sethook(state as *mut ffi::lua_State, Some(raise_hook), ffi::LUA_MASKCOUNT, 1);
+            let _ = ffi::lua_sethook(
+                state as *mut ffi::lua_State,
+                Some(raise_hook),
+                ffi::LUA_MASKCOUNT | ffi::LUA_MASKCALL,
+                1,
+            );
         }
-        Ok(())
     }
 
-    /// Raises the message [`raise_next`] left in the registry.
-    unsafe extern "C-unwind" fn raise_hook(l: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
-        // SAFETY: a hook has `LUA_MINSTACK` free slots; raising from a hook is allowed.
+    /// Raises the [`Raiser`]'s message, but lets the crate's own Lua code run on for a while (so
+    /// the bookkeeping it was doing stays whole, as the budget's hook does), and takes itself off
+    /// once the budget has been reset (the thread may run again, for another task).
+    unsafe extern "C-unwind" fn raise_hook(l: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+        // SAFETY: a hook runs with `LUA_MINSTACK` free slots and a valid `ar`; the raiser's
+        // address was stored by `install_raiser` and lives as long as the VM. Nothing with a
+        // destructor is alive when `lua_error` jumps: the message is copied to a plain buffer.
         unsafe {
-            ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, RAISE_MESSAGE.as_ptr());
+            ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, &RAISER_KEY as *const u8 as *const c_void);
+            let raiser = (ffi::lua_touserdata(l, -1) as *const Raiser).as_ref();
+            ffi::lua_pop(l, 1);
+            let mut buf = [0u8; 512];
+            let Some((raiser, n)) = raiser.and_then(|r| Some((r, r.copy_message(&mut buf)?))) else {
+                #[allow(clippy::let_unit_value)]
+                let _ = ffi::lua_sethook(l, None, 0, 0);
+                return;
+            };
+            if let Some(library) = raiser.library.get()
+                && ffi::lua_getinfo(l, c"S".as_ptr(), ar) != 0
+                && std::ffi::CStr::from_ptr((*ar).short_src.as_ptr())
+                    .to_bytes()
+                    .starts_with(library.as_bytes())
+                && raiser.grace.fetch_add(1, Ordering::Relaxed) < GRACE
+            {
+                return;
+            }
+            ffi::lua_pushlstring(l, buf.as_ptr() as *const std::ffi::c_char, n);
             ffi::lua_error(l);
         }
     }
@@ -419,7 +498,7 @@ mod lazy {
             }
             if stopped_for_good(co) {
                 ffi::lua_pushboolean(l, 0);
-                ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, RAISE_MESSAGE.as_ptr());
+                ffi::lua_pushstring(l, c"script exceeded its instruction budget".as_ptr());
                 return 2;
             }
             let watch = super::upvalue_watch(l);

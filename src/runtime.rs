@@ -696,6 +696,8 @@ fn install_budget(
     // The hook runs every `every` instructions and the budget allows `calls` of it: 1/16 of the
     // budget's precision, at a cost of one Rust call per `every` instructions.
     budget.set_main(lua.current_thread().to_pointer());
+    #[cfg(not(any(feature = "luajit", feature = "luau")))]
+    crate::hook::install_raiser(lua, budget.raiser(), scheduler::LIBRARY_SOURCE)?;
     let every = (instructions / 16).clamp(1, i32::MAX as u64);
     budget.set_limit(instructions.div_ceil(every), every as i32, every);
     // Exact mode: every thread mlua makes, and every coroutine a task makes, carries the hook.

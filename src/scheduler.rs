@@ -443,6 +443,9 @@ pub(crate) struct Budget {
     /// Set from when the budget runs out until [`Budget::reset`]: Luau's interrupt then calls
     /// the budget at every call and loop edge, not once a batch (see `hook`).
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// What the hook that raises where code cannot yield raises (Lua 5.4; see `hook::raise_next`).
+    #[cfg(not(any(feature = "luajit", feature = "luau")))]
+    raiser: crate::hook::Raiser,
 }
 
 /// Steps of work outside the VM (pattern matching) charged at once.
@@ -554,8 +557,16 @@ impl Budget {
         self.spent().map(|s| s.at)
     }
 
+    /// The raiser the VM's registry points to (see `hook::install_raiser`).
+    #[cfg(not(any(feature = "luajit", feature = "luau")))]
+    pub fn raiser(&self) -> &crate::hook::Raiser {
+        &self.raiser
+    }
+
     /// The step cancelled the task that spent its budget: the next resume starts afresh.
     pub fn reset(&self) {
+        #[cfg(not(any(feature = "luajit", feature = "luau")))]
+        self.raiser.set(None);
         if let Ok(mut slot) = self.spent.lock() {
             *slot = None;
         }
@@ -721,7 +732,9 @@ impl Budget {
         let message = format!("{}: script exceeded its instruction budget", spent.at);
         #[cfg(not(any(feature = "luajit", feature = "luau")))]
         {
-            crate::hook::raise_next(lua, self.watch.get().map(|w| &**w), thread, &message)?;
+            let _ = lua;
+            self.raiser.set(Some(message));
+            crate::hook::raise_next(self.watch.get().map(|w| &**w), thread);
             Ok(VmState::Continue)
         }
         #[cfg(any(feature = "luajit", feature = "luau"))]

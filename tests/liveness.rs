@@ -137,6 +137,91 @@ fn a_looping_close_in_a_task_stopped_by_the_budget() {
     assert_eq!(live, 0);
 }
 
+/// Run with a small budget in both modes (the watchdog's and the exact count): what was printed
+/// and the errors, or a failure if a frame never ended.
+fn in_both_modes(what: &str, src: &str, frames: usize) -> Vec<(Vec<String>, Vec<ScriptError>)> {
+    [false, true]
+        .into_iter()
+        .map(|exact| {
+            let src = src.to_string();
+            within(&format!("{what} (exact count: {exact})"), move || {
+                let mut app = create_app_with(LuaCoroutinesPlugin {
+                    instruction_budget: Some(100_000),
+                    exact_instruction_count: exact,
+                    print_to_stdout: false,
+                    hot_reload: false,
+                    ..default()
+                });
+                spawn_script(&mut app, "scripts/hostile.lua", &src);
+                spawn_script(
+                    &mut app,
+                    "scripts/steady.lua",
+                    "for i = 1, 3 do task.wait() end print('steady done')",
+                );
+                run(&mut app, frames);
+                (printed(&app), errors(&app))
+            })
+        })
+        .collect()
+}
+
+/// The budget, spent inside a `pcall` (by pattern matching), stops a coroutine the task made
+/// whose next instruction is a call to `coroutine.yield`: the coroutine must not be left
+/// suspended with the raise still pending, for a later resume, once the budget has been reset,
+/// would raise it where the `xpcall` handler runs with hooks off, and a handler that loops froze
+/// the game. (The raise now also fires on calls, and takes itself off once the budget is reset.)
+#[test]
+fn a_coroutine_stopped_at_a_yield_is_not_left_to_raise_later() {
+    const SRC: &str = r#"
+        local X = coroutine.create(function()
+          xpcall(function()
+            coroutine.yield(pcall(string.find, string.rep("a", 100000), ".-.-.-.-b"))
+            print("X went on past its yield")
+          end, function(e) while true do end end)
+        end)
+        task.spawn(function()
+          task.wait() task.wait()
+          print("resuming X", coroutine.status(X))
+          print(coroutine.resume(X))
+          print("resumer goes on")
+        end)
+        coroutine.resume(X)
+        print("never")
+    "#;
+    for (out, errs) in in_both_modes("a coroutine stopped at a yield", SRC, 6) {
+        assert_stopped_by_budget(&errs, &out);
+        assert!(!out.iter().any(|l| l == "never" || l.starts_with("X went on")), "{out:?}");
+        assert!(out.contains(&"resumer goes on".to_string()), "{out:?}");
+    }
+}
+
+/// A thread the budget stopped so that it died is not closed later: `coroutine.close` on it says
+/// so, and names no other script's line (the message was once the last budget stop's, whichever
+/// instance's that was).
+#[test]
+fn closing_a_coroutine_the_budget_stopped_names_no_other_script() {
+    let (out, _) = within("a stale close message", || {
+        let mut app = budget_app(100_000);
+        spawn_script(
+            &mut app,
+            "scripts/a.lua",
+            "local X = coroutine.create(function() table.sort({3, 2, 1}, function() while true do end end) end)\n\
+             task.spawn(function() for i = 1, 8 do task.wait() end print('A closes X', coroutine.close(X)) end)\n\
+             coroutine.resume(X)",
+        );
+        spawn_script(
+            &mut app,
+            "scripts/b.lua",
+            "for i = 1, 3 do task.wait() end\n\
+             local Y = coroutine.create(function() table.sort({3, 2, 1}, function() while true do end end) end)\n\
+             coroutine.resume(Y)",
+        );
+        run(&mut app, 12);
+        (printed(&app), errors(&app))
+    });
+    assert_eq!(out, ["A closes X\tfalse\tscript exceeded its instruction budget"]);
+}
+
 /// The same where the task cannot yield when its budget runs out (in a sort comparator): the
 /// error leaves the task with hooks off for good, so its `__close` is never run (it froze the
 /// game when the step closed the task).
