@@ -352,6 +352,10 @@ impl LuaRuntime {
             }
         }
         core.set(
+            "instance",
+            lua.create_function(|lua, ()| Ok(scheduler::current_instance(lua).map(|id| id.0)))?,
+        )?;
+        core.set(
             "env_of",
             lua.create_function(|lua, id: i64| scheduler::refs(lua).envs.raw_get::<Value>(id))?,
         )?;
@@ -605,7 +609,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("traceback", traceback.clone())?;
     deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
-    deps.set("owner", lua.create_function(|lua, ()| Ok(scheduler::current_instance(lua).map(|id| id.0)))?)?;
+    deps.set("owner", api.get::<Function>("running_instance")?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",

@@ -651,6 +651,170 @@ fn a_forged_promise_owner_reaches_no_other_instance() {
     assert!(errs.iter().all(|e| e.script == "scripts/attacker.lua"), "{errs:#?}");
 }
 
+/// Script code the step runs outside any task (an error value's `__tostring` here) ran on a
+/// thread the step kept for its next such job: the script took the thread and resumed it itself,
+/// parking its own function there, and every later job of every instance (settling another
+/// instance's Rust result, say) ran inside that function, which could hand back forged values.
+/// Each job runs on a thread of its own now.
+#[test]
+fn the_step_s_runner_thread_cannot_be_taken_over() {
+    let mut app = create_app();
+    app.add_lua_async_function("fetch", || async move { Ok::<_, String>(vec![1, 2, 3]) });
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local R
+        local E = setmetatable({}, { __tostring = function() R = coroutine.running() return 'boom' end })
+        task.defer(function() error(E) end)
+        task.wait() task.wait()
+        local ok, DONE = coroutine.resume(R, function() return 1 end)
+        coroutine.resume(R, function()
+          local f, a, b, c = coroutine.yield(DONE)
+          while true do
+            if type(a) == 'table' and type(b) == 'boolean' then
+              f, a, b, c = coroutine.yield(DONE, f(a, b, { 'FORGED' }))
+            else
+              f, a, b, c = coroutine.yield(DONE, f(a, b, c))
+            end
+          end
+        end)
+        print('attacker waits')
+        task.wait(100)
+        "#,
+    );
+    run(&mut app, 4);
+    spawn_script(&mut app, "scripts/victim.lua", "local r = await(fetch()) print('victim got', r[1], r[2])");
+    for _ in 0..200 {
+        app.update();
+        if printed(&app).iter().any(|l| l.starts_with("victim got")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let lines = printed(&app);
+    assert!(lines.contains(&"attacker waits".to_string()), "{lines:?}");
+    assert!(lines.contains(&"victim got\t1\t2".to_string()), "{lines:?} {:#?}", errors(&app));
+}
+
+/// Promise workers (the threads executors and handlers run in) were pooled for every instance:
+/// a script kept the workers its own executors ran in, and once one ran another instance's
+/// executor (which waited), resumed it with a value of its own. Workers are pooled per instance,
+/// and a task of another instance cannot be resumed, closed or cancelled, nor shown by
+/// `task.info`.
+#[test]
+fn a_kept_promise_worker_never_runs_another_instance_s_executor() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local ws = {}
+        for i = 1, 8 do Promise.new(function() ws[#ws + 1] = coroutine.running() end) end
+        task.wait() task.wait()
+        local seen = 0
+        for _, w in ipairs(ws) do
+          if task.info(w) then seen = seen + 1 end
+          pcall(coroutine.resume, w, 'EVIL')
+          pcall(task.cancel, w)
+          pcall(coroutine.close, w)
+        end
+        print('attacker saw', seen)
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local p = Promise.new(function(res) res(task.wait(0.1)) end) print('victim result', type(p:expect()))",
+    );
+    run(&mut app, 20);
+    let lines = printed(&app);
+    assert!(lines.contains(&"attacker saw\t0".to_string()), "{lines:?}");
+    assert!(lines.contains(&"victim result\tnumber".to_string()), "{lines:?} {:#?}", errors(&app));
+}
+
+/// The thread of another instance's task, handed over through a shared module, can be looked at
+/// but not resumed, closed or cancelled, and `task.info` does not describe it.
+#[test]
+fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    std::fs::write(dir.path().join("scripts/shared.lua"), "return {}").unwrap();
+    let mut app = create_app_in(dir.path().to_str().unwrap(), test_plugin());
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "require('shared').task = task.spawn(function() local v = task.wait(0.2) print('victim task woke', type(v)) end)",
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local t = require('shared').task
+        print(coroutine.status(t), task.info(t))
+        print(pcall(coroutine.resume, t, 'EVIL'))
+        print(pcall(coroutine.close, t))
+        print(pcall(task.cancel, t))
+        print(pcall(coroutine.wrap(function() return coroutine.resume(t) end)))
+        "#,
+    );
+    run(&mut app, 20);
+    let lines = printed(&app);
+    assert_eq!(
+        lines,
+        [
+            "suspended\tnil",
+            "false\tbad argument #1 to 'resume' (a task of another script)",
+            "false\tbad argument #1 to 'close' (a task of another script)",
+            "false\tbad argument #1 to 'cancel' (a task of another script)",
+            "false\tbad argument #1 to 'resume' (a task of another script)",
+            "victim task woke\tnumber",
+        ],
+        "{:#?}",
+        errors(&app)
+    );
+}
+
+/// Await slots were pooled for every instance: a script kept the slots of its own awaits (a
+/// promise's `_r1`) and, once one was reused for another instance's await, unhooked it (`key =
+/// nil`), and that await never woke. Slots are kept per instance.
+#[test]
+fn a_kept_await_slot_never_serves_another_instance_s_await() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local slots = {}
+        for i = 1, 64 do
+          local res
+          local p = Promise.new(function(r) res = r end)
+          task.spawn(function() await(p) end)
+          slots[i] = p._r1
+          res(1)
+        end
+        task.wait() task.wait() task.wait()
+        local n = 0
+        for _, s in ipairs(slots) do
+          if s.key then n = n + 1 s.key = nil end
+        end
+        print('tampered', n)
+        "#,
+    );
+    run(&mut app, 2);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local p = Promise.new(function(r) task.delay(0.2, r, 'value') end) print('victim got', await(p))",
+    );
+    run(&mut app, 40);
+    let lines = printed(&app);
+    assert!(lines.contains(&"tampered\t0".to_string()), "{lines:?}");
+    assert!(lines.contains(&"victim got\tvalue".to_string()), "{lines:?} {:#?}", errors(&app));
+}
+
 /// `string.gsub` builds its result outside Lua's heap: with no instruction budget, a replacement
 /// that copies its match many times (32 GiB here, which the host could not allocate: the process
 /// aborted), or a long one at every position, meets the memory limit (`not enough memory`, caught

@@ -748,8 +748,14 @@ end
 -- job. A job that yields (the executor waits) makes the worker a task of the running instance
 -- until the job ends (the step lets a task go when it yields without a request, as IDLE is);
 -- a job that raises, or whose promise is cancelled while it waits, ends the worker for good.
-local POOL_MAX = 64
-local pool, pool_n = {}, 0
+--
+-- Workers are pooled per instance: a job is script code, which can take its thread
+-- (`coroutine.running`) and keep it; a worker reused for another instance's job would hand that
+-- instance's task to the script (to resume, close or read). The pools of instances that went away
+-- are dropped (`tick`).
+local POOL_MAX = 4 -- per instance: a job that does not wait gives its worker back at once
+local NO_INSTANCE = {} -- the pools' key for code that runs for no instance
+local pools = {} -- instance id (or NO_INSTANCE) -> { n = count, [1..n] = idle workers }
 local IDLE = setmetatable({}, { __tostring = function() return "idle promise worker" end })
 local JOB = {} -- the first value a worker is resumed with: anything else (a script resuming a
 -- pooled thread by hand) leaves it idle
@@ -762,32 +768,46 @@ local function run_job(tag, f, a, b, c, d, e)
   return true
 end
 
-local function worker_loop(me, done)
+local function worker_loop(me, pool, done)
   while true do
     if done then
-      if pool_n >= POOL_MAX then return end
-      pool_n = pool_n + 1
-      pool[pool_n] = me
+      local n = pool.n
+      if n >= POOL_MAX then return end
+      n = n + 1
+      pool.n, pool[n] = n, me
     end
     done = run_job(co_yield(IDLE))
   end
 end
 
-local function worker(...)
-  -- A tail call: the first job's values go with this frame.
-  return worker_loop(co_running(), run_job(...))
+--- The pool of instance `id` (or NO_INSTANCE), made on first use with the body of its workers,
+--- which go back to this pool (a worker serves one instance all its life).
+local function pool_of(id)
+  local pool = pools[id]
+  if pool == nil then
+    pool = { n = 0 }
+    pool.worker = function(...)
+      -- A tail call: the first job's values go with this frame.
+      return worker_loop(co_running(), pool, run_job(...))
+    end
+    pools[id] = pool
+  end
+  return pool
 end
 
---- A suspended worker thread from the pool, or a new one.
+--- A suspended worker thread from the running instance's pool, or a new one.
 local function take_worker()
-  while pool_n > 0 do
-    local n = pool_n
+  local id = owner() or NO_INSTANCE
+  local pool = pools[id] or pool_of(id)
+  local n = pool.n
+  while n > 0 do
     local co = pool[n] -- left in the list, to be overwritten (a store over a value is the fast one)
-    pool_n = n - 1
+    n = n - 1
+    pool.n = n
     -- A worker whose task was killed (its budget ran out mid-job) is closed: skip it.
     if co_status(co) == "suspended" then return co end
   end
-  return co_create(worker)
+  return co_create(pool.worker)
 end
 
 --- The job of a pooled worker for `Promise.new`: `run_body(p, executor, on_resolve, on_reject,
@@ -828,18 +848,22 @@ end
 
 --- Waits (parking the running thread) until `p` settles; returns at once if it has. The waiting task
 --- counts as a consumer, so `p` is not cancelled from below while someone awaits it.
--- Slots of awaits that are over, kept for the next (see `wait_settled`).
-local spare_slots, spare_slots_n = {}, 0
-local MAX_SPARE_SLOTS = 64
+-- Slots of awaits that are over, kept for the next (see `wait_settled`), per instance like the
+-- workers: a script reads the slots of the promises it holds (`_r1`), so a slot reused for another
+-- instance's await would let it unhook that await (`key = nil`) or reach its promise.
+local spare_slots = {} -- instance id (or NO_INSTANCE) -> { n = count, [1..n] = slots }
+local MAX_SPARE_SLOTS = 8
 
 local function wait_settled(p)
   p._handled = true
   if p._status ~= STARTED then return end
   local slot
-  local n = spare_slots_n
+  local id = owner() or NO_INSTANCE
+  local spare = spare_slots[id]
+  local n = spare and spare.n or 0
   if n > 0 then
-    slot = spare_slots[n] -- left in the list, to be overwritten
-    spare_slots_n = n - 1
+    slot = spare[n] -- left in the list, to be overwritten
+    spare.n = n - 1
     slot.promise = p
   else
     slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
@@ -852,10 +876,17 @@ local function wait_settled(p)
   -- Woken after its last park (`wake` sets `key` to false), so nothing refers to the slot any
   -- more: the settlement took it out of the promise's queue before it woke it, and `wake`
   -- cleared its task's `parked` entry. (Left any other way, it may still be queued: not kept.)
-  if slot.key == false and spare_slots_n < MAX_SPARE_SLOTS then
-    slot.promise = false
-    spare_slots_n = spare_slots_n + 1
-    spare_slots[spare_slots_n] = slot
+  if slot.key == false then
+    if spare == nil then
+      spare = { n = 0 }
+      spare_slots[id] = spare
+    end
+    n = spare.n
+    if n < MAX_SPARE_SLOTS then
+      slot.promise = false
+      n = n + 1
+      spare.n, spare[n] = n, slot
+    end
   end
 end
 
@@ -1895,7 +1926,10 @@ end
 --- Reports each rejection no handler observed by the end of the frame after it happened.
 local function tick(gone)
   if gone ~= nil then
-    for i = 1, #gone do callbacks[gone[i]] = nil end
+    for i = 1, #gone do
+      local id = gone[i]
+      callbacks[id], pools[id], spare_slots[id] = nil, nil, nil
+    end
   end
   if nest ~= 0 or later_head <= later_tail then
     -- No settlement runs between steps: a depth left above 0 is a task's that was stopped inside

@@ -146,28 +146,21 @@ end
 --- step's own code runs at full speed) it runs `f` on a thread of its own that carries the budget
 --- hook: script code the step calls (a `__tostring`, a `__close`) stays under a budget.
 local rust_thread = core.thread
--- That thread is kept for the next call while each job returns normally (one that raises or
--- yields leaves it behind): a despawn runs this once per task it cancels.
+-- A new thread for every job, never one kept from an earlier job: the job is script code, which
+-- can take its thread (`coroutine.running`) and resume it later itself, so a thread kept for reuse
+-- would run every later job, whichever instance's, inside the script's own function.
 local RUN_DONE = {}
-local idle_runner = nil
 local function runner(f, ...)
-  return runner(co_yield(RUN_DONE, f(...)))
+  return RUN_DONE, f(...)
 end
-local function finish_protected(co, ok, first, ...)
-  if ok and first == RUN_DONE then
-    idle_runner = co
-    return true, ...
-  end
+local function finish_protected(ok, first, ...)
+  if ok and first == RUN_DONE then return true, ... end
   return ok, first, ...
 end
 local function protected(f, ...)
   if rust_thread ~= nil then
     local _, main = co_running()
-    if main == true then
-      local co = idle_runner or rust_thread(runner)
-      idle_runner = nil
-      return finish_protected(co, co_resume(co, f, ...))
-    end
+    if main == true then return finish_protected(co_resume(rust_thread(runner), f, ...)) end
   end
   return pcall(f, ...)
 end
@@ -810,18 +803,40 @@ local function after_resume(co, ...)
   return ...
 end
 
+--- The instance whose code runs now: the running task's, or (script code the step runs outside
+--- any task, under `guard`) the one Rust runs it for.
+local rust_instance = core.instance
+local function running_instance()
+  local current = T[CURRENT]
+  if current > 0 then return owner[current] end
+  return rust_instance()
+end
+
+--- Raises `bad argument #1 to 'fname'` if `key` (a task's, or nil) is a task of another instance
+--- than the one running: a script that got hold of another's thread (handed over through a
+--- channel or a module, or left in a promise's fields) cannot resume, close or cancel it.
+local function check_own(key, fname)
+  if key ~= nil and owner[key] ~= running_instance() then
+    error("bad argument #1 to '" .. fname .. "' (a task of another script)", 3)
+  end
+end
+
 --- `coroutine.resume`, with wait requests registered (see the file's first comment). Resuming a
 --- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
   if S.spent then error("script exceeded its instruction budget", 2) end
   local key = keys[co]
-  if key ~= nil then regs[key], parked[key] = nil, nil end
+  if key ~= nil then
+    check_own(key, "resume")
+    regs[key], parked[key] = nil, nil
+  end
   return after_resume(co, co_resume(co, ...))
 end
 
 --- `coroutine.close`: closing a task cancels it (nothing it waited for wakes it later).
 local function close_coroutine(co)
   if type(co) == "thread" then
+    check_own(keys[co], "close")
     local status = co_status(co)
     if status == "suspended" then
       local key = keys[co]
@@ -947,6 +962,7 @@ function task.cancel(co)
   if status == "running" then error("cannot cancel the running thread", 2) end
   if status == "normal" then error("cannot cancel a thread that is resuming another", 2) end
   local key = keys[co]
+  check_own(key, "cancel")
   if key then
     drop(key)
     core.forget(key)
@@ -963,6 +979,8 @@ function task.list() return inspector.list() end
 --- What task `co` waits on and where it stands; nil if `co` is not a task.
 function task.info(co)
   if type(co) ~= "thread" then bad(1, "info", "thread", co, 2) end
+  local key = keys[co]
+  if key ~= nil and owner[key] ~= running_instance() then return nil end -- not one of its tasks
   return inspector.info(co)
 end
 
@@ -1034,6 +1052,8 @@ return {
   wake_ctx = wake_ctx,
   settle_resolved = fast.settle_resolved,
   spawn_job = spawn_job,
+  -- The instance whose code runs now (a Rust call only outside any task).
+  running_instance = running_instance,
   bad = bad,
   error_text = error_text,
 }
