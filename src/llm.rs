@@ -348,7 +348,7 @@ fn install(
             let Ok(prompt) = prompt.to_str().map(|p| p.to_string()) else {
                 return Ok((Value::Nil, Some(crate::error::bad_argument(1, &name, "prompt is not UTF-8"))));
             };
-            let options = match from_lua::<Option<LlmOptions>>(opts) {
+            let options = match from_lua::<Option<LlmOptions>>(lua, opts) {
                 Ok(o) => o.unwrap_or_default(),
                 Err(e) => return Ok((Value::Nil, Some(crate::error::bad_argument(index, &name, e)))),
             };

@@ -882,6 +882,13 @@ pub(crate) fn release(lua: &Lua, key: i64) {
     sched(lua).remove_key(key);
 }
 
+/// Charges `steps` of work done outside the VM to the running resume's instruction budget (see
+/// [`Budget::work`]); fails with the message to raise once it is spent. Nothing without a budget.
+pub(crate) fn charge_work(lua: &Lua, steps: u64) -> Result<(), String> {
+    let budget = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone());
+    budget.map_or(Ok(()), |b| b.work(lua, steps))
+}
+
 /// The task `key` failed with `message`; `traceback` is Lua's.
 pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
     let mut s = sched(lua);

@@ -204,6 +204,51 @@ fn a_table_whose_length_claims_far_more_than_it_holds_is_not_read_as_a_list() {
     assert_eq!(out[3], "3");
 }
 
+/// serde reads a table once for every path to it, so a value of 40 tables each holding the next
+/// twice is 2^40 reads: refused before serde reads it. And the check's walk of a value counts
+/// against the instruction budget, so converting a huge table in a loop is stopped like any
+/// other loop (it once ran for tens of seconds a frame).
+#[test]
+fn converting_a_value_is_bounded_by_its_paths_and_charged_to_the_budget() {
+    let mut app = create_app();
+    app.add_lua_function("count", |items: Vec<Option<f64>>| Ok::<_, String>(items.len()));
+    app.add_lua_function("name", |s: String| Ok::<_, String>(s.len()));
+    spawn_script(
+        &mut app,
+        "scripts/paths.lua",
+        r#"
+        local t = { 1 }
+        for i = 1, 40 do t = { t, t } end
+        print(pcall(count, t))
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/walks.lua",
+        r#"
+        local big = {}
+        for i = 1, 200000 do big[i] = i end
+        for i = 1, 2000 do pcall(name, big) end
+        print('never')
+        "#,
+    );
+    run(&mut app, 3);
+    let out = printed(&app);
+    assert_eq!(
+        out,
+        [
+            "false\tbad argument #1 to 'count' (a table reached by too many paths: reading it would visit over 1048576 tables)"
+        ]
+    );
+    let errs = errors(&app);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (errs[0].script.as_str(), errs[0].kind),
+        ("scripts/walks.lua", ScriptErrorKind::Budget),
+        "{errs:#?}"
+    );
+}
+
 #[test]
 fn plain_functions_and_module_tables() {
     let mut app = create_app();

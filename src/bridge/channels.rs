@@ -273,8 +273,8 @@ fn declare<T: Serialize + DeserializeOwned + Send + 'static>(
     let t = tx.clone();
     rs.set(
         "send",
-        lua.create_function(move |_, value: Value| {
-            Ok(match from_lua::<T>(value) {
+        lua.create_function(move |lua, value: Value| {
+            Ok(match from_lua::<T>(lua, value) {
                 Ok(v) => t.try_send(v).err().map(|_| String::from("the channel is full")),
                 Err(e) => Some(e),
             })

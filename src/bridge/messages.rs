@@ -89,8 +89,8 @@ pub(crate) fn add_script_message<M: Message + DeserializeOwned>(app: &mut App, n
     let lua = rt.lua();
     let written: Arc<Mutex<Vec<M>>> = Arc::default();
     let buffer = written.clone();
-    let writer = lua.create_function(move |_, value: Value| {
-        Ok(match from_lua::<M>(value) {
+    let writer = lua.create_function(move |lua, value: Value| {
+        Ok(match from_lua::<M>(lua, value) {
             Ok(message) => {
                 buffer.lock().map_err(|_| mlua::Error::runtime("message buffer poisoned"))?.push(message);
                 None

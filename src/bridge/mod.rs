@@ -404,8 +404,8 @@ fn settle_run(
 
 /// Converts a Lua value to `T`, naming the field that did not fit (`at health.max: invalid type:
 /// string "x", expected f32`).
-pub(crate) fn from_lua<T: DeserializeOwned>(value: Value) -> Result<T, String> {
-    crate::lists::check_tree(&value)?;
+pub(crate) fn from_lua<T: DeserializeOwned>(lua: &Lua, value: Value) -> Result<T, String> {
+    crate::lists::check_tree(&value, &mut |steps| crate::scheduler::charge_work(lua, steps))?;
     let deserializer = mlua::serde::Deserializer::new(value);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -419,12 +419,12 @@ pub(crate) fn from_lua<T: DeserializeOwned>(value: Value) -> Result<T, String> {
 
 /// Reads argument `index` (1-based) of `name` through serde.
 pub(crate) fn arg<T: DeserializeOwned>(
-    _lua: &Lua,
+    lua: &Lua,
     args: &mut impl Iterator<Item = Value>,
     index: usize,
     name: &str,
 ) -> Result<T, String> {
-    from_lua(args.next().unwrap_or(Value::Nil)).map_err(|e| crate::error::bad_argument(index, name, e))
+    from_lua(lua, args.next().unwrap_or(Value::Nil)).map_err(|e| crate::error::bad_argument(index, name, e))
 }
 
 /// An mlua error as the message a script sees.
