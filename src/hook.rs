@@ -45,6 +45,40 @@ pub(crate) fn set_count(state: *const c_void, count: i32) {
     }
 }
 
+/// Registry field holding the scheduler's state table (`core.state`), whose `spent` flag
+/// [`set_spent_flag`] writes.
+pub(crate) const STATE_KEY: &str = "bevy_lua_coroutines.state";
+
+/// Sets `state.spent` (the flag the step's Lua reads) and `state.spent_task` (the task whose
+/// resume it was) from thread `state` (the running one) without allocating, where the heap may be
+/// full and a store through mlua may fail: the table and both fields exist, so neither the
+/// lookups nor the stores make anything. Returns false if it could not (no thread, or no room on
+/// its stack).
+pub(crate) fn set_spent_flag(state: *const c_void, value: bool, task: i64) -> bool {
+    if state.is_null() {
+        return false;
+    }
+    let l = state as *mut ffi::lua_State;
+    // SAFETY: see the module's invariants (`state` is the running thread, on the VM's thread);
+    // two slots are checked for and popped again.
+    unsafe {
+        if ffi::lua_checkstack(l, 2) == 0 {
+            return false;
+        }
+        let key = c"bevy_lua_coroutines.state";
+        if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, key.as_ptr()) != ffi::LUA_TTABLE {
+            ffi::lua_pop(l, 1);
+            return false;
+        }
+        ffi::lua_pushinteger(l, task as ffi::lua_Integer);
+        ffi::lua_setfield(l, -2, c"spent_task".as_ptr());
+        ffi::lua_pushboolean(l, value as std::ffi::c_int);
+        ffi::lua_setfield(l, -2, c"spent".as_ptr());
+        ffi::lua_pop(l, 1);
+        true
+    }
+}
+
 /// Luau has interrupts, not counted hooks: nothing to change.
 #[cfg(feature = "luau")]
 pub(crate) fn set_count(_state: *const c_void, _count: i32) {}

@@ -310,6 +310,10 @@ impl LuaRuntime {
         let state = lua.create_table()?;
         state.raw_set("frame", 0)?;
         state.raw_set("nanos", 0.0)?;
+        // Written without allocating when a budget runs out (`hook::set_spent_flag`): both
+        // fields exist from the start.
+        state.raw_set("spent", false)?;
+        state.raw_set("spent_task", 0)?;
 
         let core = lua.create_table()?;
         core.set("REQ", Value::LightUserData(scheduler::req()))?;
@@ -333,6 +337,7 @@ impl LuaRuntime {
         core.set("GAME", kind::GAME)?;
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;
+        lua.set_named_registry_value(crate::hook::STATE_KEY, &state)?;
         core.set("traceback", traceback.clone())?;
         core.set("debug", globals.get::<Value>("debug")?)?;
         if cfg!(not(any(feature = "luajit", feature = "luau")))

@@ -481,6 +481,8 @@ fn script_location(lua: &Lua) -> String {
 #[derive(Clone)]
 struct Spent {
     at: String,
+    /// The instance of the task whose resume it was (when it had one), for the report.
+    instance: Option<InstanceId>,
     /// `at` is in the crate's own code: the first place script code is stopped replaces it.
     at_library: bool,
     /// `Thread::to_pointer()` of the resumed task's thread (0: none, outside any task).
@@ -550,11 +552,6 @@ impl Budget {
 
     fn spent(&self) -> Option<Spent> {
         self.spent.lock().ok()?.clone()
-    }
-
-    /// Where the budget ran out, if it did and the step has not cancelled the task yet.
-    pub fn spent_at(&self) -> Option<String> {
-        self.spent().map(|s| s.at)
     }
 
     /// The raiser the VM's registry points to (see `hook::install_raiser`).
@@ -675,12 +672,15 @@ impl Budget {
             (refs.thread_of.call::<Option<Thread>>(current).ok().flatten(), refs.state.clone())
         };
         let resumed = resumed.as_ref().map_or(0, |t| t.to_pointer() as usize);
-        let spent = Spent { at, at_library, resumed };
+        let instance = sched(lua).instance_of(current);
+        let spent = Spent { at, instance, at_library, resumed };
         if let Ok(mut slot) = self.spent.lock() {
             *slot = Some(spent.clone());
         }
         self.stopping.store(true, Ordering::Relaxed);
-        let _ = state.raw_set("spent", true);
+        if !crate::hook::set_spent_flag(running, true, current) {
+            let _ = state.raw_set("spent", true);
+        }
         if let Some(watch) = self.watch.get() {
             watch.spent.store(true, Ordering::Release);
         }
@@ -902,11 +902,11 @@ pub(crate) fn fail(lua: &Lua, key: i64, message: String, traceback: String) {
 /// closes it) and lets the next resume start afresh. The Lua side has forgotten the task.
 pub(crate) fn spent(lua: &Lua, key: i64, owner: Option<InstanceId>, thread: Option<&Thread>) {
     let Some(budget) = lua.app_data_ref::<Arc<Budget>>().map(|b| b.clone()) else { return };
-    let at = budget.spent_at().unwrap_or_else(|| "?".into());
+    let (at, spent_by) = budget.spent().map_or_else(|| ("?".into(), None), |s| (s.at, s.instance));
     let traceback = thread.map(|t| thread_traceback(lua, t)).unwrap_or_default();
     let instance = {
         let mut s = sched(lua);
-        let instance = owner.or_else(|| s.instance_of(key));
+        let instance = owner.or_else(|| s.instance_of(key)).or(spent_by);
         s.remove_key(key);
         instance
     };

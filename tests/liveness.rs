@@ -222,6 +222,76 @@ fn closing_a_coroutine_the_budget_stopped_names_no_other_script() {
     assert_eq!(out, ["A closes X\tfalse\tscript exceeded its instruction budget"]);
 }
 
+/// A task stopped by its budget while the VM's heap is full (the step's bookkeeping for it then
+/// fails, and an error escapes the step): it is reported, and the budget reset, before any other
+/// task runs, so another script's task is not stopped in its place (it once was, as a `Budget`
+/// error naming the first script's line or `?`), with or without a `__close` to run.
+#[test]
+#[cfg_attr(
+    not(feature = "lua54"),
+    ignore = "to-be-closed variables and integer operators are Lua 5.4 syntax"
+)]
+fn a_budget_spent_with_the_heap_full_stops_no_other_script() {
+    const FULL: &str = r#"
+        local co = coroutine.create(function()
+          local x <close> = setmetatable({}, { __close = function() print('close ran') end })
+          coroutine.yield()
+          while true do end
+        end)
+        coroutine.resume(co)
+        local keep, k = {}, 0
+        keep = table.pack(string.byte(string.rep("\0", 20000), 1, -1))
+        pcall(function()
+          local n = 1 << 20
+          while n >= 2 do
+            local ok, s = pcall(string.rep, "x", n)
+            if ok then k = k + 1; keep[k] = s else n = n // 2 end
+          end
+        end)
+        coroutine.resume(co)
+        print("never")
+    "#;
+    for exact in [false, true] {
+        for src in [
+            FULL.to_string(),
+            FULL.replace(
+                "local x <close> = setmetatable({}, { __close = function() print('close ran') end })",
+                "",
+            ),
+        ] {
+            let (out, errs) = within("a budget spent with the heap full", move || {
+                let mut app = create_app_with(LuaCoroutinesPlugin {
+                    instruction_budget: Some(1_000_000),
+                    exact_instruction_count: exact,
+                    memory_limit: Some(64 << 20),
+                    print_to_stdout: false,
+                    hot_reload: false,
+                    ..default()
+                });
+                spawn_script(&mut app, "scripts/hostile.lua", &src);
+                spawn_script(
+                    &mut app,
+                    "scripts/steady.lua",
+                    "for i = 1, 3 do task.wait() end print('steady done')",
+                );
+                run(&mut app, 5);
+                (printed(&app), errors(&app))
+            });
+            // (Whether the steady script can print depends on what the heap still holds: the VM's
+            // memory is shared, and `memory_per_instance` is the quota that keeps one script from
+            // taking it all. Here only whom the budget stops is checked.)
+            let case = format!("exact {exact}");
+            assert!(!out.contains(&"never".to_string()), "{case}: {out:?}");
+            assert_eq!(errs.len(), 1, "{case}: {errs:#?}");
+            assert_eq!(
+                (errs[0].script.as_str(), errs[0].kind),
+                ("scripts/hostile.lua", ScriptErrorKind::Budget),
+                "{case}: {errs:#?}"
+            );
+        }
+    }
+}
+
 /// The same where the task cannot yield when its budget runs out (in a sort comparator): the
 /// error leaves the task with hooks off for good, so its `__close` is never run (it froze the
 /// game when the step closed the task).

@@ -251,12 +251,28 @@ local function fail(key, co, err)
   rust_fail(key, message, ok and tb or "")
 end
 
+--- Tells Rust that the budget was spent (`rust_spent`), which reports it (with `co`'s traceback),
+--- closes `co` and resets the budget for the next resume. With the VM's heap full even that call
+--- can fail (mlua allocates on the way in): then `co` is closed here (what filled the heap may be
+--- on its stack), what it held is collected, and Rust is told again, without the thread. The flag
+--- Lua reads is cleared here too, without allocating: left set, it stopped the next task of
+--- another script in the stopped one's place.
+local function report_spent(key, owner_id, co)
+  if not pcall(rust_spent, key, owner_id, co) then
+    if co ~= nil then pcall(close, co) end
+    co = nil
+    collectgarbage("collect")
+    pcall(rust_spent, key, owner_id, nil)
+  end
+  S.spent = false
+end
+
 --- Task `key` spent its instruction budget (or a `__tostring` of its error did): it is forgotten,
 --- reported with where the budget ran out, and closed (Rust closes it while the budget is still
 --- spent, so a looping `__close` stops at once).
 local function kill_spent(key, co)
   drop(key)
-  rust_spent(key, nil, co)
+  report_spent(key, nil, co)
 end
 
 --- What a resume of task `key` returned: register its wait, let it go, or report its error.
@@ -539,6 +555,16 @@ function step.set_inspector(t) inspector = t end
 function step.run()
   -- Rust calls the step with no task running; a step that raised may have left one named.
   T[CURRENT], T[DEPTH] = 0, 0
+  if S.spent then
+    -- A budget spent in a resume whose end an error escaped (the heap was full, say): that task
+    -- is stopped now, before any other runs, so that no other task is stopped in its place.
+    local stopped = S.spent_task
+    if threads[stopped] ~= nil then
+      kill_spent(stopped, threads[stopped])
+    else
+      report_spent(stopped, nil, nil) -- forgotten already: Rust knows whose it was
+    end
+  end
   if S.frame ~= last_frame then
     -- A new frame: take the waits due now (after those a time budget left over), and the work
     -- the last step carried.
@@ -671,7 +697,7 @@ end
 local function guarded(owner, ...)
   if S.spent then
     -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
-    rust_spent(-1, owner, nil)
+    report_spent(-1, owner, nil)
     T[CURRENT] = 0
     return true
   end
