@@ -693,7 +693,10 @@ fn the_step_s_runner_thread_cannot_be_taken_over() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let lines = printed(&app);
-    assert!(lines.contains(&"attacker waits".to_string()), "{lines:?}");
+    if !LUAJIT && !LUAU {
+        // (LuaJIT and Luau run that code on the main thread, which is no coroutine to take.)
+        assert!(lines.contains(&"attacker waits".to_string()), "{lines:?}");
+    }
     assert!(lines.contains(&"victim got\t1\t2".to_string()), "{lines:?} {:#?}", errors(&app));
 }
 
@@ -761,13 +764,24 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there
         "#,
     );
     run(&mut app, 20);
-    let lines = printed(&app);
+    let mut lines = printed(&app);
+    // (Through `coroutine.wrap` Luau puts where the error passed in front of the message.)
+    if let Some(wrapped) = lines.get_mut(4)
+        && let Some(at) = wrapped.find("bad argument")
+    {
+        wrapped.replace_range(wrapped.find('\t').map_or(0, |t| t + 1)..at, "");
+    }
     assert_eq!(
         lines,
         [
             "suspended\tnil",
             "false\tbad argument #1 to 'resume' (a task of another script)",
-            "false\tbad argument #1 to 'close' (a task of another script)",
+            if LUAJIT {
+                // (LuaJIT has no `coroutine.close`.)
+                "false\tattempt to call a nil value"
+            } else {
+                "false\tbad argument #1 to 'close' (a task of another script)"
+            },
             "false\tbad argument #1 to 'cancel' (a task of another script)",
             "false\tbad argument #1 to 'resume' (a task of another script)",
             "victim task woke\tnumber",
