@@ -200,6 +200,35 @@ fn forwarded_messages_reach_every_subscriber_once_in_order() {
     );
 }
 
+/// Every subscriber gets its own copy of a forwarded message: one table for all let one script
+/// change what another reads, or give it a metatable whose `__index` then ran as the reader.
+#[test]
+fn a_subscriber_cannot_change_what_another_subscriber_reads() {
+    let mut app = create_app();
+    app.add_message::<PlayerHit>().forward_message_to_scripts::<PlayerHit>("PlayerHit");
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local h = Messages.subscribe("PlayerHit"):receive()
+        h.by, h.amount = "forged", 999
+        setmetatable(h, { __index = function() print("ran as the reader") return "injected" end })
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        local h = Messages.subscribe("PlayerHit"):receive()
+        print("victim", h.by, h.amount, h.extra)
+        "#,
+    );
+    run(&mut app, 1);
+    app.world_mut().write_message(PlayerHit { by: "orc".into(), amount: 3 });
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["victim\torc\t3\tnil"]);
+}
+
 /// Deaths a system after the step read, with the frame it read them in.
 #[derive(Resource, Default)]
 struct Read(Vec<(u32, u64)>);

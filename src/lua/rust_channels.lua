@@ -4,7 +4,8 @@
 -- `src/bridge/channels.rs` and `src/bridge/messages.rs`.
 local Channel, bad = ...
 
-local type, error, setmetatable = type, error, setmetatable
+local type, error, setmetatable, next = type, error, setmetatable, next
+local raw_getmetatable = getmetatable -- (serde's array metatable hides nothing)
 local math_huge = math.huge
 
 -- Slots of a typed channel's `acct` (named the same in `src/bridge/gather.rs`).
@@ -179,16 +180,31 @@ local function writable(name, writer)
 end
 
 --- Rust: a message `name` was written; every open subscription gets it.
+--- A copy of `v`, a message as serde made it (tables, their array metatable, and leaves; never a
+--- cycle), so that every subscriber gets its own: one table for all let one subscriber change what
+--- the others read, or give it a metatable whose metamethods then ran as the reader.
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in next, v do t[k] = copy(x) end
+  local mt = raw_getmetatable(v)
+  if mt ~= nil then setmetatable(t, mt) end
+  return t
+end
+
 local function deliver(name, value)
   local list = subscribers[name]
   if list == nil then return end
   -- In subscription order; closed and collected subscriptions are dropped, the rest kept in order.
+  -- Each subscriber after the first gets a copy made before any of them runs.
   local n, kept = list.n, 0
+  local first = true
   for i = 1, n do
     local ch = list[i]
     list[i] = nil
     if ch ~= nil and not ch:isClosed() then
-      ch:trySend(value)
+      ch:trySend(first and value or copy(value))
+      first = false
       kept = kept + 1
       list[kept] = ch
     end
