@@ -615,6 +615,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
+    deps.set("cancel_suspended", api.get::<Function>("cancel_suspended")?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",

@@ -791,6 +791,34 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there
     );
 }
 
+/// The refusal above is for scripts: the library's own cancellation of a promise's executor
+/// goes on whoever cancels the promise (another instance that holds it, or a timeout's timer,
+/// which runs for no instance). It once stopped at the refusal, the executor went on waiting,
+/// and the Rust work it awaited was never dropped.
+#[test]
+fn a_promise_cancelled_from_elsewhere_still_cancels_its_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    std::fs::write(dir.path().join("scripts/shared.lua"), "return {}").unwrap();
+    let mut app = create_app_in(dir.path().to_str().unwrap(), test_plugin());
+    spawn_script(
+        &mut app,
+        "scripts/maker.lua",
+        r#"
+        require('shared').p = Promise.new(function() task.wait(0.2) print('shared executor went on') end)
+        local mine = Promise.new(function() task.wait(0.2) print('timed executor went on') end):timeout(0.05)
+        print('timed out', mine:awaitStatus())
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(&mut app, "scripts/canceller.lua", "require('shared').p:cancel() print('cancelled')");
+    run(&mut app, 30);
+    let lines = printed(&app);
+    assert!(lines.contains(&"cancelled".to_string()), "{lines:?} {:#?}", errors(&app));
+    assert!(lines.iter().any(|l| l.starts_with("timed out\tRejected")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.ends_with("executor went on")), "{lines:?}");
+}
+
 /// Await slots were pooled for every instance: a script kept the slots of its own awaits (a
 /// promise's `_r1`) and, once one was reused for another instance's await, unhooked it (`key =
 /// nil`), and that await never woke. Slots are kept per instance.

@@ -20,7 +20,8 @@
 local deps = ...
 
 local task = deps.task
-local task_spawn, task_defer, task_wait, task_cancel = task.spawn, task.defer, task.wait, task.cancel
+local task_spawn, task_defer, task_wait = task.spawn, task.defer, task.wait
+local cancel_suspended = deps.cancel_suspended
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
@@ -595,7 +596,7 @@ function cancel(p)
     if not ok then internal_failure(p, err) end
   end
   if hook ~= nil then run_hook(p, hook) end
-  if co ~= nil and co_status(co) == "suspended" then pcall(task_cancel, co) end
+  if co ~= nil then pcall(cancel_suspended, co) end
   local parent = p._parent
   if parent ~= nil then
     p._parent = nil

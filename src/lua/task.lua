@@ -982,13 +982,9 @@ function task.waitUntil(pred, timeout)
 end
 
 --- Cancels a task at once: it never resumes and its to-be-closed variables close now.
-function task.cancel(co)
-  if type(co) ~= "thread" then bad(1, "cancel", "thread", co, 2) end
-  local status = co_status(co)
-  if status == "running" then error("cannot cancel the running thread", 2) end
-  if status == "normal" then error("cannot cancel a thread that is resuming another", 2) end
+--- Cancels suspended or dead thread `co` (a task or not): it is forgotten, and closed.
+local function cancel_thread(co, status)
   local key = keys[co]
-  check_own(key, "cancel")
   if key then
     drop(key)
     core.forget(key)
@@ -997,6 +993,21 @@ function task.cancel(co)
     local ok, message, tb = close_reporting(co)
     if not ok then rust_report(message, tb) end
   end
+end
+
+function task.cancel(co)
+  if type(co) ~= "thread" then bad(1, "cancel", "thread", co, 2) end
+  local status = co_status(co)
+  if status == "running" then error("cannot cancel the running thread", 2) end
+  if status == "normal" then error("cannot cancel a thread that is resuming another", 2) end
+  check_own(keys[co], "cancel")
+  cancel_thread(co, status)
+end
+
+--- `task.cancel` for the library's own use (a cancelled promise's executor): whoever runs the
+--- cancellation (a timer, another instance that holds the promise), the executor's thread goes.
+local function cancel_suspended(co)
+  if co_status(co) == "suspended" then cancel_thread(co, "suspended") end
 end
 
 --- Every live task of the running instance (see the README's "Seeing what scripts do").
@@ -1080,6 +1091,7 @@ return {
   spawn_job = spawn_job,
   -- The instance whose code runs now (a Rust call only outside any task).
   running_instance = running_instance,
+  cancel_suspended = cancel_suspended,
   bad = bad,
   error_text = error_text,
 }
