@@ -47,7 +47,7 @@ pub(crate) fn set_count(state: *const c_void, count: i32) {
 
 /// Registry field holding the scheduler's state table (`core.state`), whose `spent` flag
 /// [`set_spent_flag`] writes.
-pub(crate) const STATE_KEY: &str = "bevy_lua_coroutines.state";
+pub(crate) const STATE_KEY: &std::ffi::CStr = c"bevy_lua_coroutines.state";
 
 /// Sets `state.spent` (the flag the step's Lua reads) and `state.spent_task` (the task whose
 /// resume it was) from thread `state` (the running one) without allocating, where the heap may be
@@ -65,8 +65,7 @@ pub(crate) fn set_spent_flag(state: *const c_void, value: bool, task: i64) -> bo
         if ffi::lua_checkstack(l, 2) == 0 {
             return false;
         }
-        let key = c"bevy_lua_coroutines.state";
-        if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, key.as_ptr()) != ffi::LUA_TTABLE {
+        if ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, STATE_KEY.as_ptr()) != ffi::LUA_TTABLE {
             ffi::lua_pop(l, 1);
             return false;
         }

@@ -337,7 +337,7 @@ impl LuaRuntime {
         core.set("GAME", kind::GAME)?;
         core.set("REAL", kind::REAL)?;
         core.set("state", &state)?;
-        lua.set_named_registry_value(crate::hook::STATE_KEY, &state)?;
+        lua.set_named_registry_value(crate::hook::STATE_KEY.to_str().expect("an ASCII name"), &state)?;
         core.set("traceback", traceback.clone())?;
         core.set("debug", globals.get::<Value>("debug")?)?;
         if cfg!(not(any(feature = "luajit", feature = "luau")))

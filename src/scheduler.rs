@@ -624,7 +624,7 @@ impl Budget {
                     *slot = Some(spent.clone());
                 }
             }
-            return self.stop(lua, thread, &spent);
+            return self.stop(thread, &spent);
         }
         let every = self.every.load(Ordering::Relaxed).max(1);
         crate::hook::set_count(thread, every);
@@ -653,7 +653,7 @@ impl Budget {
         if at_library {
             return Ok(VmState::Continue);
         }
-        self.stop(lua, thread, &spent)
+        self.stop(thread, &spent)
     }
 
     /// Marks the budget of the resume of task `current` spent at `at`: from now on the running
@@ -725,21 +725,20 @@ impl Budget {
     /// Stops the code running on `thread`: the resumed task itself yields where it can (which
     /// stops it even inside `pcall`); anything else raises (under Lua 5.4 at the next
     /// instruction, from a hook of the crate's own: see `hook::raise_next`).
-    fn stop(&self, lua: &Lua, thread: *const c_void, spent: &Spent) -> mlua::Result<VmState> {
+    fn stop(&self, thread: *const c_void, spent: &Spent) -> mlua::Result<VmState> {
         if thread as usize == spent.resumed && crate::hook::yieldable(thread) {
             return Ok(VmState::Yield);
         }
         let message = format!("{}: script exceeded its instruction budget", spent.at);
         #[cfg(not(any(feature = "luajit", feature = "luau")))]
         {
-            let _ = lua;
             self.raiser.set(Some(message));
             crate::hook::raise_next(self.watch.get().map(|w| &**w), thread);
             Ok(VmState::Continue)
         }
         #[cfg(any(feature = "luajit", feature = "luau"))]
         {
-            let _ = (self, lua);
+            let _ = self;
             Err(mlua::Error::runtime(message))
         }
     }

@@ -1912,14 +1912,13 @@ end
 
 local function report_unhandled(p)
   local message, tb = describe(p)
-  rust_report(message, tb, owner_of[p])
-  local key = owner_of[p]
-  if key == nil then key = NOBODY end
-  local list = callbacks[key]
+  local id = owner_of[p]
+  rust_report(message, tb, id)
+  local list = callbacks[id or NOBODY]
   if list == nil then return end
   for i = 1, #list do
     local fn = list[i][1]
-    spawn_as(owner_of[p], function() fn(p, all_values(p)) end)
+    spawn_as(id, function() fn(p, all_values(p)) end)
   end
 end
 

@@ -260,7 +260,6 @@ end
 local function report_spent(key, owner_id, co)
   if not pcall(rust_spent, key, owner_id, co) then
     if co ~= nil then pcall(close, co) end
-    co = nil
     collectgarbage("collect")
     pcall(rust_spent, key, owner_id, nil)
   end
@@ -838,11 +837,16 @@ local function running_instance()
   return rust_instance()
 end
 
---- Raises `bad argument #1 to 'fname'` if `key` (a task's, or nil) is a task of another instance
---- than the one running: a script that got hold of another's thread (handed over through a
---- channel or a module, or left in a promise's fields) cannot resume, close or cancel it.
+--- Whether `key` (a task's, or nil) is a task of another instance than the one running.
+local function foreign(key)
+  return key ~= nil and owner[key] ~= running_instance()
+end
+
+--- Raises `bad argument #1 to 'fname'` if `key` is a task of another instance (`foreign`): a
+--- script that got hold of another's thread (handed over through a channel or a module, or left
+--- in a promise's fields) cannot resume, close or cancel it.
 local function check_own(key, fname)
-  if key ~= nil and owner[key] ~= running_instance() then
+  if foreign(key) then
     error("bad argument #1 to '" .. fname .. "' (a task of another script)", 3)
   end
 end
@@ -1016,8 +1020,7 @@ function task.list() return inspector.list() end
 --- What task `co` waits on and where it stands; nil if `co` is not a task.
 function task.info(co)
   if type(co) ~= "thread" then bad(1, "info", "thread", co, 2) end
-  local key = keys[co]
-  if key ~= nil and owner[key] ~= running_instance() then return nil end -- not one of its tasks
+  if foreign(keys[co]) then return nil end -- not one of its tasks
   return inspector.info(co)
 end
 
