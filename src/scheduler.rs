@@ -148,6 +148,9 @@ pub(crate) struct Scheduler {
     /// Instances forgotten since the last promise tick (the promise module drops what it kept for
     /// them).
     pub gone: Vec<InstanceId>,
+    /// Threads of tasks that a script of another instance despawned during the step, with their
+    /// instance, to be closed once the step's resumes are over ([`close_despawned`]).
+    despawned: Vec<(InstanceId, Thread)>,
 }
 
 impl Scheduler {
@@ -759,8 +762,10 @@ pub(crate) struct Refs {
     pub wake: Function,
     /// `step.start(co)`: makes a thread a task of the host instance and queues it.
     pub start: Function,
-    /// `step.kill(key) -> ok, message, traceback`: closes a task whose instance is going away.
-    pub kill: Function,
+    /// `step.detach(key) -> thread?`: forgets a task whose instance is going away.
+    pub detach: Function,
+    /// `step.close_detached(co) -> ok, message, traceback`: closes the thread of a forgotten task.
+    pub close_detached: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
     /// `step.close(co) -> ok, message, traceback`: closes a suspended thread.
@@ -925,7 +930,7 @@ fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
     traceback.call::<String>(thread).map(|t| traceback_part(&t)).unwrap_or_default()
 }
 
-/// Reports what closing a thread (`step.close` or `step.kill`: `ok, message, traceback`) raised,
+/// Reports what closing a thread (`step.close` or `step.close_detached`: `ok, message, traceback`) raised,
 /// if anything: a `__close` that raised, with the traceback of where the thread stood.
 fn report_closed(
     lua: &Lua,
@@ -947,31 +952,63 @@ fn report_closed(
 /// it finishes its resume) and the Rust work it started; the instance stays. To-be-closed
 /// variables close, in the order the tasks were made.
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
+    for thread in detach_instance(lua, id, keep) {
+        close_detached(lua, id, &thread);
+    }
+}
+
+/// Cancels every task of an instance (but `keep`) and the Rust work it started, and returns their
+/// threads, not closed yet, in the order the tasks were made: nothing resumes them again.
+fn detach_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<Thread> {
     let tasks = sched(lua).take_instance_tasks(id, keep);
     let mut i = 0;
     while let Some(hook) = step_hook(lua, |h| h.cancel_instance.get(i)) {
         hook(lua, id);
         i += 1;
     }
-    let _host = host(lua, Some(id));
-    kill_tasks(lua, &tasks, id);
+    let detach = refs(lua).detach.clone();
+    tasks.into_iter().filter_map(|key| detach.call::<Option<Thread>>(key).ok().flatten()).collect()
+}
+
+/// Closes `thread`, a task of `instance` that was detached, as work of that instance: its
+/// `__close` handlers see it as the running instance, and what they raise is reported for it.
+fn close_detached(lua: &Lua, instance: InstanceId, thread: &Thread) {
+    let _host = host(lua, Some(instance));
+    let close = refs(lua).close_detached.clone();
+    report_closed(lua, close.call(thread), Some(instance));
 }
 
 /// Cancels now the instances on `entity`, which a script despawned during the step, so none of
-/// their tasks resumes again in this step. The next sync forgets them.
+/// their tasks resumes again in this step. The next sync forgets them. The despawning task's own
+/// instance closes its other tasks at once, inside the despawning task (their `__close` handlers
+/// are charged to its budget); another instance's tasks are closed once the step's resumes are
+/// over ([`close_despawned`]), outside any task: closed inside the despawner's, their handlers
+/// ran as the despawner, where they could list and cancel its tasks.
 pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
     let (current, _) = current_task(lua);
+    let running = if current > 0 { sched(lua).instance_of(current) } else { None };
     let ids = sched(lua).instances_on(entity);
     for id in ids {
-        cancel_instance(lua, id, Some(current));
+        if running.is_some_and(|r| r != id) {
+            let threads = detach_instance(lua, id, None);
+            sched(lua).despawned.extend(threads.into_iter().map(|t| (id, t)));
+        } else {
+            cancel_instance(lua, id, Some(current));
+        }
     }
 }
 
-/// Closes the tasks `keys` of `instance` (already removed here), in order.
-pub(crate) fn kill_tasks(lua: &Lua, keys: &[i64], instance: InstanceId) {
-    let kill = refs(lua).kill.clone();
-    for &key in keys {
-        report_closed(lua, kill.call(key), Some(instance));
+/// Closes the threads of the tasks another instance's script despawned during the step (see
+/// [`cancel_despawned`]), each as work of its own instance, in the order they were despawned.
+pub(crate) fn close_despawned(lua: &Lua) {
+    loop {
+        let threads = std::mem::take(&mut sched(lua).despawned);
+        if threads.is_empty() {
+            return;
+        }
+        for (id, thread) in threads {
+            close_detached(lua, id, &thread);
+        }
     }
 }
 

@@ -739,12 +739,21 @@ fn a_kept_promise_worker_never_runs_another_instance_s_executor() {
 
 /// The thread of another instance's task, handed over through a shared module, can be looked at
 /// but not resumed, closed or cancelled, and `task.info` does not describe it.
-#[test]
-fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there() {
+/// An app whose assets hold `scripts/shared.lua`, a module that returns one table to every
+/// instance that requires it: how one script hands another a value. Keep the directory alive.
+fn shared_module_app() -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("scripts")).unwrap();
     std::fs::write(dir.path().join("scripts/shared.lua"), "return {}").unwrap();
-    let mut app = create_app_in(dir.path().to_str().unwrap(), test_plugin());
+    let app = create_app_in(dir.path().to_str().unwrap(), test_plugin());
+    (app, dir)
+}
+
+/// (`task.spawn`, `task.defer` and `task.delay` of such a thread once resumed it with the
+/// caller's values.)
+#[test]
+fn a_task_handed_to_another_instance_cannot_be_resumed_closed_cancelled_or_spawned_there() {
+    let (mut app, _dir) = shared_module_app();
     spawn_script(
         &mut app,
         "scripts/victim.lua",
@@ -761,6 +770,9 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there
         print(pcall(coroutine.close, t))
         print(pcall(task.cancel, t))
         print(pcall(coroutine.wrap(function() return coroutine.resume(t) end)))
+        print(pcall(task.spawn, t, 'EVIL'))
+        print(pcall(task.defer, t, 'EVIL'))
+        print(pcall(task.delay, 0, t, 'EVIL'))
         "#,
     );
     run(&mut app, 20);
@@ -784,6 +796,9 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there
             },
             "false\tbad argument #1 to 'cancel' (a task of another script)",
             "false\tbad argument #1 to 'resume' (a task of another script)",
+            "false\tbad argument #1 to 'spawn' (a task of another script)",
+            "false\tbad argument #1 to 'defer' (a task of another script)",
+            "false\tbad argument #2 to 'delay' (a task of another script)",
             "victim task woke\tnumber",
         ],
         "{:#?}",
@@ -797,10 +812,7 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_or_cancelled_there
 /// and the Rust work it awaited was never dropped.
 #[test]
 fn a_promise_cancelled_from_elsewhere_still_cancels_its_executor() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("scripts")).unwrap();
-    std::fs::write(dir.path().join("scripts/shared.lua"), "return {}").unwrap();
-    let mut app = create_app_in(dir.path().to_str().unwrap(), test_plugin());
+    let (mut app, _dir) = shared_module_app();
     spawn_script(
         &mut app,
         "scripts/maker.lua",
@@ -885,4 +897,121 @@ fn a_gsub_result_grows_only_within_the_memory_limit() {
         "{lines:?}"
     );
     assert_eq!(lines[2], "hellllo");
+}
+
+/// Despawning another instance's entity closes that instance's tasks as that instance, once the
+/// step's resumes are over. Their `__close` handlers once ran inside the despawner's task, as the
+/// despawner: they listed its tasks and cancelled them, and their promises were its own.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn despawning_another_instance_s_entity_closes_its_tasks_as_that_instance() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        require('shared').entity = entity
+        require('shared').thread = coroutine.running()
+        local guard <close> = setmetatable({}, { __close = function()
+          local tasks = task.list()
+          print('close sees', #tasks)
+          for _, t in ipairs(tasks) do pcall(task.cancel, t.thread) end
+          Promise.reject('rejected in the close')
+        end })
+        task.wait(100)
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/despawner.lua",
+        r#"
+        task.spawn(function() for i = 1, 3 do task.wait() end print('despawner task done') end)
+        require('shared').entity:despawn()
+        print('despawned')
+        -- Not closed yet, and still not the despawner's to run.
+        print(pcall(coroutine.resume, require('shared').thread))
+        print(pcall(task.spawn, require('shared').thread))
+        task.wait()
+        print('despawner goes on')
+        "#,
+    );
+    run(&mut app, 10);
+    let errs = errors(&app);
+    assert_eq!(
+        printed(&app),
+        [
+            "despawned",
+            "false\tbad argument #1 to 'resume' (a task of another script)",
+            "false\tbad argument #1 to 'spawn' (a task of another script)",
+            "close sees\t0",
+            "despawner goes on",
+            "despawner task done"
+        ],
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.kind == ScriptErrorKind::UnhandledRejection
+                && e.message.contains("rejected in the close")),
+        "{errs:#?}"
+    );
+    assert!(errs.iter().all(|e| e.script != "scripts/despawner.lua"), "{errs:#?}");
+}
+
+/// Script code one instance hooks onto a promise of another runs as the instance that hooked it:
+/// an `andThen` or `finally` handler added to a promise another settles, and a cancellation hook
+/// of a promise another cancels. They once ran inside the settling (or cancelling) task, as its
+/// instance: they listed that instance's tasks and could cancel them.
+#[test]
+fn handlers_and_cancellation_hooks_run_as_the_instance_that_added_them() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/maker.lua",
+        r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        shared.hooked = Promise.new(function(_, _, onCancel)
+          onCancel(function() print('cancel hook', task.list()[1].script) end)
+        end)
+        task.spawn(function() for i = 1, 4 do task.wait() end print('maker task done') end)
+        task.wait() task.wait()
+        resolve('value')
+        print('resolved')
+        task.wait(1)
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/hooker.lua",
+        r#"
+        local shared = require('shared')
+        local function take_over(what)
+          local tasks = task.list()
+          for _, t in ipairs(tasks) do
+            if t.thread ~= coroutine.running() then pcall(task.cancel, t.thread) end
+          end
+          print(what, tasks[1].script)
+        end
+        shared.p:finally(function() print('finally', task.list()[1].script) end)
+        shared.p:andThen(function(v) take_over('andThen ' .. v) end)
+        shared.hooked:cancel()
+        task.wait(1)
+        "#,
+    );
+    run(&mut app, 8);
+    assert_eq!(
+        printed(&app),
+        [
+            "cancel hook\tscripts/maker.lua",
+            "resolved",
+            "finally\tscripts/hooker.lua",
+            "andThen value\tscripts/hooker.lua",
+            "maker task done"
+        ],
+        "{:#?}",
+        errors(&app)
+    );
 }

@@ -559,9 +559,24 @@ local function add_consumer(parent, child)
   parent._nconsumers = (parent._nconsumers or 0) + 1
 end
 
---- Runs a user's cancellation hook in its own thread (its errors are reported like a task's).
+--- Whether script code of instance `id` (nil: the library's own) is about to run where another
+--- instance runs: a handler it added to a promise another settles, a cancellation hook of a
+--- promise another cancels. Run inline, it would run as that other instance, whose tasks it could
+--- then list and cancel; it runs as a task of its own instance instead (`spawn_as`: in this step,
+--- after the running work; nothing if that instance is gone).
+local function elsewhere(id)
+  return id ~= nil and id ~= owner()
+end
+
+--- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
+--- the instance the promise was made for.
 local function run_hook(p, hook)
-  local ok, err = pcall(task_spawn, hook)
+  local id, ok, err = owner_of[p], nil, nil
+  if elsewhere(id) then
+    ok, err = pcall(spawn_as, id, hook)
+  else
+    ok, err = pcall(task_spawn, hook)
+  end
   if not ok then internal_failure(p, err) end
 end
 
@@ -843,7 +858,12 @@ end
 
 --- Calls `handler` with the values of `src` (settled) in a new thread; its results resolve `child`, its error rejects it.
 local function spawn_handler(child, handler, src)
-  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
+  local id, ok, err = owner_of[child], nil, nil -- the instance that added the handler
+  if elsewhere(id) then
+    ok, err = pcall(spawn_as, id, function() run_handler(child, handler, src) end)
+  else
+    ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
+  end
   if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
 
@@ -1608,7 +1628,12 @@ local function finally_impl(src, handler)
   local function reaction(s)
     if handler ~= nil then
       -- Runs even if `child` was cancelled: the handler sees every outcome of `src`.
-      local ok, err = pcall(task_spawn, run_finally, child, handler, s)
+      local id, ok, err = owner_of[child], nil, nil
+      if elsewhere(id) then
+        ok, err = pcall(spawn_as, id, function() run_finally(child, handler, s) end)
+      else
+        ok, err = pcall(task_spawn, run_finally, child, handler, s)
+      end
       if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
     elseif child._status == STARTED then
       follow(child, s, false)

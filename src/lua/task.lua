@@ -46,6 +46,9 @@ local regs = {}                           -- key -> current registration number
 local args = {}                           -- key -> packed arguments for the next resume
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
 local owner = {}                          -- key -> instance id
+-- Threads of tasks whose instance went away (`step.detach`), until Rust closes them once the
+-- step's resumes are over: nobody's to resume meanwhile.
+local detached = setmetatable({}, { __mode = "k" })
 local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
@@ -95,15 +98,18 @@ local function push_frames(frames, key, reg)
   b[n + 1], b[n + 2], b[n + 3], b.n = key, reg, S.nanos, n + 3
 end
 
+--- Makes `co` a task of the instance of task `current` (-1: of the host instance); its key.
+local function adopt(co, current)
+  local key, inst = rust_adopt(co, current)
+  if key == nil then error(inst, 0) end -- the instance is at its live-task quota
+  threads[key], keys[co], owner[key] = co, key, inst
+  return key
+end
+
 --- The task key of `co`, making it a task of the running instance if it is not one yet.
 local function key_for(co)
   local key = keys[co]
-  if key == nil then
-    local inst
-    key, inst = rust_adopt(co, T[CURRENT])
-    if key == nil then error(inst, 0) end -- the instance is at its live-task quota
-    threads[key], keys[co], owner[key] = co, key, inst
-  end
+  if key == nil then key = adopt(co, T[CURRENT]) end
   return key
 end
 
@@ -685,7 +691,7 @@ end
 
 --- Makes `co` a task of the instance being set up and queues it to run this step.
 function step.start(co)
-  local key = key_for(co)
+  local key = keys[co] or adopt(co, -1) -- the host's, whichever task runs now
   push_ready(key, bump(key), ARGS, 0)
 end
 
@@ -710,12 +716,21 @@ local function guard(owner, f, ...)
 end
 step.guard = guard
 
---- Cancels task `key` for Rust (its instance is going away): closes the thread, its `__close`
---- handlers under a budget (see `close_reporting` for what it returns).
-function step.kill(key)
+--- Forgets task `key` for Rust (its instance is going away) and returns its thread, not closed
+--- yet (nil if there was none): nothing resumes it again.
+function step.detach(key)
   local co = threads[key]
   drop(key)
-  if co == nil then return true end
+  if co ~= nil then detached[co] = true end
+  return co
+end
+
+--- Closes `co`, the thread of a task `step.detach` forgot, its `__close` handlers under a budget
+--- (see `close_reporting` for what it returns). Inside a task (its instance despawned its own
+--- entity) they are charged to that task; Rust closes another instance's only outside any task,
+--- as that instance.
+function step.close_detached(co)
+  detached[co] = nil
   local ok, closed, message, tb = guard(nil, close_reporting, co)
   if not ok then return false, closed, "" end
   if closed == nil then return true end -- its `__close` spent a budget, reported as such
@@ -792,6 +807,32 @@ local function bad(n, fname, expected, value, level)
   error(string_format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, got), level + 1)
 end
 
+--- The instance whose code runs now: the running task's, or (script code the step runs outside
+--- any task, under `guard`) the one Rust runs it for.
+local rust_instance = core.instance
+local function running_instance()
+  local current = T[CURRENT]
+  if current > 0 then return owner[current] end
+  return rust_instance()
+end
+
+--- Whether thread `co` is a task of another instance than the one running (or one detached).
+local function foreign(co)
+  local key = keys[co]
+  if key == nil then return detached[co] ~= nil end
+  return owner[key] ~= running_instance()
+end
+
+--- Raises `bad argument #n to 'fname'`, blaming the caller `level` frames up, if thread `co` is
+--- a task of another instance (`foreign`): a script that got hold of another's thread (handed
+--- over through a channel or a module, or left in a promise's fields) cannot resume, close,
+--- cancel, spawn, defer or delay it.
+local function check_own(co, n, fname, level)
+  if foreign(co) then
+    error(string_format("bad argument #%d to '%s' (a task of another script)", n, fname), level + 1)
+  end
+end
+
 --- Turns `f | thread` into a thread, for spawn/defer/delay. A dead thread is refused here: it
 --- could never run.
 local function to_thread(f, n, fname, level)
@@ -801,6 +842,7 @@ local function to_thread(f, n, fname, level)
     if co_status(f) == "dead" then
       error(string_format("bad argument #%d to '%s' (cannot resume dead coroutine)", n, fname), level)
     end
+    check_own(f, n, fname, level)
     return f
   end
   if t == "function" then return co_create(f) end
@@ -828,45 +870,20 @@ local function after_resume(co, ...)
   return ...
 end
 
---- The instance whose code runs now: the running task's, or (script code the step runs outside
---- any task, under `guard`) the one Rust runs it for.
-local rust_instance = core.instance
-local function running_instance()
-  local current = T[CURRENT]
-  if current > 0 then return owner[current] end
-  return rust_instance()
-end
-
---- Whether `key` (a task's, or nil) is a task of another instance than the one running.
-local function foreign(key)
-  return key ~= nil and owner[key] ~= running_instance()
-end
-
---- Raises `bad argument #1 to 'fname'` if `key` is a task of another instance (`foreign`): a
---- script that got hold of another's thread (handed over through a channel or a module, or left
---- in a promise's fields) cannot resume, close or cancel it.
-local function check_own(key, fname)
-  if foreign(key) then
-    error("bad argument #1 to '" .. fname .. "' (a task of another script)", 3)
-  end
-end
-
 --- `coroutine.resume`, with wait requests registered (see the file's first comment). Resuming a
 --- task by hand ends whatever it waited for, so that waker cannot resume it a second time.
 local function resume(co, ...)
   if S.spent then error("script exceeded its instruction budget", 2) end
+  check_own(co, 1, "resume", 2)
   local key = keys[co]
-  if key ~= nil then
-    check_own(key, "resume")
-    regs[key], parked[key] = nil, nil
-  end
+  if key ~= nil then regs[key], parked[key] = nil, nil end
   return after_resume(co, co_resume(co, ...))
 end
 
 --- `coroutine.close`: closing a task cancels it (nothing it waited for wakes it later).
 local function close_coroutine(co)
   if type(co) == "thread" then
-    check_own(keys[co], "close")
+    check_own(co, 1, "close", 2)
     local status = co_status(co)
     if status == "suspended" then
       local key = keys[co]
@@ -1004,7 +1021,7 @@ function task.cancel(co)
   local status = co_status(co)
   if status == "running" then error("cannot cancel the running thread", 2) end
   if status == "normal" then error("cannot cancel a thread that is resuming another", 2) end
-  check_own(keys[co], "cancel")
+  check_own(co, 1, "cancel", 2)
   cancel_thread(co, status)
 end
 
@@ -1020,7 +1037,7 @@ function task.list() return inspector.list() end
 --- What task `co` waits on and where it stands; nil if `co` is not a task.
 function task.info(co)
   if type(co) ~= "thread" then bad(1, "info", "thread", co, 2) end
-  if foreign(keys[co]) then return nil end -- not one of its tasks
+  if foreign(co) then return nil end -- not one of its tasks
   return inspector.info(co)
 end
 
