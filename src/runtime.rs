@@ -617,6 +617,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
     deps.set("cancel_suspended", api.get::<Function>("cancel_suspended")?)?;
+    deps.set("hold", api.get::<Function>("hold")?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",

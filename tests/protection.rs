@@ -1015,3 +1015,43 @@ fn handlers_and_cancellation_hooks_run_as_the_instance_that_added_them() {
         errors(&app)
     );
 }
+
+/// A promise shows the thread of its executor while the executor has not finished (`_thread`).
+/// An executor that yields without the task API is no task; another instance that held the
+/// promise once resumed it with its own values, and the executor went on as that instance.
+#[test]
+fn an_executor_s_thread_left_in_its_promise_is_not_another_instance_s_to_resume() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/maker.lua",
+        r#"
+        local shared = require('shared')
+        shared.p = Promise.new(function() local v = coroutine.yield() print('executor got', v) end)
+        shared.q = Promise.try(function() local v = coroutine.yield() print('try body got', v) end)
+        task.wait(1)
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/other.lua",
+        r#"
+        local shared = require('shared')
+        for _, p in ipairs({ shared.p, shared.q }) do
+          print(coroutine.status(p._thread), pcall(coroutine.resume, p._thread, 'EVIL'))
+          print(pcall(task.spawn, p._thread, 'EVIL'))
+        end
+        "#,
+    );
+    run(&mut app, 3);
+    let refused = "false\tbad argument #1 to 'resume' (a task of another script)";
+    let refused_spawn = "false\tbad argument #1 to 'spawn' (a task of another script)";
+    let suspended = format!("suspended\t{refused}");
+    assert_eq!(
+        printed(&app),
+        [suspended.as_str(), refused_spawn, suspended.as_str(), refused_spawn],
+        "{:#?}",
+        errors(&app)
+    );
+}

@@ -21,7 +21,7 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait = task.spawn, task.defer, task.wait
-local cancel_suspended = deps.cancel_suspended
+local cancel_suspended, hold = deps.cancel_suspended, deps.hold
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
@@ -823,7 +823,8 @@ local function take_worker()
     -- A worker whose task was killed (its budget ran out mid-job) is closed: skip it.
     if co_status(co) == "suspended" then return co end
   end
-  return co_create(pool.worker)
+  if id == NO_INSTANCE then return co_create(pool.worker) end
+  return hold(co_create(pool.worker), id)
 end
 
 --- The job of a pooled worker for `Promise.new`: `run_body(p, executor, on_resolve, on_reject,
@@ -838,7 +839,7 @@ end
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
 --- the running instance if it yields.
 local function start(p, body, ...)
-  local co = co_create(run_body)
+  local co = hold(co_create(run_body), owner())
   p._thread = co
   local ok, err = pcall(task_spawn, co, p, body, ...)
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
@@ -1023,7 +1024,7 @@ end
 function Promise.defer(executor)
   if not callable(executor) then bad(1, "defer", "function", executor, 2) end
   local p = new_promise()
-  local co = co_create(run_body)
+  local co = hold(co_create(run_body), owner())
   p._thread = co
   local ok, err = pcall(task_defer, co, p, executor, executor_args(p))
   if not ok then error(err, 2) end

@@ -46,9 +46,12 @@ local regs = {}                           -- key -> current registration number
 local args = {}                           -- key -> packed arguments for the next resume
 local keys = setmetatable({}, { __mode = "k" }) -- thread -> key
 local owner = {}                          -- key -> instance id
--- Threads of tasks whose instance went away (`step.detach`), until Rust closes them once the
--- step's resumes are over: nobody's to resume meanwhile.
-local detached = setmetatable({}, { __mode = "k" })
+-- Threads that are no task but are still an instance's: the library's threads that run its code
+-- (promise workers and executors: a promise shows its executor's thread to whoever holds it),
+-- by instance id (`hold`); and tasks whose instance went away, until Rust closes them once the
+-- step's resumes are over (`step.detach`), as NOBODY's. No other instance resumes them.
+local held = setmetatable({}, { __mode = "k" })
+local NOBODY = {}
 local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
@@ -721,7 +724,7 @@ step.guard = guard
 function step.detach(key)
   local co = threads[key]
   drop(key)
-  if co ~= nil then detached[co] = true end
+  if co ~= nil then held[co] = NOBODY end
   return co
 end
 
@@ -730,7 +733,7 @@ end
 --- entity) they are charged to that task; Rust closes another instance's only outside any task,
 --- as that instance.
 function step.close_detached(co)
-  detached[co] = nil
+  held[co] = nil
   local ok, closed, message, tb = guard(nil, close_reporting, co)
   if not ok then return false, closed, "" end
   if closed == nil then return true end -- its `__close` spent a budget, reported as such
@@ -816,11 +819,20 @@ local function running_instance()
   return rust_instance()
 end
 
---- Whether thread `co` is a task of another instance than the one running (or one detached).
+--- Whether thread `co` is a task of another instance than the one running, or a thread another
+--- instance holds (see `held`).
 local function foreign(co)
   local key = keys[co]
-  if key == nil then return detached[co] ~= nil end
-  return owner[key] ~= running_instance()
+  if key ~= nil then return owner[key] ~= running_instance() end
+  local holder = held[co]
+  return holder ~= nil and holder ~= running_instance()
+end
+
+--- For promises: `co`, a thread the library made to run code of instance `id` (nil: of none), is
+--- that instance's while it is no task.
+local function hold(co, id)
+  if id ~= nil then held[co] = id end
+  return co
 end
 
 --- Raises `bad argument #n to 'fname'`, blaming the caller `level` frames up, if thread `co` is
@@ -1112,6 +1124,7 @@ return {
   -- The instance whose code runs now (a Rust call only outside any task).
   running_instance = running_instance,
   cancel_suspended = cancel_suspended,
+  hold = hold,
   bad = bad,
   error_text = error_text,
 }
