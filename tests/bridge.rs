@@ -602,6 +602,9 @@ fn settled_promises_are_let_go() {
     let before = collected_memory(&app);
     answer_frames(&mut app, 120); // 12,000 more promises
     let after = collected_memory(&app);
-    assert!(after < before + 64 * 1024, "Lua memory grew with the promises settled: {before} -> {after}");
+    // Kept, 12,000 promises would be megabytes. The allowance is one doubling of that weak
+    // table's hash part, which under Luau sometimes still comes after the warm-up (about 130 KB;
+    // when depends on where collections fall, which moves from run to run).
+    assert!(after < before + 256 * 1024, "Lua memory grew with the promises settled: {before} -> {after}");
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
 }
