@@ -421,6 +421,21 @@ impl LuaRuntime {
             )?,
         )?;
         core.set(
+            "close_later",
+            lua.create_function(|lua, (id, co): (u64, Thread)| {
+                sched(lua).to_close.push((InstanceId(id), co));
+                Ok(())
+            })?,
+        )?;
+        core.set("take_to_close", lua.create_function(|lua, ()| scheduler::take_to_close(lua))?)?;
+        core.set(
+            "close_as",
+            lua.create_function(|lua, (id, co): (u64, Thread)| {
+                scheduler::close_as(lua, InstanceId(id), &co);
+                Ok(())
+            })?,
+        )?;
+        core.set(
             "forget",
             lua.create_function(|lua, key: i64| {
                 sched(lua).remove_key(key);
@@ -487,6 +502,7 @@ impl LuaRuntime {
             start: step.get("start")?,
             detach: step.get("detach")?,
             close_detached: step.get("close_detached")?,
+            close_ended: step.get("close_ended")?,
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,
@@ -616,8 +632,15 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
-    deps.set("cancel_suspended", api.get::<Function>("cancel_suspended")?)?;
+    deps.set("cancel_executor", api.get::<Function>("cancel_executor")?)?;
     deps.set("hold", api.get::<Function>("hold")?)?;
+    deps.set(
+        "as_host",
+        lua.create_function(|lua, (id, f, args): (Option<u64>, Function, mlua::MultiValue)| {
+            let _host = scheduler::host(lua, id.map(InstanceId));
+            f.call::<mlua::MultiValue>(args)
+        })?,
+    )?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",

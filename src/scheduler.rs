@@ -148,9 +148,10 @@ pub(crate) struct Scheduler {
     /// Instances forgotten since the last promise tick (the promise module drops what it kept for
     /// them).
     pub gone: Vec<InstanceId>,
-    /// Threads of tasks that a script of another instance despawned during the step, with their
-    /// instance, to be closed once the step's resumes are over ([`close_despawned`]).
-    despawned: Vec<(InstanceId, Thread)>,
+    /// Threads of tasks that a script of another instance ended during the step (it despawned
+    /// their entity, or cancelled the promise they were the executor of), with their instance, to
+    /// be closed once the step's resumes are over ([`close_ended`]).
+    pub to_close: Vec<(InstanceId, Thread)>,
 }
 
 impl Scheduler {
@@ -766,6 +767,8 @@ pub(crate) struct Refs {
     pub detach: Function,
     /// `step.close_detached(co) -> ok, message, traceback`: closes the thread of a forgotten task.
     pub close_detached: Function,
+    /// `step.close_ended()`: closes the threads of [`Scheduler::to_close`], under one budget.
+    pub close_ended: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
     /// `step.close(co) -> ok, message, traceback`: closes a suspended thread.
@@ -982,8 +985,8 @@ fn close_detached(lua: &Lua, instance: InstanceId, thread: &Thread) {
 /// their tasks resumes again in this step. The next sync forgets them. The despawning task's own
 /// instance closes its other tasks at once, inside the despawning task (their `__close` handlers
 /// are charged to its budget); another instance's tasks are closed once the step's resumes are
-/// over ([`close_despawned`]), outside any task: closed inside the despawner's, their handlers
-/// ran as the despawner, where they could list and cancel its tasks.
+/// over ([`close_ended`]): closed inside the despawner's task, their handlers ran as the
+/// despawner, where they could list and cancel its tasks.
 pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
     let (current, _) = current_task(lua);
     let running = if current > 0 { sched(lua).instance_of(current) } else { None };
@@ -991,25 +994,48 @@ pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
     for id in ids {
         if running.is_some_and(|r| r != id) {
             let threads = detach_instance(lua, id, None);
-            sched(lua).despawned.extend(threads.into_iter().map(|t| (id, t)));
+            sched(lua).to_close.extend(threads.into_iter().map(|t| (id, t)));
         } else {
             cancel_instance(lua, id, Some(current));
         }
     }
 }
 
-/// Closes the threads of the tasks another instance's script despawned during the step (see
-/// [`cancel_despawned`]), each as work of its own instance, in the order they were despawned.
-pub(crate) fn close_despawned(lua: &Lua) {
-    loop {
-        let threads = std::mem::take(&mut sched(lua).despawned);
-        if threads.is_empty() {
-            return;
-        }
-        for (id, thread) in threads {
-            close_detached(lua, id, &thread);
-        }
+/// Closes the threads of the tasks that scripts of other instances ended during the step (see
+/// [`Scheduler::to_close`]), each as work of its own instance, in the order they were ended, all
+/// under one budget of their own (`step.close_ended`): a script that despawns many entities whose
+/// `__close` handlers loop costs the frame one budget, as it did when they closed inside its task.
+pub(crate) fn close_ended(lua: &Lua) {
+    if sched(lua).to_close.is_empty() {
+        return;
     }
+    let close_ended = refs(lua).close_ended.clone();
+    if let Err(e) = close_ended.call::<()>(()) {
+        error!("bevy_lua_coroutines: closing ended tasks raised {e}");
+    }
+}
+
+/// For `step.close_ended`: the threads to close and their instances (`thread, id, thread, id,
+/// ...`), taken from [`Scheduler::to_close`]; `None` once there are none.
+pub(crate) fn take_to_close(lua: &Lua) -> mlua::Result<Option<Table>> {
+    let threads = std::mem::take(&mut sched(lua).to_close);
+    if threads.is_empty() {
+        return Ok(None);
+    }
+    let list = lua.create_table_with_capacity(threads.len() * 2, 0)?;
+    for (id, thread) in threads {
+        list.raw_push(thread)?;
+        list.raw_push(id.0)?;
+    }
+    Ok(Some(list))
+}
+
+/// For `step.close_ended`: closes `thread`, a task of `instance` that was ended, as work of that
+/// instance (its `__close` handlers see it as the running instance), and reports what they raised.
+pub(crate) fn close_as(lua: &Lua, instance: InstanceId, thread: &Thread) {
+    let _host = host(lua, Some(instance));
+    let close = refs(lua).close.clone();
+    report_closed(lua, close.call(thread), Some(instance));
 }
 
 /// Work an extension does at the start of every step.

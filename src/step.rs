@@ -3,7 +3,8 @@
 //! such as Rust async results settling their promises, and the timers that fell due wake their
 //! tasks); everything ready resumes (`step.run` in `lua/task.lua`, whose common case, a task that
 //! waits for the next frame again, is the raw loop in `fastpath`); then what came out goes out:
-//! the tasks that a script despawned with another instance's entity close, as that instance;
+//! the tasks that a script of another instance ended (it despawned their entity, cancelled their
+//! promise) close, as their own instance;
 //! promise rejections nobody handled are reported, and the frame's errors and prints are handed to
 //! the plugin, which writes them as messages. The plugin's step system calls [`frame`] while the
 //! world is reachable from scripts.
@@ -33,8 +34,8 @@ pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real:
     if let Err(e) = resume_all(runtime, game, delta, real) {
         error!("bevy_lua_coroutines: the step failed: {e}");
     }
-    // Out: the tasks of entities that scripts despawned close, each as its own instance.
-    crate::scheduler::close_despawned(lua);
+    // Out: the tasks that scripts of other instances ended close, each as its own instance.
+    crate::scheduler::close_ended(lua);
     crate::fastpath::restore_memory_limit(lua);
     crate::heap::trim(lua);
     // Out: unhandled rejections are reported once per frame, after every resume.

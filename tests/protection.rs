@@ -749,21 +749,42 @@ fn shared_module_app() -> (App, tempfile::TempDir) {
     (app, dir)
 }
 
+/// Runs `first` (its path and source) for a frame in an app with the shared module, then
+/// `second` beside it for `frames` frames.
+fn one_then_another(first: (&str, &str), second: (&str, &str), frames: usize) -> (App, tempfile::TempDir) {
+    let (mut app, dir) = shared_module_app();
+    spawn_script(&mut app, first.0, first.1);
+    run(&mut app, 1);
+    spawn_script(&mut app, second.0, second.1);
+    run(&mut app, frames);
+    (app, dir)
+}
+
+/// Lua code to put in front of a script: `take_over(what)` prints `what` and the script of the
+/// oldest task the running instance has, then cancels every other task it has, as code running
+/// where it should not would.
+const TAKE_OVER: &str = r#"
+local function take_over(what)
+  local tasks = task.list()
+  print(what, tasks[1] and tasks[1].script)
+  for _, t in ipairs(tasks) do
+    if t.thread ~= coroutine.running() then pcall(task.cancel, t.thread) end
+  end
+end
+"#;
+
 /// (`task.spawn`, `task.defer` and `task.delay` of such a thread once resumed it with the
 /// caller's values.)
 #[test]
 fn a_task_handed_to_another_instance_cannot_be_resumed_closed_cancelled_or_spawned_there() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/victim.lua",
-        "require('shared').task = task.spawn(function() local v = task.wait(0.2) print('victim task woke', type(v)) end)",
-    );
-    run(&mut app, 1);
-    spawn_script(
-        &mut app,
-        "scripts/attacker.lua",
-        r#"
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/victim.lua",
+            "require('shared').task = task.spawn(function() local v = task.wait(0.2) print('victim task woke', type(v)) end)",
+        ),
+        (
+            "scripts/attacker.lua",
+            r#"
         local t = require('shared').task
         print(coroutine.status(t), task.info(t))
         print(pcall(coroutine.resume, t, 'EVIL'))
@@ -774,8 +795,9 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_cancelled_or_spawn
         print(pcall(task.defer, t, 'EVIL'))
         print(pcall(task.delay, 0, t, 'EVIL'))
         "#,
+        ),
+        20,
     );
-    run(&mut app, 20);
     let mut lines = printed(&app);
     // (Through `coroutine.wrap` Luau puts where the error passed in front of the message.)
     if let Some(wrapped) = lines.get_mut(4)
@@ -812,19 +834,18 @@ fn a_task_handed_to_another_instance_cannot_be_resumed_closed_cancelled_or_spawn
 /// and the Rust work it awaited was never dropped.
 #[test]
 fn a_promise_cancelled_from_elsewhere_still_cancels_its_executor() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/maker.lua",
-        r#"
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            r#"
         require('shared').p = Promise.new(function() task.wait(0.2) print('shared executor went on') end)
         local mine = Promise.new(function() task.wait(0.2) print('timed executor went on') end):timeout(0.05)
         print('timed out', mine:awaitStatus())
         "#,
+        ),
+        ("scripts/canceller.lua", "require('shared').p:cancel() print('cancelled')"),
+        30,
     );
-    run(&mut app, 1);
-    spawn_script(&mut app, "scripts/canceller.lua", "require('shared').p:cancel() print('cancelled')");
-    run(&mut app, 30);
     let lines = printed(&app);
     assert!(lines.contains(&"cancelled".to_string()), "{lines:?} {:#?}", errors(&app));
     assert!(lines.iter().any(|l| l.starts_with("timed out\tRejected")), "{lines:?}");
@@ -905,11 +926,10 @@ fn a_gsub_result_grows_only_within_the_memory_limit() {
 #[test]
 #[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
 fn despawning_another_instance_s_entity_closes_its_tasks_as_that_instance() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/victim.lua",
-        r#"
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/victim.lua",
+            r#"
         require('shared').entity = entity
         require('shared').thread = coroutine.running()
         local guard <close> = setmetatable({}, { __close = function()
@@ -920,12 +940,10 @@ fn despawning_another_instance_s_entity_closes_its_tasks_as_that_instance() {
         end })
         task.wait(100)
         "#,
-    );
-    run(&mut app, 1);
-    spawn_script(
-        &mut app,
-        "scripts/despawner.lua",
-        r#"
+        ),
+        (
+            "scripts/despawner.lua",
+            r#"
         task.spawn(function() for i = 1, 3 do task.wait() end print('despawner task done') end)
         require('shared').entity:despawn()
         print('despawned')
@@ -935,8 +953,9 @@ fn despawning_another_instance_s_entity_closes_its_tasks_as_that_instance() {
         task.wait()
         print('despawner goes on')
         "#,
+        ),
+        10,
     );
-    run(&mut app, 10);
     let errs = errors(&app);
     assert_eq!(
         printed(&app),
@@ -965,11 +984,10 @@ fn despawning_another_instance_s_entity_closes_its_tasks_as_that_instance() {
 /// instance: they listed that instance's tasks and could cancel them.
 #[test]
 fn handlers_and_cancellation_hooks_run_as_the_instance_that_added_them() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/maker.lua",
-        r#"
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            r#"
         local shared, resolve = require('shared'), nil
         shared.p = Promise.new(function(r) resolve = r end)
         shared.hooked = Promise.new(function(_, _, onCancel)
@@ -981,27 +999,22 @@ fn handlers_and_cancellation_hooks_run_as_the_instance_that_added_them() {
         print('resolved')
         task.wait(1)
         "#,
-    );
-    run(&mut app, 1);
-    spawn_script(
-        &mut app,
-        "scripts/hooker.lua",
-        r#"
+        ),
+        (
+            "scripts/hooker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
         local shared = require('shared')
-        local function take_over(what)
-          local tasks = task.list()
-          for _, t in ipairs(tasks) do
-            if t.thread ~= coroutine.running() then pcall(task.cancel, t.thread) end
-          end
-          print(what, tasks[1].script)
-        end
         shared.p:finally(function() print('finally', task.list()[1].script) end)
         shared.p:andThen(function(v) take_over('andThen ' .. v) end)
         shared.hooked:cancel()
         task.wait(1)
-        "#,
+        "#
+            ),
+        ),
+        8,
     );
-    run(&mut app, 8);
     assert_eq!(
         printed(&app),
         [
@@ -1021,30 +1034,28 @@ fn handlers_and_cancellation_hooks_run_as_the_instance_that_added_them() {
 /// promise once resumed it with its own values, and the executor went on as that instance.
 #[test]
 fn an_executor_s_thread_left_in_its_promise_is_not_another_instance_s_to_resume() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/maker.lua",
-        r#"
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            r#"
         local shared = require('shared')
         shared.p = Promise.new(function() local v = coroutine.yield() print('executor got', v) end)
         shared.q = Promise.try(function() local v = coroutine.yield() print('try body got', v) end)
         task.wait(1)
         "#,
-    );
-    run(&mut app, 1);
-    spawn_script(
-        &mut app,
-        "scripts/other.lua",
-        r#"
+        ),
+        (
+            "scripts/other.lua",
+            r#"
         local shared = require('shared')
         for _, p in ipairs({ shared.p, shared.q }) do
           print(coroutine.status(p._thread), pcall(coroutine.resume, p._thread, 'EVIL'))
           print(pcall(task.spawn, p._thread, 'EVIL'))
         end
         "#,
+        ),
+        3,
     );
-    run(&mut app, 3);
     let refused = "false\tbad argument #1 to 'resume' (a task of another script)";
     let refused_spawn = "false\tbad argument #1 to 'spawn' (a task of another script)";
     let suspended = format!("suspended\t{refused}");
@@ -1054,4 +1065,301 @@ fn an_executor_s_thread_left_in_its_promise_is_not_another_instance_s_to_resume(
         "{:#?}",
         errors(&app)
     );
+}
+
+fn dump(app: &App) -> String {
+    format!("printed: {:#?}\nerrors: {:#?}", printed(app), errors(app))
+}
+
+/// A promise's cancellation hook is the one `onCancel` was given: a function another instance
+/// wrote into its plain `_hook` field (of a promise it reached through its own promise's
+/// consumers) once ran, as the promise's instance, when that script cancelled it.
+#[test]
+fn a_cancel_hook_a_script_wrote_into_a_promise_never_runs() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
+        local shared = require('shared')
+        local bait = Promise.new(function() end)
+        shared.bait = bait
+        while not (bait._consumers and bait._consumers[1]) do task.wait() end
+        local child = bait._consumers[1] -- the victim's andThen promise
+        child._hook = function() take_over('forged hook runs as') end
+        child:cancel()
+        "#
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+        task.spawn(function() for i = 1, 6 do task.wait() end print('victim task done') end)
+        require('shared').bait:andThen(function() end)
+        "#,
+        ),
+        12,
+    );
+    let lines = printed(&app);
+    assert!(!lines.contains(&"forged hook runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
+    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+}
+
+/// `Promise.each` and `Promise.fold` go on when another instance settles the promise they wait on
+/// (their task is that instance's to resume: it once stopped there for good).
+#[test]
+fn each_and_fold_go_on_when_another_instance_settles_what_they_wait_on() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        for i = 1, 3 do task.wait() end
+        resolve('value')
+        print('resolved')
+        "#,
+        ),
+        (
+            "scripts/user.lua",
+            r#"
+        local p = require('shared').p
+        Promise.each({ p }, function(v) print('each got', v) return v end)
+          :andThen(function(r) print('each done', r[1]) end)
+        Promise.fold({ p }, function(acc, v) return acc .. v end, '')
+          :andThen(function(r) print('fold done', r) end)
+        "#,
+        ),
+        10,
+    );
+    let lines = printed(&app);
+    for want in ["each got\tvalue", "each done\tvalue", "fold done\tvalue"] {
+        assert!(lines.contains(&want.to_string()), "missing {want:?}\n{}", dump(&app));
+    }
+}
+
+/// Cancelling another instance's promise closes its executor's thread as that instance, once the
+/// step's resumes are over: its `__close` handlers once ran inside the canceller's task, as the
+/// canceller.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn an_executor_cancelled_by_another_instance_closes_as_its_own() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
+        require('shared').p = Promise.new(function()
+          local g <close> = setmetatable({}, { __close = function() take_over('executor close runs as') end })
+          task.wait(100)
+        end)
+        task.wait(100)
+        "#
+            ),
+        ),
+        (
+            "scripts/canceller.lua",
+            r#"
+        task.spawn(function() for i = 1, 3 do task.wait() end print('canceller task done') end)
+        require('shared').p:cancel()
+        task.wait()
+        print('canceller goes on')
+        "#,
+        ),
+        8,
+    );
+    let lines = printed(&app);
+    assert!(!lines.contains(&"executor close runs as\tscripts/canceller.lua".to_string()), "{}", dump(&app));
+    assert!(lines.contains(&"canceller task done".to_string()), "{}", dump(&app));
+}
+
+/// The executor of a promise of an instance whose entity another script despawned is closed with
+/// that instance's other tasks, as that instance, even when the despawner cancels the promise
+/// before then.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_despawned_instance_s_executor_cancelled_by_the_despawner_closes_as_its_own() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/victim.lua",
+            r#"
+        local shared = require('shared')
+        shared.entity = entity
+        shared.p = Promise.new(function()
+          local g <close> = setmetatable({}, { __close = function()
+            local tasks = task.list()
+            print('executor close sees', #tasks, tasks[1] and tasks[1].script)
+          end })
+          task.wait(100)
+        end)
+        task.wait(100)
+        "#,
+        ),
+        (
+            "scripts/despawner.lua",
+            r#"
+        local shared = require('shared')
+        task.spawn(function() task.wait() task.wait() end)
+        shared.entity:despawn()
+        shared.p:cancel()
+        print('despawned and cancelled')
+        "#,
+        ),
+        4,
+    );
+    let lines = printed(&app);
+    assert_eq!(lines, ["despawned and cancelled", "executor close sees\t0\tnil"], "{}", dump(&app));
+}
+
+/// Cancelling a promise cancels its own executor only: another instance's task written into its
+/// plain `_thread` field was once cancelled, although `task.cancel` refuses it.
+#[test]
+fn a_thread_written_into_a_promise_is_not_cancelled_with_it() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/victim.lua",
+            "require('shared').t = task.spawn(function() task.wait(0.2) print('victim task woke') end)",
+        ),
+        (
+            "scripts/attacker.lua",
+            r#"
+        local t = require('shared').t
+        print(pcall(task.cancel, t))
+        local p = Promise.new(function() end)
+        p._thread = t
+        p:cancel()
+        print('status', coroutine.status(t))
+        "#,
+        ),
+        30,
+    );
+    let lines = printed(&app);
+    assert!(lines.contains(&"victim task woke".to_string()), "{}", dump(&app));
+}
+
+/// Code that the frame's rejection report runs (a rejection value's `__tostring`) runs as the
+/// instance the promise was made for. A handler it added once belonged to no instance, and ran
+/// inside the task of whichever instance settled the promise, as that instance.
+#[test]
+fn a_handler_added_from_a_rejection_report_runs_as_the_rejecting_instance() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/victim.lua",
+            r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        task.spawn(function() for i = 1, 10 do task.wait() end print('victim task done') end)
+        for i = 1, 6 do task.wait() end
+        resolve('value')
+        print('resolved')
+        task.wait(1)
+        "#,
+        ),
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
+        local shared = require('shared')
+        local function evil() take_over('handler runs as') end
+        Promise.reject(setmetatable({}, { __tostring = function()
+          shared.p:andThen(evil)
+          return 'bait'
+        end }))
+        "#
+            ),
+        ),
+        14,
+    );
+    let lines = printed(&app);
+    assert!(!lines.contains(&"handler runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
+    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+}
+
+/// A `__close` handler that despawns another entity, run as its own instance after the step's
+/// resumes, closes that entity's tasks as their instance: the promise module once kept the
+/// first instance as the owner, so the second one's executor ran on the first one's worker.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_close_that_despawns_another_entity_runs_that_entity_s_closes_as_its_own() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        local shared = require('shared')
+        shared.v_entity = entity
+        local g <close> = setmetatable({}, { __close = function()
+          Promise.new(function() print('victim executor on attacker worker', coroutine.running() == shared.aworker) end)
+        end })
+        task.wait(100)
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local shared = require('shared')
+        shared.a_entity = entity
+        Promise.new(function() shared.aworker = coroutine.running() end)
+        local g <close> = setmetatable({}, { __close = function()
+          local _ = Promise.resolve()
+          shared.v_entity:despawn()
+        end })
+        task.wait(100)
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(&mut app, "scripts/helper.lua", "require('shared').a_entity:despawn()");
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["victim executor on attacker worker\tfalse"], "{}", dump(&app));
+}
+
+/// The tasks a script's despawns end are closed after the step's resumes under one budget: 500
+/// looping `__close` handlers (ten entities of 50 tasks) spend one, not 500, in the frame.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn despawned_tasks_closed_after_the_step_share_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    std::fs::write(
+        dir.path().join("scripts/heavy.lua"),
+        "for i = 1, 50 do task.spawn(function()
+           local g <close> = setmetatable({}, { __close = function() local x = 0 while true do x = x + 1 end end })
+           task.wait(1000)
+         end) end",
+    )
+    .unwrap();
+    let mut app = create_app_in(
+        dir.path().to_str().unwrap(),
+        LuaCoroutinesPlugin {
+            print_to_stdout: false,
+            hot_reload: false,
+            wait_for_script_loads: true,
+            instruction_budget: Some(1_000_000),
+            exact_instruction_count: true,
+            step_time_budget: Some(std::time::Duration::from_millis(2)),
+            ..default()
+        },
+    );
+    spawn_script(
+        &mut app,
+        "scripts/spawner.lua",
+        r#"
+        local es = {}
+        for i = 1, 10 do es[i] = world.spawn{ script = 'scripts/heavy.lua' } end
+        task.wait() task.wait() task.wait()
+        for i = 1, 10 do es[i]:despawn() end
+        print('despawned 10')
+        "#,
+    );
+    run(&mut app, 3);
+    let before = errors(&app).len();
+    run(&mut app, 2);
+    let errs = errors(&app);
+    let budget_errors = errs[before..].iter().filter(|e| e.kind == ScriptErrorKind::Budget).count();
+    assert!(printed(&app).contains(&"despawned 10".to_string()), "{}", dump(&app));
+    assert_eq!(budget_errors, 1, "budgets spent in the despawn frame: {}", dump(&app));
 }

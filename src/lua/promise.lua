@@ -21,13 +21,17 @@ local deps = ...
 
 local task = deps.task
 local task_spawn, task_defer, task_wait = task.spawn, task.defer, task.wait
-local cancel_suspended, hold = deps.cancel_suspended, deps.hold
+local cancel_executor, hold = deps.cancel_executor, deps.hold
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
 -- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
 local step_slots = deps.slots
 local guard = deps.guard
+-- `as_host(id, f, ...)`: `f(...)` as work of instance `id` (nil: of none) when no task runs (Rust
+-- names `id` the host instance meanwhile): code run outside any task for a promise (its
+-- rejection's `__tostring`, a reaction a script wrote into its fields) runs as its instance.
+local as_host = deps.as_host
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
   type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
@@ -366,7 +370,9 @@ local function owner()
   -- (`cached_key` is never 0 once set, and `cached_serial` matches nothing before.)
   if key == cached_key and serial == cached_serial then return cached_owner end
   local id = rust_owner()
-  if key ~= 0 then cached_key, cached_serial, cached_owner = key, serial, id end
+  -- (Only a task's: outside any task, the host instance Rust names can change within one
+  -- `guard`, as the despawned tasks' closes go from one instance to the next.)
+  if key > 0 then cached_key, cached_serial, cached_owner = key, serial, id end
   return id
 end
 
@@ -570,6 +576,11 @@ end
 
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
 --- the instance the promise was made for.
+--- The cancellation hook each pending promise was given (`onCancel`), where scripts cannot write:
+--- `cancel` runs `_hook` only if it is this one. A hook a script wrote into the plain field ran
+--- as the instance the promise was made for, which that script could thus act as.
+local hook_of = setmetatable({}, { __mode = "k" })
+
 local function run_hook(p, hook)
   local id, ok, err = owner_of[p], nil, nil
   if elsewhere(id) then
@@ -610,8 +621,8 @@ function cancel(p)
     local ok, err = pcall(ihook, p)
     if not ok then internal_failure(p, err) end
   end
-  if hook ~= nil then run_hook(p, hook) end
-  if co ~= nil then pcall(cancel_suspended, co) end
+  if hook ~= nil and hook == hook_of[p] then run_hook(p, hook) end
+  if co ~= nil then pcall(cancel_executor, co, owner_of[p]) end
   local parent = p._parent
   if parent ~= nil then
     p._parent = nil
@@ -918,10 +929,13 @@ end
 local function wait_now(p)
   p._handled = true
   if p._status ~= STARTED then return end
-  local co = co_running()
+  local co, me = co_running(), owner()
   local slot = { key = nil, reg = nil }
   enqueue(p, function()
     if waiting(slot) and co_status(co) == "suspended" then
+      -- Another instance settles `p`: the task goes on as the waker resumes it, later in the
+      -- step, as its own instance (`task.spawn` of another's task is refused).
+      if me ~= owner() then return wake(slot) end
       local ok, err = pcall(task_spawn, co)
       if not ok then internal_failure(p, err) end
     end
@@ -1000,7 +1014,7 @@ local function executor_args(p)
       if p._status == CANCELLED then
         run_hook(p, hook)
       elseif p._status == STARTED then
-        p._hook = hook
+        p._hook, hook_of[p] = hook, hook
       end
     end
     return p._status == CANCELLED
@@ -1440,7 +1454,7 @@ local function from_event_body(out, event, predicate)
     disconnect() -- it fired while connecting, or the promise was cancelled meanwhile
     return
   end
-  out._hook = disconnect
+  out._hook, hook_of[out] = disconnect, disconnect
 end
 
 --- `Promise.fromEvent(event, predicate?)`: resolves with the arguments of the next firing of `event`
@@ -1973,7 +1987,8 @@ local function tick(gone)
     if not p._handled then
       if now > p._rejected_at then
         -- Under a budget of its own: the value's `__tostring` is script code.
-        local ok, err = guard(owner_of[p], report_unhandled, p)
+        local id = owner_of[p]
+        local ok, err = guard(id, as_host, id, report_unhandled, p)
         if not ok then internal_failure(p, err) end
       else
         k = k + 1
@@ -2027,7 +2042,8 @@ local function settle_batch(q, n, promises, ids)
       -- script code: a reaction or a metamethod a script put in the promise's plain fields. So
       -- it runs with a budget of its own (`guard`), charged to the promise's instance: a runaway
       -- there stops that settlement alone, and the rest of the batch still settles.
-      guard(owner_of[p], settle_deferred, p, ok, value)
+      local owner_id = owner_of[p]
+      guard(owner_id, as_host, owner_id, settle_deferred, p, ok, value)
     end
     i = i + 3
   end

@@ -728,6 +728,24 @@ function step.detach(key)
   return co
 end
 
+--- Closes the threads Rust keeps to close once the step's resumes are over (tasks that a script
+--- of another instance ended), all under one budget: `take_to_close()` hands them over as
+--- `thread, id, ...` until there are none, and `close_as(id, co)` closes one as its instance and
+--- reports what its `__close` handlers raised.
+local take_to_close, close_as = core.take_to_close, core.close_as
+local function close_all()
+  local list = take_to_close()
+  while list ~= nil do
+    for i = 1, #list, 2 do
+      local co = list[i]
+      held[co] = nil
+      close_as(list[i + 1], co)
+    end
+    list = take_to_close()
+  end
+end
+function step.close_ended() guard(nil, close_all) end
+
 --- Closes `co`, the thread of a task `step.detach` forgot, its `__close` handlers under a budget
 --- (see `close_reporting` for what it returns). Inside a task (its instance despawned its own
 --- entity) they are charged to that task; Rust closes another instance's only outside any task,
@@ -1037,10 +1055,25 @@ function task.cancel(co)
   cancel_thread(co, status)
 end
 
---- `task.cancel` for the library's own use (a cancelled promise's executor): whoever runs the
---- cancellation (a timer, another instance that holds the promise), the executor's thread goes.
-local function cancel_suspended(co)
-  if co_status(co) == "suspended" then cancel_thread(co, "suspended") end
+--- For promises: cancels `co`, the executor thread of a cancelled promise of instance `id` (nil:
+--- of none), if it is that instance's: a task of it, or a thread held for it (a thread a script
+--- wrote into the promise's plain field is left alone). Whoever runs the cancellation (a timer,
+--- another instance that holds the promise), the thread goes: closed now when `id` runs now;
+--- otherwise forgotten now, so nothing resumes it, and closed as `id` once the step's resumes
+--- are over (its `__close` handlers never run as the instance that cancelled).
+local function cancel_executor(co, id)
+  if co_status(co) ~= "suspended" then return end
+  local key = keys[co]
+  local holder
+  if key ~= nil then holder = owner[key] else holder = held[co] end
+  if holder ~= id then return end
+  if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
+  if key ~= nil then
+    drop(key)
+    core.forget(key)
+  end
+  held[co] = NOBODY
+  core.close_later(id, co)
 end
 
 --- Every live task of the running instance (see the README's "Seeing what scripts do").
@@ -1123,7 +1156,7 @@ return {
   spawn_job = spawn_job,
   -- The instance whose code runs now (a Rust call only outside any task).
   running_instance = running_instance,
-  cancel_suspended = cancel_suspended,
+  cancel_executor = cancel_executor,
   hold = hold,
   bad = bad,
   error_text = error_text,
