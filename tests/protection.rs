@@ -1363,3 +1363,37 @@ fn despawned_tasks_closed_after_the_step_share_one_budget() {
     assert!(printed(&app).contains(&"despawned 10".to_string()), "{}", dump(&app));
     assert_eq!(budget_errors, 1, "budgets spent in the despawn frame: {}", dump(&app));
 }
+
+/// A settlement runs only the reactions the library queued: a function another instance wrote
+/// into the `_r1` of a promise it reached through its own promise's consumers (the victim's
+/// `andThen` promise, which settles in the victim's handler task) once ran there, as the victim.
+#[test]
+fn a_reaction_a_script_wrote_into_a_promise_never_runs() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
+        local shared, resolve = require('shared'), nil
+        local bait = Promise.new(function(r) resolve = r end)
+        shared.bait = bait
+        while not (bait._consumers and bait._consumers[1]) do task.wait() end
+        local child = bait._consumers[1]
+        child._r1 = function() take_over('forged reaction runs as') end
+        child._queue = { function() take_over('forged queued reaction runs as') end }
+        resolve('x')
+        "#
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+        task.spawn(function() for i = 1, 6 do task.wait() end print('victim task done') end)
+        require('shared').bait:andThen(function() print('handler ran') end)
+        "#,
+        ),
+        12,
+    );
+    assert_eq!(printed(&app), ["handler ran", "victim task done"], "{}", dump(&app));
+}

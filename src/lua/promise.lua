@@ -405,9 +405,16 @@ local function internal_failure(p, err)
   rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", owner_of[p])
 end
 
+--- The function reactions the library queued, where scripts cannot write: a settlement runs a
+--- function it finds in a promise's `_r1` or `_queue` only if it is one of these. A function a
+--- script wrote there ran where the promise settled, as the instance that settled it: the
+--- instance a promise reached through another's `_consumers` was made for, say.
+local reactions = setmetatable({}, { __mode = "k" })
+
 --- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake. The first
 --- one is kept in a field of its own (most promises have one reaction), the rest in a list.
 local function enqueue(p, reaction)
+  if type(reaction) == "function" then reactions[reaction] = true end
   -- (`not x` where `x` is never `false`, here and in the settlement's hot paths: a test, where
   -- comparing with nil calls the VM's equality.)
   if not p._r1 then
@@ -425,11 +432,12 @@ end
 local nest = 0
 local later, later_head, later_tail = {}, 1, 0
 
---- Runs one reaction: a park slot is woken (that cannot fail), a function is called protected.
+--- Runs one reaction: a park slot is woken (that cannot fail), a function the library queued
+--- is called protected (anything else a script wrote into the queue is passed over).
 local function react(reaction, p)
   if type(reaction) == "table" then
     wake(reaction)
-  else
+  elseif reactions[reaction] then
     local ok, err = pcall(reaction, p)
     if not ok then internal_failure(p, err) end
   end
