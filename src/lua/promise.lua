@@ -876,10 +876,13 @@ local function run_handler(child, handler, src)
   settle_call(child, xpcall(handler, capture, all_values(src)))
 end
 
---- Calls `handler` with the values of `src` (settled) in a new thread; its results resolve `child`, its error rejects it.
-local function spawn_handler(child, handler, src)
-  local id, ok, err = owner_of[child], nil, nil -- the instance that added the handler
-  if elsewhere(id) then
+--- Calls `handler` with the values of `src` (settled) in a new thread; its results resolve `child`,
+--- its error rejects it. `now`: `child` is being made by the running code (its source had settled
+--- already), so the instance that added the handler is the one running.
+local function spawn_handler(child, handler, src, now)
+  local ok, err
+  local id = not now and owner_of[child] -- the instance that added the handler
+  if id and id ~= owner() then -- `elsewhere(id)`, inline: this is `andThen`'s path
     ok, err = pcall(spawn_as, id, function() run_handler(child, handler, src) end)
   else
     ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
@@ -1515,18 +1518,18 @@ end
 -- Methods
 
 --- What `child` of `then_impl` does once its source `s` has settled.
-local function then_react(child, s, on_resolve, on_reject)
+local function then_react(child, s, on_resolve, on_reject, now)
   if child._status ~= STARTED then return end
   local status = s._status
   if status == RESOLVED then
     if on_resolve ~= nil then
-      spawn_handler(child, on_resolve, s)
+      spawn_handler(child, on_resolve, s, now)
     else
       settle(child, RESOLVED, all_values(s))
     end
   elseif status == REJECTED then
     if on_reject ~= nil then
-      spawn_handler(child, on_reject, s)
+      spawn_handler(child, on_reject, s, now)
     else
       reject_like(child, s)
     end
@@ -1546,7 +1549,7 @@ local function then_impl(src, on_resolve, on_reject, internal)
     child._status, child._values = CANCELLED, { n = 0 }
   else
     -- Settled already: no reaction to keep, so no closure.
-    then_react(child, src, on_resolve, on_reject)
+    then_react(child, src, on_resolve, on_reject, true)
   end
   return child
 end
