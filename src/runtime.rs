@@ -501,7 +501,7 @@ impl LuaRuntime {
             wake: step.get("wake")?,
             start: step.get("start")?,
             detach: step.get("detach")?,
-            close_detached: step.get("close_detached")?,
+            kill: step.get("kill")?,
             close_ended: step.get("close_ended")?,
             compact: step.get("compact")?,
             close: step.get("close")?,

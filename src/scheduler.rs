@@ -765,8 +765,9 @@ pub(crate) struct Refs {
     pub start: Function,
     /// `step.detach(key) -> thread?`: forgets a task whose instance is going away.
     pub detach: Function,
-    /// `step.close_detached(co) -> ok, message, traceback`: closes the thread of a forgotten task.
-    pub close_detached: Function,
+    /// `step.kill(key) -> ok, message, traceback`: forgets a task whose instance is going away and
+    /// closes its thread.
+    pub kill: Function,
     /// `step.close_ended()`: closes the threads of [`Scheduler::to_close`], under one budget.
     pub close_ended: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
@@ -933,7 +934,7 @@ fn thread_traceback(lua: &Lua, thread: &Thread) -> String {
     traceback.call::<String>(thread).map(|t| traceback_part(&t)).unwrap_or_default()
 }
 
-/// Reports what closing a thread (`step.close` or `step.close_detached`: `ok, message, traceback`) raised,
+/// Reports what closing a thread (`step.close` or `step.kill`: `ok, message, traceback`) raised,
 /// if anything: a `__close` that raised, with the traceback of where the thread stood.
 fn report_closed(
     lua: &Lua,
@@ -955,30 +956,32 @@ fn report_closed(
 /// it finishes its resume) and the Rust work it started; the instance stays. To-be-closed
 /// variables close, in the order the tasks were made.
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
-    for thread in detach_instance(lua, id, keep) {
-        close_detached(lua, id, &thread);
+    let tasks = take_instance(lua, id, keep);
+    let _host = host(lua, Some(id));
+    let kill = refs(lua).kill.clone();
+    for key in tasks {
+        report_closed(lua, kill.call(key), Some(id));
     }
 }
 
-/// Cancels every task of an instance (but `keep`) and the Rust work it started, and returns their
-/// threads, not closed yet, in the order the tasks were made: nothing resumes them again.
-fn detach_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<Thread> {
+/// Stops tracking the tasks of an instance (but `keep`) and the Rust work it started; returns the
+/// tasks' keys, in the order they were made.
+fn take_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<i64> {
     let tasks = sched(lua).take_instance_tasks(id, keep);
     let mut i = 0;
     while let Some(hook) = step_hook(lua, |h| h.cancel_instance.get(i)) {
         hook(lua, id);
         i += 1;
     }
-    let detach = refs(lua).detach.clone();
-    tasks.into_iter().filter_map(|key| detach.call::<Option<Thread>>(key).ok().flatten()).collect()
+    tasks
 }
 
-/// Closes `thread`, a task of `instance` that was detached, as work of that instance: its
-/// `__close` handlers see it as the running instance, and what they raise is reported for it.
-fn close_detached(lua: &Lua, instance: InstanceId, thread: &Thread) {
-    let _host = host(lua, Some(instance));
-    let close = refs(lua).close_detached.clone();
-    report_closed(lua, close.call(thread), Some(instance));
+/// Cancels every task of an instance (but `keep`) and the Rust work it started, and returns their
+/// threads, not closed yet, in the order the tasks were made: nothing resumes them again.
+fn detach_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<Thread> {
+    let tasks = take_instance(lua, id, keep);
+    let detach = refs(lua).detach.clone();
+    tasks.into_iter().filter_map(|key| detach.call::<Option<Thread>>(key).ok().flatten()).collect()
 }
 
 /// Cancels now the instances on `entity`, which a script despawned during the step, so none of

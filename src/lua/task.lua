@@ -746,12 +746,14 @@ local function close_all()
 end
 function step.close_ended() guard(nil, close_all) end
 
---- Closes `co`, the thread of a task `step.detach` forgot, its `__close` handlers under a budget
---- (see `close_reporting` for what it returns). Inside a task (its instance despawned its own
---- entity) they are charged to that task; Rust closes another instance's only outside any task,
---- as that instance.
-function step.close_detached(co)
-  held[co] = nil
+--- Cancels task `key` for Rust (its instance is going away): forgets it and closes its thread,
+--- its `__close` handlers under a budget (see `close_reporting` for what it returns). Inside a
+--- task (its instance despawned its own entity) they are charged to that task; Rust kills
+--- another instance's tasks only outside any task, as that instance.
+function step.kill(key)
+  local co = threads[key]
+  drop(key)
+  if co == nil then return true end
   local ok, closed, message, tb = guard(nil, close_reporting, co)
   if not ok then return false, closed, "" end
   if closed == nil then return true end -- its `__close` spent a budget, reported as such
