@@ -634,13 +634,6 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("owner", api.get::<Function>("running_instance")?)?;
     deps.set("cancel_executor", api.get::<Function>("cancel_executor")?)?;
     deps.set("hold", api.get::<Function>("hold")?)?;
-    deps.set(
-        "as_host",
-        lua.create_function(|lua, (id, f, args): (Option<u64>, Function, mlua::MultiValue)| {
-            let _host = scheduler::host(lua, id.map(InstanceId));
-            f.call::<mlua::MultiValue>(args)
-        })?,
-    )?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.
     deps.set(
         "report",

@@ -152,6 +152,9 @@ pub(crate) struct Scheduler {
     /// their entity, or cancelled the promise they were the executor of), with their instance, to
     /// be closed once the step's resumes are over ([`close_ended`]).
     pub to_close: Vec<(InstanceId, Thread)>,
+    /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
+    /// no task, which would outlive the cancellation.
+    closing: Vec<InstanceId>,
 }
 
 impl Scheduler {
@@ -859,9 +862,14 @@ impl Drop for HostGuard<'_> {
 /// Fails with the message for the script if the instance is at its live-task quota.
 pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
     let mut s = sched(lua);
-    let Some(instance) = s.instance_of(current) else {
+    // (A forgotten instance is no script's any more: a task made for it would run on, with no
+    // entity and nothing to cancel it.)
+    let Some(instance) = s.instance_of(current).filter(|id| s.instances.contains_key(id)) else {
         return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
+    if s.closing.contains(&instance) {
+        return Ok(Err("cannot start a task while this script's tasks are being cancelled".into()));
+    }
     if let (Some(quota), Some(record)) = (s.task_quota, s.instances.get(&instance))
         && record.tasks.len() >= quota
     {
@@ -959,9 +967,11 @@ pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let tasks = take_instance(lua, id, keep);
     let _host = host(lua, Some(id));
     let kill = refs(lua).kill.clone();
+    sched(lua).closing.push(id);
     for key in tasks {
         report_closed(lua, kill.call(key), Some(id));
     }
+    sched(lua).closing.pop();
 }
 
 /// Stops tracking the tasks of an instance (but `keep`) and the Rust work it started; returns the
@@ -1035,10 +1045,15 @@ pub(crate) fn take_to_close(lua: &Lua) -> mlua::Result<Option<Table>> {
 
 /// For `step.close_ended`: closes `thread`, a task of `instance` that was ended, as work of that
 /// instance (its `__close` handlers see it as the running instance), and reports what they raised.
+/// A close carried past the sync that forgot its instance (the budget ran out in an earlier
+/// frame) still runs as it: it prints, but starts no task ([`adopt`] refuses a forgotten
+/// instance), so nothing it starts outlives it.
 pub(crate) fn close_as(lua: &Lua, instance: InstanceId, thread: &Thread) {
     let _host = host(lua, Some(instance));
     let close = refs(lua).close.clone();
+    sched(lua).closing.push(instance);
     report_closed(lua, close.call(thread), Some(instance));
+    sched(lua).closing.pop();
 }
 
 /// Work an extension does at the start of every step.

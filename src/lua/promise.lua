@@ -28,10 +28,6 @@ local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
 -- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
 local step_slots = deps.slots
 local guard = deps.guard
--- `as_host(id, f, ...)`: `f(...)` as work of instance `id` (nil: of none) when no task runs (Rust
--- names `id` the host instance meanwhile): code run outside any task for a promise (its
--- rejection's `__tostring`, a reaction a script wrote into its fields) runs as its instance.
-local as_host = deps.as_host
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
   type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
@@ -381,6 +377,19 @@ end
 --- another instance's `onUnhandledRejection` callbacks, or report them in another's name.
 local owner_of = setmetatable({}, { __mode = "k" })
 
+--- What runs or is closed when a pending promise is cancelled, where scripts cannot write: the
+--- hook `onCancel` was given (`_hook`), the library's own hook (`_ihook`) and the executor's
+--- thread (`_thread`). `cancel` uses a plain field only if it is the one recorded here: a hook a
+--- script wrote there ran as whoever cancelled the promise (or, sent to the promise's instance,
+--- as that one), and a task of that instance written into `_thread` was cancelled with it.
+--- Entries go when the promise settles or is cancelled (LuaJIT's and Luau's weak tables keep a
+--- value that refers to its key, as a hook referring to its promise does).
+local hook_of = setmetatable({}, { __mode = "k" })
+local ihook_of = setmetatable({}, { __mode = "k" })
+local executor_of = setmetatable({}, { __mode = "k" })
+-- Library hooks that many promises share (the bridge's cancellation), accepted as any's `_ihook`.
+local shared_ihooks = {}
+
 --- A promise a script gets: it remembers the instance it was made for (its unhandled rejection is
 --- reported for that instance). Nothing else is captured: a traceback costs more than the promise.
 -- The nil fields only size the table for the fields a promise usually gets (no rehash as they come):
@@ -390,6 +399,17 @@ local function new_promise()
   local p = setmetatable({ _status = STARTED, _values = nil, _v = nil, _thread = nil, _r1 = nil }, PromiseMT)
   local id = owner()
   if id ~= nil then owner_of[p] = id end
+  return p, id
+end
+
+--- A promise for a handler the running code adds (`andThen`, `finally`...): raises if no
+--- instance runs. Script code runs for no instance only inside the library's own work (a
+--- rejection's `__tostring` in the frame's report, a metamethod a Rust settlement meets); a
+--- handler added there would belong to nobody and run inside whichever task settles the promise,
+--- as that task's instance.
+local function handler_promise()
+  local p, id = new_promise()
+  if id == nil then error("the Promise API was used outside of a script", 4) end
   return p
 end
 
@@ -528,6 +548,9 @@ end
 --- promise needs, remember an unobserved rejection, run the reactions.
 function settled(p, status)
   -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
+  if p._hook then hook_of[p] = nil end
+  if p._ihook then ihook_of[p] = nil end
+  if p._thread then executor_of[p] = nil end
   p._hook, p._ihook, p._thread = nil, nil, nil
   local consumers = p._consumers
   if consumers then
@@ -584,11 +607,6 @@ end
 
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
 --- the instance the promise was made for.
---- The cancellation hook each pending promise was given (`onCancel`), where scripts cannot write:
---- `cancel` runs `_hook` only if it is this one. A hook a script wrote into the plain field ran
---- as the instance the promise was made for, which that script could thus act as.
-local hook_of = setmetatable({}, { __mode = "k" })
-
 local function run_hook(p, hook)
   local id, ok, err = owner_of[p], nil, nil
   if elsewhere(id) then
@@ -626,11 +644,20 @@ function cancel(p)
   local hook, ihook, co = p._hook, p._ihook, p._thread
   p._hook, p._ihook, p._thread = nil, nil, nil
   if ihook ~= nil then
-    local ok, err = pcall(ihook, p)
-    if not ok then internal_failure(p, err) end
+    if ihook == ihook_of[p] or shared_ihooks[ihook] then
+      local ok, err = pcall(ihook, p)
+      if not ok then internal_failure(p, err) end
+    end
+    ihook_of[p] = nil
   end
-  if hook ~= nil and hook == hook_of[p] then run_hook(p, hook) end
-  if co ~= nil then pcall(cancel_executor, co, owner_of[p]) end
+  if hook ~= nil then
+    if hook == hook_of[p] then run_hook(p, hook) end
+    hook_of[p] = nil
+  end
+  if co ~= nil then
+    if co == executor_of[p] then pcall(cancel_executor, co, owner_of[p]) end
+    executor_of[p] = nil
+  end
   local parent = p._parent
   if parent ~= nil then
     p._parent = nil
@@ -774,7 +801,7 @@ end
 local function run_body(p, body, ...)
   local ok, err = xpcall(body, capture, ...)
   if not ok then reject_caught(p, err) end
-  if p._thread == co_running() then p._thread = nil end
+  if p._thread == co_running() then p._thread, executor_of[p] = nil, nil end
 end
 
 -- Threads for executors and handlers, kept for reuse: making a coroutine for every `Promise.new`
@@ -852,14 +879,14 @@ local function run_executor(p, executor, on_resolve, on_reject, on_cancel)
   local ok, err = xpcall(executor, capture, on_resolve, on_reject, on_cancel)
   if not ok then reject_caught(p, err) end
   local co = p._thread -- nil already if the executor settled `p`
-  if co ~= nil and co == co_running() then p._thread = nil end
+  if co ~= nil and co == co_running() then p._thread, executor_of[p] = nil, nil end
 end
 
 --- Runs `body(...)` in a new thread that `p` owns (cancelling `p` closes it); it becomes a task of
 --- the running instance if it yields.
 local function start(p, body, ...)
   local co = hold(co_create(run_body), owner())
-  p._thread = co
+  p._thread, executor_of[p] = co, co
   local ok, err = pcall(task_spawn, co, p, body, ...)
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
@@ -1042,6 +1069,10 @@ function Promise.new(executor)
   p._thread = co
   local ok, err = spawn_job(co, JOB, run_executor, p, executor, executor_args(p))
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+  -- Recorded only once it is known to outlive this call (the common executor settles `p`, or
+  -- returns, first): until then it runs, and nothing can cancel a running thread.
+  co = p._thread
+  if co then executor_of[p] = co end
   return p
 end
 
@@ -1050,7 +1081,7 @@ function Promise.defer(executor)
   if not callable(executor) then bad(1, "defer", "function", executor, 2) end
   local p = new_promise()
   local co = hold(co_create(run_body), owner())
-  p._thread = co
+  p._thread, executor_of[p] = co, co
   local ok, err = pcall(task_defer, co, p, executor, executor_args(p))
   if not ok then error(err, 2) end
   return p
@@ -1145,6 +1176,7 @@ local function gather(list, n, amount, mode)
     done = true
     drop_all(links)
   end
+  ihook_of[out] = out._ihook
   for i = 1, n do
     links[i] = link(list[i], function(src)
       if done then return end
@@ -1212,6 +1244,7 @@ function Promise.allSettled(list)
     done = true
     drop_all(links)
   end
+  ihook_of[out] = out._ihook
   for i = 1, n do
     links[i] = link(ps[i], function(src)
       if done then return end
@@ -1233,6 +1266,7 @@ local function race(ps, n)
     done = true
     drop_all(links)
   end
+  ihook_of[out] = out._ihook
   for i = 1, n do
     links[i] = link(ps[i], function(src)
       if done or src._status == CANCELLED then return end
@@ -1264,6 +1298,7 @@ local function each_body(out, list, predicate)
     cancelled = true
     cancel_tracked()
   end
+  ihook_of[out] = out._ihook
   -- Follow the promises in the list now, so that nothing else cancels them before their turn.
   local items, follows, n = {}, {}, 0
   for i, v in ipairs(list) do
@@ -1330,6 +1365,7 @@ local function fold_body(out, list, reducer, acc)
   out._ihook = function()
     if current ~= nil then cancel(current) end
   end
+  ihook_of[out] = out._ihook
   for i, v in ipairs(list) do
     if is_thenable(v) then
       current = follower(v)
@@ -1410,6 +1446,7 @@ local function retry(callback, times, seconds, ...)
   out._ihook = function()
     if out._current ~= nil then cancel(out._current) end
   end
+  ihook_of[out] = out._ihook
   start(out, retry_body, out, callback, times, seconds, pack(...))
   return out
 end
@@ -1540,7 +1577,7 @@ end
 
 local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
-  local child = internal and internal_promise() or new_promise()
+  local child = internal and internal_promise() or handler_promise()
   local status = src._status
   if status == STARTED then
     add_consumer(src, child)
@@ -1628,6 +1665,7 @@ local function run_finally(child, handler, src)
     end)
     if child._status == STARTED then
       child._ihook = function() drop(l) end
+      ihook_of[child] = child._ihook
     end
   elseif child._status == STARTED then
     follow(child, src, false)
@@ -1642,6 +1680,7 @@ local function attach_finally(src, child, reaction)
     child._ihook = function()
       if src._status == STARTED and (src._nconsumers or 0) == 0 then cancel(src) end
     end
+    ihook_of[child] = child._ihook
     enqueue(src, reaction)
   else
     reaction(src)
@@ -1650,7 +1689,7 @@ end
 
 local function finally_impl(src, handler)
   src._handled = true
-  local child = new_promise()
+  local child = handler_promise()
   local function reaction(s)
     if handler ~= nil then
       -- Runs even if `child` was cancelled: the handler sees every outcome of `src`.
@@ -1741,6 +1780,7 @@ function promise_methods:timeout(seconds, rejection)
   end)
   if timed._status == STARTED then
     timed._ihook = function() drop(l) end
+    ihook_of[timed] = timed._ihook
   end
   return race({ timed, self }, 2)
 end
@@ -1897,6 +1937,7 @@ local function asyncTry(try, catch, finally)
         run_hook(p, finally)
       end
     end
+    ihook_of[p] = p._ihook
   end
   start(p, function()
     local stack = nil
@@ -1998,8 +2039,9 @@ local function tick(gone)
     if not p._handled then
       if now > p._rejected_at then
         -- Under a budget of its own: the value's `__tostring` is script code.
-        local id = owner_of[p]
-        local ok, err = guard(id, as_host, id, report_unhandled, p)
+        -- (As no instance: the value's `__tostring` is any script's code, and the instance
+        -- the promise was made for may not be the one that wrote it.)
+        local ok, err = guard(owner_of[p], report_unhandled, p)
         if not ok then internal_failure(p, err) end
       else
         k = k + 1
@@ -2015,6 +2057,9 @@ end
 local function deferred(on_cancel)
   local p = new_promise()
   p._ihook = on_cancel
+  -- (One function for every such promise: accepted on any, which saves a record per promise; it
+  -- does nothing for a promise that is not the bridge's.)
+  shared_ihooks[on_cancel] = true
   return p
 end
 
@@ -2053,8 +2098,7 @@ local function settle_batch(q, n, promises, ids)
       -- script code: a reaction or a metamethod a script put in the promise's plain fields. So
       -- it runs with a budget of its own (`guard`), charged to the promise's instance: a runaway
       -- there stops that settlement alone, and the rest of the batch still settles.
-      local owner_id = owner_of[p]
-      guard(owner_id, as_host, owner_id, settle_deferred, p, ok, value)
+      guard(owner_of[p], settle_deferred, p, ok, value)
     end
     i = i + 3
   end

@@ -731,15 +731,22 @@ end
 --- Closes the threads Rust keeps to close once the step's resumes are over (tasks that a script
 --- of another instance ended), all under one budget: `take_to_close()` hands them over as
 --- `thread, id, ...` until there are none, and `close_as(id, co)` closes one as its instance and
---- reports what its `__close` handlers raised.
-local take_to_close, close_as = core.take_to_close, core.close_as
+--- reports what its `__close` handlers raised. Once the budget is spent, the rest go back to Rust
+--- (`close_later`) for the next frame's budget: closed now, each would stop at its first
+--- instruction, and past the library's grace the loop itself would stop and lose them. A thread
+--- that could not be closed (LuaJIT closes none) stays nobody's.
+local take_to_close, close_as, close_later = core.take_to_close, core.close_as, core.close_later
 local function close_all()
   local list = take_to_close()
   while list ~= nil do
     for i = 1, #list, 2 do
-      local co = list[i]
-      held[co] = nil
-      close_as(list[i + 1], co)
+      local co, id = list[i], list[i + 1]
+      if S.spent then
+        for j = i, #list, 2 do close_later(list[j + 1], list[j]) end
+        return
+      end
+      close_as(id, co)
+      if co_status(co) == "dead" then held[co] = nil end
     end
     list = take_to_close()
   end
@@ -755,6 +762,8 @@ function step.kill(key)
   drop(key)
   if co == nil then return true end
   local ok, closed, message, tb = guard(nil, close_reporting, co)
+  -- (LuaJIT closes no thread: one left suspended stays nobody's to resume.)
+  if co_status(co) ~= "dead" then held[co] = NOBODY end
   if not ok then return false, closed, "" end
   if closed == nil then return true end -- its `__close` spent a budget, reported as such
   return closed, message, tb
