@@ -553,3 +553,23 @@ fn strings_cross_unchanged_however_many_were_sent_before() {
     assert_eq!(got, want);
     assert!(errors(&app).is_empty(), "{:?}", errors(&app));
 }
+
+/// A subscription only its waiting receiver holds (`Messages.subscribe(name):receive()`, or a
+/// loop over its `iter()`) stays subscribed: the channel was once collected under the waiting
+/// task, with the subscription, and the message never came.
+#[test]
+fn a_subscription_held_only_by_its_waiting_receiver_still_receives() {
+    let mut app = create_app();
+    app.add_message::<PlayerHit>().forward_message_to_scripts::<PlayerHit>("PlayerHit");
+    spawn_script(&mut app, "scripts/once.lua", "print('once', Messages.subscribe('PlayerHit'):receive().by)");
+    spawn_script(
+        &mut app,
+        "scripts/loop.lua",
+        "for hit in Messages.subscribe('PlayerHit'):iter() do print('loop', hit.by) end",
+    );
+    spawn_script(&mut app, "scripts/collector.lua", "while true do collectgarbage() task.wait() end");
+    run(&mut app, 3);
+    app.world_mut().write_message(PlayerHit { by: "orc".into(), amount: 3 });
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["once\torc", "loop\torc"], "{:#?}", errors(&app));
+}

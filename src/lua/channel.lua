@@ -505,8 +505,10 @@ end
 
 --- Receives, waiting until a value arrives or the channel is closed and drained: `value, ok`.
 --- `empty`: the caller just found nothing to receive (a Lua channel, open, with no value and no
---- sender), so the first try is skipped.
-local function receive_wait(st, empty)
+--- sender), so the first try is skipped. `ch`, the channel itself, is only kept on the stack while
+--- this waits: a channel nothing else holds (`Messages.subscribe(name):receive()`, or its `iter()`)
+--- was collected under its waiting receiver, and with it the subscription that fed it.
+local function receive_wait(st, empty, ch)
   while true do
     if not empty then
       local proceeded, v, ok = receive_now(st)
@@ -610,7 +612,7 @@ function methods.receive(self)
           local proceeded, v, ok = receive_now(st)
           if proceeded then return v, ok end
         elseif not st.closed then
-          return receive_wait(st, true) -- nothing to receive: wait at once
+          return receive_wait(st, true, self) -- nothing to receive: wait at once
         end
       end
     elseif st.parked == 0 then
@@ -621,7 +623,7 @@ function methods.receive(self)
       end
     end
   end
-  return receive_wait(st or check_self(self, "receive"))
+  return receive_wait(st or check_self(self, "receive"), false, self)
 end
 
 --- `ch:trySend(v) -> boolean`: sends only if that needs no waiting; raises on a closed channel.
@@ -691,7 +693,7 @@ function methods.iter(self)
   local st = check_self(self, "iter")
   return function()
     while true do
-      local v, ok = receive_wait(st)
+      local v, ok = receive_wait(st, false, self)
       if not ok then return nil end
       if v ~= nil then return v end
     end
