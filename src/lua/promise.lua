@@ -382,8 +382,9 @@ local owner_of = setmetatable({}, { __mode = "k" })
 --- thread (`_thread`). `cancel` uses a plain field only if it is the one recorded here: a hook a
 --- script wrote there ran as whoever cancelled the promise (or, sent to the promise's instance,
 --- as that one), and a task of that instance written into `_thread` was cancelled with it.
---- Entries go when the promise settles or is cancelled (LuaJIT's and Luau's weak tables keep a
---- value that refers to its key, as a hook referring to its promise does).
+--- Weak both ways: LuaJIT's and Luau's weak-keyed tables keep a value that refers to its key (a
+--- hook referring to its promise, an executor's thread holding it), and clearing them as each
+--- promise settles would read three absent fields of it (each a miss through its metatable).
 local hook_of = setmetatable({}, { __mode = "k" })
 local ihook_of = setmetatable({}, { __mode = "k" })
 local executor_of = setmetatable({}, { __mode = "k" })
@@ -548,9 +549,6 @@ end
 --- promise needs, remember an unobserved rejection, run the reactions.
 function settled(p, status)
   -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
-  if p._hook then hook_of[p] = nil end
-  if p._ihook then ihook_of[p] = nil end
-  if p._thread then executor_of[p] = nil end
   p._hook, p._ihook, p._thread = nil, nil, nil
   local consumers = p._consumers
   if consumers then
@@ -873,10 +871,14 @@ local function take_worker()
   return hold(co_create(pool.worker), id)
 end
 
+-- The promise whose executor `run_executor` saw return last (`Promise.new` reads it).
+local finished = nil
+
 --- The job of a pooled worker for `Promise.new`: `run_body(p, executor, on_resolve, on_reject,
 --- on_cancel)` with a fixed arity.
 local function run_executor(p, executor, on_resolve, on_reject, on_cancel)
   local ok, err = xpcall(executor, capture, on_resolve, on_reject, on_cancel)
+  finished = p
   if not ok then reject_caught(p, err) end
   local co = p._thread -- nil already if the executor settled `p`
   if co ~= nil and co == co_running() then p._thread, executor_of[p] = nil, nil end
@@ -1069,10 +1071,10 @@ function Promise.new(executor)
   p._thread = co
   local ok, err = spawn_job(co, JOB, run_executor, p, executor, executor_args(p))
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
-  -- Recorded only once it is known to outlive this call (the common executor settles `p`, or
-  -- returns, first): until then it runs, and nothing can cancel a running thread.
-  co = p._thread
-  if co then executor_of[p] = co end
+  -- Recorded only if it outlives this call, still pending (the common executor settles `p`, or
+  -- returns, first: `run_executor` says so in `finished`): until then it runs, and nothing can
+  -- cancel a running thread.
+  if finished ~= p and p._status == STARTED then executor_of[p] = co end
   return p
 end
 
@@ -1577,7 +1579,14 @@ end
 
 local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
-  local child = internal and internal_promise() or handler_promise()
+  local child, id
+  if internal then
+    child = internal_promise()
+  else
+    -- (`handler_promise()`, inline: this is `andThen`'s path.)
+    child, id = new_promise()
+    if id == nil then error("the Promise API was used outside of a script", 3) end
+  end
   local status = src._status
   if status == STARTED then
     add_consumer(src, child)
