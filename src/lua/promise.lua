@@ -31,7 +31,7 @@ local guard = deps.guard
 
 local type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall =
   type, error, select, tostring, tonumber, ipairs, pairs, next, setmetatable, getmetatable, pcall, xpcall
-local rawequal = rawequal
+local rawequal, rawget = rawequal, rawget
 local unpack = table.unpack or unpack
 local table_remove, table_concat, table_insert = table.remove, table.concat, table.insert
 local string_format, string_sub, string_find, string_gsub = string.format, string.sub, string.find, string.gsub
@@ -382,9 +382,10 @@ local owner_of = setmetatable({}, { __mode = "k" })
 --- thread (`_thread`). `cancel` uses a plain field only if it is the one recorded here: a hook a
 --- script wrote there ran as whoever cancelled the promise (or, sent to the promise's instance,
 --- as that one), and a task of that instance written into `_thread` was cancelled with it.
---- Weak both ways: LuaJIT's and Luau's weak-keyed tables keep a value that refers to its key (a
---- hook referring to its promise, an executor's thread holding it), and clearing them as each
---- promise settles would read three absent fields of it (each a miss through its metatable).
+--- A promise with any of these records has `_rec` set, and its entries go when it settles or is
+--- cancelled: LuaJIT's and Luau's weak-keyed tables keep a value that refers to its key (a hook
+--- referring to its promise), and reading the three fields themselves as each promise settles
+--- would be three misses through its metatable (`_rec` is read raw, once).
 local hook_of = setmetatable({}, { __mode = "k" })
 local ihook_of = setmetatable({}, { __mode = "k" })
 local executor_of = setmetatable({}, { __mode = "k" })
@@ -549,6 +550,7 @@ end
 --- promise needs, remember an unobserved rejection, run the reactions.
 function settled(p, status)
   -- (`_nconsumers` stays: nothing reads it once the promise has settled.)
+  if rawget(p, "_rec") then hook_of[p], ihook_of[p], executor_of[p] = nil, nil, nil end
   p._hook, p._ihook, p._thread = nil, nil, nil
   local consumers = p._consumers
   if consumers then
@@ -888,7 +890,7 @@ end
 --- the running instance if it yields.
 local function start(p, body, ...)
   local co = hold(co_create(run_body), owner())
-  p._thread, executor_of[p] = co, co
+  p._thread, executor_of[p], p._rec = co, co, true
   local ok, err = pcall(task_spawn, co, p, body, ...)
   if not ok then reject(p, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
 end
@@ -1054,7 +1056,7 @@ local function executor_args(p)
       if p._status == CANCELLED then
         run_hook(p, hook)
       elseif p._status == STARTED then
-        p._hook, hook_of[p] = hook, hook
+        p._hook, hook_of[p], p._rec = hook, hook, true
       end
     end
     return p._status == CANCELLED
@@ -1074,7 +1076,7 @@ function Promise.new(executor)
   -- Recorded only if it outlives this call, still pending (the common executor settles `p`, or
   -- returns, first: `run_executor` says so in `finished`): until then it runs, and nothing can
   -- cancel a running thread.
-  if finished ~= p and p._status == STARTED then executor_of[p] = co end
+  if finished ~= p and p._status == STARTED then executor_of[p], p._rec = co, true end
   return p
 end
 
@@ -1083,7 +1085,7 @@ function Promise.defer(executor)
   if not callable(executor) then bad(1, "defer", "function", executor, 2) end
   local p = new_promise()
   local co = hold(co_create(run_body), owner())
-  p._thread, executor_of[p] = co, co
+  p._thread, executor_of[p], p._rec = co, co, true
   local ok, err = pcall(task_defer, co, p, executor, executor_args(p))
   if not ok then error(err, 2) end
   return p
@@ -1179,6 +1181,7 @@ local function gather(list, n, amount, mode)
     drop_all(links)
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   for i = 1, n do
     links[i] = link(list[i], function(src)
       if done then return end
@@ -1247,6 +1250,7 @@ function Promise.allSettled(list)
     drop_all(links)
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   for i = 1, n do
     links[i] = link(ps[i], function(src)
       if done then return end
@@ -1269,6 +1273,7 @@ local function race(ps, n)
     drop_all(links)
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   for i = 1, n do
     links[i] = link(ps[i], function(src)
       if done or src._status == CANCELLED then return end
@@ -1301,6 +1306,7 @@ local function each_body(out, list, predicate)
     cancel_tracked()
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   -- Follow the promises in the list now, so that nothing else cancels them before their turn.
   local items, follows, n = {}, {}, 0
   for i, v in ipairs(list) do
@@ -1368,6 +1374,7 @@ local function fold_body(out, list, reducer, acc)
     if current ~= nil then cancel(current) end
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   for i, v in ipairs(list) do
     if is_thenable(v) then
       current = follower(v)
@@ -1449,6 +1456,7 @@ local function retry(callback, times, seconds, ...)
     if out._current ~= nil then cancel(out._current) end
   end
   ihook_of[out] = out._ihook
+  out._rec = true
   start(out, retry_body, out, callback, times, seconds, pack(...))
   return out
 end
@@ -1504,7 +1512,7 @@ local function from_event_body(out, event, predicate)
     disconnect() -- it fired while connecting, or the promise was cancelled meanwhile
     return
   end
-  out._hook, hook_of[out] = disconnect, disconnect
+  out._hook, hook_of[out], out._rec = disconnect, disconnect, true
 end
 
 --- `Promise.fromEvent(event, predicate?)`: resolves with the arguments of the next firing of `event`
@@ -1675,6 +1683,7 @@ local function run_finally(child, handler, src)
     if child._status == STARTED then
       child._ihook = function() drop(l) end
       ihook_of[child] = child._ihook
+      child._rec = true
     end
   elseif child._status == STARTED then
     follow(child, src, false)
@@ -1690,6 +1699,7 @@ local function attach_finally(src, child, reaction)
       if src._status == STARTED and (src._nconsumers or 0) == 0 then cancel(src) end
     end
     ihook_of[child] = child._ihook
+    child._rec = true
     enqueue(src, reaction)
   else
     reaction(src)
@@ -1790,6 +1800,7 @@ function promise_methods:timeout(seconds, rejection)
   if timed._status == STARTED then
     timed._ihook = function() drop(l) end
     ihook_of[timed] = timed._ihook
+    timed._rec = true
   end
   return race({ timed, self }, 2)
 end
@@ -1947,6 +1958,7 @@ local function asyncTry(try, catch, finally)
       end
     end
     ihook_of[p] = p._ihook
+    p._rec = true
   end
   start(p, function()
     local stack = nil

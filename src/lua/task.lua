@@ -762,8 +762,6 @@ function step.kill(key)
   drop(key)
   if co == nil then return true end
   local ok, closed, message, tb = guard(nil, close_reporting, co)
-  -- (LuaJIT closes no thread: one left suspended stays nobody's to resume.)
-  if co_status(co) ~= "dead" then held[co] = NOBODY end
   if not ok then return false, closed, "" end
   if closed == nil then return true end -- its `__close` spent a budget, reported as such
   return closed, message, tb
@@ -824,9 +822,12 @@ function step.compact()
   -- The frame waits' and the ready queue's room (the queue's only if it is empty: the instances
   -- started since the last step, before this runs, have their first tasks on it), and the counts.
   fast.shrink_waits()
-  local fresh = setmetatable({}, { __mode = "k" })
-  for k, v in pairs(keys) do fresh[k] = v end
-  keys = fresh
+  local function copy_weak(t)
+    local fresh = setmetatable({}, { __mode = "k" })
+    for k, v in pairs(t) do fresh[k] = v end
+    return fresh
+  end
+  keys, held = copy_weak(keys), copy_weak(held)
 end
 
 --- Raises Lua's own `bad argument` error, blaming the caller `level` frames up.
