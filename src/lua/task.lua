@@ -849,12 +849,18 @@ local function running_instance()
   return rust_instance()
 end
 
+--- Whose thread `co` is: the instance of the task it is, or the one it is held for (`held`);
+--- nil for a thread that is neither.
+local function holder_of(co)
+  local key = keys[co]
+  if key ~= nil then return owner[key] end
+  return held[co]
+end
+
 --- Whether thread `co` is a task of another instance than the one running, or a thread another
 --- instance holds (see `held`).
 local function foreign(co)
-  local key = keys[co]
-  if key ~= nil then return owner[key] ~= running_instance() end
-  local holder = held[co]
+  local holder = holder_of(co)
   return holder ~= nil and holder ~= running_instance()
 end
 
@@ -1074,12 +1080,9 @@ end
 --- otherwise forgotten now, so nothing resumes it, and closed as `id` once the step's resumes
 --- are over (its `__close` handlers never run as the instance that cancelled).
 local function cancel_executor(co, id)
-  if co_status(co) ~= "suspended" then return end
-  local key = keys[co]
-  local holder
-  if key ~= nil then holder = owner[key] else holder = held[co] end
-  if holder ~= id then return end
+  if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
   if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
+  local key = keys[co]
   if key ~= nil then
     drop(key)
     core.forget(key)
