@@ -93,12 +93,33 @@ impl Instances {
 pub(crate) struct Scripts<'a> {
     runtime: &'a LuaRuntime,
     instances: &'a mut Instances,
+    /// Instances this work detached: forgotten when it is over, once their tasks have closed.
+    leaving: Vec<InstanceId>,
+    /// Whether this work cancelled tasks, which close when it is over.
+    cancelled: bool,
+}
+
+impl Drop for Scripts<'_> {
+    /// Closes the tasks this work cancelled, all under one budget ([`scheduler::close_ended`]),
+    /// then forgets the instances it detached, so what their `__close` handlers print or raise
+    /// still names their script and entity.
+    fn drop(&mut self) {
+        let lua = self.lua();
+        if self.cancelled {
+            scheduler::close_ended(lua);
+        }
+        for id in std::mem::take(&mut self.leaving) {
+            sched(lua).forget_instance(id);
+            crate::modules::forget_instance(lua, id);
+            let _ = scheduler::refs(lua).envs.raw_set(id.0 as i64, Value::Nil);
+        }
+    }
 }
 
 impl<'a> Scripts<'a> {
     /// Works on `instances`, which run in `runtime`'s VM.
     pub(crate) fn new(runtime: &'a LuaRuntime, instances: &'a mut Instances) -> Self {
-        Self { runtime, instances }
+        Self { runtime, instances, leaving: Vec::new(), cancelled: false }
     }
 
     fn lua(&self) -> &'a Lua {
@@ -147,15 +168,19 @@ impl<'a> Scripts<'a> {
         Attached { id, handle }
     }
 
-    /// Cancels every task of an instance (to-be-closed variables close) and forgets it.
+    /// Cancels every task of an instance; it is forgotten when this work is over, once its
+    /// to-be-closed variables have closed (see the `Drop` of [`Scripts`]).
     fn detach(&mut self, id: InstanceId) {
         self.instances.pending.retain(|(p, _, _)| *p != id);
         self.publish_pending();
-        scheduler::cancel_instance(self.lua(), id, None);
-        let lua = self.lua();
-        sched(lua).forget_instance(id);
-        crate::modules::forget_instance(lua, id);
-        let _ = scheduler::refs(lua).envs.raw_set(id.0 as i64, Value::Nil);
+        self.cancel(id);
+        self.leaving.push(id);
+    }
+
+    /// Cancels every task of an instance (see [`scheduler::cancel_instance`]); they close when this
+    /// work is over.
+    fn cancel(&mut self, id: InstanceId) {
+        self.cancelled |= scheduler::cancel_instance(self.lua(), id, None) > 0;
     }
 
     /// Drops compiled code of an unloaded script, so new instances compile it again.
@@ -293,9 +318,14 @@ impl<'a> Scripts<'a> {
         factory: impl Fn(AssetId<LuaScript>) -> Option<Function>,
     ) {
         let lua = self.lua();
-        for &(id, entity, asset) in instances {
-            let Some(factory) = factory(asset) else { continue };
-            scheduler::cancel_instance(self.lua(), id, None);
+        let restarting: Vec<_> =
+            instances.iter().filter_map(|&(id, entity, asset)| Some((id, entity, factory(asset)?))).collect();
+        // The old tasks close first, all under one budget, so no old `__close` runs over the new code.
+        for &(id, _, _) in &restarting {
+            scheduler::cancel_instance(lua, id, None);
+        }
+        scheduler::close_ended(lua);
+        for (id, entity, factory) in restarting {
             crate::modules::forget_instance(lua, id);
             // An instance that never ran (its first version did not load) starts as new.
             let env: Option<mlua::Table> = scheduler::refs(lua).envs.raw_get(id.0 as i64).ok();
@@ -392,7 +422,7 @@ impl<'a> Scripts<'a> {
         entry.deleted = true;
         let running = self.instances.running(Some(asset));
         for &(id, _, _) in &running {
-            scheduler::cancel_instance(self.lua(), id, None);
+            self.cancel(id);
         }
         let message =
             format!("{path} was deleted: its {} instances stopped until it is restored", running.len());

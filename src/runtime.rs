@@ -421,18 +421,16 @@ impl LuaRuntime {
             )?,
         )?;
         core.set(
-            "close_later",
-            lua.create_function(|lua, (id, co): (u64, Thread)| {
-                sched(lua).to_close.push((InstanceId(id), co));
+            "closes_due",
+            lua.create_function(|lua, ()| {
+                sched(lua).closes_due = true;
                 Ok(())
             })?,
         )?;
-        core.set("take_to_close", lua.create_function(|lua, ()| scheduler::take_to_close(lua))?)?;
         core.set(
             "close_as",
             lua.create_function(|lua, (id, co): (u64, Thread)| {
-                scheduler::close_as(lua, InstanceId(id), &co);
-                Ok(())
+                Ok(scheduler::close_as(lua, InstanceId(id), &co))
             })?,
         )?;
         core.set(
@@ -652,11 +650,13 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
         )?,
     )?;
     // `spawn_as(owner, f) -> bool`: queues `f` as a new task of instance `owner` (it runs in the
-    // next step, under the instruction budget); false if that instance is gone.
+    // next step, under the instruction budget); false if that instance is gone (forgotten, or its
+    // entity despawned by a script in this step).
     deps.set(
         "spawn_as",
         lua.create_function(|lua, (owner, f): (Option<u64>, Function)| {
-            let Some(id) = owner.map(InstanceId).filter(|&id| sched(lua).instance(id).is_some()) else {
+            let live = |id| sched(lua).instance(id).is_some_and(|r| !r.despawned);
+            let Some(id) = owner.map(InstanceId).filter(|&id| live(id)) else {
                 return Ok(false);
             };
             let thread = script_thread(lua, f)?;

@@ -106,6 +106,9 @@ pub(crate) struct InstanceRecord {
     pub entity: Entity,
     /// The script's asset path.
     pub path: Arc<str>,
+    /// A script despawned its entity during this step (the next sync forgets the instance): no
+    /// other instance's code starts a task for it any more.
+    pub despawned: bool,
     tasks: HashSet<TaskId>,
 }
 
@@ -148,10 +151,15 @@ pub(crate) struct Scheduler {
     /// Instances forgotten since the last promise tick (the promise module drops what it kept for
     /// them).
     pub gone: Vec<InstanceId>,
-    /// Threads of tasks that a script of another instance ended during the step (it despawned
-    /// their entity, or cancelled the promise they were the executor of), with their instance, to
-    /// be closed once the step's resumes are over ([`close_ended`]).
-    pub to_close: Vec<(InstanceId, Thread)>,
+    /// Whether `step.close_ended` has threads to close: tasks ended from outside their instance
+    /// (a script of another instance despawned their entity or cancelled the promise they were
+    /// the executor of; the game despawned it, a reload or a memory quota cancelled them), kept
+    /// in Lua until the work that ended them is over ([`close_ended`]).
+    pub closes_due: bool,
+    /// The entity and script of instances forgotten while closes of their tasks were left to run
+    /// (the budget ran out), or during this frame: what those closes print or raise still names
+    /// them. Let go at the end of the frame once no close of theirs is left ([`Self::let_go_departed`]).
+    departed: HashMap<InstanceId, (Entity, Arc<str>)>,
     /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
     /// no task, which would outlive the cancellation.
     closing: Vec<InstanceId>,
@@ -185,7 +193,8 @@ impl Scheduler {
 
     /// Starts tracking an instance.
     pub fn add_instance(&mut self, id: InstanceId, entity: Entity, path: Arc<str>) {
-        self.instances.insert(id, InstanceRecord { entity, path, tasks: HashSet::default() });
+        self.instances
+            .insert(id, InstanceRecord { entity, path, despawned: false, tasks: HashSet::default() });
         self.on_entity.entry(entity).or_default().push(id);
         self.instance_peak = self.instance_peak.max(self.instances.len());
     }
@@ -193,6 +202,21 @@ impl Scheduler {
     /// The record of an instance.
     pub fn instance(&self, id: InstanceId) -> Option<&InstanceRecord> {
         self.instances.get(&id)
+    }
+
+    /// The entity and script of an instance, live or recently forgotten (see `departed`).
+    pub fn name_of(&self, id: InstanceId) -> Option<(Entity, Arc<str>)> {
+        match self.instances.get(&id) {
+            Some(r) => Some((r.entity, r.path.clone())),
+            None => self.departed.get(&id).cloned(),
+        }
+    }
+
+    /// Lets go of the names of forgotten instances once no close is left (once a frame).
+    pub fn let_go_departed(&mut self) {
+        if !self.closes_due {
+            self.departed.clear();
+        }
     }
 
     /// Names the script an instance runs (known once its asset loaded).
@@ -223,13 +247,14 @@ impl Scheduler {
 
     /// Stops tracking an instance (after its tasks were taken and closed).
     pub fn forget_instance(&mut self, id: InstanceId) {
-        if let Some(record) = self.instances.remove(&id)
-            && let Some(ids) = self.on_entity.get_mut(&record.entity)
-        {
-            ids.retain(|&i| i != id);
-            if ids.is_empty() {
-                self.on_entity.remove(&record.entity);
+        if let Some(record) = self.instances.remove(&id) {
+            if let Some(ids) = self.on_entity.get_mut(&record.entity) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.on_entity.remove(&record.entity);
+                }
             }
+            self.departed.insert(id, (record.entity, record.path));
         }
         self.gone.push(id);
     }
@@ -383,10 +408,8 @@ impl Scheduler {
         message: String,
         traceback: String,
     ) {
-        let (entity, script) = match instance.and_then(|i| self.instances.get(&i)) {
-            Some(r) => (r.entity, r.path.clone()),
-            None => (Entity::PLACEHOLDER, Arc::from("?")),
-        };
+        let (entity, script) =
+            instance.and_then(|i| self.name_of(i)).unwrap_or_else(|| (Entity::PLACEHOLDER, Arc::from("?")));
         self.report_as(entity, &script, kind, message, traceback);
     }
 
@@ -766,12 +789,14 @@ pub(crate) struct Refs {
     pub wake: Function,
     /// `step.start(co)`: makes a thread a task of the host instance and queues it.
     pub start: Function,
-    /// `step.detach(key) -> thread?`: forgets a task whose instance is going away.
+    /// `step.detach(key, id) -> bool`: forgets a task of instance `id`, which is going away, and
+    /// leaves its thread to `step.close_ended`; false if it had none.
     pub detach: Function,
     /// `step.kill(key) -> ok, message, traceback`: forgets a task whose instance is going away and
     /// closes its thread.
     pub kill: Function,
-    /// `step.close_ended()`: closes the threads of [`Scheduler::to_close`], under one budget.
+    /// `step.close_ended()`: closes the threads of tasks ended from outside their instance, under
+    /// one budget.
     pub close_ended: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
@@ -961,17 +986,32 @@ fn report_closed(
 }
 
 /// Cancels every task of an instance (but `keep`, the task running now, if it is one of them:
-/// it finishes its resume) and the Rust work it started; the instance stays. To-be-closed
-/// variables close, in the order the tasks were made.
-pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
-    let tasks = take_instance(lua, id, keep);
-    let _host = host(lua, Some(id));
-    let kill = refs(lua).kill.clone();
-    sched(lua).closing.push(id);
-    for key in tasks {
-        report_closed(lua, kill.call(key), Some(id));
+/// it finishes its resume) and the Rust work it started, and returns how many it cancelled; the
+/// instance stays. Nothing resumes the
+/// tasks again. Their to-be-closed variables close in the order the tasks were made: at once when
+/// a task of the instance itself runs now (its entity despawned by its own script; the handlers
+/// are charged to that task's budget), and otherwise once the work that cancelled them is over
+/// ([`close_ended`]), each as its instance, all under one budget: a game that despawns 200
+/// entities whose `__close` handlers loop spends one budget on them in a frame, not 200.
+pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> usize {
+    let (current, _) = current_task(lua);
+    if current > 0 && sched(lua).instance_of(current) == Some(id) {
+        let tasks = take_instance(lua, id, keep);
+        let cancelled = tasks.len();
+        let _host = host(lua, Some(id));
+        let kill = refs(lua).kill.clone();
+        sched(lua).closing.push(id);
+        for key in tasks {
+            report_closed(lua, kill.call(key), Some(id));
+        }
+        sched(lua).closing.pop();
+        return cancelled;
     }
-    sched(lua).closing.pop();
+    let cancelled = detach_instance(lua, id, keep);
+    if cancelled > 0 {
+        sched(lua).closes_due = true;
+    }
+    cancelled
 }
 
 /// Stops tracking the tasks of an instance (but `keep`) and the Rust work it started; returns the
@@ -986,40 +1026,40 @@ fn take_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<i64> {
     tasks
 }
 
-/// Cancels every task of an instance (but `keep`) and the Rust work it started, and returns their
-/// threads, not closed yet, in the order the tasks were made: nothing resumes them again.
-fn detach_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<Thread> {
+/// Cancels every task of an instance (but `keep`) and the Rust work it started, and leaves their
+/// threads to `step.close_ended`, not closed yet, in the order the tasks were made: nothing resumes
+/// them again. Returns how many there were.
+fn detach_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> usize {
     let tasks = take_instance(lua, id, keep);
     let detach = refs(lua).detach.clone();
-    tasks.into_iter().filter_map(|key| detach.call::<Option<Thread>>(key).ok().flatten()).collect()
+    tasks.into_iter().filter(|&key| detach.call::<bool>((key, id.0)).unwrap_or(false)).count()
 }
 
 /// Cancels now the instances on `entity`, which a script despawned during the step, so none of
-/// their tasks resumes again in this step. The next sync forgets them. The despawning task's own
-/// instance closes its other tasks at once, inside the despawning task (their `__close` handlers
-/// are charged to its budget); another instance's tasks are closed once the step's resumes are
-/// over ([`close_ended`]): closed inside the despawner's task, their handlers ran as the
-/// despawner, where they could list and cancel its tasks.
+/// their tasks resumes again in this step (the despawning task itself finishes its resume). The
+/// next sync forgets them. See [`cancel_instance`] for when their `__close` handlers run: another
+/// instance's close once the step's resumes are over (closed inside the despawner's task, they
+/// ran as the despawner, where they could list and cancel its tasks).
 pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
     let (current, _) = current_task(lua);
-    let running = if current > 0 { sched(lua).instance_of(current) } else { None };
+    let keep = (current > 0).then_some(current);
     let ids = sched(lua).instances_on(entity);
     for id in ids {
-        if running.is_some_and(|r| r != id) {
-            let threads = detach_instance(lua, id, None);
-            sched(lua).to_close.extend(threads.into_iter().map(|t| (id, t)));
-        } else {
-            cancel_instance(lua, id, Some(current));
+        if let Some(record) = sched(lua).instances.get_mut(&id) {
+            record.despawned = true;
         }
+        cancel_instance(lua, id, keep);
     }
 }
 
-/// Closes the threads of the tasks that scripts of other instances ended during the step (see
-/// [`Scheduler::to_close`]), each as work of its own instance, in the order they were ended, all
+/// Closes the threads of the tasks that were cancelled from outside their instance (see
+/// [`Scheduler::closes_due`]), each as work of its own instance, in the order they were ended, all
 /// under one budget of their own (`step.close_ended`): a script that despawns many entities whose
-/// `__close` handlers loop costs the frame one budget, as it did when they closed inside its task.
+/// `__close` handlers loop costs the frame one budget, as it did when they closed inside its task,
+/// and so does a game that despawns them. Called after the step's resumes, and by the sync and the
+/// hot reload once they have cancelled what they cancel.
 pub(crate) fn close_ended(lua: &Lua) {
-    if sched(lua).to_close.is_empty() {
+    if !std::mem::take(&mut sched(lua).closes_due) {
         return;
     }
     let close_ended = refs(lua).close_ended.clone();
@@ -1028,32 +1068,26 @@ pub(crate) fn close_ended(lua: &Lua) {
     }
 }
 
-/// For `step.close_ended`: the threads to close and their instances (`thread, id, thread, id,
-/// ...`), taken from [`Scheduler::to_close`]; `None` once there are none.
-pub(crate) fn take_to_close(lua: &Lua) -> mlua::Result<Option<Table>> {
-    let threads = std::mem::take(&mut sched(lua).to_close);
-    if threads.is_empty() {
-        return Ok(None);
-    }
-    let list = lua.create_table_with_capacity(threads.len() * 2, 0)?;
-    for (id, thread) in threads {
-        list.raw_push(thread)?;
-        list.raw_push(id.0)?;
-    }
-    Ok(Some(list))
-}
-
 /// For `step.close_ended`: closes `thread`, a task of `instance` that was ended, as work of that
 /// instance (its `__close` handlers see it as the running instance), and reports what they raised.
+/// Returns whether they spent the budget (reported as that instance's; the budget is reset, and
+/// the caller carries the closes left to a later budget).
 /// A close carried past the sync that forgot its instance (the budget ran out in an earlier
 /// frame) still runs as it: it prints, but starts no task ([`adopt`] refuses a forgotten
 /// instance), so nothing it starts outlives it.
-pub(crate) fn close_as(lua: &Lua, instance: InstanceId, thread: &Thread) {
+pub(crate) fn close_as(lua: &Lua, instance: InstanceId, thread: &Thread) -> bool {
     let _host = host(lua, Some(instance));
     let close = refs(lua).close.clone();
     sched(lua).closing.push(instance);
-    report_closed(lua, close.call(thread), Some(instance));
+    let closed = close.call(thread);
     sched(lua).closing.pop();
+    let budget_spent = lua.app_data_ref::<Arc<Budget>>().is_some_and(|b| b.spent().is_some());
+    if budget_spent {
+        spent(lua, -1, Some(instance), None);
+    } else {
+        report_closed(lua, closed, Some(instance));
+    }
+    budget_spent
 }
 
 /// Work an extension does at the start of every step.

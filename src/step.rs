@@ -102,12 +102,12 @@ fn output(lua: &Lua) -> Output {
     let prints = std::mem::take(&mut s.prints)
         .into_iter()
         .map(|(instance, line)| {
-            let (entity, script) = s
-                .instance(instance)
-                .map_or((Entity::PLACEHOLDER, String::new()), |r| (r.entity, r.path.to_string()));
+            let (entity, script) =
+                s.name_of(instance).map_or((Entity::PLACEHOLDER, String::new()), |(e, p)| (e, p.to_string()));
             ScriptPrint { entity, script, line }
         })
         .collect();
+    s.let_go_departed();
     Output { errors, prints }
 }
 

@@ -1408,8 +1408,10 @@ fn a_report_names_the_instance_that_made_the_promise() {
     );
 }
 
+/// A rejection left by an instance the game despawns is reported in that frame, still naming
+/// the script and the entity it ran on.
 #[test]
-fn a_rejection_of_a_despawned_instance_is_reported_without_an_entity() {
+fn a_rejection_of_a_despawned_instance_is_reported_with_its_script() {
     let mut app = create_app();
     let e = spawn_script(&mut app, "scripts/gone.lua", r#"Promise.reject("left behind") task.wait(10)"#);
     run(&mut app, 1);
@@ -1417,7 +1419,7 @@ fn a_rejection_of_a_despawned_instance_is_reported_without_an_entity() {
     run(&mut app, 2);
     let errs = errors(&app);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert_eq!(errs[0].entity, Entity::PLACEHOLDER, "the instance is gone");
+    assert_eq!((errs[0].entity, errs[0].script.as_str()), (e, "scripts/gone.lua"), "{errs:#?}");
     assert_eq!(errs[0].message, "Unhandled Promise rejection: left behind", "message");
 }
 

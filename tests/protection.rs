@@ -1334,6 +1334,24 @@ fn a_close_that_despawns_another_entity_runs_that_entity_s_closes_as_its_own() {
     assert_eq!(printed(&app), ["victim executor on attacker worker\tfalse"], "{}", dump(&app));
 }
 
+/// A script of 50 tasks, each with a `__close` handler that loops for ever.
+const HEAVY_CLOSES: &str = "for i = 1, 50 do task.spawn(function()
+  local g <close> = setmetatable({}, { __close = function() local x = 0 while true do x = x + 1 end end })
+  task.wait(1000)
+end) end";
+
+/// The `Budget` errors reported in each of the next `frames` frames.
+fn budgets_spent_per_frame(app: &mut App, frames: usize) -> Vec<usize> {
+    let budgets = |app: &App| errors(app).iter().filter(|e| e.kind == ScriptErrorKind::Budget).count();
+    (0..frames)
+        .map(|_| {
+            let before = budgets(app);
+            run(app, 1);
+            budgets(app) - before
+        })
+        .collect()
+}
+
 /// The tasks a script's despawns end are closed after the step's resumes under one budget a
 /// frame: 500 looping `__close` handlers (ten entities of 50 tasks) spend one in each frame, not
 /// 500 in one (each then stopped at its first instruction, the closes left over are carried).
@@ -1342,14 +1360,7 @@ fn a_close_that_despawns_another_entity_runs_that_entity_s_closes_as_its_own() {
 fn despawned_tasks_closed_after_the_step_share_one_budget() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("scripts")).unwrap();
-    std::fs::write(
-        dir.path().join("scripts/heavy.lua"),
-        "for i = 1, 50 do task.spawn(function()
-           local g <close> = setmetatable({}, { __close = function() local x = 0 while true do x = x + 1 end end })
-           task.wait(1000)
-         end) end",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("scripts/heavy.lua"), HEAVY_CLOSES).unwrap();
     let mut app = create_app_in(
         dir.path().to_str().unwrap(),
         LuaCoroutinesPlugin {
@@ -1375,15 +1386,94 @@ fn despawned_tasks_closed_after_the_step_share_one_budget() {
     );
     run(&mut app, 3);
     // Each frame closes what one budget allows, and carries the rest to the next frame.
-    let budgets = |app: &App| errors(app).iter().filter(|e| e.kind == ScriptErrorKind::Budget).count();
-    let mut spent = Vec::new();
-    for _ in 0..3 {
-        let before = budgets(&app);
-        run(&mut app, 1);
-        spent.push(budgets(&app) - before);
-    }
+    let spent = budgets_spent_per_frame(&mut app, 3);
     assert!(printed(&app).contains(&"despawned 10".to_string()), "{}", dump(&app));
     assert_eq!(spent, [1, 1, 1], "budgets spent in each frame from the despawn on: {}", dump(&app));
+}
+
+/// So are the tasks the game ends: 500 looping `__close` handlers of ten entities the game
+/// despawns spend at most a budget in the sync and one after the step's resumes, not 500 in the
+/// frame, and each is reported as its own script's.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn tasks_the_game_despawns_close_under_one_budget_a_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    let mut app = create_app_in(dir.path().to_str().unwrap(), budget_plugin(true));
+    let heavy = script(&mut app, "scripts/heavy.lua", HEAVY_CLOSES);
+    let entities: Vec<Entity> =
+        (0..10).map(|_| app.world_mut().spawn(LuaScripts::new(heavy.clone())).id()).collect();
+    run(&mut app, 2);
+    assert!(errors(&app).is_empty(), "{}", dump(&app));
+    for e in entities {
+        app.world_mut().despawn(e);
+    }
+    let spent = budgets_spent_per_frame(&mut app, 3);
+    assert!(
+        spent[0] <= 2 && spent[1..] == [1, 1],
+        "budgets spent in each frame from the despawn on: {spent:?}"
+    );
+    let named = errors(&app).iter().all(|e| e.script == "scripts/heavy.lua");
+    assert!(named, "each close is reported as its script's: {}", dump(&app));
+}
+
+/// The victim adds a handler to the settler's promise (`shared.p`); the settler resolves it once
+/// the victim is gone and prints what became of the handler's promise.
+const HANDLER_OF_A_GONE_INSTANCE: &str = r#"
+local shared = require('shared')
+shared.entity = entity
+while not shared.p do task.wait() end
+shared.child = shared.p:andThen(function() print('victim handler ran') end)
+task.wait(100)
+"#;
+
+/// A handler whose instance the game despawned never runs, and the promise it was to settle is
+/// cancelled rather than left pending for good.
+#[test]
+fn a_handler_of_an_instance_the_game_despawned_cancels_its_promise() {
+    let (mut app, _dir) = shared_module_app();
+    let victim = spawn_script(&mut app, "scripts/victim.lua", HANDLER_OF_A_GONE_INSTANCE);
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/settler.lua",
+        r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        while not shared.child do task.wait() end
+        for i = 1, 5 do task.wait() end
+        resolve(1)
+        task.wait()
+        print('child', shared.child:getStatus())
+        "#,
+    );
+    run(&mut app, 2);
+    app.world_mut().despawn(victim);
+    run(&mut app, 8);
+    assert_eq!(printed(&app), ["child\tCancelled"], "{}", dump(&app));
+}
+
+/// The same when a script despawned the victim's entity in the step that settles the promise:
+/// the instance is not forgotten until the next sync, but no task starts for it any more.
+#[test]
+fn a_handler_of_an_instance_a_script_despawned_in_the_step_never_runs() {
+    let (app, _dir) = one_then_another(
+        ("scripts/victim.lua", HANDLER_OF_A_GONE_INSTANCE),
+        (
+            "scripts/settler.lua",
+            r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        while not shared.child do task.wait() end
+        shared.entity:despawn()
+        resolve(1)
+        task.wait()
+        print('child', shared.child:getStatus())
+        "#,
+        ),
+        6,
+    );
+    assert_eq!(printed(&app), ["child\tCancelled"], "{}", dump(&app));
 }
 
 /// A settlement runs only the reactions the library queued: a function another instance wrote
@@ -1464,14 +1554,8 @@ fn a_library_hook_a_script_wrote_into_a_promise_never_runs() {
     assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
 }
 
-/// A task the game's despawn closed is nobody's to resume afterwards: its thread is dead. (Under
-/// LuaJIT, which closes no thread, it is left suspended and no task, for any script that holds
-/// it: open.)
-#[cfg_attr(
-    feature = "luajit",
-    ignore = "open under LuaJIT, which closes no thread: a task the game's despawn killed stays \
-              suspended, and marking each one nobody's kept a mass despawn's room (README)"
-)]
+/// A task the game's despawn closed is nobody's to resume afterwards: its thread is dead (under
+/// LuaJIT, which closes no thread, it stays suspended, held as nobody's).
 #[test]
 fn a_task_of_a_despawned_entity_is_nobody_s_to_resume_once_closed() {
     let (mut app, _dir) = shared_module_app();

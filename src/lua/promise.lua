@@ -903,6 +903,23 @@ local function settle_call(p, ok, ...)
   end
 end
 
+--- The handler that was to settle `child` could not start: `child` rejects with why.
+local function not_started(child, err)
+  reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR }))
+end
+
+--- Starts `f`, the handler that settles `child`, as a task of instance `id` (see `elsewhere`).
+--- If that instance is gone (forgotten, or its entity despawned in this step), none of its code
+--- runs any more: `child` is cancelled (what awaits it is not left waiting for good).
+local function spawn_for(child, id, f)
+  local ok, started = pcall(spawn_as, id, f)
+  if not ok then
+    not_started(child, started)
+  elseif not started then
+    cancel(child)
+  end
+end
+
 local function run_handler(child, handler, src)
   settle_call(child, xpcall(handler, capture, all_values(src)))
 end
@@ -911,14 +928,12 @@ end
 --- its error rejects it. `now`: `child` is being made by the running code (its source had settled
 --- already), so the instance that added the handler is the one running.
 local function spawn_handler(child, handler, src, now)
-  local ok, err
   local id = not now and owner_of[child] -- the instance that added the handler
   if id and id ~= owner() then -- `elsewhere(id)`, inline: this is `andThen`'s path
-    ok, err = pcall(spawn_as, id, function() run_handler(child, handler, src) end)
-  else
-    ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
+    return spawn_for(child, id, function() run_handler(child, handler, src) end)
   end
-  if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+  local ok, err = spawn_job(take_worker(), JOB, run_handler, child, handler, src)
+  if not ok then not_started(child, err) end
 end
 
 --- Waits (parking the running thread) until `p` settles; returns at once if it has. The waiting task
@@ -1712,13 +1727,10 @@ local function finally_impl(src, handler)
   local function reaction(s)
     if handler ~= nil then
       -- Runs even if `child` was cancelled: the handler sees every outcome of `src`.
-      local id, ok, err = owner_of[child], nil, nil
-      if elsewhere(id) then
-        ok, err = pcall(spawn_as, id, function() run_finally(child, handler, s) end)
-      else
-        ok, err = pcall(task_spawn, run_finally, child, handler, s)
-      end
-      if not ok then reject(child, new_error({ error = safe_tostring(err), kind = EXECUTION_ERROR })) end
+      local id = owner_of[child]
+      if elsewhere(id) then return spawn_for(child, id, function() run_finally(child, handler, s) end) end
+      local ok, err = pcall(task_spawn, run_finally, child, handler, s)
+      if not ok then not_started(child, err) end
     elseif child._status == STARTED then
       follow(child, s, false)
     end

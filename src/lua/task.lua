@@ -52,6 +52,21 @@ local owner = {}                          -- key -> instance id
 -- step's resumes are over (`step.detach`), as NOBODY's. No other instance resumes them.
 local held = setmetatable({}, { __mode = "k" })
 local NOBODY = {}
+-- The threads of tasks ended from outside their instance (by a script of another instance, the
+-- game, a reload, a memory quota), to be closed once the work that ended them is over, each as
+-- its instance (`close_all`): `thread, instance id, thread, id, ...`, in the order they were
+-- ended. Kept here, not in Rust: a Rust handle per thread grows mlua's reference stack, whose
+-- room a mass despawn would keep for good.
+local ending = {}
+local closes_due = core.closes_due -- tells Rust `ending` has work
+-- Under LuaJIT, which cannot close a thread, an ended task's thread stays suspended for good: it
+-- is marked nobody's through its environment (which nothing runs under any more), not with an
+-- entry in `held`, which would stay until the thread is collected and whose room a mass despawn
+-- would keep (30,000 tasks: 0.8 MB).
+local GRAVE, thread_env, set_thread_env = nil, nil, nil
+if co_close == nil and core.debug ~= nil and core.debug.setfenv ~= nil then
+  GRAVE, thread_env, set_thread_env = {}, core.debug.getfenv, core.debug.setfenv
+end
 local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
@@ -719,36 +734,52 @@ local function guard(owner, f, ...)
 end
 step.guard = guard
 
---- Forgets task `key` for Rust (its instance is going away) and returns its thread, not closed
---- yet (nil if there was none): nothing resumes it again.
-function step.detach(key)
-  local co = threads[key]
-  drop(key)
-  if co ~= nil then held[co] = NOBODY end
-  return co
+--- Leaves thread `co` of instance `id` to `close_all`, as nobody's until then.
+local function end_later(co, id)
+  local n = #ending
+  ending[n + 1], ending[n + 2] = co, id
+  if GRAVE ~= nil then
+    set_thread_env(co, GRAVE)
+  else
+    held[co] = NOBODY
+  end
 end
 
---- Closes the threads Rust keeps to close once the step's resumes are over (tasks that a script
---- of another instance ended), all under one budget: `take_to_close()` hands them over as
---- `thread, id, ...` until there are none, and `close_as(id, co)` closes one as its instance and
---- reports what its `__close` handlers raised. Once the budget is spent, the rest go back to Rust
---- (`close_later`) for the next frame's budget: closed now, each would stop at its first
---- instruction, and past the library's grace the loop itself would stop and lose them. A thread
---- that could not be closed (LuaJIT closes none) stays nobody's.
-local take_to_close, close_as, close_later = core.take_to_close, core.close_as, core.close_later
+--- Forgets task `key` of instance `id` for Rust (its instance is going away) and leaves its
+--- thread to `close_all`: nothing resumes it again. Returns whether it had one.
+function step.detach(key, id)
+  local co = threads[key]
+  drop(key)
+  if co == nil then return false end
+  end_later(co, id)
+  return true
+end
+
+--- Closes the threads of `ending` (tasks ended from outside their instance), all under one
+--- budget: `close_as(id, co)` closes one as its instance and reports what its `__close` handlers
+--- raised (or that they spent the budget, which it then resets). Once the budget is spent, the
+--- rest wait for the next budget (the next piece of work that closes, at the latest the next
+--- step): closed now, each would stop at its first instruction, and past the library's grace the
+--- loop itself would stop and lose them. A thread that could not be closed (LuaJIT closes none)
+--- stays nobody's.
+local close_as = core.close_as
 local function close_all()
-  local list = take_to_close()
-  while list ~= nil do
+  while ending[1] ~= nil do
+    local list = ending
+    ending = {} -- what these closes end goes here, and is closed next
     for i = 1, #list, 2 do
       local co, id = list[i], list[i + 1]
-      if S.spent then
-        for j = i, #list, 2 do close_later(list[j + 1], list[j]) end
+      local spent = close_as(id, co)
+      if co_status(co) == "dead" then held[co] = nil end
+      if spent then
+        local rest, n = {}, 0
+        for j = i + 2, #list do n = n + 1; rest[n] = list[j] end
+        for j = 1, #ending do n = n + 1; rest[n] = ending[j] end
+        ending = rest
+        if n > 0 then closes_due() end
         return
       end
-      close_as(id, co)
-      if co_status(co) == "dead" then held[co] = nil end
     end
-    list = take_to_close()
   end
 end
 function step.close_ended() guard(nil, close_all) end
@@ -849,12 +880,14 @@ local function running_instance()
   return rust_instance()
 end
 
---- Whose thread `co` is: the instance of the task it is, or the one it is held for (`held`);
---- nil for a thread that is neither.
+--- Whose thread `co` is: the instance of the task it is, or the one it is held for (`held`;
+--- NOBODY for an ended task's, see `GRAVE`); nil for a thread that is neither.
 local function holder_of(co)
   local key = keys[co]
   if key ~= nil then return owner[key] end
-  return held[co]
+  local holder = held[co]
+  if holder == nil and GRAVE ~= nil and thread_env(co) == GRAVE then return NOBODY end
+  return holder
 end
 
 --- Whether thread `co` is a task of another instance than the one running, or a thread another
@@ -1087,8 +1120,8 @@ local function cancel_executor(co, id)
     drop(key)
     core.forget(key)
   end
-  held[co] = NOBODY
-  core.close_later(id, co)
+  end_later(co, id)
+  closes_due()
 end
 
 --- Every live task of the running instance (see the README's "Seeing what scripts do").
