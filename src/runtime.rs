@@ -427,10 +427,17 @@ impl LuaRuntime {
                 Ok(())
             })?,
         )?;
+        core.set("CLOSING", scheduler::CLOSING)?;
         core.set(
-            "close_as",
-            lua.create_function(|lua, (id, co): (u64, Thread)| {
-                Ok(scheduler::close_as(lua, InstanceId(id), &co))
+            "close_failed",
+            lua.create_function(|lua, (id, message, traceback): (u64, mlua::LuaString, mlua::LuaString)| {
+                scheduler::close_failed(
+                    lua,
+                    InstanceId(id),
+                    &message.to_string_lossy(),
+                    &traceback.to_string_lossy(),
+                );
+                Ok(())
             })?,
         )?;
         core.set(

@@ -186,8 +186,12 @@ impl Scheduler {
         self.live
     }
 
-    /// The instance that owns the task Lua calls `key` (0: none), or the host instance.
+    /// The instance that owns the task Lua calls `key` (0: none), or the host instance; for a
+    /// `key` at or below [`CLOSING`], the instance whose ended task the step is closing.
     pub fn instance_of(&self, key: i64) -> Option<InstanceId> {
+        if key <= CLOSING {
+            return Some(InstanceId(CLOSING.abs_diff(key)));
+        }
         self.by_key(key).and_then(|t| self.task(t)).map(|t| t.instance).or(self.host_instance)
     }
 
@@ -883,6 +887,11 @@ impl Drop for HostGuard<'_> {
     }
 }
 
+/// What the step's current task slot holds while it closes a task of instance `id` that was ended
+/// from outside it (`step.close_ended`): `CLOSING - id`. That instance is the host then, and no
+/// task starts for it.
+pub(crate) const CLOSING: i64 = -2;
+
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
 /// Fails with the message for the script if the instance is at its live-task quota.
 pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
@@ -892,7 +901,7 @@ pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), 
     let Some(instance) = s.instance_of(current).filter(|id| s.instances.contains_key(id)) else {
         return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
-    if s.closing.contains(&instance) {
+    if current <= CLOSING || s.closing.contains(&instance) {
         return Ok(Err("cannot start a task while this script's tasks are being cancelled".into()));
     }
     if let (Some(quota), Some(record)) = (s.task_quota, s.instances.get(&instance))
@@ -1068,26 +1077,11 @@ pub(crate) fn close_ended(lua: &Lua) {
     }
 }
 
-/// For `step.close_ended`: closes `thread`, a task of `instance` that was ended, as work of that
-/// instance (its `__close` handlers see it as the running instance), and reports what they raised.
-/// Returns whether they spent the budget (reported as that instance's; the budget is reset, and
-/// the caller carries the closes left to a later budget).
-/// A close carried past the sync that forgot its instance (the budget ran out in an earlier
-/// frame) still runs as it: it prints, but starts no task ([`adopt`] refuses a forgotten
-/// instance), so nothing it starts outlives it.
-pub(crate) fn close_as(lua: &Lua, instance: InstanceId, thread: &Thread) -> bool {
-    let _host = host(lua, Some(instance));
-    let close = refs(lua).close.clone();
-    sched(lua).closing.push(instance);
-    let closed = close.call(thread);
-    sched(lua).closing.pop();
-    let budget_spent = lua.app_data_ref::<Arc<Budget>>().is_some_and(|b| b.spent().is_some());
-    if budget_spent {
-        spent(lua, -1, Some(instance), None);
-    } else {
-        report_closed(lua, closed, Some(instance));
-    }
-    budget_spent
+/// For `step.close_ended`: the `__close` handlers of an ended task of `instance` raised `message`
+/// (the thread stood at `traceback`); reported as that instance's.
+pub(crate) fn close_failed(lua: &Lua, instance: InstanceId, message: &str, traceback: &str) {
+    let traceback = traceback_part(traceback);
+    sched(lua).report(Some(instance), ScriptErrorKind::Runtime, message.to_string(), traceback);
 }
 
 /// Work an extension does at the start of every step.

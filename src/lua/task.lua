@@ -756,22 +756,26 @@ function step.detach(key, id)
 end
 
 --- Closes the threads of `ending` (tasks ended from outside their instance), all under one
---- budget: `close_as(id, co)` closes one as its instance and reports what its `__close` handlers
---- raised (or that they spent the budget, which it then resets). Once the budget is spent, the
---- rest wait for the next budget (the next piece of work that closes, at the latest the next
---- step): closed now, each would stop at its first instruction, and past the library's grace the
---- loop itself would stop and lose them. A thread that could not be closed (LuaJIT closes none)
---- stays nobody's.
-local close_as = core.close_as
+--- budget, each as its instance: while one closes, the current task slot names it as
+--- `CLOSING - id` (Rust takes that instance for the host, and refuses to start a task for it,
+--- which would outlive the cancellation), so a close costs no call into Rust unless it raised.
+--- Once the budget is spent, it is reported as that instance's and the rest wait for the next
+--- budget (the next piece of work that closes, at the latest the next step): closed now, each
+--- would stop at its first instruction, and past the library's grace the loop itself would stop
+--- and lose them. A thread that could not be closed (LuaJIT closes none) stays nobody's.
+local CLOSING, close_failed = core.CLOSING, core.close_failed
 local function close_all()
   while ending[1] ~= nil do
     local list = ending
     ending = {} -- what these closes end goes here, and is closed next
     for i = 1, #list, 2 do
       local co, id = list[i], list[i + 1]
-      local spent = close_as(id, co)
+      T[CURRENT] = CLOSING - id
+      local ok, message, tb = close_reporting(co)
+      T[CURRENT] = -1
       if co_status(co) == "dead" then held[co] = nil end
-      if spent then
+      if S.spent then
+        report_spent(-1, id, nil)
         local rest, n = {}, 0
         for j = i + 2, #list do n = n + 1; rest[n] = list[j] end
         for j = 1, #ending do n = n + 1; rest[n] = ending[j] end
@@ -779,6 +783,7 @@ local function close_all()
         if n > 0 then closes_due() end
         return
       end
+      if not ok then close_failed(id, message, tb) end
     end
   end
 end
