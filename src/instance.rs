@@ -95,18 +95,19 @@ pub(crate) struct Scripts<'a> {
     instances: &'a mut Instances,
     /// Instances this work detached: forgotten when it is over, once their tasks have closed.
     leaving: Vec<InstanceId>,
-    /// Whether this work cancelled tasks, which close when it is over.
-    cancelled: bool,
+    /// Where the threads of the tasks this work cancelled start in the list of those to close
+    /// ([`scheduler::ending_mark`]), once it cancelled any: they close when it is over.
+    mark: Option<i64>,
 }
 
 impl Drop for Scripts<'_> {
-    /// Closes the tasks this work cancelled, all under one budget ([`scheduler::close_ended`]),
-    /// then forgets the instances it detached, so what their `__close` handlers print or raise
-    /// still names their script and entity.
+    /// Closes the tasks this work cancelled, all under one budget (those the budget leaves close
+    /// after the step's resumes), then forgets the instances it detached, so what their `__close`
+    /// handlers print or raise still names their script and entity.
     fn drop(&mut self) {
         let lua = self.lua();
-        if self.cancelled {
-            scheduler::close_ended(lua);
+        if let Some(mark) = self.mark {
+            scheduler::close_ended_from(lua, mark);
         }
         for id in std::mem::take(&mut self.leaving) {
             sched(lua).forget_instance(id);
@@ -119,7 +120,7 @@ impl Drop for Scripts<'_> {
 impl<'a> Scripts<'a> {
     /// Works on `instances`, which run in `runtime`'s VM.
     pub(crate) fn new(runtime: &'a LuaRuntime, instances: &'a mut Instances) -> Self {
-        Self { runtime, instances, leaving: Vec::new(), cancelled: false }
+        Self { runtime, instances, leaving: Vec::new(), mark: None }
     }
 
     fn lua(&self) -> &'a Lua {
@@ -180,7 +181,9 @@ impl<'a> Scripts<'a> {
     /// Cancels every task of an instance (see [`scheduler::cancel_instance`]); they close when this
     /// work is over.
     fn cancel(&mut self, id: InstanceId) {
-        self.cancelled |= scheduler::cancel_instance(self.lua(), id, None) > 0;
+        let lua = self.lua();
+        self.mark.get_or_insert_with(|| scheduler::ending_mark(lua));
+        scheduler::cancel_instance(lua, id, None);
     }
 
     /// Drops compiled code of an unloaded script, so new instances compile it again.
@@ -320,11 +323,21 @@ impl<'a> Scripts<'a> {
         let lua = self.lua();
         let restarting: Vec<_> =
             instances.iter().filter_map(|&(id, entity, asset)| Some((id, entity, factory(asset)?))).collect();
-        // The old tasks close first, all under one budget, so no old `__close` runs over the new code.
+        // The old tasks close first, so that no old `__close` runs over the new code: under one
+        // budget, and if a looping one spends it, under one more for each (as a reload closed
+        // them before), rather than after the new chunk.
+        let mark = scheduler::ending_mark(lua);
         for &(id, _, _) in &restarting {
             scheduler::cancel_instance(lua, id, None);
         }
-        scheduler::close_ended(lua);
+        let mut left = usize::MAX;
+        loop {
+            let now = scheduler::close_ended_from(lua, mark);
+            if now == 0 || now >= left {
+                break;
+            }
+            left = now;
+        }
         for (id, entity, factory) in restarting {
             crate::modules::forget_instance(lua, id);
             // An instance that never ran (its first version did not load) starts as new.

@@ -508,6 +508,7 @@ impl LuaRuntime {
             detach: step.get("detach")?,
             kill: step.get("kill")?,
             close_ended: step.get("close_ended")?,
+            ending_mark: step.get("ending_mark")?,
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,

@@ -799,9 +799,11 @@ pub(crate) struct Refs {
     /// `step.kill(key) -> ok, message, traceback`: forgets a task whose instance is going away and
     /// closes its thread.
     pub kill: Function,
-    /// `step.close_ended()`: closes the threads of tasks ended from outside their instance, under
-    /// one budget.
+    /// `step.close_ended(from) -> left, any`: closes the threads of tasks ended from outside
+    /// their instance, from position `from` of the list on, under one budget.
     pub close_ended: Function,
+    /// `step.ending_mark() -> from`: where the threads the work starting now ends will go.
+    pub ending_mark: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
     /// `step.close(co) -> ok, message, traceback`: closes a suspended thread.
@@ -995,18 +997,16 @@ fn report_closed(
 }
 
 /// Cancels every task of an instance (but `keep`, the task running now, if it is one of them:
-/// it finishes its resume) and the Rust work it started, and returns how many it cancelled; the
-/// instance stays. Nothing resumes the
+/// it finishes its resume) and the Rust work it started; the instance stays. Nothing resumes the
 /// tasks again. Their to-be-closed variables close in the order the tasks were made: at once when
 /// a task of the instance itself runs now (its entity despawned by its own script; the handlers
 /// are charged to that task's budget), and otherwise once the work that cancelled them is over
 /// ([`close_ended`]), each as its instance, all under one budget: a game that despawns 200
 /// entities whose `__close` handlers loop spends one budget on them in a frame, not 200.
-pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> usize {
+pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let (current, _) = current_task(lua);
     if current > 0 && sched(lua).instance_of(current) == Some(id) {
         let tasks = take_instance(lua, id, keep);
-        let cancelled = tasks.len();
         let _host = host(lua, Some(id));
         let kill = refs(lua).kill.clone();
         sched(lua).closing.push(id);
@@ -1014,13 +1014,11 @@ pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> u
             report_closed(lua, kill.call(key), Some(id));
         }
         sched(lua).closing.pop();
-        return cancelled;
+        return;
     }
-    let cancelled = detach_instance(lua, id, keep);
-    if cancelled > 0 {
+    if detach_instance(lua, id, keep) > 0 {
         sched(lua).closes_due = true;
     }
-    cancelled
 }
 
 /// Stops tracking the tasks of an instance (but `keep`) and the Rust work it started; returns the
@@ -1061,19 +1059,40 @@ pub(crate) fn cancel_despawned(lua: &Lua, entity: Entity) {
     }
 }
 
+/// Where the threads of the tasks that the work starting now ends from outside their instance
+/// will be kept (see [`close_ended_from`]): the sync and a reload close only those.
+pub(crate) fn ending_mark(lua: &Lua) -> i64 {
+    let ending_mark = refs(lua).ending_mark.clone();
+    ending_mark.call(()).unwrap_or(1)
+}
+
 /// Closes the threads of the tasks that were cancelled from outside their instance (see
 /// [`Scheduler::closes_due`]), each as work of its own instance, in the order they were ended, all
 /// under one budget of their own (`step.close_ended`): a script that despawns many entities whose
 /// `__close` handlers loop costs the frame one budget, as it did when they closed inside its task,
-/// and so does a game that despawns them. Called after the step's resumes, and by the sync and the
-/// hot reload once they have cancelled what they cancel.
+/// and so does a game that despawns them. Called after the step's resumes for all of them.
 pub(crate) fn close_ended(lua: &Lua) {
-    if !std::mem::take(&mut sched(lua).closes_due) {
-        return;
+    close_ended_from(lua, 1);
+}
+
+/// [`close_ended`] for the threads ended since `mark` ([`ending_mark`]) only: the sync and the
+/// hot reload close what they cancelled, while those the step left over wait for the next step,
+/// where scripts reach the world. Returns how many entries from `mark` on are left (the budget
+/// ran out), which stay for the next budget.
+pub(crate) fn close_ended_from(lua: &Lua, mark: i64) -> usize {
+    if !sched(lua).closes_due {
+        return 0;
     }
     let close_ended = refs(lua).close_ended.clone();
-    if let Err(e) = close_ended.call::<()>(()) {
-        error!("bevy_lua_coroutines: closing ended tasks raised {e}");
+    match close_ended.call::<(usize, bool)>(mark) {
+        Ok((left, any)) => {
+            sched(lua).closes_due = any;
+            left
+        }
+        Err(e) => {
+            error!("bevy_lua_coroutines: closing ended tasks raised {e}");
+            0
+        }
     }
 }
 

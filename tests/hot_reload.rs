@@ -127,6 +127,50 @@ task.wait(100)
     assert_eq!(printed(&app), ["closed", "new"], "the old task was closed before the new code ran");
 }
 
+/// Also when an old `__close` loops until its budget is spent: the closes left are not carried
+/// past the new chunk (one carried once ran after it, over the state it had set).
+#[cfg(feature = "lua54")]
+#[test]
+fn a_reload_closes_the_old_tasks_before_the_new_code_runs_when_one_spends_its_budget() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        instruction_budget: Some(1_000_000),
+        print_to_stdout: false,
+        ..default()
+    });
+    let handle = script(
+        &mut app,
+        "scripts/closing.lua",
+        r#"
+task.spawn(function()
+  local g <close> = setmetatable({}, { __close = function() while true do end end })
+  task.wait(100)
+end)
+task.spawn(function()
+  local g <close> = setmetatable({}, { __close = function()
+    print("old closed, state.v = " .. tostring(state.v))
+    state.v = "old"
+  end })
+  task.wait(100)
+end)
+task.wait(100)
+"#,
+    );
+    app.world_mut().spawn(LuaScripts::new(handle.clone()));
+    run(&mut app, 3);
+    replace_source(
+        &mut app,
+        &handle,
+        r#"state.v = "new" print("new") task.wait() print("new sees state.v = " .. tostring(state.v))"#,
+    );
+    run(&mut app, 3);
+    assert_eq!(
+        printed(&app),
+        ["old closed, state.v = nil", "new", "new sees state.v = new"],
+        "{:#?}",
+        errors(&app)
+    );
+}
+
 #[test]
 fn a_syntax_error_keeps_the_old_code_running_and_is_reported_once() {
     let mut app = create_app();

@@ -1476,6 +1476,62 @@ fn a_handler_of_an_instance_a_script_despawned_in_the_step_never_runs() {
     assert_eq!(printed(&app), ["child\tCancelled"], "{}", dump(&app));
 }
 
+/// The closes a script's despawn left once the budget ran out wait for the next step, where
+/// scripts reach the world: a sync that cancels something else in between does not run them.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn closes_a_step_left_over_run_in_the_step_not_in_the_sync() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        require('shared').entity = entity
+        task.spawn(function()
+          local g <close> = setmetatable({}, { __close = function() while true do end end })
+          task.wait(100)
+        end)
+        task.spawn(function()
+          local g <close> = setmetatable({}, { __close = function()
+            print('close sees world', pcall(world.find, 'nothing'))
+          end })
+          task.wait(100)
+        end)
+        task.wait(100)
+        "#,
+    );
+    let bystander = spawn_script(&mut app, "scripts/bystander.lua", "task.wait(100)");
+    run(&mut app, 1);
+    spawn_script(&mut app, "scripts/despawner.lua", "require('shared').entity:despawn()");
+    run(&mut app, 1);
+    app.world_mut().despawn(bystander);
+    run(&mut app, 2);
+    assert_eq!(printed(&app), ["close sees world\ttrue\tnil"], "{}", dump(&app));
+}
+
+/// Under LuaJIT an executor another instance cancelled stays suspended (it cannot be closed): its
+/// own instance cannot resume it either, though the library held it for that instance.
+#[test]
+fn an_executor_another_instance_cancelled_is_nobody_s_to_resume() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/maker.lua",
+            r#"
+        local shared = require('shared')
+        shared.p = Promise.new(function() shared.co = coroutine.running() task.wait(100) print('executor resumed') end)
+        while not shared.cancelled do task.wait() end
+        task.wait()
+        print('resume', pcall(coroutine.resume, shared.co))
+        "#,
+        ),
+        ("scripts/canceller.lua", "local s = require('shared') s.p:cancel() s.cancelled = true"),
+        4,
+    );
+    let lines = printed(&app);
+    assert!(!lines.iter().any(|l| l == "executor resumed"), "{}", dump(&app));
+    assert_eq!(lines.len(), 1, "{}", dump(&app));
+}
+
 /// A settlement runs only the reactions the library queued: a function another instance wrote
 /// into the `_r1` of a promise it reached through its own promise's consumers (the victim's
 /// `andThen` promise, which settles in the victim's handler task) once ran there, as the victim.

@@ -36,7 +36,7 @@ local type, error, select, tostring, getmetatable, setmetatable, pairs, collectg
   type, error, select, tostring, getmetatable, setmetatable, pairs, collectgarbage
 local unpack = table.unpack or unpack
 local string_format = string.format
-local math_floor, math_huge = math.floor, math.huge
+local math_floor, math_huge, math_max = math.floor, math.huge, math.max
 
 local MAX_DEFER_DEPTH = 10
 
@@ -740,6 +740,7 @@ local function end_later(co, id)
   ending[n + 1], ending[n + 2] = co, id
   if GRAVE ~= nil then
     set_thread_env(co, GRAVE)
+    held[co] = nil -- (a promise worker's or executor's: nobody's now)
   else
     held[co] = NOBODY
   end
@@ -755,20 +756,30 @@ function step.detach(key, id)
   return true
 end
 
---- Closes the threads of `ending` (tasks ended from outside their instance), all under one
---- budget, each as its instance: while one closes, the current task slot names it as
---- `CLOSING - id` (Rust takes that instance for the host, and refuses to start a task for it,
---- which would outlive the cancellation), so a close costs no call into Rust unless it raised.
---- Once the budget is spent, it is reported as that instance's and the rest wait for the next
---- budget (the next piece of work that closes, at the latest the next step): closed now, each
---- would stop at its first instruction, and past the library's grace the loop itself would stop
---- and lose them. A thread that could not be closed (LuaJIT closes none) stays nobody's.
+--- Takes the entries of `ending` from position `from` on out of it: returns the list that held
+--- them (at the same positions), and `ending` becomes a new list of those before. (Cleared in
+--- place instead, the list would keep the room of a mass despawn's entries for good.)
+local function take_ending(from)
+  local list, kept = ending, {}
+  for j = 1, from - 1 do kept[j] = list[j] end
+  ending = kept
+  return list
+end
+
+--- Closes the threads of `ending` (tasks ended from outside their instance) from position
+--- `from` on (those before were left by earlier work), all under one budget, each as its
+--- instance: while one closes, the current task slot names it as `CLOSING - id` (Rust takes
+--- that instance for the host, and refuses to start a task for it, which would outlive the
+--- cancellation), so a close costs no call into Rust unless it raised. Once the budget is spent,
+--- it is reported as that instance's and the rest stay in `ending`, in order, for the next
+--- budget: closed now, each would stop at its first instruction, and past the library's grace
+--- the loop itself would stop and lose them. A thread that could not be closed (LuaJIT closes
+--- none) stays nobody's.
 local CLOSING, close_failed = core.CLOSING, core.close_failed
-local function close_all()
-  while ending[1] ~= nil do
-    local list = ending
-    ending = {} -- what these closes end goes here, and is closed next
-    for i = 1, #list, 2 do
+local function close_all(from)
+  while ending[from] ~= nil do
+    local list = take_ending(from) -- what these closes end goes to `ending`, and is closed next
+    for i = from, #list, 2 do
       local co, id = list[i], list[i + 1]
       T[CURRENT] = CLOSING - id
       local ok, message, tb = close_reporting(co)
@@ -776,18 +787,25 @@ local function close_all()
       if co_status(co) == "dead" then held[co] = nil end
       if S.spent then
         report_spent(-1, id, nil)
-        local rest, n = {}, 0
-        for j = i + 2, #list do n = n + 1; rest[n] = list[j] end
-        for j = 1, #ending do n = n + 1; rest[n] = ending[j] end
-        ending = rest
-        if n > 0 then closes_due() end
+        local newer, n = take_ending(from), from - 1
+        for j = i + 2, #list do n = n + 1; ending[n] = list[j] end
+        for j = from, #newer do n = n + 1; ending[n] = newer[j] end
         return
       end
       if not ok then close_failed(id, message, tb) end
     end
   end
 end
-function step.close_ended() guard(nil, close_all) end
+
+--- Closes the ended tasks' threads from position `from` of `ending` on (see `close_all`);
+--- returns how many entries are left from there, and whether any are left at all.
+function step.close_ended(from)
+  guard(nil, close_all, from)
+  return math_max(0, #ending - from + 1), ending[1] ~= nil
+end
+
+--- Where the threads the work starting now ends will go in `ending` (see `step.close_ended`).
+function step.ending_mark() return #ending + 1 end
 
 --- Cancels task `key` for Rust (its instance is going away): forgets it and closes its thread,
 --- its `__close` handlers under a budget (see `close_reporting` for what it returns). Inside a
