@@ -441,13 +441,6 @@ impl LuaRuntime {
             })?,
         )?;
         core.set(
-            "forget",
-            lua.create_function(|lua, key: i64| {
-                sched(lua).remove_key(key);
-                Ok(())
-            })?,
-        )?;
-        core.set(
             "report",
             lua.create_function(|lua, (message, traceback): (mlua::LuaString, mlua::LuaString)| {
                 let instance = scheduler::current_instance(lua);

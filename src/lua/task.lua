@@ -138,6 +138,16 @@ local function drop(key)
   threads[key], regs[key], args[key], owner[key], parked[key] = nil, nil, nil, nil, nil
 end
 
+--- Forgets the task thread `co` is, if it is one, here and in Rust: nothing it waited for wakes
+--- it, and it is no task of any instance any more.
+local function forget_task(co)
+  local key = keys[co]
+  if key ~= nil then
+    drop(key)
+    rust_release(key)
+  end
+end
+
 --- Registers the wait request `kind(arg)` for task `key`.
 local function register(key, kind, arg)
   local reg = bump(key)
@@ -995,13 +1005,7 @@ local function close_coroutine(co)
   if type(co) == "thread" then
     check_own(co, 1, "close", 2)
     local status = co_status(co)
-    if status == "suspended" then
-      local key = keys[co]
-      if key ~= nil then
-        drop(key)
-        core.forget(key)
-      end
-    end
+    if status == "suspended" then forget_task(co) end
     if status == "suspended" or status == "dead" then return close_thread(co) end
   end
   return co_close(co)
@@ -1115,11 +1119,7 @@ end
 --- Cancels a task at once: it never resumes and its to-be-closed variables close now.
 --- Cancels suspended or dead thread `co` (a task or not): it is forgotten, and closed.
 local function cancel_thread(co, status)
-  local key = keys[co]
-  if key then
-    drop(key)
-    core.forget(key)
-  end
+  forget_task(co)
   if status == "suspended" then
     local ok, message, tb = close_reporting(co)
     if not ok then rust_report(message, tb) end
@@ -1144,11 +1144,7 @@ end
 local function cancel_executor(co, id)
   if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
   if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
-  local key = keys[co]
-  if key ~= nil then
-    drop(key)
-    core.forget(key)
-  end
+  forget_task(co)
   end_later(co, id)
   closes_due()
 end
