@@ -180,3 +180,41 @@ fn a_script_spawned_in_the_frame_of_a_mass_despawn_starts() {
     assert_eq!(printed(&app), ["hello"]);
     assert_eq!(live_tasks(&app), 0);
 }
+
+/// A script that despawns its own entity from inside a coroutine: the code running finishes its
+/// resume (the coroutine, and a task resuming it by hand, go on until they wait), and nothing of
+/// the instance resumes after that.
+#[test]
+fn despawning_the_own_entity_from_a_coroutine_stops_the_instance_at_its_next_wait() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/self.lua",
+        r#"
+        task.spawn(function() task.wait(0.5) print('other task resumed') end)
+        local co = coroutine.create(function()
+          coroutine.yield()
+          entity:despawn()
+          print('co after despawn')
+          coroutine.yield()
+          print('co resumed again in the same resume')
+          task.wait()
+          print('co resumed after a wait')
+        end)
+        coroutine.resume(co)
+        task.wait()
+        coroutine.resume(co)
+        print('outer after the despawn')
+        coroutine.resume(co)
+        task.wait()
+        print('outer resumed after a wait')
+        "#,
+    );
+    run(&mut app, 5);
+    assert_eq!(
+        printed(&app),
+        ["co after despawn", "outer after the despawn", "co resumed again in the same resume"]
+    );
+    assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
+    assert_eq!(live_tasks(&app), 0);
+}
