@@ -323,13 +323,15 @@ impl<'a> Scripts<'a> {
         let lua = self.lua();
         let restarting: Vec<_> =
             instances.iter().filter_map(|&(id, entity, asset)| Some((id, entity, factory(asset)?))).collect();
-        // The old tasks close first, so that no old `__close` runs over the new code: under one
-        // budget, and if a looping one spends it, under one more for each (as a reload closed
-        // them before), rather than after the new chunk.
-        let mark = scheduler::ending_mark(lua);
+        // The old tasks close first (also those of them the step left over), so that no old
+        // `__close` runs over the new code: under one budget, and if a looping one spends it,
+        // under one more for each (as a reload closed them before), rather than after the new
+        // chunk.
         for &(id, _, _) in &restarting {
             scheduler::cancel_instance(lua, id, None);
         }
+        let ids: Vec<InstanceId> = restarting.iter().map(|r| r.0).collect();
+        let mark = scheduler::claim_ending(lua, &ids);
         let mut left = usize::MAX;
         loop {
             let now = scheduler::close_ended_from(lua, mark);

@@ -502,6 +502,7 @@ impl LuaRuntime {
             kill: step.get("kill")?,
             close_ended: step.get("close_ended")?,
             ending_mark: step.get("ending_mark")?,
+            claim_ending: step.get("claim_ending")?,
             compact: step.get("compact")?,
             close: step.get("close")?,
             traceback,

@@ -804,6 +804,9 @@ pub(crate) struct Refs {
     pub close_ended: Function,
     /// `step.ending_mark() -> from`: where the threads the work starting now ends will go.
     pub ending_mark: Function,
+    /// `step.claim_ending(ids) -> from`: moves the threads of the instances in the set `ids` to
+    /// the end of the list, and says where they start.
+    pub claim_ending: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
     /// `step.close(co) -> ok, message, traceback`: closes a suspended thread.
@@ -1066,6 +1069,23 @@ pub(crate) fn ending_mark(lua: &Lua) -> i64 {
     ending_mark.call(()).unwrap_or(1)
 }
 
+/// Moves the threads left to close of `instances` (also those the step left over) after all the
+/// others, and returns where they start (see [`close_ended_from`]): a reload closes every ended
+/// task of the instances it restarts before their new code runs.
+pub(crate) fn claim_ending(lua: &Lua, instances: &[InstanceId]) -> i64 {
+    let claim = || -> mlua::Result<i64> {
+        let ids = lua.create_table_with_capacity(0, instances.len())?;
+        for id in instances {
+            ids.raw_set(id.0, true)?;
+        }
+        refs(lua).claim_ending.clone().call(ids)
+    };
+    claim().unwrap_or_else(|e| {
+        error!("bevy_lua_coroutines: listing the ended tasks of reloaded scripts raised {e}");
+        ending_mark(lua)
+    })
+}
+
 /// Closes the threads of the tasks that were cancelled from outside their instance (see
 /// [`Scheduler::closes_due`]), each as work of its own instance, in the order they were ended, all
 /// under one budget of their own (`step.close_ended`): a script that despawns many entities whose
@@ -1084,8 +1104,11 @@ pub(crate) fn close_ended_from(lua: &Lua, mark: i64) -> usize {
         return 0;
     }
     let close_ended = refs(lua).close_ended.clone();
-    match close_ended.call::<(usize, bool)>(mark) {
-        Ok((left, any)) => {
+    match close_ended.call::<(usize, bool, Option<String>)>(mark) {
+        Ok((left, any, raised)) => {
+            if let Some(e) = raised {
+                error!("bevy_lua_coroutines: closing ended tasks raised {e}");
+            }
             sched(lua).closes_due = any;
             left
         }

@@ -58,12 +58,6 @@ fn settle(app: &mut App, ms: u64) {
     }
 }
 
-fn replace_source(app: &mut App, handle: &Handle<LuaScript>, source: &str) {
-    let mut scripts = app.world_mut().resource_mut::<Assets<LuaScript>>();
-    let mut script = scripts.get_mut(handle).expect("the script asset exists");
-    script.source = source.into();
-}
-
 fn count(lines: &[String], line: &str) -> usize {
     lines.iter().filter(|l| *l == line).count()
 }

@@ -1566,6 +1566,100 @@ fn an_error_value_s_tostring_does_not_run_as_the_task_that_failed_with_it() {
     assert!(failed.is_some(), "the victim's task failure is reported: {}", dump(&app));
 }
 
+/// A reload closes the instance's ended tasks that the step left over (its budget spent on
+/// another instance's looping closes) before the new code runs: one once ran after it, over the
+/// `state` the new code had set.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_reload_closes_what_the_step_left_over_of_its_instance_first() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/looper.lua",
+        r#"
+        local shared = require('shared')
+        shared.pcs = {}
+        for i = 1, 2 do
+          shared.pcs[i] = Promise.new(function()
+            local g <close> = setmetatable({}, { __close = function() while true do end end })
+            task.wait(100)
+          end)
+        end
+        task.wait(100)
+        "#,
+    );
+    let victim = script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        require('shared').pa = Promise.new(function()
+          local g <close> = setmetatable({}, { __close = function()
+            print('old close sees state.v = ' .. tostring(state.v))
+            state.v = 'old'
+          end })
+          task.wait(100)
+        end)
+        task.wait(100)
+        "#,
+    );
+    app.world_mut().spawn(LuaScripts::new(victim.clone()));
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/canceller.lua",
+        "local s = require('shared') s.pcs[1]:cancel() s.pcs[2]:cancel() s.pa:cancel()",
+    );
+    run(&mut app, 1);
+    replace_source(
+        &mut app,
+        &victim,
+        "state.v = 'new' print('new') task.wait() print('new sees state.v = ' .. tostring(state.v))",
+    );
+    run(&mut app, 3);
+    assert_eq!(
+        printed(&app),
+        ["old close sees state.v = nil", "new", "new sees state.v = new"],
+        "{}",
+        dump(&app)
+    );
+}
+
+/// What raises out of the library's own code while it closes an ended task (the heap full, as
+/// here) is reported, and the other ended tasks still close: they were once lost.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_close_that_fills_the_heap_does_not_lose_the_other_closes() {
+    let mut app = create_app_with(LuaCoroutinesPlugin {
+        print_to_stdout: false,
+        instruction_budget: None,
+        memory_limit: Some(16 * 1024 * 1024),
+        ..default()
+    });
+    let hog = spawn_script(
+        &mut app,
+        "scripts/hog.lua",
+        r#"
+        hoard = {}
+        local g <close> = setmetatable({}, { __close = function()
+          local i = 0
+          while true do i = i + 1 hoard[i] = {} end
+        end })
+        task.wait(100)
+        "#,
+    );
+    let other = spawn_script(
+        &mut app,
+        "scripts/other.lua",
+        "local g <close> = setmetatable({}, { __close = function() print('other closed') end }) task.wait(100)",
+    );
+    run(&mut app, 2);
+    app.world_mut().despawn(hog);
+    app.world_mut().despawn(other);
+    run(&mut app, 3);
+    assert_eq!(printed(&app), ["other closed"], "{}", dump(&app));
+    assert!(errors(&app).iter().any(|e| e.script == "scripts/hog.lua"), "{}", dump(&app));
+}
+
 /// A settlement runs only the reactions the library queued: a function another instance wrote
 /// into the `_r1` of a promise it reached through its own promise's consumers (the victim's
 /// `andThen` promise, which settles in the victim's handler task) once ran there, as the victim.

@@ -789,39 +789,85 @@ end
 --- cancellation), so a close costs no call into Rust unless it raised. Once the budget is spent,
 --- it is reported as that instance's and the rest stay in `ending`, in order, for the next
 --- budget: closed now, each would stop at its first instruction, and past the library's grace
---- the loop itself would stop and lose them. A thread that could not be closed (LuaJIT closes
---- none) stays nobody's.
+--- the loop itself would stop and lose them. So do the rest when closing one raised out of the
+--- library's own code (the heap full, say): that one is reported and counts as closed. A thread
+--- that could not be closed (LuaJIT closes none) stays nobody's.
 local CLOSING, close_failed = core.CLOSING, core.close_failed
+
+--- Closes `list[i]` (as instance `list[i + 1]`) for `i = from, from + 2, ...`, noting in `at[1]`
+--- the one it is at; returns where the entries left start once the budget is spent (nil: none).
+local function close_list(list, from, at)
+  for i = from, #list, 2 do
+    at[1] = i
+    local co, id = list[i], list[i + 1]
+    T[CURRENT] = CLOSING - id
+    local ok, message, tb = close_reporting(co)
+    T[CURRENT] = -1
+    if co_status(co) == "dead" then held[co] = nil end
+    if S.spent then return i + 2 end
+    if not ok then close_failed(id, message, tb) end
+  end
+  return nil
+end
+
+--- Reports that closing a task of instance `id` raised `err` out of the library's own code.
+local function report_raised(id, err)
+  close_failed(id, "closing an ended task failed: " .. error_text(err), "")
+end
+
 local function close_all(from)
   while ending[from] ~= nil do
-    local list = take_ending(from) -- what these closes end goes to `ending`, and is closed next
-    for i = from, #list, 2 do
-      local co, id = list[i], list[i + 1]
-      T[CURRENT] = CLOSING - id
-      local ok, message, tb = close_reporting(co)
-      T[CURRENT] = -1
-      if co_status(co) == "dead" then held[co] = nil end
-      if S.spent then
-        report_spent(-1, id, nil)
-        local newer, n = take_ending(from), from - 1
-        for j = i + 2, #list do n = n + 1; ending[n] = list[j] end
-        for j = from, #newer do n = n + 1; ending[n] = newer[j] end
-        return
-      end
-      if not ok then close_failed(id, message, tb) end
+    local list, at = take_ending(from), { from } -- what these closes end goes to `ending`
+    local ok, left = pcall(close_list, list, from, at)
+    T[CURRENT] = -1
+    local id = list[at[1] + 1]
+    if S.spent then
+      report_spent(-1, id, nil)
+    elseif not ok then
+      pcall(report_raised, id, left)
+    end
+    if not ok then left = at[1] + 2 end
+    if left ~= nil then
+      -- The rest go back before what these closes ended, in `list` itself (which still holds
+      -- the entries before `from`): without allocating, unless these closes ended more.
+      local n, total = from - 1, #list
+      for j = left, total do n = n + 1; list[n] = list[j] end
+      for j = n + 1, total do list[j] = nil end
+      for j = from, #ending do n = n + 1; list[n] = ending[j] end
+      ending = list
+      return
     end
   end
 end
 
 --- Closes the ended tasks' threads from position `from` of `ending` on (see `close_all`);
---- returns how many entries are left from there, and whether any are left at all.
+--- returns how many entries are left from there, whether any are left at all, and what raised
+--- out of the loop itself, if anything (nothing is lost then either: the rest stay).
 function step.close_ended(from)
-  guard(nil, close_all, from)
-  return math_max(0, #ending - from + 1), ending[1] ~= nil
+  local ok, err = guard(nil, close_all, from)
+  return math_max(0, #ending - from + 1), ending[1] ~= nil, (not ok) and error_text(err) or nil
 end
 
 --- Where the threads the work starting now ends will go in `ending` (see `step.close_ended`).
 function step.ending_mark() return #ending + 1 end
+
+--- Moves the entries of `ending` whose instance is in the set `ids` to its end, in order, and
+--- returns where the first of them now stands: a reload closes every ended task of the
+--- instances it restarts before their new code runs, also those the step left over.
+function step.claim_ending(ids)
+  local others, mine, n, m = {}, {}, 0, 0
+  for i = 1, #ending, 2 do
+    local co, id = ending[i], ending[i + 1]
+    if ids[id] then
+      mine[m + 1], mine[m + 2], m = co, id, m + 2
+    else
+      others[n + 1], others[n + 2], n = co, id, n + 2
+    end
+  end
+  for j = 1, m do others[n + j] = mine[j] end
+  ending = others
+  return n + 1
+end
 
 --- Cancels task `key` for Rust (its instance is going away): forgets it and closes its thread,
 --- its `__close` handlers under a budget (see `close_reporting` for what it returns). Inside a

@@ -116,6 +116,13 @@ pub fn script(app: &mut App, path: &str, source: &str) -> Handle<LuaScript> {
     app.world_mut().resource_mut::<Assets<LuaScript>>().add(LuaScript::new(path, source))
 }
 
+/// Gives the script asset `handle` new source, as a saved file would (its instances reload).
+pub fn replace_source(app: &mut App, handle: &Handle<LuaScript>, source: &str) {
+    let mut scripts = app.world_mut().resource_mut::<Assets<LuaScript>>();
+    let mut script = scripts.get_mut(handle).expect("the script asset exists");
+    script.source = source.into();
+}
+
 /// Spawns an entity running `source` (named `path`).
 pub fn spawn_script(app: &mut App, path: &str, source: &str) -> Entity {
     let handle = script(app, path, source);
