@@ -1532,40 +1532,6 @@ fn an_executor_another_instance_cancelled_is_nobody_s_to_resume() {
     assert_eq!(lines.len(), 1, "{}", dump(&app));
 }
 
-/// A task that fails with an error value another instance made (a rejection it awaited) has the
-/// value's `__tostring` run as no instance: it once ran as the failing task's instance, where it
-/// could list and cancel that instance's tasks.
-#[test]
-fn an_error_value_s_tostring_does_not_run_as_the_task_that_failed_with_it() {
-    let (app, _dir) = one_then_another(
-        (
-            "scripts/attacker.lua",
-            &format!(
-                "{TAKE_OVER}{}",
-                r#"
-        require('shared').p = Promise.reject(setmetatable({}, { __tostring = function()
-          take_over('tostring runs as')
-          return 'boom'
-        end }))
-        "#
-            ),
-        ),
-        (
-            "scripts/victim.lua",
-            r#"
-        task.spawn(function() for i = 1, 4 do task.wait() end print('victim task done') end)
-        require('shared').p:expect()
-        "#,
-        ),
-        8,
-    );
-    let lines = printed(&app);
-    assert!(!lines.iter().any(|l| l.starts_with("tostring runs as")), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
-    let failed = errors(&app).into_iter().find(|e| e.script == "scripts/victim.lua");
-    assert!(failed.is_some(), "the victim's task failure is reported: {}", dump(&app));
-}
-
 /// A reload closes the instance's ended tasks that the step left over (its budget spent on
 /// another instance's looping closes) before the new code runs: one once ran after it, over the
 /// `state` the new code had set.

@@ -201,17 +201,11 @@ end
 
 --- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
 --- anything else through `tostring`, protected. The one place where an error value a script
---- raised becomes text. A `__tostring` runs as no instance, under the budget of whoever is
---- running (a looping one spends it).
+--- raised becomes text. A `__tostring` runs under the budget of whoever is running (a looping
+--- one spends it).
 local function error_text(err)
   if type(err) == "string" then return err end
-  -- As no instance: the value may be another instance's (a rejection a task awaited), and its
-  -- `__tostring` would run as the instance whose failure is reported, able to list and cancel
-  -- its tasks. Still charged to the running budget.
-  local current = T[CURRENT]
-  T[CURRENT] = -1
   local ok, text = protected(tostring, err)
-  T[CURRENT] = current
   if ok and type(text) == "string" then return text end
   return "(error object: its __tostring raised)"
 end
