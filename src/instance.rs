@@ -313,25 +313,23 @@ impl<'a> Scripts<'a> {
         Ok(launch)
     }
 
-    /// Runs instances again with `factory`: their tasks are cancelled, `state` is kept, the chunk
-    /// runs from the top, then `onReload()`.
-    fn restart(
-        &self,
-        instances: &[(InstanceId, Entity, AssetId<LuaScript>)],
-        factory: impl Fn(AssetId<LuaScript>) -> Option<Function>,
-    ) {
+    /// Runs instances again, each with its chunk (`instance, entity, chunk`): their tasks are
+    /// cancelled, `state` is kept, the chunk runs from the top, then `onReload()`.
+    fn restart(&mut self, restarting: Vec<(InstanceId, Entity, Function)>) {
         let lua = self.lua();
-        let restarting: Vec<_> =
-            instances.iter().filter_map(|&(id, entity, asset)| Some((id, entity, factory(asset)?))).collect();
         // The old tasks close first (also those of them the step left over), so that no old
         // `__close` runs over the new code: under one budget, and if a looping one spends it,
         // under one more for each (as a reload closed them before), rather than after the new
         // chunk.
+        let before = scheduler::ending_mark(lua);
         for &(id, _, _) in &restarting {
             scheduler::cancel_instance(lua, id, None);
         }
         let ids: Vec<InstanceId> = restarting.iter().map(|r| r.0).collect();
-        let mark = scheduler::claim_ending(lua, &ids);
+        let mark = scheduler::claim_ending(lua, &ids, &mut self.mark).unwrap_or_else(|e| {
+            error!("bevy_lua_coroutines: listing the ended tasks of reloaded scripts raised {e}");
+            before
+        });
         let mut left = usize::MAX;
         loop {
             let now = scheduler::close_ended_from(lua, mark);
@@ -392,7 +390,7 @@ impl<'a> Scripts<'a> {
                 info!("reloaded {} ({} instances)", script.path, running.len());
                 let compiled = Compiled::new(script.source.clone(), Some(factory.clone()));
                 self.instances.compiled.insert(asset, compiled);
-                self.restart(&running, |_| Some(factory.clone()));
+                self.restart(running.iter().map(|&(id, entity, _)| (id, entity, factory.clone())).collect());
             }
         }
     }
@@ -459,9 +457,13 @@ impl<'a> Scripts<'a> {
                     self.instances.running(None).into_iter().filter(|r| ids.contains(&r.0)).collect();
                 info!("reloaded module {path} ({} dependent instances)", running.len());
                 let compiled = &self.instances.compiled;
-                self.restart(&running, |asset| {
-                    compiled.get(&asset).filter(|c| !c.deleted).and_then(|c| c.factory.clone())
-                });
+                let factory =
+                    |asset| compiled.get(&asset).filter(|c: &&Compiled| !c.deleted)?.factory.clone();
+                let restarting = running
+                    .iter()
+                    .filter_map(|&(id, entity, asset)| Some((id, entity, factory(asset)?)))
+                    .collect();
+                self.restart(restarting);
             }
             Err(message) => {
                 warn!("{path}: the new version did not load; the last good version keeps running");

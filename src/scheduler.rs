@@ -1071,19 +1071,19 @@ pub(crate) fn ending_mark(lua: &Lua) -> i64 {
 
 /// Moves the threads left to close of `instances` (also those the step left over) after all the
 /// others, and returns where they start (see [`close_ended_from`]): a reload closes every ended
-/// task of the instances it restarts before their new code runs.
-pub(crate) fn claim_ending(lua: &Lua, instances: &[InstanceId]) -> i64 {
-    let claim = || -> mlua::Result<i64> {
-        let ids = lua.create_table_with_capacity(0, instances.len())?;
-        for id in instances {
-            ids.raw_set(id.0, true)?;
-        }
-        refs(lua).claim_ending.clone().call(ids)
-    };
-    claim().unwrap_or_else(|e| {
-        error!("bevy_lua_coroutines: listing the ended tasks of reloaded scripts raised {e}");
-        ending_mark(lua)
-    })
+/// task of the instances it restarts before their new code runs. `mark`, a mark the enclosing
+/// work holds ([`ending_mark`]), is moved down past the entries that moved from before it.
+pub(crate) fn claim_ending(lua: &Lua, instances: &[InstanceId], mark: &mut Option<i64>) -> mlua::Result<i64> {
+    let ids = lua.create_table_with_capacity(0, instances.len())?;
+    for id in instances {
+        ids.raw_set(id.0, true)?;
+    }
+    let claim = refs(lua).claim_ending.clone();
+    let (from, below): (i64, i64) = claim.call((ids, mark.unwrap_or(i64::MAX)))?;
+    if let Some(m) = mark {
+        *m -= below;
+    }
+    Ok(from)
 }
 
 /// Closes the threads of the tasks that were cancelled from outside their instance (see

@@ -667,3 +667,69 @@ fn a_reload_cancels_the_rust_work_the_old_code_awaited() {
     let flag = dropped.clone();
     wait_for(&mut app, "the reload to drop the old code's future", move |_| flag.load(Ordering::SeqCst));
 }
+
+/// A reload that claims its instance's leftover closes (the step's budget spent on another
+/// instance's looping closes) does not cost the other work of the same batch its own closes: a
+/// script deleted beside the reload still has its tasks closed in that sync (a reload once moved
+/// the entries under the batch's mark, and the deleted script's closes waited behind the
+/// leftovers, a frame each).
+#[cfg(feature = "lua54")]
+#[test]
+fn a_reload_beside_a_deletion_still_closes_the_deleted_script_s_tasks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "scripts/shared.lua", "return {}");
+    write(d, "scripts/m.lua", "return { v = 1 }");
+    write(
+        d,
+        "scripts/looper.lua",
+        "local shared = require('shared') shared.pcs = {}
+         for i = 1, 100 do shared.pcs[i] = Promise.new(function()
+           local g <close> = setmetatable({}, { __close = function() while true do end end })
+           task.wait(100)
+         end) end
+         print('looper up') task.wait(100)",
+    );
+    write(
+        d,
+        "scripts/victim.lua",
+        "local m = require('m') require('shared').pa = Promise.new(function()
+           local g <close> = setmetatable({}, { __close = function() print('victim old closed') end })
+           task.wait(100)
+         end)
+         print('victim up') task.wait(100)",
+    );
+    write(
+        d,
+        "scripts/gone.lua",
+        "local g <close> = setmetatable({}, { __close = function() print('gone closed') end })
+         print('gone up') task.wait(100)",
+    );
+    let mut app = create_app_in(
+        d.to_str().unwrap(),
+        LuaCoroutinesPlugin {
+            print_to_stdout: false,
+            hot_reload: true,
+            hot_reload_debounce: Duration::from_millis(40),
+            instruction_budget: Some(1_000_000),
+            ..default()
+        },
+    );
+    for path in ["scripts/looper.lua", "scripts/victim.lua", "scripts/gone.lua"] {
+        spawn_file(&mut app, path);
+    }
+    wait_for(&mut app, "the scripts", |app| printed(app).len() == 3);
+    write(
+        d,
+        "scripts/canceller.lua",
+        "local s = require('shared') for _, p in ipairs(s.pcs) do p:cancel() end s.pa:cancel()",
+    );
+    spawn_file(&mut app, "scripts/canceller.lua");
+    wait_for(&mut app, "the canceller", |app| live_tasks(app) < 103);
+    // The deletion and the module's change reach the same sync.
+    std::fs::remove_file(d.join("scripts/gone.lua")).unwrap();
+    write(d, "scripts/m.lua", "return { v = 2 }");
+    wait_for(&mut app, "the reload", |app| printed(app).iter().any(|l| l == "victim old closed"));
+    let lines = printed(&app);
+    assert!(lines.contains(&"gone closed".to_string()), "in the same frame: {lines:?}");
+}

@@ -846,21 +846,23 @@ end
 function step.ending_mark() return #ending + 1 end
 
 --- Moves the entries of `ending` whose instance is in the set `ids` to its end, in order, and
---- returns where the first of them now stands: a reload closes every ended task of the
---- instances it restarts before their new code runs, also those the step left over.
-function step.claim_ending(ids)
-  local others, mine, n, m = {}, {}, 0, 0
+--- returns where the first of them now stands, and how many entries it moved from before
+--- `mark` (a mark the enclosing work holds moves down by that much): a reload closes every ended
+--- task of the instances it restarts before their new code runs, also those the step left over.
+function step.claim_ending(ids, mark)
+  local others, mine, n, m, below = {}, {}, 0, 0, 0
   for i = 1, #ending, 2 do
     local co, id = ending[i], ending[i + 1]
     if ids[id] then
       mine[m + 1], mine[m + 2], m = co, id, m + 2
+      if i < mark then below = below + 2 end
     else
       others[n + 1], others[n + 2], n = co, id, n + 2
     end
   end
   for j = 1, m do others[n + j] = mine[j] end
   ending = others
-  return n + 1
+  return n + 1, below
 end
 
 --- Cancels task `key` for Rust (its instance is going away): forgets it and closes its thread,
