@@ -189,6 +189,9 @@ pub(crate) fn apply_file_changes(
     let mut changes: Vec<FileChange> =
         early.drain().map(|(path, text)| FileChange { path, contents: Contents::Text(text) }).collect();
     changes.extend(watcher.changes.try_iter());
+    // In path order (stable: an early change of a path stays before a newer one), so that what
+    // a batch does does not depend on the order the watcher's debouncer handed its files over.
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
     for change in changes {
         let ids: Vec<AssetId<LuaScript>> =
             scripts.iter().filter(|(_, s)| same_path(&s.path, &change.path)).map(|(id, _)| id).collect();
