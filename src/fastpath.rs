@@ -69,6 +69,9 @@ pub(crate) const SERIAL: ffi::lua_Integer = 3;
 const MEMORY_FAILED: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
 // registrations the loops here make are negative (see `run_frames`).
+/// Slot: how many error values' `__tostring`s run now as no instance (`as_nobody` in
+/// `lua/task.lua`; read by `scheduler::running_as`).
+pub(crate) const NOBODY_RUNS: ffi::lua_Integer = 6;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
 static REQ: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());

@@ -428,6 +428,7 @@ impl LuaRuntime {
             })?,
         )?;
         core.set("CLOSING", scheduler::CLOSING)?;
+
         core.set(
             "close_failed",
             lua.create_function(|lua, (id, message, traceback): (u64, mlua::LuaString, mlua::LuaString)| {
@@ -632,6 +633,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("error_text", api.get::<Function>("error_text")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
+    deps.set("on_owner_changed", api.get::<Function>("on_owner_changed")?)?;
     deps.set("cancel_executor", api.get::<Function>("cancel_executor")?)?;
     deps.set("hold", api.get::<Function>("hold")?)?;
     // `report(message, traceback, owner)`: an unhandled rejection of a promise `owner` made.

@@ -867,7 +867,17 @@ impl Refs {
 /// The instance Lua code runs for right now.
 pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
     let (current, _) = current_task(lua);
-    sched(lua).instance_of(current)
+    running_as(lua, current)
+}
+
+/// The instance code runs as while task `current` (or the host, see [`Scheduler::instance_of`])
+/// runs: none while an error value's `__tostring` runs (`as_nobody` in `lua/task.lua` counts
+/// those in a slot of the step's shared table), whatever task is running.
+fn running_as(lua: &Lua, current: i64) -> Option<InstanceId> {
+    let nobody = lua
+        .app_data_ref::<Refs>()
+        .is_some_and(|r| r.shared.raw_get::<i64>(crate::fastpath::NOBODY_RUNS).unwrap_or(0) > 0);
+    if nobody { None } else { sched(lua).instance_of(current) }
 }
 
 /// While alive, Lua code that runs outside any task runs on behalf of an instance (see [`host`]);
@@ -900,10 +910,11 @@ pub(crate) const CLOSING: i64 = -2;
 /// Makes a task of `thread` for the instance that owns task `current` (or the host instance).
 /// Fails with the message for the script if the instance is at its live-task quota.
 pub(crate) fn adopt(lua: &Lua, current: i64) -> mlua::Result<Result<(i64, u64), String>> {
+    let running = running_as(lua, current);
     let mut s = sched(lua);
     // (A forgotten instance is no script's any more: a task made for it would run on, with no
     // entity and nothing to cancel it.)
-    let Some(instance) = s.instance_of(current).filter(|id| s.instances.contains_key(id)) else {
+    let Some(instance) = running.filter(|id| s.instances.contains_key(id)) else {
         return Err(mlua::Error::runtime("the task API was used outside of a script"));
     };
     if current <= CLOSING || s.closing.contains(&instance) {
@@ -1008,7 +1019,7 @@ fn report_closed(
 /// entities whose `__close` handlers loop spends one budget on them in a frame, not 200.
 pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
     let (current, _) = current_task(lua);
-    if current > 0 && sched(lua).instance_of(current) == Some(id) {
+    if current > 0 && running_as(lua, current) == Some(id) {
         let tasks = take_instance(lua, id, keep);
         let _host = host(lua, Some(id));
         let kill = refs(lua).kill.clone();

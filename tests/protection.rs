@@ -1532,6 +1532,93 @@ fn an_executor_another_instance_cancelled_is_nobody_s_to_resume() {
     assert_eq!(lines.len(), 1, "{}", dump(&app));
 }
 
+/// The attacker's rejection, whose value's `__tostring` tries to act as whoever runs it.
+const POISONED_REJECTION: &str = r#"
+require('shared').p = Promise.reject(setmetatable({}, { __tostring = function()
+  take_over('tostring runs as')
+  return 'boom'
+end }))
+"#;
+
+/// A task that fails with an error value another instance made (a rejection it awaited) has the
+/// value's `__tostring` run as no instance: it once ran as the failing task's instance, where it
+/// could list and cancel that instance's tasks.
+#[test]
+fn an_error_value_s_tostring_does_not_run_as_the_task_that_failed_with_it() {
+    let (app, _dir) = one_then_another(
+        ("scripts/attacker.lua", &format!("{TAKE_OVER}{POISONED_REJECTION}")),
+        (
+            "scripts/victim.lua",
+            r#"
+        task.spawn(function() for i = 1, 4 do task.wait() end print('victim task done') end)
+        require('shared').p:expect()
+        "#,
+        ),
+        8,
+    );
+    let lines = printed(&app);
+    assert!(!lines.iter().any(|l| l.starts_with("tostring runs as")), "{}", dump(&app));
+    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    let failed = errors(&app).into_iter().find(|e| e.script == "scripts/victim.lua");
+    assert!(failed.is_some(), "the victim's task failure is reported: {}", dump(&app));
+}
+
+/// The same for a `__close` that raises such a value while its instance despawns its own entity
+/// (its other tasks close at once, with the instance as the host).
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn an_error_value_s_tostring_in_a_close_at_the_own_despawn_runs_as_no_instance() {
+    let (app, _dir) = one_then_another(
+        ("scripts/attacker.lua", &format!("{TAKE_OVER}{POISONED_REJECTION}")),
+        (
+            "scripts/victim.lua",
+            r#"
+        task.spawn(function()
+          local g <close> = setmetatable({}, { __close = function() require('shared').p:expect() end })
+          task.wait(100)
+        end)
+        entity:despawn()
+        print('victim despawned itself')
+        "#,
+        ),
+        4,
+    );
+    let lines = printed(&app);
+    assert!(!lines.iter().any(|l| l.starts_with("tostring runs as")), "{}", dump(&app));
+    assert!(lines.contains(&"victim despawned itself".to_string()), "{}", dump(&app));
+}
+
+/// Running such a `__tostring` as no instance leaves the running task alone: one that despawns
+/// the failing task's entity does not make the task running now (the spawner, whose child
+/// failed) lose track of itself.
+#[test]
+fn an_error_value_s_tostring_that_despawns_leaves_the_running_task_alone() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            r#"
+        require('shared').p = Promise.reject(setmetatable({}, { __tostring = function()
+          require('shared').entity:despawn()
+          return 'boom'
+        end }))
+        "#,
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+        local shared = require('shared')
+        shared.entity = entity
+        task.spawn(function() shared.p:expect() end)
+        print('victim after the spawn', #task.list())
+        "#,
+        ),
+        4,
+    );
+    assert_eq!(printed(&app), ["victim after the spawn\t1"], "{}", dump(&app));
+    let boom = errors(&app).into_iter().find(|e| e.message.contains("boom"));
+    assert_eq!(boom.map(|e| e.script), Some("scripts/victim.lua".to_string()), "{}", dump(&app));
+}
+
 /// A reload closes the instance's ended tasks that the step left over (its budget spent on
 /// another instance's looping closes) before the new code runs: one once ran after it, over the
 /// `state` the new code had set.

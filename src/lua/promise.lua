@@ -371,6 +371,7 @@ local function owner()
   if key > 0 then cached_key, cached_serial, cached_owner = key, serial, id end
   return id
 end
+deps.on_owner_changed(function() cached_key, cached_serial = 0, -1 end)
 
 --- The instance each promise was made for, by promise, where scripts cannot write: a promise's
 --- own fields are plain, and an owner written there by a script would send its rejections to

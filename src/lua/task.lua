@@ -72,8 +72,8 @@ local parked = {}                         -- key -> the slot it last parked on (
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
 -- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
 -- want of memory (the step collects garbage after the resume), the last registration number.
-local T = { 0, 0, 0, false, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG = 1, 2, 3, 4, 5
+local T = { 0, 0, 0, false, 0, 0 }
+local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, NOBODY_RUNS = 1, 2, 3, 4, 5, 6
 local fast = core.fast -- the C waits, the frame waits and the raw loops (src/fastpath.rs)
 local run_frames, run_ready = fast.run_frames, fast.run_ready
 
@@ -199,13 +199,31 @@ local function protected(f, ...)
   return pcall(f, ...)
 end
 
+-- The promise module forgets the instance it cached for the running task whenever `as_nobody`
+-- changes who runs (`owner_changed`, set by it).
+local owner_changed = function() end
+
+--- Runs `f(...)` protected (see `protected`) as no instance, leaving the running task as it is
+--- (its budget, its key): code of any instance can run there. The count of such runs is a slot
+--- of `T`, which Rust reads (`scheduler::running_as`): written without a call, it is put back
+--- also after `f` spent the budget, when the budget's hook refuses calls.
+local function as_nobody(f, ...)
+  T[NOBODY_RUNS] = T[NOBODY_RUNS] + 1
+  owner_changed()
+  local ok, result = protected(f, ...)
+  T[NOBODY_RUNS] = T[NOBODY_RUNS] - 1
+  owner_changed()
+  return ok, result
+end
+
 --- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
 --- anything else through `tostring`, protected. The one place where an error value a script
---- raised becomes text. A `__tostring` runs under the budget of whoever is running (a looping
+--- raised becomes text. A `__tostring` runs as no instance (the value may be another
+--- instance's: a rejection a task awaited), under the budget of whoever is running (a looping
 --- one spends it).
 local function error_text(err)
   if type(err) == "string" then return err end
-  local ok, text = protected(tostring, err)
+  local ok, text = as_nobody(tostring, err)
   if ok and type(text) == "string" then return text end
   return "(error object: its __tostring raised)"
 end
@@ -956,6 +974,7 @@ end
 --- any task, under `guard`) the one Rust runs it for.
 local rust_instance = core.instance
 local function running_instance()
+  if T[NOBODY_RUNS] > 0 then return nil end
   local current = T[CURRENT]
   if current > 0 then return owner[current] end
   return rust_instance()
@@ -1269,8 +1288,10 @@ return {
   wake_ctx = wake_ctx,
   settle_resolved = fast.settle_resolved,
   spawn_job = spawn_job,
-  -- The instance whose code runs now (a Rust call only outside any task).
+  -- The instance whose code runs now (a Rust call only outside any task), and where to say
+  -- that it changed without a new resume (`as_nobody`).
   running_instance = running_instance,
+  on_owner_changed = function(f) owner_changed = f end,
   cancel_executor = cancel_executor,
   hold = hold,
   bad = bad,
