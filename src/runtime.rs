@@ -666,6 +666,9 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
             let thread = script_thread(lua, f)?;
             let start = scheduler::refs(lua).start.clone();
             let _host = scheduler::host(lua, Some(id));
+            // The host is named here: an error value's `__tostring` running as no instance
+            // (which a promise it settles brings here) does not keep the task from starting.
+            let _named = scheduler::NobodyPaused::new(lua);
             start.call::<()>(thread).map(|()| true)
         })?,
     )?;

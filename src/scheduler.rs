@@ -858,8 +858,9 @@ impl Refs {
 
     /// Records that no task is being resumed (after a step that raised out of a resume).
     pub fn clear_current(&self) -> mlua::Result<()> {
-        use crate::fastpath::{CURRENT, DEPTH};
+        use crate::fastpath::{CURRENT, DEPTH, NOBODY_RUNS};
         self.shared.raw_set(CURRENT, 0)?;
+        self.shared.raw_set(NOBODY_RUNS, 0)?;
         self.shared.raw_set(DEPTH, 0)
     }
 }
@@ -868,6 +869,32 @@ impl Refs {
 pub(crate) fn current_instance(lua: &Lua) -> Option<InstanceId> {
     let (current, _) = current_task(lua);
     running_as(lua, current)
+}
+
+/// Sets aside the count of error values' `__tostring`s running as no instance (see
+/// [`running_as`]) until dropped: for Rust code that names the instance work is for itself.
+pub(crate) struct NobodyPaused<'a> {
+    lua: &'a Lua,
+    saved: i64,
+}
+
+impl<'a> NobodyPaused<'a> {
+    pub(crate) fn new(lua: &'a Lua) -> Self {
+        let shared = refs(lua).shared.clone();
+        let saved = shared.raw_get(crate::fastpath::NOBODY_RUNS).unwrap_or(0);
+        if saved != 0 {
+            let _ = shared.raw_set(crate::fastpath::NOBODY_RUNS, 0);
+        }
+        Self { lua, saved }
+    }
+}
+
+impl Drop for NobodyPaused<'_> {
+    fn drop(&mut self) {
+        if self.saved != 0 {
+            let _ = refs(self.lua).shared.raw_set(crate::fastpath::NOBODY_RUNS, self.saved);
+        }
+    }
 }
 
 /// The instance code runs as while task `current` (or the host, see [`Scheduler::instance_of`])

@@ -1619,6 +1619,53 @@ fn an_error_value_s_tostring_that_despawns_leaves_the_running_task_alone() {
     assert_eq!(boom.map(|e| e.script), Some("scripts/victim.lua".to_string()), "{}", dump(&app));
 }
 
+/// Whatever such a `__tostring` does (here it yields, which LuaJIT's `tostring` lets through),
+/// the scripts after it still run as themselves: a count of `__tostring`s running as no
+/// instance once stayed up, and every later script could start no task.
+#[test]
+fn a_yielding_error_tostring_leaves_later_scripts_their_instance() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/hostile.lua",
+            r#"
+        task.spawn(function() error(setmetatable({}, { __tostring = function() coroutine.yield() return 'x' end })) end)
+        "#,
+        ),
+        ("scripts/later.lua", "task.spawn(function() task.wait() print('later task ran') end)"),
+        3,
+    );
+    assert_eq!(printed(&app), ["later task ran"], "{}", dump(&app));
+}
+
+/// A script's own error object whose `__tostring` settles a promise: the handler still starts
+/// as a task of the instance that added it.
+#[test]
+fn a_handler_a_settlement_in_an_error_tostring_wakes_still_runs() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/waiter.lua",
+            r#"
+        local shared, resolve = require('shared'), nil
+        shared.p = Promise.new(function(r) resolve = r end)
+        shared.resolve = function(v) resolve(v) end
+        shared.p:andThen(function(v) print('handler ran', v) end)
+        task.wait(100)
+        "#,
+        ),
+        (
+            "scripts/failer.lua",
+            r#"
+        local shared = require('shared')
+        task.spawn(function()
+          error(setmetatable({}, { __tostring = function() shared.resolve('from tostring') return 'boom' end }))
+        end)
+        "#,
+        ),
+        3,
+    );
+    assert_eq!(printed(&app), ["handler ran\tfrom tostring"], "{}", dump(&app));
+}
+
 /// A reload closes the instance's ended tasks that the step left over (its budget spent on
 /// another instance's looping closes) before the new code runs: one once ran after it, over the
 /// `state` the new code had set.

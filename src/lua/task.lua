@@ -203,17 +203,24 @@ end
 -- changes who runs (`owner_changed`, set by it).
 local owner_changed = function() end
 
---- Runs `f(...)` protected (see `protected`) as no instance, leaving the running task as it is
---- (its budget, its key): code of any instance can run there. The count of such runs is a slot
---- of `T`, which Rust reads (`scheduler::running_as`): written without a call, it is put back
---- also after `f` spent the budget, when the budget's hook refuses calls.
+--- Runs `f(...)` protected as no instance, on a thread of its own (one carrying the budget hook,
+--- as `protected` makes on the main thread), leaving the running task as it is (its budget, its
+--- key): code of any instance can run there. The count of such runs is a slot of `T`, which Rust
+--- reads (`scheduler::running_as`). The thread is made before the count goes up (making it can
+--- fail on a full heap), `f` cannot yield past it, and the count is put back without a call
+--- (after `f` spent the budget, the raising hook refuses calls); `step.run` and the end of every
+--- task's resume set it to 0 in case anything else ever escapes.
 local function as_nobody(f, ...)
-  T[NOBODY_RUNS] = T[NOBODY_RUNS] + 1
+  local _, main = co_running()
+  local co = (rust_thread ~= nil and main == true) and rust_thread(runner) or co_create(runner)
+  local saved = T[NOBODY_RUNS]
+  T[NOBODY_RUNS] = saved + 1
   owner_changed()
-  local ok, result = protected(f, ...)
-  T[NOBODY_RUNS] = T[NOBODY_RUNS] - 1
+  local ok, first, result = co_resume(co, f, ...)
+  T[NOBODY_RUNS] = saved
   owner_changed()
-  return ok, result
+  if ok and first == RUN_DONE then return true, result end
+  return ok, first
 end
 
 --- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
@@ -352,6 +359,7 @@ end
 --- returned `ok, first, kind, arg`: collects garbage if a task failed for want of memory, reports
 --- a failure or a spent budget, or registers its wait.
 local function finish_resume(key, co, previous, previous_depth, ok, first, kind, arg)
+  if previous == 0 then T[NOBODY_RUNS] = 0 end -- (see `as_nobody`)
   if T[MEMORY_FAILED] then
     T[MEMORY_FAILED] = false
     collectgarbage("collect")
@@ -605,7 +613,7 @@ function step.set_inspector(t) inspector = t end
 --- again goes on where it stopped.
 function step.run()
   -- Rust calls the step with no task running; a step that raised may have left one named.
-  T[CURRENT], T[DEPTH] = 0, 0
+  T[CURRENT], T[DEPTH], T[NOBODY_RUNS] = 0, 0, 0
   if S.spent then
     -- A budget spent in a resume whose end an error escaped (the heap was full, say): that task
     -- is stopped now, before any other runs, so that no other task is stopped in its place.
