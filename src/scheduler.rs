@@ -158,7 +158,7 @@ pub(crate) struct Scheduler {
     pub closes_due: bool,
     /// The entity and script of instances forgotten while closes of their tasks were left to run
     /// (the budget ran out), or during this frame: what those closes print or raise still names
-    /// them. Let go at the end of the frame once no close of theirs is left ([`Self::let_go_departed`]).
+    /// them. Let go at the end of a frame that leaves no close at all ([`Self::let_go_departed`]).
     departed: HashMap<InstanceId, (Entity, Arc<str>)>,
     /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
     /// no task, which would outlive the cancellation.
@@ -799,13 +799,14 @@ pub(crate) struct Refs {
     /// `step.kill(key) -> ok, message, traceback`: forgets a task whose instance is going away and
     /// closes its thread.
     pub kill: Function,
-    /// `step.close_ended(from) -> left, any`: closes the threads of tasks ended from outside
-    /// their instance, from position `from` of the list on, under one budget.
+    /// `step.close_ended(from) -> left, any, raised`: closes the threads of tasks ended from
+    /// outside their instance, from position `from` of the list on, under one budget.
     pub close_ended: Function,
     /// `step.ending_mark() -> from`: where the threads the work starting now ends will go.
     pub ending_mark: Function,
-    /// `step.claim_ending(ids) -> from`: moves the threads of the instances in the set `ids` to
-    /// the end of the list, and says where they start.
+    /// `step.claim_ending(ids, mark) -> from, below`: moves the threads of the instances in the
+    /// set `ids` to the end of the list, and says where they start and how many entries moved
+    /// from before `mark`.
     pub claim_ending: Function,
     /// `step.compact()`: rebuilds the Lua task tables.
     pub compact: Function,
@@ -856,6 +857,11 @@ impl Refs {
         (self.shared.raw_get(CURRENT).unwrap_or(0), self.shared.raw_get(SERIAL).unwrap_or(0))
     }
 
+    /// How many error values' `__tostring`s run now as no instance (see [`running_as`]).
+    fn nobody_runs(&self) -> i64 {
+        self.shared.raw_get(crate::fastpath::NOBODY_RUNS).unwrap_or(0)
+    }
+
     /// Records that no task is being resumed (after a step that raised out of a resume).
     pub fn clear_current(&self) -> mlua::Result<()> {
         use crate::fastpath::{CURRENT, DEPTH, NOBODY_RUNS};
@@ -880,11 +886,12 @@ pub(crate) struct NobodyPaused<'a> {
 
 impl<'a> NobodyPaused<'a> {
     pub(crate) fn new(lua: &'a Lua) -> Self {
-        let shared = refs(lua).shared.clone();
-        let saved = shared.raw_get(crate::fastpath::NOBODY_RUNS).unwrap_or(0);
+        let refs = refs(lua);
+        let saved = refs.nobody_runs();
         if saved != 0 {
-            let _ = shared.raw_set(crate::fastpath::NOBODY_RUNS, 0);
+            let _ = refs.shared.raw_set(crate::fastpath::NOBODY_RUNS, 0);
         }
+        drop(refs);
         Self { lua, saved }
     }
 }
@@ -901,9 +908,7 @@ impl Drop for NobodyPaused<'_> {
 /// runs: none while an error value's `__tostring` runs (`as_nobody` in `lua/task.lua` counts
 /// those in a slot of the step's shared table), whatever task is running.
 fn running_as(lua: &Lua, current: i64) -> Option<InstanceId> {
-    let nobody = lua
-        .app_data_ref::<Refs>()
-        .is_some_and(|r| r.shared.raw_get::<i64>(crate::fastpath::NOBODY_RUNS).unwrap_or(0) > 0);
+    let nobody = lua.app_data_ref::<Refs>().is_some_and(|r| r.nobody_runs() > 0);
     if nobody { None } else { sched(lua).instance_of(current) }
 }
 

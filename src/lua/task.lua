@@ -210,17 +210,18 @@ local owner_changed = function() end
 --- fail on a full heap), `f` cannot yield past it, and the count is put back without a call
 --- (after `f` spent the budget, the raising hook refuses calls); `step.run` and the end of every
 --- task's resume set it to 0 in case anything else ever escapes.
+local function nobody_done(saved, ...)
+  T[NOBODY_RUNS] = saved
+  owner_changed()
+  return finish_protected(...)
+end
 local function as_nobody(f, ...)
   local _, main = co_running()
   local co = (rust_thread ~= nil and main == true) and rust_thread(runner) or co_create(runner)
   local saved = T[NOBODY_RUNS]
   T[NOBODY_RUNS] = saved + 1
   owner_changed()
-  local ok, first, result = co_resume(co, f, ...)
-  T[NOBODY_RUNS] = saved
-  owner_changed()
-  if ok and first == RUN_DONE then return true, result end
-  return ok, first
+  return nobody_done(saved, co_resume(co, f, ...))
 end
 
 --- The text of an error value, for a report: a string as it is (Rust reads its bytes lossily),
