@@ -242,6 +242,12 @@ pub(crate) fn forget_instance(lua: &Lua, id: InstanceId) {
     modules(lua).instance_deps.remove(&id);
 }
 
+/// How many instances the module graph records requires of (for tests).
+#[cfg(test)]
+pub(crate) fn instances_with_deps(lua: &Lua) -> usize {
+    modules(lua).instance_deps.len()
+}
+
 /// A module's new source (or `None`: its file is gone). Returns `Ok(instances)` to restart when a
 /// module that was loaded (or asked for) changed and loads, `Err(message)` when it does not load
 /// (once per new source), and `Ok(empty)` when nothing depends on it or nothing changed.

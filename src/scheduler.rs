@@ -160,6 +160,10 @@ pub(crate) struct Scheduler {
     /// (the budget ran out), or during this frame: what those closes print or raise still names
     /// them. Let go at the end of a frame that leaves no close at all ([`Self::let_go_departed`]).
     departed: HashMap<InstanceId, (Entity, Arc<str>)>,
+    /// Whether `departed` was kept past the end of a frame (closes were left): the promise tick
+    /// that forgot those instances may have run before their closes, which run as them and can
+    /// make what the tick let go (see [`forget_carried`]).
+    departed_carried: bool,
     /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
     /// no task, which would outlive the cancellation.
     closing: Vec<InstanceId>,
@@ -216,11 +220,28 @@ impl Scheduler {
         }
     }
 
-    /// Lets go of the names of forgotten instances once no close is left (once a frame).
+    /// Lets go of the names of forgotten instances once no close is left (once a frame); notes
+    /// when they are kept past the frame.
     pub fn let_go_departed(&mut self) {
-        if !self.closes_due {
+        if self.closes_due {
+            self.departed_carried |= !self.departed.is_empty();
+        } else {
             self.departed.clear();
+            self.departed_carried = false;
         }
+    }
+
+    /// The instances to forget again once no close is left, if some closes were carried past a
+    /// frame (see [`forget_carried`]): they go to `gone` again. None otherwise, so forgetting
+    /// instances whose closes all ran in their frame costs nothing more.
+    fn take_carried(&mut self) -> Vec<InstanceId> {
+        if self.closes_due || !self.departed_carried {
+            return Vec::new();
+        }
+        self.departed_carried = false;
+        let ids: Vec<InstanceId> = self.departed.keys().copied().collect();
+        self.gone.extend_from_slice(&ids);
+        ids
     }
 
     /// Names the script an instance runs (known once its asset loaded).
@@ -1159,6 +1180,19 @@ pub(crate) fn close_ended_from(lua: &Lua, mark: i64) -> usize {
             error!("bevy_lua_coroutines: closing ended tasks raised {e}");
             0
         }
+    }
+}
+
+/// Forgets again, once the step's closes leave none, the instances whose closes were carried past
+/// the frame that forgot them: such a close runs as its instance after the promise module and the
+/// module system forgot it, and what it made then for that instance (a promise worker pool, spare
+/// await slots, an `onUnhandledRejection` callback, a `require`d module's entry) would stay for
+/// good. They go to the promise tick that follows ([`Scheduler::gone`]). Nothing is done when no
+/// close was carried past a frame.
+pub(crate) fn forget_carried(lua: &Lua) {
+    let ids = sched(lua).take_carried();
+    for id in ids {
+        crate::modules::forget_instance(lua, id);
     }
 }
 

@@ -36,6 +36,9 @@ pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real:
     }
     // Out: the tasks that scripts of other instances ended close, each as its own instance.
     crate::scheduler::close_ended(lua);
+    // Instances whose closes were carried past the frame that forgot them are forgotten again
+    // once none is left, before the promise tick, which lets go of what those closes made.
+    crate::scheduler::forget_carried(lua);
     crate::fastpath::restore_memory_limit(lua);
     crate::heap::trim(lua);
     // Out: unhandled rejections are reported once per frame, after every resume.
@@ -212,5 +215,73 @@ mod tests {
         assert_eq!(room(&app), burst, "kept while quiet");
         run(&mut app, 10);
         assert_eq!(room(&app), 0, "given back");
+    }
+
+    static CLOSED: AtomicUsize = AtomicUsize::new(0);
+
+    /// A `__close` that runs frames after its instance was forgotten (two looping closes before it
+    /// spent the budgets of the frame that ended it and of the frame that forgot it) and
+    /// `require`s a module leaves no entry in the module graph once the closes are over: the
+    /// instance is forgotten again then.
+    #[test]
+    #[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+    fn a_require_in_a_close_carried_past_its_instance_s_end_is_forgotten() {
+        use bevy::time::TimeUpdateStrategy;
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir(&scripts).unwrap();
+        std::fs::write(scripts.join("shared.lua"), "return {}").unwrap();
+        std::fs::write(
+            scripts.join("looper.lua"),
+            "local g <close> = setmetatable({}, { __close = function() while true do end end }) task.wait(1000)",
+        )
+        .unwrap();
+        std::fs::write(
+            scripts.join("victim.lua"),
+            "local g <close> = setmetatable({}, { __close = function()
+               require('shared')
+               print('victim closed')
+             end })
+             task.wait(1000)",
+        )
+        .unwrap();
+        let mut app = App::new();
+        app.add_plugins((
+            MinimalPlugins,
+            AssetPlugin { file_path: dir.path().to_str().unwrap().into(), ..default() },
+        ))
+        .add_plugins(crate::LuaCoroutinesPlugin {
+            print_to_stdout: false,
+            hot_reload: false,
+            wait_for_script_loads: true,
+            instruction_budget: Some(1_000_000),
+            exact_instruction_count: true,
+            ..default()
+        })
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(16)))
+        .add_systems(Last, |mut prints: MessageReader<ScriptPrint>| {
+            let n = prints.read().filter(|p| p.line == "victim closed").count();
+            CLOSED.fetch_add(n, Ordering::Relaxed);
+        });
+        let script = crate::LuaScript::new(
+            "scripts/despawner.lua",
+            "local l1 = world.spawn{ script = 'scripts/looper.lua' }
+             local l2 = world.spawn{ script = 'scripts/looper.lua' }
+             local vs = {}
+             for i = 1, 10 do vs[i] = world.spawn{ script = 'scripts/victim.lua' } end
+             task.wait() task.wait()
+             l1:despawn()
+             l2:despawn()
+             for i = 1, 10 do vs[i]:despawn() end
+             task.wait(1000)",
+        );
+        let handle = app.world_mut().resource_mut::<Assets<crate::LuaScript>>().add(script);
+        app.world_mut().spawn(crate::LuaScripts::new(handle));
+        for _ in 0..12 {
+            app.update();
+        }
+        assert_eq!(CLOSED.load(Ordering::Relaxed), 10, "every victim closed");
+        let lua = app.world().resource::<LuaRuntime>().lua();
+        assert_eq!(crate::modules::instances_with_deps(lua), 0, "entries of forgotten instances");
     }
 }

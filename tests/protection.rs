@@ -2117,3 +2117,56 @@ fn a_task_started_by_a_close_at_despawn_is_refused() {
     assert_eq!(printed(&app), Vec::<String>::new(), "{}", dump(&app));
     assert_eq!(live_tasks(&app), 0);
 }
+
+/// What a `__close` makes for its instance when it runs frames after the instance was forgotten
+/// (two looping closes before it spent the budgets of the frame that ended it and of the frame
+/// that forgot it) is let go once the closes are over: an `onUnhandledRejection` callback and a
+/// promise worker pool made then stayed for good, here 16 KiB of captured string per instance.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn what_a_close_carried_past_its_instance_s_end_makes_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    std::fs::write(
+        dir.path().join("scripts/looper.lua"),
+        "local g <close> = setmetatable({}, { __close = function() while true do end end }) task.wait(1000)",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("scripts/victim.lua"),
+        "local g <close> = setmetatable({}, { __close = function()
+           local payload = string.rep('x', 16 * 1024)
+           Promise.onUnhandledRejection(function() return payload end)
+           Promise.resolve(1):andThen(function() return payload end)
+           print('victim closed')
+         end })
+         task.wait(1000)",
+    )
+    .unwrap();
+    let mut app = create_app_in(dir.path().to_str().unwrap(), budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/despawner.lua",
+        r#"
+        while true do
+          local l1 = world.spawn{ script = 'scripts/looper.lua' }
+          local l2 = world.spawn{ script = 'scripts/looper.lua' }
+          local vs = {}
+          for i = 1, 10 do vs[i] = world.spawn{ script = 'scripts/victim.lua' } end
+          task.wait() task.wait()
+          l1:despawn()
+          l2:despawn()
+          for i = 1, 10 do vs[i]:despawn() end
+          for i = 1, 6 do task.wait() end
+        end
+        "#,
+    );
+    let closed = |app: &App| printed(app).iter().filter(|l| *l == "victim closed").count();
+    run_until(&mut app, 100, |app| closed(app) == 20);
+    let before = collected_memory(&app);
+    run_until(&mut app, 1000, |app| closed(app) == 220);
+    let after = collected_memory(&app);
+    let others: Vec<_> = errors(&app).into_iter().filter(|e| e.script != "scripts/looper.lua").collect();
+    assert!(others.is_empty(), "{others:#?}");
+    assert!(after < before + 256 * 1024, "Lua memory grew with the closes: {before} -> {after}");
+}
