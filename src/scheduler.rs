@@ -162,7 +162,7 @@ pub(crate) struct Scheduler {
     departed: HashMap<InstanceId, (Entity, Arc<str>)>,
     /// Whether `departed` was kept past the end of a frame (closes were left): the promise tick
     /// that forgot those instances may have run before their closes, which run as them and can
-    /// make what the tick let go (see [`forget_carried`]).
+    /// make what the tick let go (see `step::forget_carried`).
     departed_carried: bool,
     /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
     /// no task, which would outlive the cancellation.
@@ -232,9 +232,9 @@ impl Scheduler {
     }
 
     /// The instances to forget again once no close is left, if some closes were carried past a
-    /// frame (see [`forget_carried`]): they go to `gone` again. None otherwise, so forgetting
+    /// frame (see `step::forget_carried`): they go to `gone` again. None otherwise, so forgetting
     /// instances whose closes all ran in their frame costs nothing more.
-    fn take_carried(&mut self) -> Vec<InstanceId> {
+    pub fn take_carried(&mut self) -> Vec<InstanceId> {
         if self.closes_due || !self.departed_carried {
             return Vec::new();
         }
@@ -1180,19 +1180,6 @@ pub(crate) fn close_ended_from(lua: &Lua, mark: i64) -> usize {
             error!("bevy_lua_coroutines: closing ended tasks raised {e}");
             0
         }
-    }
-}
-
-/// Forgets again, once the step's closes leave none, the instances whose closes were carried past
-/// the frame that forgot them: such a close runs as its instance after the promise module and the
-/// module system forgot it, and what it made then for that instance (a promise worker pool, spare
-/// await slots, an `onUnhandledRejection` callback, a `require`d module's entry) would stay for
-/// good. They go to the promise tick that follows ([`Scheduler::gone`]). Nothing is done when no
-/// close was carried past a frame.
-pub(crate) fn forget_carried(lua: &Lua) {
-    let ids = sched(lua).take_carried();
-    for id in ids {
-        crate::modules::forget_instance(lua, id);
     }
 }
 

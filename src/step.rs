@@ -38,7 +38,7 @@ pub(crate) fn frame(runtime: &LuaRuntime, game: Duration, delta: Duration, real:
     crate::scheduler::close_ended(lua);
     // Instances whose closes were carried past the frame that forgot them are forgotten again
     // once none is left, before the promise tick, which lets go of what those closes made.
-    crate::scheduler::forget_carried(lua);
+    forget_carried(lua);
     crate::fastpath::restore_memory_limit(lua);
     crate::heap::trim(lua);
     // Out: unhandled rejections are reported once per frame, after every resume.
@@ -86,6 +86,19 @@ fn resume_all(runtime: &LuaRuntime, game: Duration, delta: Duration, real: Durat
         let _ = refs(lua).clear_current();
     }
     result
+}
+
+/// Forgets again, once the step's closes leave none, the instances whose closes were carried past
+/// the frame that forgot them: such a close runs as its instance after the promise module and the
+/// module system forgot it, and what it made then for that instance (a promise worker pool, spare
+/// await slots, an `onUnhandledRejection` callback, a `require`d module's entry) would stay for
+/// good. They go to the promise tick that follows (`Scheduler::gone`). Nothing is done when no
+/// close was carried past a frame.
+fn forget_carried(lua: &Lua) {
+    let ids = sched(lua).take_carried();
+    for id in ids {
+        crate::modules::forget_instance(lua, id);
+    }
 }
 
 /// The promise module's once-a-frame bookkeeping: rejections nobody handled are reported, and
