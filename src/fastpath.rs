@@ -65,12 +65,15 @@ pub(crate) const CURRENT: ffi::lua_Integer = 1;
 pub(crate) const DEPTH: ffi::lua_Integer = 2;
 /// Slot: the number of resumes so far.
 pub(crate) const SERIAL: ffi::lua_Integer = 3;
-/// Slot: set when a task failed for want of memory (the step collects garbage).
-const MEMORY_FAILED: ffi::lua_Integer = 4;
+/// Slot: set when the Lua step must end the resume (a task failed for want of memory, and the
+/// step collects garbage; or something ran as no instance, see [`NOBODY_RUNS`]).
+const LOOK: ffi::lua_Integer = 4;
 // Slot 5 is the last registration number `lua/task.lua` handed out (positive numbers); the
 // registrations the loops here make are negative (see `run_frames`).
 /// Slot: how many error values' `__tostring`s run now as no instance (`as_nobody` in
-/// `lua/task.lua`; read by `scheduler::running_as`).
+/// `lua/task.lua`; read through `scheduler::Refs::nobody_runs`, set aside by `NobodyPaused`).
+/// A resume that ran one sets [`LOOK`], so the Lua step ends it and sets the count to 0: one a
+/// task left up stays with its own resume.
 pub(crate) const NOBODY_RUNS: ffi::lua_Integer = 6;
 
 /// The request marker every wait yields first (a light userdata; see `scheduler::req`).
@@ -1282,8 +1285,8 @@ unsafe fn restore(l: *mut ffi::lua_State, saved: c_int) {
 }
 
 /// After a resume that asked for the next frame or parked: whether nothing else needs the Lua step's
-/// attention (nothing registered the task meanwhile, no budget ran out, no task failed for want of
-/// memory, and the VM is under `limit` KiB).
+/// attention (nothing registered the task meanwhile, no budget ran out, nothing set [`LOOK`], and
+/// the VM is under `limit` KiB).
 unsafe fn quiet(
     l: *mut ffi::lua_State,
     key: ffi::lua_Integer,
@@ -1303,9 +1306,9 @@ unsafe fn quiet(
                 ffi::lua_toboolean(l, -1) != 0
             }
         };
-        ffi::lua_rawgeti(l, A_SHARED, MEMORY_FAILED);
-        let memory_failed = ffi::lua_toboolean(l, -1) != 0; // (what it pushed stays: see `bump`)
-        if registered || spent || memory_failed {
+        ffi::lua_rawgeti(l, A_SHARED, LOOK);
+        let look = ffi::lua_toboolean(l, -1) != 0; // (what it pushed stays: see `bump`)
+        if registered || spent || look {
             return false;
         }
         match limit {

@@ -2170,3 +2170,110 @@ fn what_a_close_carried_past_its_instance_s_end_makes_is_let_go() {
     assert!(others.is_empty(), "{others:#?}");
     assert!(after < before + 256 * 1024, "Lua memory grew with the closes: {before} -> {after}");
 }
+
+/// A script that can leave the count of `__tostring`s running as no instance up: `attack()` fills
+/// its own stack to the edge, one slot more each try, and fails a spawned coroutine with an
+/// error value there, until reporting that failure overflows the stack between the count going
+/// up and coming down (the script catches the overflow); `stuck()` says whether the script now
+/// runs as no instance, and `found` whether an attempt left it so.
+fn stack_edge_attack() -> String {
+    let locals: Vec<String> = (1..=180).map(|i| format!("a{i}")).collect();
+    format!(
+        r#"
+local boom = setmetatable({{}}, {{ __tostring = function() return 'boom' end }})
+local function spawn_failing() return pcall(task.spawn, function() error(boom) end) end
+local pad = {{}}
+for i = 1, 600 do pad[i] = false end
+local function padded(k, f)
+  return (function(...) local r = f() return r end)((table.unpack or unpack)(pad, 1, k))
+end
+local bottom
+local function dive(n)
+  local {locals}
+  if n == 0 then return bottom() end
+  local r = dive(n - 1)
+  return r
+end
+local function stuck()
+  local ok, err = pcall(task.list)
+  return not ok and string.find(tostring(err), 'outside of a script', 1, true) ~= nil
+end
+bottom = function() return true end
+local lo, hi = 0, 100000
+while lo < hi do
+  local mid = math.floor((lo + hi + 1) / 2)
+  if pcall(dive, mid) then lo = mid else hi = mid - 1 end
+end
+found = nil
+local function attack()
+  bottom = function()
+    for k = 0, 600 do
+      pcall(padded, k, spawn_failing)
+      if stuck() then found = k return true end
+    end
+  end
+  pcall(dive, lo - 1)
+end
+"#,
+        locals = locals.join(", ")
+    )
+}
+
+/// A count of runs as no instance that a task left up (the stack overflowed inside `as_nobody`)
+/// stays with that task's resume: the next task, of another instance, runs as its own instance.
+/// (Left up, the victim's `task.list` and `task.spawn` failed as used outside of a script.)
+#[test]
+#[cfg_attr(
+    not(feature = "lua54"),
+    ignore = "elsewhere `coroutine.resume` takes none of the caller's stack: the overflow comes before the count goes up"
+)]
+fn a_stack_overflow_in_as_nobody_does_not_leave_other_instances_running_as_nobody() {
+    let attacker = format!(
+        "{}\ntask.wait() task.wait()\nattack()\nlocal still = stuck()\ntask.wait()\nprint('attacker', found ~= nil, still)\n",
+        stack_edge_attack()
+    );
+    let (app, _dir) = one_then_another(
+        ("scripts/attacker.lua", &attacker),
+        (
+            "scripts/victim.lua",
+            r#"
+        local shared = require('shared')
+        for i = 1, 4 do
+          task.wait()
+          shared[#shared + 1] = tostring((pcall(task.list)))
+          task.spawn(function() task.wait() end)
+        end
+        print('victim done', table.concat(shared, ' '))
+        "#,
+        ),
+        8,
+    );
+    // The attack worked: its own resume went on as no instance.
+    assert!(printed(&app).contains(&"attacker\ttrue\ttrue".to_string()), "{}", dump(&app));
+    let victim_errors: Vec<_> =
+        errors(&app).into_iter().filter(|e| e.script == "scripts/victim.lua").collect();
+    assert!(victim_errors.is_empty(), "{victim_errors:#?}\n{}", dump(&app));
+    assert!(printed(&app).contains(&"victim done\ttrue true true true".to_string()), "{}", dump(&app));
+}
+
+/// Nor does it outlast the step: a script started by the next sync is its instance's.
+#[test]
+#[cfg_attr(
+    not(feature = "lua54"),
+    ignore = "elsewhere `coroutine.resume` takes none of the caller's stack: the overflow comes before the count goes up"
+)]
+fn a_stack_overflow_in_as_nobody_does_not_keep_the_next_script_from_starting() {
+    let attacker = format!(
+        "{}\ntask.wait()\nattack()\ntask.wait()\nprint('attacker', found ~= nil)\n",
+        stack_edge_attack()
+    );
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(&mut app, "scripts/attacker.lua", &attacker);
+    run(&mut app, 2); // the attack is the step's last resume
+    spawn_script(&mut app, "scripts/later.lua", "task.spawn(function() task.wait() print('later ran') end)");
+    run(&mut app, 3);
+    assert!(printed(&app).contains(&"attacker\ttrue".to_string()), "the attack worked\n{}", dump(&app));
+    let later_errors: Vec<_> = errors(&app).into_iter().filter(|e| e.script == "scripts/later.lua").collect();
+    assert!(later_errors.is_empty(), "{later_errors:#?}\n{}", dump(&app));
+    assert!(printed(&app).contains(&"later ran".to_string()), "{}", dump(&app));
+}

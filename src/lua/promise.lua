@@ -360,10 +360,11 @@ end
 
 local cached_key, cached_serial, cached_owner = 0, -1, nil
 
---- The instance the running code belongs to (its id, or nil): asked of Rust once per resume.
+--- The instance the running code belongs to (its id, or nil): asked of Rust once per resume,
+--- and again after an error value's `__tostring` ran as no instance (`on_owner_changed`).
 local function owner()
   local key, serial = step_slots[1], step_slots[3]
-  -- (`cached_key` is never 0 once set, and `cached_serial` matches nothing before.)
+  -- (A `cached_serial` of -1, before any and after `on_owner_changed`, matches no resume.)
   if key == cached_key and serial == cached_serial then return cached_owner end
   local id = rust_owner()
   -- (Only a task's: outside any task, the host instance Rust names can change within one

@@ -70,10 +70,13 @@ end
 local parked = {}                         -- key -> the slot it last parked on (stale once regs moves)
 
 -- What the step shares with its raw loop (src/fastpath.rs, which names the slots the same way):
--- the task being resumed (0: none), its defer depth, a count of resumes, whether a task failed for
--- want of memory (the step collects garbage after the resume), the last registration number.
+-- the task being resumed (0: none), its defer depth, a count of resumes, whether the step must
+-- look at the end of the resume (false; `true`: a task failed for want of memory, and the step
+-- collects garbage; `LOOK_NOBODY`: something ran as no instance, see `as_nobody`), the last
+-- registration number, and how many error values' `__tostring`s run now as no instance.
 local T = { 0, 0, 0, false, 0, 0 }
-local CURRENT, DEPTH, SERIAL, MEMORY_FAILED, NEXT_REG, NOBODY_RUNS = 1, 2, 3, 4, 5, 6
+local CURRENT, DEPTH, SERIAL, LOOK, NEXT_REG, NOBODY_RUNS = 1, 2, 3, 4, 5, 6
+local LOOK_NOBODY = 0
 local fast = core.fast -- the C waits, the frame waits and the raw loops (src/fastpath.rs)
 local run_frames, run_ready = fast.run_frames, fast.run_ready
 
@@ -203,21 +206,28 @@ end
 -- changes who runs (`owner_changed`, set by it).
 local owner_changed = function() end
 
---- Runs `f(...)` protected as no instance, on a thread of its own (one carrying the budget hook,
---- as `protected` makes on the main thread), leaving the running task as it is (its budget, its
---- key): code of any instance can run there. The count of such runs is a slot of `T`, which Rust
---- reads (`scheduler::running_as`). The thread is made before the count goes up (making it can
---- fail on a full heap), `f` cannot yield past it, and the count is put back without a call
---- (after `f` spent the budget, the raising hook refuses calls); `step.run` and the end of every
---- task's resume set it to 0 in case anything else ever escapes.
+-- Puts back the count `as_nobody` raised, with a table write (after `f` spent the budget, the
+-- raising hook refuses calls), before anything else.
 local function nobody_done(saved, ...)
   T[NOBODY_RUNS] = saved
   owner_changed()
   return finish_protected(...)
 end
+
+--- Runs `f(...)` protected as no instance, on a thread of its own (one carrying the budget hook,
+--- as `protected` makes on the main thread), leaving the running task as it is (its budget, its
+--- key): code of any instance can run there. The count of such runs is a slot of `T`, which Rust
+--- reads (`Refs::nobody_runs`). The thread is made before the count goes up (making it can fail
+--- on a full heap) and `f` cannot yield past it. What raises between the count going up and
+--- coming down (the calling thread's stack full: a script can fill it to the edge and catch the
+--- error) leaves it up for the rest of that resume only: the end of every resume of the step
+--- sets it to 0 (`finish_resume`; the raw loops hand a resume that ran this one to it, through
+--- `T[LOOK]`), and so do the start of every close of an ended task, a `guard` outside any task
+--- and the end of the step, before Rust reads it for the sync.
 local function as_nobody(f, ...)
   local _, main = co_running()
   local co = (rust_thread ~= nil and main == true) and rust_thread(runner) or co_create(runner)
+  if not T[LOOK] then T[LOOK] = LOOK_NOBODY end
   local saved = T[NOBODY_RUNS]
   T[NOBODY_RUNS] = saved + 1
   owner_changed()
@@ -306,7 +316,7 @@ local function fail(key, co, err)
     -- they fail an allocation), and again once the resume that ran it is over (a thread LuaJIT
     -- cannot close is garbage only then).
     collectgarbage("collect")
-    T[MEMORY_FAILED] = true
+    T[LOOK] = true
   end
   rust_fail(key, message, ok and tb or "")
 end
@@ -361,9 +371,10 @@ end
 --- a failure or a spent budget, or registers its wait.
 local function finish_resume(key, co, previous, previous_depth, ok, first, kind, arg)
   if previous == 0 then T[NOBODY_RUNS] = 0 end -- (see `as_nobody`)
-  if T[MEMORY_FAILED] then
-    T[MEMORY_FAILED] = false
-    collectgarbage("collect")
+  local look = T[LOOK]
+  if look then
+    T[LOOK] = false
+    if look == true then collectgarbage("collect") end
   end
   if S.spent then
     -- The budget ran out: the task is dead for good, whatever it caught.
@@ -662,6 +673,7 @@ function step.run()
       -- Out of time: the rest waits for the next step (the frame waits left go before that
       -- frame's own; the woken tasks after the completions and timers that fall due by then).
       carry_rest()
+      T[NOBODY_RUNS] = 0 -- (see `as_nobody`)
       end_ready()
       return
     end
@@ -695,6 +707,7 @@ function step.run()
       end
     end
   end
+  T[NOBODY_RUNS] = 0 -- (see `as_nobody`)
   end_ready()
 end
 
@@ -735,8 +748,9 @@ local function waiting(slot)
   return regs[key] == reg and parked[key] == slot
 end
 
--- The table of the slots above: Rust reads the task being resumed and the number of resumes so
--- far from it without a call (`Refs::current`), and the promise module its running task.
+-- The table of the slots above: Rust reads the task being resumed, the number of resumes so
+-- far and the count of runs as no instance from it without a call (`Refs::current`,
+-- `Refs::nobody_runs`), and the promise module its running task.
 step.shared = T
 
 --- Queues a woken task (Rust calls this for timers that fell due).
@@ -758,15 +772,15 @@ local function guarded(owner, ...)
   if S.spent then
     -- Reported here as the budget error it is: the caller carries on as if `f` returned nothing.
     report_spent(-1, owner, nil)
-    T[CURRENT] = 0
+    T[CURRENT], T[NOBODY_RUNS] = 0, 0
     return true
   end
-  T[CURRENT] = 0
+  T[CURRENT], T[NOBODY_RUNS] = 0, 0 -- (see `as_nobody`)
   return ...
 end
 local function guard(owner, f, ...)
   if T[CURRENT] ~= 0 then return protected(f, ...) end
-  T[CURRENT], T[SERIAL] = -1, T[SERIAL] + 1
+  T[CURRENT], T[SERIAL], T[NOBODY_RUNS] = -1, T[SERIAL] + 1, 0
   return guarded(owner, protected(f, ...))
 end
 step.guard = guard
@@ -821,9 +835,9 @@ local function close_list(list, from, at)
   for i = from, #list, 2 do
     at[1] = i
     local co, id = list[i], list[i + 1]
-    T[CURRENT] = CLOSING - id
+    T[CURRENT], T[NOBODY_RUNS] = CLOSING - id, 0 -- (see `as_nobody`)
     local ok, message, tb = close_reporting(co)
-    T[CURRENT] = -1
+    T[CURRENT], T[NOBODY_RUNS] = -1, 0
     if co_status(co) == "dead" then held[co] = nil end
     if S.spent then return i + 2 end
     if not ok then close_failed(id, message, tb) end
@@ -1095,7 +1109,7 @@ local function after_spawn(co, ok, first, ...)
       close(co)
       if msg == "not enough memory" then
         collectgarbage("collect")
-        T[MEMORY_FAILED] = true
+        T[LOOK] = true
       end
       rust_report(msg, traced and tb or "")
     end
