@@ -609,9 +609,7 @@ fn a_forged_waiter_slot_cannot_wake_another_instance_s_task() {
         "#,
     );
     run(&mut app, 6);
-    let lines = printed(&app);
-    assert!(lines.contains(&"tried\t1320".to_string()), "{lines:?} {:#?}", errors(&app));
-    assert!(!lines.iter().any(|l| l.starts_with("victim woke")), "{lines:?}");
+    assert_printed(&app, &["tried\t1320"], &["victim woke"]);
 }
 
 /// A promise's fields are plain, so a script could write another instance's id (ids count up)
@@ -643,9 +641,7 @@ fn a_forged_promise_owner_reaches_no_other_instance() {
         "#,
     );
     run(&mut app, 6);
-    let lines = printed(&app);
-    assert!(lines.contains(&"tried\t65".to_string()), "{lines:?} {:#?}", errors(&app));
-    assert!(!lines.iter().any(|l| l.starts_with("victim saw")), "{lines:?}");
+    assert_printed(&app, &["tried\t65"], &["victim saw"]);
     let errs = errors(&app);
     assert_eq!(errs.len(), 65, "{errs:#?}");
     assert!(errs.iter().all(|e| e.script == "scripts/attacker.lua"), "{errs:#?}");
@@ -732,9 +728,7 @@ fn a_kept_promise_worker_never_runs_another_instance_s_executor() {
         "local p = Promise.new(function(res) res(task.wait(0.1)) end) print('victim result', type(p:expect()))",
     );
     run(&mut app, 20);
-    let lines = printed(&app);
-    assert!(lines.contains(&"attacker saw\t0".to_string()), "{lines:?}");
-    assert!(lines.contains(&"victim result\tnumber".to_string()), "{lines:?} {:#?}", errors(&app));
+    assert_printed(&app, &["attacker saw\t0", "victim result\tnumber"], &[]);
 }
 
 /// The thread of another instance's task, handed over through a shared module, can be looked at
@@ -890,9 +884,7 @@ fn a_kept_await_slot_never_serves_another_instance_s_await() {
         "local p = Promise.new(function(r) task.delay(0.2, r, 'value') end) print('victim got', await(p))",
     );
     run(&mut app, 40);
-    let lines = printed(&app);
-    assert!(lines.contains(&"tampered\t0".to_string()), "{lines:?}");
-    assert!(lines.contains(&"victim got\tvalue".to_string()), "{lines:?} {:#?}", errors(&app));
+    assert_printed(&app, &["tampered\t0", "victim got\tvalue"], &[]);
 }
 
 /// `string.gsub` builds its result outside Lua's heap: with no instruction budget, a replacement
@@ -1076,6 +1068,18 @@ fn dump(app: &App) -> String {
     format!("printed: {:#?}\nerrors: {:#?}", printed(app), errors(app))
 }
 
+/// Asserts that every line of `seen` was printed and that no printed line starts with any of
+/// `unseen`, showing what was printed and raised when not.
+fn assert_printed(app: &App, seen: &[&str], unseen: &[&str]) {
+    let lines = printed(app);
+    for line in unseen {
+        assert!(!lines.iter().any(|l| l.starts_with(line)), "printed {line:?}\n{}", dump(app));
+    }
+    for line in seen {
+        assert!(lines.iter().any(|l| l == line), "missing {line:?}\n{}", dump(app));
+    }
+}
+
 /// A promise's cancellation hook is the one `onCancel` was given: a function another instance
 /// wrote into its plain `_hook` field (of a promise it reached through its own promise's
 /// consumers) once ran, as the promise's instance, when that script cancelled it.
@@ -1106,9 +1110,7 @@ fn a_cancel_hook_a_script_wrote_into_a_promise_never_runs() {
         ),
         12,
     );
-    let lines = printed(&app);
-    assert!(!lines.contains(&"forged hook runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim task done"], &["forged hook runs as\tscripts/victim.lua"]);
 }
 
 /// `Promise.each` and `Promise.fold` go on when another instance settles the promise they wait on
@@ -1138,10 +1140,7 @@ fn each_and_fold_go_on_when_another_instance_settles_what_they_wait_on() {
         ),
         10,
     );
-    let lines = printed(&app);
-    for want in ["each got\tvalue", "each done\tvalue", "fold done\tvalue"] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?}\n{}", dump(&app));
-    }
+    assert_printed(&app, &["each got\tvalue", "each done\tvalue", "fold done\tvalue"], &[]);
 }
 
 /// Cancelling another instance's promise closes its executor's thread as that instance, once the
@@ -1175,9 +1174,7 @@ fn an_executor_cancelled_by_another_instance_closes_as_its_own() {
         ),
         8,
     );
-    let lines = printed(&app);
-    assert!(!lines.contains(&"executor close runs as\tscripts/canceller.lua".to_string()), "{}", dump(&app));
-    assert!(lines.contains(&"canceller task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["canceller task done"], &["executor close runs as\tscripts/canceller.lua"]);
 }
 
 /// The executor of a promise of an instance whose entity another script despawned is closed with
@@ -1290,9 +1287,7 @@ fn a_handler_cannot_be_added_from_a_rejection_report() {
         ),
         14,
     );
-    let lines = printed(&app);
-    assert!(!lines.contains(&"handler runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim task done"], &["handler runs as\tscripts/victim.lua"]);
 }
 
 /// A `__close` handler that despawns another entity, run as its own instance after the step's
@@ -1387,7 +1382,7 @@ fn despawned_tasks_closed_after_the_step_share_one_budget() {
     run(&mut app, 3);
     // Each frame closes what one budget allows, and carries the rest to the next frame.
     let spent = budgets_spent_per_frame(&mut app, 3);
-    assert!(printed(&app).contains(&"despawned 10".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["despawned 10"], &[]);
     assert_eq!(spent, [1, 1, 1], "budgets spent in each frame from the despawn on: {}", dump(&app));
 }
 
@@ -1556,9 +1551,7 @@ fn an_error_value_s_tostring_does_not_run_as_the_task_that_failed_with_it() {
         ),
         8,
     );
-    let lines = printed(&app);
-    assert!(!lines.iter().any(|l| l.starts_with("tostring runs as")), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim task done"], &["tostring runs as"]);
     let failed = errors(&app).into_iter().find(|e| e.script == "scripts/victim.lua");
     assert!(failed.is_some(), "the victim's task failure is reported: {}", dump(&app));
 }
@@ -1583,9 +1576,7 @@ fn an_error_value_s_tostring_in_a_close_at_the_own_despawn_runs_as_no_instance()
         ),
         4,
     );
-    let lines = printed(&app);
-    assert!(!lines.iter().any(|l| l.starts_with("tostring runs as")), "{}", dump(&app));
-    assert!(lines.contains(&"victim despawned itself".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim despawned itself"], &["tostring runs as"]);
 }
 
 /// Running such a `__tostring` as no instance leaves the running task alone: one that despawns
@@ -1833,9 +1824,7 @@ fn a_library_hook_a_script_wrote_into_a_promise_never_runs() {
         ),
         10,
     );
-    let lines = printed(&app);
-    assert!(!lines.contains(&"ihook runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim task done"], &["ihook runs as\tscripts/victim.lua"]);
 }
 
 /// A task the game's despawn closed is nobody's to resume afterwards: its thread is dead (under
@@ -2060,9 +2049,7 @@ fn a_rejection_value_s_tostring_runs_as_no_instance_in_the_frame_s_report() {
         ),
         12,
     );
-    let lines = printed(&app);
-    assert!(!lines.contains(&"tostring runs as\tscripts/victim.lua".to_string()), "{}", dump(&app));
-    assert!(lines.contains(&"victim task done".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim task done"], &["tostring runs as\tscripts/victim.lua"]);
 }
 
 /// A handler a closing task's `__close` queues for another instance, after the step's resumes,
@@ -2249,11 +2236,11 @@ fn a_stack_overflow_in_as_nobody_does_not_leave_other_instances_running_as_nobod
         8,
     );
     // The attack worked: its own resume went on as no instance.
-    assert!(printed(&app).contains(&"attacker\ttrue\ttrue".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["attacker\ttrue\ttrue"], &[]);
     let victim_errors: Vec<_> =
         errors(&app).into_iter().filter(|e| e.script == "scripts/victim.lua").collect();
     assert!(victim_errors.is_empty(), "{victim_errors:#?}\n{}", dump(&app));
-    assert!(printed(&app).contains(&"victim done\ttrue true true true".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["victim done\ttrue true true true"], &[]);
 }
 
 /// Nor does it outlast the step: a script started by the next sync is its instance's.
@@ -2272,8 +2259,8 @@ fn a_stack_overflow_in_as_nobody_does_not_keep_the_next_script_from_starting() {
     run(&mut app, 2); // the attack is the step's last resume
     spawn_script(&mut app, "scripts/later.lua", "task.spawn(function() task.wait() print('later ran') end)");
     run(&mut app, 3);
-    assert!(printed(&app).contains(&"attacker\ttrue".to_string()), "the attack worked\n{}", dump(&app));
+    assert_printed(&app, &["attacker\ttrue"], &[]);
     let later_errors: Vec<_> = errors(&app).into_iter().filter(|e| e.script == "scripts/later.lua").collect();
     assert!(later_errors.is_empty(), "{later_errors:#?}\n{}", dump(&app));
-    assert!(printed(&app).contains(&"later ran".to_string()), "{}", dump(&app));
+    assert_printed(&app, &["later ran"], &[]);
 }
