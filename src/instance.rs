@@ -103,15 +103,20 @@ pub(crate) struct Scripts<'a> {
 impl Drop for Scripts<'_> {
     /// Closes the tasks this work cancelled, all under one budget (those the budget leaves close
     /// after the step's resumes), then forgets the instances it detached, so what their `__close`
-    /// handlers print or raise still names their script and entity.
+    /// handlers print or raise still names their script and entity, and drops the Rust work those
+    /// handlers started.
     fn drop(&mut self) {
         let lua = self.lua();
         if let Some(mark) = self.mark {
             scheduler::close_ended_from(lua, mark);
         }
+        let again = sched(lua).take_closes_reached_rust();
         for id in std::mem::take(&mut self.leaving) {
             sched(lua).forget_instance(id);
             crate::modules::forget_instance(lua, id);
+            if again {
+                scheduler::drop_instance_work(lua, id); // what its closes started
+            }
             let _ = scheduler::refs(lua).envs.raw_set(id.0 as i64, Value::Nil);
         }
     }

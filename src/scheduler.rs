@@ -167,6 +167,11 @@ pub(crate) struct Scheduler {
     /// Instances whose tasks are being closed (innermost last): their `__close` handlers start
     /// no task, which would outlive the cancellation.
     closing: Vec<InstanceId>,
+    /// Whether a `__close` of an ended task asked Rust which instance runs (it printed, required
+    /// or started Rust work) since the last sync let instances go: the instances it lets go then
+    /// drop their Rust work once more ([`drop_instance_work`]), as their closes may have started
+    /// some after their tasks were cancelled.
+    closes_reached_rust: std::cell::Cell<bool>,
 }
 
 impl Scheduler {
@@ -194,6 +199,7 @@ impl Scheduler {
     /// `key` at or below [`CLOSING`], the instance whose ended task the step is closing.
     pub fn instance_of(&self, key: i64) -> Option<InstanceId> {
         if key <= CLOSING {
+            self.closes_reached_rust.set(true);
             return Some(InstanceId(CLOSING.abs_diff(key)));
         }
         self.by_key(key).and_then(|t| self.task(t)).map(|t| t.instance).or(self.host_instance)
@@ -218,6 +224,11 @@ impl Scheduler {
             Some(r) => Some((r.entity, r.path.clone())),
             None => self.departed.get(&id).cloned(),
         }
+    }
+
+    /// Whether a close reached Rust since the last call (see `closes_reached_rust`).
+    pub fn take_closes_reached_rust(&self) -> bool {
+        self.closes_reached_rust.replace(false)
     }
 
     /// Lets go of the names of forgotten instances once no close is left (once a frame); notes
@@ -1092,12 +1103,19 @@ pub(crate) fn cancel_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) {
 /// tasks' keys, in the order they were made.
 fn take_instance(lua: &Lua, id: InstanceId, keep: Option<i64>) -> Vec<i64> {
     let tasks = sched(lua).take_instance_tasks(id, keep);
+    drop_instance_work(lua, id);
+    tasks
+}
+
+/// Drops the Rust work an instance has in flight (each extension's `cancel_instance` hook):
+/// when its tasks are cancelled, and again when it is let go, for the work its tasks' `__close`
+/// handlers started in between.
+pub(crate) fn drop_instance_work(lua: &Lua, id: InstanceId) {
     let mut i = 0;
     while let Some(hook) = step_hook(lua, |h| h.cancel_instance.get(i)) {
         hook(lua, id);
         i += 1;
     }
-    tasks
 }
 
 /// Cancels every task of an instance (but `keep`) and the Rust work it started, and leaves their

@@ -91,13 +91,14 @@ fn resume_all(runtime: &LuaRuntime, game: Duration, delta: Duration, real: Durat
 /// Forgets again, once the step's closes leave none, the instances whose closes were carried past
 /// the frame that forgot them: such a close runs as its instance after the promise module and the
 /// module system forgot it, and what it made then for that instance (a promise worker pool, spare
-/// await slots, an `onUnhandledRejection` callback, a `require`d module's entry) would stay for
-/// good. They go to the promise tick that follows (`Scheduler::gone`). Nothing is done when no
-/// close was carried past a frame.
+/// await slots, an `onUnhandledRejection` callback, a `require`d module's entry, Rust work in
+/// flight) would stay for good. They go to the promise tick that follows (`Scheduler::gone`).
+/// Nothing is done when no close was carried past a frame.
 fn forget_carried(lua: &Lua) {
     let ids = sched(lua).take_carried();
     for id in ids {
         crate::modules::forget_instance(lua, id);
+        crate::scheduler::drop_instance_work(lua, id);
     }
 }
 
