@@ -428,6 +428,12 @@ impl LuaRuntime {
             })?,
         )?;
         core.set("CLOSING", scheduler::CLOSING)?;
+        // `known(id)`: whether Rust still knows instance `id` (live, or forgotten while closes of
+        // its tasks may still run and name it).
+        core.set(
+            "known",
+            lua.create_function(|lua, id: u64| Ok(sched(lua).name_of(InstanceId(id)).is_some()))?,
+        )?;
 
         core.set(
             "close_failed",

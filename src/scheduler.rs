@@ -148,8 +148,8 @@ pub(crate) struct Scheduler {
     pub errors: Vec<ScriptError>,
     /// Lines printed during the step, drained into `ScriptPrint` messages.
     pub prints: Vec<(InstanceId, String)>,
-    /// Instances forgotten since the last promise tick (the promise module drops what it kept for
-    /// them).
+    /// Instances forgotten since the last promise tick, and those forgotten again after closes of
+    /// theirs were carried past their frame (the promise module drops what it kept for them).
     pub gone: Vec<InstanceId>,
     /// Whether `step.close_ended` has threads to close: tasks ended from outside their instance
     /// (a script of another instance despawned their entity or cancelled the promise they were

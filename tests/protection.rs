@@ -2158,11 +2158,21 @@ fn what_a_close_carried_past_its_instance_s_end_makes_is_let_go() {
     assert!(after < before + 256 * 1024, "Lua memory grew with the closes: {before} -> {after}");
 }
 
-/// A script that can leave the count of `__tostring`s running as no instance up: `attack()` fills
-/// its own stack to the edge, one slot more each try, and fails a spawned coroutine with an
-/// error value there, until reporting that failure overflows the stack between the count going
-/// up and coming down (the script catches the overflow); `stuck()` says whether the script now
-/// runs as no instance, and `found` whether an attempt left it so.
+/// Asserts that a script started now starts its tasks as its own instance (one the sync started
+/// while the count of runs as no instance stayed up could not).
+fn a_later_script_starts(app: &mut App) {
+    spawn_script(app, "scripts/later.lua", "task.spawn(function() task.wait() print('later ran') end)");
+    run(app, 3);
+    let later_errors: Vec<_> = errors(app).into_iter().filter(|e| e.script == "scripts/later.lua").collect();
+    assert!(later_errors.is_empty(), "{later_errors:#?}\n{}", dump(app));
+    assert_printed(app, &["later ran"], &[]);
+}
+
+/// A script that can leave the count of `__tostring`s running as no instance up: `attack(stop)`
+/// fills its own stack to the edge, one slot more each try, and fails a spawned coroutine with
+/// an error value there, until (with `stop`) reporting that failure overflowed the stack between
+/// the count going up and coming down (the script catches the overflow); `stuck()` says whether
+/// the script now runs as no instance, and `found` whether an attempt left it so.
 fn stack_edge_attack() -> String {
     let locals: Vec<String> = (1..=180).map(|i| format!("a{i}")).collect();
     format!(
@@ -2185,19 +2195,20 @@ local function stuck()
   local ok, err = pcall(task.list)
   return not ok and string.find(tostring(err), 'outside of a script', 1, true) ~= nil
 end
-bottom = function() return true end
-local lo, hi = 0, 100000
-while lo < hi do
-  local mid = math.floor((lo + hi + 1) / 2)
-  if pcall(dive, mid) then lo = mid else hi = mid - 1 end
-end
 found = nil
-local function attack()
+function attack(stop)
+  bottom = function() return true end
+  local lo, hi = 0, 100000
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if pcall(dive, mid) then lo = mid else hi = mid - 1 end
+  end
   bottom = function()
     for k = 0, 600 do
       pcall(padded, k, spawn_failing)
-      if stuck() then found = k return true end
+      if stop and stuck() then found = k return true end
     end
+    return true
   end
   pcall(dive, lo - 1)
 end
@@ -2216,7 +2227,7 @@ end
 )]
 fn a_stack_overflow_in_as_nobody_does_not_leave_other_instances_running_as_nobody() {
     let attacker = format!(
-        "{}\ntask.wait() task.wait()\nattack()\nlocal still = stuck()\ntask.wait()\nprint('attacker', found ~= nil, still)\n",
+        "{}\ntask.wait() task.wait()\nattack(true)\nlocal still = stuck()\ntask.wait()\nprint('attacker', found ~= nil, still)\n",
         stack_edge_attack()
     );
     let (app, _dir) = one_then_another(
@@ -2251,16 +2262,187 @@ fn a_stack_overflow_in_as_nobody_does_not_leave_other_instances_running_as_nobod
 )]
 fn a_stack_overflow_in_as_nobody_does_not_keep_the_next_script_from_starting() {
     let attacker = format!(
-        "{}\ntask.wait()\nattack()\ntask.wait()\nprint('attacker', found ~= nil)\n",
+        "{}\ntask.wait()\nattack(true)\ntask.wait()\nprint('attacker', found ~= nil)\n",
         stack_edge_attack()
     );
     let (mut app, _dir) = shared_module_app();
     spawn_script(&mut app, "scripts/attacker.lua", &attacker);
     run(&mut app, 2); // the attack is the step's last resume
-    spawn_script(&mut app, "scripts/later.lua", "task.spawn(function() task.wait() print('later ran') end)");
-    run(&mut app, 3);
-    assert_printed(&app, &["attacker\ttrue"], &[]);
-    let later_errors: Vec<_> = errors(&app).into_iter().filter(|e| e.script == "scripts/later.lua").collect();
-    assert!(later_errors.is_empty(), "{later_errors:#?}\n{}", dump(&app));
-    assert_printed(&app, &["later ran"], &[]);
+    a_later_script_starts(&mut app);
+    assert_printed(&app, &["attacker\ttrue"], &[]); // the attack worked
+}
+
+/// What a promise Rust settles after the `__close` of a despawned instance asked for it would
+/// start for that instance (a handler that keeps an `onUnhandledRejection` callback) never
+/// starts: the work is dropped when the instance is let go, so the reply settles nothing.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn what_a_close_s_rust_promise_would_make_for_a_gone_instance_is_let_go() {
+    use std::sync::{Arc, Mutex};
+    let handles: Arc<Mutex<Vec<PromiseHandle>>> = Arc::default();
+    let h = handles.clone();
+    let mut app = create_app();
+    app.add_lua_promise_function("ask", move |_: (), reply: PromiseHandle| {
+        h.lock().unwrap().push(reply);
+    });
+    let victim = script(
+        &mut app,
+        "scripts/victim.lua",
+        "local g <close> = setmetatable({}, { __close = function()
+           local payload = string.rep('x', 16 * 1024)
+           local ok, p = pcall(ask)
+           if ok then
+             p:andThen(function()
+               Promise.onUnhandledRejection(function() return payload end)
+             end)
+           end
+           print('close ran')
+         end })
+         task.wait(1000)",
+    );
+    let round = |app: &mut App| {
+        let es: Vec<Entity> =
+            (0..10).map(|_| app.world_mut().spawn(LuaScripts::new(victim.clone())).id()).collect();
+        run(app, 2);
+        for e in es {
+            app.world_mut().despawn(e);
+        }
+        run(app, 3); // closed, let go, their promise ticks over
+        for reply in handles.lock().unwrap().drain(..) {
+            reply.resolve(1);
+        }
+        run(app, 3);
+    };
+    round(&mut app);
+    let before = collected_memory(&app);
+    for _ in 0..20 {
+        round(&mut app);
+    }
+    let after = collected_memory(&app);
+    assert_eq!(printed(&app).iter().filter(|l| *l == "close ran").count(), 210);
+    assert!(after < before + 256 * 1024, "Lua memory grew: {before} -> {after}");
+}
+
+/// An executor of a despawned instance that yielded plainly (a thread it holds, no task) is
+/// nobody's once the instance is let go: another instance that cancels its promise frames later
+/// runs none of its code. (Its close ran as the instance long gone, and what it made for it, an
+/// `onUnhandledRejection` callback holding 16 KiB, stayed for good.)
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_long_gone_instance_s_executor_runs_nothing_when_its_promise_is_cancelled() {
+    let (mut app, _dir) = shared_module_app();
+    let victim = script(
+        &mut app,
+        "scripts/victim.lua",
+        "local shared = require('shared')
+         shared[#shared + 1] = Promise.new(function()
+           local g <close> = setmetatable({}, { __close = function()
+             local payload = string.rep('x', 16 * 1024)
+             Promise.onUnhandledRejection(function() return payload end)
+             print('executor closed')
+           end })
+           coroutine.yield()
+         end)
+         task.wait(1000)",
+    );
+    spawn_script(
+        &mut app,
+        "scripts/canceller.lua",
+        "local shared = require('shared')
+         while true do
+           task.wait()
+           if shared.go then
+             shared.go = false
+             for i = #shared, 1, -1 do shared[i]:cancel() shared[i] = nil end
+           end
+         end",
+    );
+    run(&mut app, 2);
+    let go = script(&mut app, "scripts/go.lua", "require('shared').go = true");
+    let round = |app: &mut App| {
+        let es: Vec<Entity> =
+            (0..10).map(|_| app.world_mut().spawn(LuaScripts::new(victim.clone())).id()).collect();
+        run(app, 2);
+        for e in es {
+            app.world_mut().despawn(e);
+        }
+        run(app, 4);
+        let g = app.world_mut().spawn(LuaScripts::new(go.clone())).id();
+        run(app, 4);
+        app.world_mut().despawn(g);
+        run(app, 2);
+    };
+    round(&mut app);
+    round(&mut app);
+    let before = collected_memory(&app);
+    for _ in 0..20 {
+        round(&mut app);
+    }
+    let after = collected_memory(&app);
+    assert!(errors(&app).is_empty(), "{:#?}", errors(&app));
+    assert_printed(&app, &[], &["executor closed"]);
+    assert!(after < before + 256 * 1024, "Lua memory grew: {before} -> {after}");
+}
+
+/// A chain of eight settlements whose last reaction meets `bait` (a thenable check reads its
+/// `andThen`), with a looping value beside it that stops the resolving task at depth 8, which
+/// leaves `bait`'s reaction to the promise tick.
+const REACTION_LEFT_TO_THE_TICK: &str = r#"
+local loop = setmetatable({}, { __index = function() while true do end end })
+local resolve_root
+local root = Promise.new(function(r) resolve_root = r end)
+local chain = { [0] = root }
+for i = 1, 7 do chain[i] = chain[i - 1]:finallyReturn(i) end
+local c8 = chain[7]:finallyReturn(8)
+c8:finallyReturn(bait)
+chain[7]:finallyReturn(loop)
+task.wait()
+resolve_root(0)
+"#;
+
+/// A reaction a task stopped inside nested settlements left to the promise tick runs under a
+/// budget of its own: here a resolution value's `__index` counting to 5,000,000 under a budget
+/// of 1,000,000 instructions (on the main thread, which carries no hook under Lua 5.4, it ran to
+/// the end; a `while true do end` there hung the game).
+#[test]
+fn a_reaction_left_to_the_promise_tick_runs_under_a_budget() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let attacker = format!(
+        "{}{REACTION_LEFT_TO_THE_TICK}",
+        r#"
+        local shared = require('shared')
+        bait = setmetatable({}, { __index = function(t, k)
+          local n = 0
+          for i = 1, 5000000 do n = n + 1 end
+          shared.ran = n
+          return nil
+        end })
+        "#
+    );
+    spawn_script(&mut app, "scripts/attacker.lua", &attacker);
+    spawn_script(
+        &mut app,
+        "scripts/watcher.lua",
+        "local shared = require('shared') for i = 1, 6 do task.wait() end print('ran:', shared.ran)",
+    );
+    run(&mut app, 8);
+    assert_eq!(printed(&app), ["ran:\tnil"], "{}", dump(&app));
+}
+
+/// Nor can such a reaction leave the count of runs as no instance up for the next sync (the
+/// stack-edge attack inside it), whose new script then could not start its tasks.
+#[test]
+#[cfg_attr(
+    not(feature = "lua54"),
+    ignore = "elsewhere `coroutine.resume` takes none of the caller's stack: the overflow comes before the count goes up"
+)]
+fn a_count_left_up_at_the_promise_tick_does_not_keep_the_next_script_from_starting() {
+    let attacker = format!(
+        "{}\nbait = setmetatable({{}}, {{ __index = function() attack(false) return nil end }})\n{REACTION_LEFT_TO_THE_TICK}",
+        stack_edge_attack()
+    );
+    let mut app = create_app_with(budget_plugin(true));
+    spawn_script(&mut app, "scripts/attacker.lua", &attacker);
+    run(&mut app, 2); // the attacker is stopped in the second step; the tick runs the reaction
+    a_later_script_starts(&mut app);
 }

@@ -2062,8 +2062,22 @@ local function tick(gone)
     -- No settlement runs between steps: a depth left above 0 is a task's that was stopped inside
     -- one (its budget spent) and killed. Left alone, it would make every later settlement of
     -- every instance queue its reactions and never run them; what it queued runs now.
-    nest = 0
-    drain_later()
+    -- Each reaction runs under a budget of its own, as the instance the promise belongs to (a
+    -- thenable's `__index` is script code; the main thread carries no budget hook), and the
+    -- wakes run none.
+    nest = 1
+    while later_head <= later_tail do
+      local r, lp = later[later_head], later[later_head + 1]
+      later[later_head], later[later_head + 1] = nil, nil
+      later_head = later_head + 2
+      if type(r) == "table" then
+        wake(r)
+      else
+        local ok, err = guard(owner_of[lp], react, r, lp)
+        if not ok then internal_failure(lp, err) end
+      end
+    end
+    later_head, later_tail, nest = 1, 0, 0
   end
   local n = #pending
   if n == 0 then return end

@@ -59,6 +59,7 @@ local NOBODY = {}
 -- room a mass despawn would keep for good.
 local ending = {}
 local closes_due = core.closes_due -- tells Rust `ending` has work
+local known = core.known -- whether Rust still knows an instance
 -- Under LuaJIT, which cannot close a thread, an ended task's thread stays suspended for good: it
 -- is marked nobody's through its environment (which nothing runs under any more), not with an
 -- entry in `held`, which would stay until the thread is collected and whose room a mass despawn
@@ -223,7 +224,8 @@ end
 --- error) leaves it up for the rest of that resume only: the end of every resume of the step
 --- sets it to 0 (`finish_resume`; the raw loops hand a resume that ran this one to it, through
 --- `T[LOOK]`), and so do the start of every close of an ended task, a `guard` outside any task
---- and the end of the step, before Rust reads it for the sync.
+--- (each reaction the promise tick runs is one) and the end of the step, before Rust reads it for
+--- the sync.
 local function as_nobody(f, ...)
   local _, main = co_running()
   local co = (rust_thread ~= nil and main == true) and rust_thread(runner) or co_create(runner)
@@ -785,16 +787,22 @@ local function guard(owner, f, ...)
 end
 step.guard = guard
 
+--- Makes thread `co` nobody's: no instance can resume it (a promise worker's or executor's
+--- entry in `held` goes; under LuaJIT its environment marks it).
+local function bury(co)
+  if GRAVE ~= nil then
+    set_thread_env(co, GRAVE)
+    held[co] = nil
+  else
+    held[co] = NOBODY
+  end
+end
+
 --- Leaves thread `co` of instance `id` to `close_all`, as nobody's until then.
 local function end_later(co, id)
   local n = #ending
   ending[n + 1], ending[n + 2] = co, id
-  if GRAVE ~= nil then
-    set_thread_env(co, GRAVE)
-    held[co] = nil -- (a promise worker's or executor's: nobody's now)
-  else
-    held[co] = NOBODY
-  end
+  bury(co)
 end
 
 --- Forgets task `key` of instance `id` for Rust (its instance is going away) and leaves its
@@ -1229,6 +1237,12 @@ local function cancel_executor(co, id)
   if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
   if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
   forget_task(co)
+  if not known(id) then
+    -- Its instance is gone (let go frames ago, its closes over): none of its code runs again,
+    -- which would make what the instance was let go of (a worker pool, callbacks) anew.
+    bury(co)
+    return
+  end
   end_later(co, id)
   closes_due()
 end
