@@ -428,11 +428,10 @@ impl LuaRuntime {
             })?,
         )?;
         core.set("CLOSING", scheduler::CLOSING)?;
-        // `known(id)`: whether Rust still knows instance `id` (live, or forgotten while closes of
-        // its tasks may still run and name it).
+        // `live(id)`: whether instance `id` is still tracked (not let go).
         core.set(
-            "known",
-            lua.create_function(|lua, id: u64| Ok(sched(lua).name_of(InstanceId(id)).is_some()))?,
+            "live",
+            lua.create_function(|lua, id: u64| Ok(sched(lua).instance(InstanceId(id)).is_some()))?,
         )?;
 
         core.set(
@@ -637,6 +636,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
     deps.set("error_text", api.get::<Function>("error_text")?)?;
+    deps.set("as_nobody", api.get::<Function>("as_nobody")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
     deps.set("on_owner_changed", api.get::<Function>("on_owner_changed")?)?;

@@ -5,9 +5,9 @@
 //! waits for the next frame again, is the raw loop in `fastpath`); then what came out goes out:
 //! the tasks that a script of another instance ended (it despawned their entity, cancelled their
 //! promise) close, as their own instance; instances whose closes were carried past the frame that
-//! let them go are let go again once none is left; promise rejections nobody handled are reported, and the frame's errors and prints are handed to
-//! the plugin, which writes them as messages. The plugin's step system calls [`frame`] while the
-//! world is reachable from scripts.
+//! let them go are let go again once none is left; promise rejections nobody handled are
+//! reported, and the frame's errors and prints are handed to the plugin, which writes them as
+//! messages. The plugin's step system calls [`frame`] while the world is reachable from scripts.
 
 use std::time::Duration;
 

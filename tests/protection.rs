@@ -2406,12 +2406,18 @@ resolve_root(0)
 /// the end; a `while true do end` there hung the game).
 #[test]
 fn a_reaction_left_to_the_promise_tick_runs_under_a_budget() {
+    assert_the_tick_counts_under_a_budget(&REACTION_LEFT_TO_THE_TICK.replace("bait", "counter"));
+}
+
+/// Asserts that `source`, which leaves `counter` (a table whose `__index` counts to 5,000,000)
+/// for the promise tick to meet, is stopped there by the budget of 1,000,000 instructions.
+fn assert_the_tick_counts_under_a_budget(source: &str) {
     let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
     let attacker = format!(
-        "{}{REACTION_LEFT_TO_THE_TICK}",
+        "{}{source}",
         r#"
         local shared = require('shared')
-        bait = setmetatable({}, { __index = function(t, k)
+        local counter = setmetatable({}, { __index = function(t, k)
           local n = 0
           for i = 1, 5000000 do n = n + 1 end
           shared.ran = n
@@ -2445,4 +2451,135 @@ fn a_count_left_up_at_the_promise_tick_does_not_keep_the_next_script_from_starti
     spawn_script(&mut app, "scripts/attacker.lua", &attacker);
     run(&mut app, 2); // the attacker is stopped in the second step; the tick runs the reaction
     a_later_script_starts(&mut app);
+}
+
+/// A table a script wrote into a promise's queue in place of a waiter slot, left to the promise
+/// tick, runs its `__index` under a budget there too (woken as a slot outside any budget, it
+/// counted to 5,000,000 under a budget of 1,000,000 instructions).
+#[test]
+fn a_forged_slot_left_to_the_promise_tick_runs_under_a_budget() {
+    let source = REACTION_LEFT_TO_THE_TICK.replace("c8:finallyReturn(bait)", "c8._r1 = counter");
+    assert_the_tick_counts_under_a_budget(&source);
+}
+
+/// A reaction the tick runs that queues more of its kind (a thenable's `__index` that settles a
+/// deep chain ending in itself again) runs under one budget: the game goes on. (Each reaction
+/// it queued got a budget of its own, with no end: here the attacker's own cap of 100 turns was
+/// reached in the first tick.)
+#[test]
+fn reactions_the_tick_runs_cannot_queue_more_for_ever() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let attacker = format!(
+        "{}{REACTION_LEFT_TO_THE_TICK}",
+        r#"
+        local shared = require('shared')
+        shared.turns = 0
+        bait = setmetatable({}, { __index = function(t, k)
+          shared.turns = shared.turns + 1
+          local n = 0
+          for i = 1, 100000 do n = n + 1 end
+          if shared.turns >= 100 then return nil end
+          local res
+          local c = Promise.new(function(r) res = r end)
+          for i = 1, 9 do c = c:finallyReturn(i) end
+          c:finallyReturn(bait)
+          res(0)
+          return nil
+        end })
+        "#
+    );
+    spawn_script(&mut app, "scripts/attacker.lua", &attacker);
+    spawn_script(
+        &mut app,
+        "scripts/watcher.lua",
+        "local shared = require('shared') for i = 1, 4 do task.wait() print('turns:', shared.turns) end",
+    );
+    run(&mut app, 6);
+    let turns: Vec<usize> =
+        printed(&app).iter().map(|l| l.trim_start_matches("turns:\t").parse().unwrap()).collect();
+    assert_eq!(turns.len(), 4, "{}", dump(&app));
+    let first = turns.iter().copied().find(|&n| n > 0).unwrap_or(0);
+    assert!(
+        first > 0 && first <= 40,
+        "the first tick ran {first} turns of the attacker's code\n{}",
+        dump(&app)
+    );
+}
+
+/// An executor of an instance let go runs nothing when its promise is cancelled while another
+/// instance's closes are carried (Rust kept the names of instances let go then, and the
+/// executor was closed as the long-gone instance).
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn an_executor_of_an_instance_let_go_runs_nothing_while_others_closes_are_carried() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let victim = spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local shared = require('shared')
+         shared.p = Promise.new(function()
+           local g <close> = setmetatable({}, { __close = function() print('executor closed') end })
+           coroutine.yield()
+         end)
+         task.wait(1000)",
+    );
+    let heavy = spawn_script(
+        &mut app,
+        "scripts/heavy.lua",
+        "for i = 1, 8 do task.spawn(function()
+           local g <close> = setmetatable({}, { __close = function() while true do end end })
+           task.wait(1000)
+         end) end",
+    );
+    spawn_script(
+        &mut app,
+        "scripts/canceller.lua",
+        "local shared = require('shared')
+         while not shared.go do task.wait() end
+         shared.p:cancel()
+         print('cancelled')",
+    );
+    run(&mut app, 2);
+    app.world_mut().despawn(victim);
+    app.world_mut().despawn(heavy);
+    run(&mut app, 3);
+    spawn_script(&mut app, "scripts/go.lua", "require('shared').go = true");
+    run(&mut app, 20);
+    assert_printed(&app, &["cancelled"], &["executor closed"]);
+}
+
+/// A cancellation hook added by code running as no instance (an error value's `__tostring`)
+/// runs as no instance when an instance cancels the promise, not as that instance (it could
+/// list and cancel the canceller's tasks).
+#[test]
+fn a_cancel_hook_made_as_no_instance_does_not_run_as_the_canceller() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}{}",
+                r#"
+        local shared = require('shared')
+        Promise.reject(setmetatable({}, { __tostring = function()
+          shared.p = Promise.new(function(_, _, onCancel)
+            onCancel(function() take_over('hook runs as') end)
+          end)
+          return 'bait'
+        end }))
+        "#
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+        local shared = require('shared')
+        task.spawn(function() for i = 1, 10 do task.wait() end print('victim task done') end)
+        while not shared.p do task.wait() end
+        shared.p:cancel()
+        task.wait(1)
+        "#,
+        ),
+        14,
+    );
+    assert_printed(&app, &["victim task done"], &["hook runs as\tscripts/victim.lua"]);
 }

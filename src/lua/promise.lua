@@ -25,6 +25,7 @@ local cancel_executor, hold = deps.cancel_executor, deps.hold
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
+local as_nobody = deps.as_nobody
 -- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
 local step_slots = deps.slots
 local guard = deps.guard
@@ -608,11 +609,16 @@ local function elsewhere(id)
 end
 
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
---- the instance the promise was made for.
+--- the instance the promise was made for; as no instance when no instance made it (code running
+--- as none, such as an error value's `__tostring`, added it) and an instance cancels it.
 local function run_hook(p, hook)
   local id, ok, err = owner_of[p], nil, nil
   if elsewhere(id) then
     ok, err = pcall(spawn_as, id, hook)
+  elseif id == nil and owner() ~= nil then
+    local ran, failure = as_nobody(hook)
+    if not ran then rust_report(safe_tostring(failure), "", nil) end
+    return
   else
     ok, err = pcall(task_spawn, hook)
   end
@@ -2049,6 +2055,58 @@ local function report_unhandled(p)
   end
 end
 
+-- Reactions a task stopped inside nested settlements left over (see `take_later`), for the tick:
+-- `left[left_head..left_tail]`, reaction and promise in turn.
+local left, left_head, left_tail = {}, 1, 0
+-- The most of them one tick runs under a budget each; the rest wait for the next tick.
+local TICK_REACTIONS = 64
+
+--- No settlement runs between steps: a depth left above 0, or reactions left in `later`, are a
+--- task's that was stopped inside one (its budget spent) and killed. Left alone, they would make
+--- every later settlement of every instance queue its reactions and never run them, so they move
+--- to `left`, after what is there, for the tick to run.
+local function take_later()
+  nest = 0
+  for i = later_head, later_tail do
+    left_tail = left_tail + 1
+    left[left_tail], later[i] = later[i], nil
+  end
+  later_head, later_tail = 1, 0
+end
+
+--- Runs the reactions in `left`, in order: a waiter slot the library made (no metatable) is
+--- woken, which runs no script code; anything else (a reaction function, a table a script
+--- wrote into a promise's queue) runs through `guard`, under a budget of its own. The tick stops
+--- once one of them spent its budget, or after `TICK_REACTIONS` of them: what a reaction leaves
+--- (a thenable's `__index` that settles a deep chain again, stopped by its budget) waits for the
+--- next tick rather than run on for ever.
+local function run_left()
+  local guarded, finished = 0, false
+  local function react_fully(r, lp)
+    react(r, lp)
+    finished = true
+  end
+  while left_head <= left_tail do
+    local r, lp = left[left_head], left[left_head + 1]
+    if type(r) == "table" and debug_getmetatable ~= nil and debug_getmetatable(r) == nil then
+      left[left_head], left[left_head + 1] = nil, nil
+      left_head = left_head + 2
+      wake(r)
+    else
+      if guarded == TICK_REACTIONS then return end
+      guarded = guarded + 1
+      left[left_head], left[left_head + 1] = nil, nil
+      left_head = left_head + 2
+      finished = false
+      local ok, err = guard(owner_of[lp], react_fully, r, lp)
+      if not ok then internal_failure(lp, err) end
+      take_later() -- what it left (its budget spent) goes after the rest
+      if not finished then return end
+    end
+  end
+  left, left_head, left_tail = {}, 1, 0
+end
+
 --- Called by Rust after every step with the ids of instances that went away since (or nil).
 --- Reports each rejection no handler observed by the end of the frame after it happened.
 local function tick(gone)
@@ -2058,27 +2116,8 @@ local function tick(gone)
       callbacks[id], pools[id], spare_slots[id] = nil, nil, nil
     end
   end
-  if nest ~= 0 or later_head <= later_tail then
-    -- No settlement runs between steps: a depth left above 0 is a task's that was stopped inside
-    -- one (its budget spent) and killed. Left alone, it would make every later settlement of
-    -- every instance queue its reactions and never run them; what it queued runs now.
-    -- Each reaction runs under a budget of its own, as the instance the promise belongs to (a
-    -- thenable's `__index` is script code; the main thread carries no budget hook), and the
-    -- wakes run none.
-    nest = 1
-    while later_head <= later_tail do
-      local r, lp = later[later_head], later[later_head + 1]
-      later[later_head], later[later_head + 1] = nil, nil
-      later_head = later_head + 2
-      if type(r) == "table" then
-        wake(r)
-      else
-        local ok, err = guard(owner_of[lp], react, r, lp)
-        if not ok then internal_failure(lp, err) end
-      end
-    end
-    later_head, later_tail, nest = 1, 0, 0
-  end
+  take_later()
+  if left_head <= left_tail then run_left() end
   local n = #pending
   if n == 0 then return end
   local now = frame()

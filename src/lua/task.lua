@@ -59,7 +59,7 @@ local NOBODY = {}
 -- room a mass despawn would keep for good.
 local ending = {}
 local closes_due = core.closes_due -- tells Rust `ending` has work
-local known = core.known -- whether Rust still knows an instance
+local live = core.live -- whether Rust still tracks an instance
 -- Under LuaJIT, which cannot close a thread, an ended task's thread stays suspended for good: it
 -- is marked nobody's through its environment (which nothing runs under any more), not with an
 -- entry in `held`, which would stay until the thread is collected and whose room a mass despawn
@@ -1232,14 +1232,15 @@ end
 --- wrote into the promise's plain field is left alone). Whoever runs the cancellation (a timer,
 --- another instance that holds the promise), the thread goes: closed now when `id` runs now;
 --- otherwise forgotten now, so nothing resumes it, and closed as `id` once the step's resumes
---- are over (its `__close` handlers never run as the instance that cancelled).
+--- are over (its `__close` handlers never run as the instance that cancelled). The thread of an
+--- instance already let go runs nothing: it is only made nobody's.
 local function cancel_executor(co, id)
   if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
   if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
   forget_task(co)
-  if not known(id) then
-    -- Its instance is gone (let go frames ago, its closes over): none of its code runs again,
-    -- which would make what the instance was let go of (a worker pool, callbacks) anew.
+  if not live(id) then
+    -- Its instance was let go: none of its code runs again, which would make what the instance
+    -- was let go of (a worker pool, callbacks) anew.
     bury(co)
     return
   end
@@ -1333,4 +1334,5 @@ return {
   hold = hold,
   bad = bad,
   error_text = error_text,
+  as_nobody = as_nobody,
 }
