@@ -636,7 +636,6 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
     deps.set("error_text", api.get::<Function>("error_text")?)?;
-    deps.set("as_nobody", api.get::<Function>("as_nobody")?)?;
     // `owner() -> id | nil`: the instance the running code belongs to (promises remember it).
     deps.set("owner", api.get::<Function>("running_instance")?)?;
     deps.set("on_owner_changed", api.get::<Function>("on_owner_changed")?)?;

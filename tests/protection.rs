@@ -2553,22 +2553,26 @@ fn an_executor_of_an_instance_let_go_runs_nothing_while_others_closes_are_carrie
 /// list and cancel the canceller's tasks).
 #[test]
 fn a_cancel_hook_made_as_no_instance_does_not_run_as_the_canceller() {
-    let (app, _dir) = one_then_another(
-        (
-            "scripts/attacker.lua",
-            &format!(
-                "{TAKE_OVER}{}",
-                r#"
+    let app = made_as_no_instance_and_cancelled(
+        "Promise.new(function(_, _, onCancel) onCancel(function() take_over('hook runs as') end) end)",
+    );
+    assert_printed(&app, &["victim task done"], &["hook runs as\tscripts/victim.lua"]);
+}
+
+/// An app where the attacker makes the promise `maker` (with `take_over` in scope) in an error
+/// value's `__tostring`, which runs as no instance, and the victim cancels it once it sees it,
+/// while a task of its own runs on.
+fn made_as_no_instance_and_cancelled(maker: &str) -> App {
+    let attacker = format!(
+        "{TAKE_OVER}
         local shared = require('shared')
-        Promise.reject(setmetatable({}, { __tostring = function()
-          shared.p = Promise.new(function(_, _, onCancel)
-            onCancel(function() take_over('hook runs as') end)
-          end)
+        Promise.reject(setmetatable({{}}, {{ __tostring = function()
+          shared.p = {maker}
           return 'bait'
-        end }))
-        "#
-            ),
-        ),
+        end }}))"
+    );
+    let (app, _dir) = one_then_another(
+        ("scripts/attacker.lua", &attacker),
         (
             "scripts/victim.lua",
             r#"
@@ -2581,5 +2585,86 @@ fn a_cancel_hook_made_as_no_instance_does_not_run_as_the_canceller() {
         ),
         14,
     );
-    assert_printed(&app, &["victim task done"], &["hook runs as\tscripts/victim.lua"]);
+    app
+}
+
+/// A promise executor made by code running as no instance does not close as the instance that
+/// cancels its promise (its `__close` ran as the canceller, which it could list and cancel the
+/// tasks of); it is made nobody's instead.
+#[test]
+#[cfg_attr(not(feature = "lua54"), ignore = "to-be-closed variables are Lua 5.4 syntax")]
+fn a_no_owner_executor_s_close_does_not_run_as_the_canceller() {
+    let app = made_as_no_instance_and_cancelled(
+        "Promise.new(function()
+            local g <close> = setmetatable({}, { __close = function() take_over('executor closes as') end })
+            coroutine.yield()
+          end)",
+    );
+    assert_printed(&app, &["victim task done"], &["executor closes as\tscripts/victim.lua"]);
+}
+
+/// Such a promise's cancellation hook that loops is stopped by a budget of its own, at the end
+/// of the frame: the task that cancelled goes on (the hook spent that task's budget, which
+/// stopped it).
+#[test]
+fn a_looping_no_owner_hook_does_not_stop_the_canceller() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local shared = require('shared')
+        Promise.reject(setmetatable({}, { __tostring = function()
+          shared.p = Promise.new(function(_, _, onCancel)
+            onCancel(function() while true do end end)
+          end)
+          return 'bait'
+        end }))
+        "#,
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        local shared = require('shared')
+        while not shared.p do task.wait() end
+        shared.p:cancel()
+        print('victim went on')
+        "#,
+    );
+    run(&mut app, 6);
+    let victim_errors: Vec<_> =
+        errors(&app).into_iter().filter(|e| e.script == "scripts/victim.lua").collect();
+    assert!(victim_errors.is_empty(), "{victim_errors:#?}\n{}", dump(&app));
+    assert_printed(&app, &["victim went on"], &[]);
+}
+
+/// Reactions left to the promise tick that stop it (here a thousand tables written into a
+/// promise's queue, whose `__index` raises) hold back no other instance's waits: the tick wakes
+/// every waiter it holds, and an error does not stop it.
+#[test]
+fn cheap_stoppers_in_the_tick_do_not_hold_other_instances_awaits_back() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let source = REACTION_LEFT_TO_THE_TICK.replace(
+        "c8:finallyReturn(bait)",
+        "local stoppers = {}
+         for i = 1, 1000 do stoppers[i] = setmetatable({}, { __index = function() error('stop') end }) end
+         c8._r1, c8._queue = stoppers[1], stoppers",
+    );
+    spawn_script(&mut app, "scripts/attacker.lua", &source);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local res
+         local p = Promise.new(function(r) res = r end)
+         task.spawn(function() p:await() print('victim woke') end)
+         task.wait()
+         res(1)",
+    );
+    run(&mut app, 12);
+    let victim_errors: Vec<_> =
+        errors(&app).into_iter().filter(|e| e.script == "scripts/victim.lua").collect();
+    assert!(victim_errors.is_empty(), "{victim_errors:#?}");
+    assert_printed(&app, &["victim woke"], &[]);
 }

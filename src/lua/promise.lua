@@ -25,7 +25,6 @@ local cancel_executor, hold = deps.cancel_executor, deps.hold
 local park, wake, waiting, spawn_job = deps.park, deps.wake, deps.waiting, deps.spawn_job
 local traceback, bad, frame = deps.traceback, deps.bad, deps.frame
 local rust_report, rust_owner, spawn_as = deps.report, deps.owner, deps.spawn_as
-local as_nobody = deps.as_nobody
 -- The step's slots (task.lua's `T`): [1] the task being resumed (0: none), [3] resumes so far.
 local step_slots = deps.slots
 local guard = deps.guard
@@ -609,15 +608,17 @@ local function elsewhere(id)
 end
 
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
---- the instance the promise was made for; as no instance when no instance made it (code running
---- as none, such as an error value's `__tostring`, added it) and an instance cancels it.
+--- the instance the promise was made for. When no instance made it (code running as none, such
+--- as an error value's `__tostring`, added it) and an instance cancels it, it runs at the end of
+--- the frame, as no instance, under a budget of its own (see `run_left`).
+local queue_nobody_hook
 local function run_hook(p, hook)
   local id, ok, err = owner_of[p], nil, nil
   if elsewhere(id) then
     ok, err = pcall(spawn_as, id, hook)
   elseif id == nil and owner() ~= nil then
-    local ran, failure = as_nobody(hook)
-    if not ran then rust_report(safe_tostring(failure), "", nil) end
+    -- (Not here, under the budget of the task cancelling, which a looping hook would stop.)
+    queue_nobody_hook(p, hook)
     return
   else
     ok, err = pcall(task_spawn, hook)
@@ -2058,13 +2059,12 @@ end
 -- Reactions a task stopped inside nested settlements left over (see `take_later`), for the tick:
 -- `left[left_head..left_tail]`, reaction and promise in turn.
 local left, left_head, left_tail = {}, 1, 0
--- The most of them one tick runs under a budget each; the rest wait for the next tick.
-local TICK_REACTIONS = 64
 
---- No settlement runs between steps: a depth left above 0, or reactions left in `later`, are a
---- task's that was stopped inside one (its budget spent) and killed. Left alone, they would make
---- every later settlement of every instance queue its reactions and never run them, so they move
---- to `left`, after what is there, for the tick to run.
+--- No settlement runs between steps (unless one yielded inside a thenable's `__index`: see the
+--- README's "What the sandbox does not promise"): a depth left above 0, or reactions left in
+--- `later`, are a task's that was stopped inside one (its budget spent) and killed. Left alone,
+--- they would make every later settlement of every instance queue its reactions and never run
+--- them, so they move to `left`, after what is there, for the tick to run.
 local function take_later()
   nest = 0
   for i = later_head, later_tail do
@@ -2074,37 +2074,60 @@ local function take_later()
   later_head, later_tail = 1, 0
 end
 
---- Runs the reactions in `left`, in order: a waiter slot the library made (no metatable) is
---- woken, which runs no script code; anything else (a reaction function, a table a script
---- wrote into a promise's queue) runs through `guard`, under a budget of its own. The tick stops
---- once one of them spent its budget, or after `TICK_REACTIONS` of them: what a reaction leaves
---- (a thenable's `__index` that settles a deep chain again, stopped by its budget) waits for the
---- next tick rather than run on for ever.
+--- Runs the reactions in `left` that were there when the tick began, in order: a waiter slot
+--- the library made (no metatable) is woken, which runs no script code, always; anything else (a
+--- reaction function, a table a script wrote into a promise's queue, a cancellation hook made as
+--- no instance) runs through `guard`, under a budget of its own, until one of them does not
+--- finish (its budget ran out, or it yielded): the rest of those wait for the next tick, as does
+--- what this tick's reactions leave (a thenable's `__index` that settles a deep chain again),
+--- so a tick does not run on for ever, and no waiter waits behind them.
 local function run_left()
-  local guarded, finished = 0, false
+  local last, stopped, finished = left_tail, false, false
   local function react_fully(r, lp)
     react(r, lp)
     finished = true
   end
-  while left_head <= left_tail do
-    local r, lp = left[left_head], left[left_head + 1]
+  local kept, k = {}, 0
+  for i = left_head, last, 2 do
+    local r, lp = left[i], left[i + 1]
+    left[i], left[i + 1] = nil, nil
     if type(r) == "table" and debug_getmetatable ~= nil and debug_getmetatable(r) == nil then
-      left[left_head], left[left_head + 1] = nil, nil
-      left_head = left_head + 2
       wake(r)
+    elseif stopped then
+      kept[k + 1], kept[k + 2], k = r, lp, k + 2
     else
-      if guarded == TICK_REACTIONS then return end
-      guarded = guarded + 1
-      left[left_head], left[left_head + 1] = nil, nil
-      left_head = left_head + 2
       finished = false
       local ok, err = guard(owner_of[lp], react_fully, r, lp)
-      if not ok then internal_failure(lp, err) end
-      take_later() -- what it left (its budget spent) goes after the rest
-      if not finished then return end
+      if not ok then
+        internal_failure(lp, err)
+      elseif not finished then
+        stopped = true
+      end
+      take_later() -- after `last`: for the next tick
     end
   end
-  left, left_head, left_tail = {}, 1, 0
+  for j = last + 1, left_tail do
+    k = k + 1
+    kept[k], left[j] = left[j], nil
+  end
+  left, left_head, left_tail = kept, 1, k
+end
+
+do
+  -- Cancellation hooks made as no instance that an instance cancelled (see `run_hook`), by
+  -- promise, run from `left` by a reaction function of the library's own.
+  local hook_of = setmetatable({}, { __mode = "k" })
+  local function run_nobody_hook(p)
+    local hook = hook_of[p]
+    hook_of[p] = nil
+    if hook ~= nil then hook() end
+  end
+  reactions[run_nobody_hook] = true
+  function queue_nobody_hook(p, hook)
+    hook_of[p] = hook
+    left[left_tail + 1], left[left_tail + 2] = run_nobody_hook, p
+    left_tail = left_tail + 2
+  end
 end
 
 --- Called by Rust after every step with the ids of instances that went away since (or nil).

@@ -1233,9 +1233,15 @@ end
 --- another instance that holds the promise), the thread goes: closed now when `id` runs now;
 --- otherwise forgotten now, so nothing resumes it, and closed as `id` once the step's resumes
 --- are over (its `__close` handlers never run as the instance that cancelled). The thread of an
---- instance already let go runs nothing: it is only made nobody's.
+--- instance already let go, or of none (made by code running as no instance) when an instance
+--- cancels, runs nothing: it is only made nobody's.
 local function cancel_executor(co, id)
   if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
+  if id == nil and running_instance() ~= nil then
+    -- Made by code running as no instance: it does not run as the instance cancelling it.
+    bury(co)
+    return
+  end
   if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
   forget_task(co)
   if not live(id) then
@@ -1334,5 +1340,4 @@ return {
   hold = hold,
   bad = bad,
   error_text = error_text,
-  as_nobody = as_nobody,
 }
