@@ -558,9 +558,9 @@ pub(crate) struct RelaxedLimit(pub usize);
 /// the step, once per step. For a task that failed for want of memory where the VM can neither
 /// close the task's thread nor collect before an allocation fails (LuaJIT): what the thread holds
 /// stays reachable until the step lets go of it, and the step needs memory to report the failure
-/// and run the other tasks. (Under Luau the raw loops do the same, through [`relax`], for a
-/// resume that failed near the limit.) The step collects garbage and restores the limit when it
-/// ends ([`restore_memory_limit`]). Allocates nothing itself.
+/// and run the other tasks. (Under LuaJIT and Luau the raw loops do the same, through
+/// [`relax`], for a resume that failed near the limit.) The step collects garbage and restores
+/// the limit when it ends ([`restore_memory_limit`]). Allocates nothing itself.
 unsafe extern "C-unwind" fn relax_memory(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua on the VM's thread, which holds the VM.
     relax(unsafe { Lua::get_or_init_from_ptr(l) }, false);
@@ -1212,10 +1212,11 @@ unsafe fn hand_back(
         }
         ffi::lua_pushboolean(l, 0);
         ffi::lua_xmove(co, l, 1); // the error value
-        // Luau collects nothing before it fails an allocation: a task that failed near the
-        // limit leaves the step no memory to grow its stack by, to report it and go on, until
-        // the step ends (Lua 5.4 collects first; LuaJIT's step relaxes the limit in `fail`).
-        #[cfg(feature = "luau")]
+        // LuaJIT and Luau collect nothing before they fail an allocation: a task that failed
+        // near the limit leaves the step no memory to grow its stack by, to report it and go
+        // on, until the step ends (Lua 5.4 collects first). LuaJIT's `fail` relaxes the limit
+        // too, but the step's own calls on the way there can fail first, which lost the task.
+        #[cfg(any(feature = "luau", feature = "luajit"))]
         relax(Lua::get_or_init_from_ptr(l), true);
         5
     }

@@ -2499,11 +2499,9 @@ fn reactions_the_tick_runs_cannot_queue_more_for_ever() {
         printed(&app).iter().map(|l| l.trim_start_matches("turns:\t").parse().unwrap()).collect();
     assert_eq!(turns.len(), 4, "{}", dump(&app));
     let first = turns.iter().copied().find(|&n| n > 0).unwrap_or(0);
-    assert!(
-        first > 0 && first <= 40,
-        "the first tick ran {first} turns of the attacker's code\n{}",
-        dump(&app)
-    );
+    assert!(first <= 40, "the first tick ran {first} turns of the attacker's code\n{}", dump(&app));
+    // (Under LuaJIT the attack does not reach the tick: no turn runs there.)
+    assert!(first > 0 || LUAJIT, "the attack did not reach the tick\n{}", dump(&app));
 }
 
 /// An executor of an instance let go runs nothing when its promise is cancelled while another
