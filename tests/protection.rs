@@ -1258,6 +1258,22 @@ fn a_thread_written_into_a_promise_is_not_cancelled_with_it() {
 /// inside the task of whichever instance settled the promise, as that instance.
 #[test]
 fn a_handler_cannot_be_added_from_a_rejection_report() {
+    let app = a_victim_settles_a_shared_promise(
+        r#"
+        local shared = require('shared')
+        local function evil() take_over('handler runs as') end
+        Promise.reject(setmetatable({}, { __tostring = function()
+          shared.p:andThen(evil)
+          return 'bait'
+        end }))
+        "#,
+    );
+    assert_printed(&app, &["victim task done"], &["handler runs as\tscripts/victim.lua"]);
+}
+
+/// An app where the victim makes `shared.p`, resolves it six frames later while a task of its
+/// own runs on, and the attacker runs `attacker` (with `take_over` in scope).
+fn a_victim_settles_a_shared_promise(attacker: &str) -> App {
     let (app, _dir) = one_then_another(
         (
             "scripts/victim.lua",
@@ -1271,23 +1287,10 @@ fn a_handler_cannot_be_added_from_a_rejection_report() {
         task.wait(1)
         "#,
         ),
-        (
-            "scripts/attacker.lua",
-            &format!(
-                "{TAKE_OVER}{}",
-                r#"
-        local shared = require('shared')
-        local function evil() take_over('handler runs as') end
-        Promise.reject(setmetatable({}, { __tostring = function()
-          shared.p:andThen(evil)
-          return 'bait'
-        end }))
-        "#
-            ),
-        ),
+        ("scripts/attacker.lua", &format!("{TAKE_OVER}{attacker}")),
         14,
     );
-    assert_printed(&app, &["victim task done"], &["handler runs as\tscripts/victim.lua"]);
+    app
 }
 
 /// A `__close` handler that despawns another entity, run as its own instance after the step's
@@ -2454,8 +2457,9 @@ fn a_count_left_up_at_the_promise_tick_does_not_keep_the_next_script_from_starti
 }
 
 /// A table a script wrote into a promise's queue in place of a waiter slot, left to the promise
-/// tick, runs its `__index` under a budget there too (woken as a slot outside any budget, it
-/// counted to 5,000,000 under a budget of 1,000,000 instructions).
+/// tick, runs nothing there (woken as a slot outside any budget, its `__index` counted to
+/// 5,000,000 under a budget of 1,000,000 instructions; now no table the library did not make is
+/// woken).
 #[test]
 fn a_forged_slot_left_to_the_promise_tick_runs_under_a_budget() {
     let source = REACTION_LEFT_TO_THE_TICK.replace("c8:finallyReturn(bait)", "c8._r1 = counter");
@@ -2665,4 +2669,20 @@ fn cheap_stoppers_in_the_tick_do_not_hold_other_instances_awaits_back() {
         errors(&app).into_iter().filter(|e| e.script == "scripts/victim.lua").collect();
     assert!(victim_errors.is_empty(), "{victim_errors:#?}");
     assert_printed(&app, &["victim woke"], &[]);
+}
+
+/// A table with a metatable that a script writes into another instance's promise in place of a
+/// waiter is passed over when that instance settles the promise: woken as a slot, its
+/// `__index` ran as the settling instance (twice: for `key` and `reg`).
+#[test]
+fn a_forged_slot_with_a_metatable_does_not_run_as_the_settler() {
+    let app = a_victim_settles_a_shared_promise(
+        r#"
+        local shared = require('shared')
+        shared.p._r1 = setmetatable({}, { __index = function(t, k)
+          take_over('slot runs as')
+        end })
+        "#,
+    );
+    assert_printed(&app, &["victim task done", "resolved"], &["slot runs as\tscripts/victim.lua"]);
 }

@@ -429,10 +429,12 @@ local function internal_failure(p, err)
   rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", owner_of[p])
 end
 
---- The function reactions the library queued, where scripts cannot write: a settlement runs a
---- function it finds in a promise's `_r1` or `_queue` only if it is one of these. A function a
---- script wrote there ran where the promise settled, as the instance that settled it: the
---- instance a promise reached through another's `_consumers` was made for, say.
+--- The reactions the library queued (functions, and the waiter slots of awaits), where scripts
+--- cannot write: a settlement runs a function, or wakes a slot, it finds in a promise's `_r1` or
+--- `_queue` only if it is one of these. A function a script wrote there ran where the promise
+--- settled, as the instance that settled it: the instance a promise reached through another's
+--- `_consumers` was made for, say; so did the `__index` of a table with a metatable written
+--- there in place of a slot (waking a slot reads its fields).
 local reactions = setmetatable({}, { __mode = "k" })
 
 --- Adds a reaction to `p`'s queue: a function called with `p`, or a park slot to wake. The first
@@ -456,12 +458,14 @@ end
 local nest = 0
 local later, later_head, later_tail = {}, 1, 0
 
---- Runs one reaction: a park slot is woken (that cannot fail), a function the library queued
---- is called protected (anything else a script wrote into the queue is passed over).
+--- Runs one reaction the library queued: a park slot is woken (that cannot fail, and runs no
+--- script code), a function is called protected (anything a script wrote into the queue is
+--- passed over).
 local function react(reaction, p)
+  if not reactions[reaction] then return end
   if type(reaction) == "table" then
     wake(reaction)
-  elseif reactions[reaction] then
+  else
     local ok, err = pcall(reaction, p)
     if not ok then internal_failure(p, err) end
   end
@@ -495,7 +499,7 @@ local function run_queue(p, r1, q)
     return
   end
   nest = nest + 1
-  if type(r1) == "table" then wake(r1) else react(r1, p) end
+  react(r1, p)
   if q then
     for i = 1, #q do react(q[i], p) end
   end
@@ -576,7 +580,7 @@ function settled(p, status)
       -- One task awaits it, the common case: waking it runs nothing now, so this is `run_queue`
       -- without its bookkeeping (nothing is queued for later while nothing nests).
       p._r1 = nil
-      wake(r1)
+      if reactions[r1] then wake(r1) end
       return
     end
     p._r1 = nil
@@ -966,6 +970,7 @@ local function wait_settled(p)
     slot.promise = p
   else
     slot = { key = nil, reg = nil, promise = p } -- sized for what `park` stores in it
+    reactions[slot] = true
   end
   if not p._r1 then p._r1 = slot else enqueue(p, slot) end
   p._nconsumers = (p._nconsumers or 0) + 1
@@ -2074,10 +2079,10 @@ local function take_later()
   later_head, later_tail = 1, 0
 end
 
---- Runs the reactions in `left` that were there when the tick began, in order: a waiter slot
---- the library made (no metatable) is woken, which runs no script code, always; anything else (a
---- reaction function, a table a script wrote into a promise's queue, a cancellation hook made as
---- no instance) runs through `guard`, under a budget of its own, until one of them does not
+--- Runs the reactions in `left` that were there when the tick began, in order: a table (a
+--- waiter slot, woken if the library made it) runs no script code and is always taken; a
+--- reaction function (or a cancellation hook made as no instance) runs through `guard`, under
+--- a budget of its own, until one of them does not
 --- finish (its budget ran out, or it yielded): the rest of those wait for the next tick, as does
 --- what this tick's reactions leave (a thenable's `__index` that settles a deep chain again),
 --- so a tick does not run on for ever, and no waiter waits behind them.
@@ -2091,8 +2096,8 @@ local function run_left()
   for i = left_head, last, 2 do
     local r, lp = left[i], left[i + 1]
     left[i], left[i + 1] = nil, nil
-    if type(r) == "table" and debug_getmetatable ~= nil and debug_getmetatable(r) == nil then
-      wake(r)
+    if type(r) == "table" then
+      react(r, lp)
     elseif stopped then
       kept[k + 1], kept[k + 2], k = r, lp, k + 2
     else
