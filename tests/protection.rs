@@ -2461,7 +2461,7 @@ fn a_count_left_up_at_the_promise_tick_does_not_keep_the_next_script_from_starti
 /// 5,000,000 under a budget of 1,000,000 instructions; now no table the library did not make is
 /// woken).
 #[test]
-fn a_forged_slot_left_to_the_promise_tick_runs_under_a_budget() {
+fn a_forged_slot_left_to_the_promise_tick_runs_nothing() {
     let source = REACTION_LEFT_TO_THE_TICK.replace("c8:finallyReturn(bait)", "c8._r1 = counter");
     assert_the_tick_counts_under_a_budget(&source);
 }
@@ -2685,4 +2685,86 @@ fn a_forged_slot_with_a_metatable_does_not_run_as_the_settler() {
         "#,
     );
     assert_printed(&app, &["victim task done", "resolved"], &["slot runs as\tscripts/victim.lua"]);
+}
+
+/// Cancellation hooks made as no instance share one budget a tick, however many a script
+/// cancels: two hundred hooks of about 600,000 instructions each all ran in one tick, each
+/// under a budget of its own (120 million instructions in one frame).
+#[test]
+fn no_owner_hooks_do_not_each_get_a_budget_in_one_tick() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local shared = require('shared')
+        shared.ran, shared.made = 0, {}
+        Promise.reject(setmetatable({}, { __tostring = function()
+          for i = 1, 200 do
+            shared.made[i] = Promise.new(function(_, _, onCancel)
+              onCancel(function()
+                local n = 0
+                for j = 1, 300000 do n = n + 1 end
+                shared.ran = shared.ran + 1
+              end)
+            end)
+          end
+          return 'bait'
+        end }))
+        while #shared.made < 200 do task.wait() end
+        for i = 1, 200 do shared.made[i]:cancel() end
+        print('cancelled')
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/watcher.lua",
+        "local shared = require('shared') for i = 1, 6 do task.wait() print('ran:', shared.ran) end",
+    );
+    run(&mut app, 8);
+    let runs: Vec<usize> =
+        printed(&app).iter().filter_map(|l| l.strip_prefix("ran:\t").map(|n| n.parse().unwrap())).collect();
+    let most = runs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    assert!(runs.last() > Some(&0), "the hooks ran: {runs:?}\n{}", dump(&app));
+    assert!(most <= 2, "one tick ran {most} hooks of ~600,000 instructions each: {runs:?}");
+}
+
+/// A hook made as no instance that yields does not hold back the reactions behind it in the
+/// tick: a thousand of them ahead of another instance's handler delayed it a thousand frames.
+#[test]
+fn yielding_no_owner_hooks_do_not_hold_other_instances_reactions_back() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let source = REACTION_LEFT_TO_THE_TICK.replace("c8:finallyReturn(bait)", "shared.c8 = c8").replace(
+        "resolve_root(0)",
+        "while not shared.attached or #shared.made < 1000 do task.wait() end
+         for i = 1, 1000 do shared.made[i]:cancel() end
+         resolve_root(0)",
+    );
+    let attacker = format!(
+        "{}{source}",
+        r#"
+        local shared = require('shared')
+        shared.made = {}
+        Promise.reject(setmetatable({}, { __tostring = function()
+          for i = 1, 1000 do
+            shared.made[i] = Promise.new(function(_, _, onCancel)
+              onCancel(function() coroutine.yield() end)
+            end)
+          end
+          return 'bait'
+        end }))
+        "#
+    );
+    spawn_script(&mut app, "scripts/attacker.lua", &attacker);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local shared = require('shared')
+         while not shared.c8 do task.wait() end
+         shared.c8:andThen(function() print('victim handler ran') end)
+         shared.attached = true
+         task.wait(1000)",
+    );
+    run(&mut app, 30);
+    assert_printed(&app, &["victim handler ran"], &[]);
 }

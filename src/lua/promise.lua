@@ -2079,36 +2079,48 @@ local function take_later()
   later_head, later_tail = 1, 0
 end
 
---- Runs the reactions in `left` that were there when the tick began, in order: a table (a
---- waiter slot, woken if the library made it) runs no script code and is always taken; a
---- reaction function (or a cancellation hook made as no instance) runs through `guard`, under
---- a budget of its own, until one of them does not
---- finish (its budget ran out, or it yielded): the rest of those wait for the next tick, as does
---- what this tick's reactions leave (a thenable's `__index` that settles a deep chain again),
---- so a tick does not run on for ever, and no waiter waits behind them.
-local function run_left()
-  local last, stopped, finished = left_tail, false, false
-  local function react_fully(r, lp)
-    react(r, lp)
-    finished = true
+--- Runs `list[1..n]` (reaction and promise in turn), each in a coroutine of its own, so that one
+--- that yields is left there and the next runs; taking each out of `list` before it runs. Inside
+--- one `guard`: they share its budget, and once it is spent the rest stay in `list`.
+local run_each
+do
+  local co_resume = coroutine.resume
+  function run_each(list, n)
+    for i = 1, n, 2 do
+      local r, lp = list[i], list[i + 1]
+      list[i], list[i + 1] = nil, nil
+      co_resume(co_create(react), r, lp)
+      take_later() -- what it left (it yielded inside a settlement, say): for the next tick
+    end
   end
-  local kept, k = {}, 0
+end
+
+--- Runs the reactions in `left` that were there when the tick began: the tables (waiter slots,
+--- woken if the library made them) run no script code and are all taken; the functions (and
+--- cancellation hooks made as no instance), in order, share one budget (`run_each`), so a tick
+--- costs at most one budget however many there are, and what the budget leaves, with what they
+--- queue, waits for the next tick. One that yields does not hold the others back.
+local function run_left()
+  local last = left_tail
+  local funcs, n = {}, 0
   for i = left_head, last, 2 do
     local r, lp = left[i], left[i + 1]
     left[i], left[i + 1] = nil, nil
     if type(r) == "table" then
       react(r, lp)
-    elseif stopped then
-      kept[k + 1], kept[k + 2], k = r, lp, k + 2
     else
-      finished = false
-      local ok, err = guard(owner_of[lp], react_fully, r, lp)
-      if not ok then
-        internal_failure(lp, err)
-      elseif not finished then
-        stopped = true
-      end
-      take_later() -- after `last`: for the next tick
+      funcs[n + 1], funcs[n + 2], n = r, lp, n + 2
+    end
+  end
+  if n > 0 then
+    local ok, err = guard(nil, run_each, funcs, n)
+    if not ok then rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", nil) end
+  end
+  local kept, k = {}, 0
+  for i = 1, n do
+    if funcs[i] ~= nil then
+      k = k + 1
+      kept[k] = funcs[i]
     end
   end
   for j = last + 1, left_tail do
@@ -2196,7 +2208,9 @@ end
 --- `ids` first; gone, the entry is only cleared). The common entry (resolved with a value that
 --- is not a table; nobody, or one task, awaiting) goes through the C loop `settle_resolved`
 --- (src/fastpath.rs), which does what the Lua does without running any: it stops at the first
---- entry of another kind, settled here, and the loop goes on after it.
+--- entry of another kind, settled here, and the loop goes on after it. (It reads `_r1` raw and
+--- wakes a table there only if a task parked on it, which only the library's slots are, so it
+--- needs no look at `reactions`.)
 local function settle_batch(q, n, promises, ids)
   local i = 1
   while i <= n do
