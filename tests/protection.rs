@@ -2768,3 +2768,34 @@ fn yielding_no_owner_hooks_do_not_hold_other_instances_reactions_back() {
     run(&mut app, 30);
     assert_printed(&app, &["victim handler ran"], &[]);
 }
+
+/// A leftover reaction that spends the tick's budget leaves the ones behind it for the next
+/// tick, none lost: started on the spent budget, each stopped at its first instruction.
+#[test]
+fn reactions_behind_one_that_spends_the_tick_s_budget_run_at_the_next_tick() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    let source = REACTION_LEFT_TO_THE_TICK.replace(
+        "c8:finallyReturn(bait)",
+        "c8:finallyReturn(setmetatable({}, { __index = function() while true do end end }))
+         for i = 1, 5 do c8:finally(function() shared.n = shared.n + 1 end) end",
+    );
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        &format!("local shared = require('shared')\nshared.n = 0\n{source}"),
+    );
+    spawn_script(
+        &mut app,
+        "scripts/watcher.lua",
+        "local shared = require('shared') for i = 1, 6 do task.wait() end print('ran:', shared.n)",
+    );
+    run(&mut app, 8);
+    assert_printed(&app, &["ran:\t5"], &[]);
+    // The tick's budget was spent (reported as no instance's: the reactions may be several
+    // instances').
+    assert!(
+        errors(&app).iter().any(|e| e.script == "?" && e.message.contains("instruction budget")),
+        "{}",
+        dump(&app)
+    );
+}
