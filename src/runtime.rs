@@ -633,6 +633,7 @@ fn load_promises(lua: &Lua, api: &Table, step: &Table, traceback: &Function) -> 
     deps.set("bad", api.get::<Function>("bad")?)?;
     deps.set("slots", step.get::<Table>("shared")?)?;
     deps.set("guard", step.get::<Function>("guard")?)?;
+    deps.set("run_each", step.get::<Function>("run_each")?)?;
     deps.set("frame", time.get::<Function>("frame")?)?;
     deps.set("traceback", traceback.clone())?;
     deps.set("error_text", api.get::<Function>("error_text")?)?;

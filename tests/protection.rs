@@ -2805,3 +2805,76 @@ fn reactions_behind_one_that_spends_the_tick_s_budget_run_at_the_next_tick() {
         dump(&app)
     );
 }
+
+/// The hooks behind one that spends the tick's budget are not lost: each runs at a later tick,
+/// or is stopped by the budget, shared by the tick's reactions, while it runs, and reported
+/// (they were taken and started on the spent budget, which stopped each at once, unreported).
+#[test]
+fn no_owner_hooks_past_a_spent_budget_are_not_lost() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local shared = require('shared')
+        shared.ran, shared.made = 0, {}
+        Promise.reject(setmetatable({}, { __tostring = function()
+          for i = 1, 6 do
+            shared.made[i] = Promise.new(function(_, _, onCancel)
+              onCancel(function()
+                local n = 0
+                for j = 1, 300000 do n = n + 1 end
+                shared.ran = shared.ran + 1
+              end)
+            end)
+          end
+          return 'bait'
+        end }))
+        while #shared.made < 6 do task.wait() end
+        for i = 1, 6 do shared.made[i]:cancel() end
+        print('cancelled')
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/watcher.lua",
+        "local shared = require('shared') for i = 1, 30 do task.wait() end print('ran:', shared.ran)",
+    );
+    run(&mut app, 34);
+    let ran: usize = printed(&app)
+        .iter()
+        .find_map(|l| l.strip_prefix("ran:\t").map(|n| n.parse().unwrap()))
+        .expect("the watcher printed");
+    let stopped =
+        errors(&app).iter().filter(|e| e.message.contains("attacker.lua:9: script exceeded")).count();
+    assert_eq!(ran + stopped, 6, "{}", dump(&app));
+    // (Under Luau each such hook is stopped by the budget before it counts: see above.)
+    assert!(ran >= 3 || LUAU, "every other one at least runs: {}", dump(&app));
+}
+
+/// With the default budget (its watchdog arms the hook on the thread the step resumes), a
+/// looping hook the tick runs is stopped: the frames go on. (Run on a coroutine the watchdog
+/// was not told of, it hung the frame.)
+#[test]
+fn a_looping_no_owner_hook_is_stopped_in_the_default_mode() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(false));
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local shared = require('shared')
+        Promise.reject(setmetatable({}, { __tostring = function()
+          shared.p = Promise.new(function(_, _, onCancel)
+            onCancel(function() while true do end end)
+          end)
+          return 'bait'
+        end }))
+        while not shared.p do task.wait() end
+        shared.p:cancel()
+        print('cancelled')
+        "#,
+    );
+    spawn_script(&mut app, "scripts/watcher.lua", "for i = 1, 4 do task.wait() end print('frames went on')");
+    run(&mut app, 6);
+    assert_printed(&app, &["cancelled", "frames went on"], &[]);
+}

@@ -2079,21 +2079,8 @@ local function take_later()
   later_head, later_tail = 1, 0
 end
 
---- Runs `list[1..n]` (reaction and promise in turn), each in a coroutine of its own, so that one
---- that yields is left there and the next runs; taking each out of `list` before it runs. Inside
---- one `guard`: they share its budget, and once it is spent the rest stay in `list`.
-local run_each
-do
-  local co_resume = coroutine.resume
-  function run_each(list, n)
-    for i = 1, n, 2 do
-      local r, lp = list[i], list[i + 1]
-      list[i], list[i + 1] = nil, nil
-      co_resume(co_create(react), r, lp)
-      take_later() -- what it left (it yielded inside a settlement, say): for the next tick
-    end
-  end
-end
+-- `run_each(list, n, f, after)`: the pairs of `list` through `f`, under one budget (task.lua).
+local run_each = deps.run_each
 
 --- Runs the reactions in `left` that were there when the tick began: the tables (waiter slots,
 --- woken if the library made them) run no script code and are all taken; the functions (and
@@ -2113,7 +2100,7 @@ local function run_left()
     end
   end
   if n > 0 then
-    local ok, err = guard(nil, run_each, funcs, n)
+    local ok, err = run_each(funcs, n, react, take_later)
     if not ok then rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", nil) end
   end
   local kept, k = {}, 0

@@ -224,7 +224,7 @@ end
 --- error) leaves it up for the rest of that resume only: the end of every resume of the step
 --- sets it to 0 (`finish_resume`; the raw loops hand a resume that ran this one to it, through
 --- `T[LOOK]`), and so do the start of every close of an ended task, a `guard` outside any task
---- (each reaction the promise tick runs is one) and the end of the step, before Rust reads it for
+--- (the promise tick's `run_each` is one) and the end of the step, before Rust reads it for
 --- the sync.
 local function as_nobody(f, ...)
   local _, main = co_running()
@@ -786,6 +786,25 @@ local function guard(owner, f, ...)
   return guarded(owner, protected(f, ...))
 end
 step.guard = guard
+
+--- Calls `f(list[i], list[i + 1])` for `i = 1, 3, ..., n`, each on a coroutine of its own (one
+--- that yields is left there and the next runs), resumed as the step resumes tasks (the budget's
+--- watchdog sees it), and `after()` after each: all under one `guard` outside any task, so they
+--- share one budget and run as no instance. Each pair is taken out of `list` before it runs;
+--- once the budget is spent no other starts (it would stop at once): the rest stay in `list`.
+--- For the promise module's end-of-frame reactions.
+local function run_each(list, n, f, after)
+  for i = 1, n, 2 do
+    if S.spent then return end
+    local a, b = list[i], list[i + 1]
+    list[i], list[i + 1] = nil, nil
+    co_resume(co_create(f), a, b)
+    after()
+  end
+end
+function step.run_each(list, n, f, after)
+  return guard(nil, run_each, list, n, f, after)
+end
 
 --- Makes thread `co` nobody's: no instance can resume it (a promise worker's or executor's
 --- entry in `held` goes; under LuaJIT its environment marks it).
