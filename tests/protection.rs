@@ -2687,20 +2687,16 @@ fn a_forged_slot_with_a_metatable_does_not_run_as_the_settler() {
     assert_printed(&app, &["victim task done", "resolved"], &["slot runs as\tscripts/victim.lua"]);
 }
 
-/// Cancellation hooks made as no instance share one budget a tick, however many a script
-/// cancels: two hundred hooks of about 600,000 instructions each all ran in one tick, each
-/// under a budget of its own (120 million instructions in one frame).
-#[test]
-fn no_owner_hooks_do_not_each_get_a_budget_in_one_tick() {
-    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
-    spawn_script(
-        &mut app,
-        "scripts/attacker.lua",
+/// A script that makes `count` promises as no instance (in an error value's `__tostring`), each
+/// with an `onCancel` hook of about 900,000 instructions that counts in `shared.ran`, then
+/// cancels them all and prints `cancelled`.
+fn no_owner_hooks_cancelled(count: usize) -> String {
+    format!(
         r#"
         local shared = require('shared')
-        shared.ran, shared.made = 0, {}
-        Promise.reject(setmetatable({}, { __tostring = function()
-          for i = 1, 200 do
+        shared.ran, shared.made = 0, {{}}
+        Promise.reject(setmetatable({{}}, {{ __tostring = function()
+          for i = 1, {count} do
             shared.made[i] = Promise.new(function(_, _, onCancel)
               onCancel(function()
                 local n = 0
@@ -2710,12 +2706,21 @@ fn no_owner_hooks_do_not_each_get_a_budget_in_one_tick() {
             end)
           end
           return 'bait'
-        end }))
-        while #shared.made < 200 do task.wait() end
-        for i = 1, 200 do shared.made[i]:cancel() end
+        end }}))
+        while #shared.made < {count} do task.wait() end
+        for i = 1, {count} do shared.made[i]:cancel() end
         print('cancelled')
-        "#,
-    );
+        "#
+    )
+}
+
+/// Cancellation hooks made as no instance share one budget a tick, however many a script
+/// cancels: two hundred hooks of about 600,000 instructions each all ran in one tick, each
+/// under a budget of its own (120 million instructions in one frame).
+#[test]
+fn no_owner_hooks_do_not_each_get_a_budget_in_one_tick() {
+    let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
+    spawn_script(&mut app, "scripts/attacker.lua", &no_owner_hooks_cancelled(200));
     spawn_script(
         &mut app,
         "scripts/watcher.lua",
@@ -2812,29 +2817,7 @@ fn reactions_behind_one_that_spends_the_tick_s_budget_run_at_the_next_tick() {
 #[test]
 fn no_owner_hooks_past_a_spent_budget_are_not_lost() {
     let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
-    spawn_script(
-        &mut app,
-        "scripts/attacker.lua",
-        r#"
-        local shared = require('shared')
-        shared.ran, shared.made = 0, {}
-        Promise.reject(setmetatable({}, { __tostring = function()
-          for i = 1, 6 do
-            shared.made[i] = Promise.new(function(_, _, onCancel)
-              onCancel(function()
-                local n = 0
-                for j = 1, 300000 do n = n + 1 end
-                shared.ran = shared.ran + 1
-              end)
-            end)
-          end
-          return 'bait'
-        end }))
-        while #shared.made < 6 do task.wait() end
-        for i = 1, 6 do shared.made[i]:cancel() end
-        print('cancelled')
-        "#,
-    );
+    spawn_script(&mut app, "scripts/attacker.lua", &no_owner_hooks_cancelled(6));
     spawn_script(
         &mut app,
         "scripts/watcher.lua",
