@@ -2828,8 +2828,14 @@ fn no_owner_hooks_past_a_spent_budget_are_not_lost() {
         .iter()
         .find_map(|l| l.strip_prefix("ran:\t").map(|n| n.parse().unwrap()))
         .expect("the watcher printed");
-    let stopped =
-        errors(&app).iter().filter(|e| e.message.contains("attacker.lua:9: script exceeded")).count();
+    // (Under LuaJIT a stopped hook is reported twice: the library's `pcall` around it sees the
+    // budget's error first, as a failure of the promise's internals.)
+    let stopped = errors(&app)
+        .iter()
+        .filter(|e| {
+            e.kind == ScriptErrorKind::Budget && e.message.contains("attacker.lua:9: script exceeded")
+        })
+        .count();
     assert_eq!(ran + stopped, 6, "{}", dump(&app));
     // (Under Luau each such hook is stopped by the budget before it counts: see above.)
     assert!(ran >= 3 || LUAU, "every other one at least runs: {}", dump(&app));
