@@ -614,7 +614,8 @@ end
 --- Runs a user's cancellation hook in its own thread (its errors are reported like a task's), as
 --- the instance the promise was made for. When no instance made it (code running as none, such
 --- as an error value's `__tostring`, added it) and an instance cancels it, it runs at the end of
---- the frame, as no instance, under a budget of its own (see `run_left`).
+--- the frame, as no instance, with the other reactions left there, under their shared budget
+--- (see `run_left`).
 local queue_nobody_hook
 local function run_hook(p, hook)
   local id, ok, err = owner_of[p], nil, nil
@@ -2101,7 +2102,7 @@ local function run_left()
   end
   if n > 0 then
     local ok, err = run_each(funcs, n, react, take_later)
-    if not ok then rust_report("bevy_lua_coroutines: promise internals failed: " .. safe_tostring(err), "", nil) end
+    if not ok then internal_failure(nil, err) end -- (several instances' reactions: no owner)
   end
   local kept, k = {}, 0
   for i = 1, n do

@@ -1256,12 +1256,13 @@ end
 --- cancels, runs nothing: it is only made nobody's.
 local function cancel_executor(co, id)
   if co_status(co) ~= "suspended" or holder_of(co) ~= id then return end
-  if id == nil and running_instance() ~= nil then
+  local running = running_instance()
+  if id == nil and running ~= nil then
     -- Made by code running as no instance: it does not run as the instance cancelling it.
     bury(co)
     return
   end
-  if id == nil or id == running_instance() then return cancel_thread(co, "suspended") end
+  if id == running then return cancel_thread(co, "suspended") end
   forget_task(co)
   if not live(id) then
     -- Its instance was let go: none of its code runs again, which would make what the instance
