@@ -21,14 +21,25 @@ use std::ffi::c_int;
 
 use mlua::{Function, Lua, Table, ffi};
 
-// Upvalues.
+// Upvalues. The class's field count and the operator are const parameters of the functions,
+// not upvalues: reading an upvalue as an integer costs about 35 instructions a call.
 const U_MT: c_int = 1;
 /// The Lua operator (for `arith`) or `bad` (for `new`).
 const U_LUA: c_int = 2;
 /// `x`, `y`, `z`, `w`: upvalues 3 to 6.
 const U_KEYS: c_int = 3;
-const U_LEN: c_int = 7;
-const U_OP: c_int = 8;
+const UPVALUES: c_int = 6;
+
+type CFunction = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
+
+/// `arith::<LEN, OP>` for a class of `len` fields.
+fn arith_of<const OP: c_int>(len: usize) -> CFunction {
+    match len {
+        2 => arith::<2, OP>,
+        3 => arith::<3, OP>,
+        _ => arith::<4, OP>,
+    }
+}
 
 /// Replaces `module`'s operators and `new` (a class of `len` fields made by `lua/vector.lua`)
 /// with the C functions; `bad` raises `bad argument`.
@@ -36,23 +47,26 @@ pub(crate) fn install(lua: &Lua, module: &Table, len: usize, bad: &Function) -> 
     let mt: Table = module.raw_get("mt")?;
     let [x, y, z, w] = ["x", "y", "z", "w"];
     for (name, op) in [
-        ("__add", ffi::LUA_OPADD),
-        ("__sub", ffi::LUA_OPSUB),
-        ("__mul", ffi::LUA_OPMUL),
-        ("__div", ffi::LUA_OPDIV),
+        ("__add", arith_of::<{ ffi::LUA_OPADD }>(len)),
+        ("__sub", arith_of::<{ ffi::LUA_OPSUB }>(len)),
+        ("__mul", arith_of::<{ ffi::LUA_OPMUL }>(len)),
+        ("__div", arith_of::<{ ffi::LUA_OPDIV }>(len)),
     ] {
         let lua_op: Function = mt.raw_get(name)?;
         // SAFETY: `arith` reads exactly these upvalues.
         let f = unsafe {
-            lua.exec_raw::<Function>((&mt, lua_op, x, y, z, w, len, op), |l| {
-                ffi::lua_pushcclosure(l, arith, U_OP)
-            })?
+            lua.exec_raw::<Function>((&mt, lua_op, x, y, z, w), |l| ffi::lua_pushcclosure(l, op, UPVALUES))?
         };
         mt.raw_set(name, f)?;
     }
+    let new: CFunction = match len {
+        2 => new::<2>,
+        3 => new::<3>,
+        _ => new::<4>,
+    };
     // SAFETY: `new` reads exactly these upvalues.
     let new = unsafe {
-        lua.exec_raw::<Function>((&mt, bad, x, y, z, w, len), |l| ffi::lua_pushcclosure(l, new, U_LEN))?
+        lua.exec_raw::<Function>((&mt, bad, x, y, z, w), |l| ffi::lua_pushcclosure(l, new, UPVALUES))?
     };
     module.raw_get::<Table>("statics")?.raw_set("new", new)
 }
@@ -85,12 +99,11 @@ unsafe fn push_operand(l: *mut ffi::lua_State, i: c_int, vector: bool, k: c_int)
     }
 }
 
-unsafe extern "C-unwind" fn arith(l: *mut ffi::lua_State) -> c_int {
+unsafe extern "C-unwind" fn arith<const LEN: c_int, const OP: c_int>(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see the module's invariants.
     unsafe {
         ffi::lua_settop(l, 2);
-        let len = ffi::lua_tointeger(l, ffi::lua_upvalueindex(U_LEN)) as c_int;
-        let op = ffi::lua_tointeger(l, ffi::lua_upvalueindex(U_OP)) as c_int;
+        let (len, op) = (LEN, OP);
         let (va, vb) = (ours(l, 1), ours(l, 2));
         let number = |i| ffi::lua_type(l, i) == ffi::LUA_TNUMBER;
         let mut fits = (va && (vb || number(2))) || (vb && number(1));
@@ -132,10 +145,10 @@ unsafe fn new_vector(l: *mut ffi::lua_State, from: c_int, len: c_int) -> c_int {
     }
 }
 
-unsafe extern "C-unwind" fn new(l: *mut ffi::lua_State) -> c_int {
+unsafe extern "C-unwind" fn new<const LEN: c_int>(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: see the module's invariants.
     unsafe {
-        let len = ffi::lua_tointeger(l, ffi::lua_upvalueindex(U_LEN)) as c_int;
+        let len = LEN;
         ffi::lua_settop(l, len);
         for i in 1..=len {
             match ffi::lua_type(l, i) {
