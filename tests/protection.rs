@@ -1254,21 +1254,33 @@ fn a_thread_written_into_a_promise_is_not_cancelled_with_it() {
 }
 
 /// Code that the frame's rejection report runs (a rejection value's `__tostring`) runs as no
-/// instance, and cannot add a handler: one added there once belonged to no instance, and ran
-/// inside the task of whichever instance settled the promise, as that instance.
+/// instance, and cannot add a handler (nor a `finallyReturn`): one added there once belonged to no
+/// instance, and ran inside the task of whichever instance settled the promise, as that instance.
 #[test]
 fn a_handler_cannot_be_added_from_a_rejection_report() {
     let app = a_victim_settles_a_shared_promise(
         r#"
         local shared = require('shared')
         local function evil() take_over('handler runs as') end
+        local thenable = setmetatable({}, { __index = function() take_over('thenable runs as') end })
         Promise.reject(setmetatable({}, { __tostring = function()
+          local ok, err = pcall(function() shared.p:finallyReturn(thenable) end)
+          shared.refused = not ok and err
           shared.p:andThen(evil)
           return 'bait'
         end }))
+        for _ = 1, 4 do task.wait() end
+        print('finallyReturn refused:', shared.refused)
         "#,
     );
-    assert_printed(&app, &["victim task done"], &["handler runs as\tscripts/victim.lua"]);
+    assert_printed(
+        &app,
+        &[
+            "victim task done",
+            "finallyReturn refused:\tscripts/attacker.lua:14: the Promise API was used outside of a script",
+        ],
+        &["handler runs as\tscripts/victim.lua", "thenable runs as\tscripts/victim.lua"],
+    );
 }
 
 /// An app where the victim makes `shared.p`, resolves it six frames later while a task of its
@@ -2389,7 +2401,9 @@ fn a_long_gone_instance_s_executor_runs_nothing_when_its_promise_is_cancelled() 
 
 /// A chain of eight settlements whose last reaction meets `bait` (a thenable check reads its
 /// `andThen`), with a looping value beside it that stops the resolving task at depth 8, which
-/// leaves `bait`'s reaction to the promise tick.
+/// leaves `bait`'s reaction to the promise tick. (The tick once read `bait` itself, as no
+/// instance; `finallyReturn` now has a thenable read by its own instance, so the tick starts a
+/// task of the attacker that does. The tests below guard the budget and the count either way.)
 const REACTION_LEFT_TO_THE_TICK: &str = r#"
 local loop = setmetatable({}, { __index = function() while true do end end })
 local resolve_root
@@ -2687,6 +2701,33 @@ fn a_forged_slot_with_a_metatable_does_not_run_as_the_settler() {
     assert_printed(&app, &["victim task done", "resolved"], &["slot runs as\tscripts/victim.lua"]);
 }
 
+/// A thenable given to `finallyReturn` on another instance's promise runs its metamethods and its
+/// `andThen` as the instance that made the `finallyReturn`, not as the one that settles the
+/// promise: the reaction resolved the child inline, inside the settler's task.
+#[test]
+fn a_thenable_given_to_finally_return_does_not_run_as_the_settler() {
+    let app = a_victim_settles_a_shared_promise(
+        r#"
+        local shared = require('shared')
+        local bait = setmetatable({}, { __index = function(t, k)
+          take_over('thenable runs as')
+          return function(_, resolve) resolve('from the thenable') end
+        end })
+        shared.p:finallyReturn(bait):andThen(function(v) print('attacker got', v) end)
+        "#,
+    );
+    assert_printed(
+        &app,
+        &[
+            "victim task done",
+            "resolved",
+            "thenable runs as\tscripts/attacker.lua",
+            "attacker got\tfrom the thenable",
+        ],
+        &["thenable runs as\tscripts/victim.lua"],
+    );
+}
+
 /// A script that makes `count` promises as no instance (in an error value's `__tostring`), each
 /// with an `onCancel` hook of about 900,000 instructions that counts in `shared.ran`, then
 /// cancels them all and prints `cancelled`.
@@ -2776,14 +2817,17 @@ fn yielding_no_owner_hooks_do_not_hold_other_instances_reactions_back() {
     assert_printed(&app, &["victim handler ran"], &[]);
 }
 
-/// A leftover reaction that spends the tick's budget leaves the ones behind it for the next
-/// tick, none lost: started on the spent budget, each stopped at its first instruction.
+/// A reaction left to the promise tick that meets a looping thenable has it read in a task of the
+/// thenable's instance, which that instance's budget stops and reports in its name, and the
+/// reactions behind it run. (The tick read it as no instance and spent the budget its reactions
+/// share, reported as no instance's; `no_owner_hooks_past_a_spent_budget_are_not_lost` guards
+/// what stays behind a spent tick budget.)
 #[test]
 #[cfg_attr(
     not(feature = "lua54"),
     ignore = "elsewhere the budget stops the resolving task before the chain leaves its reactions to the tick"
 )]
-fn reactions_behind_one_that_spends_the_tick_s_budget_run_at_the_next_tick() {
+fn a_looping_thenable_left_to_the_tick_is_stopped_as_its_own_instance() {
     let (mut app, _dir) = shared_module_app_with(budget_plugin(true));
     let source = REACTION_LEFT_TO_THE_TICK.replace(
         "c8:finallyReturn(bait)",
@@ -2802,13 +2846,10 @@ fn reactions_behind_one_that_spends_the_tick_s_budget_run_at_the_next_tick() {
     );
     run(&mut app, 8);
     assert_printed(&app, &["ran:\t5"], &[]);
-    // The tick's budget was spent (reported as no instance's: the reactions may be several
-    // instances').
-    assert!(
-        errors(&app).iter().any(|e| e.script == "?" && e.message.contains("instruction budget")),
-        "{}",
-        dump(&app)
-    );
+    let errors = errors(&app);
+    assert!(errors.iter().all(|e| e.script == "scripts/attacker.lua"), "{}", dump(&app));
+    let stopped = errors.iter().filter(|e| e.message.contains("instruction budget")).count();
+    assert_eq!(stopped, 2, "the resolving task and the thenable's\n{}", dump(&app));
 }
 
 /// The hooks behind one that spends the tick's budget are not lost: each runs at a later tick,

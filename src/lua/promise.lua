@@ -1771,18 +1771,24 @@ function promise_methods:finallyCall(callback, ...)
 end
 
 --- `p:finallyReturn(...)`: once `p` resolves or rejects, resolves with `...` (the outcome is
---- discarded, a rejection included); cancelled if `p` is.
+--- discarded, a rejection included); cancelled if `p` is. A thenable among `...` is read (its
+--- metamethods, its `andThen`) by the instance that called `finallyReturn`, in a task of its own
+--- when another instance settles `p`, as a handler would be.
 function promise_methods:finallyReturn(...)
   check_self(self, "finallyReturn", "Promise", is_promise)
   local args = pack(...)
   self._handled = true
-  local child = new_promise()
+  local child, id = new_promise() -- (`handler_promise()`, inline: the caller is one level closer)
+  if id == nil then error("the Promise API was used outside of a script", 2) end
+  local function resolve_child() resolve(child, unpack(args, 1, args.n)) end
   local function reaction(s)
     if child._status ~= STARTED then return end
     if s._status == CANCELLED then
       cancel(child)
+    elseif type(args[1]) == "table" and elsewhere(id) then
+      spawn_for(child, id, resolve_child)
     else
-      resolve(child, unpack(args, 1, args.n))
+      resolve_child()
     end
   end
   attach_finally(self, child, reaction)
