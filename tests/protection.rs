@@ -2728,6 +2728,127 @@ fn a_thenable_given_to_finally_return_does_not_run_as_the_settler() {
     );
 }
 
+/// A thenable whose `andThen` is a plain field (no metatable) given to `finallyReturn` is called
+/// as the instance that made the `finallyReturn` too.
+#[test]
+fn a_plain_and_then_field_given_to_finally_return_does_not_run_as_the_settler() {
+    let app = a_victim_settles_a_shared_promise(
+        r#"
+        local shared = require('shared')
+        local bait = { andThen = function(self, res) take_over('andThen runs as') res('x') end }
+        shared.p:finallyReturn(bait):andThen(function(v) print('attacker got', v) end)
+        "#,
+    );
+    assert_printed(
+        &app,
+        &["victim task done", "resolved", "andThen runs as\tscripts/attacker.lua", "attacker got\tx"],
+        &["andThen runs as\tscripts/victim.lua"],
+    );
+}
+
+/// A value that can run no script code (a number, a plain table, one of the library's promises)
+/// given to `finallyReturn` still resolves its promise at once when another instance settles the
+/// one it follows: only values whose reading may run script code wait for a task of their own.
+#[test]
+fn finally_return_resolves_at_once_with_values_that_run_no_code() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/caller.lua",
+            r#"
+        local shared = require('shared')
+        shared.p = Promise.new(function(r) shared.resolve = r end)
+        shared.c1 = shared.p:finallyReturn({ 'plain' })
+        shared.c2 = shared.p:finallyReturn(7)
+        shared.c3 = shared.p:finallyReturn(Promise.resolve('ours'))
+        task.wait(100)
+        "#,
+        ),
+        (
+            "scripts/settler.lua",
+            r#"
+        local shared = require('shared')
+        shared.resolve('v')
+        print('now', shared.c1:getStatus(), shared.c2:getStatus(), shared.c3:getStatus())
+        "#,
+        ),
+        3,
+    );
+    assert_printed(&app, &["now\tResolved\tResolved\tResolved"], &[]);
+}
+
+/// The values `tap` passes on are read as the instance that called `tap`: once another instance
+/// settled the promise `tap`'s callback returned, the library's inner handler ran inside that
+/// instance's task, whose reading of the values ran their `__index` there.
+#[test]
+fn values_tap_passes_on_are_not_read_as_the_settler() {
+    let app = a_victim_settles_a_shared_promise(
+        r#"
+        local shared = require('shared')
+        local armed = false
+        local bait = setmetatable({}, { __index = function(t, k)
+          if armed then take_over('tap value read as') end
+          return nil
+        end })
+        Promise.resolve(bait):tap(function() armed = true return shared.p end)
+          :andThen(function() print('attacker chain done') end)
+        "#,
+    );
+    assert_printed(
+        &app,
+        &["victim task done", "resolved", "attacker chain done"],
+        &["tap value read as\tscripts/victim.lua"],
+    );
+}
+
+/// A settlement a script suspends inside a thenable's `__index` (in a coroutine of its own) and
+/// resumes steps later leaves the depth at which settlements queue their reactions right: another
+/// instance's chain of 300 settlements still runs without running out of C stack. (The step's
+/// end reset the depth to 0 under each suspended settlement, whose end then took it down again:
+/// 320 of them, resumed in one step, let the chain nest 320 deep, and its reactions failed with a
+/// C stack overflow.)
+#[test]
+fn a_settlement_suspended_across_steps_leaves_the_nesting_depth_right() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local yielder = setmetatable({}, { __index = function() coroutine.yield() end })
+        local suspended, cos = 0, {}
+        for round = 1, 40 do
+          for i = 1, 8 do
+            local res
+            local p = Promise.new(function(r) res = r end)
+            p:finallyReturn(yielder)
+            local co = coroutine.create(function() res(0) end)
+            coroutine.resume(co)
+            if coroutine.status(co) == 'suspended' then suspended = suspended + 1 end
+            cos[#cos + 1] = co
+          end
+          task.wait()
+        end
+        for i = 1, #cos do coroutine.resume(cos[i]) end
+        print('suspended', suspended)
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        for i = 1, 40 do task.wait() end
+        local res
+        local root = Promise.new(function(r) res = r end)
+        local c = root
+        for i = 1, 300 do c = c:andThen(function(v) return v + 1 end) end
+        c:andThen(function(v) print('chain done', v) end, function(e) print('chain failed', e) end)
+        res(0)
+        "#,
+    );
+    run(&mut app, 50);
+    let suspended = if LUAU { "suspended\t0" } else { "suspended\t320" };
+    assert_printed(&app, &[suspended, "chain done\t300"], &["chain failed"]);
+}
+
 /// A script that makes `count` promises as no instance (in an error value's `__tostring`), each
 /// with an `onCancel` hook of about 900,000 instructions that counts in `shared.ran`, then
 /// cancels them all and prints `cancelled`.

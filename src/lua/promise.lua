@@ -455,7 +455,10 @@ local function enqueue(p, reaction)
   end
 end
 
-local nest = 0
+-- `nest`: how deep settlements nest now. `epoch`: bumped by `take_later` (the end of a step), which
+-- resets `nest` under settlements a script suspended (a thenable's `__index` that yields, in a
+-- coroutine of its own): one resumed in a later step must not take its levels off again.
+local nest, epoch = 0, 0
 local later, later_head, later_tail = {}, 1, 0
 
 --- Runs one reaction the library queued: a park slot is woken (that cannot fail, and runs no
@@ -473,12 +476,15 @@ end
 
 --- Runs the reactions queued while settlements nested too deep, as the outermost settlement.
 local function drain_later()
+  local e = epoch
   nest = 1
   while later_head <= later_tail do
     local r, lp = later[later_head], later[later_head + 1]
     later[later_head], later[later_head + 1] = nil, nil
     later_head = later_head + 2
     react(r, lp)
+    -- Suspended inside that reaction past the end of a step: `take_later` took the rest.
+    if e ~= epoch then return end
   end
   later_head, later_tail = 1, 0
   nest = 0
@@ -498,11 +504,13 @@ local function run_queue(p, r1, q)
     end
     return
   end
+  local e = epoch
   nest = nest + 1
   react(r1, p)
   if q then
     for i = 1, #q do react(q[i], p) end
   end
+  if e ~= epoch then return end -- suspended past the end of a step, which reset `nest`
   nest = nest - 1
   if nest == 0 and later_head <= later_tail then drain_later() end
 end
@@ -955,8 +963,8 @@ end
 -- Slots of awaits that are over, kept for the next (see `wait_settled`), per instance like the
 -- workers: a script reads the slots of the promises it holds (`_r1`), so a slot reused for another
 -- instance's await would let it unhook that await (`key = nil`) or reach its promise.
+-- At most 8 per instance (a literal below: the main chunk is at Lua's limit of 200 locals).
 local spare_slots = {} -- instance id (or NO_INSTANCE) -> { n = count, [1..n] = slots }
-local MAX_SPARE_SLOTS = 8
 
 local function wait_settled(p)
   p._handled = true
@@ -987,7 +995,7 @@ local function wait_settled(p)
       spare_slots[id] = spare
     end
     n = spare.n
-    if n < MAX_SPARE_SLOTS then
+    if n < 8 then
       slot.promise = false
       n = n + 1
       spare.n, spare[n] = n, slot
@@ -1620,6 +1628,11 @@ local function then_impl(src, on_resolve, on_reject, internal)
   local child, id
   if internal then
     child = internal_promise()
+    -- Its handler is the running instance's code (`tap`'s): it runs as that instance wherever the
+    -- settlement happens (with no owner, it ran inside the settler's task, which then read the
+    -- values it returned, metamethods and all).
+    local me = owner()
+    if me ~= nil then owner_of[child] = me end
   else
     -- (`handler_promise()`, inline: this is `andThen`'s path.)
     child, id = new_promise()
@@ -1770,6 +1783,16 @@ function promise_methods:finallyCall(callback, ...)
   return finally_impl(self, function() return callback(unpack(args, 1, args.n)) end)
 end
 
+do
+--- Whether resolving with `v` could run script code: a table, not one of ours, with a metatable
+--- or an `andThen` field (one of our promises, or a plain table, is read without any).
+local function may_run_script(v)
+  if type(v) ~= "table" or is_promise(v) or is_error(v) then return false end
+  local mt
+  if debug_getmetatable then mt = debug_getmetatable(v) else mt = getmetatable(v) end
+  return mt ~= nil or rawget(v, "andThen") ~= nil
+end
+
 --- `p:finallyReturn(...)`: once `p` resolves or rejects, resolves with `...` (the outcome is
 --- discarded, a rejection included); cancelled if `p` is. A thenable among `...` is read (its
 --- metamethods, its `andThen`) by the instance that called `finallyReturn`, in a task of its own
@@ -1778,14 +1801,15 @@ function promise_methods:finallyReturn(...)
   check_self(self, "finallyReturn", "Promise", is_promise)
   local args = pack(...)
   self._handled = true
-  local child, id = new_promise() -- (`handler_promise()`, inline: the caller is one level closer)
+  -- (`handler_promise()`, inline, so that level 2 below is the script that called this.)
+  local child, id = new_promise()
   if id == nil then error("the Promise API was used outside of a script", 2) end
   local function resolve_child() resolve(child, unpack(args, 1, args.n)) end
   local function reaction(s)
     if child._status ~= STARTED then return end
     if s._status == CANCELLED then
       cancel(child)
-    elseif type(args[1]) == "table" and elsewhere(id) then
+    elseif may_run_script(args[1]) and elsewhere(id) then
       spawn_for(child, id, resolve_child)
     else
       resolve_child()
@@ -1793,6 +1817,7 @@ function promise_methods:finallyReturn(...)
   end
   attach_finally(self, child, reaction)
   return child
+end
 end
 
 --- `p:cancel()`: see `cancel` above.
@@ -2078,7 +2103,7 @@ local left, left_head, left_tail = {}, 1, 0
 --- they would make every later settlement of every instance queue its reactions and never run
 --- them, so they move to `left`, after what is there, for the tick to run.
 local function take_later()
-  nest = 0
+  nest, epoch = 0, epoch + 1
   for i = later_head, later_tail do
     left_tail = left_tail + 1
     left[left_tail], later[i] = later[i], nil
