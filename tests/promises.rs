@@ -1578,3 +1578,23 @@ fn wrong_arguments_raise_bad_argument() {
     ];
     assert_eq!(out, expected, "every function checks its arguments");
 }
+
+/// A `timeout` whose promise settles first stops its timer: the timer's thread, a task of the
+/// script, once slept on for the whole timeout (here 100 of them, for 1,000 seconds each).
+#[test]
+fn a_timeout_that_loses_the_race_stops_its_timer() {
+    let mut app = create_app();
+    spawn_script(
+        &mut app,
+        "scripts/t.lua",
+        r#"
+        for i = 1, 100 do Promise.resolve(i):timeout(1000):await() end
+        local p = Promise.new(function(r) task.delay(0.05, r, 'late') end)
+        print('raced', p:timeout(1000):await())
+        task.wait()
+        print('tasks', #task.list())
+        "#,
+    );
+    run(&mut app, 10);
+    assert_eq!(printed(&app), ["raced\ttrue\tlate", "tasks\t1"], "{:?}", errors(&app));
+}

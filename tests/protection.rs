@@ -2849,6 +2849,70 @@ fn a_settlement_suspended_across_steps_leaves_the_nesting_depth_right() {
     assert_printed(&app, &[suspended, "chain done\t300"], &["chain failed"]);
 }
 
+/// A drain of the reactions queued past the nesting limit that a script suspends (a thenable's
+/// `__index` that yields, in a coroutine of its own) and resumes in the same step from inside
+/// another settlement leaves the depth right: it set the depth to 0 under the seven settlements
+/// around it, which then took it below 0, seven a round, so that another instance's chain of 300
+/// handlers later in the step nested 148 deep and failed with a C stack overflow.
+#[test]
+fn a_drain_resumed_inside_another_settlement_leaves_the_nesting_depth_right() {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        r#"
+        local yielder = setmetatable({}, { __index = function() coroutine.yield() end })
+        local function cycle(k)
+          -- k settlements suspended one level deep each (from -k back to 0 once it went negative)
+          local mine = {}
+          for i = 1, k do
+            local res
+            local p = Promise.new(function(r) res = r end)
+            p:finallyReturn(yielder)
+            mine[i] = coroutine.create(function() res(0) end)
+            coroutine.resume(mine[i])
+          end
+          -- a chain 8 deep: the 9th reaction is queued; the drain runs it and is suspended there
+          local res0
+          local p = Promise.new(function(r) res0 = r end)
+          local c = p
+          for j = 1, 8 do c = c:finallyReturn(1) end
+          c:finallyReturn(yielder)
+          local co0 = coroutine.create(function() res0(0) end)
+          coroutine.resume(co0)
+          -- the drain resumed from seven settlements deep
+          local resumer = setmetatable({}, { __index = function() coroutine.resume(co0) end })
+          local resq
+          local q = Promise.new(function(r) resq = r end)
+          local d = q
+          for j = 1, 6 do d = d:finallyReturn(1) end
+          d:finallyReturn(resumer)
+          resq(0)
+          for i = 1, k do coroutine.resume(mine[i]) end
+        end
+        for i = 1, 3 do task.wait() end
+        for round = 0, 19 do cycle(7 * round) end
+        print('attacker done')
+        "#,
+    );
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        r#"
+        for i = 1, 3 do task.wait() end
+        local res
+        local root = Promise.new(function(r) res = r end)
+        local c = root
+        for i = 1, 300 do c = c:andThen(function(v) return v + 1 end) end
+        c:andThen(function(v) print('chain done', v) end, function(e) print('chain failed', e) end)
+        res(0)
+        "#,
+    );
+    run(&mut app, 8);
+    assert_printed(&app, &["attacker done", "chain done\t300"], &["chain failed"]);
+    assert!(errors(&app).is_empty(), "{}", dump(&app));
+}
+
 /// A script that makes `count` promises as no instance (in an error value's `__tostring`), each
 /// with an `onCancel` hook of about 900,000 instructions that counts in `shared.ran`, then
 /// cancels them all and prints `cancelled`.

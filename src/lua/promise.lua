@@ -477,7 +477,9 @@ end
 --- Runs the reactions queued while settlements nested too deep, as the outermost settlement.
 local function drain_later()
   local e = epoch
-  nest = 1
+  -- (Counted from where it is, not set to 1 and back to 0: a drain a script suspends and resumes
+  -- inside another settlement of the same step would set 0 under the levels around it.)
+  nest = nest + 1
   while later_head <= later_tail do
     local r, lp = later[later_head], later[later_head + 1]
     later[later_head], later[later_head + 1] = nil, nil
@@ -487,7 +489,7 @@ local function drain_later()
     if e ~= epoch then return end
   end
   later_head, later_tail = 1, 0
-  nest = 0
+  nest = nest - 1
 end
 
 --- Runs the reactions of `p` (just settled: `r1`, then the list `q` if any), or queues them for the
@@ -510,7 +512,8 @@ local function run_queue(p, r1, q)
   if q then
     for i = 1, #q do react(q[i], p) end
   end
-  if e ~= epoch then return end -- suspended past the end of a step, which reset `nest`
+  -- Suspended past the end of a step, which reset `nest`: the rest of `q` ran uncounted.
+  if e ~= epoch then return end
   nest = nest - 1
   if nest == 0 and later_head <= later_tail then drain_later() end
 end
@@ -1839,6 +1842,10 @@ function promise_methods:timeout(seconds, rejection)
   if type(seconds) ~= "number" then bad(1, "timeout", "number", seconds, 2) end
   local site = call_site()
   local timer = internal_promise()
+  -- Its thread is the running instance's (`start` holds it for it): cancelling the timer closes
+  -- it only if the timer says so (with no owner, the thread slept on for the whole timeout).
+  local me = owner()
+  if me ~= nil then owner_of[timer] = me end
   start(timer, delay_body, timer, seconds)
   local timed = internal_promise()
   local l = link(timer, function(s)
