@@ -2808,45 +2808,64 @@ fn values_tap_passes_on_are_not_read_as_the_settler() {
 /// C stack overflow.)
 #[test]
 fn a_settlement_suspended_across_steps_leaves_the_nesting_depth_right() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/attacker.lua",
+    let app = a_chain_of_300_after(
         r#"
-        local yielder = setmetatable({}, { __index = function() coroutine.yield() end })
-        local suspended, cos = 0, {}
+        local count, cos = 0, {}
         for round = 1, 40 do
           for i = 1, 8 do
-            local res
-            local p = Promise.new(function(r) res = r end)
-            p:finallyReturn(yielder)
-            local co = coroutine.create(function() res(0) end)
-            coroutine.resume(co)
-            if coroutine.status(co) == 'suspended' then suspended = suspended + 1 end
+            local co = suspended_settlement()
+            if coroutine.status(co) == 'suspended' then count = count + 1 end
             cos[#cos + 1] = co
           end
           task.wait()
         end
         for i = 1, #cos do coroutine.resume(cos[i]) end
-        print('suspended', suspended)
+        print('suspended', count)
         "#,
+        40,
     );
+    let suspended = if LUAU { "suspended\t0" } else { "suspended\t320" };
+    assert_printed(&app, &[suspended, "chain done\t300"], &["chain failed"]);
+}
+
+/// Lua code to put in front of a script: `suspended_settlement()` returns a coroutine suspended
+/// inside the settlement of a promise, one level deep (a `finallyReturn` reaction reading a
+/// thenable whose `__index` yields); `yielder` is that thenable.
+const SUSPENDED_SETTLEMENT: &str = r#"
+local yielder = setmetatable({}, { __index = function() coroutine.yield() end })
+local function suspended_settlement()
+  local res
+  local p = Promise.new(function(r) res = r end)
+  p:finallyReturn(yielder)
+  local co = coroutine.create(function() res(0) end)
+  coroutine.resume(co)
+  return co
+end
+"#;
+
+/// An app where `attacker` (with `SUSPENDED_SETTLEMENT` in scope) runs beside a victim that, after
+/// `waits` frames, settles a chain of 300 `andThen` handlers and prints `chain done` with the
+/// last one's value, or `chain failed`; run for `waits + 10` frames.
+fn a_chain_of_300_after(attacker: &str, waits: usize) -> App {
+    let (mut app, _dir) = shared_module_app();
+    spawn_script(&mut app, "scripts/attacker.lua", &format!("{SUSPENDED_SETTLEMENT}{attacker}"));
     spawn_script(
         &mut app,
         "scripts/victim.lua",
-        r#"
-        for i = 1, 40 do task.wait() end
+        &format!(
+            r#"
+        for i = 1, {waits} do task.wait() end
         local res
         local root = Promise.new(function(r) res = r end)
         local c = root
         for i = 1, 300 do c = c:andThen(function(v) return v + 1 end) end
         c:andThen(function(v) print('chain done', v) end, function(e) print('chain failed', e) end)
         res(0)
-        "#,
+        "#
+        ),
     );
-    run(&mut app, 50);
-    let suspended = if LUAU { "suspended\t0" } else { "suspended\t320" };
-    assert_printed(&app, &[suspended, "chain done\t300"], &["chain failed"]);
+    run(&mut app, waits + 10);
+    app
 }
 
 /// A drain of the reactions queued past the nesting limit that a script suspends (a thenable's
@@ -2856,22 +2875,12 @@ fn a_settlement_suspended_across_steps_leaves_the_nesting_depth_right() {
 /// handlers later in the step nested 148 deep and failed with a C stack overflow.
 #[test]
 fn a_drain_resumed_inside_another_settlement_leaves_the_nesting_depth_right() {
-    let (mut app, _dir) = shared_module_app();
-    spawn_script(
-        &mut app,
-        "scripts/attacker.lua",
+    let app = a_chain_of_300_after(
         r#"
-        local yielder = setmetatable({}, { __index = function() coroutine.yield() end })
         local function cycle(k)
           -- k settlements suspended one level deep each (from -k back to 0 once it went negative)
           local mine = {}
-          for i = 1, k do
-            local res
-            local p = Promise.new(function(r) res = r end)
-            p:finallyReturn(yielder)
-            mine[i] = coroutine.create(function() res(0) end)
-            coroutine.resume(mine[i])
-          end
+          for i = 1, k do mine[i] = suspended_settlement() end
           -- a chain 8 deep: the 9th reaction is queued; the drain runs it and is suspended there
           local res0
           local p = Promise.new(function(r) res0 = r end)
@@ -2894,21 +2903,8 @@ fn a_drain_resumed_inside_another_settlement_leaves_the_nesting_depth_right() {
         for round = 0, 19 do cycle(7 * round) end
         print('attacker done')
         "#,
+        3,
     );
-    spawn_script(
-        &mut app,
-        "scripts/victim.lua",
-        r#"
-        for i = 1, 3 do task.wait() end
-        local res
-        local root = Promise.new(function(r) res = r end)
-        local c = root
-        for i = 1, 300 do c = c:andThen(function(v) return v + 1 end) end
-        c:andThen(function(v) print('chain done', v) end, function(e) print('chain failed', e) end)
-        res(0)
-        "#,
-    );
-    run(&mut app, 8);
     assert_printed(&app, &["attacker done", "chain done\t300"], &["chain failed"]);
     assert!(errors(&app).is_empty(), "{}", dump(&app));
 }
