@@ -229,6 +229,52 @@ fn a_subscriber_cannot_change_what_another_subscriber_reads() {
     assert_eq!(printed(&app), ["victim\torc\t3\tnil"]);
 }
 
+#[derive(Message, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Volley {
+    by: String,
+    hits: Vec<u32>,
+}
+
+/// A forwarded message that holds a list reaches every subscriber, as a list each can read with
+/// `#` and `ipairs`: the copy for the second subscriber read serde's array metatable through
+/// `getmetatable`, which hides it (`false`), and raised, so the second and third subscribers
+/// missed the message and the second was unsubscribed for good.
+#[test]
+fn a_message_with_a_list_reaches_every_subscriber() {
+    let mut app = create_app();
+    app.add_message::<Volley>().forward_message_to_scripts::<Volley>("Volley");
+    for name in ["a", "b", "c"] {
+        spawn_script(
+            &mut app,
+            &format!("scripts/{name}.lua"),
+            &format!(
+                r#"
+                local volleys = Messages.subscribe("Volley")
+                for i = 1, 2 do
+                  local v = volleys:receive()
+                  local sum = 0
+                  for _, h in ipairs(v.hits) do sum = sum + h end
+                  print("{name}", v.by, #v.hits, sum)
+                end
+                "#
+            ),
+        );
+    }
+    run(&mut app, 1);
+    app.world_mut().write_message(Volley { by: "orc".into(), hits: vec![1, 2] });
+    run(&mut app, 2);
+    app.world_mut().write_message(Volley { by: "elf".into(), hits: vec![3] });
+    run(&mut app, 2);
+    let mut got = printed(&app);
+    got.sort();
+    assert_eq!(
+        got,
+        ["a\telf\t1\t3", "a\torc\t2\t3", "b\telf\t1\t3", "b\torc\t2\t3", "c\telf\t1\t3", "c\torc\t2\t3"],
+        "{:?}",
+        errors(&app)
+    );
+}
+
 /// Deaths a system after the step read, with the frame it read them in.
 #[derive(Resource, Default)]
 struct Read(Vec<(u32, u64)>);

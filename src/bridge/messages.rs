@@ -37,7 +37,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let module: mlua::Table = lua
         .load(include_str!("../lua/rust_channels.lua"))
         .set_name("=bevy_lua_coroutines/rust_channels.lua")
-        .call((base.channel().clone(), base.bad().clone()))?;
+        .call((base.channel().clone(), base.bad().clone(), mlua::LuaSerdeExt::array_metatable(lua)))?;
     lua.set_app_data(RustChannelsLua {
         declare: module.get("declare")?,
         deliver: module.get("deliver")?,

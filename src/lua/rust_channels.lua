@@ -2,10 +2,10 @@
 -- game declares, `Messages.subscribe(name) -> channel` for message types Rust forwards, and
 -- `Messages.write(name, value)` for message types scripts may write. The Rust half is
 -- `src/bridge/channels.rs` and `src/bridge/messages.rs`.
-local Channel, bad = ...
+local Channel, bad, ARRAY = ... -- `ARRAY`: serde's array metatable (hidden: `getmetatable` reads false)
 
 local type, error, setmetatable, next = type, error, setmetatable, next
-local raw_getmetatable = getmetatable -- (serde's array metatable hides nothing)
+local getmetatable = getmetatable
 local math_huge = math.huge
 
 -- Slots of a typed channel's `acct` (named the same in `src/bridge/gather.rs`).
@@ -180,15 +180,16 @@ local function writable(name, writer)
 end
 
 --- Rust: a message `name` was written; every open subscription gets it.
---- A copy of `v`, a message as serde made it (tables, their array metatable, and leaves; never a
---- cycle), so that every subscriber gets its own: one table for all let one subscriber change what
---- the others read, or give it a metatable whose metamethods then ran as the reader.
+--- A copy of `v`, a message as serde made it (tables, serde's array metatable on its lists, and
+--- leaves; never a cycle), so that every subscriber gets its own: one table for all let one
+--- subscriber change what the others read, or give it a metatable whose metamethods then ran as
+--- the reader. (Copying serde's metatable through `getmetatable`, which reads it as `false`,
+--- raised, and every later subscriber missed the message.)
 local function copy(v)
   if type(v) ~= "table" then return v end
   local t = {}
   for k, x in next, v do t[k] = copy(x) end
-  local mt = raw_getmetatable(v)
-  if mt ~= nil then setmetatable(t, mt) end
+  if getmetatable(v) ~= nil then setmetatable(t, ARRAY) end
   return t
 end
 
@@ -203,10 +204,11 @@ local function deliver(name, value)
     local ch = list[i]
     list[i] = nil
     if ch ~= nil and not ch:isClosed() then
-      ch:trySend(first and value or copy(value))
-      first = false
+      -- Kept before the send, so that a send that raises loses no subscription.
       kept = kept + 1
       list[kept] = ch
+      ch:trySend(first and value or copy(value))
+      first = false
     end
   end
   list.n = kept
