@@ -81,6 +81,7 @@ pub(crate) struct Base<'a> {
     lua: &'a Lua,
     promise: Table,
     channel: Table,
+    is_channel: Function,
     bad: Function,
     /// Built-in names the extensions add (`require`, `Stream`, `Messages`).
     builtins: Table,
@@ -101,6 +102,11 @@ impl Base<'_> {
     /// `Channel`, the channel module's table scripts see.
     pub(crate) fn channel(&self) -> &Table {
         &self.channel
+    }
+
+    /// `is_channel(x)` from `lua/channel.lua`: whether `x` is a channel it made.
+    pub(crate) fn is_channel(&self) -> &Function {
+        &self.is_channel
     }
 
     /// `bad(n, fname, message, level)` from `lua/task.lua`: raises a `bad argument` error.
@@ -481,6 +487,7 @@ impl LuaRuntime {
             lua: &lua,
             promise: promise.clone(),
             channel: channel.get("Channel")?,
+            is_channel: channel.get("is_channel")?,
             bad: api.get("bad")?,
             builtins: lua.create_table()?,
             fields: lua.create_table()?,

@@ -237,7 +237,7 @@ struct StreamLua {
     /// `batched(ext, receive_queue) -> ext`: the receiving half of a stream's external channel, over
     /// `drain`.
     batched: Function,
-    /// What the module was loaded with: `Promise`, `bad`, `callable`.
+    /// What the module was loaded with: `Promise`, `bad`, `callable`, `owner`, `is_channel`.
     #[cfg_attr(not(feature = "llm"), allow(dead_code))]
     deps: Table,
 }
@@ -249,6 +249,8 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     let deps = lua.create_table()?;
     deps.set("Promise", promise.get::<Table>("Promise")?)?;
     deps.set("callable", promise.get::<Function>("callable")?)?;
+    deps.set("owner", promise.get::<Function>("owner")?)?;
+    deps.set("is_channel", base.is_channel().clone())?;
     deps.set("bad", bad.clone())?;
     let module: Table =
         lua.load(include_str!("lua/stream.lua")).set_name("=bevy_lua_coroutines/stream.lua").call(&deps)?;
@@ -256,7 +258,7 @@ pub(crate) fn install(lua: &Lua, base: &Base) -> mlua::Result<()> {
     base.builtin("Stream", module.get::<Table>("Stream")?)
 }
 
-/// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`), for
+/// A fresh table with what `lua/stream.lua` was loaded with (`Promise`, `bad`, `callable`, ...), for
 /// modules built on streams (the language-model module).
 #[cfg(feature = "llm")]
 pub(crate) fn module_deps(lua: &Lua) -> mlua::Result<Table> {

@@ -2909,6 +2909,97 @@ fn a_drain_resumed_inside_another_settlement_leaves_the_nesting_depth_right() {
     assert!(errors(&app).is_empty(), "{}", dump(&app));
 }
 
+/// A stream is read only by the instance that made it: its `map` function was called in whatever
+/// task pulled the stream, so a stream another instance made and shared ran its maker's code
+/// inside the reader's task, as the reader (here cancelling its other task). Every method, and
+/// an iterator `iter` made, raise for another instance.
+#[test]
+fn a_stream_map_function_never_runs_as_the_instance_that_reads_the_stream() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}
+                local shared = require('shared')
+                shared.s = Stream.from({{ 1, 2, 3 }}):map(function(v)
+                  take_over('map runs as')
+                  return v
+                end)
+                shared.it = Stream.from({{ 4, 5 }}):map(function(v)
+                  take_over('map runs as')
+                  return v
+                end):iter()
+                task.wait(10)
+                "
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+            local shared = require('shared')
+            task.spawn(function() for i = 1, 5 do task.wait() end print('victim task done') end)
+            print('read', pcall(shared.s.read, shared.s))
+            print('iter', pcall(shared.it))
+            print('from', pcall(Stream.from, shared.s))
+            task.wait(1)
+            "#,
+        ),
+        8,
+    );
+    assert_printed(
+        &app,
+        &[
+            "victim task done",
+            "read\tfalse\tcalling 'read' on bad self (a Stream of another script)",
+            "iter\tfalse\tcalling 'iter' on bad self (a Stream of another script)",
+            "from\tfalse\tbad argument #1 to 'from' (a Stream of another script)",
+        ],
+        &["map runs as\tscripts/victim.lua"],
+    );
+}
+
+/// `Stream.from` knows a channel by its hidden state: it took any table whose metatable read
+/// `"Channel"` (a `__metatable` anyone can write) for one, and called its `receive` in the
+/// reader's task, where the reader had been told it reads a channel.
+#[test]
+fn a_table_that_says_it_is_a_channel_does_not_run_as_the_stream_s_reader() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}
+                local shared = require('shared')
+                local fake = {{}}
+                fake.receive = function() take_over('fake channel runs as') return 1, true end
+                fake.isClosed = function() return false end
+                fake.close = function() end
+                shared.ch = setmetatable({{}}, {{ __index = fake, __metatable = 'Channel' }})
+                task.wait(10)
+                "
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+            local shared = require('shared')
+            task.spawn(function() for i = 1, 5 do task.wait() end print('victim task done') end)
+            local ok, s = pcall(Stream.from, shared.ch)
+            print('from', ok, ok and s:read() or s)
+            task.wait(1)
+            "#,
+        ),
+        8,
+    );
+    assert_printed(
+        &app,
+        &[
+            "victim task done",
+            "from\tfalse\tbad argument #1 to 'from' (Channel, table or function expected, got table)",
+        ],
+        &["fake channel runs as\tscripts/victim.lua"],
+    );
+}
+
 /// A script that makes `count` promises as no instance (in an error value's `__tostring`), each
 /// with an `onCancel` hook of about 900,000 instructions that counts in `shared.ran`, then
 /// cancels them all and prints `cancelled`.

@@ -928,4 +928,10 @@ local function describe(slot)
   return slot.send and "send" or "receive", text, forever
 end
 
-return { Channel = Channel, poll = poll, describe = describe }
+--- Whether `x` is a channel this module made (its state is hidden: a script can forge the name
+--- `getmetatable` reads, not the state).
+local function is_channel(x)
+  return state_of[x] ~= nil
+end
+
+return { Channel = Channel, poll = poll, describe = describe, is_channel = is_channel }

@@ -2269,4 +2269,5 @@ return {
   asyncTry = asyncTry,
   tick = tick,
   callable = callable,
+  owner = owner,
 }

@@ -22,6 +22,7 @@
 local deps = ...
 
 local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
+local owner, is_channel = deps.owner, deps.is_channel
 
 local type, error, tostring, setmetatable, getmetatable, pcall =
   type, error, tostring, setmetatable, getmetatable, pcall
@@ -52,11 +53,28 @@ function StreamMT.__tostring(s)
   return "Stream(" .. state_of[s].kind .. ")"
 end
 
---- A new stream object over `pull` and `close` (either may be nil: nothing to stop).
-local function new_stream(kind, pull, close)
+--- A new stream object over `pull` and `close` (either may be nil: nothing to stop), made by the
+--- running instance. `code`: pulling it runs script code of that instance (an iterator, a table's
+--- metamethods, a `map` or `filter` function, here or upstream).
+local function new_stream(kind, pull, close, code)
   local s = setmetatable({}, StreamMT)
-  state_of[s] = { kind = kind, pull = pull, close = close, ended = false, err = nil, pulls = 0 }
+  state_of[s] =
+    { kind = kind, pull = pull, close = close, ended = false, err = nil, pulls = 0, owner = owner(), code = code }
   return s
+end
+
+--- Whether the running instance may pull `st` (a stream's state): any may read a stream that runs
+--- no script code (from Rust or over a channel); one that does is its maker's alone, since pulled
+--- in another instance's task its maker's code would run as that instance.
+local function may_pull(st)
+  return not st.code or st.owner == owner()
+end
+
+--- Raises unless the running instance may pull `st` (`may_pull`).
+local function check_owner(st, name, level)
+  if not may_pull(st) then
+    error(string_format("calling '%s' on bad self (a Stream of another script)", name), level + 1)
+  end
 end
 
 local function check_self(self, name)
@@ -64,6 +82,7 @@ local function check_self(self, name)
   if st == nil then
     error(string_format("calling '%s' on bad self (Stream expected, got %s)", name, type(self)), 3)
   end
+  check_owner(st, name, 3)
   return st
 end
 
@@ -196,14 +215,19 @@ end
 function Stream.from(source)
   local t = type(source)
   if t == "table" then
+    -- (Known by their hidden state: the name `getmetatable` reads can be forged.)
+    local st = state_of[source]
+    if st then
+      if not may_pull(st) then bad_msg(1, "from", "a Stream of another script", 2) end
+      return source
+    end
+    if is_channel(source) then return new_stream("channel", channel_pull(source), closer(source)) end
     local mt = getmetatable(source)
-    if mt == "Stream" then return source end
-    if mt == "Channel" then return new_stream("channel", channel_pull(source), closer(source)) end
     if mt == nil or type(mt) == "table" and mt.__call == nil then
-      return new_stream("table", table_pull(source), nil)
+      return new_stream("table", table_pull(source), nil, mt ~= nil)
     end
   end
-  if callable(source) then return new_stream("iterator", iterator_pull(source), nil) end
+  if callable(source) then return new_stream("iterator", iterator_pull(source), nil, true) end
   bad(1, "from", "Channel, table or function", source, 2)
 end
 
@@ -253,7 +277,7 @@ function methods.map(self, f)
       v = f(v)
       if v ~= nil then return true, v end
     end
-  end, function() finish(up) end)
+  end, function() finish(up) end, true)
 end
 
 --- `s:filter(f) -> Stream`: the chunks for which `f(chunk)` is truthy.
@@ -266,7 +290,7 @@ function methods.filter(self, f)
       if not more then return false, v end
       if f(v) then return true, v end
     end
-  end, function() finish(up) end)
+  end, function() finish(up) end, true)
 end
 
 --- `s:take(n) -> Stream`: the first `n` chunks; then the source is closed (its producer stops).
@@ -288,7 +312,7 @@ function methods.take(self, n)
     left = left - 1
     if left == 0 then finish(up) end
     return true, v
-  end, function() finish(up) end)
+  end, function() finish(up) end, up.code)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -381,6 +405,7 @@ function methods.iter(self)
       local got, v = queued()
       if got and v ~= nil then return v end
     end
+    check_owner(st, "iter", 2) -- (the iterator may have been handed to another instance)
     local co = co_running() or MAIN
     if pulling[co] then
       -- The last pull in this thread raised out of the loop: the stream ended there.
