@@ -3180,3 +3180,91 @@ fn a_looping_no_owner_hook_is_stopped_in_the_default_mode() {
     run(&mut app, 6);
     assert_printed(&app, &["cancelled", "frames went on"], &[]);
 }
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct Bulk {
+    items: Vec<u32>,
+}
+
+/// Lua that makes `big`, a list of 2^20 numbers, in a few dozen instructions (`table.move` is
+/// one C call): converting it (the list check alone) costs 32 budget steps an entry.
+const BIG_LIST: &str = "local big = { 1 }\nwhile #big < 1048576 do table.move(big, 1, #big, #big + 1) end\n";
+
+/// What a system after the step took from the `bulk` channel: the length of each value.
+#[derive(Resource, Default)]
+struct BulkSizes(Vec<usize>);
+
+/// A send parked on a full typed channel converts its value in its own task, under its budget, once
+/// Rust made room: `poll()` converted it at the start of the step, outside any task, so a value
+/// whose conversion the budget stops when sent directly crossed when it had to wait first.
+#[test]
+fn a_parked_typed_send_is_converted_under_a_budget() {
+    let mut app = budget_app(1_000_000);
+    app.add_lua_channel::<Bulk>("bulk", 1);
+    app.init_resource::<BulkSizes>().add_systems(
+        Update,
+        (|ch: Res<LuaChannel<Bulk>>, mut got: ResMut<BulkSizes>| {
+            got.0.extend(ch.receiver().try_iter().map(|b| b.items.len()));
+        })
+        .after(LuaCoroutinesSystems::Step),
+    );
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        &format!(
+            "{BIG_LIST}
+            local ch = Channel.named('bulk')
+            ch:send({{ items = {{ 1 }} }}) -- fills the channel until the game reads it
+            task.spawn(function() ch:send({{ items = big }}) print('parked send went through') end)
+            for i = 1, 3 do task.wait() end
+            -- The same send made directly, with room: its conversion exhausts this task's budget.
+            ch:send({{ items = big }})
+            print('direct send went through')
+            "
+        ),
+    );
+    run(&mut app, 6);
+    let sizes = app.world().resource::<BulkSizes>().0.clone();
+    let budget_errors = errors(&app).iter().filter(|e| e.kind == ScriptErrorKind::Budget).count();
+    assert_eq!(budget_errors, 2, "both sends are stopped by the budget\n{}", dump(&app));
+    assert!(!sizes.contains(&(1 << 20)), "a value no budget allows crossed: {sizes:?}\n{}", dump(&app));
+    assert_printed(&app, &[], &["parked send went through", "direct send went through"]);
+}
+
+/// Nor is a parked send's conversion done inside whichever task next receives from (or sends on)
+/// that channel once Rust made room: it was, charged to that task's budget, which it exhausted.
+#[test]
+fn a_parked_typed_send_is_not_charged_to_the_task_that_receives() {
+    let mut app = budget_app(1_000_000);
+    app.add_lua_channel::<Bulk>("bulk", 1);
+    let channel = app.world().resource::<LuaChannel<Bulk>>();
+    let (rx, tx) = (channel.receiver(), channel.sender());
+    tx.try_send(Bulk { items: vec![7] }).unwrap();
+    // A game function that takes what scripts sent so far (any Rust consumer of the channel, on
+    // any thread, that runs while the step runs does the same).
+    app.add_lua_function("serve", move |_: Option<u32>| Ok::<_, String>(rx.try_iter().count()));
+    spawn_script(
+        &mut app,
+        "scripts/attacker.lua",
+        &format!(
+            "{BIG_LIST}
+            local ch = Channel.named('bulk')
+            ch:send({{ items = {{ 1 }} }}) -- fills the channel
+            task.spawn(function() pcall(ch.send, ch, {{ items = big }}) end)
+            task.wait(10)
+            "
+        ),
+    );
+    run(&mut app, 1);
+    spawn_script(
+        &mut app,
+        "scripts/victim.lua",
+        "local ch = Channel.named('bulk')
+         serve()
+         local v = ch:receive()
+         print('victim received', #v.items)",
+    );
+    run(&mut app, 3);
+    assert_printed(&app, &["victim received\t1"], &[]);
+    assert!(errors(&app).iter().all(|e| e.script != "scripts/victim.lua"), "{}", dump(&app));
+}
