@@ -3187,13 +3187,8 @@ struct Bulk {
 }
 
 /// Lua that makes `big`, a list of 2^20 numbers, in a few dozen instructions (`table.move` is
-/// one C call): converting it (the list check alone) costs 32 budget steps an entry. Then fills
-/// the typed channel `ch` (`bulk`, of capacity 1) with a small value, so the next send waits.
-const BIG_LIST_AND_A_FULL_CHANNEL: &str = "local big = { 1 }
-while #big < 1048576 do table.move(big, 1, #big, #big + 1) end
-local ch = Channel.named('bulk')
-ch:send({ items = { 1 } })
-";
+/// one C call): converting it (the list check alone) costs 32 budget steps an entry.
+const BIG_LIST: &str = "local big = { 1 }\nwhile #big < 1048576 do table.move(big, 1, #big, #big + 1) end\n";
 
 /// What a system after the step took from the `bulk` channel: the length of each value.
 #[derive(Resource, Default)]
@@ -3217,7 +3212,9 @@ fn a_parked_typed_send_is_converted_under_a_budget() {
         &mut app,
         "scripts/attacker.lua",
         &format!(
-            "{BIG_LIST_AND_A_FULL_CHANNEL}
+            "{BIG_LIST}
+            local ch = Channel.named('bulk')
+            ch:send({{ items = {{ 1 }} }}) -- fills the channel until the game reads it
             task.spawn(function() ch:send({{ items = big }}) print('parked send went through') end)
             for i = 1, 3 do task.wait() end
             -- The same send made directly, with room: its conversion exhausts this task's budget.
@@ -3250,7 +3247,9 @@ fn a_parked_typed_send_is_not_charged_to_the_task_that_receives() {
         &mut app,
         "scripts/attacker.lua",
         &format!(
-            "{BIG_LIST_AND_A_FULL_CHANNEL}
+            "{BIG_LIST}
+            local ch = Channel.named('bulk')
+            ch:send({{ items = {{ 1 }} }}) -- fills the channel
             task.spawn(function() pcall(ch.send, ch, {{ items = big }}) end)
             task.wait(10)
             "
