@@ -169,14 +169,13 @@ fn a_blocked_operation_on_an_external_channel_is_retried_by_poll_at_the_start_of
             "r1\tx\ttrue\t5",
             "r2\ty\ttrue\t5",
             "rust pulls\tfill\t7",
-            "rust pulls\tnil\t8",
+            "rust pulls\twaits\t8",
             "sender\ttrue\t8",
-            "bad sender\tfalse\tcannot convert a function",
             "len\t0",
+            "bad sender\tfalse\tcannot convert a function",
         ],
         "receivers wake in the order they parked on the step after Rust made values available (woken \
-         tasks run after the frame waits); a parked sender is woken when Rust made room and sends \
-         from its own task, later in that step, so its conversion error reaches it"
+         tasks run after the frame waits); a parked send's conversion error reaches the sender"
     );
 }
 

@@ -241,10 +241,8 @@ local function ext_complete(slot, op)
     elseif closed then
       slot.err = CLOSED
     else
-      -- Room was made: the sender sends again from its own task. (Sent here, the value's
-      -- conversion, which costs as much as the value is big, ran at the start of the step outside
-      -- any budget, or in the task of whoever made the room, under that task's budget.)
-      slot.again = true
+      local sent, err = pcall(ext.send, op.value)
+      if not sent then slot.err = { err } end
     end
   else
     local ok, can = pcall(ext.can_receive)
@@ -469,7 +467,7 @@ end
 local function recycle(slot)
   if slot.node ~= slot or spare_n >= MAX_SPARE then return end
   slot.key, slot.reg, slot.st, slot.value, slot.index = false, false, false, false, 1
-  slot.done, slot.ok, slot.err, slot.again = false, false, false, false
+  slot.done, slot.ok, slot.err = false, false, false
   spare_n = spare_n + 1
   spare[spare_n] = slot
 end
@@ -497,14 +495,11 @@ local function send_wait(st, v, full)
       local err = slot.err
       if err == CLOSED then return CLOSED end
       if err then raise_ext_error(slot) end
-      local again = slot.again
       recycle(slot)
-      if not again then return true end
-      -- An external channel made room (`ext_complete`): send from here.
-    else
-      -- Resumed by hand: out of the queues, and try again.
-      withdraw(slot)
+      return true
     end
+    -- Resumed by hand: out of the queues, and try again.
+    withdraw(slot)
   end
 end
 
@@ -814,15 +809,11 @@ function Channel.select(cases)
       if slot.err == CLOSED then error("send on closed channel", 2) end
       raise_ext_error(slot)
       local i = slot.index
-      if not slot.again then
-        if sends[i] then return i end
-        return i, slot.value, slot.ok
-      end
-      -- An external channel made room for a send case (`ext_complete`): look at the cases again.
-    else
-      -- Resumed by hand: out of the queues, and look at the cases again.
-      withdraw(slot)
+      if sends[i] then return i end
+      return i, slot.value, slot.ok
     end
+    -- Resumed by hand: out of the queues, and look at the cases again.
+    withdraw(slot)
   end
 end
 
