@@ -24,6 +24,7 @@ local deps = ...
 local Promise, bad, callable = deps.Promise, deps.bad, deps.callable
 local owner, is_channel = deps.owner, deps.is_channel
 
+local rawget = rawget
 local type, error, tostring, setmetatable, getmetatable, pcall =
   type, error, tostring, setmetatable, getmetatable, pcall
 local string_format, string_find, string_sub = string.format, string.find, string.sub
@@ -179,12 +180,14 @@ local function channel_pull(ch, err)
   end
 end
 
+--- (Read raw once made: a metatable the maker sets on `t` later would otherwise run its
+--- `__index` in the reader's task, as the reader.)
 local function table_pull(t)
   local i, n = 0, #t
   return function()
     while i < n do
       i = i + 1
-      local v = t[i]
+      local v = rawget(t, i)
       if v ~= nil then return true, v end
     end
     return false
