@@ -3180,3 +3180,35 @@ fn a_looping_no_owner_hook_is_stopped_in_the_default_mode() {
     run(&mut app, 6);
     assert_printed(&app, &["cancelled", "frames went on"], &[]);
 }
+
+/// A table stream is read raw: its maker gave the table a metatable after `Stream.from` (its
+/// length fixed there), and the reader's pulls ran its `__index` as the reader.
+#[test]
+fn a_metatable_set_on_a_table_stream_later_runs_nothing_as_its_reader() {
+    let (app, _dir) = one_then_another(
+        (
+            "scripts/attacker.lua",
+            &format!(
+                "{TAKE_OVER}
+                local shared = require('shared')
+                local t = {{ 1, 2, 3 }}
+                shared.s = Stream.from(t)
+                t[1], t[2], t[3] = nil, nil, nil
+                setmetatable(t, {{ __index = function(_, i) take_over('index runs as') return i end }})
+                task.wait(10)
+                "
+            ),
+        ),
+        (
+            "scripts/victim.lua",
+            r#"
+            local shared = require('shared')
+            task.spawn(function() for i = 1, 5 do task.wait() end print('victim task done') end)
+            print('read', pcall(shared.s.read, shared.s))
+            task.wait(1)
+            "#,
+        ),
+        8,
+    );
+    assert_printed(&app, &["victim task done"], &["index runs as\tscripts/victim.lua"]);
+}
