@@ -168,25 +168,29 @@ struct EnemyDied {
     id: u32,
 }
 
+/// Spawns one script per name, `scripts/<name>.lua`, running `source` with `NAME` replaced by its
+/// name (so what each prints says who printed it).
+fn spawn_subscribers(app: &mut App, names: &[&str], source: &str) {
+    for name in names {
+        spawn_script(app, &format!("scripts/{name}.lua"), &source.replace("NAME", name));
+    }
+}
+
 #[test]
 fn forwarded_messages_reach_every_subscriber_once_in_order() {
     let mut app = create_app();
     app.add_message::<PlayerHit>().forward_message_to_scripts::<PlayerHit>("PlayerHit");
-    for name in ["a", "b"] {
-        spawn_script(
-            &mut app,
-            &format!("scripts/{name}.lua"),
-            &format!(
-                r#"
-                local hits = Messages.subscribe("PlayerHit")
-                for i = 1, 3 do
-                  local hit = hits:receive()
-                  print("{name}", hit.by, hit.amount)
-                end
-                "#
-            ),
-        );
-    }
+    spawn_subscribers(
+        &mut app,
+        &["a", "b"],
+        r#"
+        local hits = Messages.subscribe("PlayerHit")
+        for i = 1, 3 do
+          local hit = hits:receive()
+          print("NAME", hit.by, hit.amount)
+        end
+        "#,
+    );
     run(&mut app, 1);
     app.world_mut().write_message(PlayerHit { by: "orc".into(), amount: 3 });
     app.world_mut().write_message(PlayerHit { by: "elf".into(), amount: 5 });
@@ -243,23 +247,19 @@ struct Volley {
 fn a_message_with_a_list_reaches_every_subscriber() {
     let mut app = create_app();
     app.add_message::<Volley>().forward_message_to_scripts::<Volley>("Volley");
-    for name in ["a", "b", "c"] {
-        spawn_script(
-            &mut app,
-            &format!("scripts/{name}.lua"),
-            &format!(
-                r#"
-                local volleys = Messages.subscribe("Volley")
-                for i = 1, 2 do
-                  local v = volleys:receive()
-                  local sum = 0
-                  for _, h in ipairs(v.hits) do sum = sum + h end
-                  print("{name}", v.by, #v.hits, sum)
-                end
-                "#
-            ),
-        );
-    }
+    spawn_subscribers(
+        &mut app,
+        &["a", "b", "c"],
+        r#"
+        local volleys = Messages.subscribe("Volley")
+        for i = 1, 2 do
+          local v = volleys:receive()
+          local sum = 0
+          for _, h in ipairs(v.hits) do sum = sum + h end
+          print("NAME", v.by, #v.hits, sum)
+        end
+        "#,
+    );
     run(&mut app, 1);
     app.world_mut().write_message(Volley { by: "orc".into(), hits: vec![1, 2] });
     run(&mut app, 2);

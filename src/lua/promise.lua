@@ -417,9 +417,17 @@ local function handler_promise()
   return p
 end
 
---- A promise the library makes for its own work: never reported as unhandled.
-local function internal_promise()
-  return setmetatable({ _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
+--- A promise the library makes for its own work: never reported as unhandled. `owned`: it runs
+--- code of the running instance (a handler, an executor's thread), so it belongs to that instance,
+--- which a settlement or cancellation elsewhere then runs that code as (with no owner, it ran as
+--- whichever instance settled or cancelled it, or was not closed at all).
+local function internal_promise(owned)
+  local p = setmetatable({ _status = STARTED, _internal = true, _values = nil, _thread = nil, _r1 = nil }, PromiseMT)
+  if owned then
+    local id = owner()
+    if id ~= nil then owner_of[p] = id end
+  end
+  return p
 end
 
 -- Rejections no handler observed yet, in the order they happened (`tick` reports them).
@@ -1630,12 +1638,7 @@ local function then_impl(src, on_resolve, on_reject, internal)
   src._handled = true
   local child, id
   if internal then
-    child = internal_promise()
-    -- Its handler is the running instance's code (`tap`'s): it runs as that instance wherever the
-    -- settlement happens (with no owner, it ran inside the settler's task, which then read the
-    -- values it returned, metamethods and all).
-    local me = owner()
-    if me ~= nil then owner_of[child] = me end
+    child = internal_promise(true) -- (its handler is `tap`'s, code of the running instance)
   else
     -- (`handler_promise()`, inline: this is `andThen`'s path.)
     child, id = new_promise()
@@ -1841,11 +1844,7 @@ function promise_methods:timeout(seconds, rejection)
   check_self(self, "timeout", "Promise", is_promise)
   if type(seconds) ~= "number" then bad(1, "timeout", "number", seconds, 2) end
   local site = call_site()
-  local timer = internal_promise()
-  -- Its thread is the running instance's (`start` holds it for it): cancelling the timer closes
-  -- it only if the timer says so (with no owner, the thread slept on for the whole timeout).
-  local me = owner()
-  if me ~= nil then owner_of[timer] = me end
+  local timer = internal_promise(true) -- (`start` holds its thread for the running instance)
   start(timer, delay_body, timer, seconds)
   local timed = internal_promise()
   local l = link(timer, function(s)
